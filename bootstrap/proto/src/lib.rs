@@ -1,0 +1,11 @@
+//! Wire formats, defined once and shared by every end that speaks them.
+//!
+//! - [`runtime_api`]: the AWS Lambda Runtime API (`/2018-06-01/runtime/...`), spoken between a
+//!   runtime (our `bootstrap` or any third-party one) and the Runtime API server.
+//! - [`invoke_api`]: the invoke endpoint of the AWS Runtime Interface Emulator, spoken between a
+//!   client (`curl`, a test) and the function service.
+//! - [`env`]: the reserved Lambda environment variables a runtime is started with.
+
+pub mod env;
+pub mod invoke_api;
+pub mod runtime_api;
