@@ -1,1 +1,51 @@
-//! placeholder
+//! Shared support for the integration tests: where the built artifacts are, the runtimes under
+//! test, and a handle on a running `lambda-local` server.
+//!
+//! Everything here drives real processes: the real server binary, real runtimes, real HTTP.
+
+pub mod peers;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A binary built by this workspace in the host's debug profile.
+pub fn debug_binary(name: &str) -> PathBuf {
+    target_dir().join("debug").join(name)
+}
+
+/// True when running under CI, where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `path` if it exists. Otherwise the test cannot run: under CI that is a failure, and
+/// on a developer machine the test is skipped with the reason and the fix printed.
+pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    let reason = format!(
+        "{what} not found at {}; run scripts/test.sh, which builds and installs every test peer",
+        path.display()
+    );
+    if in_ci() {
+        panic!("{reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}

@@ -1,0 +1,50 @@
+# Shared helpers for the scripts in scripts/. Source it; do not run it.
+
+# Prints a progress line to stderr.
+step() { printf '==> %s\n' "$*" >&2; }
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Installs Debian packages that are missing. Fails with a clear message when that is not possible.
+ensure_apt_packages() {
+    local missing=()
+    local pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "missing packages ${missing[*]}; run as root or install sudo"
+        sudo="sudo"
+    fi
+    step "installing ${missing[*]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_cargo() {
+    command -v cargo >/dev/null && return 0
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH" && return 0
+    die "cargo not found: install a Rust toolchain (1.85 or newer) with rustup, see https://rustup.rs"
+}
+
+# The target triple static guest binaries are built for (the gnu target with a static C runtime;
+# there is no musl target here).
+STATIC_TARGET=x86_64-unknown-linux-gnu
+
+# Builds the static `bootstrap` binary and prints its path.
+build_static_bootstrap() {
+    step "building the static bootstrap binary"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --release --target "$STATIC_TARGET" -p bootstrap >&2
+    echo "$(cargo_target_dir)/$STATIC_TARGET/release/bootstrap"
+}
+
+cargo_target_dir() {
+    echo "${CARGO_TARGET_DIR:-$(pwd)/target}"
+}

@@ -1,0 +1,252 @@
+//! Bad input gets a clear error and loses nothing, with a real runtime behind the real server:
+//! malformed requests, oversized payloads, unknown/stale/duplicate request ids, a client that
+//! hangs up mid-invoke, and failed asynchronous invokes. After each, the server is alive and
+//! the next invoke succeeds.
+
+use integration_tests::peers::Peer;
+use integration_tests::server::LocalServer;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn start(args: &[&str]) -> Option<LocalServer> {
+    LocalServer::start(&Peer::BootstrapLibrary.launch()?, args)
+}
+
+fn still_serves(server: &mut LocalServer) {
+    server.assert_alive();
+    let reply = server.invoke(&json!({"still": "serving"}));
+    assert_eq!(reply.function_error, None, "{}", reply.text());
+    assert_eq!(reply.json(), json!({"still": "serving"}));
+}
+
+/// A raw Runtime API request from the test, as if it were a (misbehaving) runtime.
+fn runtime_api(server: &LocalServer, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let url = format!("http://{}{}", server.runtime_api_addr, path);
+    let mut response = match method {
+        "GET" => agent.get(&url).call(),
+        _ => agent.post(&url).send(body),
+    }
+    .expect("runtime API request");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+#[test]
+fn malformed_json_event_is_rejected_before_the_runtime() {
+    let Some(mut server) = start(&[]) else { return };
+    let reply = server.invoke_raw(b"{\"not\": json", &[]);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json()["errorType"], "InvalidRequestContentException");
+    assert!(!server.logs().iter().any(|l| l.starts_with("START")));
+    still_serves(&mut server);
+}
+
+#[test]
+fn oversized_sync_and_async_payloads_get_413() {
+    let Some(mut server) = start(&[]) else { return };
+    let sync = format!("\"{}\"", "a".repeat(6_291_556 - 1));
+    let reply = server.invoke_raw(sync.as_bytes(), &[]);
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(!reply.json()["errorMessage"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty());
+
+    let at_limit = format!("\"{}\"", "a".repeat(6_291_556 - 2));
+    let reply = server.invoke_raw(at_limit.as_bytes(), &[]);
+    assert_eq!(reply.status, 200, "exactly the limit is accepted");
+    assert_eq!(reply.body.len(), 6_291_556);
+
+    let event = format!("\"{}\"", "a".repeat(1_048_576 - 1));
+    let reply = server.invoke_raw(event.as_bytes(), &[("X-Amz-Invocation-Type", "Event")]);
+    assert_eq!(reply.status, 413, "async limit is 1 MiB: {}", reply.text());
+    still_serves(&mut server);
+}
+
+#[test]
+fn unknown_stale_and_duplicate_request_ids() {
+    let Some(mut server) = start(&["--timeout", "30"]) else {
+        return;
+    };
+    let (status, body) = runtime_api(
+        &server,
+        "POST",
+        "/2018-06-01/runtime/invocation/no-such-id/response",
+        b"{}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errorType"], "InvalidRequestID");
+
+    let done = server.invoke(&json!({"first": 1}));
+    let stale = done.request_id.expect("request id");
+    let path = format!("/2018-06-01/runtime/invocation/{stale}/response");
+    let (status, body) = runtime_api(&server, "POST", &path, b"{}");
+    assert_eq!(status, 400, "a finished invoke's id is stale: {body}");
+
+    // While the function sleeps, answer its invoke first from outside; the runtime's own
+    // response then is a second response for the same id and must be refused.
+    let invoker = {
+        let url = server.invoke_url();
+        std::thread::spawn(move || {
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .new_agent();
+            let mut response = agent
+                .post(&url)
+                .send(r#"{"action":"sleep","ms":1500}"#)
+                .expect("invoke");
+            response.body_mut().read_to_string().unwrap_or_default()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let starts: Vec<String> = server
+            .logs()
+            .into_iter()
+            .filter(|l| l.starts_with("START"))
+            .collect();
+        if let [_, second] = starts.as_slice() {
+            break second["START RequestId: ".len()..]
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(Instant::now() < deadline, "second invoke never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let error_path = format!("/2018-06-01/runtime/invocation/{id}/error");
+    let (status, body) = runtime_api(&server, "POST", &error_path, b"this is not json{");
+    assert_eq!(status, 400, "malformed error JSON is refused: {body}");
+
+    let response_path = format!("/2018-06-01/runtime/invocation/{id}/response");
+    let (status, _) = runtime_api(&server, "POST", &response_path, br#"{"answered":"early"}"#);
+    assert_eq!(status, 202);
+    let (status, body) = runtime_api(&server, "POST", &response_path, b"{}");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errorType"], "InvalidStateTransition");
+    assert_eq!(invoker.join().unwrap(), r#"{"answered":"early"}"#);
+
+    // The runtime's own late response was refused, and it carries on.
+    std::thread::sleep(Duration::from_millis(2000));
+    still_serves(&mut server);
+}
+
+#[test]
+fn client_hanging_up_mid_invoke_loses_nothing() {
+    let Some(mut server) = start(&[]) else { return };
+    let body = r#"{"action":"sleep","ms":800}"#;
+    let mut stream = TcpStream::connect(&server.invoke_addr).expect("connect");
+    write!(
+        stream,
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        proto::invoke_api::INVOKE_PATH,
+        body.len(),
+        body
+    )
+    .expect("send");
+    server.wait_for_log(Duration::from_secs(10), |l| l.starts_with("START"));
+    drop(stream);
+    server.wait_for_log(Duration::from_secs(10), |l| l.starts_with("END"));
+    still_serves(&mut server);
+}
+
+#[test]
+fn half_sent_request_does_not_block_others() {
+    let Some(mut server) = start(&[]) else { return };
+    let mut stream = TcpStream::connect(&server.invoke_addr).expect("connect");
+    write!(
+        stream,
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{\"partial\":",
+        proto::invoke_api::INVOKE_PATH
+    )
+    .expect("send");
+    still_serves(&mut server);
+    drop(stream);
+    let mut garbage = TcpStream::connect(&server.invoke_addr).expect("connect");
+    garbage
+        .write_all(b"\x00\x01NOT HTTP AT ALL\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    garbage.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = garbage.read_to_end(&mut answer);
+    still_serves(&mut server);
+}
+
+#[test]
+fn failed_async_invoke_is_retried_twice_then_sent_to_the_destination() {
+    let destination = temp_dir("on-failure");
+    let dir = destination.display().to_string();
+    let Some(mut server) = start(&["--on-failure-dir", &dir, "--async-retry-delay", "0.1"]) else {
+        return;
+    };
+    let reply = server.invoke_raw(
+        br#"{"action":"error","message":"async-failure"}"#,
+        &[("X-Amz-Invocation-Type", "Event")],
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let id = reply.request_id.expect("request id");
+    let record_path = destination.join(format!("{id}.json"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !record_path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no destination record; logs: {:#?}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["requestContext"]["requestId"], id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(record["requestPayload"]["message"], "async-failure");
+    assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+    let starts = server
+        .logs()
+        .iter()
+        .filter(|l| l.starts_with("START"))
+        .count();
+    assert_eq!(starts, 3, "one attempt and two retries");
+    still_serves(&mut server);
+    let _ = std::fs::remove_dir_all(&destination);
+}
+
+#[test]
+fn successful_async_invoke_runs_later() {
+    let Some(mut server) = start(&[]) else { return };
+    let reply = server.invoke_raw(br#"{"async":"ok"}"#, &[("X-Amz-Invocation-Type", "Event")]);
+    assert_eq!(reply.status, 202);
+    assert!(
+        reply.body.is_empty() || reply.text().trim().is_empty(),
+        "{}",
+        reply.text()
+    );
+    let id = reply.request_id.expect("request id");
+    let report = server.report_for(&id);
+    assert!(!report.contains("Status: error"), "{report}");
+    still_serves(&mut server);
+}

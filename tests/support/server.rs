@@ -1,0 +1,228 @@
+//! A running `lambda-local` (local mode) with one runtime, driven over real HTTP.
+
+use crate::peers::Launch;
+use crate::{debug_binary, require};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What an invoke returned.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub function_error: Option<String>,
+    pub request_id: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "reply is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A `lambda-local` child process. Dropping it stops the server and its runtime.
+pub struct LocalServer {
+    child: Child,
+    pub invoke_addr: String,
+    pub runtime_api_addr: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    agent: ureq::Agent,
+}
+
+impl LocalServer {
+    /// Starts `lambda-local` for `launch` with extra flags, or `None` when the server is not built.
+    /// The server's output is echoed to the test's output.
+    pub fn start(launch: &Launch, extra_args: &[&str]) -> Option<LocalServer> {
+        Self::spawn(launch, extra_args, true)
+    }
+
+    /// Like [`LocalServer::start`], but the server's output is only kept, not echoed.
+    pub fn start_quiet(launch: &Launch, extra_args: &[&str]) -> Option<LocalServer> {
+        Self::spawn(launch, extra_args, false)
+    }
+
+    fn spawn(launch: &Launch, extra_args: &[&str], echo: bool) -> Option<LocalServer> {
+        let binary = require(debug_binary("lambda-local"), "lambda-local")?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--runtime")
+            .arg(&launch.runtime)
+            .arg("--handler")
+            .arg(&launch.handler)
+            .arg("--task-root")
+            .arg(&launch.task_root)
+            .args(["--listen", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0"])
+            .args(extra_args);
+        for (key, value) in &launch.env {
+            command.arg("--env").arg(format!("{key}={value}"));
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lambda-local");
+
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stdout);
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if echo {
+                    println!("[lambda-local] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+
+        let err = child.stderr.take().expect("piped stderr");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[lambda-local stderr] {line}");
+                }
+                if let Some(rest) = line.strip_prefix("lambda-local: listening ") {
+                    let _ = addr_tx.send(rest.to_owned());
+                }
+            }
+        });
+        let listening = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("lambda-local printed its listening line");
+        let field = |name: &str| {
+            listening
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {listening:?}"))
+                .to_owned()
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .new_agent();
+        Some(LocalServer {
+            invoke_addr: field("invoke="),
+            runtime_api_addr: field("runtime-api="),
+            child,
+            stdout,
+            agent,
+        })
+    }
+
+    pub fn invoke_url(&self) -> String {
+        format!(
+            "http://{}{}",
+            self.invoke_addr,
+            proto::invoke_api::INVOKE_PATH
+        )
+    }
+
+    /// A synchronous invoke with a raw body.
+    pub fn invoke_raw(&self, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.agent.post(self.invoke_url());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.send(body).expect("invoke request");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let function_error = header(proto::invoke_api::header::FUNCTION_ERROR);
+        let request_id = header(proto::invoke_api::header::REQUEST_ID);
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .expect("read invoke reply");
+        Reply {
+            status,
+            function_error,
+            request_id,
+            body,
+        }
+    }
+
+    /// A synchronous invoke of a JSON event.
+    pub fn invoke(&self, event: &serde_json::Value) -> Reply {
+        self.invoke_raw(event.to_string().as_bytes(), &[])
+    }
+
+    /// Every line the server has written to stdout so far (function logs and platform lines).
+    pub fn logs(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits until a stdout line satisfies `predicate`, and returns it.
+    pub fn wait_for_log(&self, timeout: Duration, predicate: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| predicate(l)) {
+                return line;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "no matching log line within {timeout:?}; logs: {:#?}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `REPORT` line of one request.
+    pub fn report_for(&self, request_id: &str) -> String {
+        let prefix = format!("REPORT RequestId: {request_id}");
+        self.wait_for_log(Duration::from_secs(10), |l| l.starts_with(&prefix))
+    }
+
+    /// Panics unless the server process is still running.
+    pub fn assert_alive(&mut self) {
+        match self.child.try_wait() {
+            Ok(None) => {}
+            other => panic!("lambda-local is not running: {other:?}"),
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        // SIGTERM lets the server kill its runtime's process group before it exits.
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
