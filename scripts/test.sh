@@ -9,11 +9,7 @@ cd "$(dirname "$0")/.."
 ensure_apt_packages curl ca-certificates
 ensure_cargo
 
-step "python virtualenv with awslambdaric (tests/requirements.txt)"
-if [ ! -x .venv/bin/python3 ]; then
-    python3 -m venv .venv 2>/dev/null || { ensure_apt_packages python3-venv; python3 -m venv .venv; }
-fi
-.venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+ensure_test_venv
 
 step "formatting"
 cargo fmt --all -- --check
@@ -22,7 +18,6 @@ step "building the workspace"
 cargo build --workspace --all-targets
 BOOTSTRAP_BIN="$(build_static_bootstrap)"
 export BOOTSTRAP_BIN
-export TEST_PYTHON="$PWD/.venv/bin/python3"
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
