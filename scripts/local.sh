@@ -29,7 +29,7 @@ server="$(cargo_target_dir)/release/lambda-local"
 function_dir="$PWD/bootstrap/examples/shell-worker"
 url="http://127.0.0.1:$port/2015-03-31/functions/function/invocations"
 
-args=(--runtime "$bootstrap" --handler handler.sh --task-root "$function_dir"
+args=(--runtime "$bootstrap" --handler worker.sh --task-root "$function_dir"
       --listen "127.0.0.1:$port" --runtime-api 127.0.0.1:0)
 if $serve; then
     step "serving $url (Ctrl-C stops)"
