@@ -1,1 +1,31 @@
-//! placeholder
+//! A Lambda custom runtime.
+//!
+//! The library is a blocking client of the Runtime API ([`Client`]) and a runtime loop
+//! ([`run`]) in the spirit of the `lambda_runtime` crate, without an async executor:
+//!
+//! ```no_run
+//! use bootstrap::{run, service_fn, Context, HandlerError};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     run(|| Ok(service_fn(|event: &[u8], _ctx: &Context| Ok::<_, HandlerError>(event.to_vec()))))
+//! }
+//! ```
+//!
+//! The `bootstrap` binary of this package is a custom runtime for any language: it drives a
+//! long-lived worker process over the protocol in `WORKER_PROTOCOL.md`.
+
+mod client;
+mod config;
+mod context;
+mod error;
+mod handler;
+mod runtime;
+
+pub use client::{Client, Invocation};
+pub use config::Config;
+pub use context::Context;
+pub use error::{error_type, ConfigError, ContextError, Error};
+pub use handler::{service_fn, Function, HandlerError, ServiceFn};
+/// The error body of the Runtime API's error endpoints, as [`Client`] takes it.
+pub use proto::runtime_api::ErrorRequest;
+pub use runtime::{run, run_with_client};
