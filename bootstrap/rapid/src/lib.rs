@@ -1,1 +1,22 @@
-//! placeholder
+//! The Lambda Runtime API server: the role AWS calls RAPID.
+//!
+//! It runs one function environment: it starts the runtime process (our `bootstrap` or any
+//! executable), serves it the Runtime API (`/2018-06-01/runtime/*`) and feeds it invocations from
+//! a pluggable source. A source is anything holding a [`Handle`]: the emulator-compatible HTTP
+//! invoke endpoint ([`invoke_http`]) in local mode, the guest's host link inside a microVM.
+//!
+//! Everything runs on one thread (a tokio current-thread runtime is enough): inside a microVM
+//! under emulation every thread switch is expensive.
+
+pub mod async_invoke;
+pub mod config;
+pub mod http;
+pub mod invoke_http;
+pub mod process;
+pub mod report;
+pub mod runtime_api;
+pub mod sandbox;
+pub mod time;
+
+pub use config::{FunctionConfig, InitType};
+pub use sandbox::{Handle, Invocation, LogSink, Outcome, SnapshotHook, StdoutLog};

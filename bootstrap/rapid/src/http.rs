@@ -1,0 +1,100 @@
+//! Small HTTP helpers shared by the two listeners: bounded body reads, JSON replies, and the
+//! accept loop.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    Read(String),
+}
+
+/// Reads a whole body, refusing it as soon as it exceeds `limit` bytes (before buffering more).
+pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
+/// A reply with a JSON body.
+pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
+    let mut reply = Response::new(Full::new(body.into()));
+    *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+/// A reply with Lambda's `{"errorMessage", "errorType"}` body.
+pub fn error(status: u16, error_type: &str, message: &str) -> Reply {
+    let body = proto::runtime_api::ErrorResponse {
+        error_message: message.to_owned(),
+        error_type: error_type.to_owned(),
+    };
+    json(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Marks a reply as the last on its connection: used after refusing a body we did not read.
+pub fn close(mut reply: Reply) -> Reply {
+    reply.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    reply
+}
+
+/// Serves HTTP/1.1 with keep-alive on `listener`, one task per connection, until the listener
+/// fails. A connection's errors (garbage, a client hanging up) end only that connection.
+pub async fn serve<H, F>(listener: TcpListener, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                eprintln!("lambda-local: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let reply = handler(request);
+                async move { Ok::<_, Infallible>(reply.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,164 @@
+//! The Runtime API routes (`/2018-06-01/runtime/*`) over a [`Handle`].
+
+use crate::http::{self, BodyError, Reply};
+use crate::sandbox::{too_large, ApiReply, Handle};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::Request;
+use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SYNC_PAYLOAD_LIMIT};
+
+/// Error bodies are small; a runtime posting megabytes of them is misbehaving.
+const ERROR_BODY_LIMIT: usize = 1024 * 1024;
+
+pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
+    let route = match Route::parse(request.method().as_str(), request.uri().path()) {
+        Ok(route) => route,
+        Err(RouteError::NotFound) => {
+            return http::error(
+                404,
+                error_type::NOT_FOUND,
+                &format!("no such endpoint: {}", request.uri().path()),
+            )
+        }
+        Err(RouteError::MethodNotAllowed) => {
+            return http::error(
+                405,
+                error_type::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        }
+    };
+    let reply = match route {
+        Route::Next => sandbox.next().await,
+        Route::RestoreNext => sandbox.restore_next().await,
+        Route::Response(id) => {
+            if let Err(reply) = sandbox.precheck(&id) {
+                return to_http(reply);
+            }
+            match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
+                Ok(body) => sandbox.respond(&id, body),
+                Err(BodyError::TooLarge(_)) => {
+                    return http::close(to_http(sandbox.respond_too_large(&id)))
+                }
+                Err(e) => bad_request(&e.to_string()),
+            }
+        }
+        Route::Error(id) => {
+            if let Err(reply) = sandbox.precheck(&id) {
+                return to_http(reply);
+            }
+            match error_body(request).await {
+                Ok((body, _)) => sandbox.report_error(&id, body),
+                Err(reply) => reply,
+            }
+        }
+        Route::InitError => match error_body(request).await {
+            Ok((body, error_type)) => sandbox.init_error(body, &error_type),
+            Err(reply) => reply,
+        },
+        Route::RestoreError => match error_body(request).await {
+            Ok((body, error_type)) => sandbox.restore_error(body, &error_type),
+            Err(reply) => reply,
+        },
+    };
+    to_http(reply)
+}
+
+/// Reads and checks an error post. Tolerant where the official clients differ: the error-type
+/// header is optional, the stack may be under `trace`, and `Content-Type` may be missing.
+/// Returns the body to hand to the invoker and the error type.
+async fn error_body(request: Request<Incoming>) -> Result<(Bytes, String), ApiReply> {
+    let header_type = request
+        .headers()
+        .get(header::FUNCTION_ERROR_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match http::read_body(request, ERROR_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(_)) => return Err(too_large()),
+        Err(e) => return Err(bad_request(&e.to_string())),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let error_type = header_type.unwrap_or_else(|| "Unhandled".into());
+        let built = ErrorRequest::new(error_type.clone(), "");
+        return Ok((built.to_json().into(), error_type));
+    }
+    match serde_json::from_slice::<ErrorRequest>(&body) {
+        Ok(parsed) => {
+            let error_type = if parsed.error_type.is_empty() {
+                header_type.unwrap_or_else(|| "Unhandled".into())
+            } else {
+                parsed.error_type
+            };
+            Ok((body, error_type))
+        }
+        Err(e) => Err(ApiReply::Rejected(
+            400,
+            error_type::INVALID_ERROR_BODY,
+            format!("the error body is not Lambda's error JSON: {e}"),
+        )),
+    }
+}
+
+fn bad_request(message: &str) -> ApiReply {
+    ApiReply::Rejected(400, "InvalidRequest", message.to_owned())
+}
+
+fn to_http(reply: ApiReply) -> Reply {
+    match reply {
+        ApiReply::Accepted => http::json(202, r#"{"status":"OK"}"#),
+        ApiReply::Empty => http::json(200, Bytes::new()),
+        ApiReply::Rejected(status, error_type, message) => {
+            http::error(status, error_type, &message)
+        }
+        ApiReply::Next(delivered) => {
+            let invocation = delivered.invocation;
+            let mut reply = http::json(200, invocation.event);
+            let headers = reply.headers_mut();
+            let mut set = |name: &'static str, value: &str| {
+                // Values come from our own ids or were validated as header values on the way in.
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(name, value);
+                }
+            };
+            set(header::REQUEST_ID, &invocation.request_id);
+            set(header::DEADLINE_MS, &delivered.deadline_ms.to_string());
+            set(header::INVOKED_FUNCTION_ARN, &delivered.function_arn);
+            let trace = invocation.trace_id.unwrap_or_else(new_trace_id);
+            set(header::TRACE_ID, &trace);
+            if let Some(context) = &invocation.client_context {
+                set(header::CLIENT_CONTEXT, context);
+            }
+            if let Some(identity) = &invocation.cognito_identity {
+                set(header::COGNITO_IDENTITY, identity);
+            }
+            reply
+        }
+    }
+}
+
+/// An X-Ray trace header for an invoke that came without one.
+fn new_trace_id() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let parent = uuid::Uuid::new_v4().simple().to_string();
+    let epoch = crate::time::epoch_ms() / 1000;
+    format!(
+        "Root=1-{epoch:08x}-{};Parent={};Sampled=0",
+        &random[..24],
+        &parent[..16]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_trace_ids_have_xray_shape() {
+        let id = super::new_trace_id();
+        let parts: Vec<&str> = id.split(';').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert!(parts[0].starts_with("Root=1-") && parts[0].len() == "Root=1-".len() + 8 + 1 + 24);
+        assert!(parts[1].starts_with("Parent=") && parts[1].len() == "Parent=".len() + 16);
+        assert_eq!(parts[2], "Sampled=0");
+    }
+}
