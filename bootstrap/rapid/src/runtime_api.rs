@@ -1,7 +1,7 @@
 //! The Runtime API routes (`/2018-06-01/runtime/*`) over a [`Handle`].
 
 use crate::http::{self, BodyError, Reply};
-use crate::sandbox::{too_large, ApiReply, Handle};
+use crate::sandbox::{too_large, ApiReply, Delivered, Handle};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -113,7 +113,11 @@ fn to_http(reply: ApiReply) -> Reply {
             http::error(status, error_type, &message)
         }
         ApiReply::Next(delivered) => {
-            let invocation = delivered.invocation;
+            let Delivered {
+                invocation,
+                deadline_ms,
+                function_arn,
+            } = *delivered;
             let mut reply = http::json(200, invocation.event);
             let headers = reply.headers_mut();
             let mut set = |name: &'static str, value: &str| {
@@ -123,8 +127,8 @@ fn to_http(reply: ApiReply) -> Reply {
                 }
             };
             set(header::REQUEST_ID, &invocation.request_id);
-            set(header::DEADLINE_MS, &delivered.deadline_ms.to_string());
-            set(header::INVOKED_FUNCTION_ARN, &delivered.function_arn);
+            set(header::DEADLINE_MS, &deadline_ms.to_string());
+            set(header::INVOKED_FUNCTION_ARN, &function_arn);
             let trace = invocation.trace_id.unwrap_or_else(new_trace_id);
             set(header::TRACE_ID, &trace);
             if let Some(context) = &invocation.client_context {

@@ -96,7 +96,7 @@ pub enum InvokeError {
 #[derive(Debug)]
 pub enum ApiReply {
     /// 200 with an invocation and its headers.
-    Next(Delivered),
+    Next(Box<Delivered>),
     /// 200 with an empty body (`restore/next`).
     Empty,
     /// 202 `{"status":"OK"}`.
@@ -436,7 +436,7 @@ impl Handle {
                     );
                 }
                 if let Some(queued) = state.queue.pop_front() {
-                    return ApiReply::Next(self.deliver(&mut state, queued));
+                    return ApiReply::Next(Box::new(self.deliver(&mut state, queued)));
                 }
             }
             notified.await;
