@@ -21,6 +21,10 @@ pub enum BodyError {
     Read(String),
 }
 
+/// How much of an oversized body is read and thrown away before the refusal is sent, so that a
+/// client still sending sees the 413 instead of a broken pipe.
+const DISCARD_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Reads a whole body, refusing it as soon as it exceeds `limit` bytes (before buffering more).
 pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
     let declared = request
@@ -28,13 +32,29 @@ pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = request.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(&mut body).await;
         return Err(BodyError::TooLarge(limit));
     }
-    match Limited::new(request.into_body(), limit).collect().await {
+    match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            discard(&mut body).await;
+            Err(BodyError::TooLarge(limit))
+        }
         Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
+/// Reads and drops up to [`DISCARD_LIMIT`] bytes of a body, keeping none of it.
+async fn discard(body: &mut Incoming) {
+    let mut seen = 0usize;
+    while seen < DISCARD_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
     }
 }
 
