@@ -16,9 +16,7 @@ fn start(args: &[&str]) -> Option<LocalServer> {
 
 fn still_serves(server: &mut LocalServer) {
     server.assert_alive();
-    let reply = server.invoke(&json!({"still": "serving"}));
-    assert_eq!(reply.function_error, None, "{}", reply.text());
-    assert_eq!(reply.json(), json!({"still": "serving"}));
+    server.assert_echo(&json!({"still": "serving"}));
 }
 
 /// A raw Runtime API request from the test, as if it were a (misbehaving) runtime.

@@ -93,14 +93,7 @@ fn handler_error_then_loop_goes_on(peer: Peer) {
         return;
     };
     let reply = server.invoke(&json!({"action": "error", "message": "kaboom-4711"}));
-    assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.function_error.as_deref(),
-        Some("Unhandled"),
-        "{}",
-        reply.text()
-    );
-    let error = reply.json();
+    let error = reply.unhandled_error();
     assert!(
         error["errorMessage"]
             .as_str()
@@ -114,9 +107,7 @@ fn handler_error_then_loop_goes_on(peer: Peer) {
     );
 
     // The same environment serves the next invoke: no fresh init.
-    let reply = server.invoke(&json!({"after": "error"}));
-    assert_eq!(reply.function_error, None, "{}", reply.text());
-    assert_eq!(reply.json(), json!({"after": "error"}));
+    let reply = server.assert_echo(&json!({"after": "error"}));
     let report = server.report_for(&reply.request_id.unwrap());
     assert!(!report_has(&report, "Init Duration"), "{report}");
     server.assert_alive();
@@ -128,14 +119,7 @@ fn init_error_is_reported_and_retried(peer: Peer) {
     };
     for attempt in 1..=2 {
         let reply = server.invoke(&json!({"attempt": attempt}));
-        assert_eq!(reply.status, 200);
-        assert_eq!(
-            reply.function_error.as_deref(),
-            Some("Unhandled"),
-            "{}",
-            reply.text()
-        );
-        let error = reply.json();
+        let error = reply.unhandled_error();
         assert!(
             !error["errorType"].as_str().unwrap_or_default().is_empty(),
             "{error}"
@@ -157,13 +141,7 @@ fn timeout_resets_the_environment(peer: Peer) {
         return;
     };
     let reply = server.invoke(&json!({"action": "sleep", "ms": 5000}));
-    assert_eq!(
-        reply.function_error.as_deref(),
-        Some("Unhandled"),
-        "{}",
-        reply.text()
-    );
-    let error = reply.json();
+    let error = reply.unhandled_error();
     assert_eq!(error["errorType"], "Sandbox.Timedout", "{error}");
     let message = error["errorMessage"].as_str().unwrap_or_default();
     assert!(
@@ -177,9 +155,7 @@ fn timeout_resets_the_environment(peer: Peer) {
     assert!(server.report_for(&id).contains("Status: timeout"));
 
     // A fresh init serves the next invoke.
-    let reply = server.invoke(&json!({"after": "timeout"}));
-    assert_eq!(reply.function_error, None, "{}", reply.text());
-    assert_eq!(reply.json(), json!({"after": "timeout"}));
+    let reply = server.assert_echo(&json!({"after": "timeout"}));
     let report = server.report_for(&reply.request_id.unwrap());
     assert!(report_has(&report, "Init Duration"), "{report}");
     server.assert_alive();
@@ -189,15 +165,7 @@ fn payload_near_the_sync_limit(peer: Peer) {
     let Some(mut server) = start(peer, &["--timeout", "30"]) else {
         return;
     };
-    let event = json!({ "data": "x".repeat(6_000_000) });
-    let reply = server.invoke(&event);
-    assert_eq!(
-        reply.function_error,
-        None,
-        "{}",
-        &reply.text()[..reply.body.len().min(300)]
-    );
-    assert_eq!(reply.json(), event);
+    server.assert_echo(&json!({ "data": "x".repeat(6_000_000) }));
     server.assert_alive();
 }
 
@@ -206,21 +174,14 @@ fn response_over_the_limit_fails_cleanly(peer: Peer) {
         return;
     };
     // A JSON string of N bytes plus its two quotes: one byte over the 6291556 limit.
-    let reply = server.invoke(&json!({"action": "big", "bytes": 6_291_555}));
-    assert_eq!(reply.function_error.as_deref(), Some("Unhandled"));
+    let error = server
+        .invoke(&json!({"action": "big", "bytes": 6_291_555}))
+        .unhandled_error();
     assert_eq!(
-        reply.json()["errorType"],
-        "Function.ResponseSizeTooLarge",
-        "{}",
-        reply.text()
+        error["errorType"], "Function.ResponseSizeTooLarge",
+        "{error}"
     );
-    let reply = server.invoke(&json!({"after": "too large"}));
-    assert_eq!(
-        reply.json(),
-        json!({"after": "too large"}),
-        "{}",
-        reply.text()
-    );
+    server.assert_echo(&json!({"after": "too large"}));
     server.assert_alive();
 }
 
@@ -247,17 +208,9 @@ fn crash_mid_invoke_then_fresh_init(peer: Peer) {
         return;
     };
     let reply = server.invoke(&json!({"action": "crash"}));
-    assert_eq!(
-        reply.function_error.as_deref(),
-        Some("Unhandled"),
-        "{}",
-        reply.text()
-    );
-    let error = reply.json();
+    let error = reply.unhandled_error();
     assert_eq!(error["errorType"], "Runtime.ExitError", "{error}");
-    let reply = server.invoke(&json!({"after": "crash"}));
-    assert_eq!(reply.function_error, None, "{}", reply.text());
-    assert_eq!(reply.json(), json!({"after": "crash"}));
+    server.assert_echo(&json!({"after": "crash"}));
     server.assert_alive();
 }
 
@@ -306,9 +259,7 @@ fn snap_start_runs_hooks_and_reports_restore(peer: Peer) {
     let Some(mut server) = start(peer, &["--init-type", "snap-start"]) else {
         return;
     };
-    let reply = server.invoke(&json!({"snap": "start"}));
-    assert_eq!(reply.function_error, None, "{}", reply.text());
-    assert_eq!(reply.json(), json!({"snap": "start"}));
+    let reply = server.assert_echo(&json!({"snap": "start"}));
     let report = server.report_for(&reply.request_id.unwrap());
     assert!(report_has(&report, "Restore Duration"), "{report}");
     let logs = server.logs();

@@ -29,6 +29,19 @@ impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Checks that this is a failed invoke (200 with `X-Amz-Function-Error: Unhandled`) and
+    /// returns its error JSON.
+    pub fn unhandled_error(&self) -> serde_json::Value {
+        assert_eq!(self.status, 200, "{}", self.text());
+        assert_eq!(
+            self.function_error.as_deref(),
+            Some("Unhandled"),
+            "{}",
+            self.text()
+        );
+        self.json()
+    }
 }
 
 /// A `lambda-local` child process. Dropping it stops the server and its runtime.
@@ -164,6 +177,14 @@ impl LocalServer {
     /// A synchronous invoke of a JSON event.
     pub fn invoke(&self, event: &serde_json::Value) -> Reply {
         self.invoke_raw(event.to_string().as_bytes(), &[])
+    }
+
+    /// Invokes `event` and checks that the function echoed it back without error.
+    pub fn assert_echo(&self, event: &serde_json::Value) -> Reply {
+        let reply = self.invoke(event);
+        assert_eq!(reply.function_error, None, "{}", reply.text());
+        assert_eq!(&reply.json(), event);
+        reply
     }
 
     /// Every line the server has written to stdout so far (function logs and platform lines).

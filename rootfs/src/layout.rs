@@ -1,0 +1,19 @@
+//! Where things live inside the guest image. The builder writes these paths and the guest init
+//! reads them, so both take them from here.
+
+/// The init binary; the kernel runs `/init` from an initramfs (an ext4 root needs `init=/init`).
+pub const INIT: &str = "/init";
+/// The default runtime executable (the `bootstrap` binary); `runtime` in the config may name another.
+pub const DEFAULT_RUNTIME: &str = "/var/runtime/bootstrap";
+/// The function code (`LAMBDA_TASK_ROOT`).
+pub const TASK_ROOT: &str = "/var/task";
+/// The runtime's directory (`LAMBDA_RUNTIME_DIR`).
+pub const RUNTIME_DIR: &str = "/var/runtime";
+/// Where layers are merged, as on Lambda.
+pub const OPT: &str = "/opt";
+/// The validated function configuration, re-serialized canonically.
+pub const CONFIG: &str = "/etc/lambda/function.json";
+/// The console device node the kernel opens before it runs `/init` from an initramfs.
+pub const CONSOLE: &str = "/dev/console";
+/// Major and minor number of `/dev/console` (TTYAUX_MAJOR, 1).
+pub const CONSOLE_DEVICE: (u32, u32) = (5, 1);
