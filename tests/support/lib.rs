@@ -23,9 +23,11 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// A binary built by this workspace in the host's debug profile.
-pub fn debug_binary(name: &str) -> PathBuf {
-    target_dir().join("debug").join(name)
+/// A binary built by this workspace for the host, in the profile named by `TEST_PROFILE`
+/// (`debug` unless set; the benchmarks use `release`).
+pub fn host_binary(name: &str) -> PathBuf {
+    let profile = std::env::var("TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    target_dir().join(profile).join(name)
 }
 
 /// True when running under CI, where nothing may be skipped.

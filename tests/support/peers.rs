@@ -1,7 +1,7 @@
 //! The runtimes the conformance suite serves, each running the same conformance function
 //! (`tests/functions/README.md`).
 
-use crate::{debug_binary, require, workspace_root};
+use crate::{host_binary, require, workspace_root};
 use std::path::PathBuf;
 
 /// A runtime under test.
@@ -59,7 +59,7 @@ impl Peer {
         let functions = workspace_root().join("tests").join("functions");
         match self {
             Peer::BootstrapLibrary => {
-                let runtime = require(debug_binary("bootstrap-echo"), "bootstrap-echo")?;
+                let runtime = require(host_binary("bootstrap-echo"), "bootstrap-echo")?;
                 Some(Launch {
                     task_root: functions.join("bootstrap-echo"),
                     runtime,
@@ -81,7 +81,7 @@ impl Peer {
                 })
             }
             Peer::LambdaRuntimeCrate => {
-                let runtime = require(debug_binary("rust-echo"), "rust-echo")?;
+                let runtime = require(host_binary("rust-echo"), "rust-echo")?;
                 Some(Launch {
                     task_root: functions.join("rust-echo"),
                     runtime,

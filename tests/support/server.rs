@@ -1,7 +1,7 @@
 //! A running `lambda-local` (local mode) with one runtime, driven over real HTTP.
 
 use crate::peers::Launch;
-use crate::{debug_binary, require};
+use crate::{host_binary, require};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ impl LocalServer {
     }
 
     fn spawn(launch: &Launch, extra_args: &[&str], echo: bool) -> Option<LocalServer> {
-        let binary = require(debug_binary("lambda-local"), "lambda-local")?;
+        let binary = require(host_binary("lambda-local"), "lambda-local")?;
         let mut command = Command::new(binary);
         command
             .arg("--runtime")
