@@ -5,7 +5,10 @@
 //! - [`invoke_api`]: the invoke endpoint of the AWS Runtime Interface Emulator, spoken between a
 //!   client (`curl`, a test) and the function service.
 //! - [`env`]: the reserved Lambda environment variables a runtime is started with.
+//! - [`host_link`]: the length-prefixed, versioned frames between the host and the guest's init,
+//!   over vsock (or a Unix socket outside a VM).
 
 pub mod env;
+pub mod host_link;
 pub mod invoke_api;
 pub mod runtime_api;

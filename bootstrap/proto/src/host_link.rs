@@ -1,0 +1,660 @@
+//! The host link: one stream connection between the host (the VMM's function service) and the
+//! guest's `init`, over vsock inside a microVM or a Unix socket outside one.
+//!
+//! # Frames
+//!
+//! Each frame is a 4-byte big-endian length `N` followed by `N` bytes of JSON: one [`Message`] in
+//! serde's externally tagged form (`{"invoke":{...}}`, or `"shutdown"` for a variant without
+//! fields). Byte strings (events, bodies, entropy) are [`Blob`]s: standard base64 with padding.
+//! `N` is checked against [`MAX_FRAME_LEN`] before anything is allocated; `N = 0` is malformed.
+//!
+//! # Conversation
+//!
+//! The guest connects (vsock CID [`HOST_CID`], port [`PORT`]; with Firecracker-style hybrid vsock
+//! the host listens on the Unix socket `<uds>_<PORT>`). Both sides send [`Message::Hello`] first
+//! and check the other's [`VERSION`] ([`handshake`]). Then the host sends `Invoke`, `Restore` and
+//! `Shutdown`; the guest sends `Response`/`Error` (one per `Invoke`, matched by request id),
+//! `Log`, `InitDone` and `RuntimeCrashed`. After a snapshot restore the guest reconnects and the
+//! handshake starts again; the host then sends `Restore` before anything else.
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// The protocol version both sides send in their `Hello`. Bump it on any incompatible change.
+pub const VERSION: u32 = 1;
+/// The vsock port the guest connects to.
+pub const PORT: u32 = 9999;
+/// The vsock CID of the host (`VMADDR_CID_HOST`).
+pub const HOST_CID: u32 = 2;
+
+/// The largest event or response body a frame carries: Lambda's synchronous payload limit.
+pub const MAX_PAYLOAD_LEN: usize = crate::runtime_api::SYNC_PAYLOAD_LIMIT;
+/// Room for everything in a frame besides its payload: request and trace ids, client context,
+/// JSON syntax.
+pub const FRAME_HEADROOM: usize = 256 * 1024;
+/// The largest frame (length prefix excluded): a base64-encoded [`MAX_PAYLOAD_LEN`] payload plus
+/// [`FRAME_HEADROOM`]. Larger frames are refused by both the writer and the reader.
+pub const MAX_FRAME_LEN: usize = base64_len(MAX_PAYLOAD_LEN) + FRAME_HEADROOM;
+/// Size of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// The least entropy a `Restore` carries.
+pub const MIN_RESTORE_ENTROPY: usize = 32;
+
+/// Length of the padded base64 encoding of `n` bytes.
+pub const fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// One message on the host link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    /// Both ways, first on every connection.
+    Hello(Hello),
+    /// Host to guest: run one invocation.
+    Invoke(Invoke),
+    /// Guest to host: the invocation succeeded; `body` is the runtime's response.
+    Response { request_id: String, body: Blob },
+    /// Guest to host: the invocation failed; `body` is Lambda's error JSON
+    /// (`{"errorMessage","errorType","stackTrace"}`).
+    Error { request_id: String, body: Blob },
+    /// Guest to host: one line of the function's log (the runtime's stdout/stderr and the
+    /// platform's START/END/REPORT lines).
+    Log { line: String },
+    /// Guest to host: a SnapStart init finished and the runtime waits in `restore/next`; the
+    /// moment to snapshot. The host answers with `Restore` (at once, or in the restored guest).
+    InitDone { init_duration_ms: u64 },
+    /// Host to guest: the guest was restored (or is resumed) and must diverge from its siblings:
+    /// reseed the kernel RNG with `entropy` and set the wall clock, before anything else runs.
+    Restore { entropy: Blob, wall_clock_ms: u64 },
+    /// Host to guest: stop the runtime and power off.
+    Shutdown,
+    /// Guest to host: the runtime exited on its own; the next invoke starts a fresh one.
+    RuntimeCrashed { reason: String },
+}
+
+impl Message {
+    /// The variant's name, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Invoke(_) => "invoke",
+            Message::Response { .. } => "response",
+            Message::Error { .. } => "error",
+            Message::Log { .. } => "log",
+            Message::InitDone { .. } => "init_done",
+            Message::Restore { .. } => "restore",
+            Message::Shutdown => "shutdown",
+            Message::RuntimeCrashed { .. } => "runtime_crashed",
+        }
+    }
+}
+
+/// The first message on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// Who is speaking, for logs: `"init 0.1.0"`, `"vmm 0.1.0"`.
+    pub agent: String,
+}
+
+impl Hello {
+    /// A `Hello` at this crate's [`VERSION`].
+    pub fn new(agent: impl Into<String>) -> Hello {
+        Hello {
+            version: VERSION,
+            agent: agent.into(),
+        }
+    }
+}
+
+/// One invocation, as the host hands it to the guest. The deadline is the guest's: it counts the
+/// function's configured timeout from the moment the runtime receives the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoke {
+    pub request_id: String,
+    pub event: Blob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The decoded client context JSON (`Lambda-Runtime-Client-Context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cognito_identity: Option<String>,
+}
+
+/// Bytes carried in a frame, encoded as a base64 string.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl From<Vec<u8>> for Blob {
+    fn from(bytes: Vec<u8>) -> Blob {
+        Blob(bytes)
+    }
+}
+
+impl From<&[u8]> for Blob {
+    fn from(bytes: &[u8]) -> Blob {
+        Blob(bytes.to_vec())
+    }
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        let shown = &self.0[..self.0.len().min(SHOWN)];
+        write!(
+            f,
+            "Blob({} bytes: {:?}{})",
+            self.0.len(),
+            String::from_utf8_lossy(shown),
+            if self.0.len() > SHOWN { "..." } else { "" }
+        )
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Blob, D::Error> {
+        struct Base64Visitor;
+        impl Visitor<'_> for Base64Visitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Blob, E> {
+                base64::decode(s).map(Blob).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Base64Visitor)
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The peer closed the connection at a frame boundary.
+    Closed,
+    /// The connection ended inside a frame.
+    Truncated {
+        expected: usize,
+        got: usize,
+    },
+    /// A frame longer than [`MAX_FRAME_LEN`].
+    TooLarge {
+        len: usize,
+    },
+    /// Not a JSON-encoded [`Message`] (or, when writing, one that does not serialize).
+    Malformed(serde_json::Error),
+    /// A zero length prefix.
+    Empty,
+    Io(io::Error),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Closed => f.write_str("the host link was closed"),
+            FrameError::Truncated { expected, got } => write!(
+                f,
+                "the host link was closed inside a frame: {got} of {expected} bytes"
+            ),
+            FrameError::TooLarge { len } => write!(
+                f,
+                "a frame of {len} bytes exceeds the maximum of {MAX_FRAME_LEN} bytes"
+            ),
+            FrameError::Malformed(e) => write!(f, "malformed frame: {e}"),
+            FrameError::Empty => f.write_str("empty frame"),
+            FrameError::Io(_) => f.write_str("host link I/O failed"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Malformed(e) => Some(e),
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why the opening `Hello` exchange failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    Frame(FrameError),
+    /// The first message was not a `Hello`.
+    Unexpected {
+        got: &'static str,
+    },
+    /// The peer speaks another protocol version.
+    Version {
+        theirs: u32,
+        agent: String,
+    },
+}
+
+impl From<FrameError> for HandshakeError {
+    fn from(e: FrameError) -> HandshakeError {
+        HandshakeError::Frame(e)
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Frame(e) => e.fmt(f),
+            HandshakeError::Unexpected { got } => write!(f, "expected hello first, got {got}"),
+            HandshakeError::Version { theirs, agent } => write!(
+                f,
+                "the peer ({agent}) speaks host-link version {theirs}, we speak {VERSION}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: the frame error's own source.
+            HandshakeError::Frame(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes a message as a whole frame, length prefix included.
+pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
+    let mut frame = vec![0u8; LEN_PREFIX];
+    serde_json::to_writer(&mut frame, message).map_err(FrameError::Malformed)?;
+    let len = frame.len() - LEN_PREFIX;
+    let prefix = checked_len(len)?;
+    frame[..LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+    Ok(frame)
+}
+
+fn checked_len(len: usize) -> Result<u32, FrameError> {
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len });
+    }
+    u32::try_from(len).map_err(|_| FrameError::TooLarge { len })
+}
+
+/// Reads a length prefix and checks it: the number of body bytes to read next.
+pub fn body_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    checked_len(len)?;
+    Ok(len)
+}
+
+/// Decodes a frame body (the bytes after the length prefix).
+pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
+    if body.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    serde_json::from_slice(body).map_err(FrameError::Malformed)
+}
+
+/// Writes one frame and flushes.
+pub fn write_frame<W: Write>(writer: &mut W, message: &Message) -> Result<(), FrameError> {
+    let frame = encode(message)?;
+    writer.write_all(&frame).map_err(FrameError::Io)?;
+    writer.flush().map_err(FrameError::Io)
+}
+
+/// Reads one frame. A clean end of stream before the first byte is [`FrameError::Closed`].
+pub fn read_frame<R: Read>(reader: &mut R) -> Result<Message, FrameError> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match fill(reader, &mut prefix)? {
+        0 => return Err(FrameError::Closed),
+        n if n < LEN_PREFIX => {
+            return Err(FrameError::Truncated {
+                expected: LEN_PREFIX,
+                got: n,
+            })
+        }
+        _ => {}
+    }
+    let len = body_len(prefix)?;
+    let mut body = vec![0u8; len];
+    let got = fill(reader, &mut body)?;
+    if got < len {
+        return Err(FrameError::Truncated { expected: len, got });
+    }
+    decode(&body)
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn fill<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, FrameError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(filled)
+}
+
+/// Checks the peer's opening message: a `Hello` at our [`VERSION`].
+pub fn check_hello(message: Message) -> Result<Hello, HandshakeError> {
+    match message {
+        Message::Hello(hello) if hello.version == VERSION => Ok(hello),
+        Message::Hello(hello) => Err(HandshakeError::Version {
+            theirs: hello.version,
+            agent: hello.agent,
+        }),
+        other => Err(HandshakeError::Unexpected { got: other.kind() }),
+    }
+}
+
+/// Sends our `Hello`, reads and checks the peer's. Returns the peer's.
+pub fn handshake<S: Read + Write>(stream: &mut S, ours: &Hello) -> Result<Hello, HandshakeError> {
+    write_frame(stream, &Message::Hello(ours.clone()))?;
+    check_hello(read_frame(stream)?)
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), enough for frames and nothing more.
+mod base64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const INVALID: u8 = 0xff;
+    const DECODE: [u8; 256] = {
+        let mut table = [INVALID; 256];
+        let mut i = 0;
+        while i < 64 {
+            table[ALPHABET[i] as usize] = i as u8;
+            i += 1;
+        }
+        table
+    };
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = Vec::with_capacity(super::base64_len(bytes.len()));
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+                out.push(if i <= chunk.len() {
+                    ALPHABET[((n >> shift) & 63) as usize]
+                } else {
+                    b'='
+                });
+            }
+        }
+        // Only ASCII from ALPHABET and '=' was pushed.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+        let text = text.as_bytes();
+        if text.len() % 4 != 0 {
+            return Err(format!(
+                "base64 length {} is not a multiple of 4",
+                text.len()
+            ));
+        }
+        let mut out = Vec::with_capacity(text.len() / 4 * 3);
+        let quads = text.len() / 4;
+        for (index, quad) in text.chunks_exact(4).enumerate() {
+            let last = index + 1 == quads;
+            let padding = quad.iter().rev().take_while(|&&c| c == b'=').count();
+            if padding > 2 || (padding > 0 && !last) {
+                return Err("misplaced base64 padding".into());
+            }
+            let mut n = 0u32;
+            for &c in &quad[..4 - padding] {
+                let v = DECODE[c as usize];
+                if v == INVALID {
+                    return Err(format!("invalid base64 character {:?}", c as char));
+                }
+                n = (n << 6) | u32::from(v);
+            }
+            n <<= 6 * padding as u32;
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..3 - padding]);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoke(event: &[u8]) -> Message {
+        Message::Invoke(Invoke {
+            request_id: "req-1".into(),
+            event: event.into(),
+            trace_id: Some("Root=1-abc".into()),
+            client_context: None,
+            cognito_identity: None,
+        })
+    }
+
+    fn all_messages() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello::new("test")),
+            invoke(b"{\"a\":1}"),
+            Message::Response {
+                request_id: "r".into(),
+                body: vec![0, 1, 2, 255].into(),
+            },
+            Message::Error {
+                request_id: "r".into(),
+                body: b"{}".as_slice().into(),
+            },
+            Message::Log {
+                line: "ünïcödé \u{0} line".into(),
+            },
+            Message::InitDone {
+                init_duration_ms: 12,
+            },
+            Message::Restore {
+                entropy: vec![7u8; MIN_RESTORE_ENTROPY].into(),
+                wall_clock_ms: 1_700_000_000_000,
+            },
+            Message::Shutdown,
+            Message::RuntimeCrashed {
+                reason: "exit status 3".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let mut wire = Vec::new();
+        for message in all_messages() {
+            write_frame(&mut wire, &message).unwrap();
+        }
+        let mut reader = wire.as_slice();
+        for message in all_messages() {
+            assert_eq!(read_frame(&mut reader).unwrap(), message);
+        }
+        assert!(matches!(read_frame(&mut reader), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn the_wire_form_is_documented_json() {
+        let frame = encode(&Message::Shutdown).unwrap();
+        assert_eq!(&frame[..4], &[0, 0, 0, 10]);
+        assert_eq!(&frame[4..], b"\"shutdown\"");
+        let frame = encode(&invoke(b"hi")).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&frame[4..]).unwrap(),
+            r#"{"invoke":{"request_id":"req-1","event":"aGk=","trace_id":"Root=1-abc"}}"#
+        );
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64::encode(plain.as_bytes()), encoded);
+            assert_eq!(base64::decode(encoded).unwrap(), plain.as_bytes());
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64::decode(&base64::encode(&all)).unwrap(), all);
+        for bad in ["Zg=", "Z===", "Zg==Zm8=", "Zm9*", "Zg\n="] {
+            assert!(base64::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_max_size_payload_fits_in_a_frame() {
+        let frame = encode(&Message::Response {
+            request_id: "x".repeat(36),
+            body: vec![0xffu8; MAX_PAYLOAD_LEN].into(),
+        })
+        .unwrap();
+        assert!(frame.len() - LEN_PREFIX <= MAX_FRAME_LEN);
+        assert!(matches!(
+            read_frame(&mut frame.as_slice()).unwrap(),
+            Message::Response { body, .. } if body.0.len() == MAX_PAYLOAD_LEN
+        ));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_by_both_ends() {
+        let too_big = Message::Log {
+            line: "a".repeat(MAX_FRAME_LEN),
+        };
+        assert!(matches!(encode(&too_big), Err(FrameError::TooLarge { .. })));
+        // A huge declared length is refused before its body is read (or allocated).
+        let mut wire = u32::MAX.to_be_bytes().to_vec();
+        wire.extend_from_slice(b"{}");
+        assert!(matches!(
+            read_frame(&mut wire.as_slice()),
+            Err(FrameError::TooLarge { len }) if len == u32::MAX as usize
+        ));
+        let just_over = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+        assert!(matches!(
+            body_len(just_over),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(
+            body_len((MAX_FRAME_LEN as u32).to_be_bytes()).unwrap(),
+            MAX_FRAME_LEN
+        );
+    }
+
+    #[test]
+    fn truncated_frames_are_told_apart_from_a_clean_close() {
+        let frame = encode(&invoke(b"{}")).unwrap();
+        assert!(matches!(
+            read_frame(&mut &frame[..0]),
+            Err(FrameError::Closed)
+        ));
+        assert!(matches!(
+            read_frame(&mut &frame[..2]),
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
+        let cut = frame.len() - 3;
+        assert!(matches!(
+            read_frame(&mut &frame[..cut]),
+            Err(FrameError::Truncated { expected, got }) if expected == frame.len() - 4 && got == cut - 4
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for body in [
+            &b"not json"[..],
+            b"{\"nope\":{}}",
+            b"\"hello\"",
+            b"{\"invoke\":{\"request_id\":\"r\",\"event\":\"***\"}}",
+            b"{\"invoke\":{\"request_id\":\"r\",\"event\":\"aGk=\"}} trailing",
+            b"{\"log\":{\"line\":7}}",
+            &[0xff, 0xfe, 0x00],
+        ] {
+            let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+            wire.extend_from_slice(body);
+            assert!(
+                matches!(
+                    read_frame(&mut wire.as_slice()),
+                    Err(FrameError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(matches!(
+            read_frame(&mut [0u8, 0, 0, 0].as_slice()),
+            Err(FrameError::Empty)
+        ));
+    }
+
+    #[test]
+    fn handshake_checks_the_version_and_the_first_message() {
+        struct Duplex {
+            input: std::io::Cursor<Vec<u8>>,
+            output: Vec<u8>,
+        }
+        impl Read for Duplex {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.input.read(buf)
+            }
+        }
+        impl Write for Duplex {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.output.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let peer = |message: Message| Duplex {
+            input: std::io::Cursor::new(encode(&message).unwrap()),
+            output: Vec::new(),
+        };
+        let ours = Hello::new("us");
+
+        let mut ok = peer(Message::Hello(Hello::new("them")));
+        assert_eq!(handshake(&mut ok, &ours).unwrap().agent, "them");
+        assert_eq!(
+            read_frame(&mut ok.output.as_slice()).unwrap(),
+            Message::Hello(ours.clone())
+        );
+
+        let mut old = peer(Message::Hello(Hello {
+            version: VERSION + 1,
+            agent: "future".into(),
+        }));
+        assert!(matches!(
+            handshake(&mut old, &ours),
+            Err(HandshakeError::Version { theirs, .. }) if theirs == VERSION + 1
+        ));
+
+        let mut rude = peer(Message::Shutdown);
+        assert!(matches!(
+            handshake(&mut rude, &ours),
+            Err(HandshakeError::Unexpected { got: "shutdown" })
+        ));
+    }
+}

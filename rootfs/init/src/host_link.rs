@@ -1,0 +1,371 @@
+//! The guest side of the host link: connecting (AF_VSOCK to the host, or a Unix socket outside a
+//! VM), reading and writing frames on the tokio thread, and the outbox that queues frames for the
+//! host across reconnections. The frames themselves are [`proto::host_link`]'s.
+
+use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, Message};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+/// Most bytes of log lines queued for the host; beyond it lines are dropped and counted, so a
+/// chatty runtime and a slow or absent host cannot exhaust the guest's memory.
+pub const LOG_BUDGET: usize = 4 * 1024 * 1024;
+
+/// Where the host is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAddr {
+    /// `vsock:CID:PORT`
+    Vsock { cid: u32, port: u32 },
+    /// `unix:PATH`
+    Unix(PathBuf),
+}
+
+impl FromStr for LinkAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LinkAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:").filter(|p| !p.is_empty()) {
+            return Ok(LinkAddr::Unix(path.into()));
+        }
+        let vsock = s.strip_prefix("vsock:").and_then(|rest| {
+            let (cid, port) = rest.split_once(':')?;
+            Some(LinkAddr::Vsock {
+                cid: cid.parse().ok()?,
+                port: port.parse().ok()?,
+            })
+        });
+        vsock.ok_or_else(|| "expected unix:PATH or vsock:CID:PORT".into())
+    }
+}
+
+impl std::fmt::Display for LinkAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            LinkAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A connected, non-blocking stream socket to the host.
+pub struct Conn {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Conn {
+    /// Connects and exchanges `Hello`s.
+    pub async fn open(addr: &LinkAddr) -> Result<(Conn, Hello), HandshakeError> {
+        let conn = Conn::connect(addr).await.map_err(FrameError::Io)?;
+        let agent = format!("init {}", env!("CARGO_PKG_VERSION"));
+        conn.write(&Message::Hello(Hello::new(agent))).await?;
+        let peer = wire::check_hello(conn.read().await?)?;
+        Ok((conn, peer))
+    }
+
+    async fn connect(addr: &LinkAddr) -> io::Result<Conn> {
+        match addr {
+            LinkAddr::Unix(path) => {
+                let stream = std::os::unix::net::UnixStream::connect(path)?;
+                stream.set_nonblocking(true)?;
+                Ok(Conn {
+                    fd: register(OwnedFd::from(stream))?,
+                })
+            }
+            LinkAddr::Vsock { cid, port } => Conn::connect_vsock(*cid, *port).await,
+        }
+    }
+
+    async fn connect_vsock(cid: u32, port: u32) -> io::Result<Conn> {
+        // SAFETY: socket(2) takes plain integers; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_VSOCK,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value before the fields are set.
+        let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        sa.svm_cid = cid;
+        sa.svm_port = port;
+        // SAFETY: `sa` is a valid sockaddr_vm and the length passed is its size.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_vm).cast(),
+                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            )
+        };
+        let fd = register(fd)?;
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(error);
+            }
+            fd.writable().await?.retain_ready();
+            if let Some(error) = socket_error(fd.get_ref())? {
+                return Err(error);
+            }
+        }
+        Ok(Conn { fd })
+    }
+
+    /// Reads one frame; the length is checked before the body is allocated.
+    pub async fn read(&self) -> Result<Message, FrameError> {
+        let mut prefix = [0u8; wire::LEN_PREFIX];
+        match self.read_full(&mut prefix).await? {
+            0 => return Err(FrameError::Closed),
+            n if n < prefix.len() => {
+                return Err(FrameError::Truncated {
+                    expected: prefix.len(),
+                    got: n,
+                })
+            }
+            _ => {}
+        }
+        let len = wire::body_len(prefix)?;
+        let mut body = vec![0u8; len];
+        let got = self.read_full(&mut body).await?;
+        if got < len {
+            return Err(FrameError::Truncated { expected: len, got });
+        }
+        wire::decode(&body)
+    }
+
+    /// Writes one frame.
+    pub async fn write(&self, message: &Message) -> Result<(), FrameError> {
+        self.write_all(&wire::encode(message)?)
+            .await
+            .map_err(FrameError::Io)
+    }
+
+    /// Reads until `buf` is full or the peer closes; returns how much was read.
+    async fn read_full(&self, buf: &mut [u8]) -> Result<usize, FrameError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let mut guard = self.fd.readable().await.map_err(FrameError::Io)?;
+            let rest = &mut buf[filled..];
+            let result = guard.try_io(|fd| {
+                // SAFETY: `rest` is valid for writes of `rest.len()` bytes; the fd is open.
+                let n = unsafe { libc::read(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match result {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => filled += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(FrameError::Io(e)),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(filled)
+    }
+
+    async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            let result = guard.try_io(|fd| {
+                // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes; MSG_NOSIGNAL turns a
+                // closed peer into EPIPE instead of SIGPIPE.
+                let n = unsafe {
+                    libc::send(
+                        fd.as_raw_fd(),
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match result {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registers a descriptor with tokio's reactor.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open for as long as it lives and always returns the same descriptor.
+    Ok(unsafe { AsyncFd::register(fd) }?)
+}
+
+/// The pending error of a socket (`SO_ERROR`), after a non-blocking connect.
+fn socket_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes and `len` is the size of `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((value != 0).then(|| io::Error::from_raw_os_error(value)))
+}
+
+/// Frames for the host, queued until a connection takes them. Cloneable; every clone feeds the
+/// same queue. Pushing never blocks, so it is safe from rapid's log sink (called under its lock).
+#[derive(Clone, Default)]
+pub struct Outbox {
+    inner: Arc<OutboxInner>,
+}
+
+#[derive(Default)]
+struct OutboxInner {
+    queue: Mutex<VecDeque<Message>>,
+    ready: Notify,
+    log_bytes: AtomicUsize,
+    dropped_lines: AtomicU64,
+}
+
+impl Outbox {
+    pub fn send(&self, message: Message) {
+        self.lock().push_back(message);
+        self.inner.ready.notify_one();
+    }
+
+    /// Queues a log line, or drops and counts it when [`LOG_BUDGET`] is used up.
+    pub fn log(&self, line: &str) {
+        let used = self
+            .inner
+            .log_bytes
+            .fetch_add(line.len(), Ordering::Relaxed);
+        if used + line.len() > LOG_BUDGET {
+            self.inner
+                .log_bytes
+                .fetch_sub(line.len(), Ordering::Relaxed);
+            self.inner.dropped_lines.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.send(Message::Log { line: line.into() });
+    }
+
+    /// Waits for the next frame to write.
+    pub async fn next(&self) -> Message {
+        loop {
+            let notified = self.inner.ready.notified();
+            if let Some(message) = self.lock().pop_front() {
+                return message;
+            }
+            notified.await;
+        }
+    }
+
+    /// Puts back a frame a broken connection could not write, to go first on the next one.
+    pub fn unsend(&self, message: Message) {
+        self.lock().push_front(message);
+    }
+
+    /// Marks a log frame as written (its bytes leave the budget); reports lines dropped so far.
+    pub fn written(&self, message: &Message) {
+        if let Message::Log { line } = message {
+            self.inner
+                .log_bytes
+                .fetch_sub(line.len(), Ordering::Relaxed);
+            let dropped = self.inner.dropped_lines.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                self.send(Message::Log {
+                    line: format!("init: {dropped} log lines dropped (the host did not keep up)"),
+                });
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
+        self.inner.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_addresses_parse_and_print() {
+        for text in ["unix:/run/x_9999", "vsock:2:9999"] {
+            assert_eq!(text.parse::<LinkAddr>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "",
+            "unix:",
+            "vsock:2",
+            "vsock:x:1",
+            "vsock:2:99999999999",
+            "tcp:1",
+        ] {
+            assert!(bad.parse::<LinkAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_outbox_bounds_logs_and_reports_drops() {
+        let outbox = Outbox::default();
+        let line = "x".repeat(LOG_BUDGET / 2);
+        outbox.log(&line);
+        outbox.log(&line);
+        outbox.log(&line); // over budget: dropped
+        outbox.send(Message::Shutdown);
+        let first = outbox.next().await;
+        outbox.written(&first);
+        assert!(matches!(outbox.next().await, Message::Log { .. }));
+        assert_eq!(outbox.next().await, Message::Shutdown);
+        assert!(matches!(
+            outbox.next().await,
+            Message::Log { line } if line.contains("1 log lines dropped")
+        ));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_cross_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("link");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let host = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let hello = wire::handshake(&mut stream, &Hello::new("test host")).unwrap();
+            assert!(hello.agent.starts_with("init "));
+            let big = Message::Log {
+                line: "y".repeat(3 << 20),
+            };
+            wire::write_frame(&mut stream, &big).unwrap();
+            assert_eq!(wire::read_frame(&mut stream).unwrap(), big);
+        });
+        let (conn, peer) = Conn::open(&LinkAddr::Unix(path)).await.unwrap();
+        assert_eq!(peer.agent, "test host");
+        let echoed = conn.read().await.unwrap();
+        conn.write(&echoed).await.unwrap();
+        assert!(matches!(conn.read().await, Err(FrameError::Closed)));
+        host.join().unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! The guest's PID 1. It sets up the machine, serves the Runtime API on 127.0.0.1:9001 to the
+//! function's runtime, and relays invocations, logs and restores over the host link. Outside a VM
+//! it runs as an ordinary process (no machine setup, a Unix socket instead of vsock). See
+//! README.md.
+
+mod config;
+mod host_link;
+mod log;
+mod mounts;
+mod net;
+mod power;
+mod reaper;
+mod relay;
+mod restore;
+
+use config::{Options, OptionsError};
+use log::{chain, say};
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    let options = match Options::parse(std::env::args().skip(1), |k| std::env::var(k).ok(), pid1) {
+        Ok(options) => options,
+        Err(OptionsError::Help) => {
+            println!("{}", config::USAGE);
+            std::process::exit(0)
+        }
+        Err(e) => fatal(pid1, &format!("{e}\n{}", config::USAGE)),
+    };
+    for ignored in &options.ignored {
+        say!("ignoring argument {ignored:?}");
+    }
+    let function =
+        config::load_function(&options).unwrap_or_else(|e| fatal(options.system, &chain(&e)));
+    if options.system {
+        setup(function.tmp_size_mb);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fatal(options.system, &format!("cannot start tokio: {e}")));
+    match runtime.block_on(relay::run(&options, function)) {
+        Ok(end) => {
+            say!("stopping: {end:?}");
+            power::off(options.system, end.code())
+        }
+        Err(e) => fatal(
+            options.system,
+            &format!("Runtime API on {}: {e}", options.runtime_api),
+        ),
+    }
+}
+
+/// Mounts, loopback, hostname. Failures are reported and init goes on: the host hears about
+/// what breaks as a result.
+fn setup(tmp_size_mb: u32) {
+    if let Err(e) = mounts::mount_all(tmp_size_mb) {
+        say!("{}", chain(&e));
+    }
+    if let Err(e) = net::loopback_up() {
+        say!("cannot bring up lo: {e}");
+    }
+    if let Err(e) = net::set_hostname(net::HOSTNAME) {
+        say!("cannot set the hostname: {e}");
+    }
+}
+
+fn fatal(system: bool, message: &str) -> ! {
+    say!("{message}");
+    power::off(system, 1)
+}

@@ -1,0 +1,334 @@
+//! The host link as rapid's invocation source: `Invoke` frames become [`Handle::invoke`] calls
+//! and their outcomes `Response`/`Error` frames; `Restore` reseeds and releases a runtime waiting
+//! in `restore/next`; `Shutdown` ends init. Also rapid's snapshot hook (`InitDone`, then wait for
+//! `Restore`), and the whole lifecycle: serve the Runtime API, start the runtime, keep the link
+//! up, stop on `Shutdown`, SIGTERM or a lost link.
+
+use crate::config::{Function, Options};
+use crate::host_link::{Conn, LinkAddr, Outbox};
+use crate::log::{say, LinkLog};
+use crate::{reaper, restore};
+use bytes::Bytes;
+use proto::host_link::{FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY};
+use proto::invoke_api::error_type;
+use proto::runtime_api::{function_error_type, ErrorRequest};
+use rapid::sandbox::InvokeError;
+use rapid::{Handle, Outcome, SnapshotHook};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// First and longest pause between attempts to (re)connect the host link.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(500));
+/// How long connecting and the `Hello` exchange may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the runtime gets to exit after SIGTERM before it is killed.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// Why init stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The host sent `Shutdown`.
+    Shutdown,
+    /// SIGTERM or SIGINT.
+    Terminated,
+    /// The link dropped and init does not reconnect.
+    LinkLost,
+    /// The link never came up and init does not retry.
+    NoLink,
+}
+
+impl End {
+    /// The exit code of an ordinary process.
+    pub fn code(self) -> i32 {
+        if self == End::NoLink {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Serves the function until the host, a signal or the link ends it; the runtime is stopped by
+/// then.
+pub async fn run(options: &Options, function: Function) -> std::io::Result<End> {
+    let api = tokio::net::TcpListener::bind(options.runtime_api).await?;
+    let outbox = Outbox::default();
+    let (restored, restored_rx) = watch::channel(0u64);
+    let snapshot = LinkSnapshot {
+        outbox: outbox.clone(),
+        restored: restored_rx,
+        started: Instant::now(),
+    };
+    let handle = Handle::new(
+        function.rapid,
+        api.local_addr()?,
+        Arc::new(LinkLog::new(outbox.clone())),
+        Some(Arc::new(snapshot)),
+    );
+    let api_handle = handle.clone();
+    tokio::spawn(rapid::http::serve(api, move |request| {
+        rapid::runtime_api::handle(api_handle.clone(), request)
+    }));
+    if options.pid1 {
+        tokio::spawn(reaper::run());
+    }
+    handle.start();
+    let relay = Relay {
+        handle: handle.clone(),
+        outbox,
+        restored,
+        system: options.system,
+    };
+    let end = tokio::select! {
+        end = relay.serve(&options.host_link, options.reconnect) => end,
+        end = terminated() => end,
+    };
+    if end == End::Terminated && reaper::signal_runtime(libc::SIGTERM) > 0 {
+        let deadline = Instant::now() + TERM_GRACE;
+        while !reaper::runtime_groups().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    handle.shutdown();
+    Ok(end)
+}
+
+async fn terminated() -> End {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            End::Terminated
+        }
+        _ => {
+            say!("cannot watch SIGTERM; it will not be forwarded");
+            std::future::pending().await
+        }
+    }
+}
+
+struct Relay {
+    handle: Handle,
+    outbox: Outbox,
+    restored: watch::Sender<u64>,
+    system: bool,
+}
+
+impl Relay {
+    /// Keeps the link up (reconnecting when asked to) until `Shutdown` or the link is given up.
+    async fn serve(&self, addr: &LinkAddr, reconnect: bool) -> End {
+        let (mut backoff, mut failures, mut connected) = (BACKOFF.0, 0u64, false);
+        loop {
+            let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, Conn::open(addr)).await;
+            match opened.map_err(|_| format!("no hello within {HANDSHAKE_TIMEOUT:?}")) {
+                Ok(Ok((conn, peer))) => {
+                    (backoff, failures, connected) = (BACKOFF.0, 0, true);
+                    say!("host link up on {addr} ({})", peer.agent);
+                    match self.session(&conn).await {
+                        Ok(end) => return end,
+                        Err(FrameError::Closed) => say!("the host closed the link"),
+                        Err(e) => say!("host link lost: {}", crate::log::chain(&e)),
+                    }
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    open_failed(addr, failures, &crate::log::chain(&e));
+                }
+                Err(e) => {
+                    failures += 1;
+                    open_failed(addr, failures, &e);
+                }
+            }
+            if !reconnect {
+                return if connected {
+                    End::LinkLost
+                } else {
+                    End::NoLink
+                };
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// One connection: frames in and out until `Shutdown` or an error.
+    async fn session(&self, conn: &Conn) -> Result<End, FrameError> {
+        tokio::select! {
+            end = self.read_loop(conn) => end,
+            error = self.write_loop(conn) => Err(error),
+        }
+    }
+
+    async fn read_loop(&self, conn: &Conn) -> Result<End, FrameError> {
+        loop {
+            match conn.read().await? {
+                Message::Invoke(invoke) => {
+                    tokio::spawn(relay_invoke(
+                        self.handle.clone(),
+                        self.outbox.clone(),
+                        invoke,
+                    ));
+                }
+                Message::Restore {
+                    entropy,
+                    wall_clock_ms,
+                } => self.restore(&entropy.0, wall_clock_ms),
+                Message::Shutdown => return Ok(End::Shutdown),
+                other => say!("ignoring a {} frame from the host", other.kind()),
+            }
+        }
+    }
+
+    /// Writes queued frames. Cancel-safe: a frame not completely written goes back to the front
+    /// of the outbox for the next connection.
+    async fn write_loop(&self, conn: &Conn) -> FrameError {
+        struct Inflight<'a>(&'a Outbox, Option<Message>);
+        impl Drop for Inflight<'_> {
+            fn drop(&mut self) {
+                if let Some(message) = self.1.take() {
+                    self.0.unsend(message);
+                }
+            }
+        }
+        loop {
+            let mut inflight = Inflight(&self.outbox, None);
+            let message = inflight.1.insert(self.outbox.next().await);
+            match conn.write(message).await {
+                Ok(()) => {}
+                Err(FrameError::Io(e)) => return FrameError::Io(e),
+                Err(e) => say!("dropping a {} frame: {e}", message.kind()),
+            }
+            if let Some(message) = inflight.1.take() {
+                self.outbox.written(&message);
+            }
+        }
+    }
+
+    /// Makes this guest unique after a restore, then lets `restore/next` answer.
+    fn restore(&self, entropy: &[u8], wall_clock_ms: u64) {
+        if entropy.len() < MIN_RESTORE_ENTROPY {
+            self.warn(&format!(
+                "restore: only {} bytes of entropy (want {MIN_RESTORE_ENTROPY})",
+                entropy.len()
+            ));
+        }
+        if self.system {
+            if let Err(e) = restore::reseed(entropy) {
+                self.warn(&format!("restore: {}", crate::log::chain(&e)));
+            }
+            if let Err(e) = restore::set_clock(Duration::from_millis(wall_clock_ms)) {
+                self.warn(&format!("restore: {}", crate::log::chain(&e)));
+            }
+        } else {
+            say!("restore: not changing the RNG or the clock (not PID 1, or --no-setup)");
+        }
+        self.restored.send_modify(|count| *count += 1);
+    }
+
+    fn warn(&self, message: &str) {
+        say!("{message}");
+        self.outbox.log(&format!("init: {message}"));
+    }
+}
+
+/// Reports the first failed attempt to open the link and every 100th after it.
+fn open_failed(addr: &LinkAddr, attempt: u64, why: &str) {
+    if attempt == 1 || attempt % 100 == 0 {
+        say!("cannot open the host link on {addr} (attempt {attempt}): {why}");
+    }
+}
+
+/// Runs one invocation and queues its answer; a runtime that exited is also reported.
+async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
+    let request_id = invoke.request_id;
+    let failure = |error_type: &str, message: String| {
+        Bytes::from(ErrorRequest::new(error_type, message).to_json())
+    };
+    let outcome = if invoke.event.0.len() > MAX_PAYLOAD_LEN {
+        let message = format!("the event is larger than {MAX_PAYLOAD_LEN} bytes");
+        Outcome::Failure(failure(error_type::REQUEST_TOO_LARGE, message))
+    } else {
+        let invocation = rapid::Invocation {
+            request_id: request_id.clone(),
+            event: Bytes::from(invoke.event.0),
+            trace_id: invoke.trace_id,
+            client_context: invoke.client_context,
+            cognito_identity: invoke.cognito_identity,
+        };
+        match handle.invoke(invocation).await {
+            Ok(outcome) => outcome,
+            Err(e @ InvokeError::QueueFull) => {
+                Outcome::Failure(failure(error_type::TOO_MANY_REQUESTS, e.to_string()))
+            }
+            Err(e) => Outcome::Failure(failure(error_type::SERVICE, e.to_string())),
+        }
+    };
+    let message = match outcome {
+        Outcome::Success(body) => Message::Response {
+            request_id,
+            body: body.to_vec().into(),
+        },
+        Outcome::Failure(body) => {
+            if let Some(reason) = runtime_exit(&body) {
+                outbox.send(Message::RuntimeCrashed { reason });
+            }
+            Message::Error {
+                request_id,
+                body: body.to_vec().into(),
+            }
+        }
+    };
+    outbox.send(message);
+}
+
+/// The message of an error body that says the runtime exited.
+fn runtime_exit(body: &[u8]) -> Option<String> {
+    let error: ErrorRequest = serde_json::from_slice(body).ok()?;
+    (error.error_type == function_error_type::RUNTIME_EXIT).then_some(error.error_message)
+}
+
+/// rapid's snapshot hook: tells the host init is done (the moment to snapshot), then waits for
+/// its `Restore`, in this guest or in a restored copy of it.
+struct LinkSnapshot {
+    outbox: Outbox,
+    restored: watch::Receiver<u64>,
+    started: Instant,
+}
+
+impl SnapshotHook for LinkSnapshot {
+    fn snapshot(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let mut restored = self.restored.clone();
+            restored.borrow_and_update();
+            let init_duration_ms = self.started.elapsed().as_millis() as u64;
+            self.outbox.send(Message::InitDone { init_duration_ms });
+            restored
+                .changed()
+                .await
+                .map_err(|_| "init is shutting down".to_owned())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_runtime_exits_count_as_crashes() {
+        let exit = ErrorRequest::new(function_error_type::RUNTIME_EXIT, "exit status 3").to_json();
+        assert_eq!(runtime_exit(&exit).as_deref(), Some("exit status 3"));
+        let handler = ErrorRequest::new("EchoError", "boom").to_json();
+        assert_eq!(runtime_exit(&handler), None);
+        assert_eq!(runtime_exit(b"not json"), None);
+    }
+}

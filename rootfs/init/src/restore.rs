@@ -1,0 +1,107 @@
+//! Uniqueness after a snapshot restore: every restored guest must diverge from its siblings, so
+//! the host's fresh entropy goes into the kernel RNG (`RNDADDENTROPY`, then `RNDRESEEDCRNG` so
+//! the next read already uses it) and the wall clock is set to the host's time. PID 1 does this
+//! before the runtime's after-restore hooks run.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// `_IOW('R', 0x03, int[2])` from `<linux/random.h>`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IO('R', 0x07)` from `<linux/random.h>` (Linux 4.17 and later).
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+/// Most entropy taken from one `Restore` (the host sends 64 bytes).
+pub const MAX_ENTROPY: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot open /dev/urandom")]
+    Open(#[source] io::Error),
+    #[error("RNDADDENTROPY failed")]
+    AddEntropy(#[source] io::Error),
+    #[error("RNDRESEEDCRNG failed")]
+    Reseed(#[source] io::Error),
+    #[error("{0} bytes of entropy is more than the {MAX_ENTROPY} taken")]
+    TooMuch(usize),
+    #[error("clock_settime failed")]
+    Clock(#[source] io::Error),
+}
+
+/// The `struct rand_pool_info` RNDADDENTROPY takes: entropy in bits, buffer size in bytes, then
+/// the bytes, in native byte order.
+fn rand_pool_info(entropy: &[u8]) -> Result<Vec<u8>, RestoreError> {
+    if entropy.len() > MAX_ENTROPY {
+        return Err(RestoreError::TooMuch(entropy.len()));
+    }
+    // Both fit in an i32: MAX_ENTROPY * 8 is far below i32::MAX.
+    let (size, bits) = (entropy.len() as i32, entropy.len() as i32 * 8);
+    let mut info = Vec::with_capacity(8 + entropy.len());
+    info.extend_from_slice(&bits.to_ne_bytes());
+    info.extend_from_slice(&size.to_ne_bytes());
+    info.extend_from_slice(entropy);
+    Ok(info)
+}
+
+/// Mixes `entropy` into the kernel RNG, credited in full, and reseeds the CRNG from it.
+pub fn reseed(entropy: &[u8]) -> Result<(), RestoreError> {
+    let info = rand_pool_info(entropy)?;
+    let urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(RestoreError::Open)?;
+    // SAFETY: `info` is a complete rand_pool_info whose buf_size matches the bytes that follow.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
+        return Err(RestoreError::AddEntropy(io::Error::last_os_error()));
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
+        return Err(RestoreError::Reseed(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Sets the wall clock (`CLOCK_REALTIME`) to `since_epoch`.
+pub fn set_clock(since_epoch: Duration) -> Result<(), RestoreError> {
+    let ts = libc::timespec {
+        tv_sec: since_epoch.as_secs() as libc::time_t,
+        tv_nsec: since_epoch.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(RestoreError::Clock(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_info_header_counts_bits_and_bytes() {
+        let info = rand_pool_info(&[1, 2, 3]).unwrap();
+        assert_eq!(&info[..4], &24i32.to_ne_bytes());
+        assert_eq!(&info[4..8], &3i32.to_ne_bytes());
+        assert_eq!(&info[8..], &[1, 2, 3]);
+        assert!(matches!(
+            rand_pool_info(&[0; MAX_ENTROPY + 1]),
+            Err(RestoreError::TooMuch(_))
+        ));
+    }
+
+    /// Mixes 64 bytes read from /dev/urandom back into this machine's RNG: harmless, but it
+    /// changes the machine and needs root, so it only runs when asked for
+    /// (`cargo test -p init -- --ignored reseed`).
+    #[test]
+    #[ignore]
+    fn reseed_takes_entropy_as_root() {
+        use std::io::Read;
+        let mut entropy = [0u8; 64];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut entropy)
+            .unwrap();
+        reseed(&entropy).unwrap();
+    }
+}

@@ -1,0 +1,353 @@
+//! The host side of the host link (see [`proto::host_link`] for the frames).
+//!
+//! The guest init connects to vsock CID 2, port [`PORT`]; with Firecracker-style hybrid vsock that
+//! connection arrives on the Unix socket `<uds>_<port>`. [`Listener`] listens there, and
+//! [`Listener::accept`] returns a [`HostLink`] once the `Hello`s are exchanged. A `HostLink` is
+//! synchronous and serves one caller: [`HostLink::invoke`] sends an `Invoke` and reads frames
+//! until its `Response` or `Error`, passing `Log` lines to the log callback on the way.
+//!
+//! After any error but [`LinkError::Guest`] the connection's state is unknown: drop the link and
+//! accept the guest's next connection.
+
+use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, Message};
+use std::io::Read;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use proto::host_link::{Invoke, PORT};
+
+/// How long [`Listener::accept`] sleeps between polls.
+const ACCEPT_POLL: Duration = Duration::from_millis(5);
+/// How much entropy [`HostLink::restore`] sends.
+const RESTORE_ENTROPY: usize = 64;
+
+/// Why the host link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot listen on {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("accepting the guest's connection failed")]
+    Accept(#[source] std::io::Error),
+    #[error("the guest did not connect within {0:?}")]
+    AcceptTimeout(Duration),
+    #[error("host-link handshake failed")]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The guest sent a message only the host may send. The link stays usable.
+    #[error("the guest sent a {0} frame, which only the host sends")]
+    Guest(&'static str),
+    #[error("cannot read entropy for the restore")]
+    Entropy(#[source] std::io::Error),
+    #[error("setting the link's timeout failed")]
+    Timeout(#[source] std::io::Error),
+}
+
+/// How an invocation ended, as the guest reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The runtime's response body.
+    Success(Vec<u8>),
+    /// Lambda's error JSON: the function's error, or the environment's (timeout, runtime exit...).
+    Failure(Vec<u8>),
+}
+
+/// Listens for the guest's connection on `<uds>_<port>`.
+pub struct Listener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// Listens on `<uds>_<port>`, replacing a stale socket file left there.
+    pub fn bind(uds: &Path, port: u32) -> Result<Listener, LinkError> {
+        let mut path = uds.as_os_str().to_owned();
+        path.push(format!("_{port}"));
+        let path = PathBuf::from(path);
+        let bind_error = |source| LinkError::Bind {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(bind_error(e)),
+            _ => {}
+        }
+        let listener = UnixListener::bind(&path).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        Ok(Listener { listener, path })
+    }
+
+    /// The socket's path, `<uds>_<port>`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits up to `timeout` for the guest to connect, then exchanges `Hello`s.
+    pub fn accept(&self, timeout: Duration) -> Result<HostLink, LinkError> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(LinkError::AcceptTimeout(timeout));
+                    }
+                    std::thread::sleep(ACCEPT_POLL);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LinkError::Accept(e)),
+            }
+        };
+        stream.set_nonblocking(false).map_err(LinkError::Accept)?;
+        HostLink::handshake(stream, timeout)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+type LogFn = Box<dyn FnMut(&str) + Send>;
+
+/// One connection to a guest init.
+pub struct HostLink {
+    stream: UnixStream,
+    peer: Hello,
+    log: LogFn,
+    init_done: Option<Duration>,
+    crashes: Vec<String>,
+}
+
+impl HostLink {
+    /// Exchanges `Hello`s on a connected stream, waiting up to `timeout` for the guest's.
+    pub fn handshake(mut stream: UnixStream, timeout: Duration) -> Result<HostLink, LinkError> {
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(LinkError::Timeout)?;
+        let agent = format!("vmm {}", env!("CARGO_PKG_VERSION"));
+        let peer = wire::handshake(&mut stream, &Hello::new(agent))?;
+        stream.set_read_timeout(None).map_err(LinkError::Timeout)?;
+        Ok(HostLink {
+            stream,
+            peer,
+            log: Box::new(|_| {}),
+            init_done: None,
+            crashes: Vec::new(),
+        })
+    }
+
+    /// The guest's `Hello`.
+    pub fn peer(&self) -> &Hello {
+        &self.peer
+    }
+
+    /// Where the guest's log lines go (by default nowhere).
+    pub fn on_log(&mut self, log: impl FnMut(&str) + Send + 'static) {
+        self.log = Box::new(log);
+    }
+
+    /// Bounds every wait for a frame; `None` waits forever. A read that times out leaves the
+    /// link unusable.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), LinkError> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(LinkError::Timeout)
+    }
+
+    /// Runs one invocation and waits for its outcome. Frames for other request ids (answers to
+    /// invokes abandoned after an error) are skipped.
+    pub fn invoke(&mut self, invoke: Invoke) -> Result<Outcome, LinkError> {
+        let request_id = invoke.request_id.clone();
+        self.send(&Message::Invoke(invoke))?;
+        loop {
+            match self.next_frame()? {
+                Message::Response {
+                    request_id: id,
+                    body,
+                } if id == request_id => return Ok(Outcome::Success(body.0)),
+                Message::Error {
+                    request_id: id,
+                    body,
+                } if id == request_id => return Ok(Outcome::Failure(body.0)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for `InitDone` (a SnapStart init reaching `restore/next`) and returns the init
+    /// duration the guest measured.
+    pub fn wait_init_done(&mut self) -> Result<Duration, LinkError> {
+        while self.init_done.is_none() {
+            self.next_frame()?;
+        }
+        Ok(self.init_done.take().unwrap_or_default())
+    }
+
+    /// Sends `Restore` with fresh entropy and the host's wall-clock time. The guest reseeds its
+    /// RNG and sets its clock, then lets a runtime waiting in `restore/next` go on.
+    pub fn restore(&mut self) -> Result<(), LinkError> {
+        let mut entropy = vec![0u8; RESTORE_ENTROPY];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut entropy))
+            .map_err(LinkError::Entropy)?;
+        let wall_clock_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.send(&Message::Restore {
+            entropy: entropy.into(),
+            wall_clock_ms,
+        })
+    }
+
+    /// Tells the guest to stop its runtime and power off.
+    pub fn shutdown(mut self) -> Result<(), LinkError> {
+        self.send(&Message::Shutdown)
+    }
+
+    /// Runtime crashes the guest reported since the last call.
+    pub fn take_crashes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.crashes)
+    }
+
+    fn send(&mut self, message: &Message) -> Result<(), LinkError> {
+        Ok(wire::write_frame(&mut self.stream, message)?)
+    }
+
+    /// Reads one frame, handling the guest's notifications; returns it too.
+    fn next_frame(&mut self) -> Result<Message, LinkError> {
+        let message = wire::read_frame(&mut self.stream)?;
+        match &message {
+            Message::Log { line } => (self.log)(line),
+            Message::InitDone { init_duration_ms } => {
+                self.init_done = Some(Duration::from_millis(*init_duration_ms));
+            }
+            Message::RuntimeCrashed { reason } => self.crashes.push(reason.clone()),
+            Message::Response { .. } | Message::Error { .. } => {}
+            other @ (Message::Hello(_)
+            | Message::Invoke(_)
+            | Message::Restore { .. }
+            | Message::Shutdown) => return Err(LinkError::Guest(other.kind())),
+        }
+        Ok(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::host_link::{read_frame, write_frame};
+    use std::sync::{Arc, Mutex};
+
+    /// A fake guest: connects, says hello, then runs `script` on the stream.
+    fn guest(
+        path: PathBuf,
+        script: impl FnOnce(&mut UnixStream) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut stream = UnixStream::connect(path).unwrap();
+            wire::handshake(&mut stream, &Hello::new("fake init")).unwrap();
+            script(&mut stream);
+        })
+    }
+
+    fn invoke(id: &str) -> Invoke {
+        Invoke {
+            request_id: id.into(),
+            event: b"{}".as_slice().into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        }
+    }
+
+    #[test]
+    fn invoke_relays_logs_and_skips_stale_answers() {
+        let dir = std::env::temp_dir().join(format!("vmm-host-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = Listener::bind(&dir.join("v.sock"), PORT).unwrap();
+        assert!(listener.path().ends_with(format!("v.sock_{PORT}")));
+        let fake = guest(listener.path().to_owned(), |s| {
+            let Message::Invoke(inv) = read_frame(s).unwrap() else {
+                panic!("expected invoke")
+            };
+            for m in [
+                Message::Log {
+                    line: "START".into(),
+                },
+                Message::Response {
+                    request_id: "stale".into(),
+                    body: b"old".as_slice().into(),
+                },
+                Message::RuntimeCrashed {
+                    reason: "exit status 3".into(),
+                },
+                Message::Error {
+                    request_id: inv.request_id,
+                    body: b"{\"errorType\":\"E\"}".as_slice().into(),
+                },
+                Message::InitDone {
+                    init_duration_ms: 5,
+                },
+            ] {
+                write_frame(s, &m).unwrap();
+            }
+            assert!(
+                matches!(read_frame(s).unwrap(), Message::Restore { entropy, .. } if entropy.0.len() >= 32)
+            );
+            assert_eq!(read_frame(s).unwrap(), Message::Shutdown);
+        });
+        let mut link = listener.accept(Duration::from_secs(10)).unwrap();
+        assert_eq!(link.peer().agent, "fake init");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        link.on_log(move |line| sink.lock().unwrap().push(line.to_owned()));
+        assert_eq!(
+            link.invoke(invoke("r1")).unwrap(),
+            Outcome::Failure(b"{\"errorType\":\"E\"}".to_vec())
+        );
+        assert_eq!(*lines.lock().unwrap(), vec!["START".to_owned()]);
+        assert_eq!(link.take_crashes(), vec!["exit status 3".to_owned()]);
+        assert_eq!(link.wait_init_done().unwrap(), Duration::from_millis(5));
+        link.restore().unwrap();
+        link.shutdown().unwrap();
+        fake.join().unwrap();
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn accept_times_out_and_refuses_a_wrong_version() {
+        let dir = std::env::temp_dir().join(format!("vmm-host-link-v-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = Listener::bind(&dir.join("v.sock"), 7).unwrap();
+        assert!(matches!(
+            listener.accept(Duration::from_millis(20)),
+            Err(LinkError::AcceptTimeout(_))
+        ));
+        let path = listener.path().to_owned();
+        let fake = std::thread::spawn(move || {
+            let mut stream = UnixStream::connect(path).unwrap();
+            let hello = Hello {
+                version: proto::host_link::VERSION + 1,
+                agent: "future init".into(),
+            };
+            write_frame(&mut stream, &Message::Hello(hello)).unwrap();
+            let _ = read_frame(&mut stream);
+        });
+        assert!(matches!(
+            listener.accept(Duration::from_secs(10)),
+            Err(LinkError::Handshake(HandshakeError::Version { .. }))
+        ));
+        fake.join().unwrap();
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
