@@ -47,14 +47,32 @@ impl Guest {
     /// Writes `function.json` (with `extra` keys) and starts init through `wrapper` (e.g.
     /// `unshare ...`) with `args`.
     fn start(runtime: &Path, extra: &str, wrapper: &[&str], args: &[&str]) -> Guest {
+        let extra = if extra.contains("timeout_secs") {
+            extra.to_owned()
+        } else {
+            format!(r#", "timeout_secs": 10{extra}"#)
+        };
+        Self::start_function(runtime, "echo", None, &extra, wrapper, args)
+    }
+
+    /// Like [`Guest::start`], with the function's handler and task root (default: a temp dir).
+    fn start_function(
+        runtime: &Path,
+        handler: &str,
+        task_root: Option<&Path>,
+        extra: &str,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Guest {
         // Not under /tmp: as PID 1 with machine setup, init mounts a tmpfs there.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let task_root = task_root.unwrap_or(dir.path()).to_path_buf();
         let config = dir.path().join("function.json");
         std::fs::write(
             &config,
             format!(
-                r#"{{"handler": "echo", "function_name": "init-test", "runtime": "{}",
-                     "timeout_secs": 10 {extra}}}"#,
+                r#"{{"handler": "{handler}", "function_name": "init-test", "runtime": "{}"
+                     {extra}}}"#,
                 runtime.display()
             ),
         )
@@ -73,7 +91,7 @@ impl Guest {
         command
             .args(["--config", config.to_str().unwrap(), "--host-link", &link])
             .args(["--runtime-api", "127.0.0.1:0"])
-            .args(["--task-root", dir.path().to_str().unwrap()])
+            .args(["--task-root", task_root.to_str().unwrap()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -190,6 +208,81 @@ fn invokes_succeed_fail_and_survive_a_runtime_crash() {
         "a fresh runtime serves the next invoke"
     );
 
+    link.shutdown().unwrap();
+    assert!(guest.wait().success());
+}
+
+#[test]
+fn a_timed_out_invoke_is_reported_and_a_fresh_runtime_serves_the_next() {
+    let Some(runtime) = bootstrap_echo() else {
+        return;
+    };
+    let mut guest = Guest::start(&runtime, r#", "timeout_secs": 1"#, &[], &[]);
+    let mut link = guest.accept();
+    let error = error_json(
+        link.invoke(invoke("t1", r#"{"action":"sleep","ms":5000}"#))
+            .unwrap(),
+    );
+    assert_eq!(error["errorType"], "Sandbox.Timedout", "{error}");
+    assert!(error["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("Task timed out after 1.00 seconds"));
+    assert_eq!(
+        link.invoke(invoke("t2", "[2]")).unwrap(),
+        Outcome::Success(b"[2]".to_vec())
+    );
+    link.shutdown().unwrap();
+    assert!(guest.wait().success());
+}
+
+/// The test virtualenv's Python, which has awslambdaric (scripts/test.sh installs it).
+fn venv_python() -> Option<PathBuf> {
+    let path = std::env::var_os("TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python3"));
+    if path.exists() {
+        return Some(path);
+    }
+    skip(&format!(
+        "{} not found; scripts/test.sh creates the virtualenv with awslambdaric",
+        path.display()
+    ));
+    None
+}
+
+#[test]
+fn an_unmodified_awslambdaric_function_is_served_through_init() {
+    let Some(python) = venv_python() else {
+        return;
+    };
+    let function = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/functions/python-ric")
+        .canonicalize()
+        .unwrap();
+    let extra = format!(r#", "environment": {{"PYTHON": "{}"}}"#, python.display());
+    let extra = format!(r#", "timeout_secs": 10{extra}"#);
+    let mut guest = Guest::start_function(
+        &function.join("bootstrap"),
+        "echo.handler",
+        Some(&function),
+        &extra,
+        &[],
+        &[],
+    );
+    let mut link = guest.accept();
+    let event = r#"{"from": "awslambdaric"}"#;
+    let Outcome::Success(body) = link.invoke(invoke("p1", event)).unwrap() else {
+        panic!("awslambdaric echo failed")
+    };
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body, serde_json::json!({"from": "awslambdaric"}));
+    let error = error_json(
+        link.invoke(invoke("p2", r#"{"action":"error","message":"py-boom"}"#))
+            .unwrap(),
+    );
+    assert_eq!(error["errorType"], "ValueError", "{error}");
+    assert!(guest.logged("REPORT RequestId: p2"));
     link.shutdown().unwrap();
     assert!(guest.wait().success());
 }
