@@ -64,8 +64,15 @@ impl Guest {
         wrapper: &[&str],
         args: &[&str],
     ) -> Guest {
-        // Not under /tmp: as PID 1 with machine setup, init mounts a tmpfs there.
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        // Not under /tmp: as PID 1 with machine setup, init mounts a tmpfs there, which would
+        // hide the link's socket (a checkout may itself live under /tmp).
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = if base.starts_with("/tmp") {
+            Path::new("/var/tmp")
+        } else {
+            base
+        };
+        let dir = tempfile::tempdir_in(base).unwrap();
         let task_root = task_root.unwrap_or(dir.path()).to_path_buf();
         let config = dir.path().join("function.json");
         std::fs::write(
