@@ -457,11 +457,24 @@ fn as_pid_1_of_a_pid_namespace_it_serves_and_reaps_orphans() {
     assert!(guest.wait().success());
 }
 
+/// Init mounts a fresh tmpfs on /tmp when it sets up the machine, so a runtime inside a
+/// checkout under /tmp would vanish: copy it out to /var/tmp first.
+fn outside_tmp(runtime: PathBuf) -> (Option<tempfile::TempDir>, PathBuf) {
+    if !runtime.starts_with("/tmp") {
+        return (None, runtime);
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let copy = dir.path().join("bootstrap-echo");
+    std::fs::copy(&runtime, &copy).unwrap();
+    (Some(dir), copy)
+}
+
 #[test]
 fn as_pid_1_in_namespaces_it_sets_up_the_machine_and_reboots() {
     let Some(runtime) = bootstrap_echo() else {
         return;
     };
+    let (_copy, runtime) = outside_tmp(runtime);
     // New pid, mount, UTS and network namespaces: the mounts, hostname and loopback init sets up
     // are the namespaces' own, and reboot() in a PID namespace only ends that namespace (its
     // init dies of SIGHUP). The test never sends Restore: the wall clock is not namespaced.
