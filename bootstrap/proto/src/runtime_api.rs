@@ -178,6 +178,11 @@ pub mod error_type {
     pub const NOT_FOUND: &str = "NotFound";
     pub const METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
     pub const INTERNAL: &str = "InternalError";
+    /// A request the server could not read (the body broke off, or is not what the endpoint takes).
+    pub const INVALID_REQUEST: &str = "InvalidRequest";
+    /// The answer to a runtime still waiting in `/next` after its environment was reset: it is
+    /// not the runtime the server serves any more.
+    pub const ENVIRONMENT_RESET: &str = "EnvironmentReset";
 }
 
 /// Error types the platform reports to an invoker on behalf of a failed runtime.
@@ -188,6 +193,8 @@ pub mod function_error_type {
     pub const RESPONSE_TOO_LARGE: &str = "Function.ResponseSizeTooLarge";
     pub const INIT_TIMEOUT: &str = "Runtime.InitTimeout";
     pub const RESTORE_ERROR: &str = "Runtime.RestoreError";
+    /// The runtime executable could not be started (missing, not executable).
+    pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
 }
 
 #[cfg(test)]

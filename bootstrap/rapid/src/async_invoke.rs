@@ -1,51 +1,97 @@
-//! Asynchronous (`Event`) invocations: run later, retried twice on failure, then sent to the
-//! on-failure destination as an AWS destination record.
+//! Asynchronous (`Event`) invocations: accepted at once, run later, retried twice on failure,
+//! then sent to the on-failure destination as an AWS destination record.
 
 use crate::sandbox::{Handle, Invocation, Outcome};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// One attempt and two retries, as Lambda does for asynchronous invokes.
 pub const MAX_ATTEMPTS: u32 = 3;
 
-/// Runs `invocation` in the background.
-pub fn enqueue(sandbox: Handle, invocation: Invocation) {
-    tokio::spawn(async move {
-        let mut last = None;
-        for attempt in 1..=MAX_ATTEMPTS {
-            match sandbox.invoke(invocation.clone()).await {
-                Ok(Outcome::Success(_)) => return,
-                Ok(Outcome::Failure(body)) => last = Some(body),
-                Err(e) => last = Some(e.to_string().into_bytes().into()),
-            }
-            if attempt < MAX_ATTEMPTS {
-                tokio::time::sleep(sandbox.config().async_retry_delay).await;
+/// Most asynchronous invocations accepted and not yet done (each holds its event, up to 1 MiB).
+pub const MAX_PENDING: usize = 128;
+
+/// Why an asynchronous invocation was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnqueueError {
+    #[error("too many asynchronous invocations are pending ({MAX_PENDING})")]
+    Full,
+}
+
+/// The asynchronous invocations of one environment.
+#[derive(Clone)]
+pub struct AsyncQueue {
+    sandbox: Handle,
+    slots: Arc<Semaphore>,
+}
+
+impl AsyncQueue {
+    pub fn new(sandbox: Handle) -> AsyncQueue {
+        AsyncQueue {
+            sandbox,
+            slots: Arc::new(Semaphore::new(MAX_PENDING)),
+        }
+    }
+
+    /// Accepts `invocation` to run in the background, with retries.
+    pub fn enqueue(&self, invocation: Invocation) -> Result<(), EnqueueError> {
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| EnqueueError::Full)?;
+        let sandbox = self.sandbox.clone();
+        tokio::spawn(async move {
+            run(&sandbox, invocation).await;
+            drop(slot);
+        });
+        Ok(())
+    }
+}
+
+async fn run(sandbox: &Handle, invocation: Invocation) {
+    let id = &invocation.request_id;
+    let mut last = Vec::new();
+    for attempt in 1..=MAX_ATTEMPTS {
+        match sandbox.invoke(invocation.clone()).await {
+            Ok(Outcome::Success(_)) => return,
+            Ok(Outcome::Failure(body)) => last = body.to_vec(),
+            Err(e) => {
+                last = proto::runtime_api::ErrorRequest::new(
+                    proto::invoke_api::error_type::SERVICE,
+                    e.to_string(),
+                )
+                .to_json()
             }
         }
-        let response = last.unwrap_or_default();
-        let id = &invocation.request_id;
-        let config = sandbox.config();
-        let Some(dir) = &config.on_failure_dir else {
-            eprintln!("lambda-local: async invoke {id} failed {MAX_ATTEMPTS} times; no --on-failure-dir, dropped");
-            return;
-        };
-        let record = destination_record(
-            &invocation,
-            &config.function_arn(),
-            &config.function_version,
-            &response,
-        );
-        match write_atomically(dir, &format!("{id}.json"), &record) {
-            Ok(path) => eprintln!(
-                "lambda-local: async invoke {id} failed {MAX_ATTEMPTS} times; record at {}",
-                path.display()
-            ),
-            Err(e) => eprintln!(
-                "lambda-local: async invoke {id} failed; cannot write its record in {}: {e}",
-                dir.display()
-            ),
+        if attempt < MAX_ATTEMPTS {
+            tokio::time::sleep(sandbox.config().async_retry_delay).await;
         }
-    });
+    }
+    let config = sandbox.config();
+    let Some(dir) = &config.on_failure_dir else {
+        sandbox.log(&format!(
+            "rapid: async invoke {id} failed {MAX_ATTEMPTS} times; no on-failure destination, dropped"
+        ));
+        return;
+    };
+    let record = destination_record(
+        &invocation,
+        &config.function_arn(),
+        &config.function_version,
+        &last,
+        &crate::time::rfc3339_now(),
+    );
+    match write_atomically(dir, &format!("{id}.json"), &record) {
+        Ok(path) => sandbox.log(&format!(
+            "rapid: async invoke {id} failed {MAX_ATTEMPTS} times; destination record {}",
+            path.display()
+        )),
+        Err(e) => sandbox.log(&format!(
+            "rapid: async invoke {id} failed {MAX_ATTEMPTS} times; cannot write its record in {}: {e}",
+            dir.display()
+        )),
+    }
 }
 
 /// The record AWS sends to an on-failure destination.
@@ -54,6 +100,7 @@ fn destination_record(
     function_arn: &str,
     version: &str,
     response: &[u8],
+    timestamp: &str,
 ) -> Vec<u8> {
     let as_json = |bytes: &[u8]| {
         serde_json::from_slice::<Value>(bytes)
@@ -61,7 +108,7 @@ fn destination_record(
     };
     let record = json!({
         "version": "1.0",
-        "timestamp": crate::time::rfc3339_now(),
+        "timestamp": timestamp,
         "requestContext": {
             "requestId": invocation.request_id,
             "functionArn": format!("{function_arn}:{version}"),
@@ -72,7 +119,7 @@ fn destination_record(
         "responseContext": {
             "statusCode": 200,
             "executedVersion": version,
-            "functionError": "Unhandled",
+            "functionError": proto::invoke_api::FUNCTION_ERROR_UNHANDLED,
         },
         "responsePayload": as_json(response),
     });
@@ -81,15 +128,61 @@ fn destination_record(
 
 /// Writes `name` in `dir` through a temporary file and a rename, so a reader never sees half a
 /// record.
-fn write_atomically(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-) -> std::io::Result<std::path::PathBuf> {
+fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&temp, contents)?;
     std::fs::rename(&temp, &path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn destination_record_has_awss_shape() {
+        let mut invocation = Invocation::new(Bytes::from_static(br#"{"k":1}"#));
+        invocation.request_id = "req-1".into();
+        let record = destination_record(
+            &invocation,
+            "arn:aws:lambda:us-east-1:012345678912:function:f",
+            "$LATEST",
+            br#"{"errorType":"E","errorMessage":"m"}"#,
+            "2024-05-01T12:34:56.789Z",
+        );
+        let record: Value = serde_json::from_slice(&record).unwrap();
+        assert_eq!(
+            record,
+            json!({
+                "version": "1.0",
+                "timestamp": "2024-05-01T12:34:56.789Z",
+                "requestContext": {
+                    "requestId": "req-1",
+                    "functionArn": "arn:aws:lambda:us-east-1:012345678912:function:f:$LATEST",
+                    "condition": "RetriesExhausted",
+                    "approximateInvokeCount": 3
+                },
+                "requestPayload": {"k": 1},
+                "responseContext": {
+                    "statusCode": 200,
+                    "executedVersion": "$LATEST",
+                    "functionError": "Unhandled"
+                },
+                "responsePayload": {"errorType": "E", "errorMessage": "m"}
+            })
+        );
+    }
+
+    #[test]
+    fn records_are_written_whole() {
+        let dir = std::env::temp_dir().join(format!("rapid-dest-{}", uuid::Uuid::new_v4()));
+        let path = write_atomically(&dir, "r.json", b"{}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -99,7 +99,7 @@ where
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                eprintln!("lambda-local: accept failed: {e}");
+                eprintln!("rapid: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

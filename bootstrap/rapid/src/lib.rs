@@ -2,14 +2,17 @@
 //!
 //! It runs one function environment: it starts the runtime process (our `bootstrap` or any
 //! executable), serves it the Runtime API (`/2018-06-01/runtime/*`) and feeds it invocations from
-//! a pluggable source. A source is anything holding a [`Handle`]: the emulator-compatible HTTP
-//! invoke endpoint ([`invoke_http`]) in local mode, the guest's host link inside a microVM.
+//! a pluggable source. A source is anything holding a [`Handle`] and calling [`Handle::invoke`]:
+//! the emulator-compatible HTTP invoke endpoint ([`invoke_http`]) in local mode, the guest's host
+//! link inside a microVM. Logs go to a [`LogSink`]; SnapStart's snapshot point is a
+//! [`SnapshotHook`].
 //!
 //! Everything runs on one thread (a tokio current-thread runtime is enough): inside a microVM
 //! under emulation every thread switch is expensive.
 
 pub mod async_invoke;
 pub mod config;
+pub mod hooks;
 pub mod http;
 pub mod invoke_http;
 pub mod process;
@@ -19,4 +22,5 @@ pub mod sandbox;
 pub mod time;
 
 pub use config::{FunctionConfig, InitType};
-pub use sandbox::{Handle, Invocation, LogSink, Outcome, SnapshotHook, StdoutLog};
+pub use hooks::{LogSink, NoSnapshot, SnapshotHook, StdoutLog};
+pub use sandbox::{Handle, Invocation, InvokeError, Outcome};

@@ -6,8 +6,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Lambda bills whole milliseconds, rounded up, and at least one.
 fn billed_ms(d: Duration) -> u64 {
-    d.as_micros().div_ceil(1000) as u64
+    u64::try_from(d.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 pub fn start(request_id: &str, version: &str) -> String {
@@ -80,6 +83,14 @@ pub fn init_report_error(init_duration: Duration, error_type: &str) -> String {
     )
 }
 
+/// The line for a failed SnapStart restore (the runtime's after-restore hooks).
+pub fn restore_report_error(restore_duration: Duration, error_type: &str) -> String {
+    format!(
+        "RESTORE_REPORT Restore Duration: {:.2} ms\tStatus: error\tError Type: {error_type}",
+        ms(restore_duration)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +129,30 @@ mod tests {
         assert!(line.ends_with("Status: timeout\t"));
         assert_eq!(start("r", "$LATEST"), "START RequestId: r Version: $LATEST");
         assert_eq!(end("r"), "END RequestId: r");
+    }
+
+    #[test]
+    fn failed_phases_and_errors() {
+        let report = Report {
+            request_id: "r".into(),
+            duration: Duration::from_nanos(1),
+            memory_size_mb: 128,
+            max_memory_used_mb: 0,
+            init_duration: None,
+            restore_duration: None,
+            status: Status::Error("Runtime.ExitError".into()),
+        };
+        assert_eq!(
+            report.line(),
+            "REPORT RequestId: r\tDuration: 0.00 ms\tBilled Duration: 1 ms\tMemory Size: 128 MB\tMax Memory Used: 0 MB\tStatus: error\tError Type: Runtime.ExitError\t"
+        );
+        assert_eq!(
+            init_report_error(Duration::from_micros(1_500), "Runtime.InitTimeout"),
+            "INIT_REPORT Init Duration: 1.50 ms\tPhase: init\tStatus: error\tError Type: Runtime.InitTimeout"
+        );
+        assert_eq!(
+            restore_report_error(Duration::from_millis(2), "Runtime.RestoreError"),
+            "RESTORE_REPORT Restore Duration: 2.00 ms\tStatus: error\tError Type: Runtime.RestoreError"
+        );
     }
 }

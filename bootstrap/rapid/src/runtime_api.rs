@@ -10,7 +10,11 @@ use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SY
 
 /// Error bodies are small; a runtime posting megabytes of them is misbehaving.
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
+const UNHANDLED: &str = proto::runtime_api::function_error_type::UNHANDLED;
+const RESTORE_ERROR: &str = proto::runtime_api::function_error_type::RESTORE_ERROR;
 
+/// Answers one Runtime API request. `/next` and `restore/next` long-poll; bodies are read with
+/// hard limits, and a connection whose body was refused unread is closed.
 pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
     let route = match Route::parse(request.method().as_str(), request.uri().path()) {
         Ok(route) => route,
@@ -48,18 +52,18 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
             if let Err(reply) = sandbox.precheck(&id) {
                 return to_http(reply);
             }
-            match error_body(request).await {
+            match error_body(request, UNHANDLED).await {
                 Ok((body, _)) => sandbox.report_error(&id, body),
-                Err(reply) => reply,
+                Err(reply) => return reply,
             }
         }
-        Route::InitError => match error_body(request).await {
+        Route::InitError => match error_body(request, UNHANDLED).await {
             Ok((body, error_type)) => sandbox.init_error(body, &error_type),
-            Err(reply) => reply,
+            Err(reply) => return reply,
         },
-        Route::RestoreError => match error_body(request).await {
+        Route::RestoreError => match error_body(request, RESTORE_ERROR).await {
             Ok((body, error_type)) => sandbox.restore_error(body, &error_type),
-            Err(reply) => reply,
+            Err(reply) => return reply,
         },
     };
     to_http(reply)
@@ -67,8 +71,12 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
 
 /// Reads and checks an error post. Tolerant where the official clients differ: the error-type
 /// header is optional, the stack may be under `trace`, and `Content-Type` may be missing.
-/// Returns the body to hand to the invoker and the error type.
-async fn error_body(request: Request<Incoming>) -> Result<(Bytes, String), ApiReply> {
+/// Returns the body to hand to the invoker and the error type (`default_type` when neither the
+/// header nor the body names one); or the HTTP answer refusing the post.
+async fn error_body(
+    request: Request<Incoming>,
+    default_type: &str,
+) -> Result<(Bytes, String), Reply> {
     let header_type = request
         .headers()
         .get(header::FUNCTION_ERROR_TYPE)
@@ -76,33 +84,35 @@ async fn error_body(request: Request<Incoming>) -> Result<(Bytes, String), ApiRe
         .map(str::to_owned);
     let body = match http::read_body(request, ERROR_BODY_LIMIT).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge(_)) => return Err(too_large()),
-        Err(e) => return Err(bad_request(&e.to_string())),
+        Err(BodyError::TooLarge(_)) => return Err(http::close(to_http(too_large()))),
+        Err(e) => return Err(to_http(bad_request(&e.to_string()))),
     };
     if body.iter().all(u8::is_ascii_whitespace) {
-        let error_type = header_type.unwrap_or_else(|| "Unhandled".into());
+        let error_type = header_type.unwrap_or_else(|| default_type.into());
         let built = ErrorRequest::new(error_type.clone(), "");
         return Ok((built.to_json().into(), error_type));
     }
     match serde_json::from_slice::<ErrorRequest>(&body) {
         Ok(parsed) => {
             let error_type = if parsed.error_type.is_empty() {
-                header_type.unwrap_or_else(|| "Unhandled".into())
+                header_type.unwrap_or_else(|| default_type.into())
             } else {
                 parsed.error_type
             };
             Ok((body, error_type))
         }
-        Err(e) => Err(ApiReply::Rejected(
+        // The invocation stays open: the runtime may post a correct body, or the timeout ends
+        // it. Nothing the function produced is lost.
+        Err(e) => Err(http::error(
             400,
             error_type::INVALID_ERROR_BODY,
-            format!("the error body is not Lambda's error JSON: {e}"),
+            &format!("the error body is not Lambda's error JSON: {e}"),
         )),
     }
 }
 
 fn bad_request(message: &str) -> ApiReply {
-    ApiReply::Rejected(400, "InvalidRequest", message.to_owned())
+    ApiReply::Rejected(400, error_type::INVALID_REQUEST, message.to_owned())
 }
 
 fn to_http(reply: ApiReply) -> Reply {

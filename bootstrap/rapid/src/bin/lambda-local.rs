@@ -2,13 +2,15 @@
 //! through the AWS Runtime Interface Emulator's endpoint.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use rapid::invoke_http::Endpoint;
 use rapid::{FunctionConfig, Handle, InitType, StdoutLog};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -36,9 +38,10 @@ struct Args {
     /// Memory size in MB, as configured on Lambda.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(128..=10240))]
     memory: u32,
-    #[arg(long, default_value = "function")]
+    /// The function's name, as in its ARN and `AWS_LAMBDA_FUNCTION_NAME`.
+    #[arg(long, default_value = "function", value_parser = name_like(64, "-_"))]
     function_name: String,
-    #[arg(long, default_value = "us-east-1")]
+    #[arg(long, default_value = "us-east-1", value_parser = name_like(32, "-"))]
     region: String,
     #[arg(long, value_enum, default_value = "on-demand")]
     init_type: InitType,
@@ -67,6 +70,21 @@ fn seconds_in(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clon
     }
 }
 
+/// Lambda's rule for function names (and near enough for regions): 1 to `max` ASCII letters,
+/// digits and `extra`. It also keeps the ARN a valid header value.
+fn name_like(max: usize, extra: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s| {
+        let ok = s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+        if ok && (1..=max).contains(&s.len()) {
+            Ok(s.to_owned())
+        } else {
+            Err(format!("expected 1 to {max} letters, digits or {extra:?}"))
+        }
+    }
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -74,15 +92,23 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let runtime = std::fs::canonicalize(&args.runtime)
-        .with_context(|| format!("--runtime {}", args.runtime.display()))?;
-    let mut config = FunctionConfig::new(runtime);
+/// Checks what clap cannot: paths that must exist. A bad one is a usage error (exit 2), named
+/// by its flag.
+fn existing(flag: &str, path: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|e| {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value '{}' for '{flag}': {e}", path.display()),
+            )
+            .exit()
+    })
+}
+
+fn config(args: Args) -> FunctionConfig {
+    let mut config = FunctionConfig::new(existing("--runtime <RUNTIME>", &args.runtime));
     if let Some(root) = &args.task_root {
-        config.task_root = std::fs::canonicalize(root)
-            .with_context(|| format!("--task-root {}", root.display()))?;
+        config.task_root = existing("--task-root <TASK_ROOT>", root);
     }
     config.runtime_args = args.args;
     config.handler = args.handler;
@@ -95,34 +121,46 @@ async fn main() -> anyhow::Result<()> {
     config.environment = args.env;
     config.on_failure_dir = args.on_failure_dir;
     config.async_retry_delay = Duration::from_secs_f64(args.async_retry_delay);
+    config
+}
 
-    let invoke_listener = TcpListener::bind(args.listen)
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (listen, runtime_api) = (args.listen, args.runtime_api);
+    let config = config(args);
+
+    let invoke_listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("--listen {}", args.listen))?;
-    let api_listener = TcpListener::bind(args.runtime_api)
+        .with_context(|| format!("--listen {listen}"))?;
+    let api_listener = TcpListener::bind(runtime_api)
         .await
-        .with_context(|| format!("--runtime-api {}", args.runtime_api))?;
+        .with_context(|| format!("--runtime-api {runtime_api}"))?;
     let api_addr = api_listener.local_addr()?;
+    // Watch the signals before anything starts, so none is missed.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    // Tests and scripts wait for this exact line; with port 0 it is the only way to learn the
+    // ports.
     eprintln!(
         "lambda-local: listening invoke={} runtime-api={api_addr}",
         invoke_listener.local_addr()?
     );
 
     let sandbox = Handle::new(config, api_addr, Arc::new(StdoutLog), None);
-    sandbox.start();
     let api = sandbox.clone();
     tokio::spawn(rapid::http::serve(api_listener, move |request| {
         rapid::runtime_api::handle(api.clone(), request)
     }));
-    let invoke = sandbox.clone();
+    let endpoint = Endpoint::new(sandbox.clone());
     tokio::spawn(rapid::http::serve(invoke_listener, move |request| {
-        rapid::invoke_http::handle(invoke.clone(), request)
+        endpoint.clone().handle(request)
     }));
+    sandbox.start();
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     sandbox.shutdown();
     Ok(())

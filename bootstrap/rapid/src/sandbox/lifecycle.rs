@@ -1,0 +1,282 @@
+//! Starting and resetting the runtime, and ending invocations: normally, or by timeout, crash,
+//! or a failed init or restore.
+
+use super::{Handle, Outcome, Phase, Process, State};
+use crate::process;
+use crate::report::{self, Report, Status};
+use bytes::Bytes;
+use proto::runtime_api::{function_error_type, ErrorRequest};
+use std::future::Future;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
+
+fn failure(error_type: &str, message: String) -> Outcome {
+    Outcome::Failure(Bytes::from(
+        ErrorRequest::new(error_type, message).to_json(),
+    ))
+}
+
+impl Handle {
+    /// Starts a runtime process for a new generation. A runtime that cannot be started fails
+    /// the waiting invocations one by one, since each would fail the same way.
+    pub(super) fn spawn_runtime(&self, state: &mut State) {
+        loop {
+            state.generation += 1;
+            let generation = state.generation;
+            let config = &self.shared.config;
+            match process::spawn(config, self.shared.runtime_api, self.shared.log.clone()) {
+                Ok(runtime) => {
+                    state.process = Some(Process {
+                        pgid: runtime.pid,
+                        output: runtime.output,
+                        peak_memory_mb: 0,
+                    });
+                    state.phase = Phase::Initializing {
+                        started: Instant::now(),
+                    };
+                    let handle = self.clone();
+                    let mut child = runtime.child;
+                    // Waiting also reaps it, whatever ends it.
+                    tokio::spawn(async move {
+                        let status = child.wait().await;
+                        handle.on_exit(generation, status.ok());
+                    });
+                    let handle = self.clone();
+                    state.phase_timer = Some(after(config.init_timeout, async move {
+                        handle.on_init_timeout(generation);
+                    }));
+                    return;
+                }
+                Err(e) => {
+                    let error_type = function_error_type::INVALID_ENTRYPOINT;
+                    self.log(&format!("rapid: {e}"));
+                    self.log(&report::init_report_error(Duration::ZERO, error_type));
+                    state.phase = Phase::Down;
+                    let Some(head) = state.queue.front() else {
+                        return;
+                    };
+                    let message = format!("RequestId: {} Error: {e}", head.invocation.request_id);
+                    self.fail_head(state, failure(error_type, message));
+                    if state.queue.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fails the oldest waiting invocation: the one whose arrival started the failed init.
+    pub(super) fn fail_head(&self, state: &mut State, outcome: Outcome) {
+        if let Some(queued) = state.queue.pop_front() {
+            let _ = queued.reply.send(outcome);
+        }
+    }
+
+    /// Like [`Self::fail_head`] for a failed restore; with nobody waiting, the next invocation
+    /// gets it.
+    pub(super) fn fail_restore(&self, state: &mut State, outcome: Outcome) {
+        if state.queue.is_empty() {
+            if let Outcome::Failure(body) = outcome {
+                state.kept_failure = Some(body);
+            }
+        } else {
+            self.fail_head(state, outcome);
+        }
+    }
+
+    /// `RequestId: <id> Error: ` for the invocation a failed init or restore belongs to.
+    pub(super) fn head_prefix(&self, state: &State) -> String {
+        state
+            .queue
+            .front()
+            .map(|q| format!("RequestId: {} Error: ", q.invocation.request_id))
+            .unwrap_or_default()
+    }
+
+    /// Kills the runtime and, when invocations are waiting, starts a fresh init for them.
+    pub(super) fn reset(&self, state: &mut State) {
+        if let Some(process) = state.process.take() {
+            process::kill_group(process.pgid);
+        }
+        if let Some(timer) = state.phase_timer.take() {
+            timer.abort();
+        }
+        if let Some(current) = state.current.take() {
+            current.timer.abort();
+        }
+        state.generation += 1;
+        state.phase = Phase::Down;
+        state.pending_init_duration = None;
+        state.pending_restore_duration = None;
+        if !state.queue.is_empty() && !state.shut_down {
+            self.spawn_runtime(state);
+        }
+        self.shared.work.notify_waiters();
+    }
+
+    fn on_exit(&self, generation: u64, status: Option<ExitStatus>) {
+        let mut state = self.lock();
+        if state.generation != generation {
+            return;
+        }
+        // Its last words belong before the error report.
+        if let Some(process) = &state.process {
+            process.output.drain();
+        }
+        let how = status
+            .map(process::describe_exit)
+            .unwrap_or_else(|| "unknown status".into());
+        let error_type = function_error_type::RUNTIME_EXIT;
+        let message = format!("Runtime exited with error: {how}");
+        match state.phase {
+            Phase::Initializing { started } => {
+                self.log(&report::init_report_error(started.elapsed(), error_type));
+                let message = format!("{}{message}", self.head_prefix(&state));
+                self.fail_head(&mut state, failure(error_type, message));
+            }
+            Phase::Restoring { started } => {
+                self.log(&report::restore_report_error(started.elapsed(), error_type));
+                let message = format!("{}{message}", self.head_prefix(&state));
+                self.fail_restore(&mut state, failure(error_type, message));
+            }
+            Phase::Ready => {
+                if let Some(id) = self.unfinished_current(&state) {
+                    let outcome = failure(error_type, format!("RequestId: {id} Error: {message}"));
+                    self.finish(&mut state, outcome, Status::Error(error_type.into()));
+                }
+            }
+            Phase::Down => {}
+        }
+        self.reset(&mut state);
+    }
+
+    fn on_init_timeout(&self, generation: u64) {
+        let mut state = self.lock();
+        let Phase::Initializing { started } = state.phase else {
+            return;
+        };
+        if state.generation != generation {
+            return;
+        }
+        let error_type = function_error_type::INIT_TIMEOUT;
+        self.log(&report::init_report_error(started.elapsed(), error_type));
+        let seconds = self.shared.config.init_timeout.as_secs_f64();
+        let message = format!(
+            "{}Init timed out after {seconds:.2} seconds",
+            self.head_prefix(&state)
+        );
+        self.fail_head(&mut state, failure(error_type, message));
+        self.reset(&mut state);
+    }
+
+    /// Arms the restore timeout: the runtime's after-restore hooks get as long as init did.
+    pub(super) fn arm_restore_timeout(&self, state: &mut State) {
+        let handle = self.clone();
+        let generation = state.generation;
+        state.phase_timer = Some(after(self.shared.config.init_timeout, async move {
+            handle.on_restore_timeout(generation);
+        }));
+    }
+
+    fn on_restore_timeout(&self, generation: u64) {
+        let mut state = self.lock();
+        let Phase::Restoring { started } = state.phase else {
+            return;
+        };
+        if state.generation != generation {
+            return;
+        }
+        let error_type = function_error_type::INIT_TIMEOUT;
+        self.log(&report::restore_report_error(started.elapsed(), error_type));
+        let seconds = self.shared.config.init_timeout.as_secs_f64();
+        let message = format!(
+            "{}Restore timed out after {seconds:.2} seconds",
+            self.head_prefix(&state)
+        );
+        self.fail_restore(&mut state, failure(error_type, message));
+        self.reset(&mut state);
+    }
+
+    /// Arms the function timeout of a delivered invocation.
+    pub(super) fn arm_timeout(&self, generation: u64, request_id: String) -> AbortHandle {
+        let handle = self.clone();
+        after(self.shared.config.timeout, async move {
+            handle.on_timeout(generation, &request_id);
+        })
+    }
+
+    fn on_timeout(&self, generation: u64, request_id: &str) {
+        let mut state = self.lock();
+        if state.generation != generation
+            || self.unfinished_current(&state).as_deref() != Some(request_id)
+        {
+            return;
+        }
+        let seconds = self.shared.config.timeout.as_secs_f64();
+        self.log(&format!(
+            "{} {request_id} Task timed out after {seconds:.2} seconds",
+            crate::time::rfc3339_now()
+        ));
+        let message =
+            format!("RequestId: {request_id} Error: Task timed out after {seconds:.2} seconds");
+        let outcome = failure(function_error_type::TIMEOUT, message);
+        self.finish(&mut state, outcome, Status::Timeout);
+        self.reset(&mut state);
+    }
+
+    pub(super) fn unfinished_current(&self, state: &State) -> Option<String> {
+        state
+            .current
+            .as_ref()
+            .filter(|c| !c.finished)
+            .map(|c| c.request_id.clone())
+    }
+
+    /// Ends the current invocation: the outcome to its invoker, then END and REPORT.
+    pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
+        let Some(current) = state.current.as_mut().filter(|c| !c.finished) else {
+            return;
+        };
+        current.finished = true;
+        current.timer.abort();
+        let duration = current.started.elapsed();
+        if let Some(reply) = current.reply.take() {
+            // The invoker may have gone; the invocation still counts as done.
+            let _ = reply.send(outcome);
+        }
+        let mut report = Report {
+            request_id: current.request_id.clone(),
+            duration,
+            memory_size_mb: self.shared.config.memory_mb,
+            max_memory_used_mb: 0,
+            init_duration: current.init_duration,
+            restore_duration: current.restore_duration,
+            status,
+        };
+        if let Some(process) = state.process.as_mut() {
+            process.output.drain();
+            process.sample_memory();
+            report.max_memory_used_mb = process.peak_memory_mb;
+        }
+        self.log(&report::end(&report.request_id));
+        self.log(&report.line());
+    }
+}
+
+impl Process {
+    /// Updates the peak; cheap enough to call once per invocation (one pass over `/proc`).
+    pub(super) fn sample_memory(&mut self) {
+        let now = process::max_memory_used_mb(self.pgid);
+        self.peak_memory_mb = self.peak_memory_mb.max(now);
+    }
+}
+
+/// Runs `then` after `delay` unless aborted first.
+fn after(delay: Duration, then: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        then.await;
+    })
+    .abort_handle()
+}

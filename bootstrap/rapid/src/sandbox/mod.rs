@@ -1,0 +1,272 @@
+//! One function environment: the runtime's lifecycle (init, restore, invoke, reset) and the
+//! queue of invocations, shared by the Runtime API routes and every invocation source.
+//!
+//! - [`Handle::invoke`] is the invocation API every source (the HTTP invoke endpoint, the guest's
+//!   host link, a test) calls.
+//! - `lifecycle.rs` starts and resets the runtime and ends invocations (timeouts, crashes).
+//! - `runtime_calls.rs` answers the runtime's Runtime API calls.
+//!
+//! State lives behind one mutex that is never held across an `.await`. Each runtime process
+//! gets a new generation number; events from an older generation (a late exit, a timer of a
+//! killed runtime, a `/next` waiter of a dead runtime) are ignored, which is what keeps a reset
+//! from leaking into the next environment.
+
+mod lifecycle;
+mod runtime_calls;
+
+pub use crate::hooks::{LogSink, NoSnapshot, SnapshotHook, StdoutLog};
+pub use runtime_calls::too_large;
+
+use crate::config::FunctionConfig;
+use crate::process::Output;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::AbortHandle;
+
+/// Most invocations that may wait for the environment at once.
+pub const MAX_QUEUED: usize = 128;
+
+/// One invocation, as any source hands it in.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub request_id: String,
+    /// The event: JSON, at most [`SYNC_PAYLOAD_LIMIT`](proto::runtime_api::SYNC_PAYLOAD_LIMIT)
+    /// bytes (the source checks both).
+    pub event: Bytes,
+    /// `Lambda-Runtime-Trace-Id`; one is generated when absent.
+    pub trace_id: Option<String>,
+    /// `Lambda-Runtime-Client-Context`: the decoded client context JSON.
+    pub client_context: Option<String>,
+    /// `Lambda-Runtime-Cognito-Identity`.
+    pub cognito_identity: Option<String>,
+}
+
+impl Invocation {
+    /// An invocation of `event` with a fresh request id and nothing else set.
+    pub fn new(event: Bytes) -> Self {
+        Invocation {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event,
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        }
+    }
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The runtime's response body.
+    Success(Bytes),
+    /// The function or its environment failed; the body is Lambda's error JSON
+    /// (`{"errorMessage","errorType",...}`), the invoker answers it with
+    /// `X-Amz-Function-Error: Unhandled`.
+    Failure(Bytes),
+}
+
+/// Why an invocation got no outcome.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvokeError {
+    #[error("too many invocations are waiting ({MAX_QUEUED})")]
+    QueueFull,
+    #[error("the environment shut down before the invocation finished")]
+    ShutDown,
+}
+
+/// The answer to a runtime's Runtime API request, before it is turned into HTTP.
+#[derive(Debug)]
+pub enum ApiReply {
+    /// 200 with an invocation and its headers.
+    Next(Box<Delivered>),
+    /// 200 with an empty body (`restore/next`).
+    Empty,
+    /// 202 `{"status":"OK"}`.
+    Accepted,
+    /// A rejected request: status, errorType, errorMessage.
+    Rejected(u16, &'static str, String),
+}
+
+/// An invocation handed to the runtime by `/next`.
+#[derive(Debug)]
+pub struct Delivered {
+    pub invocation: Invocation,
+    /// `Lambda-Runtime-Deadline-Ms`: delivery plus the function timeout, in epoch ms.
+    pub deadline_ms: u64,
+    pub function_arn: String,
+}
+
+struct Queued {
+    invocation: Invocation,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The invocation last delivered to the runtime. It stays after it finished, so that a second
+/// response for it is told apart from one for an unknown id.
+struct Current {
+    request_id: String,
+    started: Instant,
+    /// `None` once the outcome was sent.
+    reply: Option<oneshot::Sender<Outcome>>,
+    finished: bool,
+    init_duration: Option<Duration>,
+    restore_duration: Option<Duration>,
+    timer: AbortHandle,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// No runtime process.
+    Down,
+    /// Started, not yet in its first `/next` (or `restore/next`).
+    Initializing { started: Instant },
+    /// In `restore/next` (snapshot, then after-restore hooks); the first `/next` ends it.
+    Restoring { started: Instant },
+    /// Polling for invocations, or running one.
+    Ready,
+}
+
+/// The runtime process of the current generation.
+struct Process {
+    pgid: i32,
+    output: Output,
+    /// The highest `Max Memory Used` seen so far, so that a runtime that died still has one.
+    peak_memory_mb: u64,
+}
+
+struct State {
+    generation: u64,
+    process: Option<Process>,
+    phase: Phase,
+    /// The init or restore timeout of the current generation.
+    phase_timer: Option<AbortHandle>,
+    queue: VecDeque<Queued>,
+    current: Option<Current>,
+    /// Durations for the REPORT of the first invocation after an init or a restore.
+    pending_init_duration: Option<Duration>,
+    pending_restore_duration: Option<Duration>,
+    /// A restore failure that found no invocation waiting: on Lambda a restore belongs to an
+    /// invocation, so the next one gets it.
+    kept_failure: Option<Bytes>,
+    shut_down: bool,
+}
+
+struct Shared {
+    config: FunctionConfig,
+    runtime_api: SocketAddr,
+    log: Arc<dyn LogSink>,
+    snapshot: Arc<dyn SnapshotHook>,
+    state: Mutex<State>,
+    /// Wakes `/next` waiters: an invocation was queued, finished, or the environment was reset.
+    work: Notify,
+}
+
+/// A cloneable handle on the environment, for invocation sources and the Runtime API routes.
+/// Its methods spawn tasks, so they must be called within a tokio runtime.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// A new environment whose runtime will reach the Runtime API at `runtime_api`. Nothing
+    /// starts until [`Handle::start`] or the first invoke. `snapshot` defaults to
+    /// [`NoSnapshot`].
+    pub fn new(
+        config: FunctionConfig,
+        runtime_api: SocketAddr,
+        log: Arc<dyn LogSink>,
+        snapshot: Option<Arc<dyn SnapshotHook>>,
+    ) -> Handle {
+        Handle {
+            shared: Arc::new(Shared {
+                config,
+                runtime_api,
+                log,
+                snapshot: snapshot.unwrap_or_else(|| Arc::new(NoSnapshot)),
+                state: Mutex::new(State {
+                    generation: 0,
+                    process: None,
+                    phase: Phase::Down,
+                    phase_timer: None,
+                    queue: VecDeque::new(),
+                    current: None,
+                    pending_init_duration: None,
+                    pending_restore_duration: None,
+                    kept_failure: None,
+                    shut_down: false,
+                }),
+                work: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &FunctionConfig {
+        &self.shared.config
+    }
+
+    /// Writes one line to the environment's log sink.
+    pub fn log(&self, line: &str) {
+        self.shared.log.line(line);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; were it poisoned, the state is still
+        // consistent between statements, so going on beats taking the server down.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts init now when the initialization type asks for it (provisioned concurrency,
+    /// SnapStart); on-demand environments start on their first invoke.
+    pub fn start(&self) {
+        if self.shared.config.init_type.is_eager() {
+            let mut state = self.lock();
+            if matches!(state.phase, Phase::Down) && !state.shut_down {
+                self.spawn_runtime(&mut state);
+            }
+        }
+    }
+
+    /// Runs one invocation and waits for its outcome: queued behind the others (one runs at a
+    /// time), the runtime started first if none is up. Dropping the future does not cancel the
+    /// invocation: it still runs, and its outcome is discarded.
+    pub async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
+        let receiver = {
+            let mut state = self.lock();
+            if state.shut_down {
+                return Err(InvokeError::ShutDown);
+            }
+            if let Some(failure) = state.kept_failure.take() {
+                return Ok(Outcome::Failure(failure));
+            }
+            if state.queue.len() >= MAX_QUEUED {
+                return Err(InvokeError::QueueFull);
+            }
+            let (reply, receiver) = oneshot::channel();
+            state.queue.push_back(Queued { invocation, reply });
+            if matches!(state.phase, Phase::Down) {
+                self.spawn_runtime(&mut state);
+            }
+            receiver
+        };
+        self.shared.work.notify_waiters();
+        receiver.await.map_err(|_| InvokeError::ShutDown)
+    }
+
+    /// Kills the runtime and refuses invocations from now on; waiting ones get
+    /// [`InvokeError::ShutDown`]. Used when the server stops.
+    pub fn shutdown(&self) {
+        let mut state = self.lock();
+        state.shut_down = true;
+        state.queue.clear();
+        state.current = None;
+        self.reset(&mut state);
+    }
+}
+
+#[cfg(test)]
+mod tests;

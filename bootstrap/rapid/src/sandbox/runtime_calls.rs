@@ -1,0 +1,260 @@
+//! The environment's side of each Runtime API call, as the routes in `runtime_api.rs` hand them
+//! in. Every call is checked against the state: a runtime may do things in the wrong order, and
+//! the answer is then a 4xx, never a broken environment.
+
+use super::{ApiReply, Current, Delivered, Handle, Outcome, Phase, Queued, State};
+use crate::config::InitType;
+use crate::report::{self, Status};
+use bytes::Bytes;
+use proto::runtime_api::{error_type, function_error_type, ErrorRequest, SYNC_PAYLOAD_LIMIT};
+use std::time::Instant;
+
+fn invalid_transition(message: &str) -> ApiReply {
+    ApiReply::Rejected(403, error_type::INVALID_STATE_TRANSITION, message.into())
+}
+
+fn environment_reset() -> ApiReply {
+    ApiReply::Rejected(
+        410,
+        error_type::ENVIRONMENT_RESET,
+        "the environment was reset; this runtime is no longer served".into(),
+    )
+}
+
+/// The 413 a runtime gets for a body over the sync payload limit.
+pub fn too_large() -> ApiReply {
+    ApiReply::Rejected(
+        413,
+        error_type::REQUEST_TOO_LARGE,
+        format!("Exceeded maximum allowed payload size ({SYNC_PAYLOAD_LIMIT} bytes)."),
+    )
+}
+
+impl Handle {
+    /// `GET /invocation/next`: long-polls for the next invocation. The first call after a spawn
+    /// ends init; the first after `restore/next` ends the restore.
+    ///
+    /// A SnapStart runtime that skips `restore/next` and goes straight to `/next` is tolerated:
+    /// the snapshot is taken while it waits here (as valid a point as `restore/next`), and it
+    /// simply has no after-restore hooks.
+    pub async fn next(&self) -> ApiReply {
+        let (generation, snapshot_here) = {
+            let mut state = self.lock();
+            if self.unfinished_current(&state).is_some() {
+                return invalid_transition(
+                    "an invocation is in progress: post its response or error first",
+                );
+            }
+            state.current = None;
+            let mut snapshot_here = false;
+            match state.phase {
+                Phase::Initializing { started } => {
+                    state.pending_init_duration = Some(started.elapsed());
+                    self.end_phase(&mut state);
+                    snapshot_here = self.shared.config.init_type == InitType::SnapStart;
+                }
+                Phase::Restoring { started } => {
+                    state.pending_restore_duration = Some(started.elapsed());
+                    self.end_phase(&mut state);
+                }
+                Phase::Ready => {}
+                // No runtime is served: this is a killed one whose request was still on its way.
+                Phase::Down => return environment_reset(),
+            }
+            (state.generation, snapshot_here)
+        };
+        if snapshot_here {
+            if let Err(e) = self.shared.snapshot.snapshot().await {
+                self.log(&format!("rapid: snapshot failed: {e}"));
+            }
+        }
+        loop {
+            let notified = self.shared.work.notified();
+            tokio::pin!(notified);
+            // Registered before the state is checked, so a wake-up in between is not lost.
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.generation != generation {
+                    return environment_reset();
+                }
+                // Another `/next` of the same runtime may have taken an invocation meanwhile:
+                // the environment runs one at a time.
+                if self.unfinished_current(&state).is_none() {
+                    if let Some(queued) = state.queue.pop_front() {
+                        return ApiReply::Next(Box::new(self.deliver(&mut state, queued)));
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Init or restore is over: the runtime is ready for invocations.
+    fn end_phase(&self, state: &mut State) {
+        state.phase = Phase::Ready;
+        if let Some(timer) = state.phase_timer.take() {
+            timer.abort();
+        }
+        if let Some(process) = state.process.as_mut() {
+            process.sample_memory();
+        }
+    }
+
+    fn deliver(&self, state: &mut State, queued: Queued) -> Delivered {
+        let config = &self.shared.config;
+        let request_id = queued.invocation.request_id.clone();
+        self.log(&report::start(&request_id, &config.function_version));
+        let timer = self.arm_timeout(state.generation, request_id.clone());
+        state.current = Some(Current {
+            request_id,
+            started: Instant::now(),
+            reply: Some(queued.reply),
+            finished: false,
+            init_duration: state.pending_init_duration.take(),
+            restore_duration: state.pending_restore_duration.take(),
+            timer,
+        });
+        let timeout_ms = u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX);
+        Delivered {
+            invocation: queued.invocation,
+            deadline_ms: crate::time::epoch_ms().saturating_add(timeout_ms),
+            function_arn: config.function_arn(),
+        }
+    }
+
+    /// Checks that `request_id` names the invocation in progress.
+    fn check_current(&self, state: &State, request_id: &str) -> Result<(), ApiReply> {
+        match &state.current {
+            Some(c) if c.request_id == request_id && !c.finished => Ok(()),
+            Some(c) if c.request_id == request_id => Err(invalid_transition(
+                "the invocation already has a response or error",
+            )),
+            _ => Err(ApiReply::Rejected(
+                400,
+                error_type::INVALID_REQUEST_ID,
+                "Invalid request ID".into(),
+            )),
+        }
+    }
+
+    /// Whether a response or error for `request_id` would be accepted now: checked before a
+    /// body is read, so a stale id costs nothing.
+    pub fn precheck(&self, request_id: &str) -> Result<(), ApiReply> {
+        self.check_current(&self.lock(), request_id)
+    }
+
+    /// `POST /invocation/{id}/response`.
+    pub fn respond(&self, request_id: &str, body: Bytes) -> ApiReply {
+        let mut state = self.lock();
+        if let Err(reply) = self.check_current(&state, request_id) {
+            return reply;
+        }
+        self.finish(&mut state, Outcome::Success(body), Status::Success);
+        self.shared.work.notify_waiters();
+        ApiReply::Accepted
+    }
+
+    /// A response body over the limit: the invocation fails, the runtime is told 413.
+    pub fn respond_too_large(&self, request_id: &str) -> ApiReply {
+        let mut state = self.lock();
+        if let Err(reply) = self.check_current(&state, request_id) {
+            return reply;
+        }
+        let error_type = function_error_type::RESPONSE_TOO_LARGE;
+        let body = ErrorRequest::new(
+            error_type,
+            format!(
+                "Response payload size exceeded maximum allowed payload size \
+                 ({SYNC_PAYLOAD_LIMIT} bytes)."
+            ),
+        );
+        self.finish(
+            &mut state,
+            Outcome::Failure(body.to_json().into()),
+            Status::Error(error_type.into()),
+        );
+        self.shared.work.notify_waiters();
+        too_large()
+    }
+
+    /// `POST /invocation/{id}/error` with an already validated JSON error body.
+    pub fn report_error(&self, request_id: &str, body: Bytes) -> ApiReply {
+        let mut state = self.lock();
+        if let Err(reply) = self.check_current(&state, request_id) {
+            return reply;
+        }
+        // A handled function error: Lambda's REPORT line carries no status for it.
+        self.finish(&mut state, Outcome::Failure(body), Status::Success);
+        self.shared.work.notify_waiters();
+        ApiReply::Accepted
+    }
+
+    /// `POST /init/error`: fails the invocation that triggered init and resets the environment;
+    /// the next invocation inits afresh.
+    pub fn init_error(&self, body: Bytes, error_type: &str) -> ApiReply {
+        let mut state = self.lock();
+        let Phase::Initializing { started } = state.phase else {
+            return invalid_transition("init/error is only valid during init");
+        };
+        self.log(&report::init_report_error(started.elapsed(), error_type));
+        self.fail_head(&mut state, Outcome::Failure(body));
+        self.reset(&mut state);
+        ApiReply::Accepted
+    }
+
+    /// `GET /restore/next`: SnapStart's end of init. Runs the snapshot hook, then answers: the
+    /// answer is the restore, and the runtime's after-restore hooks run next.
+    pub async fn restore_next(&self) -> ApiReply {
+        let generation = {
+            let mut state = self.lock();
+            if self.shared.config.init_type != InitType::SnapStart {
+                return invalid_transition(
+                    "restore/next is only valid when AWS_LAMBDA_INITIALIZATION_TYPE is snap-start",
+                );
+            }
+            let Phase::Initializing { .. } = state.phase else {
+                return invalid_transition("restore/next is only valid once, at the end of init");
+            };
+            // Init is over; the restore timeout starts once the snapshot hook is done, since a
+            // snapshot may sit on disk for any length of time.
+            if let Some(timer) = state.phase_timer.take() {
+                timer.abort();
+            }
+            state.phase = Phase::Restoring {
+                started: Instant::now(),
+            };
+            if let Some(process) = state.process.as_mut() {
+                process.sample_memory();
+            }
+            state.generation
+        };
+        if let Err(e) = self.shared.snapshot.snapshot().await {
+            self.log(&format!("rapid: snapshot failed: {e}"));
+        }
+        let mut state = self.lock();
+        if state.generation != generation {
+            return environment_reset();
+        }
+        if let Phase::Restoring { .. } = state.phase {
+            state.phase = Phase::Restoring {
+                started: Instant::now(),
+            };
+            self.arm_restore_timeout(&mut state);
+        }
+        ApiReply::Empty
+    }
+
+    /// `POST /restore/error`: the after-restore hooks failed. The invocation the restore is for
+    /// gets the error, and the environment is reset.
+    pub fn restore_error(&self, body: Bytes, error_type: &str) -> ApiReply {
+        let mut state = self.lock();
+        let Phase::Restoring { started } = state.phase else {
+            return invalid_transition("restore/error is only valid after restore/next");
+        };
+        self.log(&report::restore_report_error(started.elapsed(), error_type));
+        self.fail_restore(&mut state, Outcome::Failure(body));
+        self.reset(&mut state);
+        ApiReply::Accepted
+    }
+}

@@ -1,0 +1,598 @@
+//! `lambda-local` end to end: the real binary, a real runtime (a shell script on curl, or the
+//! test itself playing the runtime over HTTP), real sockets on ephemeral ports.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+use support::{is_dead, temp_dir, Server, INVOKE_PATH};
+
+const SYNC_LIMIT: usize = 6_291_556;
+const ASYNC_LIMIT: usize = 1_048_576;
+
+fn fields(report: &str) -> Vec<&str> {
+    report
+        .split('\t')
+        .filter_map(|f| f.split_once(": ").map(|(k, _)| k))
+        .collect()
+}
+
+#[test]
+fn echo_with_lambda_log_lines() {
+    let mut server = Server::start(&["--memory", "256"]);
+    let reply = server.assert_echo(r#"{"hello":"world","n":[1,2,3]}"#);
+    assert_eq!(reply.header("Content-Type"), Some("application/json"));
+    let id = reply.request_id();
+    let report = server.report_for(&id);
+    assert_eq!(
+        fields(&report),
+        [
+            "REPORT RequestId",
+            "Duration",
+            "Billed Duration",
+            "Memory Size",
+            "Max Memory Used",
+            "Init Duration"
+        ],
+        "{report}"
+    );
+    assert!(report.contains("\tMemory Size: 256 MB\t") && report.ends_with('\t'));
+    let logs = server.logs();
+    let at = |line: &str| logs.iter().position(|l| l == line);
+    let start = at(&format!("START RequestId: {id} Version: $LATEST")).expect("START");
+    let function = at(&format!("runtime: got {id}")).expect("the function's own line");
+    let end = at(&format!("END RequestId: {id}")).expect("END");
+    assert!(start < function && function < end, "{logs:#?}");
+
+    // Same environment, no second init.
+    let second = server.assert_echo("[]");
+    let report = server.report_for(&second.request_id());
+    assert!(!report.contains("Init Duration"), "{report}");
+    // An empty body is the event `{}`.
+    let empty = server.invoke("");
+    assert_eq!(empty.body, b"{}");
+    server.assert_alive();
+}
+
+#[test]
+fn runtime_api_headers_and_environment() {
+    let mut server = Server::start_for_manual_runtime(
+        "provisioned-concurrency",
+        &[
+            "--function-name",
+            "ctx-fn",
+            "--region",
+            "eu-west-1",
+            "--timeout",
+            "7.5",
+        ],
+    );
+    let poll = server.poll_next();
+    let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let context = base64_encode(br#"{"custom":{"k":"v"}}"#);
+    let addr = server.invoke_addr.clone();
+    let invoker = std::thread::spawn(move || {
+        support::request(
+            &addr,
+            "POST",
+            INVOKE_PATH,
+            &[
+                ("X-Amzn-Trace-Id", trace),
+                ("X-Amz-Client-Context", &context),
+            ],
+            br#"{"ctx":true}"#,
+        )
+    });
+    let before = now_ms();
+    let next = poll.join().unwrap();
+    assert_eq!(next.status, 200);
+    assert_eq!(next.body, br#"{"ctx":true}"#);
+    let id = next
+        .header("Lambda-Runtime-Aws-Request-Id")
+        .unwrap()
+        .to_owned();
+    let deadline: u64 = next
+        .header("Lambda-Runtime-Deadline-Ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        deadline >= before + 7_000 && deadline <= now_ms() + 7_500,
+        "{deadline}"
+    );
+    assert_eq!(
+        next.header("Lambda-Runtime-Invoked-Function-Arn"),
+        Some("arn:aws:lambda:eu-west-1:012345678912:function:ctx-fn")
+    );
+    assert_eq!(next.header("Lambda-Runtime-Trace-Id"), Some(trace));
+    assert_eq!(
+        next.header("Lambda-Runtime-Client-Context"),
+        Some(r#"{"custom":{"k":"v"}}"#)
+    );
+    let accepted = server.api(
+        "POST",
+        &format!("/invocation/{id}/response"),
+        &[],
+        b"\"done\"",
+    );
+    assert_eq!(
+        (accepted.status, accepted.json()),
+        (202, json!({"status": "OK"}))
+    );
+    let reply = invoker.join().unwrap();
+    assert_eq!(reply.request_id(), id);
+    assert_eq!(reply.body, b"\"done\"");
+
+    // Without a trace header, one is generated in X-Ray's shape.
+    let poll = server.poll_next();
+    let invoker = server.invoke_in_background("{}");
+    let next = poll.join().unwrap();
+    let trace = next.header("Lambda-Runtime-Trace-Id").unwrap();
+    assert!(
+        trace.starts_with("Root=1-") && trace.ends_with(";Sampled=0"),
+        "{trace}"
+    );
+    assert_eq!(next.header("Lambda-Runtime-Client-Context"), None);
+    let id = next.header("Lambda-Runtime-Aws-Request-Id").unwrap();
+    server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    assert_eq!(invoker.join().unwrap().status, 200);
+    server.assert_alive();
+}
+
+#[test]
+fn the_runtime_sees_lambdas_environment() {
+    let dir = temp_dir("env");
+    let script = dir.join("env.sh");
+    std::fs::write(
+        &script,
+        "env > \"$LAMBDA_TASK_ROOT/env.txt\"\nexec /bin/sh \"$1\"\n",
+    )
+    .unwrap();
+    let echo = support::echo_runtime().display().to_string();
+    let (script, root) = (script.display().to_string(), dir.display().to_string());
+    let mut server = Server::start_raw(&[
+        "--runtime",
+        "/bin/sh",
+        "--arg",
+        &script,
+        "--arg",
+        &echo,
+        "--task-root",
+        &root,
+        "--handler",
+        "app.handler",
+        "--env",
+        "MY_VAR=1",
+        "--env",
+        "AWS_LAMBDA_FUNCTION_NAME=evil",
+        "--init-type",
+        "provisioned-concurrency",
+    ]);
+    server.assert_echo("{}");
+    let env = std::fs::read_to_string(dir.join("env.txt")).unwrap();
+    let get = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {env}"))
+            .to_owned()
+    };
+    assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), "function");
+    assert_eq!(get("MY_VAR"), "1");
+    assert_eq!(get("_HANDLER"), "app.handler");
+    assert_eq!(get("LAMBDA_TASK_ROOT"), root);
+    assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), server.api_addr);
+    assert_eq!(
+        get("AWS_LAMBDA_INITIALIZATION_TYPE"),
+        "provisioned-concurrency"
+    );
+    assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), "128");
+    assert_eq!(get("AWS_EXECUTION_ENV"), "AWS_Lambda_provided.al2023");
+    assert_eq!(get("TZ"), ":UTC");
+    assert!(!env.contains("CARGO_"), "a clean environment: {env}");
+    server.assert_alive();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn invoke_bodies_over_the_limits_are_refused_before_the_runtime() {
+    let mut server = Server::start(&[]);
+    let big = vec![b' '; SYNC_LIMIT + 1];
+    let reply = server.invoke_with(&[], &big);
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(reply.json()["errorType"], "RequestEntityTooLargeException");
+    reply.request_id();
+
+    let event = format!("\"{}\"", "x".repeat(ASYNC_LIMIT - 1));
+    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "Event")], event.as_bytes());
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(server.count_logs("START"), 0, "{:#?}", server.logs());
+
+    // Exactly at the limits is fine.
+    let event = format!("\"{}\"", "x".repeat(SYNC_LIMIT - 2));
+    let reply = server.invoke(&event);
+    assert_eq!((reply.status, reply.body.len()), (200, SYNC_LIMIT));
+    server.assert_alive();
+}
+
+#[test]
+fn malformed_invokes_are_refused() {
+    let mut server = Server::start(&[]);
+    let reply = server.invoke("{not json");
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["errorType"], "InvalidRequestContentException");
+    let message = reply.json()["errorMessage"].as_str().unwrap().to_owned();
+    assert!(
+        message.starts_with("Could not parse request body into json"),
+        "{message}"
+    );
+    reply.request_id();
+
+    let reply = server.invoke_with(&[("X-Amz-Client-Context", "%%%")], b"{}");
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "Sometimes")], b"{}");
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "DryRun")], b"{}");
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    let reply = support::request(&server.invoke_addr, "GET", INVOKE_PATH, &[], b"");
+    assert_eq!(reply.status, 405);
+    assert_eq!(server.count_logs("START"), 0, "{:#?}", server.logs());
+    server.assert_alive();
+}
+
+#[test]
+fn a_response_over_the_limit_fails_the_invoke_only() {
+    let mut server = Server::start(&["--timeout", "30"]);
+    let error = server
+        .invoke(&format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 1))
+        .function_error();
+    assert_eq!(
+        error,
+        json!({
+            "errorType": "Function.ResponseSizeTooLarge",
+            "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes)."
+        })
+    );
+    let reply = server.invoke(&format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 2));
+    assert_eq!((reply.status, reply.body.len()), (200, SYNC_LIMIT));
+    server.assert_echo(r#"{"after":"too large"}"#);
+    server.assert_alive();
+}
+
+#[test]
+fn the_runtime_api_refuses_what_is_out_of_order() {
+    let mut server = Server::start_for_manual_runtime("provisioned-concurrency", &[]);
+    let (status_of, error_of) = (
+        |r: &support::Response| r.status,
+        |r: &support::Response| {
+            r.json()["errorType"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        },
+    );
+    let poll = server.poll_next();
+    let invoker = server.invoke_in_background(r#"{"n":1}"#);
+    let next = poll.join().unwrap();
+    let id = next
+        .header("Lambda-Runtime-Aws-Request-Id")
+        .unwrap()
+        .to_owned();
+
+    let early = server.api("GET", "/invocation/next", &[], b"");
+    assert_eq!(
+        (status_of(&early), error_of(&early)),
+        (403, "InvalidStateTransition".into())
+    );
+    let unknown = server.api("POST", "/invocation/nope/response", &[], b"{}");
+    assert_eq!(status_of(&unknown), 400);
+    assert_eq!(
+        unknown.json(),
+        json!({"errorMessage": "Invalid request ID", "errorType": "InvalidRequestID"})
+    );
+    let garbage = server.api("POST", &format!("/invocation/{id}/error"), &[], b"<html>");
+    assert_eq!(
+        (status_of(&garbage), error_of(&garbage)),
+        (400, "InvalidErrorBody".into())
+    );
+    let late_init = server.api("POST", "/init/error", &[], b"{}");
+    assert_eq!(status_of(&late_init), 403);
+    let restore = server.api("GET", "/restore/next", &[], b"");
+    assert_eq!(status_of(&restore), 403);
+    let restore_error = server.api("POST", "/restore/error", &[], b"");
+    assert_eq!(status_of(&restore_error), 403);
+    let missing = server.api("GET", "/nothing/here", &[], b"");
+    assert_eq!(
+        (status_of(&missing), error_of(&missing)),
+        (404, "NotFound".into())
+    );
+    let wrong = server.api("GET", &format!("/invocation/{id}/response"), &[], b"");
+    assert_eq!(status_of(&wrong), 405);
+
+    // The invoke survived all that; a proper error (Node's `trace`, no type header) ends it.
+    let body = br#"{"errorType":"Error","errorMessage":"boom","trace":["Error: boom"]}"#;
+    let posted = server.api("POST", &format!("/invocation/{id}/error"), &[], body);
+    assert_eq!(posted.status, 202);
+    let again = server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    assert_eq!(
+        (status_of(&again), error_of(&again)),
+        (403, "InvalidStateTransition".into())
+    );
+    let reply = invoker.join().unwrap();
+    assert_eq!(
+        reply.function_error(),
+        serde_json::from_slice::<Value>(body).unwrap()
+    );
+
+    // An empty error body with only the header (the `lambda_runtime` crate's fallback).
+    let poll = server.poll_next();
+    let invoker = server.invoke_in_background("{}");
+    let id2 = poll
+        .join()
+        .unwrap()
+        .header("Lambda-Runtime-Aws-Request-Id")
+        .unwrap()
+        .to_owned();
+    let stale = server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    assert_eq!(status_of(&stale), 400);
+    let header = [("Lambda-Runtime-Function-Error-Type", "unhandled")];
+    let posted = server.api("POST", &format!("/invocation/{id2}/error"), &header, b"");
+    assert_eq!(posted.status, 202);
+    assert_eq!(
+        invoker.join().unwrap().function_error()["errorType"],
+        "unhandled"
+    );
+    server.assert_alive();
+}
+
+#[test]
+fn a_timeout_kills_the_runtime_and_the_next_invoke_inits_afresh() {
+    let mut server = Server::start(&["--timeout", "0.5"]);
+    let pid = server.invoke(r#"{"action":"pid"}"#).json()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let reply = server.invoke(r#"{"action":"sleep","s":"5"}"#);
+    let id = reply.request_id();
+    assert_eq!(
+        reply.function_error(),
+        json!({
+            "errorType": "Sandbox.Timedout",
+            "errorMessage": format!("RequestId: {id} Error: Task timed out after 0.50 seconds")
+        })
+    );
+    let line = server.wait_for_log("timed out", |l| {
+        l.ends_with(&format!(" {id} Task timed out after 0.50 seconds"))
+    });
+    assert!(line.starts_with("20") && line.contains('T'), "{line}");
+    assert!(server.report_for(&id).ends_with("\tStatus: timeout\t"));
+    let fresh = server.assert_echo(r#"{"after":"timeout"}"#);
+    assert!(server
+        .report_for(&fresh.request_id())
+        .contains("\tInit Duration: "));
+    assert!(is_dead(pid), "the timed-out runtime {pid} was killed");
+    server.assert_alive();
+}
+
+#[test]
+fn a_crash_mid_invoke_is_reported_and_the_next_invoke_works() {
+    let mut server = Server::start(&[]);
+    let reply = server.invoke(r#"{"action":"crash"}"#);
+    let id = reply.request_id();
+    assert_eq!(
+        reply.function_error(),
+        json!({
+            "errorType": "Runtime.ExitError",
+            "errorMessage": format!("RequestId: {id} Error: Runtime exited with error: exit status 3")
+        })
+    );
+    assert!(server
+        .report_for(&id)
+        .ends_with("\tStatus: error\tError Type: Runtime.ExitError\t"));
+    server.assert_echo(r#"{"after":"crash"}"#);
+    server.assert_alive();
+}
+
+#[test]
+fn a_handler_error_reaches_the_invoker_and_the_environment_goes_on() {
+    let mut server = Server::start(&[]);
+    let error = server.invoke(r#"{"action":"error"}"#).function_error();
+    assert_eq!(
+        error,
+        json!({"errorMessage": "failed on purpose", "errorType": "HandlerError", "stackTrace": ["a", "b"]})
+    );
+    let reply = server.assert_echo("{}");
+    assert!(!server
+        .report_for(&reply.request_id())
+        .contains("Init Duration"));
+    server.assert_alive();
+}
+
+#[test]
+fn init_error_fails_the_invoke_and_init_is_retried() {
+    let mut server = Server::start(&["--env", "RUNTIME_FAIL_INIT=1"]);
+    for _ in 0..2 {
+        let error = server.invoke("{}").function_error();
+        assert_eq!(
+            error,
+            json!({"errorMessage": "init failed on purpose", "errorType": "InitFailed"})
+        );
+    }
+    server.wait_for_log("a second INIT_REPORT", |_| {
+        server.count_logs("INIT_REPORT Init Duration: ") == 2
+    });
+    let report = server
+        .logs()
+        .into_iter()
+        .find(|l| l.starts_with("INIT_REPORT"))
+        .unwrap();
+    assert!(
+        report.ends_with("\tPhase: init\tStatus: error\tError Type: InitFailed"),
+        "{report}"
+    );
+    assert_eq!(server.count_logs("START"), 0);
+    server.assert_alive();
+}
+
+#[test]
+fn a_client_hanging_up_mid_invoke_breaks_nothing() {
+    let mut server = Server::start(&[]);
+    let body = r#"{"action":"sleep","s":"0.5"}"#;
+    let mut stream = TcpStream::connect(&server.invoke_addr).unwrap();
+    write!(
+        stream,
+        "POST {INVOKE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_for_log("START", |l| l.starts_with("START"));
+    drop(stream);
+    let report = server.wait_for_log("REPORT", |l| l.starts_with("REPORT"));
+    assert!(!report.contains("Status:"), "{report}");
+    server.assert_echo(r#"{"after":"hang-up"}"#);
+    // A half-sent request and plain garbage do not get in the way either.
+    let mut half = TcpStream::connect(&server.invoke_addr).unwrap();
+    write!(
+        half,
+        "POST {INVOKE_PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    let mut garbage = TcpStream::connect(&server.api_addr).unwrap();
+    garbage.write_all(b"\x00\x01 NOT HTTP\r\n\r\n").unwrap();
+    server.assert_echo(r#"{"after":"garbage"}"#);
+    drop((half, garbage));
+    server.assert_alive();
+}
+
+#[test]
+fn a_failed_async_invoke_is_retried_then_recorded() {
+    let dir = temp_dir("on-failure");
+    let dir_arg = dir.display().to_string();
+    let mut server = Server::start(&["--on-failure-dir", &dir_arg, "--async-retry-delay", "0.1"]);
+    let reply = server.invoke_with(
+        &[("X-Amz-Invocation-Type", "Event")],
+        br#"{"action":"error","n":7}"#,
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert!(reply.body.is_empty());
+    let id = reply.request_id();
+    server.wait_for_log("the destination record", |l| {
+        l.contains(&format!("async invoke {id} failed 3 times"))
+    });
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!(record["version"], "1.0");
+    assert_eq!(record["requestContext"]["requestId"], id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(
+        record["requestContext"]["functionArn"],
+        "arn:aws:lambda:us-east-1:012345678912:function:function:$LATEST"
+    );
+    assert_eq!(record["requestPayload"], json!({"action": "error", "n": 7}));
+    assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(record["responsePayload"]["errorType"], "HandlerError");
+    assert_eq!(server.count_logs("START"), 3, "one attempt, two retries");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+
+    // A successful one runs once and writes nothing.
+    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "Event")], b"{}");
+    assert_eq!(reply.status, 202);
+    let report = server.report_for(&reply.request_id());
+    assert!(!report.contains("Status"), "{report}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    server.assert_alive();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn snap_start_restores_through_the_runtime_api() {
+    let mut server = Server::start_for_manual_runtime("snap-start", &[]);
+    let restored = server.api("GET", "/restore/next", &[], b"");
+    assert_eq!((restored.status, restored.body.len()), (200, 0));
+    let poll = server.poll_next();
+    let invoker = server.invoke_in_background("{}");
+    let id = poll
+        .join()
+        .unwrap()
+        .header("Lambda-Runtime-Aws-Request-Id")
+        .unwrap()
+        .to_owned();
+    server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    invoker.join().unwrap();
+    let report = server.report_for(&id);
+    assert!(report.contains("\tRestore Duration: "), "{report}");
+    assert!(!report.contains("Init Duration"), "{report}");
+    server.assert_alive();
+}
+
+#[test]
+fn sigterm_stops_the_runtime_and_exits_cleanly() {
+    let server = Server::start(&["--init-type", "provisioned-concurrency"]);
+    let line = server.wait_for_log("the runtime's init", |l| {
+        l.starts_with("runtime: init pid ")
+    });
+    let pid: i32 = line["runtime: init pid ".len()..].parse().unwrap();
+    assert!(!is_dead(pid));
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !is_dead(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runtime {pid} survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for (args, flag) in [
+        (&["--memory", "64"][..], "--memory"),
+        (&["--memory", "20000"][..], "--memory"),
+        (&["--timeout", "0"][..], "--timeout"),
+        (&["--timeout", "abc"][..], "--timeout"),
+        (&["--init-type", "lazy"][..], "--init-type"),
+        (&["--function-name", "no spaces"][..], "--function-name"),
+        (&["--env", "NOEQUALS"][..], "--env"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lambda-local"))
+            .args([
+                "--runtime",
+                "/bin/sh",
+                "--listen",
+                "127.0.0.1:0",
+                "--runtime-api",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lambda-local"))
+        .args(["--runtime", "/does/not/exist"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--runtime"));
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

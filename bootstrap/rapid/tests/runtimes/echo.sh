@@ -1,0 +1,58 @@
+#!/bin/sh
+# A Lambda runtime in POSIX shell and curl, run behind the real server by rapid's integration
+# tests. Events are matched as text, so tests send them compact. What it does with an event:
+#   {"action":"sleep","s":"S"}   sleeps S seconds, then answers {"slept":true}
+#   {"action":"crash"}           exits with status 3 mid-invoke, without answering
+#   {"action":"error"}           posts an error, without Lambda-Runtime-Function-Error-Type
+#   {"action":"big","bytes":N}   answers a JSON string of N 'a's (N + 2 bytes)
+#   {"action":"pid"}             answers {"pid":P}, P being its own pid (its process group)
+#   anything else                answered unchanged
+# With RUNTIME_FAIL_INIT=1 it posts init/error and exits instead of polling.
+set -u
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
+work=$(mktemp -d) || exit 1
+trap 'rm -rf "$work"' EXIT
+
+if [ "${RUNTIME_FAIL_INIT:-0}" = 1 ]; then
+    echo "runtime: failing init"
+    curl -sS -o /dev/null -X POST \
+        -H 'Lambda-Runtime-Function-Error-Type: Runtime.InitError' \
+        --data-binary '{"errorMessage":"init failed on purpose","errorType":"InitFailed"}' \
+        "$api/init/error"
+    exit 1
+fi
+echo "runtime: init pid $$"
+
+while :; do
+    curl -sS -D "$work/headers" -o "$work/event" "$api/invocation/next" || exit 1
+    id=$(tr -d '\r' <"$work/headers" | sed -n 's/^[Ll]ambda-[Rr]untime-[Aa]ws-[Rr]equest-[Ii]d: *//p')
+    event=$(head -c 200 "$work/event")
+    echo "runtime: got $id"
+    out="$work/event"
+    case "$event" in
+    *'"action":"sleep"'*)
+        sleep "$(printf '%s' "$event" | sed 's/.*"s":"\([0-9.]*\)".*/\1/')"
+        printf '{"slept":true}' >"$work/out"
+        out="$work/out"
+        ;;
+    *'"action":"crash"'*)
+        exit 3
+        ;;
+    *'"action":"error"'*)
+        curl -sS -o /dev/null -X POST \
+            --data-binary '{"errorMessage":"failed on purpose","errorType":"HandlerError","stackTrace":["a","b"]}' \
+            "$api/invocation/$id/error"
+        continue
+        ;;
+    *'"action":"big"'*)
+        n=$(printf '%s' "$event" | sed 's/.*"bytes":\([0-9]*\).*/\1/')
+        { printf '"'; head -c "$n" /dev/zero | tr '\0' a; printf '"'; } >"$work/out"
+        out="$work/out"
+        ;;
+    *'"action":"pid"'*)
+        printf '{"pid":%s}' "$$" >"$work/out"
+        out="$work/out"
+        ;;
+    esac
+    curl -sS -o /dev/null -X POST --data-binary "@$out" "$api/invocation/$id/response"
+done
