@@ -1,0 +1,2 @@
+//! Devices: legacy PIO devices and virtio devices.
+pub mod virtio;

@@ -1,0 +1,137 @@
+//! Virtio devices and their MMIO transport.
+//!
+//! A device ([`VirtioDevice`]) knows nothing of KVM or of the event loop: the transport
+//! ([`mmio::MmioTransport`]) hands it the guest's queues when the driver sets `DRIVER_OK`, the
+//! guest's queue kicks arrive on the device's [`queue_events`](VirtioDevice::queue_events)
+//! (ioeventfds inside a VM, plain eventfds in tests), and the device raises its interrupt through
+//! an [`IrqTrigger`] (an irqfd inside a VM). Each device also implements
+//! `event_manager::MutEventSubscriber` so the VMM's event loop can drive it; tests call its
+//! queue-processing methods directly on plain guest memory.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+pub mod vsock;
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Guest memory as the devices see it.
+pub type Memory = GuestMemoryMmap<()>;
+
+/// `VIRTIO_F_VERSION_1`: every device here is a modern (virtio 1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Interrupt status bit: the device used buffers in a queue.
+pub const INTERRUPT_USED_RING: u32 = 0x1;
+/// Interrupt status bit: the device's configuration changed.
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;
+
+/// Device type ids (virtio spec 5).
+pub mod device_type {
+    pub const BLOCK: u32 = 2;
+    pub const RNG: u32 = 4;
+    pub const VSOCK: u32 = 19;
+}
+
+/// The interrupt line of one device: the interrupt status the driver reads and acknowledges
+/// through the transport, and the eventfd that injects the interrupt (an irqfd inside a VM).
+/// Cheap to clone; clones share the status.
+#[derive(Clone)]
+pub struct IrqTrigger {
+    status: Arc<AtomicU32>,
+    event: Arc<EventFd>,
+}
+
+impl IrqTrigger {
+    pub fn new() -> io::Result<IrqTrigger> {
+        Ok(IrqTrigger {
+            status: Arc::new(AtomicU32::new(0)),
+            event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+        })
+    }
+
+    /// Tells the driver the device used buffers.
+    pub fn signal_used_queue(&self) -> io::Result<()> {
+        self.signal(INTERRUPT_USED_RING)
+    }
+
+    /// Tells the driver the device's configuration changed.
+    pub fn signal_config_change(&self) -> io::Result<()> {
+        self.signal(INTERRUPT_CONFIG_CHANGE)
+    }
+
+    fn signal(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.event.write(1)
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver acknowledged `bits`.
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The eventfd to register as an irqfd (or to read in tests).
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver set up {got} queues; the device has {expected}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("queue {0} is not valid (size or ring addresses outside guest memory)")]
+    InvalidQueue(usize),
+    #[error("the device's backend failed: {0}")]
+    Backend(String),
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type ([`device_type`]).
+    fn device_type(&self) -> u32;
+
+    /// The largest size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The features the device offers, [`VIRTIO_F_VERSION_1`] included.
+    fn avail_features(&self) -> u64;
+
+    /// The features the driver accepted (a subset of [`avail_features`](Self::avail_features);
+    /// the transport drops the rest).
+    fn set_acked_features(&mut self, acked: u64);
+
+    /// Reads the device-specific configuration space at `offset`. Bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device-specific configuration space. Devices whose configuration is read-only
+    /// ignore it.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    /// The driver set `DRIVER_OK`: from now on the device owns `queues` (one per
+    /// [`queue_max_sizes`](Self::queue_max_sizes) entry, already checked against `memory`).
+    fn activate(&mut self, memory: Memory, queues: Vec<Queue>) -> Result<(), ActivateError>;
+
+    /// Whether [`activate`](Self::activate) succeeded and no reset came since.
+    fn is_activated(&self) -> bool;
+
+    /// The driver reset the device: drop the queues and go back to the pre-activation state.
+    fn reset(&mut self);
+
+    /// One eventfd per queue; the guest's notification of queue `i` signals entry `i`.
+    fn queue_events(&self) -> &[EventFd];
+
+    /// The device's interrupt line.
+    fn interrupt(&self) -> &IrqTrigger;
+}

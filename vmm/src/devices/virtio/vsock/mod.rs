@@ -1,0 +1,1 @@
+//! virtio-vsock with a Firecracker-compatible hybrid AF_UNIX backend (being written).
