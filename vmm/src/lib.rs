@@ -1,5 +1,8 @@
 //! The KVM virtual machine monitor and the host-side function service.
 
+pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod exit;
 pub mod host_link;
+pub mod vstate;

@@ -1,1 +1,269 @@
-//! The virtio-mmio transport (being written).
+//! The virtio-mmio transport (virtio spec 4.2, version 2 "modern" registers): the register
+//! window the guest driver programs, which hands the queues to the device at `DRIVER_OK`.
+//!
+//! Queue notifications normally never reach this code: the VMM registers each queue's
+//! eventfd as an ioeventfd on the `QueueNotify` register. A write that does arrive here (no
+//! ioeventfd, as in tests) signals the same eventfd, so both paths behave alike.
+
+use super::{Memory, VirtioDevice};
+use crate::devices::bus::BusDevice;
+use std::sync::{Arc, Mutex, MutexGuard};
+use virtio_queue::{Queue, QueueT};
+
+/// The "virt" magic at offset 0.
+const MAGIC_VALUE: u32 = 0x7472_6976;
+const MMIO_VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0;
+/// Offset of `QueueNotify`: where the ioeventfds go.
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+const CONFIG_SPACE_OFFSET: u64 = 0x100;
+
+/// Device status bits (virtio spec 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    memory: Memory,
+    queues: Vec<Queue>,
+    device_status: u32,
+    features_select: u32,
+    acked_features_select: u32,
+    acked_features: u64,
+    queue_select: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    pub fn new(memory: Memory, device: Arc<Mutex<dyn VirtioDevice>>) -> MmioTransport {
+        let queues = Self::fresh_queues(&*lock(&device));
+        MmioTransport {
+            device,
+            memory,
+            queues,
+            device_status: 0,
+            features_select: 0,
+            acked_features_select: 0,
+            acked_features: 0,
+            queue_select: 0,
+            config_generation: 0,
+        }
+    }
+
+    fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+        device
+            .queue_max_sizes()
+            .iter()
+            // Queue::new only refuses sizes that are not powers of two; device sizes are
+            // constants, so a refusal is a programming error we still do not panic on.
+            .filter_map(|size| Queue::new(*size).ok())
+            .collect()
+    }
+
+    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+        &self.device
+    }
+
+    pub fn device_status(&self) -> u32 {
+        self.device_status
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// Queue registers may change only while the driver negotiates: after FEATURES_OK and
+    /// before DRIVER_OK.
+    fn queues_writable(&self) -> bool {
+        self.device_status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
+            == status::FEATURES_OK
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        let device = lock(&self.device);
+        match offset {
+            0x00 => MAGIC_VALUE,
+            0x04 => MMIO_VERSION,
+            0x08 => device.device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => match self.features_select {
+                0 => device.avail_features() as u32,
+                1 => (device.avail_features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            0x44 => self
+                .queues
+                .get(self.queue_select as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            0x60 => device.interrupt().status(),
+            0x70 => self.device_status,
+            0xfc => self.config_generation,
+            _ => {
+                log::warn!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            0x14 => self.features_select = value,
+            0x20 => self.ack_features(value),
+            0x24 => self.acked_features_select = value,
+            0x30 => self.queue_select = value,
+            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => self.write_queue(offset, value),
+            NOTIFY_REG_OFFSET => {
+                let device = lock(&self.device);
+                if let Some(event) = device.queue_events().get(value as usize) {
+                    if let Err(e) = event.write(1) {
+                        log::warn!("virtio-mmio: queue {value} notification: {e}");
+                    }
+                }
+            }
+            0x64 => lock(&self.device).interrupt().acknowledge(value),
+            0x70 => self.set_status(value),
+            _ => log::warn!("virtio-mmio: write of unknown register {offset:#x}"),
+        }
+    }
+
+    fn ack_features(&mut self, value: u32) {
+        if self.device_status & (status::FEATURES_OK | status::DRIVER_OK) != 0 {
+            log::warn!("virtio-mmio: driver features written after FEATURES_OK; ignored");
+            return;
+        }
+        let shift = match self.acked_features_select {
+            0 => 0,
+            1 => 32,
+            _ => return,
+        };
+        let offered = lock(&self.device).avail_features();
+        let mask = 0xffff_ffffu64 << shift;
+        self.acked_features =
+            (self.acked_features & !mask) | ((u64::from(value) << shift) & offered & mask);
+    }
+
+    fn write_queue(&mut self, offset: u64, value: u32) {
+        if !self.queues_writable() {
+            log::warn!("virtio-mmio: queue register {offset:#x} written outside negotiation");
+            return;
+        }
+        let Some(queue) = self.selected_queue() else {
+            log::warn!("virtio-mmio: queue register {offset:#x} written for a missing queue");
+            return;
+        };
+        match offset {
+            0x38 => queue.set_size(value as u16),
+            0x44 => queue.set_ready(value == 1),
+            0x80 => queue.set_desc_table_address(Some(value), None),
+            0x84 => queue.set_desc_table_address(None, Some(value)),
+            0x90 => queue.set_avail_ring_address(Some(value), None),
+            0x94 => queue.set_avail_ring_address(None, Some(value)),
+            0xa0 => queue.set_used_ring_address(Some(value), None),
+            0xa4 => queue.set_used_ring_address(None, Some(value)),
+            _ => {}
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits (spec 3.1.1); anything else is a confused driver.
+        if value & self.device_status != self.device_status {
+            log::warn!(
+                "virtio-mmio: status {value:#x} clears bits of {:#x}; ignored",
+                self.device_status
+            );
+            return;
+        }
+        let newly = value & !self.device_status;
+        self.device_status = value;
+        if newly & status::FEATURES_OK != 0 {
+            lock(&self.device).set_acked_features(self.acked_features);
+        }
+        if newly & status::DRIVER_OK != 0 {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let mut device = lock(&self.device);
+        if device.is_activated() {
+            return;
+        }
+        let result = match self
+            .queues
+            .iter()
+            .position(|q| !q.ready() || !q.is_valid(&self.memory))
+        {
+            Some(index) => Err(super::ActivateError::InvalidQueue(index)),
+            // The device owns the queues from now on; a reset gives the transport fresh ones.
+            None => device.activate(self.memory.clone(), std::mem::take(&mut self.queues)),
+        };
+        if let Err(e) = result {
+            log::warn!("virtio-mmio: device type {} failed to activate: {e}", device.device_type());
+            self.device_status |= status::DEVICE_NEEDS_RESET;
+            self.config_generation = self.config_generation.wrapping_add(1);
+            if let Err(e) = device.interrupt().signal_config_change() {
+                log::warn!("virtio-mmio: config-change interrupt: {e}");
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        let mut device = lock(&self.device);
+        device.reset();
+        device.interrupt().acknowledge(u32::MAX);
+        self.queues = Self::fresh_queues(&*device);
+        drop(device);
+        self.device_status = 0;
+        self.acked_features = 0;
+        self.features_select = 0;
+        self.acked_features_select = 0;
+        self.queue_select = 0;
+    }
+}
+
+fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    device.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            lock(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        let value = if data.len() == 4 && offset % 4 == 0 {
+            self.read_register(offset)
+        } else {
+            log::warn!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
+            0
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE_OFFSET {
+            lock(&self.device).write_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(bytes)),
+            _ => log::warn!("virtio-mmio: {}-byte write at {offset:#x}", data.len()),
+        }
+    }
+}
