@@ -70,9 +70,9 @@ else
         die "the init crate is missing: expected package \`init\` at rootfs/init/ in the workspace; pass --init PATH to use a prebuilt static init"
     step "building the static init and bootstrap binaries"
     RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --quiet --release --target "$STATIC_TARGET" -p bootstrap -p init >&2
-    init="$target_dir/$STATIC_TARGET/release/init"
-    bootstrap="$target_dir/$STATIC_TARGET/release/bootstrap"
+        cargo build --quiet --profile guest --target "$STATIC_TARGET" -p bootstrap -p init >&2
+    init="$target_dir/$STATIC_TARGET/guest/init"
+    bootstrap="$target_dir/$STATIC_TARGET/guest/bootstrap"
     [ -x "$init" ] || die "cargo built package init but $init is missing (is its binary named init?)"
 fi
 
