@@ -1,7 +1,8 @@
 //! Asynchronous (`Event`) invocations: accepted at once, run later, retried twice on failure,
 //! then sent to the on-failure destination as an AWS destination record.
 
-use crate::sandbox::{Handle, Invocation, Outcome};
+use crate::invoker::Invoker;
+use crate::sandbox::{Invocation, Outcome};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,13 +23,13 @@ pub enum EnqueueError {
 
 /// The asynchronous invocations of one environment.
 #[derive(Clone)]
-pub struct AsyncQueue {
-    sandbox: Handle,
+pub struct AsyncQueue<I: Invoker> {
+    sandbox: I,
     slots: Arc<Semaphore>,
 }
 
-impl AsyncQueue {
-    pub fn new(sandbox: Handle) -> AsyncQueue {
+impl<I: Invoker> AsyncQueue<I> {
+    pub fn new(sandbox: I) -> AsyncQueue<I> {
         AsyncQueue {
             sandbox,
             slots: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -49,7 +50,7 @@ impl AsyncQueue {
     }
 }
 
-async fn run(sandbox: &Handle, invocation: Invocation) {
+async fn run<I: Invoker>(sandbox: &I, invocation: Invocation) {
     let id = &invocation.request_id;
     let mut last = Vec::new();
     for attempt in 1..=MAX_ATTEMPTS {

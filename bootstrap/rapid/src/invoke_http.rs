@@ -1,10 +1,11 @@
 //! The invoke endpoint of the AWS Runtime Interface Emulator
 //! (`POST /2015-03-31/functions/function/invocations`), with Lambda's `Invoke` semantics: an
-//! invocation source for a [`Handle`].
+//! invocation source for any [`Invoker`].
 
 use crate::async_invoke::AsyncQueue;
 use crate::http::{self, BodyError, Reply};
-use crate::sandbox::{Handle, Invocation, InvokeError, Outcome};
+use crate::invoker::Invoker;
+use crate::sandbox::{Invocation, InvokeError, Outcome};
 use base64::Engine;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -15,13 +16,13 @@ use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
 
 /// The invoke endpoint of one environment. Cheap to clone: one per connection.
 #[derive(Clone)]
-pub struct Endpoint {
-    sandbox: Handle,
-    events: AsyncQueue,
+pub struct Endpoint<I: Invoker> {
+    sandbox: I,
+    events: AsyncQueue<I>,
 }
 
-impl Endpoint {
-    pub fn new(sandbox: Handle) -> Endpoint {
+impl<I: Invoker> Endpoint<I> {
+    pub fn new(sandbox: I) -> Endpoint<I> {
         Endpoint {
             events: AsyncQueue::new(sandbox.clone()),
             sandbox,

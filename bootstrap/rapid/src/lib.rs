@@ -15,6 +15,7 @@ pub mod config;
 pub mod hooks;
 pub mod http;
 pub mod invoke_http;
+pub mod invoker;
 pub mod process;
 pub mod report;
 pub mod runtime_api;
@@ -23,4 +24,5 @@ pub mod time;
 
 pub use config::{FunctionConfig, InitType};
 pub use hooks::{LogSink, NoSnapshot, SnapshotHook, StdoutLog};
+pub use invoker::Invoker;
 pub use sandbox::{Handle, Invocation, InvokeError, Outcome};
