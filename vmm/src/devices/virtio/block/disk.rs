@@ -1,0 +1,120 @@
+//! The backing file of a drive and the copies between it and guest memory.
+
+use super::request::RequestError;
+use crate::devices::virtio::Memory;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use vm_memory::{Address, Bytes, GuestAddress};
+
+/// Bytes in a virtio-blk sector, whatever the backing file's block size.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the bounce buffer between the file and guest memory: large enough for a typical
+/// request in one system call, small enough to allocate once per drive.
+pub const BOUNCE_BYTES: usize = 64 * 1024;
+
+pub struct Disk {
+    file: File,
+    read_only: bool,
+    /// In sectors; a partial trailing sector of the file is not exposed.
+    capacity: u64,
+    bounce: Vec<u8>,
+}
+
+impl Disk {
+    pub fn open(path: &Path, read_only: bool) -> io::Result<Disk> {
+        let mut file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        // Seeking rather than metadata: a block device reports its size this way only.
+        let bytes = file.seek(SeekFrom::End(0))?;
+        if bytes % SECTOR_SIZE != 0 {
+            log::warn!(
+                "virtio-blk: {} is {bytes} bytes, not a whole number of sectors; the tail is hidden",
+                path.display()
+            );
+        }
+        Ok(Disk {
+            file,
+            read_only,
+            capacity: bytes / SECTOR_SIZE,
+            bounce: vec![0; BOUNCE_BYTES],
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The byte offset of `sector`, if `len` bytes from there fit on the drive.
+    pub fn check_range(&self, sector: u64, len: u64) -> Result<u64, RequestError> {
+        let offset = sector.checked_mul(SECTOR_SIZE);
+        let end = offset.and_then(|o| o.checked_add(len));
+        match (offset, end) {
+            (Some(offset), Some(end)) if end <= self.capacity * SECTOR_SIZE => Ok(offset),
+            _ => Err(RequestError::OutOfRange { sector, len }),
+        }
+    }
+
+    /// Copies `len` bytes at file offset `offset` to guest memory at `addr`.
+    pub fn read_to_guest(
+        &mut self,
+        mem: &Memory,
+        offset: u64,
+        addr: GuestAddress,
+        len: u32,
+    ) -> Result<(), RequestError> {
+        let mut done: u32 = 0;
+        while done < len {
+            let n = (len - done).min(BOUNCE_BYTES as u32);
+            let chunk = &mut self.bounce[..n as usize];
+            self.file
+                .read_exact_at(chunk, offset + u64::from(done))
+                .map_err(RequestError::Io)?;
+            let at = addr
+                .checked_add(u64::from(done))
+                .ok_or(RequestError::DataOutsideMemory)?;
+            mem.write_slice(chunk, at).map_err(RequestError::Memory)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes from guest memory at `addr` to file offset `offset`.
+    pub fn write_from_guest(
+        &mut self,
+        mem: &Memory,
+        offset: u64,
+        addr: GuestAddress,
+        len: u32,
+    ) -> Result<(), RequestError> {
+        if self.read_only {
+            return Err(RequestError::ReadOnly);
+        }
+        let mut done: u32 = 0;
+        while done < len {
+            let n = (len - done).min(BOUNCE_BYTES as u32);
+            let chunk = &mut self.bounce[..n as usize];
+            let at = addr
+                .checked_add(u64::from(done))
+                .ok_or(RequestError::DataOutsideMemory)?;
+            mem.read_slice(chunk, at).map_err(RequestError::Memory)?;
+            self.file
+                .write_all_at(chunk, offset + u64::from(done))
+                .map_err(RequestError::Io)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), RequestError> {
+        // A read-only drive has nothing of the guest's to make durable.
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(RequestError::Io)
+    }
+}

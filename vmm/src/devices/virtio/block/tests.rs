@@ -1,0 +1,511 @@
+use super::*;
+use crate::devices::virtio::INTERRUPT_USED_RING;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::GuestAddress;
+
+const MEM_SIZE: u64 = 0x10_0000;
+const QSIZE: u16 = 16;
+const HEADER: u64 = 0x1_0000;
+const DATA: u64 = 0x2_0000;
+const STATUS: u64 = 0x3_0000;
+const SECTORS: u64 = 8;
+
+const R: bool = false;
+const W: bool = true;
+
+/// A backing file under the temp directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &[u8]) -> TempFile {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vmm-virtio-blk-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn pattern() -> Vec<u8> {
+    (0..SECTORS * SECTOR_SIZE)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+fn memory() -> Memory {
+    Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+/// Puts a chain at descriptor index `first` and makes it available.
+fn add_chain(vq: &MockSplitQueue<Memory>, first: u16, descs: &[(u64, u32, bool)]) {
+    let raw: Vec<RawDescriptor> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, writable))| {
+            let mut flags = if writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, first + i as u16 + 1))
+        })
+        .collect();
+    vq.add_desc_chains(&raw, first).unwrap();
+}
+
+fn write_header(mem: &Memory, addr: u64, request_type: u32, sector: u64) {
+    let mut raw = [0u8; 16];
+    raw[..4].copy_from_slice(&request_type.to_le_bytes());
+    raw[8..].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&raw, GuestAddress(addr)).unwrap();
+}
+
+/// A header + data + status request; returns where its status byte is.
+fn add_request(
+    mem: &Memory,
+    vq: &MockSplitQueue<Memory>,
+    first: u16,
+    request_type: u32,
+    sector: u64,
+    data: &[(u64, u32, bool)],
+) -> u64 {
+    let header = HEADER + u64::from(first) * 16;
+    let status = STATUS + u64::from(first);
+    write_header(mem, header, request_type, sector);
+    mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+    let mut descs = vec![(header, 16, R)];
+    descs.extend_from_slice(data);
+    descs.push((status, 1, W));
+    add_chain(vq, first, &descs);
+    status
+}
+
+fn status_at(mem: &Memory, addr: u64) -> u8 {
+    mem.read_obj(GuestAddress(addr)).unwrap()
+}
+
+fn used(vq: &MockSplitQueue<Memory>, i: usize) -> (u32, u32) {
+    let elem = vq.used().ring().ref_at(i).unwrap().load();
+    (elem.id(), elem.len())
+}
+
+fn block(file: &TempFile, read_only: bool, mem: &Memory, vq: &MockSplitQueue<Memory>) -> Block {
+    let mut block = Block::new(&file.0, read_only, "drive-1").unwrap();
+    block
+        .activate(mem.clone(), vec![vq.create_queue().unwrap()])
+        .unwrap();
+    block
+}
+
+const OK: u8 = Status::Ok as u8;
+const IOERR: u8 = Status::IoErr as u8;
+const UNSUPP: u8 = Status::Unsupp as u8;
+
+#[test]
+fn reads_sectors_into_guest_memory() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let status = add_request(
+        &mem,
+        &vq,
+        0,
+        VIRTIO_BLK_T_IN,
+        1,
+        &[(DATA, 512, W), (DATA + 0x1000, 512, W)],
+    );
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.process_queue().unwrap(), 1);
+    assert_eq!(status_at(&mem, status), OK);
+    assert_eq!(used(&vq, 0), (0, 1025));
+    let mut got = vec![0u8; 512];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, pattern()[512..1024]);
+    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(got, pattern()[1024..1536]);
+    assert_eq!(blk.interrupt().event().read().unwrap(), 1);
+    assert_ne!(blk.interrupt().status() & INTERRUPT_USED_RING, 0);
+}
+
+#[test]
+fn writes_sectors_and_reads_them_back() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let big = (4 * SECTOR_SIZE) as u32;
+    mem.write_slice(&[0x5a; 2048], GuestAddress(DATA)).unwrap();
+    let write = add_request(&mem, &vq, 0, VIRTIO_BLK_T_OUT, 2, &[(DATA, big, R)]);
+    let read = add_request(&mem, &vq, 3, VIRTIO_BLK_T_IN, 2, &[(DATA + 0x1000, big, W)]);
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.process_queue().unwrap(), 2);
+    assert_eq!(status_at(&mem, write), OK);
+    assert_eq!(status_at(&mem, read), OK);
+    assert_eq!(used(&vq, 0), (0, 1));
+    assert_eq!(used(&vq, 1), (3, big + 1));
+    let mut expected = pattern();
+    expected[1024..3072].fill(0x5a);
+    assert_eq!(file.contents(), expected);
+    let mut got = vec![0u8; 2048];
+    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(got, vec![0x5a; 2048]);
+}
+
+#[test]
+fn transfers_larger_than_the_bounce_buffer() {
+    let sectors = 2 * disk::BOUNCE_BYTES as u64 / SECTOR_SIZE + 3;
+    let contents: Vec<u8> = (0..sectors * SECTOR_SIZE)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let file = TempFile::new(&contents);
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let len = (sectors * SECTOR_SIZE) as u32;
+    let read = add_request(&mem, &vq, 0, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, len, W)]);
+    let mut blk = block(&file, false, &mem, &vq);
+    blk.process_queue().unwrap();
+    assert_eq!(status_at(&mem, read), OK);
+    let mut got = vec![0u8; len as usize];
+    mem.read_slice(&mut got, GuestAddress(0x4_0000)).unwrap();
+    assert_eq!(got, contents);
+}
+
+#[test]
+fn flush_and_get_id() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let flush = add_request(&mem, &vq, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+    mem.write_slice(&[0xee; 32], GuestAddress(DATA)).unwrap();
+    let get_id = add_request(&mem, &vq, 2, VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 32, W)]);
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.process_queue().unwrap(), 2);
+    assert_eq!(status_at(&mem, flush), OK);
+    assert_eq!(status_at(&mem, get_id), OK);
+    assert_eq!(used(&vq, 1), (2, ID_BYTES as u32 + 1));
+    let mut id = [0u8; 32];
+    mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    let mut expected = [0u8; ID_BYTES];
+    expected[..7].copy_from_slice(b"drive-1");
+    assert_eq!(id[..ID_BYTES], expected);
+    assert_eq!(id[ID_BYTES..], [0xee; 32 - ID_BYTES]);
+}
+
+#[test]
+fn long_id_is_cut() {
+    let file = TempFile::new(&pattern());
+    let blk = Block::new(&file.0, false, "an-id-much-longer-than-twenty-bytes").unwrap();
+    assert_eq!(&blk.id, b"an-id-much-longer-th");
+}
+
+#[test]
+fn read_only_drive_rejects_writes() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let write = add_request(&mem, &vq, 0, VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, R)]);
+    let read = add_request(&mem, &vq, 3, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, W)]);
+    let flush = add_request(&mem, &vq, 6, VIRTIO_BLK_T_FLUSH, 0, &[]);
+    let mut blk = block(&file, true, &mem, &vq);
+    assert!(blk.read_only());
+    assert_ne!(blk.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_eq!(blk.process_queue().unwrap(), 3);
+    assert_eq!(status_at(&mem, write), IOERR);
+    assert_eq!(status_at(&mem, read), OK);
+    assert_eq!(status_at(&mem, flush), OK);
+    assert_eq!(file.contents(), pattern());
+}
+
+#[test]
+fn out_of_range_and_unsupported() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let past_end = add_request(&mem, &vq, 0, VIRTIO_BLK_T_IN, SECTORS, &[(DATA, 512, W)]);
+    let straddling = add_request(
+        &mem,
+        &vq,
+        3,
+        VIRTIO_BLK_T_OUT,
+        SECTORS - 1,
+        &[(DATA, 1024, R)],
+    );
+    let overflow = add_request(&mem, &vq, 6, VIRTIO_BLK_T_IN, u64::MAX, &[(DATA, 512, W)]);
+    let unsupported = add_request(&mem, &vq, 9, 42, 0, &[]);
+    let last = add_request(
+        &mem,
+        &vq,
+        11,
+        VIRTIO_BLK_T_IN,
+        SECTORS - 1,
+        &[(DATA, 512, W)],
+    );
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.capacity(), SECTORS);
+    assert_eq!(blk.process_queue().unwrap(), 5);
+    assert_eq!(status_at(&mem, past_end), IOERR);
+    assert_eq!(status_at(&mem, straddling), IOERR);
+    assert_eq!(status_at(&mem, overflow), IOERR);
+    assert_eq!(status_at(&mem, unsupported), UNSUPP);
+    assert_eq!(status_at(&mem, last), OK);
+    assert_eq!(used(&vq, 0), (0, 1));
+    assert_eq!(file.contents(), pattern());
+}
+
+#[test]
+fn config_space_and_features() {
+    let file = TempFile::new(&pattern());
+    let blk = Block::new(&file.0, false, "x").unwrap();
+    assert_eq!(blk.device_type(), device_type::BLOCK);
+    assert_eq!(blk.queue_max_sizes(), &[QUEUE_SIZE]);
+    let features = blk.avail_features();
+    assert_ne!(features & VIRTIO_F_VERSION_1, 0);
+    assert_ne!(features & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    assert_eq!(features & (1 << VIRTIO_BLK_F_RO), 0);
+    let mut capacity = [0u8; 8];
+    blk.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), SECTORS);
+    let mut high = [0xffu8; 4];
+    blk.read_config(4, &mut high);
+    assert_eq!(high, [0; 4]);
+    let mut seg_max = [0u8; 4];
+    blk.read_config(12, &mut seg_max);
+    assert_eq!(u32::from_le_bytes(seg_max), SEG_MAX);
+    let mut past = [0xffu8; 8];
+    blk.read_config(14, &mut past);
+    assert_eq!(past, [0, 0, 0, 0, 0, 0, 0, 0]);
+    blk.read_config(u64::MAX, &mut past);
+    assert_eq!(past, [0; 8]);
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let missing = std::env::temp_dir().join("vmm-virtio-blk-test-does-not-exist");
+    assert!(matches!(
+        Block::new(&missing, true, "x"),
+        Err(BlockError::Open { .. })
+    ));
+}
+
+#[test]
+fn hostile_requests_get_ioerr() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, 64);
+    let mut statuses = vec![
+        // Data buffer outside guest memory.
+        add_request(
+            &mem,
+            &vq,
+            0,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[(MEM_SIZE + 0x1000, 512, W)],
+        ),
+        // Data buffer running off the end of guest memory with an oversized length.
+        add_request(&mem, &vq, 3, VIRTIO_BLK_T_OUT, 0, &[(DATA, 0xffff_0000, R)]),
+        // Data buffer whose address wraps the address space.
+        add_request(&mem, &vq, 6, VIRTIO_BLK_T_IN, 0, &[(u64::MAX - 16, 512, W)]),
+        // Read into a device-readable buffer.
+        add_request(&mem, &vq, 9, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, R)]),
+    ];
+    // Header too short.
+    write_header(&mem, HEADER + 0x800, VIRTIO_BLK_T_IN, 0);
+    add_chain(
+        &vq,
+        12,
+        &[(HEADER + 0x800, 8, R), (DATA, 512, W), (STATUS + 12, 1, W)],
+    );
+    statuses.push(STATUS + 12);
+    // Header device-writable.
+    add_chain(
+        &vq,
+        15,
+        &[(HEADER + 0x800, 16, W), (DATA, 512, W), (STATUS + 15, 1, W)],
+    );
+    statuses.push(STATUS + 15);
+    // Header outside guest memory.
+    add_chain(&vq, 18, &[(MEM_SIZE - 8, 16, R), (STATUS + 18, 1, W)]);
+    statuses.push(STATUS + 18);
+    // No header at all.
+    add_chain(&vq, 20, &[(STATUS + 20, 1, W)]);
+    statuses.push(STATUS + 20);
+    for &status in &statuses {
+        mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+    }
+    let good = add_request(&mem, &vq, 21, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, W)]);
+
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.process_queue().unwrap(), statuses.len() + 1);
+    for (i, &status) in statuses.iter().enumerate() {
+        assert_eq!(status_at(&mem, status), IOERR, "request {i}");
+        assert_eq!(used(&vq, i).1, 1, "request {i}");
+    }
+    assert_eq!(status_at(&mem, good), OK);
+    assert_eq!(file.contents(), pattern());
+}
+
+#[test]
+fn unanswerable_chains_are_returned_empty() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, 64);
+    write_header(&mem, HEADER, VIRTIO_BLK_T_IN, 0);
+    mem.write_slice(&[0xff; 64], GuestAddress(STATUS)).unwrap();
+    // Status descriptor read-only.
+    add_chain(&vq, 0, &[(HEADER, 16, R), (DATA, 512, W), (STATUS, 1, R)]);
+    // Status descriptor of length 0.
+    add_chain(
+        &vq,
+        3,
+        &[(HEADER, 16, R), (DATA, 512, W), (STATUS + 3, 0, W)],
+    );
+    // Status byte outside guest memory.
+    add_chain(&vq, 6, &[(HEADER, 16, R), (DATA, 512, W), (MEM_SIZE, 1, W)]);
+    // A descriptor loop: 10 -> 11 -> 10 ...
+    vq.add_desc_chains(
+        &[
+            RawDescriptor::from(SplitDescriptor::new(
+                HEADER,
+                16,
+                VRING_DESC_F_NEXT as u16,
+                11,
+            )),
+            RawDescriptor::from(SplitDescriptor::new(
+                STATUS + 11,
+                1,
+                (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16,
+                10,
+            )),
+        ],
+        10,
+    )
+    .unwrap();
+    // A next index past the descriptor table.
+    vq.add_desc_chains(
+        &[RawDescriptor::from(SplitDescriptor::new(
+            HEADER,
+            16,
+            VRING_DESC_F_NEXT as u16,
+            1000,
+        ))],
+        12,
+    )
+    .unwrap();
+    let good = add_request(&mem, &vq, 13, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, W)]);
+
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.process_queue().unwrap(), 6);
+    for (i, head) in [0, 3, 6, 10, 12].into_iter().enumerate() {
+        assert_eq!(used(&vq, i), (head, 0), "request {i}");
+    }
+    let mut untouched = [0u8; 13];
+    mem.read_slice(&mut untouched, GuestAddress(STATUS))
+        .unwrap();
+    assert!(untouched.iter().all(|&b| b == 0xff));
+    assert_eq!(used(&vq, 5), (13, 513));
+    assert_eq!(status_at(&mem, good), OK);
+}
+
+#[test]
+fn bogus_head_index_is_dropped() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    add_request(&mem, &vq, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+    vq.avail().ring().ref_at(0).unwrap().store(1000);
+    let good = add_request(&mem, &vq, 2, VIRTIO_BLK_T_FLUSH, 0, &[]);
+    let mut blk = block(&file, false, &mem, &vq);
+    assert_eq!(blk.process_queue().unwrap(), 1);
+    assert_eq!(used(&vq, 0), (2, 1));
+    assert_eq!(status_at(&mem, good), OK);
+}
+
+#[test]
+fn broken_queue_is_a_typed_error() {
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let broken = || {
+        let mut queue: Queue = vq.create_queue().unwrap();
+        queue.set_used_ring_address(Some(0xffff_0000), Some(0));
+        queue.set_avail_ring_address(Some(0xffff_0000), Some(0));
+        queue
+    };
+    let mut blk = Block::new(&file.0, false, "x").unwrap();
+    assert!(matches!(blk.process_queue(), Err(BlockError::NotActivated)));
+    assert!(matches!(
+        blk.activate(mem.clone(), vec![broken()]),
+        Err(ActivateError::InvalidQueue(0))
+    ));
+    assert!(matches!(
+        blk.activate(mem.clone(), vec![]),
+        Err(ActivateError::QueueCount {
+            expected: 1,
+            got: 0
+        })
+    ));
+    assert!(!blk.is_activated());
+    // Bypass activation's check to see the processing path cope with it too.
+    blk.active = Some(Active {
+        mem: mem.clone(),
+        queue: broken(),
+    });
+    assert!(matches!(blk.process_queue(), Err(BlockError::Queue(_))));
+    let mut not_ready: Queue = vq.create_queue().unwrap();
+    not_ready.set_ready(false);
+    blk.active = Some(Active {
+        mem: mem.clone(),
+        queue: not_ready,
+    });
+    assert!(matches!(blk.process_queue(), Err(BlockError::Queue(_))));
+
+    // A reset and a fresh activation bring the device back.
+    blk.reset();
+    assert!(!blk.is_activated());
+    let status = add_request(&mem, &vq, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+    blk.activate(mem.clone(), vec![vq.create_queue().unwrap()])
+        .unwrap();
+    assert_eq!(blk.process_queue().unwrap(), 1);
+    assert_eq!(status_at(&mem, status), OK);
+}
+
+#[test]
+fn event_loop_processes_kicks() {
+    use event_manager::{EventManager, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+    let file = TempFile::new(&pattern());
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let status = add_request(&mem, &vq, 0, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, W)]);
+    let blk = Arc::new(Mutex::new(block(&file, false, &mem, &vq)));
+    let mut manager = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    manager.add_subscriber(blk.clone());
+    blk.lock().unwrap().queue_events()[0].write(1).unwrap();
+    assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+    assert_eq!(status_at(&mem, status), OK);
+    assert_eq!(blk.lock().unwrap().interrupt().event().read().unwrap(), 1);
+}
