@@ -89,6 +89,16 @@ impl Listener {
 
     /// Waits up to `timeout` for the guest to connect, then exchanges `Hello`s.
     pub fn accept(&self, timeout: Duration) -> Result<HostLink, LinkError> {
+        self.accept_within(timeout, timeout)
+    }
+
+    /// Waits up to `timeout` for the guest to connect, then up to `handshake` for its `Hello`
+    /// (a guest on emulated KVM may take far longer to answer than to connect).
+    pub fn accept_within(
+        &self,
+        timeout: Duration,
+        handshake: Duration,
+    ) -> Result<HostLink, LinkError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match self.listener.accept() {
@@ -104,7 +114,7 @@ impl Listener {
             }
         };
         stream.set_nonblocking(false).map_err(LinkError::Accept)?;
-        HostLink::handshake(stream, timeout)
+        HostLink::handshake(stream, handshake)
     }
 }
 

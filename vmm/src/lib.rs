@@ -1,8 +1,11 @@
 //! The KVM virtual machine monitor and the host-side function service.
 
 pub mod arch;
+pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod host_link;
+pub mod logger;
+pub mod service;
 pub mod vstate;

@@ -23,8 +23,20 @@ pub struct FeatureBit {
     pub bit: u8,
 }
 
-const fn bit(name: &'static str, leaf: u32, subleaf: Option<u32>, register: Register, bit: u8) -> FeatureBit {
-    FeatureBit { name, leaf, subleaf, register, bit }
+const fn bit(
+    name: &'static str,
+    leaf: u32,
+    subleaf: Option<u32>,
+    register: Register,
+    bit: u8,
+) -> FeatureBit {
+    FeatureBit {
+        name,
+        leaf,
+        subleaf,
+        register,
+        bit,
+    }
 }
 
 /// The features the nested, emulated `kvm_pvm` cannot run at guest CPL0 (see ENVIRONMENT.md):
@@ -123,9 +135,14 @@ mod tests {
 
     #[test]
     fn template_bits_are_cleared_and_topology_is_filled_in() {
-        let mut cpuid =
-            CpuId::from_entries(&[entry(1, 0), entry(7, 0), entry(7, 1), entry(0xd, 0), entry(0xb, 0)])
-                .unwrap();
+        let mut cpuid = CpuId::from_entries(&[
+            entry(1, 0),
+            entry(7, 0),
+            entry(7, 1),
+            entry(0xd, 0),
+            entry(0xb, 0),
+        ])
+        .unwrap();
         normalize(&mut cpuid, 3, 4, PVM_TEMPLATE);
         let e = cpuid.as_slice();
         assert_eq!(e[0].ecx & (1 << 13), 0, "cx16 hidden");

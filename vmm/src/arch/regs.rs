@@ -6,7 +6,9 @@ use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
     ZERO_PAGE_START,
 };
-use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+use kvm_bindings::{
+    kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -54,7 +56,11 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
 }
 
 /// Sets up the boot vCPU to enter a 64-bit kernel at `entry`.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, memory: &GuestMemoryMmap, entry: u64) -> Result<(), RegsError> {
+pub fn setup_boot_vcpu(
+    vcpu: &VcpuFd,
+    memory: &GuestMemoryMmap,
+    entry: u64,
+) -> Result<(), RegsError> {
     setup_msrs(vcpu)?;
     setup_sregs(vcpu, memory)?;
     setup_fpu(vcpu)?;
@@ -131,7 +137,11 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: if granular { (limit << 12) | 0xfff } else { limit },
+        limit: if granular {
+            (limit << 12) | 0xfff
+        } else {
+            limit
+        },
         selector: u16::from(index) * 8,
         type_: field(40, 0xf),
         present: field(47, 1),

@@ -35,7 +35,12 @@ impl Bus {
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), Overlap> {
         let end = base.checked_add(len).ok_or(Overlap { base, len })?;
-        if len == 0 || self.entries.iter().any(|e| base < e.base + e.len && e.base < end) {
+        if len == 0
+            || self
+                .entries
+                .iter()
+                .any(|e| base < e.base + e.len && e.base < end)
+        {
             return Err(Overlap { base, len });
         }
         self.entries.push(Entry { base, len, device });

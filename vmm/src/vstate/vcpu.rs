@@ -53,7 +53,12 @@ pub struct Vcpu {
 impl Vcpu {
     /// Creates vCPU `id` of `count` with CPUID fitted to it, `masked` features hidden, the boot
     /// MSRs and PC-style LINT pins.
-    pub fn new(vm: &Vm, id: u8, count: u8, masked: &[cpuid::FeatureBit]) -> Result<Vcpu, VcpuError> {
+    pub fn new(
+        vm: &Vm,
+        id: u8,
+        count: u8,
+        masked: &[cpuid::FeatureBit],
+    ) -> Result<Vcpu, VcpuError> {
         let fd = vm
             .fd()
             .create_vcpu(u64::from(id))
@@ -136,9 +141,9 @@ impl Vcpu {
                 KVM_SYSTEM_EVENT_CRASH => Some(self.crash("guest reported a crash")),
                 other => Some(self.crash(&format!("unknown system event {other}"))),
             },
-            Ok(VcpuExit::InternalError) => Some(self.crash(
-                "KVM internal error (an instruction the hypervisor could not emulate?)",
-            )),
+            Ok(VcpuExit::InternalError) => Some(
+                self.crash("KVM internal error (an instruction the hypervisor could not emulate?)"),
+            ),
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 Some(self.crash(&format!("VM entry failed, reason {reason:#x}")))
             }

@@ -92,13 +92,16 @@ impl Vm {
 
     /// Makes a write to `event` raise `irq` on the irqchip.
     pub fn register_irqfd(&self, event: &EventFd, irq: u32) -> Result<(), VmError> {
-        self.fd
-            .register_irqfd(event, irq)
-            .map_err(kvm("KVM_IRQFD"))
+        self.fd.register_irqfd(event, irq).map_err(kvm("KVM_IRQFD"))
     }
 
     /// Makes a guest write of `value` to the MMIO address `addr` signal `event` inside KVM.
-    pub fn register_ioeventfd(&self, event: &EventFd, addr: u64, value: u32) -> Result<(), VmError> {
+    pub fn register_ioeventfd(
+        &self,
+        event: &EventFd,
+        addr: u64,
+        value: u32,
+    ) -> Result<(), VmError> {
         self.fd
             .register_ioevent(event, &IoEventAddress::Mmio(addr), value)
             .map_err(kvm("KVM_IOEVENTFD"))

@@ -121,7 +121,9 @@ impl MmioTransport {
             0x20 => self.ack_features(value),
             0x24 => self.acked_features_select = value,
             0x30 => self.queue_select = value,
-            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => self.write_queue(offset, value),
+            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
+                self.write_queue(offset, value)
+            }
             NOTIFY_REG_OFFSET => {
                 let device = lock(&self.device);
                 if let Some(event) = device.queue_events().get(value as usize) {
@@ -212,7 +214,10 @@ impl MmioTransport {
             None => device.activate(self.memory.clone(), std::mem::take(&mut self.queues)),
         };
         if let Err(e) = result {
-            log::warn!("virtio-mmio: device type {} failed to activate: {e}", device.device_type());
+            log::warn!(
+                "virtio-mmio: device type {} failed to activate: {e}",
+                device.device_type()
+            );
             self.device_status |= status::DEVICE_NEEDS_RESET;
             self.config_generation = self.config_generation.wrapping_add(1);
             if let Err(e) = device.interrupt().signal_config_change() {

@@ -1,0 +1,121 @@
+//! `lambda-vm`: the function service. Serves the AWS Runtime Interface Emulator's invoke endpoint
+//! (`POST /2015-03-31/functions/function/invocations`) and runs the function in a microVM booted
+//! from a guest kernel and the function's initramfs (`scripts/build-rootfs.sh`).
+
+use anyhow::Context;
+use clap::Parser;
+use rapid::invoke_http::Endpoint;
+use rapid::{FunctionConfig, InitType};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use vmm::service::guest::{GuestSpec, Rootfs};
+use vmm::service::FunctionService;
+
+#[derive(Parser)]
+#[command(
+    name = "lambda-vm",
+    about = "Serve a Lambda function running in a microVM through the emulator's invoke endpoint"
+)]
+struct Args {
+    /// The guest kernel (an uncompressed vmlinux, from scripts/build-kernel.sh).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The function's image from scripts/build-rootfs.sh: an initramfs (`.cpio`), or an ext4
+    /// image (`.ext4`, from --ext4) attached as a read-only root drive, which boots faster.
+    #[arg(long)]
+    rootfs: PathBuf,
+    /// The function.json the image was built with: name, memory (the VM's size), timeout.
+    #[arg(long)]
+    function_config: PathBuf,
+    /// Kernel command line [default: the VMM's, for the CPU template in use].
+    #[arg(long)]
+    boot_args: Option<String>,
+    /// Address of the invoke endpoint (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the VM's sockets [default: a new directory under the system temp dir].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// File for the guest console (kernel messages) [default: discarded].
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// Seconds the guest may take to boot and connect.
+    #[arg(long, default_value_t = 300)]
+    boot_timeout: u64,
+    /// Boot the microVM at start instead of on the first invocation.
+    #[arg(long)]
+    eager: bool,
+    /// Directory for on-failure destination records of failed asynchronous invokes.
+    #[arg(long)]
+    on_failure_dir: Option<PathBuf>,
+    /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
+    #[arg(long, default_value = "warn", env = "VMM_LOG")]
+    log_level: log::LevelFilter,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    vmm::logger::init(args.log_level);
+    let function = rootfs::function_config::FunctionConfig::load(&args.function_config)
+        .with_context(|| format!("--function-config {}", args.function_config.display()))?;
+    for path in [&args.kernel, &args.rootfs] {
+        anyhow::ensure!(path.is_file(), "{}: no such file", path.display());
+    }
+    let work_dir = match args.work_dir {
+        Some(dir) => dir,
+        None => {
+            let dir = std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir
+        }
+    };
+
+    // The host-side view of the function: what the endpoint and the async queue need.
+    let mut config = FunctionConfig::new(PathBuf::from("/var/runtime/bootstrap"));
+    config.function_name = function.function_name.clone();
+    config.memory_mb = function.memory_mb;
+    config.timeout = Duration::from_secs(u64::from(function.timeout_secs));
+    config.init_type = match function.initialization_type.as_str() {
+        "snap-start" => InitType::SnapStart,
+        "provisioned-concurrency" => InitType::ProvisionedConcurrency,
+        _ => InitType::OnDemand,
+    };
+    config.on_failure_dir = args.on_failure_dir;
+    let spec = GuestSpec {
+        kernel: args.kernel,
+        rootfs: Rootfs::from_path(args.rootfs),
+        boot_args: args.boot_args,
+        mem_size_mib: function.memory_mb,
+        work_dir,
+        console: args.console,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+    };
+    let service = FunctionService::new(config, spec, |line| println!("{line}"));
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    // Scripts and tests wait for this exact line; with port 0 it is the only way to learn the port.
+    eprintln!("lambda-vm: listening invoke={}", listener.local_addr()?);
+    let endpoint = Endpoint::new(service.clone());
+    tokio::spawn(rapid::http::serve(listener, move |request| {
+        endpoint.clone().handle(request)
+    }));
+    if args.eager {
+        if let Err(e) = service.start().await {
+            eprintln!("lambda-vm: {e}");
+        }
+    }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    service.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! Boot, as one recipe read top to bottom: memory, kernel, initrd, devices, command line, zero
+//! page, MP table, vCPUs, event loop, go.
+
+use crate::arch::boot_params::{self, BootParamsError};
+use crate::arch::cpuid::{FeatureBit, PVM_TEMPLATE};
+use crate::arch::layout::{
+    CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, IRQ_BASE, IRQ_MAX, MMIO_DEVICES_START,
+    MMIO_DEVICE_SIZE, SERIAL_IRQ,
+};
+use crate::arch::mptable::{self, MptableError};
+use crate::config::{CpuTemplate, VmConfig};
+use crate::devices::bus::{Bus, BusDevice, Overlap};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::serial::{self, Serial};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::VirtioDevice;
+use crate::exit::{ExitSignal, VmExit};
+use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress};
+
+/// The kernel command line when the configuration gives none.
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 rodata=off";
+/// What the `pvm` CPU template adds to the default command line: the kernel options that keep
+/// a guest kernel off the instructions the emulated `kvm_pvm` cannot run, and the boot flags of
+/// our kernel patches (rootfs/kernel/README.md).
+pub const PVM_BOOT_ARGS: &str = "noxsave nosmap nofsgsbase nopku \
+    clearcpuid=cx16,popcnt,rdrand,rdseed,fsgsbase,smap,smep,pku,ospke,invpcid,pcid,rdtscp,\
+    3dnowprefetch,clflushopt,clwb,rdpid,avx,avx2 \
+    pvm_no_int3_selftest pvm_no_fwait pvm_syscall_fixup";
+
+/// The kernel command line a VM with CPU template `template` gets when none is configured.
+pub fn default_boot_args(template: CpuTemplate) -> String {
+    match template.resolve() {
+        CpuTemplate::Pvm => format!("{DEFAULT_BOOT_ARGS} {PVM_BOOT_ARGS}"),
+        _ => DEFAULT_BOOT_ARGS.to_owned(),
+    }
+}
+
+/// How often the event loop looks at the stop flag.
+const EVENT_LOOP_TICK_MS: i32 = 50;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the kernel {path}: {source}")]
+    Kernel {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
+    },
+    #[error("loading the initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error("too many virtio devices: IRQs {IRQ_BASE}..={IRQ_MAX} are all taken")]
+    TooManyDevices,
+    #[error("{what}: {source}")]
+    Device {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Bus(#[from] Overlap),
+    #[error("starting the event loop: {0}")]
+    EventLoop(String),
+}
+
+fn device_error<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> BuildError {
+    let what = what.into();
+    move |e| BuildError::Device {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// A running microVM.
+pub struct Microvm {
+    vm: Vm,
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+    vcpus: Vec<JoinHandle<()>>,
+    event_loop: Option<JoinHandle<()>>,
+    vsock: Option<Arc<Mutex<Vsock>>>,
+    cmdline: String,
+}
+
+impl Microvm {
+    /// Waits for the VM to stop, up to `timeout` (`None`: forever).
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        self.exit.wait(timeout)
+    }
+
+    /// The command line the kernel got.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn vsock(&self) -> Option<&Arc<Mutex<Vsock>>> {
+        self.vsock.as_ref()
+    }
+
+    /// Stops the vCPUs and the event loop and frees the VM.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        vcpu::stop_all(&self.stop, std::mem::take(&mut self.vcpus));
+        if let Some(event_loop) = self.event_loop.take() {
+            let _ = event_loop.join();
+        }
+    }
+}
+
+impl Drop for Microvm {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Boots `config`, the guest's console going to `console`.
+pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm, BuildError> {
+    let machine = &config.machine_config;
+    let template = machine.cpu_template.resolve();
+    let masked: &[FeatureBit] = match template {
+        CpuTemplate::Pvm => PVM_TEMPLATE,
+        _ => &[],
+    };
+
+    // Memory and kernel.
+    let ram_end = u64::from(machine.mem_size_mib) << 20;
+    let vm = Vm::new(ram_end)?;
+    let kernel_path = &config.boot_source.kernel_image_path;
+    let mut kernel = File::open(kernel_path).map_err(|source| BuildError::Open {
+        path: kernel_path.clone(),
+        source,
+    })?;
+    let loaded = Elf::load(
+        vm.memory(),
+        None,
+        &mut kernel,
+        Some(GuestAddress(HIMEM_START)),
+    )
+    .map_err(|source| BuildError::Kernel {
+        path: kernel_path.clone(),
+        source,
+    })?;
+
+    // Initrd, at the top of RAM.
+    let initrd = match &config.boot_source.initrd_path {
+        Some(path) => Some(load_initrd(&vm, path, ram_end, loaded.kernel_end)?),
+        None => None,
+    };
+
+    // Command line: the configured or default arguments, the root drive, then one entry per
+    // virtio-mmio device as the devices are attached.
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(cmdline_error)?;
+    let boot_args = match &config.boot_source.boot_args {
+        Some(args) => args.clone(),
+        None => default_boot_args(template),
+    };
+    cmdline.insert_str(boot_args).map_err(cmdline_error)?;
+
+    // Legacy devices on the port bus.
+    let exit = Arc::new(ExitSignal::default());
+    let mut pio = Bus::default();
+    let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
+    vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
+    pio.insert(
+        serial::BASE_PORT,
+        serial::PORT_COUNT,
+        Arc::new(Mutex::new(serial)),
+    )?;
+    let i8042 = I8042::new(exit.clone());
+    pio.insert(
+        i8042::BASE_PORT,
+        i8042::PORT_COUNT,
+        Arc::new(Mutex::new(i8042)),
+    )?;
+
+    // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
+    // vsock and entropy.
+    let mut virtio = VirtioAttacher::new(&vm);
+    let mut drives: Vec<_> = config.drives.iter().collect();
+    drives.sort_by_key(|d| !d.is_root_device);
+    for drive in drives {
+        if drive.is_root_device && initrd.is_none() {
+            cmdline
+                .insert_str(if drive.is_read_only {
+                    "root=/dev/vda ro"
+                } else {
+                    "root=/dev/vda rw"
+                })
+                .map_err(cmdline_error)?;
+        }
+        let block = Block::new(&drive.path_on_host, drive.is_read_only, &drive.drive_id)
+            .map_err(device_error(format!("drive {}", drive.drive_id)))?;
+        virtio.attach(Arc::new(Mutex::new(block)), &mut cmdline)?;
+    }
+    let mut vsock = None;
+    if let Some(config) = &config.vsock {
+        let device = Vsock::new(u64::from(config.guest_cid), &config.uds_path).map_err(
+            device_error(format!("vsock on {}", config.uds_path.display())),
+        )?;
+        let device = Arc::new(Mutex::new(device));
+        virtio.attach(device.clone(), &mut cmdline)?;
+        vsock = Some(device);
+    }
+    if config.entropy.is_some() {
+        let rng = Rng::new().map_err(device_error("entropy device"))?;
+        virtio.attach(Arc::new(Mutex::new(rng)), &mut cmdline)?;
+    }
+    let VirtioAttacher {
+        mmio, subscribers, ..
+    } = virtio;
+
+    // Boot protocol: command line, zero page, MP table.
+    let cmdline_text = cmdline
+        .as_cstring()
+        .map_err(cmdline_error)?
+        .into_string()
+        .unwrap_or_default();
+    load_cmdline(vm.memory(), GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    boot_params::write(vm.memory(), ram_end, cmdline_text.len(), initrd)?;
+    mptable::write(vm.memory(), machine.vcpu_count)?;
+
+    // vCPUs: all get CPUID, MSRs and LINT pins; the boot vCPU gets the kernel's entry state.
+    let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
+    for id in 0..machine.vcpu_count {
+        vcpus.push(Vcpu::new(&vm, id, machine.vcpu_count, masked)?);
+    }
+    vcpus[0].setup_boot(vm.memory(), loaded.kernel_load.0)?;
+
+    // Go: the event loop for the devices, then one thread per vCPU.
+    let stop = Arc::new(AtomicBool::new(false));
+    let event_loop = spawn_event_loop(subscribers, stop.clone(), exit.clone())?;
+    let context = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        exit: exit.clone(),
+        stop: stop.clone(),
+    };
+    let mut microvm = Microvm {
+        vm,
+        exit,
+        stop,
+        vcpus: Vec::new(),
+        event_loop: Some(event_loop),
+        vsock,
+        cmdline: cmdline_text,
+    };
+    for vcpu in vcpus {
+        microvm.vcpus.push(vcpu.spawn(context.clone())?);
+    }
+    Ok(microvm)
+}
+
+fn cmdline_error(e: linux_loader::cmdline::Error) -> BuildError {
+    BuildError::Cmdline(e.to_string())
+}
+
+fn load_initrd(
+    vm: &Vm,
+    path: &PathBuf,
+    ram_end: u64,
+    kernel_end: u64,
+) -> Result<boot_params::InitrdPlacement, BuildError> {
+    let open_error = |source| BuildError::Open {
+        path: path.clone(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_error)?;
+    let size = file.metadata().map_err(open_error)?.len();
+    let placement = boot_params::place_initrd(ram_end, kernel_end, size)?;
+    vm.memory()
+        .read_exact_volatile_from(GuestAddress(placement.address), &mut file, size as usize)
+        .map_err(|source| BuildError::Initrd {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(placement)
+}
+
+/// Gives each virtio device its MMIO window, IRQ, irqfd, ioeventfds and command-line entry.
+struct VirtioAttacher<'a> {
+    vm: &'a Vm,
+    mmio: Bus,
+    subscribers: Vec<Subscriber>,
+    next: u64,
+}
+
+impl<'a> VirtioAttacher<'a> {
+    fn new(vm: &'a Vm) -> Self {
+        VirtioAttacher {
+            vm,
+            mmio: Bus::default(),
+            subscribers: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn attach<D>(&mut self, device: Arc<Mutex<D>>, cmdline: &mut Cmdline) -> Result<(), BuildError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let irq = IRQ_BASE + self.next as u32;
+        if irq > IRQ_MAX {
+            return Err(BuildError::TooManyDevices);
+        }
+        let base = MMIO_DEVICES_START + self.next * MMIO_DEVICE_SIZE;
+        {
+            let dev = device.lock().unwrap_or_else(|e| e.into_inner());
+            self.vm.register_irqfd(dev.interrupt().event(), irq)?;
+            for (index, event) in dev.queue_events().iter().enumerate() {
+                self.vm
+                    .register_ioeventfd(event, base + NOTIFY_REG_OFFSET, index as u32)?;
+            }
+        }
+        let transport = MmioTransport::new(self.vm.memory().clone(), device.clone());
+        let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(transport));
+        self.mmio.insert(base, MMIO_DEVICE_SIZE, transport)?;
+        cmdline
+            .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
+            .map_err(cmdline_error)?;
+        self.subscribers.push(device);
+        self.next += 1;
+        Ok(())
+    }
+}
+
+fn spawn_event_loop(
+    subscribers: Vec<Subscriber>,
+    stop: Arc<AtomicBool>,
+    exit: Arc<ExitSignal>,
+) -> Result<JoinHandle<()>, BuildError> {
+    let mut manager =
+        EventManager::<Subscriber>::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    for subscriber in subscribers {
+        manager.add_subscriber(subscriber);
+    }
+    std::thread::Builder::new()
+        .name("devices".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                if let Err(e) = manager.run_with_timeout(EVENT_LOOP_TICK_MS) {
+                    exit.post(VmExit::VmmError(format!("device event loop: {e}")));
+                    return;
+                }
+            }
+        })
+        .map_err(|e| BuildError::EventLoop(e.to_string()))
+}

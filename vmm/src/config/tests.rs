@@ -1,0 +1,217 @@
+use super::*;
+use clap::Parser;
+use std::io::Write;
+
+/// A kernel-shaped file the validator can find.
+fn kernel() -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"\x7fELF").unwrap();
+    file
+}
+
+fn parse_err(json: &str) -> String {
+    VmConfig::from_json(json).unwrap_err()
+}
+
+fn validate_err(json: &str) -> String {
+    VmConfig::from_json(json)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn firecracker_config_parses_with_defaults() {
+    let kernel = kernel();
+    let json = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{k}", "boot_args": "console=ttyS0"}},
+            "drives": [{{"drive_id": "rootfs", "path_on_host": "{k}", "is_root_device": true,
+                         "is_read_only": true}}],
+            "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}},
+            "vsock": {{"guest_cid": 3, "uds_path": "/tmp/v.sock"}},
+            "entropy": {{}}}}"#,
+        k = kernel.path().display()
+    );
+    let config = VmConfig::from_json(&json).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.machine_config.vcpu_count, 2);
+    assert_eq!(config.machine_config.cpu_template, CpuTemplate::Auto);
+    assert_eq!(config.drives[0].drive_id, "rootfs");
+    assert!(config.entropy.is_some());
+    assert!(config.serial.is_none());
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_path() {
+    let e = parse_err(r#"{"boot-source": {"kernel_image_path": "k", "bogus": 1}}"#);
+    assert!(e.starts_with("`boot-source.bogus`: unknown field"), "{e}");
+    let e = parse_err(r#"{"boot-source": {"kernel_image_path": "k"}, "nope": {}}"#);
+    assert!(e.contains("nope"), "{e}");
+    let e = parse_err(
+        r#"{"boot-source": {"kernel_image_path": "k"},
+            "drives": [{"drive_id": "a", "path_on_host": "p", "is_root_device": false, "x": 1}]}"#,
+    );
+    assert!(e.starts_with("`drives[0].x`: unknown field"), "{e}");
+}
+
+#[test]
+fn unsupported_firecracker_sections_are_refused_by_name() {
+    let e = parse_err(r#"{"boot-source": {"kernel_image_path": "k"}, "network-interfaces": []}"#);
+    assert_eq!(e, "`network-interfaces`: not supported by this VMM");
+}
+
+#[test]
+fn wrong_types_and_bad_json_are_errors() {
+    let e = parse_err(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": "two", "mem_size_mib": 1}}"#,
+    );
+    assert!(e.contains("machine-config.vcpu_count"), "{e}");
+    let e = parse_err(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 300, "mem_size_mib": 1}}"#,
+    );
+    assert!(e.contains("machine-config.vcpu_count"), "{e}");
+    assert!(parse_err("{").contains("EOF"));
+    assert!(parse_err("{}").contains("boot-source"));
+    let e = parse_err(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "T2"}}"#,
+    );
+    assert!(e.contains("cpu_template"), "{e}");
+}
+
+#[test]
+fn out_of_range_values_name_the_key() {
+    let kernel = kernel();
+    let k = kernel.path().display();
+    let machine = |vcpus: u32, mem: u32| {
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "machine-config": {{"vcpu_count": {vcpus}, "mem_size_mib": {mem}}}}}"#
+        )
+    };
+    assert!(validate_err(&machine(0, 128)).starts_with("`machine-config.vcpu_count`"));
+    assert!(validate_err(&machine(33, 128)).starts_with("`machine-config.vcpu_count`"));
+    assert!(validate_err(&machine(1, 8)).starts_with("`machine-config.mem_size_mib`"));
+    assert!(validate_err(&machine(1, 4096)).starts_with("`machine-config.mem_size_mib`"));
+    let vsock = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "vsock": {{"guest_cid": 2, "uds_path": "/tmp/v"}}}}"#
+    );
+    assert!(validate_err(&vsock).starts_with("`vsock.guest_cid`"));
+    let smt = format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "machine-config": {{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}}}}"#
+    );
+    assert!(validate_err(&smt).starts_with("`machine-config.smt`"));
+}
+
+#[test]
+fn missing_files_and_bad_drives_name_the_key() {
+    let e = validate_err(r#"{"boot-source": {"kernel_image_path": "/no/such/vmlinux"}}"#);
+    assert!(e.starts_with("`boot-source.kernel_image_path`"), "{e}");
+    let kernel = kernel();
+    let k = kernel.path().display();
+    let drives = |a: &str, b: &str| {
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "drives": [{a}, {b}]}}"#)
+    };
+    let drive = |id: &str, root: bool| {
+        format!(r#"{{"drive_id": "{id}", "path_on_host": "{k}", "is_root_device": {root}}}"#)
+    };
+    let e = validate_err(&drives(&drive("a", false), &drive("a", false)));
+    assert!(e.starts_with("`drives[1].drive_id`"), "{e}");
+    let e = validate_err(&drives(&drive("a", true), &drive("b", true)));
+    assert!(e.starts_with("`drives[1].is_root_device`"), "{e}");
+    let missing = r#"{"drive_id": "m", "path_on_host": "/no/such/disk", "is_root_device": false}"#;
+    let e = validate_err(&drives(&drive("a", true), missing));
+    assert!(e.starts_with("`drives[1].path_on_host`"), "{e}");
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    vm: VmFlags,
+}
+
+fn flags(args: &[&str]) -> VmFlags {
+    Cli::try_parse_from(std::iter::once("vmm").chain(args.iter().copied()))
+        .unwrap()
+        .vm
+}
+
+#[test]
+fn flags_build_a_config() {
+    let kernel = kernel();
+    let k = kernel.path().to_str().unwrap();
+    let drive = format!("path={k},id=root,root,ro");
+    let config = load(&flags(&[
+        "--kernel",
+        k,
+        "--vcpus",
+        "2",
+        "--mem-mib",
+        "64",
+        "--drive",
+        &drive,
+        "--entropy",
+        "--cpu-template",
+        "none",
+        "--vsock-uds",
+        "/tmp/x.sock",
+    ]))
+    .unwrap();
+    assert_eq!(config.machine_config.vcpu_count, 2);
+    assert_eq!(config.machine_config.mem_size_mib, 64);
+    assert_eq!(config.machine_config.cpu_template, CpuTemplate::None);
+    assert_eq!(
+        config.drives,
+        vec![Drive {
+            drive_id: "root".into(),
+            path_on_host: k.into(),
+            is_root_device: true,
+            is_read_only: true
+        }]
+    );
+    assert_eq!(config.vsock.unwrap().guest_cid, 3);
+    assert!(config.entropy.is_some());
+}
+
+#[test]
+fn flags_override_the_file() {
+    let kernel = kernel();
+    let k = kernel.path().display();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "machine-config": {{"vcpu_count": 4, "mem_size_mib": 512}}}}"#
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap();
+    let config = load(&flags(&["--config-file", path, "--mem-mib", "256"])).unwrap();
+    assert_eq!(config.machine_config.vcpu_count, 4);
+    assert_eq!(config.machine_config.mem_size_mib, 256);
+    let e = load(&flags(&["--config-file", path, "--vcpus", "0"])).unwrap_err();
+    assert!(
+        e.to_string().starts_with("`machine-config.vcpu_count`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_flags_are_errors() {
+    let e = load(&flags(&[])).unwrap_err().to_string();
+    assert!(e.contains("--kernel"), "{e}");
+    let kernel = kernel();
+    let k = kernel.path().to_str().unwrap();
+    for bad in [
+        "id=x",
+        "path=",
+        &format!("path={k},rw"),
+        &format!("path={k},id="),
+    ] {
+        let e = load(&flags(&["--kernel", k, "--drive", bad]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("`--drive "), "{bad}: {e}");
+    }
+    let e = load(&flags(&["--config-file", "/no/such.json"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/no/such.json"), "{e}");
+}
