@@ -4,17 +4,18 @@
 # initramfs (uncompressed newc cpio) and, with --ext4, an ext4 image. See rootfs/README.md.
 #
 #   scripts/build-rootfs.sh <function-dir> [--layer DIR]... [--config PATH] [--init PATH]
-#                           [--out PATH] [--ext4] [--ext4-size-mb N]
+#                           [--out PATH] [--ext4] [--ext4-size-mb N] [--no-busybox]
 #
 # The function directory holds function.json unless --config names another file. --init takes a
 # prebuilt static init instead of building the `init` package. The default output is
 # target/rootfs/<function_name>.cpio; --ext4 also writes the same path with .ext4. The last line of
 # stdout is the output path (the ext4 image with --ext4, after the cpio path). SOURCE_DATE_EPOCH,
-# if set, becomes every entry's timestamp.
+# if set, becomes every entry's timestamp. The image gets Debian's static busybox (/bin/sh and
+# the core tools, as a Lambda base image has them) unless --no-busybox.
 set -euo pipefail
 
 usage() {
-    sed -n '2,13s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,15s/^# \{0,1\}//p' "$0" >&2
     exit "${1:-2}"
 }
 
@@ -33,6 +34,7 @@ init=""
 out=""
 ext4=0
 ext4_size_mb=""
+busybox=1
 layers=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
     --init) [ $# -ge 2 ] || usage; init=$(absolute "$2"); shift 2 ;;
     --out) [ $# -ge 2 ] || usage; out=$(absolute "$2"); shift 2 ;;
     --ext4) ext4=1; shift ;;
+    --no-busybox) busybox=0; shift ;;
     --ext4-size-mb) [ $# -ge 2 ] || usage; ext4_size_mb=$2; shift 2 ;;
     -h | --help) usage 0 ;;
     -*) printf 'error: unknown option %s\n' "$1" >&2; usage ;;
@@ -96,6 +99,10 @@ args=(--init "$init" --bootstrap "$bootstrap" --function "$function_dir" --out "
 for layer in "${layers[@]}"; do
     args+=(--layer "$layer")
 done
+if [ "$busybox" -eq 1 ]; then
+    ensure_apt_packages busybox-static
+    args+=(--busybox /bin/busybox)
+fi
 ext4_out=""
 if [ "$ext4" -eq 1 ]; then
     ext4_out="${out%.cpio}.ext4"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs the third-party test peers (awslambdaric from PyPI, the
 # lambda_runtime crate), builds everything (the guest kernel and an example initramfs included),
-# checks formatting and lints, then runs the tests.
+# checks formatting and lints, then runs the tests. The microVM tests need /dev/kvm; where it
+# is absent they say so and skip.
 # Nothing is skipped under CI=true: a missing peer is a failure there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
-ensure_apt_packages curl ca-certificates cpio e2fsprogs gcc libc6-dev
+ensure_apt_packages curl ca-certificates cpio e2fsprogs gcc libc6-dev binutils
 ensure_cargo
 
 ensure_test_venv
@@ -24,7 +25,11 @@ step "guest kernel (scripts/build-kernel.sh; cached after the first build)"
 GUEST_VMLINUX="$(scripts/build-kernel.sh | tail -n1)"
 step "example initramfs (scripts/build-rootfs.sh)"
 GUEST_INITRAMFS="$(scripts/build-rootfs.sh bootstrap/examples/shell-worker | tail -n1)"
-export GUEST_VMLINUX GUEST_INITRAMFS
+step "the echo function's ext4 image, for the microVM tests"
+echo_function="$(stage_rust_echo_function)"
+GUEST_ROOTFS="$(scripts/build-rootfs.sh "$echo_function" --ext4 | tail -n1)"
+GUEST_FUNCTION_CONFIG="$echo_function/function.json"
+export GUEST_VMLINUX GUEST_INITRAMFS GUEST_ROOTFS GUEST_FUNCTION_CONFIG
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -47,6 +47,10 @@ pub struct BuildOptions {
     pub config: Option<PathBuf>,
     /// Layer directories merged into `/opt` in order (later ones win).
     pub layers: Vec<PathBuf>,
+    /// A static busybox, installed as `/bin/busybox` with a `/bin` link per applet: the shell
+    /// and core tools a Lambda base image has, for functions (and `#!/bin/sh` scripts) that
+    /// expect them. `None`: the image has no shell.
+    pub busybox: Option<PathBuf>,
     /// Where the initramfs (uncompressed newc cpio) goes.
     pub out: PathBuf,
     /// Also build an ext4 image.
@@ -86,6 +90,10 @@ pub enum BuildError {
     Init(#[source] ElfError),
     #[error("bootstrap binary")]
     Bootstrap(#[source] ElfError),
+    #[error("busybox binary")]
+    Busybox(#[source] ElfError),
+    #[error("listing the applets of {} (`busybox --list`): {message}", path.display())]
+    BusyboxApplets { path: PathBuf, message: String },
     #[error("image layout")]
     Layout(#[source] TreeError),
     #[error("runtime {runtime} (`runtime` in the function config) {problem}")]
@@ -196,6 +204,9 @@ pub fn assemble(options: &BuildOptions) -> Result<(FunctionConfig, Tree), BuildE
     let bootstrap = binary(&options.bootstrap).map_err(BuildError::Bootstrap)?;
     tree.insert(layout::DEFAULT_RUNTIME, bootstrap)
         .map_err(BuildError::Layout)?;
+    if let Some(busybox) = &options.busybox {
+        add_busybox(&mut tree, busybox)?;
+    }
 
     // The config is written to /etc/lambda; when it sits in the function directory it is not
     // function code, so it is not copied to /var/task as well.
@@ -237,6 +248,40 @@ fn binary(host: &Path) -> Result<Node, ElfError> {
         size: meta.len(),
         source: Source::Host(host.to_owned()),
     })
+}
+
+/// Installs busybox and links each of its applets (`sh`, `cat`, `sed`...) to it in `/bin`.
+fn add_busybox(tree: &mut Tree, busybox: &Path) -> Result<(), BuildError> {
+    elf::check_static_executable(busybox).map_err(BuildError::Busybox)?;
+    let applets_error = |message: String| BuildError::BusyboxApplets {
+        path: busybox.to_owned(),
+        message,
+    };
+    let output = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| applets_error(e.to_string()))?;
+    if !output.status.success() {
+        return Err(applets_error(format!("it exited with {}", output.status)));
+    }
+    let list = String::from_utf8(output.stdout).map_err(|e| applets_error(e.to_string()))?;
+    let node = binary(busybox).map_err(BuildError::Busybox)?;
+    tree.insert(layout::BUSYBOX, node)
+        .map_err(BuildError::Layout)?;
+    for applet in list.lines().map(str::trim) {
+        if applet.is_empty() || applet == "busybox" {
+            continue;
+        }
+        if applet.contains('/') || applet.starts_with('.') {
+            return Err(applets_error(format!("odd applet name {applet:?}")));
+        }
+        let link = Node::Symlink {
+            target: layout::BUSYBOX.to_owned(),
+        };
+        tree.insert(&format!("/bin/{applet}"), link)
+            .map_err(BuildError::Layout)?;
+    }
+    Ok(())
 }
 
 /// Init execs the runtime; a typo in `runtime` should fail the build, not every cold start.

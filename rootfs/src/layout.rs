@@ -15,5 +15,7 @@ pub const OPT: &str = "/opt";
 pub const CONFIG: &str = "/etc/lambda/function.json";
 /// The console device node the kernel opens before it runs `/init` from an initramfs.
 pub const CONSOLE: &str = "/dev/console";
+/// Busybox, when the image has one; its applets link to it from `/bin`.
+pub const BUSYBOX: &str = "/bin/busybox";
 /// Major and minor number of `/dev/console` (TTYAUX_MAJOR, 1).
 pub const CONSOLE_DEVICE: (u32, u32) = (5, 1);

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -201,6 +201,7 @@ fn library_entry_point_reports_what_it_built() {
         function_dir: fixture.function.clone(),
         config: None,
         layers: fixture.layers.clone(),
+        busybox: None,
         out: out.clone(),
         ext4: None,
         mtime: 0,
@@ -358,4 +359,44 @@ fn ext4_image_matches_the_tree_and_is_reproducible() {
             "{field} in {stat}"
         );
     }
+}
+
+#[test]
+fn busybox_gives_the_image_a_shell_and_core_tools() {
+    let test = "busybox_gives_the_image_a_shell_and_core_tools";
+    let Some(bins) = binaries(test) else { return };
+    if !require(test, &[("busybox", "busybox-static")]) {
+        return;
+    }
+    let busybox = find_tool("busybox").unwrap();
+    let fixture = fixture(&bins.static_exe);
+    let out = fixture.out_dir.join("shell.cpio");
+    let options = |busybox: PathBuf| rootfs::BuildOptions {
+        init: bins.static_exe.clone(),
+        bootstrap: bins.static_exe.clone(),
+        function_dir: fixture.function.clone(),
+        config: None,
+        layers: Vec::new(),
+        busybox: Some(busybox),
+        out: out.clone(),
+        ext4: None,
+        mtime: 0,
+    };
+    rootfs::build(&options(busybox.clone())).unwrap();
+    let entries = cpio::read_archive(&fs::read(&out).unwrap()).unwrap();
+    let entry = |name: &str| entries.iter().find(|e| e.name == name);
+    let binary = entry("bin/busybox").expect("bin/busybox in the image");
+    assert_eq!(binary.file_type(), S_IFREG);
+    assert_eq!(binary.data, fs::read(&busybox).unwrap());
+    for applet in ["bin/sh", "bin/cat", "bin/sed", "bin/mktemp", "bin/head"] {
+        let link = entry(applet).unwrap_or_else(|| panic!("{applet} missing"));
+        assert_eq!(link.file_type(), S_IFLNK, "{applet}");
+        assert_eq!(link.data, b"/bin/busybox", "{applet}");
+    }
+
+    // A dynamic "busybox" is refused like a dynamic init, and nothing is written.
+    fs::remove_file(&out).unwrap();
+    let err = rootfs::build(&options(bins.dynamic_exe.clone())).unwrap_err();
+    assert!(format!("{err:#}").contains("busybox"), "{err:#}");
+    assert!(!out.exists());
 }

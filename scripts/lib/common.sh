@@ -45,6 +45,31 @@ build_static_bootstrap() {
     echo "$(cargo_target_dir)/$STATIC_TARGET/release/bootstrap"
 }
 
+# Stages the conformance echo function on our `bootstrap` library (tests/functions/bootstrap-echo)
+# as a function directory for scripts/build-rootfs.sh: the static binary as the runtime, and a
+# function.json. Prints the directory. The microVM scripts and tests use it because it runs
+# without a shell: under this machine's emulated KVM every fork+exec in the guest costs about
+# 2 s, so a shell worker (several per invoke) outlasts Lambda's timeouts.
+stage_rust_echo_function() {
+    step "building the static echo function (tests/functions/bootstrap-echo)"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --profile guest --target "$STATIC_TARGET" -p bootstrap-echo >&2
+    local dir
+    dir="$(cargo_target_dir)/functions/rust-echo"
+    mkdir -p "$dir"
+    cp "$(cargo_target_dir)/$STATIC_TARGET/guest/bootstrap-echo" "$dir/bootstrap-echo"
+    cat >"$dir/function.json" <<'JSON'
+{
+  "function_name": "rust-echo",
+  "handler": "echo",
+  "runtime": "/var/task/bootstrap-echo",
+  "memory_mb": 128,
+  "timeout_secs": 10
+}
+JSON
+    echo "$dir"
+}
+
 cargo_target_dir() {
     echo "${CARGO_TARGET_DIR:-$(pwd)/target}"
 }

@@ -80,20 +80,27 @@ impl LocalServer {
         for (key, value) in &launch.env {
             command.arg("--env").arg(format!("{key}={value}"));
         }
+        Some(Self::from_command(command, "lambda-local", echo))
+    }
+
+    /// Starts a server binary that prints `<name>: listening invoke=ADDR [runtime-api=ADDR]` on
+    /// stderr (`lambda-local`, `lambda-vm`) and serves the emulator's invoke endpoint.
+    pub fn from_command(mut command: Command, name: &str, echo: bool) -> LocalServer {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn lambda-local");
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
 
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&stdout);
+        let tag = name.to_owned();
         let out = child.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if echo {
-                    println!("[lambda-local] {line}");
+                    println!("[{tag}] {line}");
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -101,38 +108,39 @@ impl LocalServer {
 
         let err = child.stderr.take().expect("piped stderr");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let tag = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if echo {
-                    eprintln!("[lambda-local stderr] {line}");
+                    eprintln!("[{tag} stderr] {line}");
                 }
-                if let Some(rest) = line.strip_prefix("lambda-local: listening ") {
+                if let Some(rest) = line.strip_prefix(&format!("{tag}: listening ")) {
                     let _ = addr_tx.send(rest.to_owned());
                 }
             }
         });
         let listening = addr_rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("lambda-local printed its listening line");
+            .unwrap_or_else(|_| panic!("{name} printed its listening line"));
         let field = |name: &str| {
             listening
                 .split_whitespace()
                 .find_map(|kv| kv.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {listening:?}"))
+                .unwrap_or_default()
                 .to_owned()
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_global(Some(Duration::from_secs(600)))
             .build()
             .new_agent();
-        Some(LocalServer {
+        LocalServer {
             invoke_addr: field("invoke="),
             runtime_api_addr: field("runtime-api="),
             child,
             stdout,
             agent,
-        })
+        }
     }
 
     pub fn invoke_url(&self) -> String {
@@ -229,21 +237,33 @@ impl LocalServer {
     }
 }
 
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        // SIGTERM lets the server kill its runtime's process group before it exits.
+impl LocalServer {
+    /// Sends SIGTERM and waits up to `timeout` for the server to exit; `None` if it did not
+    /// (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // SIGTERM lets the server stop its runtime (or power off its microVM) before it exits.
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(5));
     }
 }

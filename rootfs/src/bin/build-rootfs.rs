@@ -29,6 +29,10 @@ struct Args {
     /// Layer directory merged into /opt; repeat it, later layers override earlier ones.
     #[arg(long = "layer", value_name = "DIR")]
     layers: Vec<PathBuf>,
+    /// A static busybox, installed as /bin/busybox with a /bin link per applet (/bin/sh among
+    /// them).
+    #[arg(long, value_name = "PATH")]
+    busybox: Option<PathBuf>,
     /// Output initramfs (uncompressed newc cpio).
     #[arg(long, value_name = "PATH", required_unless_present = "print_config")]
     out: Option<PathBuf>,
@@ -47,7 +51,7 @@ struct Args {
     )]
     source_date_epoch: u32,
     /// Only validate the config and print it canonically (as it would go into the image).
-    #[arg(long, conflicts_with_all = ["init", "bootstrap", "out", "ext4", "layers"])]
+    #[arg(long, conflicts_with_all = ["init", "bootstrap", "out", "ext4", "layers", "busybox"])]
     print_config: bool,
 }
 
@@ -74,6 +78,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         function_dir: args.function,
         config: args.config,
         layers: args.layers,
+        busybox: args.busybox,
         out: args.out.context("--out is required")?,
         ext4: args.ext4.map(|path| Ext4Output {
             path,

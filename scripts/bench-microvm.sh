@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Cold-start benchmark of the microVM path, side by side in one run (BENCHMARKS.md):
+#   1. VMM process start to guest entry and back: `vmm` booting a guest that resets at its
+#      first instruction (VMM-side cost only: process, KVM VM, memory, boot path, exit).
+#   2. VMM resident memory: `vmm` with a 128 MiB guest that halts at once.
+#   3. Boot to init, and to the guest init's host-link connection (`lambda-vm --eager`).
+#   4. First invoke (runtime init inside the guest), then warm invoke round trips.
+#
+# Usage: scripts/bench-microvm.sh [--runs N] [--invokes N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+
+runs=20
+invokes=20
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs="${2:?}"; shift ;;
+        --invokes) invokes="${2:?}"; shift ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+    shift
+done
+[ -e /dev/kvm ] || die "/dev/kvm is missing"
+ensure_apt_packages curl binutils
+ensure_cargo
+kernel="$(scripts/build-kernel.sh | tail -n1)"
+function_dir="$(stage_rust_echo_function)"
+rootfs="$(scripts/build-rootfs.sh "$function_dir" --ext4 | tail -n1)"
+step "building vmm and lambda-vm (release)"
+cargo build --quiet --release -p vmm --bins
+target="$(cargo_target_dir)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+for guest in reset halt; do
+    as --64 -I vmm/tests/guests -o "$work/$guest.o" "vmm/tests/guests/$guest.S"
+    ld -static -nostdlib -N -Ttext=0x200000 -e _start --no-warn-rwx-segments -o "$work/$guest.elf" "$work/$guest.o"
+done
+
+median() { sort -n | awk '{a[NR]=$1} END {m=int((NR+1)/2); printf "%s", a[m]}'; }
+now_us() { echo $(( $(date +%s%N) / 1000 )); }
+
+step "1. vmm start to guest entry and exit, $runs runs (128 MiB guest)"
+for _ in $(seq "$runs"); do
+    t0=$(now_us)
+    "$target/release/vmm" --kernel "$work/reset.elf" --mem-mib 128 --boot-args console=ttyS0
+    echo $(( $(now_us) - t0 ))
+done >"$work/start.txt"
+printf '   median %s us (min %s us)\n' "$(median <"$work/start.txt")" "$(sort -n "$work/start.txt" | head -1)"
+
+step "2. vmm resident memory with an idle 128 MiB guest"
+"$target/release/vmm" --kernel "$work/halt.elf" --mem-mib 128 --boot-args console=ttyS0 &
+vmm_pid=$!
+sleep 0.5
+rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$vmm_pid/status")
+kill "$vmm_pid"; wait "$vmm_pid" 2>/dev/null || true
+echo "   VmRSS ${rss_kb} kB"
+
+step "3-4. boot the example function in a microVM, then invoke it"
+console="$work/console.log"
+log="$work/service.log"
+t0=$(now_us)
+"$target/release/lambda-vm" --kernel "$kernel" --rootfs "$rootfs" \
+    --function-config "$function_dir/function.json" --listen 127.0.0.1:0 \
+    --console "$console" --eager >"$log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+t_init=""
+until grep -q "microVM up" "$log"; do
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "lambda-vm exited"; }
+    if [ -z "$t_init" ] && grep -q "Run /init" "$console" 2>/dev/null; then t_init=$(now_us); fi
+    sleep 0.05
+done
+t_link=$(now_us)
+[ -n "$t_init" ] || t_init=$t_link
+addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$log")
+url="http://$addr/2015-03-31/functions/function/invocations"
+t1=$(now_us)
+curl -sS --max-time 600 -o /dev/null -d '{"bench":0}' "$url"
+t_first=$(( $(now_us) - t1 ))
+for i in $(seq "$invokes"); do
+    t1=$(now_us)
+    curl -sS --max-time 600 -o /dev/null -d "{\"bench\":$i}" "$url"
+    echo $(( $(now_us) - t1 ))
+done >"$work/warm.txt"
+rss_service=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+echo "   boot to init (\"Run /init\" on the console): $(( (t_init - t0) / 1000 )) ms"
+echo "   boot to the init's host-link connection:      $(( (t_link - t0) / 1000 )) ms"
+echo "   first invoke (runtime start in the guest):    $(( t_first / 1000 )) ms"
+echo "   warm invoke round trip, median of $invokes:     $(( $(median <"$work/warm.txt") / 1000 )) ms"
+echo "   lambda-vm VmRSS with the booted guest:        ${rss_service} kB"
+grep -E "^(REPORT|lambda-vm:)" "$log" | head -3 | sed 's/^/   /'
