@@ -20,7 +20,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitSignal, VmExit};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
 use std::fs::File;
@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 /// The kernel command line when the configuration gives none.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 rodata=off";
@@ -49,9 +50,6 @@ pub fn default_boot_args(template: CpuTemplate) -> String {
         _ => DEFAULT_BOOT_ARGS.to_owned(),
     }
 }
-
-/// How often the event loop looks at the stop flag.
-const EVENT_LOOP_TICK_MS: i32 = 50;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -110,6 +108,8 @@ pub struct Microvm {
     vm: Vm,
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
+    /// Wakes the event loop so it sees `stop` at once.
+    wake_event_loop: EventFd,
     vcpus: Vec<JoinHandle<()>>,
     event_loop: Option<JoinHandle<()>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
@@ -142,6 +142,7 @@ impl Microvm {
 
     fn shut_down(&mut self) {
         vcpu::stop_all(&self.stop, std::mem::take(&mut self.vcpus));
+        let _ = self.wake_event_loop.write(1);
         if let Some(event_loop) = self.event_loop.take() {
             let _ = event_loop.join();
         }
@@ -270,7 +271,12 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
 
     // Go: the event loop for the devices, then one thread per vCPU.
     let stop = Arc::new(AtomicBool::new(false));
-    let event_loop = spawn_event_loop(subscribers, stop.clone(), exit.clone())?;
+    let wake_event_loop =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let waker = wake_event_loop
+        .try_clone()
+        .map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let event_loop = spawn_event_loop(subscribers, waker, stop.clone(), exit.clone())?;
     let context = VcpuContext {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -281,6 +287,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         vm,
         exit,
         stop,
+        wake_event_loop,
         vcpus: Vec::new(),
         event_loop: Some(event_loop),
         vsock,
@@ -365,8 +372,24 @@ impl<'a> VirtioAttacher<'a> {
     }
 }
 
+/// Makes the event loop return when the VM stops, so stopping does not wait for a poll timeout.
+struct Waker(EventFd);
+
+impl MutEventSubscriber for Waker {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            log::error!("event loop: cannot register its stop event: {e}");
+        }
+    }
+}
+
 fn spawn_event_loop(
     subscribers: Vec<Subscriber>,
+    waker: EventFd,
     stop: Arc<AtomicBool>,
     exit: Arc<ExitSignal>,
 ) -> Result<JoinHandle<()>, BuildError> {
@@ -375,11 +398,12 @@ fn spawn_event_loop(
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
+    manager.add_subscriber(Arc::new(Mutex::new(Waker(waker))));
     std::thread::Builder::new()
         .name("devices".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                if let Err(e) = manager.run_with_timeout(EVENT_LOOP_TICK_MS) {
+                if let Err(e) = manager.run() {
                     exit.post(VmExit::VmmError(format!("device event loop: {e}")));
                     return;
                 }
