@@ -17,21 +17,18 @@ use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
-use crate::exit::{ExitSignal, VmExit};
-use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
+use crate::exit::ExitSignal;
+use crate::microvm::{Microvm, Parts, Subscriber};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::MutEventSubscriber;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{elf::Elf, load_cmdline, KernelLoader};
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 /// The kernel command line when the configuration gives none.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 rodata=off";
@@ -50,8 +47,6 @@ pub fn default_boot_args(template: CpuTemplate) -> String {
         _ => DEFAULT_BOOT_ARGS.to_owned(),
     }
 }
-
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -103,58 +98,6 @@ fn device_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// A running microVM.
-pub struct Microvm {
-    vm: Vm,
-    exit: Arc<ExitSignal>,
-    stop: Arc<AtomicBool>,
-    /// Wakes the event loop so it sees `stop` at once.
-    wake_event_loop: EventFd,
-    vcpus: Vec<JoinHandle<()>>,
-    event_loop: Option<JoinHandle<()>>,
-    vsock: Option<Arc<Mutex<Vsock>>>,
-    cmdline: String,
-}
-
-impl Microvm {
-    /// Waits for the VM to stop, up to `timeout` (`None`: forever).
-    pub fn wait(&self, timeout: Option<Duration>) -> Option<VmExit> {
-        self.exit.wait(timeout)
-    }
-
-    /// The command line the kernel got.
-    pub fn cmdline(&self) -> &str {
-        &self.cmdline
-    }
-
-    pub fn vm(&self) -> &Vm {
-        &self.vm
-    }
-
-    pub fn vsock(&self) -> Option<&Arc<Mutex<Vsock>>> {
-        self.vsock.as_ref()
-    }
-
-    /// Stops the vCPUs and the event loop and frees the VM.
-    pub fn stop(mut self) {
-        self.shut_down();
-    }
-
-    fn shut_down(&mut self) {
-        vcpu::stop_all(&self.stop, std::mem::take(&mut self.vcpus));
-        let _ = self.wake_event_loop.write(1);
-        if let Some(event_loop) = self.event_loop.take() {
-            let _ = event_loop.join();
-        }
-    }
-}
-
-impl Drop for Microvm {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
-}
-
 /// Boots `config`, the guest's console going to `console`.
 pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm, BuildError> {
     let machine = &config.machine_config;
@@ -203,11 +146,8 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     let mut pio = Bus::default();
     let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
     vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
-    pio.insert(
-        serial::BASE_PORT,
-        serial::PORT_COUNT,
-        Arc::new(Mutex::new(serial)),
-    )?;
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
     let i8042 = I8042::new(exit.clone());
     pio.insert(
         i8042::BASE_PORT,
@@ -269,34 +209,19 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     }
     vcpus[0].setup_boot(vm.memory(), loaded.kernel_load.0)?;
 
-    // Go: the event loop for the devices, then one thread per vCPU.
-    let stop = Arc::new(AtomicBool::new(false));
-    let wake_event_loop =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::EventLoop(e.to_string()))?;
-    let waker = wake_event_loop
-        .try_clone()
-        .map_err(|e| BuildError::EventLoop(e.to_string()))?;
-    let event_loop = spawn_event_loop(subscribers, waker, stop.clone(), exit.clone())?;
-    let context = VcpuContext {
-        pio: Arc::new(pio),
-        mmio: Arc::new(mmio),
-        exit: exit.clone(),
-        stop: stop.clone(),
-    };
-    let mut microvm = Microvm {
+    let virtio_devices = subscribers.len();
+    Microvm::start(Parts {
         vm,
         exit,
-        stop,
-        wake_event_loop,
-        vcpus: Vec::new(),
-        event_loop: Some(event_loop),
+        pio,
+        mmio,
+        subscribers,
+        serial,
         vsock,
+        virtio_devices,
+        vcpus,
         cmdline: cmdline_text,
-    };
-    for vcpu in vcpus {
-        microvm.vcpus.push(vcpu.spawn(context.clone())?);
-    }
-    Ok(microvm)
+    })
 }
 
 fn cmdline_error(e: linux_loader::cmdline::Error) -> BuildError {
@@ -370,44 +295,4 @@ impl<'a> VirtioAttacher<'a> {
         self.next += 1;
         Ok(())
     }
-}
-
-/// Makes the event loop return when the VM stops, so stopping does not wait for a poll timeout.
-struct Waker(EventFd);
-
-impl MutEventSubscriber for Waker {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.0.read();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
-            log::error!("event loop: cannot register its stop event: {e}");
-        }
-    }
-}
-
-fn spawn_event_loop(
-    subscribers: Vec<Subscriber>,
-    waker: EventFd,
-    stop: Arc<AtomicBool>,
-    exit: Arc<ExitSignal>,
-) -> Result<JoinHandle<()>, BuildError> {
-    let mut manager =
-        EventManager::<Subscriber>::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
-    for subscriber in subscribers {
-        manager.add_subscriber(subscriber);
-    }
-    manager.add_subscriber(Arc::new(Mutex::new(Waker(waker))));
-    std::thread::Builder::new()
-        .name("devices".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                if let Err(e) = manager.run() {
-                    exit.post(VmExit::VmmError(format!("device event loop: {e}")));
-                    return;
-                }
-            }
-        })
-        .map_err(|e| BuildError::EventLoop(e.to_string()))
 }

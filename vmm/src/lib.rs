@@ -7,5 +7,7 @@ pub mod devices;
 pub mod exit;
 pub mod host_link;
 pub mod logger;
+pub mod microvm;
 pub mod service;
+pub mod snapshot;
 pub mod vstate;

@@ -2,73 +2,10 @@
 //! boot in milliseconds even on emulated KVM, talk to the VMM's devices through port and MMIO
 //! exits, and report what they see on the serial console.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-/// Assembles and links `guests/<name>.S` into a static ELF loaded at 2 MiB, as a vmlinux is.
-fn guest(name: &str) -> PathBuf {
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-guests");
-    std::fs::create_dir_all(&out).unwrap();
-    let object = out.join(format!("{name}.o"));
-    let elf = out.join(name);
-    let source = sources.join(format!("{name}.S"));
-    run_tool(
-        Command::new("as")
-            .args(["--64", "-I"])
-            .arg(&sources)
-            .arg(&source)
-            .arg("-o")
-            .arg(&object),
-    );
-    run_tool(
-        Command::new("ld")
-            .args([
-                "-static",
-                "-nostdlib",
-                "-N",
-                "-Ttext=0x200000",
-                "-e",
-                "_start",
-            ])
-            .arg("--no-warn-rwx-segments")
-            .arg(&object)
-            .arg("-o")
-            .arg(&elf),
-    );
-    elf
-}
-
-fn run_tool(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e} (install binutils: scripts/test.sh does)"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Whether KVM is here; prints why the test is skipped when it is not.
-fn have_kvm(test: &str) -> bool {
-    let present = Path::new("/dev/kvm").exists();
-    if !present {
-        eprintln!("SKIPPED {test}: /dev/kvm is absent on this machine, so no VM can run");
-    }
-    present
-}
-
-fn vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(args)
-        .output()
-        .expect("running vmm")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use common::{guest, have_kvm, stdout, vmm};
+use std::path::Path;
 
 #[test]
 fn boot_protocol_state_serial_and_i8042_reset() {

@@ -1,23 +1,47 @@
-//! `vmm`: boots one microVM from flags or a Firecracker-style `--config-file` and runs it until
-//! the guest stops. The exit code says how it ended: 0 guest shutdown (i8042 reset), 1 VMM
-//! error (including bad configuration), 2 usage error, 3 guest crash.
+//! `vmm`: boots one microVM from flags or a Firecracker-style `--config-file`, or restores one
+//! from a snapshot, and runs it until the guest stops. The exit code says how it ended: 0 guest
+//! shutdown (i8042 reset) or snapshot taken, 1 VMM error (bad configuration or snapshot
+//! included), 2 usage error, 3 guest crash.
 
 use clap::Parser;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use vmm::config::{self, VmFlags};
 use vmm::exit::VmExit;
+use vmm::microvm::Microvm;
+use vmm_sys_util::signal::register_signal_handler;
 
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "Boot a KVM microVM")]
+#[command(
+    name = "vmm",
+    version,
+    about = "Boot a KVM microVM, or restore one from a snapshot"
+)]
 struct Args {
     #[command(flatten)]
     vm: VmFlags,
+    /// Restore the snapshot in DIR (its `state` and `memory` files) instead of booting; only
+    /// --serial-out applies then.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "vsock_uds", "entropy"])]
+    restore_from: Option<PathBuf>,
+    /// On SIGUSR1, pause the VM, write a snapshot to DIR, and exit 0.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Validate the configuration, print what it resolves to, and exit without booting.
     #[arg(long)]
     dry_run: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
+}
+
+/// Set by SIGUSR1.
+static SNAPSHOT_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SNAPSHOT_REQUESTED.store(true, Ordering::Release);
 }
 
 fn main() {
@@ -33,33 +57,79 @@ fn main() {
 }
 
 fn run(args: &Args) -> VmExit {
-    let config = match config::load(&args.vm) {
-        Ok(config) => config,
-        Err(e) => return VmExit::VmmError(format!("configuration: {e}")),
-    };
-    if args.dry_run {
-        println!("{config:#?}");
-        return VmExit::Shutdown;
-    }
-    let serial_out = config
-        .serial
-        .as_ref()
-        .and_then(|s| s.serial_out_path.as_ref());
-    let console: Box<dyn Write + Send> = match serial_out {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(file) => Box::new(file),
-            Err(e) => {
-                return VmExit::VmmError(format!("serial.serial_out_path {}: {e}", path.display()))
-            }
-        },
-        None => Box::new(std::io::stdout()),
-    };
-    let microvm = match vmm::builder::boot(&config, console) {
-        Ok(microvm) => microvm,
-        Err(e) => return VmExit::VmmError(e.to_string()),
+    let microvm = match start(args) {
+        Ok(Some(microvm)) => microvm,
+        Ok(None) => return VmExit::Shutdown,
+        Err(why) => return VmExit::VmmError(why),
     };
     log::info!("kernel command line: {}", microvm.cmdline());
+    if let Some(dir) = &args.snapshot_dir {
+        if let Err(e) = register_signal_handler(libc::SIGUSR1, on_snapshot_signal) {
+            return VmExit::VmmError(format!("installing the SIGUSR1 handler: {e}"));
+        }
+        loop {
+            if let Some(exit) = microvm.wait(Some(Duration::from_millis(10))) {
+                microvm.stop();
+                return exit;
+            }
+            if SNAPSHOT_REQUESTED.load(Ordering::Acquire) {
+                return snapshot(microvm, dir);
+            }
+        }
+    }
     let exit = microvm.wait(None).unwrap_or(VmExit::Shutdown);
     microvm.stop();
     exit
+}
+
+fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
+    let started = std::time::Instant::now();
+    match vmm::snapshot::create(&mut microvm, dir) {
+        Ok(()) => {
+            eprintln!(
+                "vmm: snapshot written to {} in {:.1} ms",
+                dir.display(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            microvm.stop();
+            VmExit::Shutdown
+        }
+        Err(e) => VmExit::VmmError(format!("snapshot: {e}")),
+    }
+}
+
+/// The running VM, booted or restored; `None` for a dry run.
+fn start(args: &Args) -> Result<Option<Microvm>, String> {
+    let serial_out = |path: Option<&PathBuf>| -> Result<Box<dyn Write + Send>, String> {
+        match path {
+            Some(path) => std::fs::File::create(path)
+                .map(|f| Box::new(f) as Box<dyn Write + Send>)
+                .map_err(|e| format!("serial.serial_out_path {}: {e}", path.display())),
+            None => Ok(Box::new(std::io::stdout())),
+        }
+    };
+    if let Some(dir) = &args.restore_from {
+        let console = serial_out(args.vm.serial_out.as_ref())?;
+        let started = std::time::Instant::now();
+        let microvm = vmm::snapshot::restore(dir, console)
+            .map_err(|e| format!("restoring {}: {e}", dir.display()))?;
+        log::info!(
+            "restored in {:.2} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        return Ok(Some(microvm));
+    }
+    let config = config::load(&args.vm).map_err(|e| format!("configuration: {e}"))?;
+    if args.dry_run {
+        println!("{config:#?}");
+        return Ok(None);
+    }
+    let path = config
+        .serial
+        .as_ref()
+        .and_then(|s| s.serial_out_path.as_ref());
+    let console = serial_out(path)?;
+    vmm::builder::boot(&config, console)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -1,11 +1,12 @@
 //! One function environment in a microVM: the booted VM and the host link its init opened.
 
-use crate::builder::{self, default_boot_args, BuildError, Microvm};
+use crate::builder::{self, default_boot_args, BuildError};
 use crate::config::{
     BootSource, CpuTemplate, Drive, Entropy, MachineConfig, Serial, VmConfig, Vsock,
 };
 use crate::exit::VmExit;
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
+use crate::microvm::Microvm;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::vcpu_state::{self, VcpuState};
 use super::vm::{Vm, VmError};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -34,6 +35,8 @@ pub enum VcpuError {
     Vm(#[from] VmError),
     #[error("starting the vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("vCPU state, {what}: {why}")]
+    State { what: &'static str, why: String },
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -80,6 +83,22 @@ impl Vcpu {
         Ok(Vcpu { id, fd })
     }
 
+    /// Creates vCPU `state.id` with the state a snapshot recorded.
+    pub fn restored(vm: &Vm, state: &VcpuState) -> Result<Vcpu, VcpuError> {
+        let id = state.id;
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        vcpu_state::restore(&fd, state)?;
+        Ok(Vcpu { id, fd })
+    }
+
+    /// The vCPU's state; call it only while the vCPU is not running.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        vcpu_state::save(self.id, &self.fd)
+    }
+
     /// Puts the boot vCPU at a 64-bit kernel's entry point.
     pub fn setup_boot(&self, memory: &GuestMemoryMmap, entry: u64) -> Result<(), VcpuError> {
         regs::setup_boot_vcpu(&self.fd, memory, entry)?;
@@ -90,8 +109,9 @@ impl Vcpu {
         &self.fd
     }
 
-    /// Runs the vCPU on its own thread until the VM exits or `context.stop` is set.
-    pub fn spawn(self, context: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+    /// Runs the vCPU on its own thread until the VM exits or `context.stop` is set; the thread
+    /// hands the vCPU back, so a paused VM can be saved or resumed.
+    pub fn spawn(self, context: VcpuContext) -> Result<JoinHandle<Vcpu>, VcpuError> {
         install_kick_handler();
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
@@ -99,13 +119,24 @@ impl Vcpu {
             .map_err(VcpuError::Thread)
     }
 
-    fn run(mut self, context: VcpuContext) {
+    fn run(mut self, context: VcpuContext) -> Vcpu {
         while !context.stop.load(Ordering::Acquire) && context.exit.get().is_none() {
             if let Some(exit) = self.run_once(&context) {
                 context.exit.post(exit);
-                return;
+                return self;
             }
         }
+        self.complete_pending_io();
+        self
+    }
+
+    /// An I/O exit the VMM just handled is completed by the next KVM_RUN; with `immediate_exit`
+    /// that run completes it and returns at once, so the saved state holds no half-done
+    /// instruction.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// One KVM_RUN; `Some` when the VM must stop.
@@ -181,8 +212,9 @@ fn install_kick_handler() {
 
 /// Stops vCPU threads: sets `stop`, then signals each thread until it returns (a signal sent
 /// just before a thread enters KVM_RUN would be missed, so keep sending).
-pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
     stop.store(true, Ordering::Release);
+    let mut vcpus = Vec::with_capacity(threads.len());
     for thread in threads {
         while !thread.is_finished() {
             if thread.kill(kick_signal()).is_err() {
@@ -190,6 +222,9 @@ pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let _ = thread.join();
+        if let Ok(vcpu) = thread.join() {
+            vcpus.push(vcpu);
+        }
     }
+    vcpus
 }

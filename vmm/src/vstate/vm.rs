@@ -37,13 +37,18 @@ pub struct Vm {
 impl Vm {
     /// A VM with `mem_bytes` of RAM from guest address 0, an irqchip and a PIT.
     pub fn new(mem_bytes: u64) -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes as usize)])
             .map_err(|source| VmError::Memory {
                 mib: mem_bytes >> 20,
                 source,
             })?;
+        Vm::with_memory(memory)
+    }
+
+    /// A VM on memory that is already mapped (a snapshot's memory file), an irqchip and a PIT.
+    pub fn with_memory(memory: GuestMemoryMmap) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let vm = Vm { fd, kvm, memory };
         vm.register_memory()?;
         vm.fd

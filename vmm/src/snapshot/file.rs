@@ -1,0 +1,264 @@
+//! The snapshot state file: a fixed header, then the serialized state.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "LMVMSNAP"
+//! 8       4     format version, little endian
+//! 12      4     CRC-32 (IEEE) of the payload
+//! 16      8     payload length in bytes
+//! 24      ...   payload: bincode of `MicrovmState`
+//! ```
+//!
+//! Loading checks the magic, the version, the length against the file and against
+//! [`MAX_STATE_BYTES`] (before reading the payload), and the checksum, so a corrupt, truncated or
+//! foreign file is refused with the reason and nothing starts. Saving writes a temporary file in
+//! the same directory, syncs it, and renames it into place.
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"LMVMSNAP";
+/// Bumped whenever the state's layout changes; other versions are refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// A real state is tens of KiB; more than this is not a state file.
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+const HEADER_LEN: usize = 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a snapshot state file (bad magic)")]
+    Magic { path: PathBuf },
+    #[error("{path}: snapshot format version {found}, this VMM reads version {FORMAT_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: truncated: the header says {expected} bytes of state, the file has {found}")]
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("{path}: {len} bytes of state is over the {MAX_STATE_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("{path}: checksum mismatch: the state is corrupt")]
+    Checksum { path: PathBuf },
+    #[error("{path}: undecodable state: {message}")]
+    Decode { path: PathBuf, message: String },
+    #[error("encoding the state: {0}")]
+    Encode(String),
+}
+
+/// bincode with a size limit, which also bounds what decoding may allocate when a length
+/// field inside the state lies.
+fn codec() -> impl bincode::Options {
+    bincode::DefaultOptions::new().with_limit(MAX_STATE_BYTES)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StateFileError + '_ {
+    move |source| StateFileError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `state` to `path` atomically: a reader sees the old file or the whole new one.
+pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> {
+    let payload = codec()
+        .serialize(state)
+        .map_err(|e| StateFileError::Encode(e.to_string()))?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    write_atomically(path, &[&header, &payload])
+}
+
+/// Writes `parts` to a temporary file beside `path`, syncs it, and renames it to `path`.
+pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), StateFileError> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".tmp{}", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let result = (|| {
+        let mut file = File::create(&temporary)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(io_error(path))
+}
+
+/// Reads and checks a state file written by [`save`].
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut header = [0u8; HEADER_LEN];
+    let header_read = (&mut file)
+        .take(HEADER_LEN as u64)
+        .read(&mut header)
+        .map_err(io_error(path))?;
+    if header_read < MAGIC.len() || &header[..8] != MAGIC {
+        return Err(StateFileError::Magic {
+            path: path.to_owned(),
+        });
+    }
+    if header_read < HEADER_LEN {
+        return Err(StateFileError::Truncated {
+            path: path.to_owned(),
+            expected: HEADER_LEN as u64,
+            found: file_len,
+        });
+    }
+    let field = |range: std::ops::Range<usize>| header[range].to_vec();
+    let version = u32::from_le_bytes(field(8..12).try_into().unwrap_or_default());
+    let checksum = u32::from_le_bytes(field(12..16).try_into().unwrap_or_default());
+    let len = u64::from_le_bytes(field(16..24).try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(StateFileError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if len > MAX_STATE_BYTES {
+        return Err(StateFileError::TooLarge {
+            path: path.to_owned(),
+            len,
+        });
+    }
+    let found = file_len - HEADER_LEN as u64;
+    if found != len {
+        return Err(StateFileError::Truncated {
+            path: path.to_owned(),
+            expected: len,
+            found,
+        });
+    }
+    let mut payload = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut payload).map_err(io_error(path))?;
+    if crc32fast::hash(&payload) != checksum {
+        return Err(StateFileError::Checksum {
+            path: path.to_owned(),
+        });
+    }
+    codec()
+        .deserialize(&payload)
+        .map_err(|e| StateFileError::Decode {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        name: String,
+        values: Vec<u64>,
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            name: "vcpu0".into(),
+            values: (0..100).collect(),
+        }
+    }
+
+    fn saved() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        save(&path, &sample()).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn round_trip_leaves_no_temporary_file() {
+        let (dir, path) = saved();
+        assert_eq!(load::<Sample>(&path).unwrap(), sample());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn every_flipped_payload_byte_is_caught() {
+        let (_dir, path) = saved();
+        let good = std::fs::read(&path).unwrap();
+        for i in HEADER_LEN..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(load::<Sample>(&path), Err(StateFileError::Checksum { .. })),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_at_any_length_is_refused() {
+        let (_dir, path) = saved();
+        let good = std::fs::read(&path).unwrap();
+        for len in 0..good.len() {
+            std::fs::write(&path, &good[..len]).unwrap();
+            let err = load::<Sample>(&path).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StateFileError::Truncated { .. } | StateFileError::Magic { .. }
+                ),
+                "length {len}: {err}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert!(matches!(
+            load::<Sample>(&path),
+            Err(StateFileError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_versions_oversized_and_undecodable_states_are_refused() {
+        let (_dir, path) = saved();
+        let good = std::fs::read(&path).unwrap();
+        let mut other_version = good.clone();
+        other_version[8..12].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&path, &other_version).unwrap();
+        let err = load::<Sample>(&path).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+
+        let mut huge = good.clone();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(matches!(
+            load::<Sample>(&path),
+            Err(StateFileError::TooLarge { .. })
+        ));
+
+        std::fs::write(&path, b"#!/bin/sh\necho not a snapshot\n").unwrap();
+        assert!(matches!(
+            load::<Sample>(&path),
+            Err(StateFileError::Magic { .. })
+        ));
+
+        // A well-formed file holding some other type.
+        save(&path, &42u8).unwrap();
+        assert!(matches!(
+            load::<Sample>(&path),
+            Err(StateFileError::Decode { .. })
+        ));
+    }
+}

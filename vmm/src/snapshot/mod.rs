@@ -1,0 +1,201 @@
+//! Snapshots: a paused VM written to a directory as `state` (the KVM, vCPU and device state,
+//! see [`file`]) and `memory` (guest RAM, byte for byte), and restored in a fresh process with
+//! the memory file mapped private, so pages load lazily and the guest's writes stay its own.
+//!
+//! A snapshot can hold a VM with the legacy devices (serial, i8042) only: a VM with virtio
+//! devices is refused with that reason, since their queue state is not saved yet.
+
+pub mod file;
+
+use crate::builder::BuildError;
+use crate::config::MAX_VCPUS;
+use crate::devices::bus::{Bus, Overlap};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::serial::{self, Serial, SerialSnapshot};
+use crate::exit::ExitSignal;
+use crate::microvm::{Microvm, Parts};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu_state::VcpuState;
+use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm_state::{self, VmState};
+use file::StateFileError;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+pub const STATE_FILE: &str = "state";
+pub const MEMORY_FILE: &str = "memory";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {found} bytes, the state says guest memory is {expected} bytes")]
+    MemorySize {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("mapping guest memory from {path}: {message}")]
+    Map { path: PathBuf, message: String },
+    #[error("the state describes an impossible VM: {0}")]
+    Invalid(String),
+    #[error("cannot snapshot a VM with {0} virtio device(s): their state is not saved yet")]
+    VirtioDevices(usize),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Bus(#[from] Overlap),
+}
+
+/// Everything but the memory.
+#[derive(Serialize, Deserialize)]
+pub struct MicrovmState {
+    /// The VMM that wrote it, for the curious; compatibility is the file format's version.
+    pub vmm_version: String,
+    pub mem_size_bytes: u64,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub serial: SerialSnapshot,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Pauses `microvm` (it stays paused: resume or stop it after) and writes its snapshot to
+/// `dir`, which is created if needed. Memory goes first and the state last, each atomically, so
+/// a directory with a state file always has the memory that goes with it.
+pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
+    if microvm.virtio_devices() > 0 {
+        return Err(SnapshotError::VirtioDevices(microvm.virtio_devices()));
+    }
+    microvm.pause();
+    let vcpus = microvm
+        .paused_vcpus()
+        .iter()
+        .map(Vcpu::save_state)
+        .collect::<Result<Vec<_>, _>>()?;
+    let serial = microvm
+        .serial()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    let memory = microvm.vm().memory();
+    let mem_size_bytes: u64 = vm_memory::GuestMemoryBackend::iter(memory)
+        .map(vm_memory::GuestMemoryRegion::len)
+        .sum();
+    let state = MicrovmState {
+        vmm_version: env!("CARGO_PKG_VERSION").to_owned(),
+        mem_size_bytes,
+        vm: vm_state::save(microvm.vm())?,
+        vcpus,
+        serial,
+    };
+
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let memory_path = dir.join(MEMORY_FILE);
+    let temporary = dir.join(format!(".{MEMORY_FILE}.tmp{}", std::process::id()));
+    let written = (|| {
+        let mut out = File::create(&temporary)?;
+        memory
+            .write_all_volatile_to(GuestAddress(0), &mut out, mem_size_bytes as usize)
+            .map_err(std::io::Error::other)?;
+        out.flush()?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, &memory_path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io_error(&memory_path)(e));
+    }
+    file::save(&dir.join(STATE_FILE), &state)?;
+    Ok(())
+}
+
+/// Builds a VM from the snapshot in `dir` and runs it, its console going to `console`. Every
+/// check (format, checksum, sizes, KVM accepting each piece) comes before any vCPU runs.
+pub fn restore(dir: &Path, console: Box<dyn Write + Send>) -> Result<Microvm, SnapshotError> {
+    let state: MicrovmState = file::load(&dir.join(STATE_FILE))?;
+    if state.vcpus.is_empty() || state.vcpus.len() > usize::from(MAX_VCPUS) {
+        let count = state.vcpus.len();
+        return Err(SnapshotError::Invalid(format!("{count} vCPUs")));
+    }
+    let max_bytes = u64::from(crate::config::MAX_MEM_MIB) << 20;
+    if state.mem_size_bytes == 0 || state.mem_size_bytes > max_bytes {
+        let bytes = state.mem_size_bytes;
+        return Err(SnapshotError::Invalid(format!("{bytes} bytes of memory")));
+    }
+    let memory = map_memory(&dir.join(MEMORY_FILE), state.mem_size_bytes)?;
+
+    let vm = Vm::with_memory(memory)?;
+    vm_state::restore(&vm, &state.vm)?;
+    let exit = Arc::new(ExitSignal::default());
+    let mut pio = Bus::default();
+    let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
+    vm.register_irqfd(serial.irq(), crate::arch::layout::SERIAL_IRQ)?;
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
+    let vcpus = state
+        .vcpus
+        .iter()
+        .map(|s| Vcpu::restored(&vm, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Microvm::start(Parts {
+        vm,
+        exit,
+        pio,
+        mmio: Bus::default(),
+        subscribers: Vec::new(),
+        serial,
+        vsock: None,
+        virtio_devices: 0,
+        vcpus,
+        cmdline: String::new(),
+    })?)
+}
+
+/// Maps the memory file private and writable: reads fault pages in from the file on first
+/// touch, writes go to anonymous copies, and the file is never changed.
+fn map_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let found = file.metadata().map_err(io_error(path))?.len();
+    if found != size {
+        return Err(SnapshotError::MemorySize {
+            path: path.to_owned(),
+            expected: size,
+            found,
+        });
+    }
+    let map_error = |message: String| SnapshotError::Map {
+        path: path.to_owned(),
+        message,
+    };
+    let region = MmapRegionBuilder::new(size as usize)
+        .with_file_offset(FileOffset::new(file, 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| map_error(e.to_string()))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0))
+        .ok_or_else(|| map_error("the region does not fit the guest address space".into()))?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| map_error(e.to_string()))
+}
