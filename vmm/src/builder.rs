@@ -9,16 +9,16 @@ use crate::arch::layout::{
 };
 use crate::arch::mptable::{self, MptableError};
 use crate::config::{CpuTemplate, VmConfig};
-use crate::devices::bus::{Bus, BusDevice, Overlap};
+use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::mmio::{MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{Microvm, Parts, Subscriber};
+use crate::microvm::{AttachedDevice, DeviceSpec, Microvm, Parts, Subscriber};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use event_manager::MutEventSubscriber;
@@ -157,38 +157,49 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
     // vsock and entropy.
-    let mut virtio = VirtioAttacher::new(&vm);
     let mut drives: Vec<_> = config.drives.iter().collect();
     drives.sort_by_key(|d| !d.is_root_device);
-    for drive in drives {
-        if drive.is_root_device && initrd.is_none() {
-            cmdline
-                .insert_str(if drive.is_read_only {
-                    "root=/dev/vda ro"
-                } else {
-                    "root=/dev/vda rw"
-                })
-                .map_err(cmdline_error)?;
-        }
-        let block = Block::new(&drive.path_on_host, drive.is_read_only, &drive.drive_id)
-            .map_err(device_error(format!("drive {}", drive.drive_id)))?;
-        virtio.attach(Arc::new(Mutex::new(block)), &mut cmdline)?;
+    if let Some(root) = drives
+        .first()
+        .filter(|d| d.is_root_device && initrd.is_none())
+    {
+        let root_args = if root.is_read_only {
+            "root=/dev/vda ro"
+        } else {
+            "root=/dev/vda rw"
+        };
+        cmdline.insert_str(root_args).map_err(cmdline_error)?;
     }
-    let mut vsock = None;
-    if let Some(config) = &config.vsock {
-        let device = Vsock::new(u64::from(config.guest_cid), &config.uds_path).map_err(
-            device_error(format!("vsock on {}", config.uds_path.display())),
-        )?;
-        let device = Arc::new(Mutex::new(device));
-        virtio.attach(device.clone(), &mut cmdline)?;
-        vsock = Some(device);
+    let mut specs: Vec<DeviceSpec> = drives
+        .iter()
+        .map(|drive| DeviceSpec::Block {
+            drive_id: drive.drive_id.clone(),
+            path: drive.path_on_host.clone(),
+            read_only: drive.is_read_only,
+        })
+        .collect();
+    if let Some(vsock) = &config.vsock {
+        specs.push(DeviceSpec::Vsock {
+            guest_cid: u64::from(vsock.guest_cid),
+            uds_path: vsock.uds_path.clone(),
+        });
     }
     if config.entropy.is_some() {
-        let rng = Rng::new().map_err(device_error("entropy device"))?;
-        virtio.attach(Arc::new(Mutex::new(rng)), &mut cmdline)?;
+        specs.push(DeviceSpec::Rng);
+    }
+    let mut virtio = VirtioAttacher::new(&vm);
+    for spec in specs {
+        let (base, irq) = virtio.attach(spec, None)?;
+        cmdline
+            .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
+            .map_err(cmdline_error)?;
     }
     let VirtioAttacher {
-        mmio, subscribers, ..
+        mmio,
+        subscribers,
+        devices,
+        vsock,
+        ..
     } = virtio;
 
     // Boot protocol: command line, zero page, MP table.
@@ -209,7 +220,6 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     }
     vcpus[0].setup_boot(vm.memory(), loaded.kernel_load.0)?;
 
-    let virtio_devices = subscribers.len();
     Microvm::start(Parts {
         vm,
         exit,
@@ -218,7 +228,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         subscribers,
         serial,
         vsock,
-        virtio_devices,
+        devices,
         vcpus,
         cmdline: cmdline_text,
     })
@@ -250,25 +260,70 @@ fn load_initrd(
     Ok(placement)
 }
 
-/// Gives each virtio device its MMIO window, IRQ, irqfd, ioeventfds and command-line entry.
-struct VirtioAttacher<'a> {
+/// Gives each virtio device its MMIO window, IRQ, irqfd and ioeventfds, in order: the n-th
+/// device gets window n and IRQ `IRQ_BASE + n`, at boot and again on restore.
+pub(crate) struct VirtioAttacher<'a> {
     vm: &'a Vm,
-    mmio: Bus,
-    subscribers: Vec<Subscriber>,
+    pub mmio: Bus,
+    pub subscribers: Vec<Subscriber>,
+    pub devices: Vec<AttachedDevice>,
+    /// The vsock device, which the function service talks to.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
     next: u64,
 }
 
 impl<'a> VirtioAttacher<'a> {
-    fn new(vm: &'a Vm) -> Self {
+    pub fn new(vm: &'a Vm) -> Self {
         VirtioAttacher {
             vm,
             mmio: Bus::default(),
             subscribers: Vec::new(),
+            devices: Vec::new(),
+            vsock: None,
             next: 0,
         }
     }
 
-    fn attach<D>(&mut self, device: Arc<Mutex<D>>, cmdline: &mut Cmdline) -> Result<(), BuildError>
+    /// Makes the device `spec` describes and attaches it, fresh or (with `restore`) in the
+    /// state a snapshot recorded. Returns its MMIO base and IRQ.
+    pub fn attach(
+        &mut self,
+        spec: DeviceSpec,
+        restore: Option<&TransportState>,
+    ) -> Result<(u64, u32), BuildError> {
+        match &spec {
+            DeviceSpec::Block {
+                drive_id,
+                path,
+                read_only,
+            } => {
+                let block = Block::new(path, *read_only, drive_id)
+                    .map_err(device_error(format!("drive {drive_id}")))?;
+                self.attach_device(Arc::new(Mutex::new(block)), spec, restore)
+            }
+            DeviceSpec::Vsock {
+                guest_cid,
+                uds_path,
+            } => {
+                let vsock = Vsock::new(*guest_cid, uds_path)
+                    .map_err(device_error(format!("vsock on {}", uds_path.display())))?;
+                let vsock = Arc::new(Mutex::new(vsock));
+                self.vsock = Some(vsock.clone());
+                self.attach_device(vsock, spec, restore)
+            }
+            DeviceSpec::Rng => {
+                let rng = Rng::new().map_err(device_error("entropy device"))?;
+                self.attach_device(Arc::new(Mutex::new(rng)), spec, restore)
+            }
+        }
+    }
+
+    fn attach_device<D>(
+        &mut self,
+        device: Arc<Mutex<D>>,
+        spec: DeviceSpec,
+        restore: Option<&TransportState>,
+    ) -> Result<(u64, u32), BuildError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -285,14 +340,19 @@ impl<'a> VirtioAttacher<'a> {
                     .register_ioeventfd(event, base + NOTIFY_REG_OFFSET, index as u32)?;
             }
         }
-        let transport = MmioTransport::new(self.vm.memory().clone(), device.clone());
-        let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(transport));
-        self.mmio.insert(base, MMIO_DEVICE_SIZE, transport)?;
-        cmdline
-            .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
-            .map_err(cmdline_error)?;
+        let memory = self.vm.memory().clone();
+        let transport = match restore {
+            None => MmioTransport::new(memory, device.clone()),
+            Some(state) => MmioTransport::restored(memory, device.clone(), state).map_err(
+                device_error(format!("restoring virtio device {}", self.next)),
+            )?,
+        };
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(base, MMIO_DEVICE_SIZE, transport.clone())?;
+        self.devices.push(AttachedDevice { spec, transport });
         self.subscribers.push(device);
         self.next += 1;
-        Ok(())
+        Ok((base, irq))
     }
 }

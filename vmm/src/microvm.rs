@@ -4,11 +4,14 @@
 use crate::builder::BuildError;
 use crate::devices::bus::Bus;
 use crate::devices::serial::Serial;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitSignal, VmExit};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,6 +19,27 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// What a virtio device was made from: enough to make it again on restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceSpec {
+    Block {
+        drive_id: String,
+        path: PathBuf,
+        read_only: bool,
+    },
+    Vsock {
+        guest_cid: u64,
+        uds_path: PathBuf,
+    },
+    Rng,
+}
+
+/// A virtio device on the MMIO bus, in attach order (which fixes its address and IRQ).
+pub struct AttachedDevice {
+    pub spec: DeviceSpec,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
 
 /// Everything a VM needs to run, built by a boot ([`crate::builder::boot`]) or a restore
 /// ([`crate::snapshot::restore`]).
@@ -27,8 +51,7 @@ pub struct Parts {
     pub subscribers: Vec<Subscriber>,
     pub serial: Arc<Mutex<Serial>>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
-    /// How many virtio devices the VM has (a snapshot cannot hold them yet).
-    pub virtio_devices: usize,
+    pub devices: Vec<AttachedDevice>,
     pub vcpus: Vec<Vcpu>,
     pub cmdline: String,
 }
@@ -41,7 +64,7 @@ pub struct Microvm {
     paused: Vec<Vcpu>,
     serial: Arc<Mutex<Serial>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
-    virtio_devices: usize,
+    devices: Vec<AttachedDevice>,
     event_loop_stop: Arc<AtomicBool>,
     /// Wakes the event loop so it sees `event_loop_stop` at once.
     wake_event_loop: EventFd,
@@ -76,7 +99,7 @@ impl Microvm {
             paused: parts.vcpus,
             serial: parts.serial,
             vsock: parts.vsock,
-            virtio_devices: parts.virtio_devices,
+            devices: parts.devices,
             event_loop_stop,
             wake_event_loop,
             event_loop: Some(event_loop),
@@ -108,8 +131,8 @@ impl Microvm {
         &self.serial
     }
 
-    pub fn virtio_devices(&self) -> usize {
-        self.virtio_devices
+    pub fn devices(&self) -> &[AttachedDevice] {
+        &self.devices
     }
 
     /// Stops the vCPUs, each after completing the instruction it was in; devices keep running.

@@ -23,8 +23,8 @@ struct Args {
     #[command(flatten)]
     vm: VmFlags,
     /// Restore the snapshot in DIR (its `state` and `memory` files) instead of booting; only
-    /// --serial-out applies then.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "vsock_uds", "entropy"])]
+    /// --serial-out and --vsock-uds (a new host socket for the vsock device) apply then.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "entropy"])]
     restore_from: Option<PathBuf>,
     /// On SIGUSR1, pause the VM, write a snapshot to DIR, and exit 0.
     #[arg(long, value_name = "DIR")]
@@ -111,7 +111,10 @@ fn start(args: &Args) -> Result<Option<Microvm>, String> {
     if let Some(dir) = &args.restore_from {
         let console = serial_out(args.vm.serial_out.as_ref())?;
         let started = std::time::Instant::now();
-        let microvm = vmm::snapshot::restore(dir, console)
+        let options = vmm::snapshot::RestoreOptions {
+            vsock_uds: args.vm.vsock_uds.clone(),
+        };
+        let microvm = vmm::snapshot::restore(dir, console, &options)
             .map_err(|e| format!("restoring {}: {e}", dir.display()))?;
         log::info!(
             "restored in {:.2} ms",

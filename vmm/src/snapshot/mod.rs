@@ -2,18 +2,22 @@
 //! see [`file`]) and `memory` (guest RAM, byte for byte), and restored in a fresh process with
 //! the memory file mapped private, so pages load lazily and the guest's writes stay its own.
 //!
-//! A snapshot can hold a VM with the legacy devices (serial, i8042) only: a VM with virtio
-//! devices is refused with that reason, since their queue state is not saved yet.
+//! Virtio devices are saved as what they were made from (a drive's path, the vsock CID) and
+//! their transport and queue state; on restore they are made again and activated on the saved
+//! queues. Vsock connections do not survive: the restored device sends the guest a transport
+//! reset, and the guest reconnects (Firecracker does the same).
 
 pub mod file;
 
-use crate::builder::BuildError;
+use crate::builder::{BuildError, VirtioAttacher};
 use crate::config::MAX_VCPUS;
 use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial, SerialSnapshot};
+use crate::devices::virtio::mmio::TransportState;
+use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{Microvm, Parts};
+use crate::microvm::{DeviceSpec, Microvm, Parts};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::{Vm, VmError};
@@ -49,8 +53,6 @@ pub enum SnapshotError {
     Map { path: PathBuf, message: String },
     #[error("the state describes an impossible VM: {0}")]
     Invalid(String),
-    #[error("cannot snapshot a VM with {0} virtio device(s): their state is not saved yet")]
-    VirtioDevices(usize),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -70,6 +72,22 @@ pub struct MicrovmState {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialSnapshot,
+    /// In attach order, which gives each its MMIO window and IRQ.
+    pub devices: Vec<DeviceState>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DeviceState {
+    pub spec: DeviceSpec,
+    pub transport: TransportState,
+}
+
+/// What a restore may change.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// A new host socket for the vsock device, so that several restores of one snapshot can
+    /// run at once. `None`: the path in the snapshot.
+    pub vsock_uds: Option<PathBuf>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -83,10 +101,31 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 /// `dir`, which is created if needed. Memory goes first and the state last, each atomically, so
 /// a directory with a state file always has the memory that goes with it.
 pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
-    if microvm.virtio_devices() > 0 {
-        return Err(SnapshotError::VirtioDevices(microvm.virtio_devices()));
-    }
     microvm.pause();
+    // Hold every virtio device until the memory is written: the device thread then cannot
+    // use a queue between the moment its state is read and the moment memory is saved.
+    let transports: Vec<_> = microvm
+        .devices()
+        .iter()
+        .map(|d| (d.spec.clone(), d.transport.clone()))
+        .collect();
+    let transports: Vec<_> = transports
+        .iter()
+        .map(|(spec, t)| (spec, t.lock().unwrap_or_else(|e| e.into_inner())))
+        .collect();
+    let held: Vec<_> = transports.iter().map(|(_, t)| t.device().clone()).collect();
+    let held: Vec<_> = held
+        .iter()
+        .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let devices = transports
+        .iter()
+        .zip(&held)
+        .map(|((spec, transport), device)| DeviceState {
+            spec: (*spec).clone(),
+            transport: transport.state_of(&**device),
+        })
+        .collect();
     let vcpus = microvm
         .paused_vcpus()
         .iter()
@@ -107,6 +146,7 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
         vm: vm_state::save(microvm.vm())?,
         vcpus,
         serial,
+        devices,
     };
 
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
@@ -125,13 +165,18 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
         let _ = std::fs::remove_file(&temporary);
         return Err(io_error(&memory_path)(e));
     }
+    drop(held);
     file::save(&dir.join(STATE_FILE), &state)?;
     Ok(())
 }
 
 /// Builds a VM from the snapshot in `dir` and runs it, its console going to `console`. Every
 /// check (format, checksum, sizes, KVM accepting each piece) comes before any vCPU runs.
-pub fn restore(dir: &Path, console: Box<dyn Write + Send>) -> Result<Microvm, SnapshotError> {
+pub fn restore(
+    dir: &Path,
+    console: Box<dyn Write + Send>,
+    options: &RestoreOptions,
+) -> Result<Microvm, SnapshotError> {
     let state: MicrovmState = file::load(&dir.join(STATE_FILE))?;
     if state.vcpus.is_empty() || state.vcpus.len() > usize::from(MAX_VCPUS) {
         let count = state.vcpus.len();
@@ -154,20 +199,47 @@ pub fn restore(dir: &Path, console: Box<dyn Write + Send>) -> Result<Microvm, Sn
     pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
     let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
     pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
+    let mut virtio = VirtioAttacher::new(&vm);
+    for device in &state.devices {
+        let spec = match (&device.spec, &options.vsock_uds) {
+            (DeviceSpec::Vsock { guest_cid, .. }, Some(uds_path)) => DeviceSpec::Vsock {
+                guest_cid: *guest_cid,
+                uds_path: uds_path.clone(),
+            },
+            (spec, _) => spec.clone(),
+        };
+        virtio.attach(spec, Some(&device.transport))?;
+    }
+    let VirtioAttacher {
+        mmio,
+        subscribers,
+        devices,
+        vsock,
+        ..
+    } = virtio;
     let vcpus = state
         .vcpus
         .iter()
         .map(|s| Vcpu::restored(&vm, s))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(vsock) = &vsock {
+        // Before the vCPUs run: the guest's first look at its sockets sees them reset.
+        let mut vsock = vsock.lock().unwrap_or_else(|e| e.into_inner());
+        if vsock.is_activated() {
+            vsock
+                .send_transport_reset()
+                .map_err(|e| SnapshotError::Invalid(format!("vsock transport reset: {e}")))?;
+        }
+    }
     Ok(Microvm::start(Parts {
         vm,
         exit,
         pio,
-        mmio: Bus::default(),
-        subscribers: Vec::new(),
+        mmio,
+        subscribers,
         serial,
-        vsock: None,
-        virtio_devices: 0,
+        vsock,
+        devices,
         vcpus,
         cmdline: String::new(),
     })?)

@@ -28,6 +28,67 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
+/// A queue as a snapshot stores it (virtio-queue's `QueueState` is not serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<&Queue> for QueueSnapshot {
+    fn from(queue: &Queue) -> QueueSnapshot {
+        let q = queue.state();
+        QueueSnapshot {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl TryFrom<&QueueSnapshot> for Queue {
+    type Error = virtio_queue::Error;
+    fn try_from(q: &QueueSnapshot) -> Result<Queue, Self::Error> {
+        Queue::try_from(virtio_queue::QueueState {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        })
+    }
+}
+
+/// The transport's registers and the queues (the device's, once activated).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_status: u32,
+    pub features_select: u32,
+    pub acked_features_select: u32,
+    pub acked_features: u64,
+    pub queue_select: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueSnapshot>,
+}
+
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     memory: Memory,
@@ -64,6 +125,87 @@ impl MmioTransport {
             // constants, so a refusal is a programming error we still do not panic on.
             .filter_map(|size| Queue::new(*size).ok())
             .collect()
+    }
+
+    pub fn state(&self) -> TransportState {
+        self.state_of(&*lock(&self.device))
+    }
+
+    /// [`Self::state`], for a caller that holds the device's lock already (`device` must be
+    /// this transport's device).
+    pub fn state_of(&self, device: &dyn VirtioDevice) -> TransportState {
+        let queues = if device.is_activated() {
+            device.active_queues()
+        } else {
+            &self.queues
+        };
+        TransportState {
+            device_status: self.device_status,
+            features_select: self.features_select,
+            acked_features_select: self.acked_features_select,
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: device.interrupt().status(),
+            queues: queues.iter().map(QueueSnapshot::from).collect(),
+        }
+    }
+
+    /// A transport in the state a snapshot recorded; a device the driver had started is
+    /// activated again on the restored queues.
+    pub fn restored(
+        memory: Memory,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        state: &TransportState,
+    ) -> Result<MmioTransport, super::ActivateError> {
+        let queues = {
+            let dev = lock(&device);
+            if state.queues.len() != dev.queue_max_sizes().len() {
+                return Err(super::ActivateError::QueueCount {
+                    expected: dev.queue_max_sizes().len(),
+                    got: state.queues.len(),
+                });
+            }
+            let mut queues = Vec::with_capacity(state.queues.len());
+            for (index, snapshot) in state.queues.iter().enumerate() {
+                let queue = Queue::try_from(snapshot)
+                    .map_err(|_| super::ActivateError::InvalidQueue(index))?;
+                queues.push(queue);
+            }
+            queues
+        };
+        let mut transport = MmioTransport {
+            device,
+            memory,
+            queues,
+            device_status: state.device_status,
+            features_select: state.features_select,
+            acked_features_select: state.acked_features_select,
+            acked_features: state.acked_features,
+            queue_select: state.queue_select,
+            config_generation: state.config_generation,
+        };
+        let mut device = lock(&transport.device);
+        if state.device_status & status::FEATURES_OK != 0 {
+            device.set_acked_features(state.acked_features);
+        }
+        if state.device_status & status::DRIVER_OK != 0
+            && state.device_status & status::DEVICE_NEEDS_RESET == 0
+        {
+            let memory = &transport.memory;
+            if let Some(index) = transport
+                .queues
+                .iter()
+                .position(|q| !q.ready() || !q.is_valid(memory))
+            {
+                return Err(super::ActivateError::InvalidQueue(index));
+            }
+            let queues = std::mem::take(&mut transport.queues);
+            device.activate(transport.memory.clone(), queues)?;
+        }
+        device.interrupt().restore_status(state.interrupt_status);
+        drop(device);
+        Ok(transport)
     }
 
     pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {

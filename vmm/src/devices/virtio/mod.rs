@@ -75,6 +75,12 @@ impl IrqTrigger {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Sets the status bits a snapshot recorded, without raising the interrupt (the irqchip's
+    /// own restored state holds any pending one).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// The driver acknowledged `bits`.
     pub fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
@@ -128,6 +134,9 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: drop the queues and go back to the pre-activation state.
     fn reset(&mut self);
+
+    /// The queues an activated device works on (empty before activation), for a snapshot.
+    fn active_queues(&self) -> &[Queue];
 
     /// One eventfd per queue; the guest's notification of queue `i` signals entry `i`.
     fn queue_events(&self) -> &[EventFd];

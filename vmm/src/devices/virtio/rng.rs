@@ -197,6 +197,12 @@ impl VirtioDevice for Rng {
         self.acked_features = 0;
     }
 
+    fn active_queues(&self) -> &[Queue] {
+        self.active
+            .as_ref()
+            .map_or(&[], |a| std::slice::from_ref(&a.queue))
+    }
+
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
     }

@@ -219,6 +219,12 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 
+    fn active_queues(&self) -> &[Queue] {
+        self.active
+            .as_ref()
+            .map_or(&[], |a| std::slice::from_ref(&a.queue))
+    }
+
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
     }

@@ -319,6 +319,10 @@ impl VirtioDevice for Vsock {
         self.muxer.reset();
     }
 
+    fn active_queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| &a.queues[..])
+    }
+
     fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
     }
