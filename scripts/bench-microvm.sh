@@ -5,6 +5,9 @@
 #   2. VMM resident memory: `vmm` with a 128 MiB guest that halts at once.
 #   3. Boot to init, and to the guest init's host-link connection (`lambda-vm --eager`).
 #   4. First invoke (runtime init inside the guest), then warm invoke round trips.
+#   5. SnapStart, on the same function built as snap-start: the snapshot after init, then
+#      `vmm --restore-from` (load call to vCPUs running, VMM side only) and `lambda-vm` start to
+#      the first response from a restored copy, beside step 3-4's cold boot to first response.
 #
 # Usage: scripts/bench-microvm.sh [--runs N] [--invokes N]
 set -euo pipefail
@@ -17,7 +20,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs="${2:?}"; shift ;;
         --invokes) invokes="${2:?}"; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
@@ -28,6 +31,8 @@ ensure_cargo
 kernel="$(scripts/build-kernel.sh | tail -n1)"
 function_dir="$(stage_rust_echo_function)"
 rootfs="$(scripts/build-rootfs.sh "$function_dir" --ext4 | tail -n1)"
+snapstart_dir="$(stage_rust_echo_function snap-start)"
+snapstart_rootfs="$(scripts/build-rootfs.sh "$snapstart_dir" --ext4 | tail -n1)"
 step "building vmm and lambda-vm (release)"
 cargo build --quiet --release -p vmm --bins
 target="$(cargo_target_dir)"
@@ -93,3 +98,40 @@ echo "   first invoke (runtime start in the guest):    $(( t_first / 1000 )) ms"
 echo "   warm invoke round trip, median of $invokes:     $(( $(median <"$work/warm.txt") / 1000 )) ms"
 echo "   lambda-vm VmRSS with the booted guest:        ${rss_service} kB"
 grep -E "^(REPORT|lambda-vm:)" "$log" | head -3 | sed 's/^/   /'
+kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+
+# Starts lambda-vm on the SnapStart image with the snapshot in $work/snapshot, invokes it once,
+# and prints the microseconds from start to the first response; the service log is in $1.
+snapstart_first_response() {
+    local log="$1" t0 addr
+    t0=$(now_us)
+    "$target/release/lambda-vm" --kernel "$kernel" --rootfs "$snapstart_rootfs" \
+        --function-config "$snapstart_dir/function.json" --listen 127.0.0.1:0 \
+        --snapshot-dir "$work/snapshot" --work-dir "$work" --console "$work/snapstart-console.log" \
+        >"$log" 2>&1 &
+    pid=$!
+    until grep -q "lambda-vm: listening" "$log"; do sleep 0.01; done
+    addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$log")
+    curl -sS --max-time 600 -o /dev/null -d '{"bench":"snapstart"}' \
+        "http://$addr/2015-03-31/functions/function/invocations"
+    echo $(( $(now_us) - t0 ))
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+}
+
+step "5. SnapStart: boot, init, snapshot; then restores"
+t_snap=$(snapstart_first_response "$work/snapstart-first.log")
+grep -E "^lambda-vm: (SnapStart|microVM restored)" "$work/snapstart-first.log" | sed 's/^/   /'
+for _ in $(seq 5); do
+    rm -f "$work"/restore.sock*
+    VMM_LOG=info timeout 2 "$target/release/vmm" --restore-from "$work/snapshot" \
+        --vsock-uds "$work/restore.sock" --serial-out /dev/null 2>&1 |
+        sed -n 's/^vmm: INFO restored in \([0-9.]*\) ms$/\1/p'
+done >"$work/restore.txt"
+for _ in $(seq 3); do
+    snapstart_first_response "$work/snapstart-restore.log"
+done >"$work/restore-first.txt"
+echo "   first cold start (boot, init, snapshot, restore, invoke): $(( t_snap / 1000 )) ms"
+echo "   vmm restore, load call to vCPUs running, median of 5:     $(median <"$work/restore.txt") ms"
+echo "   lambda-vm start to first response from a restore, median of 3: $(( $(median <"$work/restore-first.txt") / 1000 )) ms"
+echo "   (cold boot to first response, step 3-4):                $(( (t_link - t0 + t_first) / 1000 )) ms"
+grep -E "^(REPORT|lambda-vm: microVM restored)" "$work/snapstart-restore.log" | head -2 | sed 's/^/   /'

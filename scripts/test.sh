@@ -29,7 +29,11 @@ step "the echo function's ext4 image, for the microVM tests"
 echo_function="$(stage_rust_echo_function)"
 GUEST_ROOTFS="$(scripts/build-rootfs.sh "$echo_function" --ext4 | tail -n1)"
 GUEST_FUNCTION_CONFIG="$echo_function/function.json"
+snapstart_function="$(stage_rust_echo_function snap-start)"
+GUEST_SNAPSTART_ROOTFS="$(scripts/build-rootfs.sh "$snapstart_function" --ext4 | tail -n1)"
+GUEST_SNAPSTART_FUNCTION_CONFIG="$snapstart_function/function.json"
 export GUEST_VMLINUX GUEST_INITRAMFS GUEST_ROOTFS GUEST_FUNCTION_CONFIG
+export GUEST_SNAPSTART_ROOTFS GUEST_SNAPSTART_FUNCTION_CONFIG
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

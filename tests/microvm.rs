@@ -4,7 +4,11 @@
 //! emulator-compatible endpoint over HTTP, host link and vsock. Boots are few (two: the first,
 //! and the fresh VM after a crash), since each takes tens of seconds on emulated KVM.
 //!
-//! Needs `GUEST_VMLINUX`, `GUEST_ROOTFS` and `GUEST_FUNCTION_CONFIG` (scripts/test.sh builds and
+//! The SnapStart test boots once, snapshots after init, and restores that snapshot twice, in
+//! two `lambda-vm` processes at once.
+//!
+//! Needs `GUEST_VMLINUX`, `GUEST_ROOTFS` and `GUEST_FUNCTION_CONFIG`, and for SnapStart
+//! `GUEST_SNAPSTART_ROOTFS` and `GUEST_SNAPSTART_FUNCTION_CONFIG` (scripts/test.sh builds and
 //! sets them).
 //! Skipped, with the reason printed, only where /dev/kvm is absent.
 
@@ -113,4 +117,135 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
         console.contains("Run /init as init process"),
         "guest console:\n{console}"
     );
+}
+
+/// `lambda-vm` serving the SnapStart echo function, its snapshot in `snapshot_dir`.
+fn snapstart_service(
+    kernel: &std::path::Path,
+    rootfs: &std::path::Path,
+    function_config: &std::path::Path,
+    snapshot_dir: &std::path::Path,
+    name: &str,
+) -> LocalServer {
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let mut command = Command::new(host_binary("lambda-vm"));
+    command
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("--function-config")
+        .arg(function_config)
+        .arg("--snapshot-dir")
+        .arg(snapshot_dir)
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--console")
+        .arg(work.join("console.log"))
+        .args(["--listen", "127.0.0.1:0", "--eager"]);
+    LocalServer::from_command(command, "lambda-vm", true)
+}
+
+/// `{"random": hex, "time_ms": n}` from the echo function's `unique` action.
+fn unique(server: &LocalServer) -> (String, u64) {
+    let reply = server.invoke(&json!({"action": "unique"}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.function_error.is_none(), "{}", reply.text());
+    let value = reply.json();
+    let random = value["random"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(random.len(), 32, "{value}");
+    (random, value["time_ms"].as_u64().unwrap_or_default())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: /dev/kvm is absent; microVMs need KVM");
+        return;
+    }
+    let (Some(kernel), Some(rootfs), Some(function_config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
+    ) else {
+        return;
+    };
+    let snapshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshot");
+    let _ = std::fs::remove_dir_all(&snapshot_dir);
+
+    // The first service boots, lets init run to restore/next, snapshots, and serves from a
+    // restored copy.
+    let mut first = snapstart_service(
+        &kernel,
+        &rootfs,
+        &function_config,
+        &snapshot_dir,
+        "snapstart-1",
+    );
+    first.wait_for_log(Duration::from_secs(300), |l| {
+        l.starts_with("lambda-vm: microVM restored")
+    });
+    let logs = first.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("lambda-vm: SnapStart snapshot taken")),
+        "{logs:?}"
+    );
+    assert!(snapshot_dir.join("state").exists() && snapshot_dir.join("memory").exists());
+
+    // The second restores the same snapshot while the first runs: no boot, no new snapshot.
+    let mut second = snapstart_service(
+        &kernel,
+        &rootfs,
+        &function_config,
+        &snapshot_dir,
+        "snapstart-2",
+    );
+    second.wait_for_log(Duration::from_secs(300), |l| {
+        l.starts_with("lambda-vm: microVM restored")
+    });
+    assert!(
+        !second.logs().iter().any(|l| l.contains("snapshot taken")),
+        "{:?}",
+        second.logs()
+    );
+
+    // Both serve, each with its own randomness and the right time (init reseeded the RNG and
+    // set the clock from the host before the runtime's after-restore hooks ran).
+    let (random_1, time_1) = unique(&first);
+    let (random_2, time_2) = unique(&second);
+    assert_ne!(
+        random_1, random_2,
+        "two restored copies produced the same random bytes"
+    );
+    for time in [time_1, time_2] {
+        assert!(
+            now_ms().abs_diff(time) < 60_000,
+            "guest clock {time}, host {}",
+            now_ms()
+        );
+    }
+    let report = first.wait_for_log(Duration::from_secs(30), |l| {
+        l.starts_with("REPORT RequestId:")
+    });
+    assert!(report.contains("Restore Duration:"), "{report}");
+    assert!(!report.contains("Init Duration:"), "{report}");
+    first.assert_echo(&json!({"first": true}));
+    second.assert_echo(&json!({"second": true}));
+
+    for server in [&mut first, &mut second] {
+        let status = server
+            .terminate(Duration::from_secs(120))
+            .expect("lambda-vm exited after SIGTERM");
+        assert!(status.success(), "{status:?}");
+    }
 }

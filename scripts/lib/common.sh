@@ -49,22 +49,26 @@ build_static_bootstrap() {
 # as a function directory for scripts/build-rootfs.sh: the static binary as the runtime, and a
 # function.json. Prints the directory. The microVM scripts and tests use it because it runs
 # without a shell: under this machine's emulated KVM every fork+exec in the guest costs about
-# 2 s, so a shell worker (several per invoke) outlasts Lambda's timeouts.
+# 2 s, so a shell worker (several per invoke) outlasts Lambda's timeouts. With `snap-start`, the
+# function is a SnapStart one (rust-echo-snap-start).
 stage_rust_echo_function() {
+    local init_type="${1:-on-demand}" name=rust-echo
+    [ "$init_type" = on-demand ] || name="rust-echo-$init_type"
     step "building the static echo function (tests/functions/bootstrap-echo)"
     RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --quiet --profile guest --target "$STATIC_TARGET" -p bootstrap-echo >&2
     local dir
-    dir="$(cargo_target_dir)/functions/rust-echo"
+    dir="$(cargo_target_dir)/functions/$name"
     mkdir -p "$dir"
     cp "$(cargo_target_dir)/$STATIC_TARGET/guest/bootstrap-echo" "$dir/bootstrap-echo"
-    cat >"$dir/function.json" <<'JSON'
+    cat >"$dir/function.json" <<JSON
 {
-  "function_name": "rust-echo",
+  "function_name": "$name",
   "handler": "echo",
   "runtime": "/var/task/bootstrap-echo",
   "memory_mb": 128,
-  "timeout_secs": 10
+  "timeout_secs": 10,
+  "initialization_type": "$init_type"
 }
 JSON
     echo "$dir"

@@ -45,6 +45,11 @@ struct Args {
     /// Seconds the guest may take to boot and connect.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
+    /// Where a SnapStart function's snapshot goes (a function.json with
+    /// "initialization_type": "snap-start") [default: WORK_DIR/snapshot]. Kept between runs:
+    /// delete it after rebuilding the image.
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
     /// Boot the microVM at start instead of on the first invocation.
     #[arg(long)]
     eager: bool,
@@ -85,6 +90,16 @@ async fn main() -> anyhow::Result<()> {
         _ => InitType::OnDemand,
     };
     config.on_failure_dir = args.on_failure_dir;
+    let snapstart = config.init_type == InitType::SnapStart;
+    anyhow::ensure!(
+        snapstart || args.snapshot_dir.is_none(),
+        "--snapshot-dir: the function's initialization_type is not snap-start"
+    );
+    let snapshot_dir = snapstart.then(|| {
+        args.snapshot_dir
+            .clone()
+            .unwrap_or_else(|| work_dir.join("snapshot"))
+    });
     let spec = GuestSpec {
         kernel: args.kernel,
         rootfs: Rootfs::from_path(args.rootfs),
@@ -93,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         work_dir,
         console: args.console,
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        snapshot_dir,
     };
     let service = FunctionService::new(config, spec, |line| println!("{line}"));
 

@@ -7,7 +7,9 @@ use crate::config::{
 use crate::exit::VmExit;
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
 use crate::microvm::Microvm;
-use std::path::PathBuf;
+use crate::snapshot::{self, RestoreOptions, SnapshotError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The guest CID every function VM gets: each VM has its own vsock device and socket, so they
@@ -31,6 +33,9 @@ pub struct GuestSpec {
     pub console: Option<PathBuf>,
     /// How long the guest may take to boot and connect.
     pub boot_timeout: Duration,
+    /// SnapStart: where the snapshot taken after init lives. A cold start restores it when it
+    /// exists; otherwise it boots, waits for init to finish, and takes it.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// A function image: an initramfs, or an ext4 image attached as a read-only root drive. The
@@ -63,15 +68,25 @@ pub enum GuestError {
     Exited(VmExit),
     #[error("the guest's init did not connect within {0:?}")]
     BootTimeout(Duration),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("opening the console {path}: {source}")]
+    Console {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Guest {
     // The link first: dropping it closes the connection before the VM goes away.
     pub link: HostLink,
     pub microvm: Microvm,
-    /// From VMM start to the guest's `Hello`.
+    /// From VMM start (or restore) to the guest's `Hello`.
     pub boot_time: Duration,
 }
+
+/// Each restore gets its own vsock socket, so restores never collide.
+static RESTORES: AtomicU64 = AtomicU64::new(0);
 
 impl Guest {
     /// Boots a microVM and waits for its init to connect over vsock.
@@ -128,39 +143,92 @@ impl Guest {
                 serial_out_path: spec.console.clone(),
             }),
         };
-        let console: Box<dyn std::io::Write + Send> = match &spec.console {
-            Some(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| BuildError::Open {
-                        path: path.clone(),
-                        source,
-                    })?,
-            ),
-            None => Box::new(std::io::sink()),
-        };
-        let microvm = builder::boot(&config, console)?;
-        let mut link = loop {
-            match listener.accept_within(ACCEPT_SLICE, spec.boot_timeout) {
-                Ok(link) => break link,
-                Err(LinkError::AcceptTimeout(_)) => {
-                    if let Some(exit) = microvm.wait(Some(Duration::ZERO)) {
-                        return Err(GuestError::Exited(exit));
-                    }
-                    if started.elapsed() > spec.boot_timeout {
-                        return Err(GuestError::BootTimeout(spec.boot_timeout));
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let microvm = builder::boot(&config, console(spec)?)?;
+        let mut link = wait_for_link(&listener, &microvm, started, spec.boot_timeout)?;
         link.on_log(log);
         Ok(Guest {
             link,
             microvm,
             boot_time: started.elapsed(),
         })
+    }
+
+    /// Restores the snapshot in `dir`, waits for the guest's init to reconnect (the restored
+    /// vsock device reset its connections), and sends it fresh entropy and the time, which
+    /// lets the runtime's `restore/next` answer.
+    pub fn restore(
+        spec: &GuestSpec,
+        dir: &Path,
+        log: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Guest, GuestError> {
+        let started = Instant::now();
+        let n = RESTORES.fetch_add(1, Ordering::Relaxed);
+        let uds_path = spec.work_dir.join(format!("vsock-restore{n}.sock"));
+        let listener = Listener::bind(&uds_path, PORT)?;
+        let options = RestoreOptions {
+            vsock_uds: Some(uds_path),
+        };
+        let microvm = snapshot::restore(dir, console(spec)?, &options)?;
+        let mut link = wait_for_link(&listener, &microvm, started, spec.boot_timeout)?;
+        link.on_log(log);
+        link.restore()?;
+        Ok(Guest {
+            link,
+            microvm,
+            boot_time: started.elapsed(),
+        })
+    }
+
+    /// SnapStart's first step: waits for the guest's init to finish (its runtime reached
+    /// `restore/next`), then pauses the VM and writes the snapshot to `dir`. The VM is done
+    /// after that, as on Lambda: every environment is a restored copy.
+    pub fn snapshot_after_init(
+        mut self,
+        dir: &Path,
+        init_timeout: Duration,
+    ) -> Result<Duration, GuestError> {
+        self.link.set_timeout(Some(init_timeout))?;
+        let init_duration = self.link.wait_init_done()?;
+        snapshot::create(&mut self.microvm, dir)?;
+        Ok(init_duration)
+    }
+}
+
+fn console(spec: &GuestSpec) -> Result<Box<dyn std::io::Write + Send>, GuestError> {
+    Ok(match &spec.console {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| GuestError::Console {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => Box::new(std::io::sink()),
+    })
+}
+
+/// Accepts the guest's host-link connection, giving up when the VM stops or `timeout` passes.
+fn wait_for_link(
+    listener: &Listener,
+    microvm: &Microvm,
+    started: Instant,
+    timeout: Duration,
+) -> Result<HostLink, GuestError> {
+    loop {
+        match listener.accept_within(ACCEPT_SLICE, timeout) {
+            Ok(link) => return Ok(link),
+            Err(LinkError::AcceptTimeout(_)) => {
+                if let Some(exit) = microvm.wait(Some(Duration::ZERO)) {
+                    return Err(GuestError::Exited(exit));
+                }
+                if started.elapsed() > timeout {
+                    return Err(GuestError::BootTimeout(timeout));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }

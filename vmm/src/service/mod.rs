@@ -91,17 +91,42 @@ impl Inner {
         (self.log.lock().unwrap_or_else(|e| e.into_inner()))(line);
     }
 
+    /// A cold start: a restore of the SnapStart snapshot when there is one; otherwise a boot,
+    /// and for a SnapStart function, a snapshot after init and then a restore of it.
     fn boot(&self) -> Result<Guest, String> {
-        let log = self.log.clone();
-        let guest = Guest::boot(&self.spec, move |line| {
-            (log.lock().unwrap_or_else(|e| e.into_inner()))(line)
-        })
-        .map_err(|e| e.to_string())?;
+        let spec = &self.spec;
+        if let Some(dir) = &spec.snapshot_dir {
+            if !dir.join(crate::snapshot::STATE_FILE).exists() {
+                let guest = Guest::boot(spec, |_| {}).map_err(|e| e.to_string())?;
+                let started = std::time::Instant::now();
+                let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
+                let init = guest
+                    .snapshot_after_init(dir, limit)
+                    .map_err(|e| format!("SnapStart snapshot: {e}"))?;
+                self.log(&format!(
+                    "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms",
+                    init.as_millis(),
+                    started.elapsed().as_millis()
+                ));
+            }
+            let guest = Guest::restore(spec, dir, self.log_sink()).map_err(|e| e.to_string())?;
+            self.log(&format!(
+                "lambda-vm: microVM restored, init reconnected after {} ms",
+                guest.boot_time.as_millis()
+            ));
+            return Ok(guest);
+        }
+        let guest = Guest::boot(spec, self.log_sink()).map_err(|e| e.to_string())?;
         self.log(&format!(
             "lambda-vm: microVM up, init connected after {} ms",
             guest.boot_time.as_millis()
         ));
         Ok(guest)
+    }
+
+    fn log_sink(&self) -> impl FnMut(&str) + Send + 'static {
+        let log = self.log.clone();
+        move |line| (log.lock().unwrap_or_else(|e| e.into_inner()))(line)
     }
 
     /// Runs `invocation` in `guest` (booting one if there is none); returns the guest if it may

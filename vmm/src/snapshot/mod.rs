@@ -195,6 +195,10 @@ pub fn restore(
     let mut pio = Bus::default();
     let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
     vm.register_irqfd(serial.irq(), crate::arch::layout::SERIAL_IRQ)?;
+    // The guest's driver may have been waiting for a "transmitter empty" interrupt when the
+    // snapshot was taken; that interrupt went to the old VM. One more lets it go on (a driver
+    // reads the interrupt identification register, so an extra interrupt is harmless).
+    serial.irq().write(1).map_err(io_error(dir))?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
     let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
@@ -229,9 +233,10 @@ pub fn restore(
             vsock
                 .send_transport_reset()
                 .map_err(|e| SnapshotError::Invalid(format!("vsock transport reset: {e}")))?;
+            log::debug!("vsock: transport reset sent to the restored guest");
         }
     }
-    Ok(Microvm::start(Parts {
+    let microvm = Microvm::start(Parts {
         vm,
         exit,
         pio,
@@ -242,7 +247,8 @@ pub fn restore(
         devices,
         vcpus,
         cmdline: String::new(),
-    })?)
+    })?;
+    Ok(microvm)
 }
 
 /// Maps the memory file private and writable: reads fault pages in from the file on first

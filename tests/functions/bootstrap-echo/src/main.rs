@@ -36,6 +36,20 @@ impl Function for Echo {
                 "function_name": ctx.env_config.function_name,
                 "memory_mb": ctx.env_config.memory_mb,
             }),
+            // For the SnapStart tests: what must differ between restored copies of one
+            // snapshot (fresh kernel randomness) and what must be right in each (the clock).
+            Some("unique") => {
+                let mut random = [0u8; 16];
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+                    .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                json!({ "random": hex, "time_ms": now })
+            }
             Some("big") => {
                 let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 let bytes = usize::try_from(bytes)

@@ -36,6 +36,7 @@ impl Vsock {
     fn queue_kick(&mut self, queue: usize) {
         // A failed read only means a spurious wakeup; the queue is processed either way.
         let _ = self.queue_events[queue].read();
+        log::trace!("vsock: queue {queue} notified");
         if self.active.is_none() {
             return;
         }

@@ -224,6 +224,13 @@ impl Muxer {
 
     /// Handles a packet from the guest whose header passed `check_header`.
     pub fn send_pkt(&mut self, hdr: &Header, data: &[u8]) {
+        log::trace!(
+            "vsock: guest op {} port {} -> {} ({} bytes)",
+            hdr.op,
+            hdr.src_port,
+            hdr.dst_port,
+            data.len()
+        );
         let key = ConnKey {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
