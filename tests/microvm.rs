@@ -172,6 +172,16 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
         eprintln!("SKIPPED: /dev/kvm is absent; microVMs need KVM");
         return;
     }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // Measured here: a restored Linux guest handles interrupts and vsock in its kernel (the
+        // transport reset is consumed) but its user space never runs again, so init cannot
+        // reconnect. Tiny guests restore fine (vmm/tests/snapshot.rs). See vmm/README.md.
+        eprintln!(
+            "SKIPPED: this host's KVM is the emulated kvm_pvm, on which a restored Linux guest's \
+             user space does not resume; SnapStart end to end needs hardware KVM"
+        );
+        return;
+    }
     let (Some(kernel), Some(rootfs), Some(function_config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_SNAPSTART_ROOTFS"),

@@ -102,6 +102,15 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 /// a directory with a state file always has the memory that goes with it.
 pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
     microvm.pause();
+    let msr_list = microvm
+        .vm()
+        .kvm()
+        .get_msr_index_list()
+        .map(|list| list.as_slice().to_vec())
+        .map_err(|source| VmError::Kvm {
+            what: "KVM_GET_MSR_INDEX_LIST",
+            source,
+        })?;
     // Hold every virtio device until the memory is written: the device thread then cannot
     // use a queue between the moment its state is read and the moment memory is saved.
     let transports: Vec<_> = microvm
@@ -129,7 +138,7 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
     let vcpus = microvm
         .paused_vcpus()
         .iter()
-        .map(Vcpu::save_state)
+        .map(|vcpu| vcpu.save_state(&msr_list))
         .collect::<Result<Vec<_>, _>>()?;
     let serial = microvm
         .serial()

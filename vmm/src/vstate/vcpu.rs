@@ -95,8 +95,8 @@ impl Vcpu {
     }
 
     /// The vCPU's state; call it only while the vCPU is not running.
-    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
-        vcpu_state::save(self.id, &self.fd)
+    pub fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+        vcpu_state::save(self.id, &self.fd, msr_list)
     }
 
     /// Puts the boot vCPU at a 64-bit kernel's entry point.

@@ -8,10 +8,10 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
-/// MSRs a running Linux guest depends on: system-call entry, TSC, kvm-clock and paravirtual
-/// features, PAT. Each is read on its own, and one KVM does not have is left out, so a snapshot
-/// holds exactly what can be put back.
-const SAVED_MSRS: &[u32] = &[
+/// MSRs a running Linux guest cannot do without: system-call entry, TSC, kvm-clock and the
+/// paravirtual features, PAT. A restore that cannot put one of these back fails; the other MSRs
+/// KVM lists are restored where KVM takes them.
+const ESSENTIAL_MSRS: &[u32] = &[
     0x174,       // IA32_SYSENTER_CS
     0x175,       // IA32_SYSENTER_ESP
     0x176,       // IA32_SYSENTER_EIP
@@ -20,18 +20,32 @@ const SAVED_MSRS: &[u32] = &[
     0xc000_0083, // CSTAR
     0xc000_0084, // SYSCALL_MASK
     0xc000_0102, // KERNEL_GS_BASE
-    0xc000_0103, // TSC_AUX
     0x10,        // IA32_TSC
     0x1a0,       // IA32_MISC_ENABLE
     0x277,       // IA32_PAT
     0x2ff,       // MTRR_DEF_TYPE
     0x6e0,       // IA32_TSC_DEADLINE
-    0x4b56_4d00, // KVM_WALL_CLOCK_NEW
-    0x4b56_4d01, // KVM_SYSTEM_TIME_NEW
-    0x4b56_4d02, // KVM_ASYNC_PF_EN
-    0x4b56_4d03, // KVM_STEAL_TIME
-    0x4b56_4d04, // KVM_PV_EOI_EN
+    MSR_KVM_WALL_CLOCK_NEW,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_ASYNC_PF_INT,
+    MSR_KVM_STEAL_TIME,
+    MSR_KVM_PV_EOI_EN,
 ];
+const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+const MSR_KVM_ASYNC_PF_EN: u32 = 0x4b56_4d02;
+const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+/// The vector of "page ready" notifications. It must be set before `MSR_KVM_ASYNC_PF_EN`
+/// enables them: without it a guest task that took an asynchronous page fault on a page of the
+/// (lazily mapped) memory file would wait forever for its page.
+const MSR_KVM_ASYNC_PF_INT: u32 = 0x4b56_4d06;
+
+/// The order MSRs go back in: KVM's list order, but the async-PF vector first.
+fn restore_rank(index: u32) -> u8 {
+    u8::from(index != MSR_KVM_ASYNC_PF_INT)
+}
 
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
@@ -83,13 +97,17 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
     move |source| VcpuError::Kvm { what, source }
 }
 
-/// Reads the state of a vCPU that is not running.
-pub fn save(id: u8, fd: &VcpuFd) -> Result<VcpuState, VcpuError> {
+/// Reads the state of a vCPU that is not running: every MSR in `msr_list` (KVM's
+/// `KVM_GET_MSR_INDEX_LIST`) that it can read.
+pub fn save(id: u8, fd: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
     let cpuid = fd
         .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("KVM_GET_CPUID2"))?;
-    let mut msrs = Vec::with_capacity(SAVED_MSRS.len());
-    for &index in SAVED_MSRS {
+    let mut msrs = Vec::with_capacity(msr_list.len());
+    for &index in msr_list.iter().chain(ESSENTIAL_MSRS) {
+        if msrs.iter().any(|&(i, _)| i == index) {
+            continue;
+        }
         let entry = kvm_msr_entry {
             index,
             ..Default::default()
@@ -147,26 +165,29 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
         fd.set_xcrs(xcrs).map_err(kvm("KVM_SET_XCRS"))?;
     }
     fd.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
-    let entries: Vec<kvm_msr_entry> = state
-        .msrs
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
+    let mut ordered: Vec<(u32, u64)> = state.msrs.clone();
+    ordered.sort_by_key(|&(index, _)| restore_rank(index));
+    for (index, data) in ordered {
+        let entry = kvm_msr_entry {
             index,
             data,
             ..Default::default()
-        })
-        .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::State {
-        what: "MSRs",
-        why: format!("{} entries is too many", entries.len()),
-    })?;
-    let set = fd.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
-    if set != entries.len() {
-        let index = entries.get(set).map(|e| e.index).unwrap_or_default();
-        return Err(VcpuError::State {
-            what: "MSRs",
-            why: format!("KVM refused MSR {index:#x}"),
-        });
+        };
+        let taken = Msrs::from_entries(&[entry])
+            .ok()
+            .and_then(|msrs| fd.set_msrs(&msrs).ok())
+            == Some(1);
+        if !taken {
+            if ESSENTIAL_MSRS.contains(&index) {
+                return Err(VcpuError::State {
+                    what: "MSRs",
+                    why: format!("KVM refused MSR {index:#x}"),
+                });
+            }
+            // Read-only and host-only MSRs (platform info, capabilities) read back fine but
+            // cannot be written; the vCPU already has KVM's value for them.
+            log::debug!("restore: KVM refused MSR {index:#x}; keeping its own value");
+        }
     }
     fd.set_mp_state(state.mp_state)
         .map_err(kvm("KVM_SET_MP_STATE"))?;
