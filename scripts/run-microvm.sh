@@ -51,7 +51,7 @@ fi
 log="$(mktemp)"
 "$target/release/lambda-vm" "${args[@]}" >"$log" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do
     grep -q "lambda-vm: listening" "$log" && break
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "lambda-vm exited"; }
