@@ -259,3 +259,59 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+#[test]
+fn snapstart_resumes_the_booted_guest_in_place_on_kvm_pvm() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!(
+            "SKIPPED: this host's KVM restores snapshots, so SnapStart uses them \
+             (snapstart_snapshots_once_and_restores_unique_guests_concurrently)"
+        );
+        return;
+    }
+    let (Some(kernel), Some(rootfs), Some(function_config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
+    ) else {
+        return;
+    };
+    let snapshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-unused");
+    let _ = std::fs::remove_dir_all(&snapshot_dir);
+    let mut server = snapstart_service(
+        &kernel,
+        &rootfs,
+        &function_config,
+        &snapshot_dir,
+        "snapstart-pvm",
+    );
+    server.wait_for_log(Duration::from_secs(300), |l| {
+        l.starts_with("lambda-vm: SnapStart without a snapshot")
+    });
+    // The runtime ran its before-snapshot hook, waited in restore/next, got the host's
+    // Restore (fresh entropy and the time), ran its after-restore hook, then serves.
+    let (random, time) = unique(&server);
+    assert!(
+        now_ms().abs_diff(time) < 60_000,
+        "guest clock {time}, host {}",
+        now_ms()
+    );
+    let (again, _) = unique(&server);
+    assert_ne!(random, again);
+    let logs = server.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("before_snapshot")),
+        "{logs:?}"
+    );
+    assert!(logs.iter().any(|l| l.contains("after_restore")), "{logs:?}");
+    let report = server.wait_for_log(Duration::from_secs(30), |l| {
+        l.starts_with("REPORT RequestId:")
+    });
+    assert!(report.contains("Restore Duration:"), "{report}");
+    assert!(!snapshot_dir.join("state").exists());
+    server.assert_echo(&json!({"in place": true}));
+    let status = server
+        .terminate(Duration::from_secs(120))
+        .expect("lambda-vm exited after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

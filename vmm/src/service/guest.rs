@@ -194,6 +194,18 @@ impl Guest {
     }
 }
 
+impl Guest {
+    /// SnapStart where snapshots cannot be used ([`snapshot::restores_linux_user_space`]):
+    /// waits for init to finish, then sends `Restore` to this same VM, so the runtime's
+    /// `restore/next` answers and its after-restore hooks run, without a snapshot in between.
+    pub fn resume_in_place(&mut self, init_timeout: Duration) -> Result<Duration, GuestError> {
+        self.link.set_timeout(Some(init_timeout))?;
+        let init_duration = self.link.wait_init_done()?;
+        self.link.restore()?;
+        Ok(init_duration)
+    }
+}
+
 fn console(spec: &GuestSpec) -> Result<Box<dyn std::io::Write + Send>, GuestError> {
     Ok(match &spec.console {
         Some(path) => Box::new(

@@ -95,11 +95,22 @@ impl Inner {
     /// and for a SnapStart function, a snapshot after init and then a restore of it.
     fn boot(&self) -> Result<Guest, String> {
         let spec = &self.spec;
+        let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
+        if spec.snapshot_dir.is_some() && !crate::snapshot::restores_linux_user_space() {
+            let mut guest = Guest::boot(spec, self.log_sink()).map_err(|e| e.to_string())?;
+            let init = guest
+                .resume_in_place(limit)
+                .map_err(|e| format!("SnapStart: {e}"))?;
+            self.log(&format!(
+                "lambda-vm: SnapStart without a snapshot (restored guests do not run user space on this host's kvm_pvm): resumed the booted microVM in place after init (Init Duration {} ms)",
+                init.as_millis()
+            ));
+            return Ok(guest);
+        }
         if let Some(dir) = &spec.snapshot_dir {
             if !dir.join(crate::snapshot::STATE_FILE).exists() {
                 let guest = Guest::boot(spec, |_| {}).map_err(|e| e.to_string())?;
                 let started = std::time::Instant::now();
-                let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
                 let init = guest
                     .snapshot_after_init(dir, limit)
                     .map_err(|e| format!("SnapStart snapshot: {e}"))?;

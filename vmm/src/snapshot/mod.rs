@@ -31,6 +31,13 @@ use std::sync::{Arc, Mutex};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
+/// Whether a restored Linux guest's user space runs again on this host. It does not on the
+/// emulated `kvm_pvm` of this project's machines (the guest kernel resumes, its processes never
+/// do; see vmm/README.md), so SnapStart there resumes the booted VM in place instead.
+pub fn restores_linux_user_space() -> bool {
+    !Path::new("/sys/module/kvm_pvm").exists()
+}
+
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 
