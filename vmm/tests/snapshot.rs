@@ -196,3 +196,55 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
     let no_drive = variant("no-drive", &state, None);
     assert!(no_drive.contains("drive drive0"), "{no_drive}");
 }
+
+/// The u64 at guest address `addr` in a snapshot's memory file.
+fn guest_u64(snapshot: &Path, addr: u64) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(snapshot.join("memory")).unwrap();
+    file.seek(SeekFrom::Start(addr)).unwrap();
+    let mut bytes = [0u8; 8];
+    file.read_exact(&mut bytes).unwrap();
+    u64::from_le_bytes(bytes)
+}
+
+/// Runs `vmm args` for `wait`, then snapshots it into `dir` (SIGUSR1).
+fn snapshot_after(args: &[&str], dir: &Path, wait: Duration) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--snapshot-dir", dir.to_str().unwrap()]);
+    let vm = Running::start(&all);
+    std::thread::sleep(wait);
+    vm.signal(libc::SIGUSR1);
+    let (code, _, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn user_mode_and_its_exceptions_go_on_after_a_restore() {
+    if !have_kvm("user_mode_and_its_exceptions_go_on_after_a_restore") {
+        return;
+    }
+    let kernel = guest("user_mode");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (first, second) = (tmp.join("snapshot-user-1"), tmp.join("snapshot-user-2"));
+    let boot = ["--kernel", kernel.to_str().unwrap(), "--boot-args", "x"];
+    snapshot_after(&boot, &first, Duration::from_millis(1500));
+    let (user, exceptions) = (guest_u64(&first, 0x30_0000), guest_u64(&first, 0x30_0100));
+    assert!(
+        user > 0 && exceptions > 0,
+        "user {user}, exceptions {exceptions}"
+    );
+    // Restored in a fresh process and snapshotted again: both counters moved on.
+    let restore = ["--restore-from", first.to_str().unwrap()];
+    snapshot_after(&restore, &second, Duration::from_millis(1500));
+    let (user_after, exceptions_after) =
+        (guest_u64(&second, 0x30_0000), guest_u64(&second, 0x30_0100));
+    assert!(
+        user_after > user,
+        "user mode stopped: {user} then {user_after}"
+    );
+    assert!(
+        exceptions_after > exceptions,
+        "exceptions stopped: {exceptions} then {exceptions_after}"
+    );
+}
