@@ -119,15 +119,19 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
     );
 }
 
-/// `lambda-vm` serving the SnapStart echo function, its snapshot in `snapshot_dir`.
-fn snapstart_service(
-    kernel: &std::path::Path,
-    rootfs: &std::path::Path,
-    function_config: &std::path::Path,
-    snapshot_dir: &std::path::Path,
-    name: &str,
-) -> LocalServer {
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+/// `lambda-vm` serving the SnapStart echo function, its snapshot in a fresh directory named
+/// `snapshot` under the target's temp dir; `None` (the reason printed) when the guest artifacts
+/// are not built.
+fn snapstart_service(snapshot: &str, name: &str) -> Option<LocalServer> {
+    let (Some(kernel), Some(rootfs), Some(function_config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
+    ) else {
+        return None;
+    };
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let work = tmp.join(name);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     let mut command = Command::new(host_binary("lambda-vm"));
@@ -139,13 +143,13 @@ fn snapstart_service(
         .arg("--function-config")
         .arg(function_config)
         .arg("--snapshot-dir")
-        .arg(snapshot_dir)
+        .arg(tmp.join(snapshot))
         .arg("--work-dir")
         .arg(&work)
         .arg("--console")
         .arg(work.join("console.log"))
         .args(["--listen", "127.0.0.1:0", "--eager"]);
-    LocalServer::from_command(command, "lambda-vm", true)
+    Some(LocalServer::from_command(command, "lambda-vm", true))
 }
 
 /// `{"random": hex, "time_ms": n}` from the echo function's `unique` action.
@@ -182,25 +186,14 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
         );
         return;
     }
-    let (Some(kernel), Some(rootfs), Some(function_config)) = (
-        guest_artifact("GUEST_VMLINUX"),
-        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
-        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
-    ) else {
-        return;
-    };
     let snapshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshot");
     let _ = std::fs::remove_dir_all(&snapshot_dir);
 
     // The first service boots, lets init run to restore/next, snapshots, and serves from a
     // restored copy.
-    let mut first = snapstart_service(
-        &kernel,
-        &rootfs,
-        &function_config,
-        &snapshot_dir,
-        "snapstart-1",
-    );
+    let Some(mut first) = snapstart_service("snapstart-snapshot", "snapstart-1") else {
+        return;
+    };
     first.wait_for_log(Duration::from_secs(300), |l| {
         l.starts_with("lambda-vm: microVM restored")
     });
@@ -213,13 +206,8 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
     assert!(snapshot_dir.join("state").exists() && snapshot_dir.join("memory").exists());
 
     // The second restores the same snapshot while the first runs: no boot, no new snapshot.
-    let mut second = snapstart_service(
-        &kernel,
-        &rootfs,
-        &function_config,
-        &snapshot_dir,
-        "snapstart-2",
-    );
+    let second = snapstart_service("snapstart-snapshot", "snapstart-2");
+    let mut second = second.expect("the guest artifacts were there a moment ago");
     second.wait_for_log(Duration::from_secs(300), |l| {
         l.starts_with("lambda-vm: microVM restored")
     });
@@ -269,22 +257,11 @@ fn snapstart_resumes_the_booted_guest_in_place_on_kvm_pvm() {
         );
         return;
     }
-    let (Some(kernel), Some(rootfs), Some(function_config)) = (
-        guest_artifact("GUEST_VMLINUX"),
-        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
-        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
-    ) else {
-        return;
-    };
     let snapshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-unused");
     let _ = std::fs::remove_dir_all(&snapshot_dir);
-    let mut server = snapstart_service(
-        &kernel,
-        &rootfs,
-        &function_config,
-        &snapshot_dir,
-        "snapstart-pvm",
-    );
+    let Some(mut server) = snapstart_service("snapstart-unused", "snapstart-pvm") else {
+        return;
+    };
     server.wait_for_log(Duration::from_secs(300), |l| {
         l.starts_with("lambda-vm: SnapStart without a snapshot")
     });

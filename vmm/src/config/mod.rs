@@ -67,7 +67,7 @@ impl CpuTemplate {
     /// `Auto` made concrete for this host.
     pub fn resolve(self) -> CpuTemplate {
         match self {
-            CpuTemplate::Auto if Path::new("/sys/module/kvm_pvm").exists() => CpuTemplate::Pvm,
+            CpuTemplate::Auto if crate::vstate::vm::host_kvm_is_pvm() => CpuTemplate::Pvm,
             CpuTemplate::Auto => CpuTemplate::None,
             template => template,
         }

@@ -3,7 +3,8 @@
 
 use super::bus::BusDevice;
 use std::io::{self, Write};
-use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::serial::NoEvents;
+pub use vm_superio::serial::SerialState;
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -20,9 +21,10 @@ impl Trigger for IrqEvent {
     }
 }
 
-/// The UART's registers, as a snapshot stores them (vm-superio's `SerialState` is not serde).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SerialSnapshot {
+/// Serializes vm-superio's `SerialState` (which has no serde) field for field.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(remote = "SerialState")]
+pub struct SerialStateDef {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
     pub interrupt_enable: u8,
@@ -47,39 +49,15 @@ impl Serial {
     }
 
     /// A UART in the register state a snapshot recorded.
-    pub fn from_state(out: Box<dyn Write + Send>, state: &SerialSnapshot) -> io::Result<Serial> {
-        let state = SerialState {
-            baud_divisor_low: state.baud_divisor_low,
-            baud_divisor_high: state.baud_divisor_high,
-            interrupt_enable: state.interrupt_enable,
-            interrupt_identification: state.interrupt_identification,
-            line_control: state.line_control,
-            line_status: state.line_status,
-            modem_control: state.modem_control,
-            modem_status: state.modem_status,
-            scratch: state.scratch,
-            in_buffer: state.in_buffer.clone(),
-        };
+    pub fn from_state(out: Box<dyn Write + Send>, state: &SerialState) -> io::Result<Serial> {
         let irq = IrqEvent(EventFd::new(EFD_NONBLOCK)?);
-        let uart = Uart::from_state(&state, irq, NoEvents, out)
+        let uart = Uart::from_state(state, irq, NoEvents, out)
             .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
         Ok(Serial { uart })
     }
 
-    pub fn snapshot(&self) -> SerialSnapshot {
-        let state = self.uart.state();
-        SerialSnapshot {
-            baud_divisor_low: state.baud_divisor_low,
-            baud_divisor_high: state.baud_divisor_high,
-            interrupt_enable: state.interrupt_enable,
-            interrupt_identification: state.interrupt_identification,
-            line_control: state.line_control,
-            line_status: state.line_status,
-            modem_control: state.modem_control,
-            modem_status: state.modem_status,
-            scratch: state.scratch,
-            in_buffer: state.in_buffer,
-        }
+    pub fn state(&self) -> SerialState {
+        self.uart.state()
     }
 
     /// The eventfd to register as the IRQ 4 irqfd.

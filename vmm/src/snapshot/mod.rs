@@ -13,7 +13,7 @@ use crate::builder::{BuildError, VirtioAttacher};
 use crate::config::MAX_VCPUS;
 use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
-use crate::devices::serial::{self, Serial, SerialSnapshot};
+use crate::devices::serial::{self, Serial, SerialState, SerialStateDef};
 use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
@@ -35,7 +35,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMma
 /// emulated `kvm_pvm` of this project's machines (the guest kernel resumes, its processes never
 /// do; see vmm/README.md), so SnapStart there resumes the booted VM in place instead.
 pub fn restores_linux_user_space() -> bool {
-    !Path::new("/sys/module/kvm_pvm").exists()
+    !crate::vstate::vm::host_kvm_is_pvm()
 }
 
 pub const STATE_FILE: &str = "state";
@@ -78,7 +78,8 @@ pub struct MicrovmState {
     pub mem_size_bytes: u64,
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
-    pub serial: SerialSnapshot,
+    #[serde(with = "SerialStateDef")]
+    pub serial: SerialState,
     /// In attach order, which gives each its MMIO window and IRQ.
     pub devices: Vec<DeviceState>,
 }
@@ -151,7 +152,7 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
         .serial()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .snapshot();
+        .state();
     let memory = microvm.vm().memory();
     let mem_size_bytes: u64 = vm_memory::GuestMemoryBackend::iter(memory)
         .map(vm_memory::GuestMemoryRegion::len)
@@ -211,10 +212,6 @@ pub fn restore(
     let mut pio = Bus::default();
     let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
     vm.register_irqfd(serial.irq(), crate::arch::layout::SERIAL_IRQ)?;
-    // The guest's driver may have been waiting for a "transmitter empty" interrupt when the
-    // snapshot was taken; that interrupt went to the old VM. One more lets it go on (a driver
-    // reads the interrupt identification register, so an extra interrupt is harmless).
-    serial.irq().write(1).map_err(io_error(dir))?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
     let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));

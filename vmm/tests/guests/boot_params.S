@@ -50,15 +50,6 @@ bad_mptable:
     call puts
     jmp reset
 
-# print_value: the label at %rdi, then %rax in hex, then a newline.
-print_value:
-    push %rax
-    call puts
-    pop %rax
-    call put_hex
-    lea newline(%rip), %rdi
-    jmp puts
-
 .include "common.inc"
 
 banner:          .asciz "tiny guest: boot params\n"
@@ -71,4 +62,3 @@ cmdline_msg:     .asciz "cmdline: "
 unclaimed_msg:   .asciz "unclaimed port reads "
 bad_header_msg:  .asciz "BAD setup header\n"
 bad_mptable_msg: .asciz "BAD mp table\n"
-newline:         .asciz "\n"

@@ -27,6 +27,5 @@ next:
 
 tick_msg: .asciz "tick "
 space:    .asciz " "
-newline:  .asciz "\n"
 .data
 counter:  .quad 0

@@ -26,18 +26,9 @@ _start:
     call print_value
     jmp reset
 
-print_value:
-    push %rax
-    call puts
-    pop %rax
-    call put_hex
-    lea newline(%rip), %rdi
-    jmp puts
-
 .include "common.inc"
 
 magic_msg:   .asciz "magic "
 version_msg: .asciz "version "
 device_msg:  .asciz "device "
 queue_msg:   .asciz "queue 0 max "
-newline:     .asciz "\n"

@@ -8,7 +8,7 @@
 use super::{Memory, VirtioDevice};
 use crate::devices::bus::BusDevice;
 use std::sync::{Arc, Mutex, MutexGuard};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 
 /// The "virt" magic at offset 0.
 const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -28,51 +28,38 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
-/// A queue as a snapshot stores it (virtio-queue's `QueueState` is not serde).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct QueueSnapshot {
-    pub max_size: u16,
-    pub size: u16,
-    pub ready: bool,
-    pub next_avail: u16,
-    pub next_used: u16,
-    pub event_idx_enabled: bool,
-    pub desc_table: u64,
-    pub avail_ring: u64,
-    pub used_ring: u64,
+/// Serializes virtio-queue's `QueueState` (which has no serde) field for field. A decoded
+/// state is untrusted: `Queue::try_from` validates it.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
 }
 
-impl From<&Queue> for QueueSnapshot {
-    fn from(queue: &Queue) -> QueueSnapshot {
-        let q = queue.state();
-        QueueSnapshot {
-            max_size: q.max_size,
-            size: q.size,
-            ready: q.ready,
-            next_avail: q.next_avail,
-            next_used: q.next_used,
-            event_idx_enabled: q.event_idx_enabled,
-            desc_table: q.desc_table,
-            avail_ring: q.avail_ring,
-            used_ring: q.used_ring,
-        }
+/// `Vec<QueueState>` through [`QueueStateDef`].
+mod queue_states {
+    use super::{QueueState, QueueStateDef};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Wrapped(#[serde(with = "QueueStateDef")] QueueState);
+
+    pub fn serialize<S: Serializer>(states: &[QueueState], s: S) -> Result<S::Ok, S::Error> {
+        let wrapped: Vec<Wrapped> = states.iter().map(|q| Wrapped(*q)).collect();
+        wrapped.serialize(s)
     }
-}
 
-impl TryFrom<&QueueSnapshot> for Queue {
-    type Error = virtio_queue::Error;
-    fn try_from(q: &QueueSnapshot) -> Result<Queue, Self::Error> {
-        Queue::try_from(virtio_queue::QueueState {
-            max_size: q.max_size,
-            size: q.size,
-            ready: q.ready,
-            next_avail: q.next_avail,
-            next_used: q.next_used,
-            event_idx_enabled: q.event_idx_enabled,
-            desc_table: q.desc_table,
-            avail_ring: q.avail_ring,
-            used_ring: q.used_ring,
-        })
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<QueueState>, D::Error> {
+        let wrapped = Vec::<Wrapped>::deserialize(d)?;
+        Ok(wrapped.into_iter().map(|w| w.0).collect())
     }
 }
 
@@ -86,7 +73,8 @@ pub struct TransportState {
     pub queue_select: u32,
     pub config_generation: u32,
     pub interrupt_status: u32,
-    pub queues: Vec<QueueSnapshot>,
+    #[serde(with = "queue_states")]
+    pub queues: Vec<QueueState>,
 }
 
 pub struct MmioTransport {
@@ -147,7 +135,7 @@ impl MmioTransport {
             queue_select: self.queue_select,
             config_generation: self.config_generation,
             interrupt_status: device.interrupt().status(),
-            queues: queues.iter().map(QueueSnapshot::from).collect(),
+            queues: queues.iter().map(Queue::state).collect(),
         }
     }
 
@@ -167,8 +155,8 @@ impl MmioTransport {
                 });
             }
             let mut queues = Vec::with_capacity(state.queues.len());
-            for (index, snapshot) in state.queues.iter().enumerate() {
-                let queue = Queue::try_from(snapshot)
+            for (index, saved) in state.queues.iter().enumerate() {
+                let queue = Queue::try_from(*saved)
                     .map_err(|_| super::ActivateError::InvalidQueue(index))?;
                 queues.push(queue);
             }
