@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"LMVMSNAP";
 /// Bumped whenever the state's layout changes; other versions are refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// A real state is tens of KiB; more than this is not a state file.
 pub const MAX_STATE_BYTES: u64 = 16 << 20;
 const HEADER_LEN: usize = 24;
@@ -235,10 +235,14 @@ mod tests {
         let (_dir, path) = saved();
         let good = std::fs::read(&path).unwrap();
         let mut other_version = good.clone();
-        other_version[8..12].copy_from_slice(&2u32.to_le_bytes());
+        other_version[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         std::fs::write(&path, &other_version).unwrap();
         let err = load::<Sample>(&path).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("version {}", FORMAT_VERSION + 1)),
+            "{err}"
+        );
 
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
