@@ -6,22 +6,24 @@
 #   3. Boot to init, and to the guest init's host-link connection (`lambda-vm --eager`).
 #   4. First invoke (runtime init inside the guest), then warm invoke round trips.
 #   5. Snapshots: a 128 MiB tiny guest's snapshot and `vmm --restore-from` latency (load call
-#      to vCPUs running, VMM side only); then SnapStart on the same function built as
-#      snap-start, `lambda-vm` start to first response from a restored copy, beside step 3-4's
-#      cold boot to first response (skipped on kvm_pvm, see vmm/README.md).
+#      to vCPUs running, VMM side only); then, alternating in fresh `lambda-vm` processes, the
+#      echo function's cold boot to first response and the same function built as snap-start
+#      restored to first response (after one run that takes the snapshot).
 #
-# Usage: scripts/bench-microvm.sh [--runs N] [--invokes N]
+# Usage: scripts/bench-microvm.sh [--runs N] [--invokes N] [--pairs N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
 runs=20
 invokes=20
+pairs=5
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs="${2:?}"; shift ;;
         --invokes) invokes="${2:?}"; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --pairs) pairs="${2:?}"; shift ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
@@ -101,22 +103,27 @@ echo "   lambda-vm VmRSS with the booted guest:        ${rss_service} kB"
 grep -E "^(REPORT|lambda-vm:)" "$log" | head -3 | sed 's/^/   /'
 kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
 
-# Starts lambda-vm on the SnapStart image with the snapshot in $work/snapshot, invokes it once,
-# and prints the microseconds from start to the first response; the service log is in $1.
-snapstart_first_response() {
-    local log="$1" t0 addr
+# Starts lambda-vm on ROOTFS with CONFIG (plus any further flags), invokes it once, and prints
+# the microseconds from process start to the first response; the service log goes to LOG.
+first_response() {
+    local log="$1" image="$2" config="$3" t0 addr
+    shift 3
     t0=$(now_us)
-    "$target/release/lambda-vm" --kernel "$kernel" --rootfs "$snapstart_rootfs" \
-        --function-config "$snapstart_dir/function.json" --listen 127.0.0.1:0 \
-        --snapshot-dir "$work/snapshot" --work-dir "$work" --console "$work/snapstart-console.log" \
-        >"$log" 2>&1 &
+    "$target/release/lambda-vm" --kernel "$kernel" --rootfs "$image" \
+        --function-config "$config" --listen 127.0.0.1:0 --work-dir "$work" \
+        --console "$work/first-response-console.log" "$@" >"$log" 2>&1 &
     pid=$!
     until grep -q "lambda-vm: listening" "$log"; do sleep 0.01; done
     addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$log")
-    curl -sS --max-time 600 -o /dev/null -d '{"bench":"snapstart"}' \
-        "http://$addr/2015-03-31/functions/function/invocations"
+    curl -sS --fail --max-time 600 -o /dev/null -d '{"bench":"first"}' \
+        "http://$addr/2015-03-31/functions/function/invocations" || die "invoke failed: $(cat "$log")"
     echo $(( $(now_us) - t0 ))
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+}
+
+# "median min max" of microseconds on stdin, in ms with one decimal.
+summary_ms() {
+    sort -n | awk '{a[NR]=$1} END {m=int((NR+1)/2); printf "%.1f %.1f %.1f", a[m]/1000, a[1]/1000, a[NR]/1000}'
 }
 
 step "5a. snapshot and restore of a 128 MiB tiny guest (VMM side)"
@@ -134,17 +141,23 @@ for _ in $(seq 5); do
 done >"$work/restore.txt"
 echo "   vmm restore, load call to vCPUs running, median of 5: $(median <"$work/restore.txt") ms"
 
-step "5b. SnapStart in lambda-vm: restore to first response beside cold boot to first response"
-if [ -e /sys/module/kvm_pvm ]; then
-    echo "   skipped: on this emulated kvm_pvm a restored Linux guest's user space does not resume (vmm/README.md)"
-    exit 0
-fi
-t_snap=$(snapstart_first_response "$work/snapstart-first.log")
-grep -E "^lambda-vm: (SnapStart|microVM restored)" "$work/snapstart-first.log" | sed 's/^/   /'
-for _ in $(seq 3); do
-    snapstart_first_response "$work/snapstart-restore.log"
-done >"$work/restore-first.txt"
-echo "   first cold start (boot, init, snapshot, restore, invoke): $(( t_snap / 1000 )) ms"
-echo "   lambda-vm start to first response from a restore, median of 3: $(( $(median <"$work/restore-first.txt") / 1000 )) ms"
-echo "   (cold boot to first response, step 3-4):                $(( (t_link - t0 + t_first) / 1000 )) ms"
-grep -E "^(REPORT|lambda-vm: microVM restored)" "$work/snapstart-restore.log" | head -2 | sed 's/^/   /'
+step "5b. cold boot vs SnapStart restore to first response, fresh lambda-vm processes, $pairs of each, alternating"
+snapstart=(--snapshot-dir "$work/snapshots")
+t_snap=$(first_response "$work/snapstart-first.log" "$snapstart_rootfs" "$snapstart_dir/function.json" "${snapstart[@]}")
+grep -E "^lambda-vm: SnapStart" "$work/snapstart-first.log" | sed 's/^/   /'
+echo "   first SnapStart cold start (boot, init, snapshot, restore, invoke): $(( t_snap / 1000 )) ms"
+: >"$work/cold.txt"; : >"$work/restored.txt"; : >"$work/vmm-restore.txt"
+for _ in $(seq "$pairs"); do
+    first_response "$work/cold.log" "$rootfs" "$function_dir/function.json" >>"$work/cold.txt"
+    first_response "$work/restored.log" "$snapstart_rootfs" "$snapstart_dir/function.json" \
+        "${snapstart[@]}" >>"$work/restored.txt"
+    grep -q "SnapStart snapshot taken" "$work/restored.log" && die "a restore run took a new snapshot"
+    sed -n 's/^lambda-vm: microVM restored in \([0-9]*\) ms (VMM side).*/\1/p' "$work/restored.log" >>"$work/vmm-restore.txt"
+done
+read -r cold_med cold_min cold_max < <(summary_ms <"$work/cold.txt")
+read -r rest_med rest_min rest_max < <(summary_ms <"$work/restored.txt")
+echo "   cold boot to first response:            median $cold_med ms (min $cold_min, max $cold_max)"
+echo "   restore (fresh process) to first response: median $rest_med ms (min $rest_min, max $rest_max)"
+awk -v c="$cold_med" -v r="$rest_med" 'BEGIN {printf "   ratio of medians: %.1fx\n", c / r}'
+echo "   lambda-vm VMM-side restore (load call to vCPUs running), median: $(median <"$work/vmm-restore.txt") ms"
+grep -E "^(REPORT|lambda-vm: microVM restored)" "$work/restored.log" | head -2 | sed 's/^/   /'

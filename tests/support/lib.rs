@@ -30,9 +30,27 @@ pub fn host_binary(name: &str) -> PathBuf {
     target_dir().join(profile).join(name)
 }
 
-/// True when running under CI, where nothing may be skipped.
+/// True when running under CI (`CI=true` or `CI=1`), where nothing may be skipped.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The one way a test of this workspace skips: prints `SKIPPED test: reason` and returns false
+/// (for `if !have_x() { return }` checks). Under CI a test that cannot run fails instead, with
+/// the reason.
+pub fn skip(test: &str, reason: &str) -> bool {
+    assert!(
+        !in_ci(),
+        "{test}: {reason} (under CI a test that cannot run is a failure)"
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+    false
+}
+
+/// Whether `/dev/kvm` is here; otherwise [`skip`]s.
+pub fn have_kvm(test: &str) -> bool {
+    std::path::Path::new("/dev/kvm").exists()
+        || skip(test, "/dev/kvm is absent on this machine, so no VM can run")
 }
 
 /// Returns `path` if it exists. Otherwise the test cannot run: under CI that is a failure, and
@@ -45,9 +63,6 @@ pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
         "{what} not found at {}; run scripts/test.sh, which builds and installs every test peer",
         path.display()
     );
-    if in_ci() {
-        panic!("{reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
+    skip(what, &reason);
     None
 }

@@ -11,11 +11,17 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
 
 /// Most bytes of log lines queued for the host; beyond it lines are dropped and counted, so a
 /// chatty runtime and a slow or absent host cannot exhaust the guest's memory.
 pub const LOG_BUDGET: usize = 4 * 1024 * 1024;
+
+/// What a read or a write on the link waits for: an error must wake both (see
+/// [`Conn::read_full`]).
+const READ_OR_ERROR: Interest = Interest::READABLE.add(Interest::ERROR);
+const WRITE_OR_ERROR: Interest = Interest::WRITABLE.add(Interest::ERROR);
 
 /// Where the host is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +119,7 @@ impl Conn {
             if error.raw_os_error() != Some(libc::EINPROGRESS) {
                 return Err(error);
             }
-            fd.writable().await?.retain_ready();
+            fd.ready(WRITE_OR_ERROR).await?.retain_ready();
             if let Some(error) = socket_error(fd.get_ref())? {
                 return Err(error);
             }
@@ -151,10 +157,15 @@ impl Conn {
     }
 
     /// Reads until `buf` is full or the peer closes; returns how much was read.
+    ///
+    /// Waits for errors as well as data: after a snapshot restore the guest kernel resets the
+    /// vsock connection and then reports `EPOLLOUT|EPOLLERR` only, never `EPOLLIN` or a hang-up
+    /// (shared/ENVIRONMENT.md, item 9), so a wait for read readiness alone would sleep for ever
+    /// and init would never reconnect. The `read` then returns the error.
     async fn read_full(&self, buf: &mut [u8]) -> Result<usize, FrameError> {
         let mut filled = 0;
         while filled < buf.len() {
-            let mut guard = self.fd.readable().await.map_err(FrameError::Io)?;
+            let mut guard = self.fd.ready(READ_OR_ERROR).await.map_err(FrameError::Io)?;
             let rest = &mut buf[filled..];
             let result = guard.try_io(|fd| {
                 // SAFETY: `rest` is valid for writes of `rest.len()` bytes; the fd is open.
@@ -178,7 +189,7 @@ impl Conn {
 
     async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            let mut guard = self.fd.writable().await?;
+            let mut guard = self.fd.ready(WRITE_OR_ERROR).await?;
             let result = guard.try_io(|fd| {
                 // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes; MSG_NOSIGNAL turns a
                 // closed peer into EPIPE instead of SIGPIPE.
@@ -344,6 +355,42 @@ mod tests {
             outbox.next().await,
             Message::Log { line } if line.contains("1 log lines dropped")
         ));
+    }
+
+    /// The write end of a pipe whose reader is gone polls `POLLOUT|POLLERR` and nothing else:
+    /// what a guest's vsock socket reports after a snapshot restore reset its connection.
+    fn error_only_descriptor() -> OwnedFd {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is valid for writes of two descriptors.
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
+            0
+        );
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nothing else.
+        let (reader, writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(reader);
+        let mut poll = libc::pollfd {
+            fd: writer.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `poll` is one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut poll, 1, 0) }, 1);
+        assert_eq!(poll.revents, libc::POLLOUT | libc::POLLERR);
+        writer
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_ends_on_an_error_without_data_or_hang_up() {
+        let conn = Conn {
+            fd: register(error_only_descriptor()).unwrap(),
+        };
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read()).await;
+        assert!(
+            matches!(read, Ok(Err(FrameError::Io(_)))),
+            "a read on a descriptor that reports only an error must fail, not wait: {read:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

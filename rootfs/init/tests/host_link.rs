@@ -2,6 +2,7 @@
 //! the conformance function on our `bootstrap` library (`bootstrap-echo`) as the runtime: as an
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
+use integration_tests::skip;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,28 +11,19 @@ use vmm::host_link::{HostLink, Invoke, Listener, Outcome, PORT};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Skips the test (or fails it under CI) with `reason`.
-fn skip(reason: &str) {
-    if in_ci() {
-        panic!("{reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
-
 /// `bootstrap-echo`, built beside `init` (scripts/test.sh builds the whole workspace first).
 fn bootstrap_echo() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_BIN_EXE_init")).with_file_name("bootstrap-echo");
     if path.exists() {
         return Some(path);
     }
-    skip(&format!(
-        "{} not found; run `cargo build -p bootstrap-echo` (scripts/test.sh builds it)",
-        path.display()
-    ));
+    skip(
+        "bootstrap-echo",
+        &format!(
+            "{} not found; run `cargo build -p bootstrap-echo` (scripts/test.sh builds it)",
+            path.display()
+        ),
+    );
     None
 }
 
@@ -251,10 +243,13 @@ fn venv_python() -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    skip(&format!(
-        "{} not found; scripts/test.sh creates the virtualenv with awslambdaric",
-        path.display()
-    ));
+    skip(
+        "awslambdaric",
+        &format!(
+            "{} not found; scripts/test.sh creates the virtualenv with awslambdaric",
+            path.display()
+        ),
+    );
     None
 }
 
@@ -421,7 +416,10 @@ fn as_pid_1_of_a_pid_namespace_it_serves_and_reaps_orphans() {
         .status()
         .is_ok_and(|s| s.success());
     if !works {
-        skip("`unshare --fork --pid --mount-proc` does not work here (needs root)");
+        skip(
+            "init as PID 1",
+            "`unshare --fork --pid --mount-proc` does not work here (needs root)",
+        );
         return;
     }
     // The runtime leaves an orphan behind: a background `sleep` whose parent exits at once, so
@@ -494,7 +492,10 @@ fn as_pid_1_in_namespaces_it_sets_up_the_machine_and_reboots() {
         .status()
         .is_ok_and(|s| s.success());
     if !works {
-        skip("`unshare --fork --pid --mount-proc --uts --net` does not work here (needs root)");
+        skip(
+            "init as PID 1 with machine setup",
+            "`unshare --fork --pid --mount-proc --uts --net` does not work here (needs root)",
+        );
         return;
     }
     let mut guest = Guest::start(&runtime, r#", "tmp_size_mb": 16"#, &unshare, &[]);

@@ -1,4 +1,4 @@
-//! Shared pieces of the image tests: tool checks that skip (or fail under CI=true), static test
+//! Shared pieces of the image tests: tool checks that skip (or fail under CI), static test
 //! binaries built with gcc, a function fixture, and the tree the image must contain.
 
 #![allow(dead_code)] // each test file uses a different part
@@ -10,20 +10,7 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
-/// Whether a missing tool fails the test rather than skipping it.
-pub fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Prints a SKIPPED line and returns false, or panics under CI=true.
-pub fn skip(test: &str, reason: &str) -> bool {
-    assert!(
-        !strict(),
-        "{test}: {reason} (CI=true: a missing tool is a failure)"
-    );
-    println!("SKIPPED {test}: {reason}");
-    false
-}
+pub use integration_tests::skip;
 
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use vmm::service::guest::{GuestSpec, Rootfs};
+use vmm::service::snapshots::Snapshots;
 use vmm::service::FunctionService;
 
 #[derive(Parser)]
@@ -45,9 +46,11 @@ struct Args {
     /// Seconds the guest may take to boot and connect.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
-    /// Where a SnapStart function's snapshot goes (a function.json with
-    /// "initialization_type": "snap-start") [default: WORK_DIR/snapshot]. Kept between runs:
-    /// delete it after rebuilding the image.
+    /// Where a SnapStart function's snapshots go (a function.json with
+    /// "initialization_type": "snap-start") [default: WORK_DIR/snapshots]. Each is kept in a
+    /// directory named by a hash of the kernel, image, function.json, command line and
+    /// snapshot format, and reused by later runs; a change to any of them takes a new one.
+    /// The directory belongs to this one function.
     #[arg(long)]
     snapshot_dir: Option<PathBuf>,
     /// Boot the microVM at start instead of on the first invocation.
@@ -95,11 +98,10 @@ async fn main() -> anyhow::Result<()> {
         snapstart || args.snapshot_dir.is_none(),
         "--snapshot-dir: the function's initialization_type is not snap-start"
     );
-    let snapshot_dir = snapstart.then(|| {
-        args.snapshot_dir
-            .clone()
-            .unwrap_or_else(|| work_dir.join("snapshot"))
-    });
+    let snapshot_root = args
+        .snapshot_dir
+        .clone()
+        .unwrap_or_else(|| work_dir.join("snapshots"));
     let spec = GuestSpec {
         kernel: args.kernel,
         rootfs: Rootfs::from_path(args.rootfs),
@@ -108,9 +110,14 @@ async fn main() -> anyhow::Result<()> {
         work_dir,
         console: args.console,
         boot_timeout: Duration::from_secs(args.boot_timeout),
-        snapshot_dir,
     };
-    let service = FunctionService::new(config, spec, |line| println!("{line}"));
+    let snapshots = snapstart.then(|| {
+        let (kernel, image) = (spec.kernel.clone(), spec.rootfs.path().to_owned());
+        let inputs = vec![kernel, image, args.function_config.clone()];
+        let settings = format!("{} mem_mib={}", spec.boot_args(), spec.mem_size_mib);
+        Snapshots::new(snapshot_root, inputs, settings)
+    });
+    let service = FunctionService::new(config, spec, snapshots, |line| println!("{line}"));
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -125,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     }));
     if args.eager {
         if let Err(e) = service.start().await {
-            eprintln!("lambda-vm: {e}");
+            eprintln!("lambda-vm: {}", vmm::service::chain(&e));
         }
     }
     tokio::select! {

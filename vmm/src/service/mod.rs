@@ -7,13 +7,16 @@
 //! next invocation.
 
 pub mod guest;
+pub mod snapshots;
 
 use crate::host_link::{self, Invoke, LinkError};
-use guest::{Guest, GuestSpec};
+use guest::{Guest, GuestError, GuestSpec};
 use proto::host_link::Blob;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
 use rapid::sandbox::MAX_QUEUED;
 use rapid::{FunctionConfig, Invocation, InvokeError, Invoker, Outcome};
+use snapshots::{KeyError, Snapshots};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +28,41 @@ const HOST_DEADLINE_SLACK: Duration = Duration::from_secs(10);
 /// Where the function's log lines go (shared with the guest's host-link reader).
 type LogFn = Arc<Mutex<dyn FnMut(&str) + Send>>;
 
+/// Why an environment could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error(transparent)]
+    SnapshotKey(#[from] KeyError),
+    /// A snapshot just taken from a booted guest did not restore: restore itself is broken
+    /// here, and no snapshot will do better.
+    #[error("SnapStart: the snapshot just taken in {} did not restore", dir.display())]
+    FreshSnapshot {
+        dir: PathBuf,
+        #[source]
+        source: Box<GuestError>,
+    },
+    #[error("the start was cancelled")]
+    Cancelled(#[source] tokio::task::JoinError),
+}
+
+/// An error with its causes, `: `-separated; a cause the text already holds (some errors of
+/// this crate print their source themselves) is not repeated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[derive(Clone)]
 pub struct FunctionService {
     inner: Arc<Inner>,
@@ -33,6 +71,8 @@ pub struct FunctionService {
 struct Inner {
     config: FunctionConfig,
     spec: GuestSpec,
+    /// For a SnapStart function, where its snapshots live.
+    snapshots: Option<Snapshots>,
     guest: tokio::sync::Mutex<Option<Guest>>,
     waiting: AtomicUsize,
     log: LogFn,
@@ -40,16 +80,19 @@ struct Inner {
 
 impl FunctionService {
     /// `log` receives the function's log: the runtime's output and the START/END/REPORT lines
-    /// from the guest, and the service's own lines about VMs.
+    /// from the guest, and the service's own lines about VMs. `snapshots` is where a SnapStart
+    /// function's snapshots live (`None` for other functions).
     pub fn new(
         config: FunctionConfig,
         spec: GuestSpec,
+        snapshots: Option<Snapshots>,
         log: impl FnMut(&str) + Send + 'static,
     ) -> FunctionService {
         FunctionService {
             inner: Arc::new(Inner {
                 config,
                 spec,
+                snapshots,
                 guest: tokio::sync::Mutex::new(None),
                 waiting: AtomicUsize::new(0),
                 log: Arc::new(Mutex::new(log)),
@@ -58,13 +101,13 @@ impl FunctionService {
     }
 
     /// Boots the VM now instead of on the first invocation.
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), StartError> {
         let mut slot = self.inner.guest.lock().await;
         if slot.is_none() {
             let inner = self.inner.clone();
             let guest = tokio::task::spawn_blocking(move || inner.boot())
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(StartError::Cancelled)??;
             *slot = Some(guest);
         }
         Ok(())
@@ -91,45 +134,69 @@ impl Inner {
         (self.log.lock().unwrap_or_else(|e| e.into_inner()))(line);
     }
 
-    /// A cold start: a restore of the SnapStart snapshot when there is one; otherwise a boot,
-    /// and for a SnapStart function, a snapshot after init and then a restore of it.
-    fn boot(&self) -> Result<Guest, String> {
-        let spec = &self.spec;
-        let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
-        if spec.snapshot_dir.is_some() && !crate::snapshot::restores_linux_user_space() {
-            let mut guest = Guest::boot(spec, self.log_sink()).map_err(|e| e.to_string())?;
-            let init = guest
-                .resume_in_place(limit)
-                .map_err(|e| format!("SnapStart: {e}"))?;
+    /// A cold start: a boot, or for a SnapStart function a restore of its snapshot in a fresh
+    /// VM, taking the snapshot first when there is none for the current kernel, image and
+    /// configuration.
+    fn boot(&self) -> Result<Guest, StartError> {
+        let Some(snapshots) = &self.snapshots else {
+            let guest = Guest::boot(&self.spec, self.log_sink())?;
             self.log(&format!(
-                "lambda-vm: SnapStart without a snapshot (restored guests do not run user space on this host's kvm_pvm): resumed the booted microVM in place after init (Init Duration {} ms)",
-                init.as_millis()
-            ));
-            return Ok(guest);
-        }
-        if let Some(dir) = &spec.snapshot_dir {
-            if !dir.join(crate::snapshot::STATE_FILE).exists() {
-                let guest = Guest::boot(spec, |_| {}).map_err(|e| e.to_string())?;
-                let started = std::time::Instant::now();
-                let init = guest
-                    .snapshot_after_init(dir, limit)
-                    .map_err(|e| format!("SnapStart snapshot: {e}"))?;
-                self.log(&format!(
-                    "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms",
-                    init.as_millis(),
-                    started.elapsed().as_millis()
-                ));
-            }
-            let guest = Guest::restore(spec, dir, self.log_sink()).map_err(|e| e.to_string())?;
-            self.log(&format!(
-                "lambda-vm: microVM restored, init reconnected after {} ms",
+                "lambda-vm: microVM up in {} ms (VMM side), init connected after {} ms",
+                guest.vmm_time.as_millis(),
                 guest.boot_time.as_millis()
             ));
             return Ok(guest);
+        };
+        let dir = snapshots.current()?;
+        if dir.join(crate::snapshot::STATE_FILE).exists() {
+            match self.restore(&dir) {
+                Ok(guest) => return Ok(guest),
+                Err(e) => {
+                    self.log(&format!(
+                        "lambda-vm: discarding the SnapStart snapshot {}: it did not restore: {}; taking a new one",
+                        dir.display(),
+                        chain(&e)
+                    ));
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        self.log(&format!("lambda-vm: removing {}: {e}", dir.display()));
+                    }
+                }
+            }
         }
-        let guest = Guest::boot(spec, self.log_sink()).map_err(|e| e.to_string())?;
+        self.take_snapshot(&dir)?;
+        let removed = snapshots.remove_stale(&dir);
+        if removed > 0 {
+            self.log(&format!(
+                "lambda-vm: removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
+                snapshots.root().display()
+            ));
+        }
+        self.restore(&dir).map_err(|e| StartError::FreshSnapshot {
+            dir: dir.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    /// SnapStart's first step: boots, waits for the runtime's init to finish, and snapshots.
+    fn take_snapshot(&self, dir: &Path) -> Result<(), StartError> {
+        let guest = Guest::boot(&self.spec, |_| {})?;
+        let started = std::time::Instant::now();
+        let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
+        let init = guest.snapshot_after_init(dir, limit)?;
         self.log(&format!(
-            "lambda-vm: microVM up, init connected after {} ms",
+            "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms: {}",
+            init.as_millis(),
+            started.elapsed().as_millis(),
+            dir.display()
+        ));
+        Ok(())
+    }
+
+    fn restore(&self, dir: &Path) -> Result<Guest, GuestError> {
+        let guest = Guest::restore(&self.spec, dir, self.log_sink())?;
+        self.log(&format!(
+            "lambda-vm: microVM restored in {} ms (VMM side), init reconnected after {} ms",
+            guest.vmm_time.as_millis(),
             guest.boot_time.as_millis()
         ));
         Ok(guest)
@@ -148,8 +215,9 @@ impl Inner {
             None => match self.boot() {
                 Ok(guest) => guest,
                 Err(e) => {
-                    self.log(&format!("lambda-vm: {e}"));
-                    return (None, failure(error_type::RUNTIME_EXIT, &e));
+                    let message = chain(&e);
+                    self.log(&format!("lambda-vm: {message}"));
+                    return (None, failure(error_type::RUNTIME_EXIT, &message));
                 }
             },
         };

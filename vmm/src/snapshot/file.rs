@@ -11,8 +11,8 @@
 //!
 //! Loading checks the magic, the version, the length against the file and against
 //! [`MAX_STATE_BYTES`] (before reading the payload), and the checksum, so a corrupt, truncated or
-//! foreign file is refused with the reason and nothing starts. Saving writes a temporary file in
-//! the same directory, syncs it, and renames it into place.
+//! foreign file is refused with the reason and nothing starts. Saving writes the file inside the
+//! snapshot's staging directory and syncs it; `super::dir` makes the directory appear whole.
 
 use bincode::Options;
 use serde::de::DeserializeOwned;
@@ -68,7 +68,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StateFileError + '_ {
     }
 }
 
-/// Writes `state` to `path` atomically: a reader sees the old file or the whole new one.
+/// Writes `state` to `path` and syncs it. Atomicity is the snapshot directory's
+/// (`super::dir`): the file is written inside a staging directory.
 pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> {
     let payload = codec()
         .serialize(state)
@@ -78,26 +79,13 @@ pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> 
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    write_atomically(path, &[&header, &payload])
-}
-
-/// Writes `parts` to a temporary file beside `path`, syncs it, and renames it to `path`.
-pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), StateFileError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".tmp{}", std::process::id()));
-    let temporary = PathBuf::from(temporary);
-    let result = (|| {
-        let mut file = File::create(&temporary)?;
-        for part in parts {
-            file.write_all(part)?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
+    let written = (|| {
+        let mut file = File::create(path)?;
+        file.write_all(&header)?;
+        file.write_all(&payload)?;
+        file.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result.map_err(io_error(path))
+    written.map_err(io_error(path))
 }
 
 /// Reads and checks a state file written by [`save`].
@@ -105,16 +93,15 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();
     let mut header = [0u8; HEADER_LEN];
-    let header_read = (&mut file)
-        .take(HEADER_LEN as u64)
-        .read(&mut header)
+    let header_len = file_len.min(HEADER_LEN as u64) as usize;
+    file.read_exact(&mut header[..header_len])
         .map_err(io_error(path))?;
-    if header_read < MAGIC.len() || &header[..8] != MAGIC {
+    if header_len < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
         return Err(StateFileError::Magic {
             path: path.to_owned(),
         });
     }
-    if header_read < HEADER_LEN {
+    if header_len < HEADER_LEN {
         return Err(StateFileError::Truncated {
             path: path.to_owned(),
             expected: HEADER_LEN as u64,
@@ -145,8 +132,8 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
             found,
         });
     }
-    let mut payload = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut payload).map_err(io_error(path))?;
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact(&mut payload).map_err(io_error(path))?;
     if crc32fast::hash(&payload) != checksum {
         return Err(StateFileError::Checksum {
             path: path.to_owned(),
@@ -185,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_leaves_no_temporary_file() {
+    fn round_trip() {
         let (dir, path) = saved();
         assert_eq!(load::<Sample>(&path).unwrap(), sample());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

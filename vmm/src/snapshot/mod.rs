@@ -7,6 +7,7 @@
 //! queues. Vsock connections do not survive: the restored device sends the guest a transport
 //! reset, and the guest reconnects (Firecracker does the same).
 
+pub mod dir;
 pub mod file;
 
 use crate::builder::{BuildError, VirtioAttacher};
@@ -30,13 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
-
-/// Whether a restored Linux guest's user space runs again on this host. It does not on the
-/// emulated `kvm_pvm` of this project's machines (the guest kernel resumes, its processes never
-/// do; see vmm/README.md), so SnapStart there resumes the booted VM in place instead.
-pub fn restores_linux_user_space() -> bool {
-    !crate::vstate::vm::host_kvm_is_pvm()
-}
 
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
@@ -106,8 +100,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 }
 
 /// Pauses `microvm` (it stays paused: resume or stop it after) and writes its snapshot to
-/// `dir`, which is created if needed. Memory goes first and the state last, each atomically, so
-/// a directory with a state file always has the memory that goes with it.
+/// `dir`, replacing what was there. Both files land together or not at all ([`dir`]), synced
+/// to disk.
 pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
     microvm.pause();
     let msr_list = microvm
@@ -166,24 +160,37 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
         devices,
     };
 
-    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let memory_path = dir.join(MEMORY_FILE);
-    let temporary = dir.join(format!(".{MEMORY_FILE}.tmp{}", std::process::id()));
+    let staging = dir::stage(dir).map_err(io_error(dir))?;
+    let written = write_files(&staging, memory, mem_size_bytes, &state, held);
+    if written.is_err() {
+        dir::discard(&staging);
+    }
+    written?;
+    dir::publish(&staging, dir).map_err(io_error(dir))?;
+    Ok(())
+}
+
+/// Writes guest memory and then the state into `staging`, each synced. The device locks in
+/// `held` are released once memory is written.
+fn write_files<T>(
+    staging: &Path,
+    memory: &GuestMemoryMmap,
+    mem_size_bytes: u64,
+    state: &MicrovmState,
+    held: T,
+) -> Result<(), SnapshotError> {
+    let memory_path = staging.join(MEMORY_FILE);
     let written = (|| {
-        let mut out = File::create(&temporary)?;
+        let mut out = File::create(&memory_path)?;
         memory
             .write_all_volatile_to(GuestAddress(0), &mut out, mem_size_bytes as usize)
             .map_err(std::io::Error::other)?;
         out.flush()?;
-        out.sync_all()?;
-        std::fs::rename(&temporary, &memory_path)
+        out.sync_all()
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(io_error(&memory_path)(e));
-    }
+    written.map_err(io_error(&memory_path))?;
     drop(held);
-    file::save(&dir.join(STATE_FILE), &state)?;
+    file::save(&staging.join(STATE_FILE), state)?;
     Ok(())
 }
 

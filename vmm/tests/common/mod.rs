@@ -50,14 +50,7 @@ fn run_tool(command: &mut Command) {
     );
 }
 
-/// Whether KVM is here; prints why the test is skipped when it is not.
-pub fn have_kvm(test: &str) -> bool {
-    let present = Path::new("/dev/kvm").exists();
-    if !present {
-        eprintln!("SKIPPED {test}: /dev/kvm is absent on this machine, so no VM can run");
-    }
-    present
-}
+pub use integration_tests::have_kvm;
 
 pub fn vmm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmm"))

@@ -1,0 +1,244 @@
+//! Where a SnapStart function's snapshot lives: `ROOT/<key>`, the key a hash of everything the
+//! snapshot was made from (the snapshot format version, the guest kernel, the function's image,
+//! its `function.json`, the kernel command line and the memory size). A change to any of them
+//! gives a new key, so a snapshot is never restored against another kernel or image; the old
+//! one is removed once the new one has landed.
+//!
+//! Hashing reads the kernel and the image (tens of MB), so the key is kept with the inputs'
+//! file metadata and computed again only when that changes.
+
+use crate::snapshot::file::FORMAT_VERSION;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Hex digits of the key: 128 bits of SHA-256.
+const KEY_HEX_LEN: usize = 32;
+
+/// A file's identity and version as the file system sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    fn of(path: &Path) -> io::Result<Fingerprint> {
+        let m = std::fs::metadata(path)?;
+        let ns = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        Ok(Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("reading {} for the snapshot key", path.display())]
+pub struct KeyError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// One function's snapshots.
+pub struct Snapshots {
+    root: PathBuf,
+    /// The kernel, the image and function.json.
+    files: Vec<PathBuf>,
+    /// What else the guest was made with: command line and memory size.
+    settings: String,
+    cached: Mutex<Option<(Vec<Fingerprint>, String)>>,
+}
+
+impl Snapshots {
+    pub fn new(root: PathBuf, files: Vec<PathBuf>, settings: String) -> Snapshots {
+        Snapshots {
+            root,
+            files,
+            settings,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of the snapshot made from the inputs as they are now (it may not exist).
+    pub fn current(&self) -> Result<PathBuf, KeyError> {
+        Ok(self.root.join(self.key()?))
+    }
+
+    fn key(&self) -> Result<String, KeyError> {
+        let fingerprints = self
+            .files
+            .iter()
+            .map(|path| Fingerprint::of(path).map_err(|source| key_error(path, source)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, key)) = cached.as_ref() {
+            if *seen == fingerprints {
+                return Ok(key.clone());
+            }
+        }
+        let key = self.hash()?;
+        *cached = Some((fingerprints, key.clone()));
+        Ok(key)
+    }
+
+    fn hash(&self) -> Result<String, KeyError> {
+        let mut hasher = Sha256::new();
+        hasher.update(b"lambda-microvm snapshot\0");
+        hasher.update(FORMAT_VERSION.to_le_bytes());
+        let mut buffer = vec![0u8; 1 << 16];
+        for path in &self.files {
+            let mut file = File::open(path).map_err(|e| key_error(path, e))?;
+            let len = file.metadata().map_err(|e| key_error(path, e))?.len();
+            // The length first, so that no two lists of files hash alike.
+            hasher.update(len.to_le_bytes());
+            let mut read = 0u64;
+            loop {
+                let n = match file.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(key_error(path, e)),
+                };
+                hasher.update(&buffer[..n]);
+                read += n as u64;
+            }
+            if read != len {
+                let changed = io::Error::other("the file changed while it was read");
+                return Err(key_error(path, changed));
+            }
+        }
+        hasher.update((self.settings.len() as u64).to_le_bytes());
+        hasher.update(self.settings.as_bytes());
+        let digest = hasher.finalize();
+        Ok(digest
+            .iter()
+            .take(KEY_HEX_LEN / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
+    /// Removes the snapshots in the root other than `keep`: they were made from other inputs.
+    /// Returns how many went.
+    pub fn remove_stale(&self, keep: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let stale = entries.flatten().map(|e| e.path()).filter(|path| {
+            path != keep
+                && path.is_dir()
+                && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.len() == KEY_HEX_LEN && n.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+        });
+        stale
+            .filter(|path| std::fs::remove_dir_all(path).is_ok())
+            .count()
+    }
+}
+
+fn key_error(path: &Path, source: io::Error) -> KeyError {
+    KeyError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Inputs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Inputs {
+        fn new() -> Inputs {
+            let inputs = Inputs {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            for name in ["vmlinux", "rootfs.ext4", "function.json"] {
+                inputs.write(name, name);
+            }
+            inputs
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn write(&self, name: &str, contents: &str) {
+            std::fs::write(self.path(name), contents).unwrap();
+        }
+
+        fn snapshots(&self, settings: &str) -> Snapshots {
+            let files = ["vmlinux", "rootfs.ext4", "function.json"].map(|n| self.path(n));
+            Snapshots::new(self.path("snapshots"), files.into(), settings.into())
+        }
+    }
+
+    #[test]
+    fn the_key_changes_with_every_input_and_only_then() {
+        let inputs = Inputs::new();
+        let snapshots = inputs.snapshots("console=ttyS0 128");
+        let first = snapshots.current().unwrap();
+        assert_eq!(first.parent(), Some(inputs.path("snapshots").as_path()));
+        assert_eq!(first.file_name().unwrap().len(), KEY_HEX_LEN);
+        assert_eq!(snapshots.current().unwrap(), first);
+        // The same inputs in another process (no cache) give the same key.
+        assert_eq!(
+            inputs.snapshots("console=ttyS0 128").current().unwrap(),
+            first
+        );
+        assert_ne!(
+            inputs.snapshots("console=ttyS0 256").current().unwrap(),
+            first
+        );
+
+        let mut seen = vec![first];
+        for name in ["vmlinux", "rootfs.ext4", "function.json"] {
+            inputs.write(name, &format!("{name} rebuilt"));
+            let key = snapshots.current().unwrap();
+            assert!(!seen.contains(&key), "{name} changed but the key did not");
+            seen.push(key);
+        }
+    }
+
+    #[test]
+    fn a_missing_input_is_named() {
+        let inputs = Inputs::new();
+        std::fs::remove_file(inputs.path("rootfs.ext4")).unwrap();
+        let error = inputs.snapshots("").current().unwrap_err();
+        assert!(error.to_string().contains("rootfs.ext4"), "{error}");
+    }
+
+    #[test]
+    fn stale_snapshots_go_and_nothing_else() {
+        let inputs = Inputs::new();
+        let snapshots = inputs.snapshots("");
+        let current = snapshots.current().unwrap();
+        let stale = inputs
+            .path("snapshots")
+            .join("0123456789abcdef0123456789abcdef");
+        let other = inputs.path("snapshots").join("notes");
+        for dir in [&current, &stale, &other] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        assert_eq!(snapshots.remove_stale(&current), 1);
+        assert!(current.exists() && other.exists() && !stale.exists());
+    }
+}
