@@ -123,7 +123,7 @@ first_response() {
 
 # "median min max" of microseconds on stdin, in ms with one decimal.
 summary_ms() {
-    sort -n | awk '{a[NR]=$1} END {m=int((NR+1)/2); printf "%.1f %.1f %.1f", a[m]/1000, a[1]/1000, a[NR]/1000}'
+    sort -n | awk '{a[NR]=$1} END {m=int((NR+1)/2); printf "%.1f %.1f %.1f\n", a[m]/1000, a[1]/1000, a[NR]/1000}'
 }
 
 step "5a. snapshot and restore of a 128 MiB tiny guest (VMM side)"
