@@ -10,7 +10,7 @@ ensure_cargo
 ensure_test_venv
 
 step "building the peers"
-cargo build --quiet --release -p rapid -p rust-echo -p bootstrap-echo
+cargo build --quiet --release -p lambda-local -p rust-echo -p bootstrap-echo
 export TEST_PROFILE=release
 BOOTSTRAP_BIN="$(build_static_bootstrap)"
 export BOOTSTRAP_BIN

@@ -37,7 +37,7 @@ rootfs="$(scripts/build-rootfs.sh "$function_dir" --ext4 | tail -n1)"
 snapstart_dir="$(stage_rust_echo_function snap-start)"
 snapstart_rootfs="$(scripts/build-rootfs.sh "$snapstart_dir" --ext4 | tail -n1)"
 step "building vmm and lambda-vm (release)"
-cargo build --quiet --release -p vmm --bins
+cargo build --quiet --release -p vmm -p lambda-vm --bins
 target="$(cargo_target_dir)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -23,7 +23,7 @@ done
 ensure_apt_packages curl ca-certificates
 ensure_cargo
 step "building lambda-local"
-cargo build --quiet --release -p rapid --bin lambda-local
+cargo build --quiet --release -p lambda-local
 bootstrap="$(build_static_bootstrap)"
 server="$(cargo_target_dir)/release/lambda-local"
 function_dir="$PWD/bootstrap/examples/shell-worker"

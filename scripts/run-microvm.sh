@@ -35,7 +35,7 @@ kernel="$(scripts/build-kernel.sh | tail -n1)"
 [ -n "$function_dir" ] || function_dir="$(stage_rust_echo_function)"
 rootfs="$(scripts/build-rootfs.sh "$function_dir" --ext4 | tail -n1)"
 step "building vmm and lambda-vm"
-cargo build --quiet --release -p vmm --bins
+cargo build --quiet --release -p vmm -p lambda-vm --bins
 target="$(cargo_target_dir)"
 console="$target/microvm-console.log"
 : >"$console"

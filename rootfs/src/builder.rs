@@ -10,10 +10,10 @@ use tempfile::NamedTempFile;
 
 use crate::elf::{self, ElfError};
 use crate::ext4::{self, Ext4Error, Ext4Options};
-use crate::function_config::{ConfigError, FunctionConfig};
 use crate::initramfs::{self, InitramfsError};
-use crate::layout;
 use crate::tree::{self, CollectOptions, Node, Source, Tree, TreeError, EXEC_PERM};
+use proto::function_config::{ConfigError, FunctionConfig};
+use proto::layout;
 
 /// The default config file name inside the function directory.
 pub const CONFIG_FILE_NAME: &str = "function.json";

@@ -127,7 +127,7 @@ fn the_example_initramfs_holds_init_runtime_and_function() {
         let verdict = rootfs::elf::check_static_executable(copy.path());
         assert!(verdict.is_ok(), "{binary}: {verdict:?}");
     }
-    let config: rootfs::FunctionConfig =
+    let config: proto::FunctionConfig =
         serde_json::from_slice(&find("etc/lambda/function.json").unwrap().data).unwrap();
     assert_eq!(config.handler, "worker.sh");
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
+use proto::FunctionConfig;
 use rootfs::cpio::{self, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
-use rootfs::FunctionConfig;
 
 fn canonical_config() -> Vec<u8> {
     FunctionConfig::from_json(CONFIG_JSON.as_bytes())

@@ -1,13 +1,13 @@
-//! The KVM virtual machine monitor and the host-side function service.
+//! A minimal KVM virtual machine monitor on the rust-vmm crates: boot, devices, pause,
+//! snapshot and restore. It knows nothing of Lambda; the function service (`lambda-vm`) is a
+//! crate of its own that uses it.
 
 pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit;
-pub mod host_link;
 pub mod logger;
 pub mod microvm;
-pub mod service;
 pub mod snapshot;
 pub mod vstate;

@@ -7,8 +7,16 @@
 //! - [`env`]: the reserved Lambda environment variables a runtime is started with.
 //! - [`host_link`]: the length-prefixed, versioned frames between the host and the guest's init,
 //!   over vsock (or a Unix socket outside a VM).
+//! - [`function_config`]: `function.json`, the per-function settings (handler, memory, timeout,
+//!   initialization type, environment), with its defaults and ranges; read by the image builder,
+//!   the guest init and the host.
+//! - [`layout`]: where things live inside the guest image (written by the builder, read by init).
 
 pub mod env;
+pub mod function_config;
 pub mod host_link;
 pub mod invoke_api;
+pub mod layout;
 pub mod runtime_api;
+
+pub use function_config::{FunctionConfig, InitializationType};

@@ -1,37 +1,16 @@
-//! The configuration of one function environment.
+//! The configuration of one function environment: the function (from `function.json`, see
+//! [`proto::function_config`]) plus what the server adds (its runtime, task root, region and
+//! the init timeout).
 
+use proto::function_config::{self, InitializationType};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How the environment is initialized; the value of `AWS_LAMBDA_INITIALIZATION_TYPE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum InitType {
-    /// Init runs when the first invoke arrives.
-    OnDemand,
-    /// Init runs at once, before any invoke.
-    ProvisionedConcurrency,
-    /// Init runs at once, then the runtime waits in `restore/next` for a snapshot and a restore.
-    SnapStart,
-}
-
-impl InitType {
-    pub fn as_env_value(self) -> &'static str {
-        use proto::env::initialization_type as t;
-        match self {
-            InitType::OnDemand => t::ON_DEMAND,
-            InitType::ProvisionedConcurrency => t::PROVISIONED_CONCURRENCY,
-            InitType::SnapStart => t::SNAP_START,
-        }
-    }
-
-    /// Whether init starts before the first invoke.
-    pub fn is_eager(self) -> bool {
-        self != InitType::OnDemand
-    }
-}
+/// Lambda's limit on a function's init phase.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
-pub struct FunctionConfig {
+pub struct EnvironmentConfig {
     pub function_name: String,
     pub function_version: String,
     pub memory_mb: u32,
@@ -45,33 +24,48 @@ pub struct FunctionConfig {
     pub runtime_args: Vec<String>,
     /// User environment; reserved names are set by the server and cannot be overridden.
     pub environment: Vec<(String, String)>,
-    pub init_type: InitType,
+    pub init_type: InitializationType,
     /// Delay before each retry of a failed asynchronous invoke (AWS waits minutes).
     pub async_retry_delay: Duration,
     /// Where failed asynchronous invokes go, as AWS on-failure destination records.
     pub on_failure_dir: Option<PathBuf>,
 }
 
-impl FunctionConfig {
-    /// A configuration with AWS's defaults for everything but the runtime.
+impl EnvironmentConfig {
+    /// A configuration with `function.json`'s defaults for everything but the runtime, whose
+    /// directory is the task root.
     pub fn new(runtime: PathBuf) -> Self {
         let task_root = runtime
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
-        FunctionConfig {
-            function_name: "function".into(),
+        Self::from_function(
+            &function_config::FunctionConfig::with_handler("handler"),
+            runtime,
+            task_root,
+        )
+    }
+
+    /// The server's view of a function's `function.json`, its runtime at `runtime` and its code
+    /// in `task_root`.
+    pub fn from_function(
+        function: &function_config::FunctionConfig,
+        runtime: PathBuf,
+        task_root: PathBuf,
+    ) -> Self {
+        EnvironmentConfig {
+            function_name: function.function_name.clone(),
             function_version: "$LATEST".into(),
-            memory_mb: 128,
-            timeout: Duration::from_secs(3),
-            init_timeout: Duration::from_secs(10),
+            memory_mb: function.memory_mb,
+            timeout: Duration::from_secs(u64::from(function.timeout_secs)),
+            init_timeout: INIT_TIMEOUT,
             region: "us-east-1".into(),
-            handler: "handler".into(),
+            handler: function.handler.clone(),
             task_root,
             runtime,
             runtime_args: Vec::new(),
-            environment: Vec::new(),
-            init_type: InitType::OnDemand,
+            environment: function.environment.clone().into_iter().collect(),
+            init_type: function.initialization_type,
             async_retry_delay: Duration::from_secs(1),
             on_failure_dir: None,
         }

@@ -2,13 +2,13 @@
 //! sandbox ([`Handle`]), or a microVM behind the VMM's function service. One trait, so both
 //! serve the same endpoint with the same semantics.
 
-use crate::config::FunctionConfig;
+use crate::config::EnvironmentConfig;
 use crate::sandbox::{Handle, Invocation, InvokeError, Outcome};
 use std::future::Future;
 
 pub trait Invoker: Clone + Send + Sync + 'static {
     /// The function's configuration: its name, timeout, async retry settings.
-    fn config(&self) -> &FunctionConfig;
+    fn config(&self) -> &EnvironmentConfig;
 
     /// Writes one line to the function's log.
     fn log(&self, line: &str);
@@ -21,7 +21,7 @@ pub trait Invoker: Clone + Send + Sync + 'static {
 }
 
 impl Invoker for Handle {
-    fn config(&self) -> &FunctionConfig {
+    fn config(&self) -> &EnvironmentConfig {
         Handle::config(self)
     }
 

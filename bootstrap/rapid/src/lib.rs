@@ -22,7 +22,8 @@ pub mod runtime_api;
 pub mod sandbox;
 pub mod time;
 
-pub use config::{FunctionConfig, InitType};
+pub use config::EnvironmentConfig;
 pub use hooks::{LogSink, NoSnapshot, SnapshotHook, StdoutLog};
 pub use invoker::Invoker;
+pub use proto::InitializationType;
 pub use sandbox::{Handle, Invocation, InvokeError, Outcome};

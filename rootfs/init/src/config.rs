@@ -5,11 +5,10 @@
 //! are only warned about there; as an ordinary process they are an error.
 
 use crate::host_link::LinkAddr;
+use proto::function_config::{ConfigError, FunctionConfig};
 use proto::host_link::{HOST_CID, PORT};
-use rootfs::{ConfigError, FunctionConfig, InitializationType};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Where the Runtime API is served, as on Lambda.
 pub const RUNTIME_API: &str = "127.0.0.1:9001";
@@ -127,12 +126,12 @@ impl Options {
         Ok(Options {
             pid1,
             config: value("--config", "INIT_CONFIG")
-                .unwrap_or(rootfs::layout::CONFIG.into())
+                .unwrap_or(proto::layout::CONFIG.into())
                 .into(),
             host_link,
             runtime_api,
             task_root: value("--task-root", "INIT_TASK_ROOT")
-                .unwrap_or(rootfs::layout::TASK_ROOT.into())
+                .unwrap_or(proto::layout::TASK_ROOT.into())
                 .into(),
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
@@ -144,7 +143,7 @@ impl Options {
 /// The function, as init runs it.
 pub struct Function {
     /// The Runtime API server's configuration.
-    pub rapid: rapid::FunctionConfig,
+    pub rapid: rapid::EnvironmentConfig,
     /// Size of the `/tmp` tmpfs in MB.
     pub tmp_size_mb: u32,
 }
@@ -155,18 +154,9 @@ pub fn load_function(options: &Options) -> Result<Function, ConfigError> {
 }
 
 fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
-    let mut config = rapid::FunctionConfig::new(PathBuf::from(&function.runtime));
-    config.function_name = function.function_name;
-    config.handler = function.handler;
-    config.memory_mb = function.memory_mb;
-    config.timeout = Duration::from_secs(u64::from(function.timeout_secs));
-    config.task_root = options.task_root.clone();
-    config.environment = function.environment.into_iter().collect();
-    config.init_type = match function.initialization_type {
-        InitializationType::OnDemand => rapid::InitType::OnDemand,
-        InitializationType::ProvisionedConcurrency => rapid::InitType::ProvisionedConcurrency,
-        InitializationType::SnapStart => rapid::InitType::SnapStart,
-    };
+    let runtime = PathBuf::from(&function.runtime);
+    let config =
+        rapid::EnvironmentConfig::from_function(&function, runtime, options.task_root.clone());
     Function {
         rapid: config,
         tmp_size_mb: function.tmp_size_mb,
@@ -278,8 +268,8 @@ mod tests {
         assert_eq!(c.task_root, PathBuf::from("/task"));
         assert_eq!((c.function_name.as_str(), c.handler.as_str()), ("f", "h"));
         assert_eq!(c.memory_mb, 256);
-        assert_eq!(c.timeout, Duration::from_secs(7));
-        assert_eq!(c.init_type, rapid::InitType::SnapStart);
+        assert_eq!(c.timeout, std::time::Duration::from_secs(7));
+        assert_eq!(c.init_type, proto::InitializationType::SnapStart);
         assert_eq!(c.environment, vec![("A".to_owned(), "1".to_owned())]);
     }
 }

@@ -1,13 +1,13 @@
-//! `init` driven from the host side of the host link (`vmm::host_link`) over a Unix socket, with
+//! `init` driven from the host side of the host link (`lambda_vm::host_link`) over a Unix socket, with
 //! the conformance function on our `bootstrap` library (`bootstrap-echo`) as the runtime: as an
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
 use integration_tests::skip;
+use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, PORT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vmm::host_link::{HostLink, Invoke, Listener, Outcome, PORT};
 
 const WAIT: Duration = Duration::from_secs(30);
 

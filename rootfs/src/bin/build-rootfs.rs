@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use proto::FunctionConfig;
 use rootfs::builder::{self, BuildOptions, Ext4Output};
-use rootfs::FunctionConfig;
 
 /// Builds a reproducible initramfs (uncompressed newc cpio) and optionally an ext4 image for one
 /// function: /init, /var/runtime/bootstrap, the function in /var/task, layers merged into /opt and

@@ -5,7 +5,7 @@
 pub mod memory;
 pub mod output;
 
-use crate::config::FunctionConfig;
+use crate::config::EnvironmentConfig;
 use crate::hooks::LogSink;
 use proto::env;
 use std::net::SocketAddr;
@@ -47,7 +47,7 @@ pub struct Runtime {
 
 /// The environment a runtime starts with: the reserved Lambda variables, plus the user's, which
 /// cannot override a reserved one.
-pub fn environment(config: &FunctionConfig, runtime_api: SocketAddr) -> Vec<(String, String)> {
+pub fn environment(config: &EnvironmentConfig, runtime_api: SocketAddr) -> Vec<(String, String)> {
     let host_path = std::env::var("PATH").unwrap_or_default();
     let mut path = "/usr/local/bin:/usr/bin:/bin:/opt/bin".to_owned();
     if !host_path.is_empty() {
@@ -83,7 +83,7 @@ pub fn environment(config: &FunctionConfig, runtime_api: SocketAddr) -> Vec<(Str
         ),
         (
             env::INITIALIZATION_TYPE.into(),
-            config.init_type.as_env_value().into(),
+            config.init_type.as_str().into(),
         ),
         (env::TZ.into(), ":UTC".into()),
         ("LANG".into(), "en_US.UTF-8".into()),
@@ -107,7 +107,7 @@ pub fn environment(config: &FunctionConfig, runtime_api: SocketAddr) -> Vec<(Str
 }
 
 /// `2024/05/01/[$LATEST]<32 hex digits>`, the shape of a Lambda log stream name.
-fn log_stream_name(config: &FunctionConfig) -> String {
+fn log_stream_name(config: &EnvironmentConfig) -> String {
     let now = crate::time::rfc3339_now();
     let date = now.get(..10).unwrap_or_default().replace('-', "/");
     format!(
@@ -117,7 +117,7 @@ fn log_stream_name(config: &FunctionConfig) -> String {
     )
 }
 
-fn runtime_dir(config: &FunctionConfig) -> String {
+fn runtime_dir(config: &EnvironmentConfig) -> String {
     config
         .runtime
         .parent()
@@ -130,7 +130,7 @@ fn runtime_dir(config: &FunctionConfig) -> String {
 /// thread that started it exits (`PR_SET_PDEATHSIG`), so call this from the thread that drives
 /// the server (a current-thread runtime's, or a long-lived worker).
 pub fn spawn(
-    config: &FunctionConfig,
+    config: &EnvironmentConfig,
     runtime_api: SocketAddr,
     log: Arc<dyn LogSink>,
 ) -> Result<Runtime, SpawnError> {
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn user_env_cannot_override_reserved_names() {
-        let mut config = FunctionConfig::new("/bin/true".into());
+        let mut config = EnvironmentConfig::new("/bin/true".into());
         config.environment = vec![
             ("AWS_LAMBDA_FUNCTION_NAME".into(), "evil".into()),
             ("_X_AMZN_TRACE_ID".into(), "stale".into()),
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn reserved_values_have_lambdas_shape() {
-        let config = FunctionConfig::new("/opt/fn/bootstrap".into());
+        let config = EnvironmentConfig::new("/opt/fn/bootstrap".into());
         let vars = environment(&config, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(
             get(&vars, "AWS_LAMBDA_LOG_GROUP_NAME"),

@@ -17,7 +17,7 @@ mod runtime_calls;
 pub use crate::hooks::{LogSink, NoSnapshot, SnapshotHook, StdoutLog};
 pub use runtime_calls::too_large;
 
-use crate::config::FunctionConfig;
+use crate::config::EnvironmentConfig;
 use crate::process::Output;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -156,7 +156,7 @@ struct State {
 }
 
 struct Shared {
-    config: FunctionConfig,
+    config: EnvironmentConfig,
     runtime_api: SocketAddr,
     log: Arc<dyn LogSink>,
     snapshot: Arc<dyn SnapshotHook>,
@@ -177,7 +177,7 @@ impl Handle {
     /// starts until [`Handle::start`] or the first invoke. `snapshot` defaults to
     /// [`NoSnapshot`].
     pub fn new(
-        config: FunctionConfig,
+        config: EnvironmentConfig,
         runtime_api: SocketAddr,
         log: Arc<dyn LogSink>,
         snapshot: Option<Arc<dyn SnapshotHook>>,
@@ -205,7 +205,7 @@ impl Handle {
         }
     }
 
-    pub fn config(&self) -> &FunctionConfig {
+    pub fn config(&self) -> &EnvironmentConfig {
         &self.shared.config
     }
 

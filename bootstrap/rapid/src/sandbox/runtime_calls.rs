@@ -3,10 +3,10 @@
 //! the answer is then a 4xx, never a broken environment.
 
 use super::{ApiReply, Current, Delivered, Handle, Outcome, Phase, Queued, State};
-use crate::config::InitType;
 use crate::report::{self, Status};
 use bytes::Bytes;
 use proto::runtime_api::{error_type, function_error_type, ErrorRequest, SYNC_PAYLOAD_LIMIT};
+use proto::InitializationType;
 use std::time::Instant;
 
 fn invalid_transition(message: &str) -> ApiReply {
@@ -51,7 +51,7 @@ impl Handle {
                 Phase::Initializing { started } => {
                     state.pending_init_duration = Some(started.elapsed());
                     self.end_phase(&mut state);
-                    snapshot_here = self.shared.config.init_type == InitType::SnapStart;
+                    snapshot_here = self.shared.config.init_type == InitializationType::SnapStart;
                 }
                 Phase::Restoring { started } => {
                     state.pending_restore_duration = Some(started.elapsed());
@@ -208,7 +208,7 @@ impl Handle {
     pub async fn restore_next(&self) -> ApiReply {
         let generation = {
             let mut state = self.lock();
-            if self.shared.config.init_type != InitType::SnapStart {
+            if self.shared.config.init_type != InitializationType::SnapStart {
                 return invalid_transition(
                     "restore/next is only valid when AWS_LAMBDA_INITIALIZATION_TYPE is snap-start",
                 );

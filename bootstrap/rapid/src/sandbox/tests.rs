@@ -3,8 +3,8 @@
 //! lifetime.
 
 use super::*;
-use crate::config::InitType;
 use proto::runtime_api::{error_type, function_error_type};
+use proto::InitializationType;
 use std::path::PathBuf;
 
 #[derive(Default)]
@@ -25,17 +25,17 @@ impl Lines {
     }
 }
 
-fn config(runtime: &str, args: &[&str]) -> FunctionConfig {
-    let mut config = FunctionConfig::new(PathBuf::from(runtime));
+fn config(runtime: &str, args: &[&str]) -> EnvironmentConfig {
+    let mut config = EnvironmentConfig::new(PathBuf::from(runtime));
     config.runtime_args = args.iter().map(|a| a.to_string()).collect();
     config
 }
 
-fn sleeper() -> FunctionConfig {
+fn sleeper() -> EnvironmentConfig {
     config("/bin/sleep", &["30"])
 }
 
-fn environment(config: FunctionConfig) -> (Handle, Arc<Lines>) {
+fn environment(config: EnvironmentConfig) -> (Handle, Arc<Lines>) {
     let lines = Arc::new(Lines::default());
     let addr = "127.0.0.1:9".parse().unwrap();
     let log: Arc<dyn LogSink> = lines.clone();
@@ -313,7 +313,7 @@ async fn a_runtime_that_cannot_start_fails_every_waiting_invocation() {
 #[tokio::test]
 async fn one_invocation_at_a_time_even_with_two_polls() {
     let mut config = sleeper();
-    config.init_type = InitType::ProvisionedConcurrency;
+    config.init_type = InitializationType::ProvisionedConcurrency;
     let (handle, _) = environment(config);
     handle.start();
     let poll = || {
@@ -366,9 +366,9 @@ async fn the_queue_is_bounded_and_shutdown_releases_it() {
     );
 }
 
-fn snap_start() -> FunctionConfig {
+fn snap_start() -> EnvironmentConfig {
     let mut config = sleeper();
-    config.init_type = InitType::SnapStart;
+    config.init_type = InitializationType::SnapStart;
     config
 }
 

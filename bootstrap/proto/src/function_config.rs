@@ -1,5 +1,6 @@
-//! The per-function configuration file: written into the image at [`crate::layout::CONFIG`] by the
-//! builder, read there by the guest init, and readable by the host side too.
+//! The per-function configuration file, `function.json`: written into the image at
+//! [`crate::layout::CONFIG`] by the image builder, read there by the guest init, and read by the
+//! host's function service. Its defaults and ranges are defined here and nowhere else.
 //!
 //! Parsing validates everything, so a `FunctionConfig` in hand is always within range.
 
@@ -8,7 +9,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use proto::env;
+use crate::env;
 use serde::{Deserialize, Serialize};
 
 /// Allowed `memory_mb`, as on Lambda.
@@ -72,6 +73,29 @@ impl InitializationType {
             Self::ProvisionedConcurrency => t::PROVISIONED_CONCURRENCY,
             Self::SnapStart => t::SNAP_START,
         }
+    }
+
+    /// Whether init runs before the first invoke (at once, rather than when one arrives).
+    pub fn is_eager(self) -> bool {
+        self != Self::OnDemand
+    }
+}
+
+impl std::str::FromStr for InitializationType {
+    type Err = String;
+
+    /// Parses the `AWS_LAMBDA_INITIALIZATION_TYPE` value.
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            Self::OnDemand,
+            Self::ProvisionedConcurrency,
+            Self::SnapStart,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| {
+            format!("expected on-demand, provisioned-concurrency or snap-start, got `{s}`")
+        })
     }
 }
 

@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use proto::function_config::MEMORY_MB;
 use rapid::invoke_http::Endpoint;
-use rapid::{FunctionConfig, Handle, InitType, StdoutLog};
+use rapid::{EnvironmentConfig, Handle, InitializationType, StdoutLog};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,15 +37,16 @@ struct Args {
     #[arg(long, default_value_t = 10.0, value_parser = seconds_in(0.001, 900.0))]
     init_timeout: f64,
     /// Memory size in MB, as configured on Lambda.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(128..=10240))]
+    #[arg(long, default_value_t = *MEMORY_MB.start(), value_parser = memory_mb)]
     memory: u32,
     /// The function's name, as in its ARN and `AWS_LAMBDA_FUNCTION_NAME`.
     #[arg(long, default_value = "function", value_parser = name_like(64, "-_"))]
     function_name: String,
     #[arg(long, default_value = "us-east-1", value_parser = name_like(32, "-"))]
     region: String,
-    #[arg(long, value_enum, default_value = "on-demand")]
-    init_type: InitType,
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE`: on-demand, provisioned-concurrency or snap-start.
+    #[arg(long, default_value = "on-demand")]
+    init_type: InitializationType,
     /// An environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "env", value_parser = key_value)]
     env: Vec<(String, String)>,
@@ -60,6 +62,19 @@ struct Args {
     /// Seconds between retries of a failed asynchronous invoke.
     #[arg(long, default_value_t = 1.0, value_parser = seconds_in(0.0, 3600.0))]
     async_retry_delay: f64,
+}
+
+fn memory_mb(s: &str) -> Result<u32, String> {
+    let mb: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if MEMORY_MB.contains(&mb) {
+        Ok(mb)
+    } else {
+        Err(format!(
+            "{mb} is out of range {}..={} MB",
+            MEMORY_MB.start(),
+            MEMORY_MB.end()
+        ))
+    }
 }
 
 fn seconds_in(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone {
@@ -105,8 +120,8 @@ fn existing(flag: &str, path: &std::path::Path) -> PathBuf {
     })
 }
 
-fn config(args: Args) -> FunctionConfig {
-    let mut config = FunctionConfig::new(existing("--runtime <RUNTIME>", &args.runtime));
+fn config(args: Args) -> EnvironmentConfig {
+    let mut config = EnvironmentConfig::new(existing("--runtime <RUNTIME>", &args.runtime));
     if let Some(root) = &args.task_root {
         config.task_root = existing("--task-root <TASK_ROOT>", root);
     }
@@ -141,11 +156,12 @@ async fn main() -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     // Tests and scripts wait for this exact line; with port 0 it is the only way to learn the
-    // ports.
-    eprintln!(
-        "lambda-local: listening invoke={} runtime-api={api_addr}",
+    // ports. One write, so that a reader never sees half of it (eprintln! may write in pieces).
+    let ready = format!(
+        "lambda-local: listening invoke={} runtime-api={api_addr}\n",
         invoke_listener.local_addr()?
     );
+    std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
 
     let sandbox = Handle::new(config, api_addr, Arc::new(StdoutLog), None);
     let api = sandbox.clone();

@@ -6,16 +6,13 @@
 //! invocation boots the VM; a timed-out, crashed or unreachable function gets a fresh VM on its
 //! next invocation.
 
-pub mod guest;
-pub mod snapshots;
-
+use crate::guest::{Guest, GuestError, GuestSpec};
 use crate::host_link::{self, Invoke, LinkError};
-use guest::{Guest, GuestError, GuestSpec};
+use crate::snapshots::{KeyError, Snapshots};
 use proto::host_link::Blob;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
 use rapid::sandbox::MAX_QUEUED;
-use rapid::{FunctionConfig, Invocation, InvokeError, Invoker, Outcome};
-use snapshots::{KeyError, Snapshots};
+use rapid::{EnvironmentConfig, Invocation, InvokeError, Invoker, Outcome};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,7 +66,7 @@ pub struct FunctionService {
 }
 
 struct Inner {
-    config: FunctionConfig,
+    config: EnvironmentConfig,
     spec: GuestSpec,
     /// For a SnapStart function, where its snapshots live.
     snapshots: Option<Snapshots>,
@@ -83,7 +80,7 @@ impl FunctionService {
     /// from the guest, and the service's own lines about VMs. `snapshots` is where a SnapStart
     /// function's snapshots live (`None` for other functions).
     pub fn new(
-        config: FunctionConfig,
+        config: EnvironmentConfig,
         spec: GuestSpec,
         snapshots: Option<Snapshots>,
         log: impl FnMut(&str) + Send + 'static,
@@ -148,7 +145,7 @@ impl Inner {
             return Ok(guest);
         };
         let dir = snapshots.current()?;
-        if dir.join(crate::snapshot::STATE_FILE).exists() {
+        if dir.join(vmm::snapshot::STATE_FILE).exists() {
             match self.restore(&dir) {
                 Ok(guest) => return Ok(guest),
                 Err(e) => {
@@ -281,7 +278,7 @@ fn error_type_of(body: &[u8]) -> Option<String> {
 }
 
 impl Invoker for FunctionService {
-    fn config(&self) -> &FunctionConfig {
+    fn config(&self) -> &EnvironmentConfig {
         &self.inner.config
     }
 

@@ -4,16 +4,16 @@
 
 use anyhow::Context;
 use clap::Parser;
+use lambda_vm::guest::{GuestSpec, Rootfs};
+use lambda_vm::snapshots::Snapshots;
+use lambda_vm::FunctionService;
 use rapid::invoke_http::Endpoint;
-use rapid::{FunctionConfig, InitType};
+use rapid::{EnvironmentConfig, InitializationType};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use vmm::service::guest::{GuestSpec, Rootfs};
-use vmm::service::snapshots::Snapshots;
-use vmm::service::FunctionService;
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +68,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     vmm::logger::init(args.log_level);
-    let function = rootfs::function_config::FunctionConfig::load(&args.function_config)
+    let function = proto::FunctionConfig::load(&args.function_config)
         .with_context(|| format!("--function-config {}", args.function_config.display()))?;
     for path in [&args.kernel, &args.rootfs] {
         anyhow::ensure!(path.is_file(), "{}: no such file", path.display());
@@ -83,17 +83,11 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // The host-side view of the function: what the endpoint and the async queue need.
-    let mut config = FunctionConfig::new(PathBuf::from("/var/runtime/bootstrap"));
-    config.function_name = function.function_name.clone();
-    config.memory_mb = function.memory_mb;
-    config.timeout = Duration::from_secs(u64::from(function.timeout_secs));
-    config.init_type = match function.initialization_type.as_str() {
-        "snap-start" => InitType::SnapStart,
-        "provisioned-concurrency" => InitType::ProvisionedConcurrency,
-        _ => InitType::OnDemand,
-    };
+    let runtime = PathBuf::from(&function.runtime);
+    let task_root = PathBuf::from(proto::layout::TASK_ROOT);
+    let mut config = EnvironmentConfig::from_function(&function, runtime, task_root);
     config.on_failure_dir = args.on_failure_dir;
-    let snapstart = config.init_type == InitType::SnapStart;
+    let snapstart = config.init_type == InitializationType::SnapStart;
     anyhow::ensure!(
         snapstart || args.snapshot_dir.is_none(),
         "--snapshot-dir: the function's initialization_type is not snap-start"
@@ -124,15 +118,17 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--listen {}", args.listen))?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    // Scripts and tests wait for this exact line; with port 0 it is the only way to learn the port.
-    eprintln!("lambda-vm: listening invoke={}", listener.local_addr()?);
+    // Scripts and tests wait for this exact line; with port 0 it is the only way to learn the
+    // port. One write, so that a reader never sees half of it (eprintln! may write in pieces).
+    let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
+    std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
     let endpoint = Endpoint::new(service.clone());
     tokio::spawn(rapid::http::serve(listener, move |request| {
         endpoint.clone().handle(request)
     }));
     if args.eager {
         if let Err(e) = service.start().await {
-            eprintln!("lambda-vm: {}", vmm::service::chain(&e));
+            eprintln!("lambda-vm: {}", lambda_vm::chain(&e));
         }
     }
     tokio::select! {

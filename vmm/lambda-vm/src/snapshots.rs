@@ -7,13 +7,13 @@
 //! Hashing reads the kernel and the image (tens of MB), so the key is kept with the inputs'
 //! file metadata and computed again only when that changes.
 
-use crate::snapshot::file::FORMAT_VERSION;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use vmm::snapshot::file::FORMAT_VERSION;
 
 /// Hex digits of the key: 128 bits of SHA-256.
 const KEY_HEX_LEN: usize = 32;

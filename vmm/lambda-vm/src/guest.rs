@@ -1,16 +1,16 @@
 //! One function environment in a microVM: the booted VM and the host link its init opened.
 
-use crate::builder::{self, default_boot_args, BuildError};
-use crate::config::{
-    BootSource, CpuTemplate, Drive, Entropy, MachineConfig, Serial, VmConfig, Vsock,
-};
-use crate::exit::VmExit;
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
-use crate::microvm::Microvm;
-use crate::snapshot::{self, RestoreOptions, SnapshotError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use vmm::builder::{self, default_boot_args, BuildError};
+use vmm::config::{
+    BootSource, CpuTemplate, Drive, Entropy, MachineConfig, Serial, VmConfig, Vsock,
+};
+use vmm::exit::VmExit;
+use vmm::microvm::Microvm;
+use vmm::snapshot::{self, RestoreOptions, SnapshotError};
 
 /// The guest CID every function VM gets: each VM has its own vsock device and socket, so they
 /// need not differ.
