@@ -13,17 +13,20 @@
 //! The guest connects (vsock CID [`HOST_CID`], port [`PORT`]; with Firecracker-style hybrid vsock
 //! the host listens on the Unix socket `<uds>_<PORT>`). Both sides send [`Message::Hello`] first
 //! and check the other's [`VERSION`] ([`handshake`]). Then the host sends `Invoke`, `Restore` and
-//! `Shutdown`; the guest sends `Response`/`Error` (one per `Invoke`, matched by request id),
-//! `Log`, `InitDone` and `RuntimeCrashed`. After a snapshot restore the guest reconnects and the
+//! `Shutdown`; the guest sends `Response`/`Error` (one per `Invoke`, matched by request id;
+//! an `Error` says whether the failure reset the environment), `Log` and `InitDone`. After a snapshot restore the guest reconnects and the
 //! handshake starts again; the host then sends `Restore` before anything else.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io::{self, Read, Write};
 
 /// The protocol version both sides send in their `Hello`. Bump it on any incompatible change.
-pub const VERSION: u32 = 1;
+/// 2: `Error` frames say whether the environment was reset; no `RuntimeCrashed` frame.
+pub const VERSION: u32 = 2;
 /// The vsock port the guest connects to.
 pub const PORT: u32 = 9999;
 /// The vsock CID of the host (`VMADDR_CID_HOST`).
@@ -58,8 +61,15 @@ pub enum Message {
     /// Guest to host: the invocation succeeded; `body` is the runtime's response.
     Response { request_id: String, body: Blob },
     /// Guest to host: the invocation failed; `body` is Lambda's error JSON
-    /// (`{"errorMessage","errorType","stackTrace"}`).
-    Error { request_id: String, body: Blob },
+    /// (`{"errorMessage","errorType","stackTrace"}`). `reset` says whether the failure also
+    /// reset the execution environment (its runtime was killed or exited), which the host
+    /// may answer with a fresh environment.
+    Error {
+        request_id: String,
+        body: Blob,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reset: Option<Reset>,
+    },
     /// Guest to host: one line of the function's log (the runtime's stdout/stderr and the
     /// platform's START/END/REPORT lines).
     Log { line: String },
@@ -71,8 +81,16 @@ pub enum Message {
     Restore { entropy: Blob, wall_clock_ms: u64 },
     /// Host to guest: stop the runtime and power off.
     Shutdown,
-    /// Guest to host: the runtime exited on its own; the next invoke starts a fresh one.
-    RuntimeCrashed { reason: String },
+}
+
+/// How an invocation's failure reset the execution environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reset {
+    /// The invocation ran past its deadline; the runtime was killed.
+    Timeout,
+    /// The runtime exited during the invocation; `reason` says how.
+    RuntimeExit { reason: String },
 }
 
 impl Message {
@@ -87,7 +105,6 @@ impl Message {
             Message::InitDone { .. } => "init_done",
             Message::Restore { .. } => "restore",
             Message::Shutdown => "shutdown",
-            Message::RuntimeCrashed { .. } => "runtime_crashed",
         }
     }
 }
@@ -157,7 +174,7 @@ impl fmt::Debug for Blob {
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&base64::encode(&self.0))
+        serializer.serialize_str(&STANDARD.encode(&self.0))
     }
 }
 
@@ -170,7 +187,7 @@ impl<'de> Deserialize<'de> for Blob {
                 f.write_str("a base64 string")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Blob, E> {
-                base64::decode(s).map(Blob).map_err(E::custom)
+                STANDARD.decode(s).map(Blob).map_err(E::custom)
             }
         }
         deserializer.deserialize_str(Base64Visitor)
@@ -178,97 +195,38 @@ impl<'de> Deserialize<'de> for Blob {
 }
 
 /// Why a frame could not be read or written.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The peer closed the connection at a frame boundary.
+    #[error("the host link was closed")]
     Closed,
     /// The connection ended inside a frame.
-    Truncated {
-        expected: usize,
-        got: usize,
-    },
+    #[error("the host link was closed inside a frame: {got} of {expected} bytes")]
+    Truncated { expected: usize, got: usize },
     /// A frame longer than [`MAX_FRAME_LEN`].
-    TooLarge {
-        len: usize,
-    },
+    #[error("a frame of {len} bytes exceeds the maximum of {MAX_FRAME_LEN} bytes")]
+    TooLarge { len: usize },
     /// Not a JSON-encoded [`Message`] (or, when writing, one that does not serialize).
-    Malformed(serde_json::Error),
+    #[error("malformed frame")]
+    Malformed(#[source] serde_json::Error),
     /// A zero length prefix.
+    #[error("empty frame")]
     Empty,
-    Io(io::Error),
-}
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrameError::Closed => f.write_str("the host link was closed"),
-            FrameError::Truncated { expected, got } => write!(
-                f,
-                "the host link was closed inside a frame: {got} of {expected} bytes"
-            ),
-            FrameError::TooLarge { len } => write!(
-                f,
-                "a frame of {len} bytes exceeds the maximum of {MAX_FRAME_LEN} bytes"
-            ),
-            FrameError::Malformed(e) => write!(f, "malformed frame: {e}"),
-            FrameError::Empty => f.write_str("empty frame"),
-            FrameError::Io(_) => f.write_str("host link I/O failed"),
-        }
-    }
-}
-
-impl std::error::Error for FrameError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            FrameError::Malformed(e) => Some(e),
-            FrameError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
+    #[error("host link I/O failed")]
+    Io(#[source] io::Error),
 }
 
 /// Why the opening `Hello` exchange failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    Frame(FrameError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     /// The first message was not a `Hello`.
-    Unexpected {
-        got: &'static str,
-    },
+    #[error("expected hello first, got {got}")]
+    Unexpected { got: &'static str },
     /// The peer speaks another protocol version.
-    Version {
-        theirs: u32,
-        agent: String,
-    },
-}
-
-impl From<FrameError> for HandshakeError {
-    fn from(e: FrameError) -> HandshakeError {
-        HandshakeError::Frame(e)
-    }
-}
-
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandshakeError::Frame(e) => e.fmt(f),
-            HandshakeError::Unexpected { got } => write!(f, "expected hello first, got {got}"),
-            HandshakeError::Version { theirs, agent } => write!(
-                f,
-                "the peer ({agent}) speaks host-link version {theirs}, we speak {VERSION}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for HandshakeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            // Transparent: the frame error's own source.
-            HandshakeError::Frame(e) => e.source(),
-            _ => None,
-        }
-    }
+    #[error("the peer ({agent}) speaks host-link version {theirs}, we speak {VERSION}")]
+    Version { theirs: u32, agent: String },
 }
 
 /// Encodes a message as a whole frame, length prefix included.
@@ -367,73 +325,6 @@ pub fn handshake<S: Read + Write>(stream: &mut S, ours: &Hello) -> Result<Hello,
     check_hello(read_frame(stream)?)
 }
 
-/// Standard base64 with padding (RFC 4648 section 4), enough for frames and nothing more.
-mod base64 {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const INVALID: u8 = 0xff;
-    const DECODE: [u8; 256] = {
-        let mut table = [INVALID; 256];
-        let mut i = 0;
-        while i < 64 {
-            table[ALPHABET[i] as usize] = i as u8;
-            i += 1;
-        }
-        table
-    };
-
-    pub fn encode(bytes: &[u8]) -> String {
-        let mut out = Vec::with_capacity(super::base64_len(bytes.len()));
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-                out.push(if i <= chunk.len() {
-                    ALPHABET[((n >> shift) & 63) as usize]
-                } else {
-                    b'='
-                });
-            }
-        }
-        // Only ASCII from ALPHABET and '=' was pushed.
-        String::from_utf8(out).unwrap_or_default()
-    }
-
-    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
-        let text = text.as_bytes();
-        if text.len() % 4 != 0 {
-            return Err(format!(
-                "base64 length {} is not a multiple of 4",
-                text.len()
-            ));
-        }
-        let mut out = Vec::with_capacity(text.len() / 4 * 3);
-        let quads = text.len() / 4;
-        for (index, quad) in text.chunks_exact(4).enumerate() {
-            let last = index + 1 == quads;
-            let padding = quad.iter().rev().take_while(|&&c| c == b'=').count();
-            if padding > 2 || (padding > 0 && !last) {
-                return Err("misplaced base64 padding".into());
-            }
-            let mut n = 0u32;
-            for &c in &quad[..4 - padding] {
-                let v = DECODE[c as usize];
-                if v == INVALID {
-                    return Err(format!("invalid base64 character {:?}", c as char));
-                }
-                n = (n << 6) | u32::from(v);
-            }
-            n <<= 6 * padding as u32;
-            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.extend_from_slice(&bytes[..3 - padding]);
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +350,19 @@ mod tests {
             Message::Error {
                 request_id: "r".into(),
                 body: b"{}".as_slice().into(),
+                reset: None,
+            },
+            Message::Error {
+                request_id: "t".into(),
+                body: b"{}".as_slice().into(),
+                reset: Some(Reset::Timeout),
+            },
+            Message::Error {
+                request_id: "x".into(),
+                body: b"{}".as_slice().into(),
+                reset: Some(Reset::RuntimeExit {
+                    reason: "exit status 3".into(),
+                }),
             },
             Message::Log {
                 line: "ünïcödé \u{0} line".into(),
@@ -471,9 +375,6 @@ mod tests {
                 wall_clock_ms: 1_700_000_000_000,
             },
             Message::Shutdown,
-            Message::RuntimeCrashed {
-                reason: "exit status 3".into(),
-            },
         ]
     }
 
@@ -503,23 +404,18 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64::encode(plain.as_bytes()), encoded);
-            assert_eq!(base64::decode(encoded).unwrap(), plain.as_bytes());
-        }
+    fn blobs_are_padded_standard_base64_and_bad_base64_is_refused() {
+        let blob = |text: &str| serde_json::from_str::<Blob>(&format!("\"{text}\""));
+        assert_eq!(
+            serde_json::to_string(&Blob(b"fo".to_vec())).unwrap(),
+            "\"Zm8=\""
+        );
+        assert_eq!(blob("Zm9vYg==").unwrap(), Blob(b"foob".to_vec()));
         let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(base64::decode(&base64::encode(&all)).unwrap(), all);
-        for bad in ["Zg=", "Z===", "Zg==Zm8=", "Zm9*", "Zg\n="] {
-            assert!(base64::decode(bad).is_err(), "{bad}");
+        let text = serde_json::to_string(&Blob(all.clone())).unwrap();
+        assert_eq!(serde_json::from_str::<Blob>(&text).unwrap(), Blob(all));
+        for bad in ["Zg=", "Z===", "Zg==Zm8=", "Zm9*", "Zg\\n="] {
+            assert!(blob(bad).is_err(), "{bad}");
         }
     }
 

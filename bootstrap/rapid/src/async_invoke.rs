@@ -56,7 +56,7 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation) {
     for attempt in 1..=MAX_ATTEMPTS {
         match sandbox.invoke(invocation.clone()).await {
             Ok(Outcome::Success(_)) => return,
-            Ok(Outcome::Failure(body)) => last = body.to_vec(),
+            Ok(Outcome::Failure { body, .. }) => last = body.to_vec(),
             Err(e) => {
                 last = proto::runtime_api::ErrorRequest::new(
                     proto::invoke_api::error_type::SERVICE,

@@ -113,7 +113,7 @@ impl<I: Invoker> Endpoint<I> {
             },
             _ => match self.sandbox.invoke(invocation).await {
                 Ok(Outcome::Success(body)) => http::json(200, body),
-                Ok(Outcome::Failure(body)) => {
+                Ok(Outcome::Failure { body, .. }) => {
                     let mut reply = http::json(200, body);
                     reply.headers_mut().insert(
                         header::FUNCTION_ERROR,

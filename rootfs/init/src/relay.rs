@@ -11,7 +11,7 @@ use crate::{reaper, restore};
 use bytes::Bytes;
 use proto::host_link::{FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY};
 use proto::invoke_api::error_type;
-use proto::runtime_api::{function_error_type, ErrorRequest};
+use proto::runtime_api::ErrorRequest;
 use rapid::sandbox::InvokeError;
 use rapid::{Handle, Outcome, SnapshotHook};
 use std::future::Future;
@@ -247,7 +247,7 @@ fn open_failed(addr: &LinkAddr, attempt: u64, why: &str) {
     }
 }
 
-/// Runs one invocation and queues its answer; a runtime that exited is also reported.
+/// Runs one invocation and queues its answer, which says whether the environment was reset.
 async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
     let request_id = invoke.request_id;
     let failure = |error_type: &str, message: String| {
@@ -255,7 +255,7 @@ async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
     };
     let outcome = if invoke.event.0.len() > MAX_PAYLOAD_LEN {
         let message = format!("the event is larger than {MAX_PAYLOAD_LEN} bytes");
-        Outcome::Failure(failure(error_type::REQUEST_TOO_LARGE, message))
+        Outcome::failure(failure(error_type::REQUEST_TOO_LARGE, message))
     } else {
         let invocation = rapid::Invocation {
             request_id: request_id.clone(),
@@ -267,9 +267,9 @@ async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
         match handle.invoke(invocation).await {
             Ok(outcome) => outcome,
             Err(e @ InvokeError::QueueFull) => {
-                Outcome::Failure(failure(error_type::TOO_MANY_REQUESTS, e.to_string()))
+                Outcome::failure(failure(error_type::TOO_MANY_REQUESTS, e.to_string()))
             }
-            Err(e) => Outcome::Failure(failure(error_type::SERVICE, e.to_string())),
+            Err(e) => Outcome::failure(failure(error_type::SERVICE, e.to_string())),
         }
     };
     let message = match outcome {
@@ -277,23 +277,13 @@ async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
             request_id,
             body: body.to_vec().into(),
         },
-        Outcome::Failure(body) => {
-            if let Some(reason) = runtime_exit(&body) {
-                outbox.send(Message::RuntimeCrashed { reason });
-            }
-            Message::Error {
-                request_id,
-                body: body.to_vec().into(),
-            }
-        }
+        Outcome::Failure { body, reset } => Message::Error {
+            request_id,
+            body: body.to_vec().into(),
+            reset,
+        },
     };
     outbox.send(message);
-}
-
-/// The message of an error body that says the runtime exited.
-fn runtime_exit(body: &[u8]) -> Option<String> {
-    let error: ErrorRequest = serde_json::from_slice(body).ok()?;
-    (error.error_type == function_error_type::RUNTIME_EXIT).then_some(error.error_message)
 }
 
 /// rapid's snapshot hook: tells the host init is done (the moment to snapshot), then waits for
@@ -316,19 +306,5 @@ impl SnapshotHook for LinkSnapshot {
                 .await
                 .map_err(|_| "init is shutting down".to_owned())
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_runtime_exits_count_as_crashes() {
-        let exit = ErrorRequest::new(function_error_type::RUNTIME_EXIT, "exit status 3").to_json();
-        assert_eq!(runtime_exit(&exit).as_deref(), Some("exit status 3"));
-        let handler = ErrorRequest::new("EchoError", "boom").to_json();
-        assert_eq!(runtime_exit(&handler), None);
-        assert_eq!(runtime_exit(b"not json"), None);
     }
 }

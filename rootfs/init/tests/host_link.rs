@@ -3,7 +3,7 @@
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
 use integration_tests::skip;
-use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, PORT};
+use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, Reset, PORT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -153,8 +153,13 @@ fn invoke(id: &str, event: &str) -> Invoke {
 }
 
 fn error_json(outcome: Outcome) -> serde_json::Value {
+    error_and_reset(outcome).0
+}
+
+/// The error JSON of a failed invoke, and whether the guest said it reset the environment.
+fn error_and_reset(outcome: Outcome) -> (serde_json::Value, Option<Reset>) {
     match outcome {
-        Outcome::Failure(body) => serde_json::from_slice(&body).unwrap(),
+        Outcome::Failure { body, reset } => (serde_json::from_slice(&body).unwrap(), reset),
         Outcome::Success(body) => {
             panic!("expected a failure, got {}", String::from_utf8_lossy(&body))
         }
@@ -177,11 +182,15 @@ fn invokes_succeed_fail_and_survive_a_runtime_crash() {
     assert!(guest.logged("START RequestId: r1"));
     assert!(guest.logged("REPORT RequestId: r1"));
 
-    let error = error_json(
+    let (error, reset) = error_and_reset(
         link.invoke(invoke("r2", r#"{"action":"error","message":"boom"}"#))
             .unwrap(),
     );
     assert_eq!(error["errorType"], "EchoError");
+    assert_eq!(
+        reset, None,
+        "a handler error leaves the environment as it is"
+    );
     assert!(error["errorMessage"].as_str().unwrap().contains("boom"));
 
     let Outcome::Success(context) = link
@@ -198,9 +207,13 @@ fn invokes_succeed_fail_and_survive_a_runtime_crash() {
         "Root=1-5759e988-bd862e3fe1be46a994272793"
     );
 
-    let crash = error_json(link.invoke(invoke("r4", r#"{"action":"crash"}"#)).unwrap());
+    let (crash, reset) =
+        error_and_reset(link.invoke(invoke("r4", r#"{"action":"crash"}"#)).unwrap());
     assert_eq!(crash["errorType"], "Runtime.ExitError");
-    assert_eq!(link.take_crashes().len(), 1);
+    assert!(
+        matches!(reset, Some(Reset::RuntimeExit { .. })),
+        "{reset:?}"
+    );
     assert_eq!(
         link.invoke(invoke("r5", "[1]")).unwrap(),
         Outcome::Success(b"[1]".to_vec()),
@@ -218,11 +231,12 @@ fn a_timed_out_invoke_is_reported_and_a_fresh_runtime_serves_the_next() {
     };
     let mut guest = Guest::start(&runtime, r#", "timeout_secs": 1"#, &[], &[]);
     let mut link = guest.accept();
-    let error = error_json(
+    let (error, reset) = error_and_reset(
         link.invoke(invoke("t1", r#"{"action":"sleep","ms":5000}"#))
             .unwrap(),
     );
     assert_eq!(error["errorType"], "Sandbox.Timedout", "{error}");
+    assert_eq!(reset, Some(Reset::Timeout));
     assert!(error["errorMessage"]
         .as_str()
         .unwrap()

@@ -15,7 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use proto::host_link::{Invoke, PORT};
+pub use proto::host_link::{Invoke, Reset, PORT};
 
 /// How long [`Listener::accept`] sleeps between polls.
 const ACCEPT_POLL: Duration = Duration::from_millis(5);
@@ -53,8 +53,9 @@ pub enum LinkError {
 pub enum Outcome {
     /// The runtime's response body.
     Success(Vec<u8>),
-    /// Lambda's error JSON: the function's error, or the environment's (timeout, runtime exit...).
-    Failure(Vec<u8>),
+    /// Lambda's error JSON: the function's error, or the environment's; `reset` says whether
+    /// the failure reset the environment (a timeout, a runtime exit).
+    Failure { body: Vec<u8>, reset: Option<Reset> },
 }
 
 /// Listens for the guest's connection on `<uds>_<port>`.
@@ -132,7 +133,6 @@ pub struct HostLink {
     peer: Hello,
     log: LogFn,
     init_done: Option<Duration>,
-    crashes: Vec<String>,
 }
 
 impl HostLink {
@@ -149,7 +149,6 @@ impl HostLink {
             peer,
             log: Box::new(|_| {}),
             init_done: None,
-            crashes: Vec::new(),
         })
     }
 
@@ -185,7 +184,13 @@ impl HostLink {
                 Message::Error {
                     request_id: id,
                     body,
-                } if id == request_id => return Ok(Outcome::Failure(body.0)),
+                    reset,
+                } if id == request_id => {
+                    return Ok(Outcome::Failure {
+                        body: body.0,
+                        reset,
+                    })
+                }
                 _ => {}
             }
         }
@@ -222,11 +227,6 @@ impl HostLink {
         self.send(&Message::Shutdown)
     }
 
-    /// Runtime crashes the guest reported since the last call.
-    pub fn take_crashes(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.crashes)
-    }
-
     fn send(&mut self, message: &Message) -> Result<(), LinkError> {
         Ok(wire::write_frame(&mut self.stream, message)?)
     }
@@ -239,7 +239,6 @@ impl HostLink {
             Message::InitDone { init_duration_ms } => {
                 self.init_done = Some(Duration::from_millis(*init_duration_ms));
             }
-            Message::RuntimeCrashed { reason } => self.crashes.push(reason.clone()),
             Message::Response { .. } | Message::Error { .. } => {}
             other @ (Message::Hello(_)
             | Message::Invoke(_)
@@ -296,12 +295,10 @@ mod tests {
                     request_id: "stale".into(),
                     body: b"old".as_slice().into(),
                 },
-                Message::RuntimeCrashed {
-                    reason: "exit status 3".into(),
-                },
                 Message::Error {
                     request_id: inv.request_id,
                     body: b"{\"errorType\":\"E\"}".as_slice().into(),
+                    reset: Some(Reset::Timeout),
                 },
                 Message::InitDone {
                     init_duration_ms: 5,
@@ -321,10 +318,12 @@ mod tests {
         link.on_log(move |line| sink.lock().unwrap().push(line.to_owned()));
         assert_eq!(
             link.invoke(invoke("r1")).unwrap(),
-            Outcome::Failure(b"{\"errorType\":\"E\"}".to_vec())
+            Outcome::Failure {
+                body: b"{\"errorType\":\"E\"}".to_vec(),
+                reset: Some(Reset::Timeout)
+            }
         );
         assert_eq!(*lines.lock().unwrap(), vec!["START".to_owned()]);
-        assert_eq!(link.take_crashes(), vec!["exit status 3".to_owned()]);
         assert_eq!(link.wait_init_done().unwrap(), Duration::from_millis(5));
         link.restore().unwrap();
         link.shutdown().unwrap();

@@ -223,22 +223,24 @@ impl Inner {
             .link
             .set_timeout(Some(deadline))
             .and_then(|()| guest.link.invoke(invoke_frame(invocation)));
-        let crashes = guest.link.take_crashes();
         match result {
-            Ok(outcome) => {
-                let (outcome, timed_out) = match outcome {
-                    host_link::Outcome::Success(body) => (Outcome::Success(body.into()), false),
-                    host_link::Outcome::Failure(body) => {
-                        let timed_out =
-                            error_type_of(&body).as_deref() == Some(error_type::TIMEOUT);
-                        (Outcome::Failure(body.into()), timed_out)
+            Ok(host_link::Outcome::Success(body)) => (Some(guest), Outcome::Success(body.into())),
+            Ok(host_link::Outcome::Failure { body, reset }) => {
+                let keep = match &reset {
+                    None => Some(guest),
+                    Some(why) => {
+                        self.log(&format!(
+                            "lambda-vm: the environment was reset ({}); the next invocation gets a fresh microVM",
+                            match why {
+                                host_link::Reset::Timeout => "the function timed out".to_owned(),
+                                host_link::Reset::RuntimeExit { reason } => reason.clone(),
+                            }
+                        ));
+                        None
                     }
                 };
-                if timed_out || !crashes.is_empty() {
-                    self.log("lambda-vm: the function timed out or crashed; the next invocation gets a fresh microVM");
-                    return (None, outcome);
-                }
-                (Some(guest), outcome)
+                let body = body.into();
+                (keep, Outcome::Failure { body, reset })
             }
             Err(e) => {
                 let message = match &e {
@@ -269,12 +271,7 @@ fn invoke_frame(invocation: Invocation) -> Invoke {
 }
 
 fn failure(kind: &str, message: &str) -> Outcome {
-    Outcome::Failure(ErrorRequest::new(kind, message).to_json().into())
-}
-
-fn error_type_of(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("errorType")?.as_str().map(str::to_owned)
+    Outcome::failure(ErrorRequest::new(kind, message).to_json())
 }
 
 impl Invoker for FunctionService {

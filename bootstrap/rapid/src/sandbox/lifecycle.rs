@@ -1,7 +1,7 @@
 //! Starting and resetting the runtime, and ending invocations: normally, or by timeout, crash,
 //! or a failed init or restore.
 
-use super::{Handle, Outcome, Phase, Process, State};
+use super::{Handle, Outcome, Phase, Process, Reset, State};
 use crate::process;
 use crate::report::{self, Report, Status};
 use bytes::Bytes;
@@ -12,9 +12,15 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 fn failure(error_type: &str, message: String) -> Outcome {
-    Outcome::Failure(Bytes::from(
-        ErrorRequest::new(error_type, message).to_json(),
-    ))
+    Outcome::failure(ErrorRequest::new(error_type, message).to_json())
+}
+
+/// A failure that reset the environment: its runtime is gone.
+fn reset_failure(error_type: &str, message: String, reset: Reset) -> Outcome {
+    Outcome::Failure {
+        body: Bytes::from(ErrorRequest::new(error_type, message).to_json()),
+        reset: Some(reset),
+    }
 }
 
 impl Handle {
@@ -77,8 +83,8 @@ impl Handle {
     /// gets it.
     pub(super) fn fail_restore(&self, state: &mut State, outcome: Outcome) {
         if state.queue.is_empty() {
-            if let Outcome::Failure(body) = outcome {
-                state.kept_failure = Some(body);
+            if let Outcome::Failure { .. } = outcome {
+                state.kept_failure = Some(outcome);
             }
         } else {
             self.fail_head(state, outcome);
@@ -129,20 +135,24 @@ impl Handle {
             .unwrap_or_else(|| "unknown status".into());
         let error_type = function_error_type::RUNTIME_EXIT;
         let message = format!("Runtime exited with error: {how}");
+        let exit = |message: String| {
+            let reason = message.clone();
+            reset_failure(error_type, message, Reset::RuntimeExit { reason })
+        };
         match state.phase {
             Phase::Initializing { started } => {
                 self.log(&report::init_report_error(started.elapsed(), error_type));
                 let message = format!("{}{message}", self.head_prefix(&state));
-                self.fail_head(&mut state, failure(error_type, message));
+                self.fail_head(&mut state, exit(message));
             }
             Phase::Restoring { started } => {
                 self.log(&report::restore_report_error(started.elapsed(), error_type));
                 let message = format!("{}{message}", self.head_prefix(&state));
-                self.fail_restore(&mut state, failure(error_type, message));
+                self.fail_restore(&mut state, exit(message));
             }
             Phase::Ready => {
                 if let Some(id) = self.unfinished_current(&state) {
-                    let outcome = failure(error_type, format!("RequestId: {id} Error: {message}"));
+                    let outcome = exit(format!("RequestId: {id} Error: {message}"));
                     self.finish(&mut state, outcome, Status::Error(error_type.into()));
                 }
             }
@@ -220,7 +230,7 @@ impl Handle {
         ));
         let message =
             format!("RequestId: {request_id} Error: Task timed out after {seconds:.2} seconds");
-        let outcome = failure(function_error_type::TIMEOUT, message);
+        let outcome = reset_failure(function_error_type::TIMEOUT, message, Reset::Timeout);
         self.finish(&mut state, outcome, Status::Timeout);
         self.reset(&mut state);
     }

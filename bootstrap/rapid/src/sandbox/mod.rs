@@ -20,6 +20,7 @@ pub use runtime_calls::too_large;
 use crate::config::EnvironmentConfig;
 use crate::process::Output;
 use bytes::Bytes;
+pub use proto::host_link::Reset;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,8 +66,19 @@ pub enum Outcome {
     Success(Bytes),
     /// The function or its environment failed; the body is Lambda's error JSON
     /// (`{"errorMessage","errorType",...}`), the invoker answers it with
-    /// `X-Amz-Function-Error: Unhandled`.
-    Failure(Bytes),
+    /// `X-Amz-Function-Error: Unhandled`. `reset` is set when the failure also reset the
+    /// environment (the function timed out, or its runtime exited).
+    Failure { body: Bytes, reset: Option<Reset> },
+}
+
+impl Outcome {
+    /// A failure that left the environment as it was.
+    pub fn failure(body: impl Into<Bytes>) -> Outcome {
+        Outcome::Failure {
+            body: body.into(),
+            reset: None,
+        }
+    }
 }
 
 /// Why an invocation got no outcome.
@@ -151,7 +163,7 @@ struct State {
     pending_restore_duration: Option<Duration>,
     /// A restore failure that found no invocation waiting: on Lambda a restore belongs to an
     /// invocation, so the next one gets it.
-    kept_failure: Option<Bytes>,
+    kept_failure: Option<Outcome>,
     shut_down: bool,
 }
 
@@ -241,7 +253,7 @@ impl Handle {
                 return Err(InvokeError::ShutDown);
             }
             if let Some(failure) = state.kept_failure.take() {
-                return Ok(Outcome::Failure(failure));
+                return Ok(failure);
             }
             if state.queue.len() >= MAX_QUEUED {
                 return Err(InvokeError::QueueFull);

@@ -171,7 +171,7 @@ impl Handle {
         );
         self.finish(
             &mut state,
-            Outcome::Failure(body.to_json().into()),
+            Outcome::failure(body.to_json()),
             Status::Error(error_type.into()),
         );
         self.shared.work.notify_waiters();
@@ -185,7 +185,7 @@ impl Handle {
             return reply;
         }
         // A handled function error: Lambda's REPORT line carries no status for it.
-        self.finish(&mut state, Outcome::Failure(body), Status::Success);
+        self.finish(&mut state, Outcome::failure(body), Status::Success);
         self.shared.work.notify_waiters();
         ApiReply::Accepted
     }
@@ -198,7 +198,7 @@ impl Handle {
             return invalid_transition("init/error is only valid during init");
         };
         self.log(&report::init_report_error(started.elapsed(), error_type));
-        self.fail_head(&mut state, Outcome::Failure(body));
+        self.fail_head(&mut state, Outcome::failure(body));
         self.reset(&mut state);
         ApiReply::Accepted
     }
@@ -253,7 +253,7 @@ impl Handle {
             return invalid_transition("restore/error is only valid after restore/next");
         };
         self.log(&report::restore_report_error(started.elapsed(), error_type));
-        self.fail_restore(&mut state, Outcome::Failure(body));
+        self.fail_restore(&mut state, Outcome::failure(body));
         self.reset(&mut state);
         ApiReply::Accepted
     }

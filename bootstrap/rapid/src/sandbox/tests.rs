@@ -77,12 +77,17 @@ fn rejected(reply: ApiReply) -> (u16, &'static str) {
 }
 
 fn error_of(outcome: Outcome) -> ErrorRequest {
+    error_and_reset(outcome).0
+}
+
+fn error_and_reset(outcome: Outcome) -> (ErrorRequest, Option<Reset>) {
     match outcome {
-        Outcome::Failure(body) => serde_json::from_slice(&body).unwrap(),
+        Outcome::Failure { body, reset } => (serde_json::from_slice(&body).unwrap(), reset),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
 
+use crate::sandbox::Reset;
 use proto::runtime_api::ErrorRequest;
 
 #[tokio::test]
@@ -168,7 +173,8 @@ async fn a_timeout_resets_and_the_next_invocation_inits_afresh() {
     let (handle, lines) = environment(config);
     let timed_out = invoke(&handle, "{}").await;
     let id = next(&handle).await.invocation.request_id;
-    let error = error_of(timed_out.await.unwrap().unwrap());
+    let (error, reset) = error_and_reset(timed_out.await.unwrap().unwrap());
+    assert_eq!(reset, Some(Reset::Timeout));
     assert_eq!(error.error_type, function_error_type::TIMEOUT);
     assert_eq!(
         error.error_message,
@@ -228,12 +234,14 @@ async fn a_runtime_that_exits_mid_invoke_fails_it() {
     let (handle, lines) = environment(config("/bin/sh", &["-c", "sleep 0.3; exit 3"]));
     let crashed = invoke(&handle, "{}").await;
     let id = next(&handle).await.invocation.request_id;
-    let error = error_of(crashed.await.unwrap().unwrap());
+    let (error, reset) = error_and_reset(crashed.await.unwrap().unwrap());
     assert_eq!(error.error_type, function_error_type::RUNTIME_EXIT);
     assert_eq!(
         error.error_message,
         format!("RequestId: {id} Error: Runtime exited with error: exit status 3")
     );
+    let reason = error.error_message.clone();
+    assert_eq!(reset, Some(Reset::RuntimeExit { reason }));
     assert!(lines.all().iter().any(|l| l.starts_with("REPORT")
         && l.ends_with("Status: error\tError Type: Runtime.ExitError\t")));
     handle.shutdown();
@@ -272,7 +280,7 @@ async fn init_error_fails_the_trigger_and_the_next_invocation_retries() {
         handle.init_error(body.clone(), "InitFailed"),
         ApiReply::Accepted
     ));
-    assert_eq!(first.await.unwrap(), Ok(Outcome::Failure(body)));
+    assert_eq!(first.await.unwrap(), Ok(Outcome::failure(body)));
     assert_eq!(lines.count("INIT_REPORT"), 1);
 
     let second = invoke(&handle, "{}").await;
@@ -407,7 +415,7 @@ async fn a_failed_restore_goes_to_the_next_invocation() {
     ));
     assert_eq!(
         handle.invoke(Invocation::new(Bytes::new())).await,
-        Ok(Outcome::Failure(Bytes::new()))
+        Ok(Outcome::failure(Bytes::new()))
     );
     assert_eq!(lines.count("RESTORE_REPORT"), 1);
     assert_eq!(
