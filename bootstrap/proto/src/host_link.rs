@@ -446,13 +446,14 @@ mod tests {
             read_frame(&mut wire.as_slice()),
             Err(FrameError::TooLarge { len }) if len == u32::MAX as usize
         ));
-        let just_over = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+        let max = u32::try_from(MAX_FRAME_LEN).unwrap();
+        let just_over = (max + 1).to_be_bytes();
         assert!(matches!(
             body_len(just_over),
             Err(FrameError::TooLarge { .. })
         ));
         assert_eq!(
-            body_len((MAX_FRAME_LEN as u32).to_be_bytes()).unwrap(),
+            body_len(max.to_be_bytes()).unwrap(),
             MAX_FRAME_LEN
         );
     }
@@ -489,7 +490,7 @@ mod tests {
             b"{\"log\":{\"line\":7}}",
             &[0xff, 0xfe, 0x00],
         ] {
-            let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+            let mut wire = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
             wire.extend_from_slice(body);
             assert!(
                 matches!(

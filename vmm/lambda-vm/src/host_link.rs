@@ -214,7 +214,7 @@ impl HostLink {
             .map_err(LinkError::Entropy)?;
         let wall_clock_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         self.send(&Message::Restore {
             entropy: entropy.into(),

@@ -156,7 +156,7 @@ pub fn spawn(
             // A runtime must not outlive a server that was killed without a chance to clean up:
             // it would hold the Runtime API port's clients and its memory forever.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() as u32 != parent {
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
                 return Err(std::io::Error::other("the server exited during spawn"));
             }
             Ok(())

@@ -45,7 +45,7 @@ impl Function for Echo {
                     .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     .unwrap_or(0);
                 let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 json!({ "random": hex, "time_ms": now })

@@ -52,7 +52,8 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
         })),
         Some("big") => {
             let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
-            Ok(Value::String("a".repeat(bytes as usize)))
+            let bytes = usize::try_from(bytes).map_err(|_| format!("{bytes} bytes is too many"))?;
+            Ok(Value::String("a".repeat(bytes)))
         }
         Some(other) => Err(format!("unknown action {other}").into()),
     }
