@@ -81,17 +81,17 @@ impl Rootfs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("booting the microVM: {0}")]
+    #[error("booting the microVM")]
     Boot(#[from] BuildError),
-    #[error("host link: {0}")]
+    #[error("host link")]
     Link(#[from] LinkError),
     #[error("the microVM stopped before its init connected: {0:?}")]
     Exited(VmExit),
     #[error("the guest's init did not connect within {0:?}")]
     BootTimeout(Duration),
-    #[error("snapshot: {0}")]
+    #[error("restoring the snapshot")]
     Snapshot(#[from] SnapshotError),
-    #[error("opening the console {path}: {source}")]
+    #[error("opening the console {}", path.display())]
     Console {
         path: PathBuf,
         source: std::io::Error,

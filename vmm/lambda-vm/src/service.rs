@@ -44,8 +44,8 @@ pub enum StartError {
     Cancelled(#[source] tokio::task::JoinError),
 }
 
-/// An error with its causes, `: `-separated; a cause the text already holds (some errors of
-/// this crate print their source themselves) is not repeated.
+/// An error with its causes, `: `-separated, for the top level's messages. A cause whose text
+/// the message already holds is not repeated: the VMM's errors still print their sources.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -250,7 +250,7 @@ impl Inner {
                     {
                         format!("the microVM did not answer within {} s", deadline.as_secs())
                     }
-                    _ => format!("lost the microVM's host link: {e}"),
+                    _ => format!("lost the microVM's host link: {}", chain(&e)),
                 };
                 let exit = guest.microvm.wait(Some(Duration::ZERO));
                 self.log(&format!("lambda-vm: {message} (VM exit: {exit:?}); the next invocation gets a fresh microVM"));
