@@ -55,7 +55,7 @@ fn malformed_json_event_is_rejected_before_the_runtime() {
     let Some(mut server) = start(&[]) else { return };
     let reply = server.invoke_raw(b"{\"not\": json", &[]);
     assert_eq!(reply.status, 400, "{}", reply.text());
-    assert_eq!(reply.json()["errorType"], "InvalidRequestContentException");
+    assert_eq!(reply.json()["Type"], "User", "{}", reply.text());
     assert!(!server.logs().iter().any(|l| l.starts_with("START")));
     still_serves(&mut server);
 }
@@ -66,7 +66,7 @@ fn oversized_sync_and_async_payloads_get_413() {
     let sync = format!("\"{}\"", "a".repeat(6_291_556 - 1));
     let reply = server.invoke_raw(sync.as_bytes(), &[]);
     assert_eq!(reply.status, 413, "{}", reply.text());
-    assert!(!reply.json()["errorMessage"]
+    assert!(!reply.json()["Message"]
         .as_str()
         .unwrap_or_default()
         .is_empty());

@@ -12,6 +12,7 @@
 //! sets them).
 //! Skipped, with the reason printed, only where /dev/kvm is absent; under CI that fails.
 
+use integration_tests::aws_clients;
 use integration_tests::server::LocalServer;
 use integration_tests::{have_kvm, host_binary, require, skip};
 use serde_json::json;
@@ -92,6 +93,15 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
             .filter(|l| l.starts_with("lambda-vm: microVM up"))
             .count()
     };
+    assert_eq!(boots(&server), 1);
+
+    // The AWS SDK and CLI see Lambda's answers from the microVM too (Tail logs come over the
+    // host link).
+    aws_clients::check(
+        "a_function_in_a_microvm_answers_fails_and_powers_off",
+        &server.invoke_addr,
+        "rust-echo",
+    );
     assert_eq!(boots(&server), 1);
 
     // A runtime that dies mid-invoke fails that invoke; the next one gets a fresh microVM.

@@ -3,6 +3,7 @@
 //!
 //! Everything here drives real processes: the real server binary, real runtimes, real HTTP.
 
+pub mod aws_clients;
 pub mod peers;
 pub mod server;
 

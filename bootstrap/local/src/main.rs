@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use proto::function_config::MEMORY_MB;
 use rapid::invoke_http::Endpoint;
-use rapid::{EnvironmentConfig, Handle, InitializationType, StdoutLog};
+use rapid::{EnvironmentConfig, Handle, InitializationType, LogTails, StdoutLog};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,12 +163,13 @@ async fn main() -> anyhow::Result<()> {
     );
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
 
-    let sandbox = Handle::new(config, api_addr, Arc::new(StdoutLog), None);
+    let tails = LogTails::default();
+    let sandbox = Handle::new(config, api_addr, tails.around(Arc::new(StdoutLog)), None);
     let api = sandbox.clone();
     tokio::spawn(rapid::http::serve(api_listener, move |request| {
         rapid::runtime_api::handle(api.clone(), request)
     }));
-    let endpoint = Endpoint::new(sandbox.clone());
+    let endpoint = Endpoint::new(sandbox.clone(), tails);
     tokio::spawn(rapid::http::serve(invoke_listener, move |request| {
         endpoint.clone().handle(request)
     }));

@@ -452,10 +452,7 @@ mod tests {
             body_len(just_over),
             Err(FrameError::TooLarge { .. })
         ));
-        assert_eq!(
-            body_len(max.to_be_bytes()).unwrap(),
-            MAX_FRAME_LEN
-        );
+        assert_eq!(body_len(max.to_be_bytes()).unwrap(), MAX_FRAME_LEN);
     }
 
     #[test]

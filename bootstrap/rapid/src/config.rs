@@ -6,6 +6,9 @@ use proto::function_config::{self, InitializationType};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The account id in the ARNs the environment hands out (the emulator's).
+pub const ACCOUNT_ID: &str = "012345678912";
+
 /// Lambda's limit on a function's init phase.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,7 +77,7 @@ impl EnvironmentConfig {
     /// The ARN the runtime sees as the invoked function (the emulator's fixed account id).
     pub fn function_arn(&self) -> String {
         format!(
-            "arn:aws:lambda:{}:012345678912:function:{}",
+            "arn:aws:lambda:{}:{ACCOUNT_ID}:function:{}",
             self.region, self.function_name
         )
     }

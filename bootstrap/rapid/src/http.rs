@@ -69,7 +69,19 @@ pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
     reply
 }
 
-/// A reply with Lambda's `{"errorMessage", "errorType"}` body.
+/// An error of the service itself, as the Lambda API returns it: the exception's name in
+/// `X-Amzn-ErrorType` and a `{"Type", "Message"}` body.
+pub fn service_error(status: u16, exception: &'static str, message: &str) -> Reply {
+    let body = proto::invoke_api::ServiceError::new(status, message);
+    let mut reply = json(status, serde_json::to_vec(&body).unwrap_or_default());
+    reply.headers_mut().insert(
+        proto::invoke_api::header::ERROR_TYPE,
+        hyper::header::HeaderValue::from_static(exception),
+    );
+    reply
+}
+
+/// A reply with the Runtime API's `{"errorMessage", "errorType"}` body.
 pub fn error(status: u16, error_type: &str, message: &str) -> Reply {
     let body = proto::runtime_api::ErrorResponse {
         error_message: message.to_owned(),

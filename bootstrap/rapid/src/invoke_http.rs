@@ -5,13 +5,16 @@
 use crate::async_invoke::AsyncQueue;
 use crate::http::{self, BodyError, Reply};
 use crate::invoker::Invoker;
+use crate::log_tail::LogTails;
 use crate::sandbox::{Invocation, InvokeError, Outcome};
 use base64::Engine;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request};
-use proto::invoke_api::{error_type, header, invocation_type, FUNCTION_ERROR_UNHANDLED};
+use proto::invoke_api::{
+    error_type, header, invocation_type, log_type, FUNCTION_ERROR_UNHANDLED, LATEST,
+};
 use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
 
 /// The invoke endpoint of one environment. Cheap to clone: one per connection.
@@ -19,24 +22,39 @@ use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
 pub struct Endpoint<I: Invoker> {
     sandbox: I,
     events: AsyncQueue<I>,
+    tails: LogTails,
 }
 
 impl<I: Invoker> Endpoint<I> {
-    pub fn new(sandbox: I) -> Endpoint<I> {
+    /// `tails` must see the environment's log lines (see [`LogTails::around`]) for
+    /// `X-Amz-Log-Type: Tail` to return them.
+    pub fn new(sandbox: I, tails: LogTails) -> Endpoint<I> {
         Endpoint {
             events: AsyncQueue::new(sandbox.clone()),
             sandbox,
+            tails,
         }
     }
 
     /// Answers one HTTP request. Every answer to an invoke carries `X-Amzn-RequestId`.
     pub async fn handle(self, request: Request<Incoming>) -> Reply {
-        if !self.is_invoke_path(request.uri().path()) {
-            let message = format!("Function not found: {}", request.uri().path());
-            return http::error(404, error_type::RESOURCE_NOT_FOUND, &message);
+        let path = request.uri().path();
+        let Some(name) = function_name(path) else {
+            let message = format!("No such API: {path}");
+            return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
+        };
+        if name != "function" && name != self.sandbox.config().function_name {
+            let config = self.sandbox.config();
+            let arn = format!(
+                "arn:aws:lambda:{}:{}:function:{name}",
+                config.region,
+                crate::config::ACCOUNT_ID
+            );
+            let message = format!("Function not found: {arn}");
+            return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         }
         if request.method() != Method::POST {
-            return http::error(405, error_type::INVALID_PARAMETER, "invoke with POST");
+            return http::service_error(405, error_type::INVALID_PARAMETER, "invoke with POST");
         }
         let invocation = Invocation::new(Bytes::new());
         let request_id = invocation.request_id.clone();
@@ -45,18 +63,6 @@ impl<I: Invoker> Endpoint<I> {
             reply.headers_mut().insert(header::REQUEST_ID, value);
         }
         reply
-    }
-
-    /// The emulator's path names the function `function`; the configured name is accepted too,
-    /// as Lambda's own Invoke path would have it.
-    fn is_invoke_path(&self, path: &str) -> bool {
-        let Some(name) = path
-            .strip_prefix("/2015-03-31/functions/")
-            .and_then(|rest| rest.strip_suffix("/invocations"))
-        else {
-            return false;
-        };
-        name == "function" || name == self.sandbox.config().function_name
     }
 
     async fn invoke(&self, request: Request<Incoming>, mut invocation: Invocation) -> Reply {
@@ -76,7 +82,15 @@ impl<I: Invoker> Endpoint<I> {
                 let message = format!(
                     "Invalid X-Amz-Invocation-Type: {other:?} (RequestResponse, Event or DryRun)"
                 );
-                return http::error(400, error_type::INVALID_PARAMETER, &message);
+                return http::service_error(400, error_type::INVALID_PARAMETER, &message);
+            }
+        };
+        let tail = match header_value(header::LOG_TYPE).as_deref() {
+            None | Some(log_type::NONE) => false,
+            Some(log_type::TAIL) => true,
+            Some(other) => {
+                let message = format!("Invalid X-Amz-Log-Type: {other:?} (None or Tail)");
+                return http::service_error(400, error_type::INVALID_PARAMETER, &message);
             }
         };
         invocation.trace_id = header_value(header::TRACE_ID);
@@ -85,7 +99,7 @@ impl<I: Invoker> Endpoint<I> {
                 Some(context) => invocation.client_context = Some(context),
                 None => {
                     let message = "X-Amz-Client-Context must be base64-encoded JSON";
-                    return http::error(400, error_type::INVALID_REQUEST_CONTENT, message);
+                    return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, message);
                 }
             }
         }
@@ -93,41 +107,67 @@ impl<I: Invoker> Endpoint<I> {
             Ok(body) => body,
             Err(BodyError::TooLarge(limit)) => {
                 let message = format!(
-                    "Request must be smaller than {limit} bytes for the InvokeFunction operation"
+                    "Request must be smaller than {} bytes for the InvokeFunction operation",
+                    limit + 1
                 );
-                return http::close(http::error(413, error_type::REQUEST_TOO_LARGE, &message));
+                let refusal = http::service_error(413, error_type::REQUEST_TOO_LARGE, &message);
+                return http::close(refusal);
             }
-            Err(e) => return http::error(400, error_type::INVALID_REQUEST_CONTENT, &e.to_string()),
+            Err(e) => {
+                let message = e.to_string();
+                return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
+            }
         };
         invocation.event = match event(body) {
             Ok(event) => event,
             Err(message) => {
-                return http::error(400, error_type::INVALID_REQUEST_CONTENT, &message);
+                return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
             }
         };
         match kind.as_str() {
             invocation_type::DRY_RUN => http::json(204, Bytes::new()),
             invocation_type::EVENT => match self.events.enqueue(invocation) {
                 Ok(()) => http::json(202, Bytes::new()),
-                Err(e) => http::error(429, error_type::TOO_MANY_REQUESTS, &e.to_string()),
+                Err(e) => http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string()),
             },
-            _ => match self.sandbox.invoke(invocation).await {
-                Ok(Outcome::Success(body)) => http::json(200, body),
-                Ok(Outcome::Failure { body, .. }) => {
-                    let mut reply = http::json(200, body);
-                    reply.headers_mut().insert(
-                        header::FUNCTION_ERROR,
-                        HeaderValue::from_static(FUNCTION_ERROR_UNHANDLED),
-                    );
-                    reply
+            _ => {
+                let watch = tail.then(|| self.tails.watch(&invocation.request_id));
+                let outcome = self.sandbox.invoke(invocation).await;
+                let log = watch.map(|watch| watch.finish());
+                let (body, failed) = match outcome {
+                    Ok(Outcome::Success(body)) => (body, false),
+                    Ok(Outcome::Failure { body, .. }) => (body, true),
+                    Err(e @ InvokeError::QueueFull) => {
+                        let message = e.to_string();
+                        return http::service_error(429, error_type::TOO_MANY_REQUESTS, &message);
+                    }
+                    Err(e) => return http::service_error(500, error_type::SERVICE, &e.to_string()),
+                };
+                let mut reply = http::json(200, body);
+                let headers = reply.headers_mut();
+                headers.insert(header::EXECUTED_VERSION, HeaderValue::from_static(LATEST));
+                if failed {
+                    let unhandled = HeaderValue::from_static(FUNCTION_ERROR_UNHANDLED);
+                    headers.insert(header::FUNCTION_ERROR, unhandled);
                 }
-                Err(e @ InvokeError::QueueFull) => {
-                    http::error(429, error_type::TOO_MANY_REQUESTS, &e.to_string())
+                if let Some(log) = log {
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(log);
+                    if let Ok(value) = HeaderValue::from_str(&encoded) {
+                        headers.insert(header::LOG_RESULT, value);
+                    }
                 }
-                Err(e) => http::error(500, error_type::SERVICE, &e.to_string()),
-            },
+                reply
+            }
         }
     }
+}
+
+/// The function an invoke path names: `/2015-03-31/functions/{name}/invocations`. The emulator's
+/// path names it `function`; the configured name is accepted too, as on Lambda.
+fn function_name(path: &str) -> Option<&str> {
+    path.strip_prefix("/2015-03-31/functions/")?
+        .strip_suffix("/invocations")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
 }
 
 /// The event of an invoke body: JSON, as Lambda's Invoke API requires (the emulator does not

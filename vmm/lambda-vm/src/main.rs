@@ -8,7 +8,7 @@ use lambda_vm::guest::{GuestSpec, Rootfs};
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::FunctionService;
 use rapid::invoke_http::Endpoint;
-use rapid::{EnvironmentConfig, InitializationType};
+use rapid::{EnvironmentConfig, InitializationType, LogTails};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,7 +111,15 @@ async fn main() -> anyhow::Result<()> {
         let settings = format!("{} mem_mib={}", spec.boot_args(), spec.mem_size_mib);
         Snapshots::new(snapshot_root, inputs, settings)
     });
-    let service = FunctionService::new(config, spec, snapshots, |line| println!("{line}"));
+    let tails = LogTails::default();
+    let log = {
+        let tails = tails.clone();
+        move |line: &str| {
+            tails.line(line);
+            println!("{line}");
+        }
+    };
+    let service = FunctionService::new(config, spec, snapshots, log);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -122,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     // port. One write, so that a reader never sees half of it (eprintln! may write in pieces).
     let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
-    let endpoint = Endpoint::new(service.clone());
+    let endpoint = Endpoint::new(service.clone(), tails);
     tokio::spawn(rapid::http::serve(listener, move |request| {
         endpoint.clone().handle(request)
     }));

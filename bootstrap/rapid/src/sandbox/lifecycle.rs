@@ -243,27 +243,25 @@ impl Handle {
             .map(|c| c.request_id.clone())
     }
 
-    /// Ends the current invocation: the outcome to its invoker, then END and REPORT.
+    /// Ends the current invocation: the runtime's pending output, END and REPORT, then the
+    /// outcome to its invoker, so that an invoker that collects the invocation's log (`LogType:
+    /// Tail`) has all of it when the outcome arrives.
     pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
         let Some(current) = state.current.as_mut().filter(|c| !c.finished) else {
             return;
         };
         current.finished = true;
         current.timer.abort();
-        let duration = current.started.elapsed();
-        if let Some(reply) = current.reply.take() {
-            // The invoker may have gone; the invocation still counts as done.
-            let _ = reply.send(outcome);
-        }
         let mut report = Report {
             request_id: current.request_id.clone(),
-            duration,
+            duration: current.started.elapsed(),
             memory_size_mb: self.shared.config.memory_mb,
             max_memory_used_mb: 0,
             init_duration: current.init_duration,
             restore_duration: current.restore_duration,
             status,
         };
+        let reply = current.reply.take();
         if let Some(process) = state.process.as_mut() {
             process.output.drain();
             process.sample_memory();
@@ -271,6 +269,10 @@ impl Handle {
         }
         self.log(&report::end(&report.request_id));
         self.log(&report.line());
+        if let Some(reply) = reply {
+            // The invoker may have gone; the invocation still counts as done.
+            let _ = reply.send(outcome);
+        }
     }
 }
 

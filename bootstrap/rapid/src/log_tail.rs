@@ -1,0 +1,151 @@
+//! The end of one invocation's log, for `X-Amz-Log-Type: Tail`: every line from the
+//! invocation's `START` to its `REPORT`, keeping the last [`LOG_RESULT_MAX`] bytes, as Lambda's
+//! `LogResult` does. It watches the lines on their way to the log, so it works the same whether
+//! the environment runs here (local mode) or in a microVM (its lines arrive over the host link).
+
+use crate::hooks::LogSink;
+use proto::invoke_api::LOG_RESULT_MAX;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// Most invocations watched at once; a watch beyond it collects nothing.
+const MAX_WATCHES: usize = 1024;
+
+/// The invocations whose log is being collected. Cheap to clone; every clone sees the same
+/// watches.
+#[derive(Clone, Default)]
+pub struct LogTails {
+    watches: Arc<Mutex<Vec<Watched>>>,
+}
+
+struct Watched {
+    start: String,
+    report: String,
+    started: bool,
+    done: bool,
+    tail: VecDeque<u8>,
+}
+
+/// One invocation's collection; [`TailWatch::finish`] returns what it collected.
+pub struct TailWatch {
+    tails: LogTails,
+    start: String,
+}
+
+impl LogTails {
+    /// Starts collecting the log of invocation `request_id`.
+    pub fn watch(&self, request_id: &str) -> TailWatch {
+        let start = format!("START RequestId: {request_id} ");
+        let mut watches = self.lock();
+        if watches.len() < MAX_WATCHES {
+            watches.push(Watched {
+                start: start.clone(),
+                report: format!("REPORT RequestId: {request_id}\t"),
+                started: false,
+                done: false,
+                tail: VecDeque::new(),
+            });
+        }
+        TailWatch {
+            tails: self.clone(),
+            start,
+        }
+    }
+
+    /// Looks at one log line.
+    pub fn line(&self, line: &str) {
+        for watched in self.lock().iter_mut() {
+            if watched.done {
+                continue;
+            }
+            if !watched.started {
+                if !line.starts_with(&watched.start) {
+                    continue;
+                }
+                watched.started = true;
+            }
+            watched.tail.extend(line.as_bytes());
+            watched.tail.push_back(b'\n');
+            let excess = watched.tail.len().saturating_sub(LOG_RESULT_MAX);
+            watched.tail.drain(..excess);
+            watched.done = line.starts_with(&watched.report);
+        }
+    }
+
+    /// A sink that shows every line to these watches, then passes it on to `inner`.
+    pub fn around(&self, inner: Arc<dyn LogSink>) -> Arc<dyn LogSink> {
+        Arc::new(Tee {
+            tails: self.clone(),
+            inner,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl TailWatch {
+    /// Stops collecting; the last [`LOG_RESULT_MAX`] bytes of the invocation's log.
+    pub fn finish(self) -> Vec<u8> {
+        let mut watches = self.tails.lock();
+        match watches.iter().position(|w| w.start == self.start) {
+            Some(i) => watches.swap_remove(i).tail.into(),
+            None => Vec::new(),
+        }
+    }
+}
+
+struct Tee {
+    tails: LogTails,
+    inner: Arc<dyn LogSink>,
+}
+
+impl LogSink for Tee {
+    fn line(&self, line: &str) {
+        self.tails.line(line);
+        self.inner.line(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_collects_its_invocation_from_start_to_report_only() {
+        let tails = LogTails::default();
+        let watch = tails.watch("r1");
+        for line in [
+            "before",
+            "START RequestId: r0 Version: $LATEST",
+            "START RequestId: r1 Version: $LATEST",
+            "hello from the handler",
+            "END RequestId: r1",
+            "REPORT RequestId: r1\tDuration: 1.00 ms\t",
+            "START RequestId: r2 Version: $LATEST",
+        ] {
+            tails.line(line);
+        }
+        let tail = String::from_utf8(watch.finish()).unwrap();
+        assert_eq!(
+            tail,
+            "START RequestId: r1 Version: $LATEST\nhello from the handler\nEND RequestId: r1\nREPORT RequestId: r1\tDuration: 1.00 ms\t\n"
+        );
+        assert!(tails.lock().is_empty());
+    }
+
+    #[test]
+    fn only_the_last_4_kb_are_kept() {
+        let tails = LogTails::default();
+        let watch = tails.watch("r1");
+        tails.line("START RequestId: r1 Version: $LATEST");
+        for _ in 0..100 {
+            tails.line(&"x".repeat(100));
+        }
+        tails.line("REPORT RequestId: r1\tDuration: 1.00 ms\t");
+        let tail = watch.finish();
+        assert_eq!(tail.len(), LOG_RESULT_MAX);
+        assert!(tail.ends_with(b"REPORT RequestId: r1\tDuration: 1.00 ms\t\n"));
+    }
+}

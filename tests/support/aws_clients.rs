@@ -1,0 +1,47 @@
+//! The real AWS clients (boto3 and the AWS CLI, installed into the test virtualenv from
+//! tests/requirements.txt) driven against a running service by `tests/aws_clients/check.py`.
+
+use crate::peers::venv_python;
+use crate::{skip, workspace_root};
+use std::process::Command;
+
+/// Runs every client check against the invoke endpoint at `invoke_addr`, serving the echo
+/// function as `function_name`; panics with the checker's output when one fails. Returns false
+/// (after [`skip`]) when the clients are not installed.
+pub fn check(test: &str, invoke_addr: &str, function_name: &str) -> bool {
+    let python = venv_python();
+    let aws = python.with_file_name("aws");
+    let installed = aws.exists()
+        && Command::new(&python)
+            .args(["-c", "import boto3"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !installed {
+        return skip(
+            test,
+            &format!(
+                "boto3 or the AWS CLI is not installed next to {}; scripts/test.sh installs them",
+                python.display()
+            ),
+        );
+    }
+    let script = workspace_root().join("tests/aws_clients/check.py");
+    let output = Command::new(&python)
+        .arg(script)
+        .arg(format!("http://{invoke_addr}"))
+        .arg(function_name)
+        .arg(&aws)
+        .output()
+        .expect("running the AWS client checks");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{text}");
+    assert!(
+        output.status.success(),
+        "the AWS client checks failed:\n{text}"
+    );
+    true
+}
