@@ -107,12 +107,13 @@ for _ in range(runs):
     for label, runtime, handler, task_root in runtimes:
         samples[label].append(sample(runtime, handler, task_root) * 1000)
 
-print("| runtime | process start to first `/next`, median | min | max | runs |")
-print("|---|---|---|---|---|")
+print("| runtime | process start to first `/next`, median | middle half (p25-p75) | min | max | runs |")
+print("|---|---|---|---|---|---|")
 for label, *_ in runtimes:
     s = samples[label]
-    print("| %s | %.2f ms | %.2f ms | %.2f ms | %d |"
-          % (label, statistics.median(s), min(s), max(s), len(s)))
+    q1, median, q3 = statistics.quantiles(s, n=4)
+    print("| %s | %.2f ms | %.2f-%.2f ms | %.2f ms | %.2f ms | %d |"
+          % (label, median, q1, q3, min(s), max(s), len(s)))
 print()
 print("| package | zip | unzipped |")
 print("|---|---|---|")
