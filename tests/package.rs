@@ -25,7 +25,7 @@ const MAX_ZIPPED: u64 = 50 * 1024 * 1024;
 
 /// Whether the tools the packager and these tests use are installed; otherwise [`skip`]s.
 fn have_tools(test: &str) -> bool {
-    for tool in ["python3", "unzip", "strip", "cargo"] {
+    for tool in ["python3", "unzip", "strip"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
