@@ -102,8 +102,9 @@ else
     fi
     worker_args=(--worker-dir "$function_dir")
 fi
-file -b "$binary" 2>/dev/null | grep -q "dynamically linked" \
-    && die "$binary is dynamically linked; Lambda's provided.al2023 needs a static binary (-C target-feature=+crt-static)"
+# A static-pie binary has neither a program interpreter nor shared-library dependencies.
+readelf -ld "$binary" 2>/dev/null | grep -qE "program interpreter|\(NEEDED\)" \
+    && die "$binary is dynamically linked; the package needs a static binary (-C target-feature=+crt-static)"
 strip --strip-all -o "$staging/bootstrap" "$binary"
 
 step "packaging $function_dir into $out"

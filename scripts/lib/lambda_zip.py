@@ -85,8 +85,11 @@ def function_config(config_path, handler):
 
 
 def check_handler(handler, entries):
-    """A worker's `_HANDLER` is resolved against the task root (WORKER_PROTOCOL.md), so it must
-    name an executable file in the package."""
+    """A worker's relative `_HANDLER` is resolved against the task root (WORKER_PROTOCOL.md), so
+    it must name an executable file in the package."""
+    if handler.startswith("/"):
+        # An absolute path names a file outside the task root, such as a layer's under /opt.
+        return
     name = handler[2:] if handler.startswith("./") else handler
     for arcname, _, mode in entries:
         if arcname == name:
@@ -147,10 +150,11 @@ def main():
     parser.add_argument("--max-unzipped", type=int, default=MAX_UNZIPPED)
     args = parser.parse_args()
 
-    # A failed build must not leave an older package at the output path looking like its result.
-    if os.path.lexists(args.out):
-        os.unlink(args.out)
     try:
+        # A failed build must not leave an older package at the output path looking like its
+        # result.
+        if os.path.lexists(args.out):
+            os.unlink(args.out)
         entries = worker_files(args.worker_dir) if args.worker_dir else []
         if args.worker_dir:
             check_handler(args.handler, entries)
