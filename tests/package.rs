@@ -442,3 +442,36 @@ fn a_worker_package_needs_its_handler_as_an_executable() {
     );
     assert_eq!(leftovers(out.path()), Vec::<String>::new());
 }
+
+#[test]
+fn a_dynamically_linked_bootstrap_is_refused() {
+    let test = "a_dynamically_linked_bootstrap_is_refused";
+    if !have_tools(test) {
+        return;
+    }
+    // The test profile's `bootstrap` links glibc dynamically: it would not start on an image
+    // with another glibc, so it must never reach a package.
+    let Some(dynamic) = integration_tests::require(
+        integration_tests::host_binary("bootstrap"),
+        "bootstrap (host build)",
+    ) else {
+        return;
+    };
+    let out = TempDir::new().unwrap();
+    let output = Command::new("bash")
+        .arg(workspace_root().join("scripts").join("package-lambda.sh"))
+        .arg(example(SHELL_WORKER))
+        .arg("-o")
+        .arg(out.path().join("function.zip"))
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("BOOTSTRAP_BIN", &dynamic)
+        .output()
+        .expect("run scripts/package-lambda.sh");
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is dynamically linked"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(leftovers(out.path()), Vec::<String>::new());
+}
