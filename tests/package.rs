@@ -330,7 +330,7 @@ fn packages_are_byte_identical_across_builds() {
     }
 }
 
-/// Output directory entries other than `keep`: a refused build must leave no partial zip.
+/// What an output directory holds: after a refused build, nothing (no partial zip, no temporary).
 fn leftovers(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
         .unwrap()
