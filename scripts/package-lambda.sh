@@ -26,7 +26,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib/common.sh"
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 function_dir="" out="" handler="" bin="" limits=()
 while [ $# -gt 0 ]; do
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --handler) handler=${2:?"--handler needs a name"}; shift 2 ;;
         --bin) bin=${2:?"--bin needs a name"}; shift 2 ;;
         --max-zipped | --max-unzipped) limits+=("$1" "${2:?"$1 needs a byte count"}"); shift 2 ;;
-        -h | --help) usage ;;
+        -h | --help) usage 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) [ -z "$function_dir" ] || die "one function directory only (got $function_dir and $1)"
            function_dir=$1; shift ;;
