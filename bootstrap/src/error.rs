@@ -10,6 +10,10 @@ pub mod error_type {
     pub const WORKER_PROTOCOL: &str = "Runtime.WorkerProtocolError";
     /// `_HANDLER` does not name an executable that could be started.
     pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
+    /// A typed handler's event is not JSON of the handler's event type.
+    pub const UNMARSHAL: &str = "Runtime.UnmarshalError";
+    /// A typed handler's response could not be written as JSON.
+    pub const MARSHAL: &str = "Runtime.MarshalError";
     /// The function process exited; shared with the platform's own name for it.
     pub const EXIT: &str = proto::runtime_api::function_error_type::RUNTIME_EXIT;
 }

@@ -11,6 +11,9 @@
 //! }
 //! ```
 //!
+//! [`typed_fn`] does the same for a handler on `serde` types: the event arrives deserialized
+//! from JSON and the response leaves serialized.
+//!
 //! The `bootstrap` binary of this package is a custom runtime for any language: it drives a
 //! long-lived worker process over the protocol in `WORKER_PROTOCOL.md`.
 
@@ -20,6 +23,7 @@ mod context;
 mod error;
 mod handler;
 mod runtime;
+mod typed;
 
 pub use client::{Client, Invocation};
 pub use config::Config;
@@ -29,3 +33,4 @@ pub use handler::{service_fn, Function, HandlerError, ServiceFn};
 /// The error body of the Runtime API's error endpoints, as [`Client`] takes it.
 pub use proto::runtime_api::ErrorRequest;
 pub use runtime::{run, run_with_client};
+pub use typed::{decode_event, encode_response, typed_fn, TypedFn};
