@@ -256,7 +256,7 @@ fn a_response_over_the_limit_fails_the_invoke_only() {
         error,
         json!({
             "errorType": "Function.ResponseSizeTooLarge",
-            "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes)."
+            "errorMessage": "Response payload size (6291557 bytes) exceeded maximum allowed payload size (6291556 bytes)."
         })
     );
     let reply = server.invoke(&format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 2));

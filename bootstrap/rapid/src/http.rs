@@ -15,8 +15,12 @@ pub type Reply = Response<Full<Bytes>>;
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error("the body is larger than {0} bytes")]
-    TooLarge(usize),
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge {
+        limit: usize,
+        /// The size the request declared (`Content-Length`), when it did.
+        declared: Option<u64>,
+    },
     #[error("the body could not be read: {0}")]
     Read(String),
 }
@@ -33,15 +37,15 @@ pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = request.into_body();
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit)) {
         discard(&mut body).await;
-        return Err(BodyError::TooLarge(limit));
+        return Err(BodyError::TooLarge { limit, declared });
     }
     match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             discard(&mut body).await;
-            Err(BodyError::TooLarge(limit))
+            Err(BodyError::TooLarge { limit, declared })
         }
         Err(e) => Err(BodyError::Read(e.to_string())),
     }

@@ -105,7 +105,7 @@ impl<I: Invoker> Endpoint<I> {
         }
         let body = match http::read_body(request, limit).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge(limit)) => {
+            Err(BodyError::TooLarge { limit, .. }) => {
                 let message = format!(
                     "Request must be smaller than {} bytes for the InvokeFunction operation",
                     limit + 1

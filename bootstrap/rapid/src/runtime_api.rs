@@ -42,8 +42,8 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
             }
             match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
                 Ok(body) => sandbox.respond(&id, body),
-                Err(BodyError::TooLarge(_)) => {
-                    return http::close(to_http(sandbox.respond_too_large(&id)))
+                Err(BodyError::TooLarge { declared, .. }) => {
+                    return http::close(to_http(sandbox.respond_too_large(&id, declared)))
                 }
                 Err(e) => bad_request(&e.to_string()),
             }
@@ -84,7 +84,7 @@ async fn error_body(
         .map(str::to_owned);
     let body = match http::read_body(request, ERROR_BODY_LIMIT).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge(_)) => return Err(http::close(to_http(too_large()))),
+        Err(BodyError::TooLarge { .. }) => return Err(http::close(to_http(too_large()))),
         Err(e) => return Err(to_http(bad_request(&e.to_string()))),
     };
     if body.iter().all(u8::is_ascii_whitespace) {

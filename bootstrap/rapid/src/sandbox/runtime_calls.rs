@@ -155,17 +155,20 @@ impl Handle {
         ApiReply::Accepted
     }
 
-    /// A response body over the limit: the invocation fails, the runtime is told 413.
-    pub fn respond_too_large(&self, request_id: &str) -> ApiReply {
+    /// A response body over the limit (of `size` bytes, when the request said): the invocation
+    /// fails, the runtime is told 413.
+    pub fn respond_too_large(&self, request_id: &str, size: Option<u64>) -> ApiReply {
         let mut state = self.lock();
         if let Err(reply) = self.check_current(&state, request_id) {
             return reply;
         }
         let error_type = function_error_type::RESPONSE_TOO_LARGE;
+        // Lambda's message names the size; a chunked response declared none.
+        let size = size.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
         let body = ErrorRequest::new(
             error_type,
             format!(
-                "Response payload size exceeded maximum allowed payload size \
+                "Response payload size{size} exceeded maximum allowed payload size \
                  ({SYNC_PAYLOAD_LIMIT} bytes)."
             ),
         );
