@@ -41,10 +41,12 @@ pub const PVM_BOOT_ARGS: &str = "noxsave nosmap nofsgsbase nopku \
     pvm_no_int3_selftest pvm_no_fwait pvm_syscall_fixup";
 
 /// The kernel command line a VM with CPU template `template` gets when none is configured.
+/// `template` is resolved for the host ([`CpuTemplate::resolve`]); `Auto` gets the plain
+/// defaults, as `None` does.
 pub fn default_boot_args(template: CpuTemplate) -> String {
-    match template.resolve() {
+    match template {
         CpuTemplate::Pvm => format!("{DEFAULT_BOOT_ARGS} {PVM_BOOT_ARGS}"),
-        _ => DEFAULT_BOOT_ARGS.to_owned(),
+        CpuTemplate::Auto | CpuTemplate::None => DEFAULT_BOOT_ARGS.to_owned(),
     }
 }
 
@@ -86,6 +88,11 @@ pub enum BuildError {
     Bus(#[from] Overlap),
     #[error("starting the event loop: {0}")]
     EventLoop(String),
+    #[error(
+        "machine-config.cpu_template is `Auto`: resolve it for the host \
+         (CpuTemplate::resolve with HostCaps::detect) before booting"
+    )]
+    UnresolvedCpuTemplate,
 }
 
 fn device_error<E: std::error::Error + Send + Sync + 'static>(
@@ -98,13 +105,15 @@ fn device_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// Boots `config`, the guest's console going to `console`.
+/// Boots `config`, the guest's console going to `console`. Its CPU template must be resolved
+/// for the host already ([`CpuTemplate::resolve`]): the VMM does not look at the host itself.
 pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm, BuildError> {
     let machine = &config.machine_config;
-    let template = machine.cpu_template.resolve();
+    let template = machine.cpu_template;
     let masked: &[FeatureBit] = match template {
         CpuTemplate::Pvm => PVM_TEMPLATE,
-        _ => &[],
+        CpuTemplate::None => &[],
+        CpuTemplate::Auto => return Err(BuildError::UnresolvedCpuTemplate),
     };
 
     // Memory and kernel.
@@ -354,5 +363,36 @@ impl<'a> VirtioAttacher<'a> {
         self.subscribers.push(device);
         self.next += 1;
         Ok((base, irq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BootSource, MachineConfig};
+
+    #[test]
+    fn an_unresolved_cpu_template_is_refused_before_anything_is_made() {
+        let config = VmConfig {
+            boot_source: BootSource {
+                kernel_image_path: "/no/such/vmlinux".into(),
+                initrd_path: None,
+                boot_args: None,
+            },
+            machine_config: MachineConfig::default(),
+            drives: Vec::new(),
+            vsock: None,
+            entropy: None,
+            serial: None,
+        };
+        assert_eq!(config.machine_config.cpu_template, CpuTemplate::Auto);
+        let result = boot(&config, Box::new(std::io::sink()));
+        assert!(matches!(result, Err(BuildError::UnresolvedCpuTemplate)));
+    }
+
+    #[test]
+    fn only_the_pvm_template_adds_boot_args() {
+        assert!(default_boot_args(CpuTemplate::Pvm).contains("pvm_syscall_fixup"));
+        assert_eq!(default_boot_args(CpuTemplate::None), DEFAULT_BOOT_ARGS);
     }
 }

@@ -5,6 +5,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod host_caps;
 pub mod host_link;
 pub mod logger;
 pub mod microvm;

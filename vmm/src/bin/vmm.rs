@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vmm::config::{self, VmFlags};
 use vmm::exit::VmExit;
+use vmm::host_caps::HostCaps;
 use vmm::microvm::Microvm;
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -122,7 +123,8 @@ fn start(args: &Args) -> Result<Option<Microvm>, String> {
         );
         return Ok(Some(microvm));
     }
-    let config = config::load(&args.vm).map_err(|e| format!("configuration: {e}"))?;
+    let caps = HostCaps::detect();
+    let config = config::load(&args.vm, &caps).map_err(|e| format!("configuration: {e}"))?;
     if args.dry_run {
         println!("{config:#?}");
         return Ok(None);

@@ -8,6 +8,7 @@ mod tests;
 
 pub use flags::VmFlags;
 
+use crate::host_caps::HostCaps;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -64,10 +65,10 @@ pub enum CpuTemplate {
 }
 
 impl CpuTemplate {
-    /// `Auto` made concrete for this host.
-    pub fn resolve(self) -> CpuTemplate {
+    /// `Auto` made concrete for a host with `caps`; the others as they are.
+    pub fn resolve(self, caps: &HostCaps) -> CpuTemplate {
         match self {
-            CpuTemplate::Auto if crate::vstate::vm::host_kvm_is_pvm() => CpuTemplate::Pvm,
+            CpuTemplate::Auto if caps.kvm_pvm => CpuTemplate::Pvm,
             CpuTemplate::Auto => CpuTemplate::None,
             template => template,
         }
@@ -267,14 +268,16 @@ fn require_file(key: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 /// The configuration the flags describe: a `--config-file`, with any other flags
-/// overriding or adding to it, validated.
-pub fn load(flags: &VmFlags) -> Result<VmConfig, ConfigError> {
+/// overriding or adding to it, validated, its CPU template resolved for a host with `caps`.
+pub fn load(flags: &VmFlags, caps: &HostCaps) -> Result<VmConfig, ConfigError> {
     let file = flags
         .config_file
         .as_deref()
         .map(VmConfig::from_file)
         .transpose()?;
-    let config = flags.apply(file)?;
+    let mut config = flags.apply(file)?;
     config.validate()?;
+    let template = &mut config.machine_config.cpu_template;
+    *template = template.resolve(caps);
     Ok(config)
 }

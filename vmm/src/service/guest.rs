@@ -5,6 +5,7 @@ use crate::config::{
     BootSource, CpuTemplate, Drive, Entropy, MachineConfig, Serial, VmConfig, Vsock,
 };
 use crate::exit::VmExit;
+use crate::host_caps::HostCaps;
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
 use crate::microvm::Microvm;
 use crate::snapshot::{self, RestoreOptions, SnapshotError};
@@ -42,7 +43,7 @@ impl GuestSpec {
     /// The kernel command line the VM boots with.
     pub fn boot_args(&self) -> String {
         self.boot_args.clone().unwrap_or_else(|| {
-            let defaults = default_boot_args(CpuTemplate::Auto);
+            let defaults = default_boot_args(CpuTemplate::Auto.resolve(&HostCaps::detect()));
             // Our images keep init at /init, where the kernel looks in an initramfs but not
             // on a root drive.
             match self.rootfs {
@@ -141,6 +142,7 @@ impl Guest {
             },
             machine_config: MachineConfig {
                 mem_size_mib: spec.mem_size_mib,
+                cpu_template: CpuTemplate::Auto.resolve(&HostCaps::detect()),
                 ..MachineConfig::default()
             },
             drives,

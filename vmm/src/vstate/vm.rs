@@ -27,12 +27,6 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Whether this host's `/dev/kvm` is the emulated `kvm_pvm` (shared/ENVIRONMENT.md), which
-/// needs the `pvm` CPU template and cannot resume a restored guest's system calls.
-pub fn host_kvm_is_pvm() -> bool {
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
-}
-
 pub struct Vm {
     // Dropped before `memory`, so KVM never holds a slot whose mapping is gone.
     fd: VmFd,
