@@ -56,38 +56,44 @@ pub enum BuildError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("loading the kernel {path}: {source}")]
+    #[error("loading the kernel {path}")]
     Kernel {
         path: PathBuf,
         source: linux_loader::loader::Error,
     },
-    #[error("loading the initrd {path}: {source}")]
+    #[error("loading the initrd {path}")]
     Initrd {
         path: PathBuf,
         source: vm_memory::GuestMemoryError,
     },
-    #[error("kernel command line: {0}")]
-    Cmdline(String),
+    #[error("kernel command line")]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error("writing the kernel command line to guest memory")]
+    LoadCmdline(#[source] linux_loader::loader::Error),
+    #[error("the kernel command line is not text")]
+    CmdlineText(#[from] std::ffi::IntoStringError),
     #[error(transparent)]
     BootParams(#[from] BootParamsError),
     #[error(transparent)]
     Mptable(#[from] MptableError),
     #[error("too many virtio devices: IRQs {IRQ_BASE}..={IRQ_MAX} are all taken")]
     TooManyDevices,
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Device {
         what: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Bus(#[from] Overlap),
-    #[error("starting the event loop: {0}")]
-    EventLoop(String),
+    #[error("starting the event loop")]
+    EventLoop(#[source] std::io::Error),
+    #[error("starting the event loop")]
+    EventManager(#[source] event_manager::Error),
     #[error(
         "machine-config.cpu_template is `Auto`: resolve it for the host \
          (CpuTemplate::resolve with HostCaps::detect) before booting"
@@ -143,12 +149,12 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
 
     // Command line: the configured or default arguments, the root drive, then one entry per
     // virtio-mmio device as the devices are attached.
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(cmdline_error)?;
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)?;
     let boot_args = match &config.boot_source.boot_args {
         Some(args) => args.clone(),
         None => default_boot_args(template),
     };
-    cmdline.insert_str(boot_args).map_err(cmdline_error)?;
+    cmdline.insert_str(boot_args)?;
 
     // Legacy devices on the port bus.
     let exit = Arc::new(ExitSignal::default());
@@ -177,7 +183,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         } else {
             "root=/dev/vda rw"
         };
-        cmdline.insert_str(root_args).map_err(cmdline_error)?;
+        cmdline.insert_str(root_args)?;
     }
     let mut specs: Vec<DeviceSpec> = drives
         .iter()
@@ -199,9 +205,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     let mut virtio = VirtioAttacher::new(&vm);
     for spec in specs {
         let (base, irq) = virtio.attach(spec, None)?;
-        cmdline
-            .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
-            .map_err(cmdline_error)?;
+        cmdline.add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)?;
     }
     let VirtioAttacher {
         mmio,
@@ -212,13 +216,9 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     } = virtio;
 
     // Boot protocol: command line, zero page, MP table.
-    let cmdline_text = cmdline
-        .as_cstring()
-        .map_err(cmdline_error)?
-        .into_string()
-        .unwrap_or_default();
+    let cmdline_text = cmdline.as_cstring()?.into_string()?;
     load_cmdline(vm.memory(), GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+        .map_err(BuildError::LoadCmdline)?;
     boot_params::write(vm.memory(), ram_end, cmdline_text.len(), initrd)?;
     mptable::write(vm.memory(), machine.vcpu_count)?;
 
@@ -241,10 +241,6 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         vcpus,
         cmdline: cmdline_text,
     })
-}
-
-fn cmdline_error(e: linux_loader::cmdline::Error) -> BuildError {
-    BuildError::Cmdline(e.to_string())
 }
 
 fn load_initrd(

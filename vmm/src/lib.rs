@@ -4,6 +4,7 @@ pub mod arch;
 pub mod builder;
 pub mod config;
 pub mod devices;
+pub mod error;
 pub mod exit;
 pub mod host_caps;
 pub mod host_link;

@@ -75,10 +75,9 @@ pub struct Microvm {
 impl Microvm {
     /// Starts the device event loop, then one thread per vCPU.
     pub fn start(parts: Parts) -> Result<Microvm, BuildError> {
-        let event_loop_error = |e: std::io::Error| BuildError::EventLoop(e.to_string());
         let event_loop_stop = Arc::new(AtomicBool::new(false));
-        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(event_loop_error)?;
-        let waker = wake_event_loop.try_clone().map_err(event_loop_error)?;
+        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
+        let waker = wake_event_loop.try_clone().map_err(BuildError::EventLoop)?;
         let event_loop = spawn_event_loop(
             parts.subscribers,
             waker,
@@ -198,8 +197,7 @@ fn spawn_event_loop(
     stop: Arc<AtomicBool>,
     exit: Arc<ExitSignal>,
 ) -> Result<JoinHandle<()>, BuildError> {
-    let mut manager =
-        EventManager::<Subscriber>::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let mut manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
@@ -214,5 +212,5 @@ fn spawn_event_loop(
                 }
             }
         })
-        .map_err(|e| BuildError::EventLoop(e.to_string()))
+        .map_err(BuildError::EventLoop)
 }

@@ -191,6 +191,12 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
     );
     let missing = vmm(&["--restore-from", "/no/such/snapshot"]);
     assert_eq!(missing.status.code(), Some(1));
+    // The whole cause chain: what was done, on which file, and the system's reason.
+    let missing = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        missing.contains("restoring /no/such/snapshot: /no/such/snapshot/state: No such file"),
+        "{missing}"
+    );
     // The devices are made again from what they were made of: a drive that is gone is an error.
     std::fs::remove_file(dir.with_extension("disk")).unwrap();
     let no_drive = variant("no-drive", &state, None);

@@ -28,7 +28,7 @@ pub enum BootParamsError {
     TooManyE820Entries,
     #[error("the initrd ({size} bytes) does not fit in guest memory above the kernel")]
     InitrdDoesNotFit { size: u64 },
-    #[error("writing the zero page: {0}")]
+    #[error("writing the zero page")]
     Write(#[from] linux_loader::configurator::Error),
 }
 

@@ -33,7 +33,7 @@ const CPU_FEATURES: u32 = (1 << 0) | (1 << 9);
 pub enum MptableError {
     #[error("{0} vCPUs do not fit in the MP table (at most {MAX_VCPUS})")]
     TooManyVcpus(u8),
-    #[error("writing the MP table to guest memory: {0}")]
+    #[error("writing the MP table to guest memory")]
     Write(#[from] vm_memory::GuestMemoryError),
 }
 

@@ -40,9 +40,9 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("writing boot tables to guest memory: {0}")]
+    #[error("writing boot tables to guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,

@@ -35,7 +35,7 @@ const UNSUPPORTED_KEYS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -44,6 +44,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("`{key}`: {message}")]
     Invalid { key: String, message: String },
+    #[error("`{key}`: {path}")]
+    File {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -263,7 +269,11 @@ fn require_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => Ok(()),
         Ok(_) => Err(invalid(key, format!("{} is not a file", path.display()))),
-        Err(e) => Err(invalid(key, format!("{}: {e}", path.display()))),
+        Err(source) => Err(ConfigError::File {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

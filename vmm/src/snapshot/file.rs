@@ -36,7 +36,7 @@ const HEADER_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

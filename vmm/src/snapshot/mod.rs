@@ -39,7 +39,7 @@ pub const MEMORY_FILE: &str = "memory";
 pub enum SnapshotError {
     #[error(transparent)]
     StateFile(#[from] StateFileError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -50,10 +50,20 @@ pub enum SnapshotError {
         expected: u64,
         found: u64,
     },
-    #[error("mapping guest memory from {path}: {message}")]
-    Map { path: PathBuf, message: String },
+    #[error("mapping guest memory from {path}")]
+    Map {
+        path: PathBuf,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("mapping guest memory from {path}")]
+    Memory {
+        path: PathBuf,
+        source: vm_memory::GuestRegionCollectionError,
+    },
     #[error("the state describes an impossible VM: {0}")]
     Invalid(String),
+    #[error("sending the restored guest a vsock transport reset")]
+    TransportReset(#[source] crate::devices::virtio::vsock::VsockError),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -252,7 +262,7 @@ pub fn restore(
         if vsock.is_activated() {
             vsock
                 .send_transport_reset()
-                .map_err(|e| SnapshotError::Invalid(format!("vsock transport reset: {e}")))?;
+                .map_err(SnapshotError::TransportReset)?;
             log::debug!("vsock: transport reset sent to the restored guest");
         }
     }
@@ -283,17 +293,20 @@ fn map_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> 
             found,
         });
     }
-    let map_error = |message: String| SnapshotError::Map {
-        path: path.to_owned(),
-        message,
-    };
     let region = MmapRegionBuilder::new(size as usize)
         .with_file_offset(FileOffset::new(file, 0))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
         .build()
-        .map_err(|e| map_error(e.to_string()))?;
-    let region = GuestRegionMmap::new(region, GuestAddress(0))
-        .ok_or_else(|| map_error("the region does not fit the guest address space".into()))?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| map_error(e.to_string()))
+        .map_err(|source| SnapshotError::Map {
+            path: path.to_owned(),
+            source,
+        })?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| {
+        SnapshotError::Invalid(format!("{size} bytes of memory do not fit the guest"))
+    })?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|source| SnapshotError::Memory {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -9,14 +9,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("opening /dev/kvm: {0} (is KVM available, and may this user open it?)")]
-    OpenKvm(kvm_ioctls::Error),
-    #[error("{what}: {source}")]
+    #[error("opening /dev/kvm (is KVM available, and may this user open it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("allocating {mib} MiB of guest memory: {source}")]
+    #[error("allocating {mib} MiB of guest memory")]
     Memory {
         mib: u64,
         source: vm_memory::mmap::FromRangesError,

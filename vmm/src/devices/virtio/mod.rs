@@ -99,8 +99,6 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("queue {0} is not valid (size or ring addresses outside guest memory)")]
     InvalidQueue(usize),
-    #[error("the device's backend failed: {0}")]
-    Backend(String),
 }
 
 /// A virtio device behind a transport.

@@ -2,6 +2,7 @@
 //! host entropy from `getrandom(2)`.
 
 use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::error::Chain;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::io;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -21,12 +22,12 @@ const CHUNK: usize = 4096;
 pub enum RngError {
     #[error("the device is not activated")]
     NotActivated,
-    #[error("the queue is broken: {0}")]
+    #[error("the queue is broken")]
     Queue(#[from] virtio_queue::Error),
-    #[error("the host's entropy source failed: {0}")]
-    Entropy(io::Error),
-    #[error("cannot signal the guest: {0}")]
-    Interrupt(io::Error),
+    #[error("the host's entropy source failed")]
+    Entropy(#[source] io::Error),
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
 }
 
 struct Active {
@@ -66,7 +67,7 @@ impl Rng {
             let written = match fill_chain(mem, chain) {
                 Ok(written) => written,
                 Err((written, e)) => {
-                    log::error!("virtio-rng: {e}");
+                    log::error!("virtio-rng: {}", Chain(&e));
                     entropy_error.get_or_insert(e);
                     written
                 }
@@ -224,7 +225,7 @@ impl MutEventSubscriber for Rng {
             return;
         }
         if let Err(e) = self.process_queue() {
-            log::error!("virtio-rng: {e}");
+            log::error!("virtio-rng: {}", Chain(&e));
         }
     }
 

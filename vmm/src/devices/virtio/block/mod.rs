@@ -10,6 +10,7 @@ pub use disk::SECTOR_SIZE;
 pub use request::{ChainError, RequestError, RequestType, Status, ID_BYTES};
 
 use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::error::Chain;
 use disk::Disk;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::io;
@@ -27,16 +28,16 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Why a drive could not be created or its queue processed.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(io::Error),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] io::Error),
     #[error("the device is not activated")]
     NotActivated,
-    #[error("the queue is broken: {0}")]
+    #[error("the queue is broken")]
     Queue(#[from] virtio_queue::Error),
-    #[error("cannot signal the guest: {0}")]
-    Interrupt(io::Error),
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
 }
 
 struct Active {
@@ -144,7 +145,7 @@ fn handle_chain(
     let parsed = match request::parse(mem, chain) {
         Ok(parsed) => parsed,
         Err(e) => {
-            log::warn!("virtio-blk: dropping request {head}: {e}");
+            log::warn!("virtio-blk: dropping request {head}: {}", Chain(&e));
             return 0;
         }
     };
@@ -153,9 +154,9 @@ fn handle_chain(
         Err(e) => {
             // Unsupported types are routine (drivers probe); everything else is worth a note.
             if matches!(e, RequestError::Unsupported(_)) {
-                log::debug!("virtio-blk: request {head}: {e}");
+                log::debug!("virtio-blk: request {head}: {}", Chain(&e));
             } else {
-                log::warn!("virtio-blk: request {head}: {e}");
+                log::warn!("virtio-blk: request {head}: {}", Chain(&e));
             }
             (e.status(), 0)
         }
@@ -246,7 +247,7 @@ impl MutEventSubscriber for Block {
             return;
         }
         if let Err(e) = self.process_queue() {
-            log::error!("virtio-blk: {e}");
+            log::error!("virtio-blk: {}", Chain(&e));
         }
     }
 

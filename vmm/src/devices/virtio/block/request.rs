@@ -76,10 +76,10 @@ pub enum RequestError {
     ReadOnly,
     #[error("{len} bytes at sector {sector} run past the end of the drive")]
     OutOfRange { sector: u64, len: u64 },
-    #[error("the backing file failed: {0}")]
-    Io(io::Error),
-    #[error("guest memory: {0}")]
-    Memory(GuestMemoryError),
+    #[error("the backing file failed")]
+    Io(#[source] io::Error),
+    #[error("guest memory")]
+    Memory(#[source] GuestMemoryError),
 }
 
 impl RequestError {

@@ -3,6 +3,7 @@
 
 use super::muxer::FdOp;
 use super::{Vsock, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use crate::error::Chain;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::os::unix::io::{AsRawFd, RawFd};
 
@@ -47,14 +48,14 @@ impl Vsock {
             _ => Ok(()),
         };
         if let Err(e) = result {
-            log::error!("vsock: {e}");
+            log::error!("vsock: {}", Chain(&e));
         }
     }
 
     fn deliver(&mut self) {
         if self.active.is_some() {
             if let Err(e) = self.process_rx() {
-                log::error!("vsock: {e}");
+                log::error!("vsock: {}", Chain(&e));
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod packet;
 mod tests;
 
 use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::error::Chain;
 use muxer::Muxer;
 use packet::{check_header, Header, MAX_PKT_DATA};
 use std::io;
@@ -43,20 +44,20 @@ pub const EVENT_TRANSPORT_RESET: u32 = 0;
 pub enum VsockError {
     #[error("guest cid {0} is reserved (0, 1, 2 and u32::MAX are)")]
     InvalidCid(u64),
-    #[error("cannot listen on {path}: {source}", path = .0.display(), source = .1)]
-    Bind(PathBuf, io::Error),
-    #[error("cannot create the device's eventfds: {0}")]
-    EventFd(io::Error),
+    #[error("cannot listen on {path}", path = .0.display())]
+    Bind(PathBuf, #[source] io::Error),
+    #[error("cannot create the device's eventfds")]
+    EventFd(#[source] io::Error),
     #[error("the device is not activated")]
     NotActivated,
-    #[error("the queue is broken: {0}")]
+    #[error("the queue is broken")]
     Queue(#[from] virtio_queue::Error),
     #[error("the guest provided no buffer in the event queue")]
     NoEventBuffer,
     #[error("the event queue buffer is unusable")]
     BadEventBuffer,
-    #[error("cannot signal the guest: {0}")]
-    Interrupt(io::Error),
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
 }
 
 struct Active {
@@ -145,7 +146,7 @@ impl Vsock {
                             muxer.send_pkt(&hdr, &data);
                         }
                         Err(e) => {
-                            log::warn!("vsock: dropping guest packet {hdr:?}: {e}");
+                            log::warn!("vsock: dropping guest packet {hdr:?}: {}", Chain(&e));
                             if e.deserves_rst() {
                                 muxer.reply_rst(&hdr);
                             }
@@ -222,7 +223,7 @@ impl Vsock {
         self.muxer.poll();
         if self.active.is_some() {
             if let Err(e) = self.process_rx() {
-                log::error!("vsock: {e}");
+                log::error!("vsock: {}", Chain(&e));
             }
         }
     }
@@ -304,7 +305,7 @@ impl VirtioDevice for Vsock {
         });
         // Host clients may have connected before the driver was ready.
         if let Err(e) = self.process_rx() {
-            log::warn!("vsock: {e}");
+            log::warn!("vsock: {}", Chain(&e));
         }
         Ok(())
     }

@@ -132,7 +132,7 @@ impl Header {
 /// Why a guest packet was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
-    #[error("malformed descriptor chain: {0}")]
+    #[error("malformed descriptor chain")]
     Chain(#[from] virtio_vsock::packet::Error),
     #[error("source cid {got} is not the guest's ({expected})")]
     SrcCid { got: u64, expected: u64 },
