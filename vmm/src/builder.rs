@@ -256,8 +256,9 @@ fn load_initrd(
     let mut file = File::open(path).map_err(open_error)?;
     let size = file.metadata().map_err(open_error)?.len();
     let placement = boot_params::place_initrd(ram_end, kernel_end, size)?;
+    let len = usize::try_from(size).map_err(|_| BootParamsError::InitrdDoesNotFit { size })?;
     vm.memory()
-        .read_exact_volatile_from(GuestAddress(placement.address), &mut file, size as usize)
+        .read_exact_volatile_from(GuestAddress(placement.address), &mut file, len)
         .map_err(|source| BuildError::Initrd {
             path: path.clone(),
             source,
@@ -274,7 +275,7 @@ pub(crate) struct VirtioAttacher<'a> {
     pub devices: Vec<AttachedDevice>,
     /// The vsock device, which the function service talks to.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
-    next: u64,
+    next: u32,
 }
 
 impl<'a> VirtioAttacher<'a> {
@@ -332,17 +333,17 @@ impl<'a> VirtioAttacher<'a> {
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
-        let irq = IRQ_BASE + self.next as u32;
+        let irq = IRQ_BASE + self.next;
         if irq > IRQ_MAX {
             return Err(BuildError::TooManyDevices);
         }
-        let base = MMIO_DEVICES_START + self.next * MMIO_DEVICE_SIZE;
+        let base = MMIO_DEVICES_START + u64::from(self.next) * MMIO_DEVICE_SIZE;
         {
             let dev = device.lock().unwrap_or_else(|e| e.into_inner());
             self.vm.register_irqfd(dev.interrupt().event(), irq)?;
-            for (index, event) in dev.queue_events().iter().enumerate() {
+            for (index, event) in (0u32..).zip(dev.queue_events()) {
                 self.vm
-                    .register_ioeventfd(event, base + NOTIFY_REG_OFFSET, index as u32)?;
+                    .register_ioeventfd(event, base + NOTIFY_REG_OFFSET, index)?;
             }
         }
         let memory = self.vm.memory().clone();

@@ -69,8 +69,9 @@ impl Running {
     }
 
     fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0);
     }
 }

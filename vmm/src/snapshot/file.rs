@@ -106,7 +106,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();
     let mut header = [0u8; HEADER_LEN];
-    let header_len = file_len.min(HEADER_LEN as u64) as usize;
+    let header_len = usize::try_from(file_len).map_or(HEADER_LEN, |len| len.min(HEADER_LEN));
     file.read_exact(&mut header[..header_len])
         .map_err(io_error(path))?;
     if header_len < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
@@ -151,7 +151,13 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
             found,
         });
     }
-    let mut payload = vec![0u8; len as usize];
+    let Ok(payload_len) = usize::try_from(len) else {
+        return Err(StateFileError::TooLarge {
+            path: path.to_owned(),
+            len,
+        });
+    };
+    let mut payload = vec![0u8; payload_len];
     file.read_exact(&mut payload).map_err(io_error(path))?;
     if crc32fast::hash(&payload) != checksum {
         return Err(StateFileError::Checksum {

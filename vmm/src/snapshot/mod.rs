@@ -190,10 +190,12 @@ fn write_files<T>(
     held: T,
 ) -> Result<(), SnapshotError> {
     let memory_path = staging.join(MEMORY_FILE);
+    let mem_len = usize::try_from(mem_size_bytes)
+        .map_err(|_| SnapshotError::Invalid(format!("{mem_size_bytes} bytes of memory")))?;
     let written = (|| {
         let mut out = File::create(&memory_path)?;
         memory
-            .write_all_volatile_to(GuestAddress(0), &mut out, mem_size_bytes as usize)
+            .write_all_volatile_to(GuestAddress(0), &mut out, mem_len)
             .map_err(std::io::Error::other)?;
         out.flush()?;
         out.sync_all()
@@ -293,7 +295,9 @@ fn map_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> 
             found,
         });
     }
-    let region = MmapRegionBuilder::new(size as usize)
+    let len = usize::try_from(size)
+        .map_err(|_| SnapshotError::Invalid(format!("{size} bytes of memory")))?;
+    let region = MmapRegionBuilder::new(len)
         .with_file_offset(FileOffset::new(file, 0))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)

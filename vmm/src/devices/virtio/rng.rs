@@ -15,7 +15,7 @@ pub const QUEUE_SIZE: u16 = 256;
 /// more, and the cap keeps the host's work per guest request bounded.
 pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Entropy is drawn in chunks of this size so that the host buffer stays small.
-const CHUNK: usize = 4096;
+const CHUNK: u32 = 4096;
 
 /// Why the entropy queue could not be processed.
 #[derive(Debug, thiserror::Error)]
@@ -99,14 +99,14 @@ impl Rng {
 /// bytes were written. Buffers outside guest memory end the request early: the driver gets what
 /// was written so far. An entropy failure also returns the count written so far.
 fn fill_chain(mem: &Memory, chain: DescriptorChain<&Memory>) -> Result<u32, (u32, io::Error)> {
-    let mut buf = [0u8; CHUNK];
+    let mut buf = [0u8; CHUNK as usize];
     let mut written: u32 = 0;
     for desc in chain.writable() {
         let mut offset: u32 = 0;
         while offset < desc.len() && written < MAX_REQUEST_BYTES {
             let n = (desc.len() - offset)
                 .min(MAX_REQUEST_BYTES - written)
-                .min(CHUNK as u32);
+                .min(CHUNK);
             let chunk = &mut buf[..n as usize];
             getrandom(chunk).map_err(|e| (written, e))?;
             let addr = desc
@@ -139,15 +139,15 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
         // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which we own
         // mutably for the duration of the call.
         let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if ret < 0 {
+        // Negative: failed, and errno says why.
+        let Ok(n) = usize::try_from(ret) else {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(e);
-        }
-        // `ret` is non-negative and at most `rest.len()`, so it fits in usize.
-        filled += ret as usize;
+        };
+        filled += n;
     }
     Ok(())
 }
@@ -245,10 +245,14 @@ mod tests {
     use vm_memory::GuestAddress;
 
     const MEM_SIZE: u64 = 0x10_0000;
+    // The descriptor flags are 1 and 2.
+    #[allow(clippy::cast_possible_truncation)]
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    #[allow(clippy::cast_possible_truncation)]
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 
     fn memory() -> Memory {
-        Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+        Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
     }
 
     fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
@@ -274,12 +278,7 @@ mod tests {
         vq.add_desc_chains(
             &[
                 desc(0x1_0000, 64, WRITE),
-                RawDescriptor::from(SplitDescriptor::new(
-                    0x2_0000,
-                    64,
-                    WRITE | VRING_DESC_F_NEXT as u16,
-                    2,
-                )),
+                RawDescriptor::from(SplitDescriptor::new(0x2_0000, 64, WRITE | NEXT, 2)),
                 desc(0x2_0040, 32, WRITE),
             ],
             0,
@@ -311,12 +310,7 @@ mod tests {
             .unwrap();
         vq.add_desc_chains(
             &[
-                RawDescriptor::from(SplitDescriptor::new(
-                    0x1_0000,
-                    16,
-                    VRING_DESC_F_NEXT as u16,
-                    1,
-                )),
+                RawDescriptor::from(SplitDescriptor::new(0x1_0000, 16, NEXT, 1)),
                 desc(0x2_0000, 100, WRITE),
             ],
             0,
@@ -350,7 +344,7 @@ mod tests {
                 // Entirely outside guest memory.
                 desc(MEM_SIZE + 0x1000, 64, WRITE),
                 // Straddles the end of guest memory: the part inside is filled.
-                desc(MEM_SIZE - CHUNK as u64, 2 * CHUNK as u32, WRITE),
+                desc(MEM_SIZE - u64::from(CHUNK), 2 * CHUNK, WRITE),
                 // Wraps the address space.
                 desc(u64::MAX - 8, 64, WRITE),
             ],
@@ -363,7 +357,7 @@ mod tests {
             &[RawDescriptor::from(SplitDescriptor::new(
                 0x1_0000,
                 8,
-                WRITE | VRING_DESC_F_NEXT as u16,
+                WRITE | NEXT,
                 3,
             ))],
             3,
@@ -382,7 +376,7 @@ mod tests {
         let mut rng = activated(&mem, &vq);
         assert_eq!(rng.process_queue().unwrap(), 6);
         assert_eq!(used(&vq, 0), (0, 0));
-        assert_eq!(used(&vq, 1), (1, CHUNK as u32));
+        assert_eq!(used(&vq, 1), (1, CHUNK));
         assert_eq!(used(&vq, 2), (2, 0));
         // The loop is cut after queue-size descriptors.
         assert_eq!(used(&vq, 3), (3, 8 * 16));

@@ -245,7 +245,7 @@ impl Vsock {
             }
             _ => false,
         };
-        let len = if written { event.len() as u32 } else { 0 };
+        let len = if written { u32::BITS / 8 } else { 0 };
         evq.add_used(&*mem, head, len)?;
         if evq.needs_notification(&*mem)? {
             self.irq

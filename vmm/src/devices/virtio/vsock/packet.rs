@@ -26,6 +26,10 @@ pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
 /// The largest payload of one packet, either way. Linux never sends more than 64 KiB in one
 /// packet; the cap bounds the host's copy per guest packet.
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
+/// `PKT_HEADER_SIZE` (44 bytes) as the u32 the used ring counts in.
+// 44 fits a u32.
+#[allow(clippy::cast_possible_truncation)]
+pub const PKT_HEADER_LEN: u32 = PKT_HEADER_SIZE as u32;
 
 /// `struct virtio_vsock_hdr`, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

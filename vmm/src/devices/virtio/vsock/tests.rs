@@ -19,9 +19,12 @@ const QLEN: u16 = 64;
 const MEM_SIZE: u64 = 0x10_0000;
 const BUF_START: u64 = 0x1_0000;
 const BUF_END: u64 = 0xF_0000;
+// The descriptor flags are 1 and 2.
+#[allow(clippy::cast_possible_truncation)]
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+#[allow(clippy::cast_possible_truncation)]
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-const HDR: usize = virtio_vsock::packet::PKT_HEADER_SIZE;
+const HDR: u32 = super::packet::PKT_HEADER_LEN;
 
 /// A short, unique socket path (Unix socket paths are limited to 108 bytes) that is removed,
 /// with its `_<port>` siblings used by the test, on drop.
@@ -61,7 +64,7 @@ impl Drop for SockPath {
 }
 
 fn memory() -> Memory {
-    Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
 }
 
 fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
@@ -156,19 +159,22 @@ impl<'a> Guest<'a> {
     /// Queues a tx packet without kicking the device.
     fn queue_tx(&mut self, h: Header, data: &[u8]) {
         let h = Header {
-            len: data.len() as u32,
+            len: u32::try_from(data.len()).unwrap(),
             ..h
         };
-        let ha = self.alloc(HDR as u64);
+        let ha = self.alloc(u64::from(HDR));
         self.mem
             .write_slice(&h.to_bytes(), GuestAddress(ha))
             .unwrap();
         if data.is_empty() {
-            self.push_chain(TX_QUEUE, &[(ha, HDR as u32, 0)]);
+            self.push_chain(TX_QUEUE, &[(ha, HDR, 0)]);
         } else {
             let da = self.alloc(data.len() as u64);
             self.mem.write_slice(data, GuestAddress(da)).unwrap();
-            self.push_chain(TX_QUEUE, &[(ha, HDR as u32, 0), (da, data.len() as u32, 0)]);
+            self.push_chain(
+                TX_QUEUE,
+                &[(ha, HDR, 0), (da, u32::try_from(data.len()).unwrap(), 0)],
+            );
         }
     }
 
@@ -179,9 +185,9 @@ impl<'a> Guest<'a> {
 
     fn add_rx(&mut self, n: usize, data_len: u32) {
         for _ in 0..n {
-            let ha = self.alloc(HDR as u64);
+            let ha = self.alloc(u64::from(HDR));
             let da = self.alloc(u64::from(data_len));
-            let head = self.push_chain(RX_QUEUE, &[(ha, HDR as u32, WRITE), (da, data_len, WRITE)]);
+            let head = self.push_chain(RX_QUEUE, &[(ha, HDR, WRITE), (da, data_len, WRITE)]);
             self.rx_bufs.insert(head, (ha, da));
         }
     }
@@ -197,7 +203,7 @@ impl<'a> Guest<'a> {
                 .ref_at(usize::from(self.used_seen[q] % QLEN))
                 .unwrap()
                 .load();
-            out.push((e.id() as u16, e.len()));
+            out.push((u16::try_from(e.id()).unwrap(), e.len()));
             self.used_seen[q] = self.used_seen[q].wrapping_add(1);
         }
         out
@@ -213,10 +219,10 @@ impl<'a> Guest<'a> {
             if len == 0 {
                 continue;
             }
-            let mut raw = [0u8; HDR];
+            let mut raw = [0u8; HDR as usize];
             self.mem.read_slice(&mut raw, GuestAddress(ha)).unwrap();
             let h = Header::from_bytes(&raw);
-            assert_eq!(len as usize, HDR + h.len as usize);
+            assert_eq!(len, HDR + h.len);
             let mut data = vec![0u8; h.len as usize];
             self.mem.read_slice(&mut data, GuestAddress(da)).unwrap();
             out.push((h, data));
@@ -548,40 +554,40 @@ fn hostile_tx_packets_do_not_break_the_device() {
     let listener = uds.listen(52);
     g.add_rx(16, 4096);
     let good = hdr(OP_REQUEST, 1000, 52).to_bytes();
-    let ha = g.alloc(HDR as u64);
+    let ha = g.alloc(u64::from(HDR));
     mem.write_slice(&good, GuestAddress(ha)).unwrap();
 
     // Header outside guest memory; straddling its end; wrapping the address space.
-    g.push_chain(TX_QUEUE, &[(MEM_SIZE + 0x1000, HDR as u32, 0)]);
-    g.push_chain(TX_QUEUE, &[(MEM_SIZE - 8, HDR as u32, 0)]);
-    g.push_chain(TX_QUEUE, &[(u64::MAX - 8, HDR as u32, 0)]);
+    g.push_chain(TX_QUEUE, &[(MEM_SIZE + 0x1000, HDR, 0)]);
+    g.push_chain(TX_QUEUE, &[(MEM_SIZE - 8, HDR, 0)]);
+    g.push_chain(TX_QUEUE, &[(u64::MAX - 8, HDR, 0)]);
     // Header too short.
-    g.push_chain(TX_QUEUE, &[(ha, HDR as u32 - 1, 0)]);
+    g.push_chain(TX_QUEUE, &[(ha, HDR - 1, 0)]);
     // Device-writable tx buffer.
-    g.push_chain(TX_QUEUE, &[(ha, HDR as u32, WRITE)]);
+    g.push_chain(TX_QUEUE, &[(ha, HDR, WRITE)]);
     // `len` larger than the data buffer, and larger than the limit.
     for (len, buf_len) in [(100, 10), (MAX_PKT_DATA + 1, MAX_PKT_DATA + 1)] {
         let mut h = hdr(OP_RW, 1000, 52);
         h.len = len;
-        let a = g.alloc(HDR as u64);
+        let a = g.alloc(u64::from(HDR));
         mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
         let da = g.alloc(u64::from(buf_len));
-        g.push_chain(TX_QUEUE, &[(a, HDR as u32, 0), (da, buf_len, 0)]);
+        g.push_chain(TX_QUEUE, &[(a, HDR, 0), (da, buf_len, 0)]);
     }
     // `len` with no data descriptor at all.
     let mut h = hdr(OP_RW, 1000, 52);
     h.len = 16;
-    let a = g.alloc(HDR as u64);
+    let a = g.alloc(u64::from(HDR));
     mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
-    g.push_chain(TX_QUEUE, &[(a, HDR as u32, 0)]);
+    g.push_chain(TX_QUEUE, &[(a, HDR, 0)]);
     // A descriptor loop: the header's descriptor chains to a data descriptor pointing at
     // itself.
     let mut h = hdr(OP_RW, 1000, 52);
     h.len = 0x1000;
-    let a = g.alloc(HDR as u64);
+    let a = g.alloc(u64::from(HDR));
     mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
     let idx = g.next_desc[TX_QUEUE];
-    let d0 = SplitDescriptor::new(a, HDR as u32, NEXT, (idx + 1) % QLEN);
+    let d0 = SplitDescriptor::new(a, HDR, NEXT, (idx + 1) % QLEN);
     let d1 = SplitDescriptor::new(a, 8, NEXT, (idx + 1) % QLEN);
     g.vqs[TX_QUEUE]
         .desc_table()
@@ -652,23 +658,20 @@ fn hostile_rx_buffers_are_skipped() {
     let mut dev = g.device(&uds);
     // Read-only, outside memory, header too short: each used with length 0.
     let a = g.alloc(4096);
-    g.push_chain(RX_QUEUE, &[(a, HDR as u32, 0), (a + 64, 64, 0)]);
-    g.push_chain(
-        RX_QUEUE,
-        &[(MEM_SIZE + 0x1000, HDR as u32, WRITE), (a, 64, WRITE)],
-    );
+    g.push_chain(RX_QUEUE, &[(a, HDR, 0), (a + 64, 64, 0)]);
+    g.push_chain(RX_QUEUE, &[(MEM_SIZE + 0x1000, HDR, WRITE), (a, 64, WRITE)]);
     g.push_chain(RX_QUEUE, &[(a, 8, WRITE)]);
     g.add_rx(1, 4096);
     g.send(&mut dev, hdr(OP_REQUEST, 1000, 54), &[]);
     let used = g.used(RX_QUEUE);
     assert_eq!(
         used.iter().map(|u| u.1).collect::<Vec<_>>(),
-        vec![0, 0, 0, HDR as u32]
+        vec![0, 0, 0, HDR]
     );
     // (Read back through the buffer map: only the good buffer was registered.)
     let head = used[3].0;
     let (ha, _) = g.rx_bufs[&head];
-    let mut raw = [0u8; HDR];
+    let mut raw = [0u8; HDR as usize];
     mem.read_slice(&mut raw, GuestAddress(ha)).unwrap();
     assert_eq!(Header::from_bytes(&raw).op, OP_RST);
 }
