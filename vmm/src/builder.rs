@@ -158,17 +158,8 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
 
     // Legacy devices on the port bus.
     let exit = Arc::new(ExitSignal::default());
-    let mut pio = Bus::default();
     let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
-    vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
-    let i8042 = I8042::new(exit.clone());
-    pio.insert(
-        i8042::BASE_PORT,
-        i8042::PORT_COUNT,
-        Arc::new(Mutex::new(i8042)),
-    )?;
+    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
     // vsock and entropy.
@@ -264,6 +255,30 @@ fn load_initrd(
             source,
         })?;
     Ok(placement)
+}
+
+/// The devices on the port bus, the same at boot and on restore: the serial console, its
+/// interrupt an irqfd on [`SERIAL_IRQ`], and the i8042, whose reset ends the VM through `exit`.
+pub(crate) struct LegacyDevices {
+    pub pio: Bus,
+    pub serial: Arc<Mutex<Serial>>,
+}
+
+impl LegacyDevices {
+    /// Wires `serial` (fresh, or as a snapshot left it) and a new i8042 to `vm`.
+    pub fn attach(
+        vm: &Vm,
+        serial: Serial,
+        exit: &Arc<ExitSignal>,
+    ) -> Result<LegacyDevices, BuildError> {
+        let mut pio = Bus::default();
+        vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
+        Ok(LegacyDevices { pio, serial })
+    }
 }
 
 /// Gives each virtio device its MMIO window, IRQ, irqfd and ioeventfds, in order: the n-th

@@ -10,11 +10,9 @@
 pub mod dir;
 pub mod file;
 
-use crate::builder::{BuildError, VirtioAttacher};
+use crate::builder::{BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
-use crate::devices::bus::{Bus, Overlap};
-use crate::devices::i8042::{self, I8042};
-use crate::devices::serial::{self, Serial, SerialState, SerialStateDef};
+use crate::devices::serial::{Serial, SerialState, SerialStateDef};
 use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
@@ -28,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
@@ -70,8 +68,6 @@ pub enum SnapshotError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error(transparent)]
-    Bus(#[from] Overlap),
 }
 
 /// Everything but the memory.
@@ -228,13 +224,8 @@ pub fn restore(
     let vm = Vm::with_memory(memory)?;
     vm_state::restore(&vm, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
-    let mut pio = Bus::default();
     let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
-    vm.register_irqfd(serial.irq(), crate::arch::layout::SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
-    pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
+    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
     for device in &state.devices {
         let spec = match (&device.spec, &options.vsock_uds) {
