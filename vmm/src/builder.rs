@@ -12,9 +12,10 @@ use crate::config::{CpuTemplate, VmConfig};
 use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
-use crate::devices::virtio::block::Block;
+use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
@@ -178,17 +179,19 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     }
     let mut specs: Vec<DeviceSpec> = drives
         .iter()
-        .map(|drive| DeviceSpec::Block {
-            drive_id: drive.drive_id.clone(),
-            path: drive.path_on_host.clone(),
-            read_only: drive.is_read_only,
+        .map(|drive| {
+            DeviceSpec::Block(BlockState {
+                drive_id: drive.drive_id.clone(),
+                path: drive.path_on_host.clone(),
+                read_only: drive.is_read_only,
+            })
         })
         .collect();
     if let Some(vsock) = &config.vsock {
-        specs.push(DeviceSpec::Vsock {
+        specs.push(DeviceSpec::Vsock(VsockState {
             guest_cid: u64::from(vsock.guest_cid),
             uds_path: vsock.uds_path.clone(),
-        });
+        }));
     }
     if config.entropy.is_some() {
         specs.push(DeviceSpec::Rng);
@@ -313,21 +316,17 @@ impl<'a> VirtioAttacher<'a> {
         restore: Option<&TransportState>,
     ) -> Result<(u64, u32), BuildError> {
         match &spec {
-            DeviceSpec::Block {
-                drive_id,
-                path,
-                read_only,
-            } => {
-                let block = Block::new(path, *read_only, drive_id)
-                    .map_err(device_error(format!("drive {drive_id}")))?;
+            DeviceSpec::Block(state) => {
+                let block = state
+                    .build()
+                    .map_err(device_error(format!("drive {}", state.drive_id)))?;
                 self.attach_device(Arc::new(Mutex::new(block)), spec, restore)
             }
-            DeviceSpec::Vsock {
-                guest_cid,
-                uds_path,
-            } => {
-                let vsock = Vsock::new(*guest_cid, uds_path)
-                    .map_err(device_error(format!("vsock on {}", uds_path.display())))?;
+            DeviceSpec::Vsock(state) => {
+                let vsock = state.build().map_err(device_error(format!(
+                    "vsock on {}",
+                    state.uds_path.display()
+                )))?;
                 let vsock = Arc::new(Mutex::new(vsock));
                 self.vsock = Some(vsock.clone());
                 self.attach_device(vsock, spec, restore)

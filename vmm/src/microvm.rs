@@ -4,14 +4,15 @@
 use crate::builder::BuildError;
 use crate::devices::bus::Bus;
 use crate::devices::serial::Serial;
+use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitSignal, VmExit};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,18 +21,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// What a virtio device was made from: enough to make it again on restore.
+/// What a virtio device was made from: enough to make it again on restore. Each device's
+/// part is its own `persist` module's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSpec {
-    Block {
-        drive_id: String,
-        path: PathBuf,
-        read_only: bool,
-    },
-    Vsock {
-        guest_cid: u64,
-        uds_path: PathBuf,
-    },
+    Block(BlockState),
+    Vsock(VsockState),
+    /// The entropy device is made from nothing.
     Rng,
 }
 

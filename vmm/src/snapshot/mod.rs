@@ -14,6 +14,7 @@ use crate::builder::{BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
 use crate::devices::serial::{Serial, SerialState, SerialStateDef};
 use crate::devices::virtio::mmio::TransportState;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
 use crate::microvm::{DeviceSpec, Microvm, Parts};
@@ -229,10 +230,10 @@ pub fn restore(
     let mut virtio = VirtioAttacher::new(&vm);
     for device in &state.devices {
         let spec = match (&device.spec, &options.vsock_uds) {
-            (DeviceSpec::Vsock { guest_cid, .. }, Some(uds_path)) => DeviceSpec::Vsock {
-                guest_cid: *guest_cid,
+            (DeviceSpec::Vsock(state), Some(uds_path)) => DeviceSpec::Vsock(VsockState {
                 uds_path: uds_path.clone(),
-            },
+                ..state.clone()
+            }),
             (spec, _) => spec.clone(),
         };
         virtio.attach(spec, Some(&device.transport))?;

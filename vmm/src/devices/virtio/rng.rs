@@ -1,16 +1,18 @@
 //! virtio-rng (virtio spec 5.4): one queue of device-writable buffers the device fills with
 //! host entropy from `getrandom(2)`.
 
-use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::error::Chain;
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The largest queue the driver may set up.
 pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// How log lines name the device.
+const NAME: &str = "virtio-rng";
 /// The most bytes one request receives, however large its buffers: the driver asks again for
 /// more, and the cap keeps the host's work per guest request bounded.
 pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
@@ -30,26 +32,15 @@ pub enum RngError {
     Interrupt(#[source] io::Error),
 }
 
-struct Active {
-    mem: Memory,
-    queue: Queue,
-}
-
 /// The virtio entropy device.
 pub struct Rng {
-    acked_features: u64,
-    queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    active: Option<Active>,
+    base: DeviceBase,
 }
 
 impl Rng {
     pub fn new() -> io::Result<Rng> {
         Ok(Rng {
-            acked_features: 0,
-            queue_events: vec![EventFd::new(EFD_NONBLOCK)?],
-            irq: IrqTrigger::new()?,
-            active: None,
+            base: DeviceBase::new(device_type::RNG, QUEUE_SIZES, VIRTIO_F_VERSION_1)?,
         })
     }
 
@@ -58,7 +49,10 @@ impl Rng {
     /// Only the requests available when called are handled: the driver's notification of later
     /// ones calls again, and a guest that keeps adding buffers cannot keep the host here.
     pub fn process_queue(&mut self) -> Result<usize, RngError> {
-        let Active { mem, queue } = self.active.as_mut().ok_or(RngError::NotActivated)?;
+        let (Active { mem, queues }, irq) = self.base.active_mut().ok_or(RngError::NotActivated)?;
+        let [queue] = &mut queues[..] else {
+            return Err(RngError::NotActivated);
+        };
         let chains: Vec<DescriptorChain<&Memory>> = queue.iter(&*mem)?.collect();
         let mut completed = 0;
         let mut entropy_error = None;
@@ -86,7 +80,7 @@ impl Rng {
             completed += 1;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
-            self.irq.signal_used_queue().map_err(RngError::Interrupt)?;
+            irq.signal_used_queue().map_err(RngError::Interrupt)?;
         }
         match entropy_error {
             Some(e) => Err(RngError::Entropy(e)),
@@ -153,95 +147,42 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        device_type::RNG
+    fn base(&self) -> &DeviceBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features();
+    fn base_mut(&mut self) -> &mut DeviceBase {
+        &mut self.base
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-
-    fn activate(&mut self, memory: Memory, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
-        // The transport checks this too; the device must not trust it with guest addresses.
-        if !queue.is_valid(&memory) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
-        self.active = Some(Active { mem: memory, queue });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-    }
-
-    fn active_queues(&self) -> &[Queue] {
-        self.active
-            .as_ref()
-            .map_or(&[], |a| std::slice::from_ref(&a.queue))
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
-    }
 }
 
 impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if !events.event_set().contains(EventSet::IN) {
-            log::warn!("virtio-rng: unexpected event {:?}", events.event_set());
-            return;
-        }
-        // A failed read only means a spurious wakeup; the queue is processed either way.
-        let _ = self.queue_events[0].read();
-        if self.active.is_none() {
+        if self.base.queue_notified(&events, NAME).is_none() || !self.base.is_active() {
             return;
         }
         if let Err(e) = self.process_queue() {
-            log::error!("virtio-rng: {}", Chain(&e));
+            log::error!("{NAME}: {}", Chain(&e));
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
-            log::error!("virtio-rng: cannot register the queue event: {e}");
-        }
+        self.base.watch_queues(ops, NAME);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::ActivateError;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     const MEM_SIZE: u64 = 0x10_0000;
@@ -413,17 +354,17 @@ mod tests {
         ));
         assert!(matches!(rng.process_queue(), Err(RngError::NotActivated)));
         // Bypass activation's check to see the processing path cope with it too.
-        rng.active = Some(Active {
+        rng.base.active = Some(Active {
             mem: mem.clone(),
-            queue: broken(),
+            queues: vec![broken()],
         });
         assert!(matches!(rng.process_queue(), Err(RngError::Queue(_))));
 
         let mut not_ready: Queue = vq.create_queue().unwrap();
         not_ready.set_ready(false);
-        rng.active = Some(Active {
+        rng.base.active = Some(Active {
             mem: mem.clone(),
-            queue: not_ready,
+            queues: vec![not_ready],
         });
         assert!(matches!(rng.process_queue(), Err(RngError::Queue(_))));
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::devices::virtio::ActivateError;
 use crate::devices::virtio::INTERRUPT_USED_RING;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use virtio_bindings::virtio_blk::{
@@ -7,6 +8,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::GuestAddress;
 
 const MEM_SIZE: u64 = 0x10_0000;
@@ -463,16 +465,16 @@ fn broken_queue_is_a_typed_error() {
     ));
     assert!(!blk.is_activated());
     // Bypass activation's check to see the processing path cope with it too.
-    blk.active = Some(Active {
+    blk.base.active = Some(Active {
         mem: mem.clone(),
-        queue: broken(),
+        queues: vec![broken()],
     });
     assert!(matches!(blk.process_queue(), Err(BlockError::Queue(_))));
     let mut not_ready: Queue = vq.create_queue().unwrap();
     not_ready.set_ready(false);
-    blk.active = Some(Active {
+    blk.base.active = Some(Active {
         mem: mem.clone(),
-        queue: not_ready,
+        queues: vec![not_ready],
     });
     assert!(matches!(blk.process_queue(), Err(BlockError::Queue(_))));
 

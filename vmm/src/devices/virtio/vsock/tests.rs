@@ -4,6 +4,7 @@ use super::connection::CONN_BUF_ALLOC;
 use super::muxer::FIRST_LOCAL_PORT;
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::ActivateError;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::GuestAddress;
 
 const CID: u64 = 3;
