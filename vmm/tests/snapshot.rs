@@ -214,13 +214,14 @@ fn guest_u64(snapshot: &Path, addr: u64) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Runs `vmm args` for `wait`, then snapshots it into `dir` (SIGUSR1).
-fn snapshot_after(args: &[&str], dir: &Path, wait: Duration) {
+/// Runs `vmm args` until its console has `lines` complete lines, then snapshots it into `dir`
+/// (SIGUSR1).
+fn snapshot_after(args: &[&str], dir: &Path, lines: usize) {
     let _ = std::fs::remove_dir_all(dir);
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--snapshot-dir", dir.to_str().unwrap()]);
-    let vm = Running::start(&all);
-    std::thread::sleep(wait);
+    let mut vm = Running::start(&all);
+    vm.wait_lines(lines);
     vm.signal(libc::SIGUSR1);
     let (code, _, stderr) = vm.finish();
     assert_eq!(code, Some(0), "{stderr}");
@@ -235,15 +236,18 @@ fn user_mode_and_its_exceptions_go_on_after_a_restore() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let (first, second) = (tmp.join("snapshot-user-1"), tmp.join("snapshot-user-2"));
     let boot = ["--kernel", kernel.to_str().unwrap(), "--boot-args", "x"];
-    snapshot_after(&boot, &first, Duration::from_millis(1500));
+    // The banner, then two lines from the exception handler: user mode and its exceptions ran.
+    snapshot_after(&boot, &first, 3);
     let (user, exceptions) = (guest_u64(&first, 0x30_0000), guest_u64(&first, 0x30_0100));
     assert!(
         user > 0 && exceptions > 0,
         "user {user}, exceptions {exceptions}"
     );
     // Restored in a fresh process and snapshotted again: both counters moved on.
+    // Two lines printed by the restored guest: at least 1024 more exceptions, each after a
+    // round in user mode.
     let restore = ["--restore-from", first.to_str().unwrap()];
-    snapshot_after(&restore, &second, Duration::from_millis(1500));
+    snapshot_after(&restore, &second, 2);
     let (user_after, exceptions_after) =
         (guest_u64(&second, 0x30_0000), guest_u64(&second, 0x30_0100));
     assert!(

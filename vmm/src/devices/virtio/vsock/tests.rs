@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -259,10 +259,52 @@ impl<'a> Guest<'a> {
     }
 }
 
-/// Lets data written to one end of a Unix stream reach the other (it does synchronously, but
-/// the tests should not depend on that).
-fn settle() {
-    std::thread::sleep(Duration::from_millis(20));
+/// How long a test waits for the device to see what a host socket did.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Polls the device's backend until `done` holds, failing the test after [`DEADLINE`]. A
+/// Unix stream hands data to its peer within the write, but the tests do not rely on it.
+fn poll_until(dev: &mut Vsock, what: &str, mut done: impl FnMut(&mut Vsock) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        dev.poll_backend();
+        if done(dev) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        std::thread::yield_now();
+    }
+}
+
+impl Guest<'_> {
+    /// Polls the backend until the device puts packets in the rx queue; returns them.
+    fn poll_recv(&mut self, dev: &mut Vsock) -> Vec<(Header, Vec<u8>)> {
+        let mut pkts = Vec::new();
+        poll_until(dev, "a packet for the guest", |_| {
+            pkts = self.recv();
+            !pkts.is_empty()
+        });
+        pkts
+    }
+
+    fn poll_recv_one(&mut self, dev: &mut Vsock) -> (Header, Vec<u8>) {
+        let mut pkts = self.poll_recv(dev);
+        assert_eq!(pkts.len(), 1, "{pkts:?}");
+        pkts.remove(0)
+    }
+}
+
+/// Whether the device closed its end of `s`, without waiting.
+fn is_closed(s: &mut UnixStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 16];
+    let closed = match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => panic!("the device sent data on a refused stream"),
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
 }
 
 fn read_line(s: &mut UnixStream) -> String {
@@ -303,9 +345,7 @@ fn guest_initiated_stream() {
     assert_eq!(g.used(TX_QUEUE).len(), 2);
 
     host.write_all(b"pong").unwrap();
-    settle();
-    dev.poll_backend();
-    let (h, data) = g.recv_one();
+    let (h, data) = g.poll_recv_one(&mut dev);
     assert_eq!((h.op, h.src_port, h.dst_port), (OP_RW, 52, 1000));
     assert_eq!(data, b"pong");
     assert_eq!(h.fwd_cnt, 4);
@@ -316,15 +356,11 @@ fn guest_initiated_stream() {
     g.send(&mut dev, sh, &[]);
     assert_eq!(host.read(&mut buf).unwrap(), 0);
     host.write_all(b"late").unwrap();
-    settle();
-    dev.poll_backend();
-    assert_eq!(g.recv_one().1, b"late");
+    assert_eq!(g.poll_recv_one(&mut dev).1, b"late");
 
     // The host closes: the guest gets an RST and the connection is gone.
     drop(host);
-    settle();
-    dev.poll_backend();
-    let (h, _) = g.recv_one();
+    let (h, _) = g.poll_recv_one(&mut dev);
     assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, 52, 1000));
     assert_eq!(dev.muxer.connection_count(), 0);
 }
@@ -373,9 +409,7 @@ fn host_initiated_stream() {
         .unwrap();
     // Data right behind the CONNECT line belongs to the stream.
     client.write_all(b"CONNECT 52\nearly").unwrap();
-    settle();
-    dev.poll_backend();
-    let (h, _) = g.recv_one();
+    let (h, _) = g.poll_recv_one(&mut dev);
     assert_eq!(h.op, OP_REQUEST);
     assert_eq!((h.src_port, h.dst_port), (FIRST_LOCAL_PORT, 52));
     assert_eq!((h.src_cid, h.dst_cid), (VSOCK_HOST_CID, CID));
@@ -394,9 +428,7 @@ fn host_initiated_stream() {
     // A second client gets the next port; the guest refuses it and the client is closed.
     let mut client2 = UnixStream::connect(&uds.0).unwrap();
     client2.write_all(b"CONNECT 52\n").unwrap();
-    settle();
-    dev.poll_backend();
-    let (h, _) = g.recv_one();
+    let (h, _) = g.poll_recv_one(&mut dev);
     assert_eq!((h.op, h.src_port), (OP_REQUEST, FIRST_LOCAL_PORT + 1));
     g.send(&mut dev, hdr(OP_RST, 52, FIRST_LOCAL_PORT + 1), &[]);
     assert_closed(&mut client2);
@@ -422,8 +454,9 @@ fn bad_connect_lines_close_only_that_client() {
         c.write_all(line).unwrap();
         bad.push(c);
     }
-    settle();
-    dev.poll_backend();
+    poll_until(&mut dev, "closing the bad clients", |_| {
+        bad.iter_mut().all(is_closed)
+    });
     for c in &mut bad {
         assert_closed(c);
     }
@@ -431,13 +464,12 @@ fn bad_connect_lines_close_only_that_client() {
     // A partial line waits for the rest; then the handshake works.
     let mut c = UnixStream::connect(&uds.0).unwrap();
     c.write_all(b"CONN").unwrap();
-    settle();
+    // The four bytes are in the device's socket once the write returns (a Unix stream hands
+    // them over within it), so a poll that sends nothing shows the device waits for the rest.
     dev.poll_backend();
     assert!(g.recv().is_empty());
     c.write_all(b"ECT 9\n").unwrap();
-    settle();
-    dev.poll_backend();
-    assert_eq!(g.recv_one().0.dst_port, 9);
+    assert_eq!(g.poll_recv_one(&mut dev).0.dst_port, 9);
 }
 
 #[test]
@@ -455,12 +487,14 @@ fn host_data_is_bounded_by_guest_credit() {
     assert_eq!(g.recv_one().0.op, OP_RESPONSE);
 
     host.write_all(&[0xab; 300]).unwrap();
-    settle();
     g.add_rx(4, 64);
-    dev.poll_backend();
-    let pkts = g.recv();
-    let total: usize = pkts.iter().map(|(_, d)| d.len()).sum();
-    assert_eq!(total, 100);
+    let mut pkts = Vec::new();
+    let total = |pkts: &Vec<(Header, Vec<u8>)>| pkts.iter().map(|(_, d)| d.len()).sum::<usize>();
+    poll_until(&mut dev, "the guest's credit's worth of data", |_| {
+        pkts.extend(g.recv());
+        total(&pkts) >= 100
+    });
+    assert_eq!(total(&pkts), 100);
     assert!(pkts.iter().all(|(h, d)| h.op == OP_RW && d.len() <= 64));
     // Polling again sends nothing: no credit.
     dev.poll_backend();
