@@ -234,6 +234,7 @@ impl Vsock {
             }
             _ => false,
         };
+        // The event is one u32.
         let len = if written { u32::BITS / 8 } else { 0 };
         evq.add_used(&*mem, head, len)?;
         if evq.needs_notification(&*mem)? {
