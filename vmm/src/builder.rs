@@ -12,9 +12,10 @@ use crate::config::{CpuTemplate, VmConfig};
 use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
-use crate::devices::virtio::block::Block;
+use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
@@ -41,10 +42,12 @@ pub const PVM_BOOT_ARGS: &str = "noxsave nosmap nofsgsbase nopku \
     pvm_no_int3_selftest pvm_no_fwait pvm_syscall_fixup";
 
 /// The kernel command line a VM with CPU template `template` gets when none is configured.
+/// `template` is resolved for the host ([`CpuTemplate::resolve`]); `Auto` gets the plain
+/// defaults, as `None` does.
 pub fn default_boot_args(template: CpuTemplate) -> String {
-    match template.resolve() {
+    match template {
         CpuTemplate::Pvm => format!("{DEFAULT_BOOT_ARGS} {PVM_BOOT_ARGS}"),
-        _ => DEFAULT_BOOT_ARGS.to_owned(),
+        CpuTemplate::Auto | CpuTemplate::None => DEFAULT_BOOT_ARGS.to_owned(),
     }
 }
 
@@ -54,38 +57,49 @@ pub enum BuildError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("loading the kernel {path}: {source}")]
+    #[error("loading the kernel {path}")]
     Kernel {
         path: PathBuf,
         source: linux_loader::loader::Error,
     },
-    #[error("loading the initrd {path}: {source}")]
+    #[error("loading the initrd {path}")]
     Initrd {
         path: PathBuf,
         source: vm_memory::GuestMemoryError,
     },
-    #[error("kernel command line: {0}")]
-    Cmdline(String),
+    #[error("kernel command line")]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+    #[error("writing the kernel command line to guest memory")]
+    LoadCmdline(#[source] linux_loader::loader::Error),
+    #[error("the kernel command line is not text")]
+    CmdlineText(#[from] std::ffi::IntoStringError),
     #[error(transparent)]
     BootParams(#[from] BootParamsError),
     #[error(transparent)]
     Mptable(#[from] MptableError),
     #[error("too many virtio devices: IRQs {IRQ_BASE}..={IRQ_MAX} are all taken")]
     TooManyDevices,
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Device {
         what: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Bus(#[from] Overlap),
-    #[error("starting the event loop: {0}")]
-    EventLoop(String),
+    #[error("starting the event loop")]
+    EventLoop(#[source] std::io::Error),
+    #[error("starting the event loop")]
+    EventManager(#[source] event_manager::Error),
+    #[error(
+        "machine-config.cpu_template is `Auto`: resolve it for the host \
+         (CpuTemplate::resolve with HostCaps::detect) before booting"
+    )]
+    UnresolvedCpuTemplate,
 }
 
 fn device_error<E: std::error::Error + Send + Sync + 'static>(
@@ -98,13 +112,15 @@ fn device_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// Boots `config`, the guest's console going to `console`.
+/// Boots `config`, the guest's console going to `console`. Its CPU template must be resolved
+/// for the host already ([`CpuTemplate::resolve`]): the VMM does not look at the host itself.
 pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm, BuildError> {
     let machine = &config.machine_config;
-    let template = machine.cpu_template.resolve();
+    let template = machine.cpu_template;
     let masked: &[FeatureBit] = match template {
         CpuTemplate::Pvm => PVM_TEMPLATE,
-        _ => &[],
+        CpuTemplate::None => &[],
+        CpuTemplate::Auto => return Err(BuildError::UnresolvedCpuTemplate),
     };
 
     // Memory and kernel.
@@ -134,26 +150,17 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
 
     // Command line: the configured or default arguments, the root drive, then one entry per
     // virtio-mmio device as the devices are attached.
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(cmdline_error)?;
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)?;
     let boot_args = match &config.boot_source.boot_args {
         Some(args) => args.clone(),
         None => default_boot_args(template),
     };
-    cmdline.insert_str(boot_args).map_err(cmdline_error)?;
+    cmdline.insert_str(boot_args)?;
 
     // Legacy devices on the port bus.
     let exit = Arc::new(ExitSignal::default());
-    let mut pio = Bus::default();
     let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
-    vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
-    let i8042 = I8042::new(exit.clone());
-    pio.insert(
-        i8042::BASE_PORT,
-        i8042::PORT_COUNT,
-        Arc::new(Mutex::new(i8042)),
-    )?;
+    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
     // vsock and entropy.
@@ -168,21 +175,23 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         } else {
             "root=/dev/vda rw"
         };
-        cmdline.insert_str(root_args).map_err(cmdline_error)?;
+        cmdline.insert_str(root_args)?;
     }
     let mut specs: Vec<DeviceSpec> = drives
         .iter()
-        .map(|drive| DeviceSpec::Block {
-            drive_id: drive.drive_id.clone(),
-            path: drive.path_on_host.clone(),
-            read_only: drive.is_read_only,
+        .map(|drive| {
+            DeviceSpec::Block(BlockState {
+                drive_id: drive.drive_id.clone(),
+                path: drive.path_on_host.clone(),
+                read_only: drive.is_read_only,
+            })
         })
         .collect();
     if let Some(vsock) = &config.vsock {
-        specs.push(DeviceSpec::Vsock {
+        specs.push(DeviceSpec::Vsock(VsockState {
             guest_cid: u64::from(vsock.guest_cid),
             uds_path: vsock.uds_path.clone(),
-        });
+        }));
     }
     if config.entropy.is_some() {
         specs.push(DeviceSpec::Rng);
@@ -190,9 +199,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     let mut virtio = VirtioAttacher::new(&vm);
     for spec in specs {
         let (base, irq) = virtio.attach(spec, None)?;
-        cmdline
-            .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
-            .map_err(cmdline_error)?;
+        cmdline.add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)?;
     }
     let VirtioAttacher {
         mmio,
@@ -203,13 +210,9 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     } = virtio;
 
     // Boot protocol: command line, zero page, MP table.
-    let cmdline_text = cmdline
-        .as_cstring()
-        .map_err(cmdline_error)?
-        .into_string()
-        .unwrap_or_default();
+    let cmdline_text = cmdline.as_cstring()?.into_string()?;
     load_cmdline(vm.memory(), GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+        .map_err(BuildError::LoadCmdline)?;
     boot_params::write(vm.memory(), ram_end, cmdline_text.len(), initrd)?;
     mptable::write(vm.memory(), machine.vcpu_count)?;
 
@@ -234,10 +237,6 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     })
 }
 
-fn cmdline_error(e: linux_loader::cmdline::Error) -> BuildError {
-    BuildError::Cmdline(e.to_string())
-}
-
 fn load_initrd(
     vm: &Vm,
     path: &PathBuf,
@@ -251,13 +250,38 @@ fn load_initrd(
     let mut file = File::open(path).map_err(open_error)?;
     let size = file.metadata().map_err(open_error)?.len();
     let placement = boot_params::place_initrd(ram_end, kernel_end, size)?;
+    let len = usize::try_from(size).map_err(|_| BootParamsError::InitrdDoesNotFit { size })?;
     vm.memory()
-        .read_exact_volatile_from(GuestAddress(placement.address), &mut file, size as usize)
+        .read_exact_volatile_from(GuestAddress(placement.address), &mut file, len)
         .map_err(|source| BuildError::Initrd {
             path: path.clone(),
             source,
         })?;
     Ok(placement)
+}
+
+/// The devices on the port bus, the same at boot and on restore: the serial console, its
+/// interrupt an irqfd on [`SERIAL_IRQ`], and the i8042, whose reset ends the VM through `exit`.
+pub(crate) struct LegacyDevices {
+    pub pio: Bus,
+    pub serial: Arc<Mutex<Serial>>,
+}
+
+impl LegacyDevices {
+    /// Wires `serial` (fresh, or as a snapshot left it) and a new i8042 to `vm`.
+    pub fn attach(
+        vm: &Vm,
+        serial: Serial,
+        exit: &Arc<ExitSignal>,
+    ) -> Result<LegacyDevices, BuildError> {
+        let mut pio = Bus::default();
+        vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+        pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
+        Ok(LegacyDevices { pio, serial })
+    }
 }
 
 /// Gives each virtio device its MMIO window, IRQ, irqfd and ioeventfds, in order: the n-th
@@ -269,7 +293,7 @@ pub(crate) struct VirtioAttacher<'a> {
     pub devices: Vec<AttachedDevice>,
     /// The vsock device, which the function service talks to.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
-    next: u64,
+    next: u32,
 }
 
 impl<'a> VirtioAttacher<'a> {
@@ -292,21 +316,17 @@ impl<'a> VirtioAttacher<'a> {
         restore: Option<&TransportState>,
     ) -> Result<(u64, u32), BuildError> {
         match &spec {
-            DeviceSpec::Block {
-                drive_id,
-                path,
-                read_only,
-            } => {
-                let block = Block::new(path, *read_only, drive_id)
-                    .map_err(device_error(format!("drive {drive_id}")))?;
+            DeviceSpec::Block(state) => {
+                let block = state
+                    .build()
+                    .map_err(device_error(format!("drive {}", state.drive_id)))?;
                 self.attach_device(Arc::new(Mutex::new(block)), spec, restore)
             }
-            DeviceSpec::Vsock {
-                guest_cid,
-                uds_path,
-            } => {
-                let vsock = Vsock::new(*guest_cid, uds_path)
-                    .map_err(device_error(format!("vsock on {}", uds_path.display())))?;
+            DeviceSpec::Vsock(state) => {
+                let vsock = state.build().map_err(device_error(format!(
+                    "vsock on {}",
+                    state.uds_path.display()
+                )))?;
                 let vsock = Arc::new(Mutex::new(vsock));
                 self.vsock = Some(vsock.clone());
                 self.attach_device(vsock, spec, restore)
@@ -327,17 +347,17 @@ impl<'a> VirtioAttacher<'a> {
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
-        let irq = IRQ_BASE + self.next as u32;
+        let irq = IRQ_BASE + self.next;
         if irq > IRQ_MAX {
             return Err(BuildError::TooManyDevices);
         }
-        let base = MMIO_DEVICES_START + self.next * MMIO_DEVICE_SIZE;
+        let base = MMIO_DEVICES_START + u64::from(self.next) * MMIO_DEVICE_SIZE;
         {
             let dev = device.lock().unwrap_or_else(|e| e.into_inner());
             self.vm.register_irqfd(dev.interrupt().event(), irq)?;
-            for (index, event) in dev.queue_events().iter().enumerate() {
+            for (index, event) in (0u32..).zip(dev.queue_events()) {
                 self.vm
-                    .register_ioeventfd(event, base + NOTIFY_REG_OFFSET, index as u32)?;
+                    .register_ioeventfd(event, base + NOTIFY_REG_OFFSET, index)?;
             }
         }
         let memory = self.vm.memory().clone();
@@ -354,5 +374,36 @@ impl<'a> VirtioAttacher<'a> {
         self.subscribers.push(device);
         self.next += 1;
         Ok((base, irq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BootSource, MachineConfig};
+
+    #[test]
+    fn an_unresolved_cpu_template_is_refused_before_anything_is_made() {
+        let config = VmConfig {
+            boot_source: BootSource {
+                kernel_image_path: "/no/such/vmlinux".into(),
+                initrd_path: None,
+                boot_args: None,
+            },
+            machine_config: MachineConfig::default(),
+            drives: Vec::new(),
+            vsock: None,
+            entropy: None,
+            serial: None,
+        };
+        assert_eq!(config.machine_config.cpu_template, CpuTemplate::Auto);
+        let result = boot(&config, Box::new(std::io::sink()));
+        assert!(matches!(result, Err(BuildError::UnresolvedCpuTemplate)));
+    }
+
+    #[test]
+    fn only_the_pvm_template_adds_boot_args() {
+        assert!(default_boot_args(CpuTemplate::Pvm).contains("pvm_syscall_fixup"));
+        assert_eq!(default_boot_args(CpuTemplate::None), DEFAULT_BOOT_ARGS);
     }
 }

@@ -4,14 +4,15 @@
 use crate::builder::BuildError;
 use crate::devices::bus::Bus;
 use crate::devices::serial::Serial;
+use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitSignal, VmExit};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,18 +21,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// What a virtio device was made from: enough to make it again on restore.
+/// What a virtio device was made from: enough to make it again on restore. Each device's
+/// part is its own `persist` module's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSpec {
-    Block {
-        drive_id: String,
-        path: PathBuf,
-        read_only: bool,
-    },
-    Vsock {
-        guest_cid: u64,
-        uds_path: PathBuf,
-    },
+    Block(BlockState),
+    Vsock(VsockState),
+    /// The entropy device is made from nothing.
     Rng,
 }
 
@@ -75,10 +71,9 @@ pub struct Microvm {
 impl Microvm {
     /// Starts the device event loop, then one thread per vCPU.
     pub fn start(parts: Parts) -> Result<Microvm, BuildError> {
-        let event_loop_error = |e: std::io::Error| BuildError::EventLoop(e.to_string());
         let event_loop_stop = Arc::new(AtomicBool::new(false));
-        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(event_loop_error)?;
-        let waker = wake_event_loop.try_clone().map_err(event_loop_error)?;
+        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
+        let waker = wake_event_loop.try_clone().map_err(BuildError::EventLoop)?;
         let event_loop = spawn_event_loop(
             parts.subscribers,
             waker,
@@ -198,8 +193,7 @@ fn spawn_event_loop(
     stop: Arc<AtomicBool>,
     exit: Arc<ExitSignal>,
 ) -> Result<JoinHandle<()>, BuildError> {
-    let mut manager =
-        EventManager::<Subscriber>::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let mut manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
@@ -214,5 +208,5 @@ fn spawn_event_loop(
                 }
             }
         })
-        .map_err(|e| BuildError::EventLoop(e.to_string()))
+        .map_err(BuildError::EventLoop)
 }

@@ -69,8 +69,9 @@ impl Running {
     }
 
     fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0);
     }
 }
@@ -191,6 +192,12 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
     );
     let missing = vmm(&["--restore-from", "/no/such/snapshot"]);
     assert_eq!(missing.status.code(), Some(1));
+    // The whole cause chain: what was done, on which file, and the system's reason.
+    let missing = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        missing.contains("restoring /no/such/snapshot: /no/such/snapshot/state: No such file"),
+        "{missing}"
+    );
     // The devices are made again from what they were made of: a drive that is gone is an error.
     std::fs::remove_file(dir.with_extension("disk")).unwrap();
     let no_drive = variant("no-drive", &state, None);
@@ -207,13 +214,14 @@ fn guest_u64(snapshot: &Path, addr: u64) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Runs `vmm args` for `wait`, then snapshots it into `dir` (SIGUSR1).
-fn snapshot_after(args: &[&str], dir: &Path, wait: Duration) {
+/// Runs `vmm args` until its console has `lines` complete lines, then snapshots it into `dir`
+/// (SIGUSR1).
+fn snapshot_after(args: &[&str], dir: &Path, lines: usize) {
     let _ = std::fs::remove_dir_all(dir);
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--snapshot-dir", dir.to_str().unwrap()]);
-    let vm = Running::start(&all);
-    std::thread::sleep(wait);
+    let mut vm = Running::start(&all);
+    vm.wait_lines(lines);
     vm.signal(libc::SIGUSR1);
     let (code, _, stderr) = vm.finish();
     assert_eq!(code, Some(0), "{stderr}");
@@ -228,15 +236,18 @@ fn user_mode_and_its_exceptions_go_on_after_a_restore() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let (first, second) = (tmp.join("snapshot-user-1"), tmp.join("snapshot-user-2"));
     let boot = ["--kernel", kernel.to_str().unwrap(), "--boot-args", "x"];
-    snapshot_after(&boot, &first, Duration::from_millis(1500));
+    // The banner, then two lines from the exception handler: user mode and its exceptions ran.
+    snapshot_after(&boot, &first, 3);
     let (user, exceptions) = (guest_u64(&first, 0x30_0000), guest_u64(&first, 0x30_0100));
     assert!(
         user > 0 && exceptions > 0,
         "user {user}, exceptions {exceptions}"
     );
     // Restored in a fresh process and snapshotted again: both counters moved on.
+    // Two lines printed by the restored guest: at least 1024 more exceptions, each after a
+    // round in user mode.
     let restore = ["--restore-from", first.to_str().unwrap()];
-    snapshot_after(&restore, &second, Duration::from_millis(1500));
+    snapshot_after(&restore, &second, 2);
     let (user_after, exceptions_after) =
         (guest_u64(&second, 0x30_0000), guest_u64(&second, 0x30_0100));
     assert!(

@@ -36,13 +36,15 @@ pub struct GuestSpec {
     pub console: Option<PathBuf>,
     /// How long the guest may take to boot and connect.
     pub boot_timeout: Duration,
+    /// The CPU template, resolved for this host (`CpuTemplate::Auto.resolve`, once, at the top).
+    pub cpu_template: CpuTemplate,
 }
 
 impl GuestSpec {
     /// The kernel command line the VM boots with.
     pub fn boot_args(&self) -> String {
         self.boot_args.clone().unwrap_or_else(|| {
-            let defaults = default_boot_args(CpuTemplate::Auto);
+            let defaults = default_boot_args(self.cpu_template);
             // Our images keep init at /init, where the kernel looks in an initramfs but not
             // on a root drive.
             match self.rootfs {
@@ -141,6 +143,7 @@ impl Guest {
             },
             machine_config: MachineConfig {
                 mem_size_mib: spec.mem_size_mib,
+                cpu_template: spec.cpu_template,
                 ..MachineConfig::default()
             },
             drives,

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use vmm::config::CpuTemplate;
+use vmm::host_caps::HostCaps;
 
 #[derive(Parser)]
 #[command(
@@ -104,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         work_dir,
         console: args.console,
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        cpu_template: CpuTemplate::Auto.resolve(&HostCaps::detect()),
     };
     let snapshots = snapstart.then(|| {
         let (kernel, image) = (spec.kernel.clone(), spec.rootfs.path().to_owned());

@@ -44,20 +44,9 @@ pub enum StartError {
     Cancelled(#[source] tokio::task::JoinError),
 }
 
-/// An error with its causes, `: `-separated, for the top level's messages. A cause whose text
-/// the message already holds is not repeated: the VMM's errors still print their sources.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+/// An error with its causes, `: `-separated ([`vmm::error::Chain`]).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    vmm::error::Chain(error).to_string()
 }
 
 #[derive(Clone)]

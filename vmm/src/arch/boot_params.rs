@@ -1,7 +1,7 @@
 //! The 64-bit Linux boot protocol (Documentation/x86/boot.rst): the zero page with its setup
 //! header, the e820 memory map, the command line and the initrd.
 
-use super::layout::{CMDLINE_START, EBDA_START, HIMEM_START, ZERO_PAGE_START};
+use super::layout::{low32, CMDLINE_START, EBDA_START, HIMEM_START, ZERO_PAGE_START};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
@@ -28,7 +28,11 @@ pub enum BootParamsError {
     TooManyE820Entries,
     #[error("the initrd ({size} bytes) does not fit in guest memory above the kernel")]
     InitrdDoesNotFit { size: u64 },
-    #[error("writing the zero page: {0}")]
+    #[error("a {len}-byte kernel command line does not fit the zero page")]
+    CmdlineTooLong { len: usize },
+    #[error("the initrd at {address:#x} ({size} bytes) is beyond the zero page's 32-bit fields")]
+    InitrdAbove4G { address: u64, size: u64 },
+    #[error("writing the zero page")]
     Write(#[from] linux_loader::configurator::Error),
 }
 
@@ -59,11 +63,20 @@ pub fn write(
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    params.hdr.cmd_line_ptr = low32(CMDLINE_START);
+    params.hdr.cmdline_size = u32::try_from(cmdline_len)
+        .map_err(|_| BootParamsError::CmdlineTooLong { len: cmdline_len })?;
     if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = initrd.address as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
+        let above = BootParamsError::InitrdAbove4G {
+            address: initrd.address,
+            size: initrd.size,
+        };
+        let (Ok(image), Ok(size)) = (u32::try_from(initrd.address), u32::try_from(initrd.size))
+        else {
+            return Err(above);
+        };
+        params.hdr.ramdisk_image = image;
+        params.hdr.ramdisk_size = size;
     }
     // Low memory stops at the EBDA (which holds the MP table); [EBDA, 1 MiB) is the legacy
     // hole, left out of the map so the kernel never allocates it.
@@ -99,7 +112,9 @@ mod tests {
     #[test]
     fn zero_page_carries_the_map_the_cmdline_and_the_initrd() {
         let ram_end = 64 << 20;
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), ram_end as usize)]).unwrap();
+        let memory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), usize::try_from(ram_end).unwrap())])
+                .unwrap();
         let initrd = place_initrd(ram_end, 16 << 20, 5000).unwrap();
         assert_eq!(initrd.address, (ram_end - 5000) & !0xfff);
         write(&memory, ram_end, 42, Some(initrd)).unwrap();
@@ -107,7 +122,7 @@ mod tests {
         assert_eq!(params.e820_entries, 2);
         let (a, s) = (params.e820_table[1].addr, params.e820_table[1].size);
         assert_eq!((a, a + s), (HIMEM_START, ram_end));
-        assert_eq!({ params.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(u64::from(params.hdr.cmd_line_ptr), CMDLINE_START);
         assert_eq!({ params.hdr.ramdisk_size }, 5000);
         assert_eq!({ params.hdr.header }, KERNEL_HDR_MAGIC);
     }

@@ -37,3 +37,12 @@ pub const IRQ_BASE: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
 /// COM1's IRQ.
 pub const SERIAL_IRQ: u32 = 4;
+
+/// `value` for the 32-bit address fields of the boot protocol and the MP table. Meant for
+/// `const` items, where a value that does not fit stops the build.
+// The assert just before the cast rules out truncation.
+#[allow(clippy::cast_possible_truncation)]
+pub const fn low32(value: u64) -> u32 {
+    assert!(value >> 32 == 0, "not a 32-bit address");
+    value as u32
+}

@@ -4,10 +4,14 @@
 //! The table is a few dozen packed little-endian records, so it is built as bytes rather than
 //! through `repr(C, packed)` structs.
 
-use super::layout::{APIC_START, EBDA_START, IOAPIC_START, IRQ_MAX};
+use super::layout::{low32, APIC_START, EBDA_START, IOAPIC_START, IRQ_MAX};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const FLOATING_POINTER_LEN: usize = 16;
+/// The configuration table follows the floating pointer in the EBDA.
+const TABLE_ADDRESS: u32 = low32(EBDA_START + FLOATING_POINTER_LEN as u64);
+const IOAPIC_ADDRESS: u32 = low32(IOAPIC_START);
+const APIC_ADDRESS: u32 = low32(APIC_START);
 const HEADER_LEN: usize = 44;
 const SPEC_REVISION: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
@@ -33,7 +37,7 @@ const CPU_FEATURES: u32 = (1 << 0) | (1 << 9);
 pub enum MptableError {
     #[error("{0} vCPUs do not fit in the MP table (at most {MAX_VCPUS})")]
     TooManyVcpus(u8),
-    #[error("writing the MP table to guest memory: {0}")]
+    #[error("writing the MP table to guest memory")]
     Write(#[from] vm_memory::GuestMemoryError),
 }
 
@@ -64,11 +68,11 @@ pub fn build(vcpu_count: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(b"ISA   ");
     count += 1;
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    entries.extend_from_slice(&IOAPIC_ADDRESS.to_le_bytes());
     count += 1;
     // Every IOAPIC pin is wired to the ISA IRQ of the same number, with the bus's default
     // polarity and trigger (flags 0): edge-triggered, which is what an irqfd pulse gives.
-    for irq in 0..=IRQ_MAX as u8 {
+    for irq in (0..=IRQ_MAX).filter_map(|irq| u8::try_from(irq).ok()) {
         entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INTERRUPT_INT, 0, 0, 0, irq]);
         entries.extend_from_slice(&[ioapic_id, irq]);
         count += 1;
@@ -78,17 +82,18 @@ pub fn build(vcpu_count: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INTERRUPT_NMI, 0, 0, 0, 0, 0xff, 1]);
     count += 2;
 
-    let table_address = EBDA_START as u32 + FLOATING_POINTER_LEN as u32;
     let mut table = Vec::with_capacity(HEADER_LEN + entries.len());
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&((HEADER_LEN + entries.len()) as u16).to_le_bytes());
+    let table_len = u16::try_from(HEADER_LEN + entries.len())
+        .map_err(|_| MptableError::TooManyVcpus(vcpu_count))?;
+    table.extend_from_slice(&table_len.to_le_bytes());
     table.extend_from_slice(&[SPEC_REVISION, 0]);
     table.extend_from_slice(b"LAMBDAVM");
     table.extend_from_slice(b"MICROVM     ");
     table.extend_from_slice(&0u32.to_le_bytes());
     table.extend_from_slice(&0u16.to_le_bytes());
     table.extend_from_slice(&count.to_le_bytes());
-    table.extend_from_slice(&(APIC_START as u32).to_le_bytes());
+    table.extend_from_slice(&APIC_ADDRESS.to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes());
     debug_assert_eq!(table.len(), HEADER_LEN);
     table.extend_from_slice(&entries);
@@ -96,7 +101,7 @@ pub fn build(vcpu_count: u8) -> Result<Vec<u8>, MptableError> {
 
     let mut floating = Vec::with_capacity(FLOATING_POINTER_LEN);
     floating.extend_from_slice(b"_MP_");
-    floating.extend_from_slice(&table_address.to_le_bytes());
+    floating.extend_from_slice(&TABLE_ADDRESS.to_le_bytes());
     floating.extend_from_slice(&[1, SPEC_REVISION, 0, 0, 0, 0, 0, 0]);
     floating[10] = checksum(&floating);
 

@@ -40,9 +40,9 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("writing boot tables to guest memory: {0}")]
+    #[error("writing boot tables to guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
@@ -132,8 +132,12 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The KVM view of GDT entry `index`.
 fn segment(entry: u64, index: u8) -> kvm_segment {
+    // Every mask passed is at most 0xff, so the field fits a u8.
+    #[allow(clippy::cast_possible_truncation)]
     let field = |shift: u32, mask: u64| ((entry >> shift) & mask) as u8;
     let granular = field(55, 1) == 1;
+    // Twenty bits of limit fit a u32.
+    #[allow(clippy::cast_possible_truncation)]
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
@@ -156,21 +160,27 @@ fn segment(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
+/// The boot vCPU's GDT: null, 64-bit code, data, TSS.
+const BOOT_GDT: [u64; 4] = [
+    0,
+    gdt_entry(0xa09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x808b, 0, 0xfffff),
+];
+/// Four 8-byte entries: a limit of 31, which fits.
+#[allow(clippy::cast_possible_truncation)]
+const GDT_LIMIT: u16 = (std::mem::size_of::<[u64; 4]>() - 1) as u16;
+
 fn setup_sregs(vcpu: &VcpuFd, memory: &GuestMemoryMmap) -> Result<(), RegsError> {
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
 
-    let gdt = [
-        0,
-        gdt_entry(0xa09b, 0, 0xfffff), // 64-bit code
-        gdt_entry(0xc093, 0, 0xfffff), // data
-        gdt_entry(0x808b, 0, 0xfffff), // TSS
-    ];
+    let gdt = BOOT_GDT;
     for (i, entry) in gdt.iter().enumerate() {
         memory.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64))?;
     }
     memory.write_obj(0u64, GuestAddress(BOOT_IDT_START))?;
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
 
@@ -209,10 +219,11 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 fn set_delivery_mode(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
     let reg = &mut lapic.regs[offset..offset + 4];
-    let bytes: [u8; 4] = [reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8];
+    // The LAPIC page is `c_char`s; the register is their bytes, as they are.
+    let bytes: [u8; 4] = std::array::from_fn(|i| u8::from_ne_bytes(reg[i].to_ne_bytes()));
     let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
     for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
-        *dst = src as i8;
+        *dst = i8::from_ne_bytes([src]);
     }
 }
 

@@ -3,13 +3,16 @@
 //! shutdown (i8042 reset) or snapshot taken, 1 VMM error (bad configuration or snapshot
 //! included), 2 usage error, 3 guest crash.
 
+use anyhow::Context;
 use clap::Parser;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vmm::config::{self, VmFlags};
+use vmm::error::Chain;
 use vmm::exit::VmExit;
+use vmm::host_caps::HostCaps;
 use vmm::microvm::Microvm;
 use vmm_sys_util::signal::register_signal_handler;
 
@@ -60,12 +63,14 @@ fn run(args: &Args) -> VmExit {
     let microvm = match start(args) {
         Ok(Some(microvm)) => microvm,
         Ok(None) => return VmExit::Shutdown,
-        Err(why) => return VmExit::VmmError(why),
+        Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
     };
     log::info!("kernel command line: {}", microvm.cmdline());
     if let Some(dir) = &args.snapshot_dir {
-        if let Err(e) = register_signal_handler(libc::SIGUSR1, on_snapshot_signal) {
-            return VmExit::VmmError(format!("installing the SIGUSR1 handler: {e}"));
+        if let Err(e) = register_signal_handler(libc::SIGUSR1, on_snapshot_signal)
+            .context("installing the SIGUSR1 handler")
+        {
+            return VmExit::VmmError(Chain(e.as_ref()).to_string());
         }
         loop {
             if let Some(exit) = microvm.wait(Some(Duration::from_millis(10))) {
@@ -94,17 +99,17 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
             microvm.stop();
             VmExit::Shutdown
         }
-        Err(e) => VmExit::VmmError(format!("snapshot: {e}")),
+        Err(e) => VmExit::VmmError(format!("snapshot: {}", Chain(&e))),
     }
 }
 
 /// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args) -> Result<Option<Microvm>, String> {
-    let serial_out = |path: Option<&PathBuf>| -> Result<Box<dyn Write + Send>, String> {
+fn start(args: &Args) -> anyhow::Result<Option<Microvm>> {
+    let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         match path {
             Some(path) => std::fs::File::create(path)
                 .map(|f| Box::new(f) as Box<dyn Write + Send>)
-                .map_err(|e| format!("serial.serial_out_path {}: {e}", path.display())),
+                .with_context(|| format!("serial.serial_out_path {}", path.display())),
             None => Ok(Box::new(std::io::stdout())),
         }
     };
@@ -115,14 +120,15 @@ fn start(args: &Args) -> Result<Option<Microvm>, String> {
             vsock_uds: args.vm.vsock_uds.clone(),
         };
         let microvm = vmm::snapshot::restore(dir, console, &options)
-            .map_err(|e| format!("restoring {}: {e}", dir.display()))?;
+            .with_context(|| format!("restoring {}", dir.display()))?;
         log::info!(
             "restored in {:.2} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
         return Ok(Some(microvm));
     }
-    let config = config::load(&args.vm).map_err(|e| format!("configuration: {e}"))?;
+    let caps = HostCaps::detect();
+    let config = config::load(&args.vm, &caps).context("configuration")?;
     if args.dry_run {
         println!("{config:#?}");
         return Ok(None);
@@ -132,7 +138,6 @@ fn start(args: &Args) -> Result<Option<Microvm>, String> {
         .as_ref()
         .and_then(|s| s.serial_out_path.as_ref());
     let console = serial_out(path)?;
-    vmm::builder::boot(&config, console)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let microvm = vmm::builder::boot(&config, console)?;
+    Ok(Some(microvm))
 }

@@ -8,6 +8,7 @@ mod tests;
 
 pub use flags::VmFlags;
 
+use crate::host_caps::HostCaps;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ const UNSUPPORTED_KEYS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -43,6 +44,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("`{key}`: {message}")]
     Invalid { key: String, message: String },
+    #[error("`{key}`: {path}")]
+    File {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -64,10 +71,10 @@ pub enum CpuTemplate {
 }
 
 impl CpuTemplate {
-    /// `Auto` made concrete for this host.
-    pub fn resolve(self) -> CpuTemplate {
+    /// `Auto` made concrete for a host with `caps`; the others as they are.
+    pub fn resolve(self, caps: &HostCaps) -> CpuTemplate {
         match self {
-            CpuTemplate::Auto if crate::vstate::vm::host_kvm_is_pvm() => CpuTemplate::Pvm,
+            CpuTemplate::Auto if caps.kvm_pvm => CpuTemplate::Pvm,
             CpuTemplate::Auto => CpuTemplate::None,
             template => template,
         }
@@ -262,19 +269,25 @@ fn require_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => Ok(()),
         Ok(_) => Err(invalid(key, format!("{} is not a file", path.display()))),
-        Err(e) => Err(invalid(key, format!("{}: {e}", path.display()))),
+        Err(source) => Err(ConfigError::File {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
 /// The configuration the flags describe: a `--config-file`, with any other flags
-/// overriding or adding to it, validated.
-pub fn load(flags: &VmFlags) -> Result<VmConfig, ConfigError> {
+/// overriding or adding to it, validated, its CPU template resolved for a host with `caps`.
+pub fn load(flags: &VmFlags, caps: &HostCaps) -> Result<VmConfig, ConfigError> {
     let file = flags
         .config_file
         .as_deref()
         .map(VmConfig::from_file)
         .transpose()?;
-    let config = flags.apply(file)?;
+    let mut config = flags.apply(file)?;
     config.validate()?;
+    let template = &mut config.machine_config.cpu_template;
+    *template = template.resolve(caps);
     Ok(config)
 }

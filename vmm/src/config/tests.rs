@@ -9,6 +9,11 @@ fn kernel() -> tempfile::NamedTempFile {
     file
 }
 
+/// `config::load` on a host without `kvm_pvm`.
+fn load(flags: &VmFlags) -> Result<VmConfig, ConfigError> {
+    super::load(flags, &HostCaps::default())
+}
+
 fn parse_err(json: &str) -> String {
     VmConfig::from_json(json).unwrap_err()
 }
@@ -214,4 +219,26 @@ fn bad_flags_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("/no/such.json"), "{e}");
+}
+
+#[test]
+fn auto_resolves_from_the_host_caps_and_the_others_stay() {
+    let pvm = HostCaps { kvm_pvm: true };
+    let plain = HostCaps { kvm_pvm: false };
+    assert_eq!(CpuTemplate::Auto.resolve(&pvm), CpuTemplate::Pvm);
+    assert_eq!(CpuTemplate::Auto.resolve(&plain), CpuTemplate::None);
+    assert_eq!(CpuTemplate::None.resolve(&pvm), CpuTemplate::None);
+    assert_eq!(CpuTemplate::Pvm.resolve(&plain), CpuTemplate::Pvm);
+
+    let kernel = kernel();
+    let k = kernel.path().to_str().unwrap();
+    let on_pvm = super::load(&flags(&["--kernel", k]), &pvm).unwrap();
+    assert_eq!(on_pvm.machine_config.cpu_template, CpuTemplate::Pvm);
+    assert_eq!(
+        load(&flags(&["--kernel", k]))
+            .unwrap()
+            .machine_config
+            .cpu_template,
+        CpuTemplate::None
+    );
 }

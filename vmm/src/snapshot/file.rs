@@ -6,15 +6,20 @@
 //! 8       4     format version, little endian
 //! 12      4     CRC-32 (IEEE) of the payload
 //! 16      8     payload length in bytes
-//! 24      ...   payload: bincode of `MicrovmState`
+//! 24      ...   payload: postcard of `MicrovmState`
 //! ```
 //!
 //! Loading checks the magic, the version, the length against the file and against
 //! [`MAX_STATE_BYTES`] (before reading the payload), and the checksum, so a corrupt, truncated or
 //! foreign file is refused with the reason and nothing starts. Saving writes the file inside the
 //! snapshot's staging directory and syncs it; `super::dir` makes the directory appear whole.
+//!
+//! What decoding may allocate is bounded by the payload, which is at most [`MAX_STATE_BYTES`]:
+//! postcard reads strings and byte strings out of the payload itself, and a sequence's length
+//! is only trusted for preallocation when that many bytes are left (serde then caps it at
+//! 1 MiB), so a lying length inside the state fails at the end of the input instead of
+//! allocating what it claims. `vmm/tests/state_file_alloc.rs` measures it.
 
-use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::File;
@@ -22,21 +27,27 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"LMVMSNAP";
-/// Bumped whenever the state's layout changes; other versions are refused.
-pub const FORMAT_VERSION: u32 = 2;
+/// Bumped whenever the state's layout or codec changes; other versions are refused.
+/// 1 and 2 were bincode 1; 3 is postcard.
+pub const FORMAT_VERSION: u32 = 3;
 /// A real state is tens of KiB; more than this is not a state file.
 pub const MAX_STATE_BYTES: u64 = 16 << 20;
 const HEADER_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path}: not a snapshot state file (bad magic)")]
     Magic { path: PathBuf },
+    #[error(
+        "{path}: snapshot format version {found} is older than this VMM's version \
+         {FORMAT_VERSION}: take a new snapshot"
+    )]
+    OldVersion { path: PathBuf, found: u32 },
     #[error("{path}: snapshot format version {found}, this VMM reads version {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("{path}: truncated: the header says {expected} bytes of state, the file has {found}")]
@@ -49,16 +60,16 @@ pub enum StateFileError {
     TooLarge { path: PathBuf, len: u64 },
     #[error("{path}: checksum mismatch: the state is corrupt")]
     Checksum { path: PathBuf },
-    #[error("{path}: undecodable state: {message}")]
-    Decode { path: PathBuf, message: String },
-    #[error("encoding the state: {0}")]
-    Encode(String),
-}
-
-/// bincode with a size limit, which also bounds what decoding may allocate when a length
-/// field inside the state lies.
-fn codec() -> impl bincode::Options {
-    bincode::DefaultOptions::new().with_limit(MAX_STATE_BYTES)
+    #[error("{path}: undecodable state")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("encoding the state")]
+    Encode(#[source] postcard::Error),
+    #[error("the encoded state is {len} bytes, over the {MAX_STATE_BYTES}-byte limit")]
+    EncodedTooLarge { len: usize },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StateFileError + '_ {
@@ -71,14 +82,16 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StateFileError + '_ {
 /// Writes `state` to `path` and syncs it. Atomicity is the snapshot directory's
 /// (`super::dir`): the file is written inside a staging directory.
 pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> {
-    let payload = codec()
-        .serialize(state)
-        .map_err(|e| StateFileError::Encode(e.to_string()))?;
+    let payload = postcard::to_stdvec(state).map_err(StateFileError::Encode)?;
+    let len = u64::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= MAX_STATE_BYTES)
+        .ok_or(StateFileError::EncodedTooLarge { len: payload.len() })?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&len.to_le_bytes());
     let written = (|| {
         let mut file = File::create(path)?;
         file.write_all(&header)?;
@@ -93,7 +106,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();
     let mut header = [0u8; HEADER_LEN];
-    let header_len = file_len.min(HEADER_LEN as u64) as usize;
+    let header_len = usize::try_from(file_len).map_or(HEADER_LEN, |len| len.min(HEADER_LEN));
     file.read_exact(&mut header[..header_len])
         .map_err(io_error(path))?;
     if header_len < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
@@ -112,6 +125,12 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
     let version = u32::from_le_bytes(field(8..12).try_into().unwrap_or_default());
     let checksum = u32::from_le_bytes(field(12..16).try_into().unwrap_or_default());
     let len = u64::from_le_bytes(field(16..24).try_into().unwrap_or_default());
+    if version < FORMAT_VERSION {
+        return Err(StateFileError::OldVersion {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
     if version != FORMAT_VERSION {
         return Err(StateFileError::Version {
             path: path.to_owned(),
@@ -132,19 +151,31 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
             found,
         });
     }
-    let mut payload = vec![0u8; len as usize];
+    let Ok(payload_len) = usize::try_from(len) else {
+        return Err(StateFileError::TooLarge {
+            path: path.to_owned(),
+            len,
+        });
+    };
+    let mut payload = vec![0u8; payload_len];
     file.read_exact(&mut payload).map_err(io_error(path))?;
     if crc32fast::hash(&payload) != checksum {
         return Err(StateFileError::Checksum {
             path: path.to_owned(),
         });
     }
-    codec()
-        .deserialize(&payload)
-        .map_err(|e| StateFileError::Decode {
+    // Trailing bytes would mean the writer and reader disagree on the layout.
+    match postcard::take_from_bytes(&payload) {
+        Ok((state, [])) => Ok(state),
+        Ok(_) => Err(StateFileError::Decode {
             path: path.to_owned(),
-            message: e.to_string(),
-        })
+            source: postcard::Error::DeserializeBadEncoding,
+        }),
+        Err(source) => Err(StateFileError::Decode {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +261,12 @@ mod tests {
                 .contains(&format!("version {}", FORMAT_VERSION + 1)),
             "{err}"
         );
+        let mut old_version = good.clone();
+        old_version[8..12].copy_from_slice(&(FORMAT_VERSION - 1).to_le_bytes());
+        std::fs::write(&path, &old_version).unwrap();
+        let err = load::<Sample>(&path).unwrap_err();
+        assert!(matches!(err, StateFileError::OldVersion { .. }), "{err}");
+        assert!(err.to_string().contains("take a new snapshot"), "{err}");
 
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -10,12 +10,11 @@
 pub mod dir;
 pub mod file;
 
-use crate::builder::{BuildError, VirtioAttacher};
+use crate::builder::{BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
-use crate::devices::bus::{Bus, Overlap};
-use crate::devices::i8042::{self, I8042};
-use crate::devices::serial::{self, Serial, SerialState, SerialStateDef};
+use crate::devices::serial::{Serial, SerialState, SerialStateDef};
 use crate::devices::virtio::mmio::TransportState;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
 use crate::microvm::{DeviceSpec, Microvm, Parts};
@@ -28,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
@@ -39,7 +38,7 @@ pub const MEMORY_FILE: &str = "memory";
 pub enum SnapshotError {
     #[error(transparent)]
     StateFile(#[from] StateFileError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -50,18 +49,26 @@ pub enum SnapshotError {
         expected: u64,
         found: u64,
     },
-    #[error("mapping guest memory from {path}: {message}")]
-    Map { path: PathBuf, message: String },
+    #[error("mapping guest memory from {path}")]
+    Map {
+        path: PathBuf,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("mapping guest memory from {path}")]
+    Memory {
+        path: PathBuf,
+        source: vm_memory::GuestRegionCollectionError,
+    },
     #[error("the state describes an impossible VM: {0}")]
     Invalid(String),
+    #[error("sending the restored guest a vsock transport reset")]
+    TransportReset(#[source] crate::devices::virtio::vsock::VsockError),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error(transparent)]
-    Bus(#[from] Overlap),
 }
 
 /// Everything but the memory.
@@ -180,10 +187,12 @@ fn write_files<T>(
     held: T,
 ) -> Result<(), SnapshotError> {
     let memory_path = staging.join(MEMORY_FILE);
+    let mem_len = usize::try_from(mem_size_bytes)
+        .map_err(|_| SnapshotError::Invalid(format!("{mem_size_bytes} bytes of memory")))?;
     let written = (|| {
         let mut out = File::create(&memory_path)?;
         memory
-            .write_all_volatile_to(GuestAddress(0), &mut out, mem_size_bytes as usize)
+            .write_all_volatile_to(GuestAddress(0), &mut out, mem_len)
             .map_err(std::io::Error::other)?;
         out.flush()?;
         out.sync_all()
@@ -216,20 +225,15 @@ pub fn restore(
     let vm = Vm::with_memory(memory)?;
     vm_state::restore(&vm, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
-    let mut pio = Bus::default();
     let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
-    vm.register_irqfd(serial.irq(), crate::arch::layout::SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
-    pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
+    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
     for device in &state.devices {
         let spec = match (&device.spec, &options.vsock_uds) {
-            (DeviceSpec::Vsock { guest_cid, .. }, Some(uds_path)) => DeviceSpec::Vsock {
-                guest_cid: *guest_cid,
+            (DeviceSpec::Vsock(state), Some(uds_path)) => DeviceSpec::Vsock(VsockState {
                 uds_path: uds_path.clone(),
-            },
+                ..state.clone()
+            }),
             (spec, _) => spec.clone(),
         };
         virtio.attach(spec, Some(&device.transport))?;
@@ -252,7 +256,7 @@ pub fn restore(
         if vsock.is_activated() {
             vsock
                 .send_transport_reset()
-                .map_err(|e| SnapshotError::Invalid(format!("vsock transport reset: {e}")))?;
+                .map_err(SnapshotError::TransportReset)?;
             log::debug!("vsock: transport reset sent to the restored guest");
         }
     }
@@ -283,17 +287,22 @@ fn map_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> 
             found,
         });
     }
-    let map_error = |message: String| SnapshotError::Map {
-        path: path.to_owned(),
-        message,
-    };
-    let region = MmapRegionBuilder::new(size as usize)
+    let len = usize::try_from(size)
+        .map_err(|_| SnapshotError::Invalid(format!("{size} bytes of memory")))?;
+    let region = MmapRegionBuilder::new(len)
         .with_file_offset(FileOffset::new(file, 0))
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
         .build()
-        .map_err(|e| map_error(e.to_string()))?;
-    let region = GuestRegionMmap::new(region, GuestAddress(0))
-        .ok_or_else(|| map_error("the region does not fit the guest address space".into()))?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| map_error(e.to_string()))
+        .map_err(|source| SnapshotError::Map {
+            path: path.to_owned(),
+            source,
+        })?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| {
+        SnapshotError::Invalid(format!("{size} bytes of memory do not fit the guest"))
+    })?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|source| SnapshotError::Memory {
+        path: path.to_owned(),
+        source,
+    })
 }

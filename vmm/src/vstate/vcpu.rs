@@ -22,9 +22,9 @@ const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("KVM_CREATE_VCPU {id}: {source}")]
+    #[error("KVM_CREATE_VCPU {id}")]
     Create { id: u8, source: kvm_ioctls::Error },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
@@ -33,8 +33,8 @@ pub enum VcpuError {
     Regs(#[from] regs::RegsError),
     #[error(transparent)]
     Vm(#[from] VmError),
-    #[error("starting the vCPU thread: {0}")]
-    Thread(std::io::Error),
+    #[error("starting the vCPU thread")]
+    Thread(#[source] std::io::Error),
     #[error("vCPU state, {what}: {why}")]
     State { what: &'static str, why: String },
 }

@@ -9,14 +9,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("opening /dev/kvm: {0} (is KVM available, and may this user open it?)")]
-    OpenKvm(kvm_ioctls::Error),
-    #[error("{what}: {source}")]
+    #[error("opening /dev/kvm (is KVM available, and may this user open it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("{what}")]
     Kvm {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("allocating {mib} MiB of guest memory: {source}")]
+    #[error("{bytes} bytes of guest memory do not fit this host's address space")]
+    TooLarge { bytes: u64 },
+    #[error("allocating {mib} MiB of guest memory")]
     Memory {
         mib: u64,
         source: vm_memory::mmap::FromRangesError,
@@ -25,12 +27,6 @@ pub enum VmError {
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
-}
-
-/// Whether this host's `/dev/kvm` is the emulated `kvm_pvm` (shared/ENVIRONMENT.md), which
-/// needs the `pvm` CPU template and cannot resume a restored guest's system calls.
-pub fn host_kvm_is_pvm() -> bool {
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
 pub struct Vm {
@@ -43,11 +39,13 @@ pub struct Vm {
 impl Vm {
     /// A VM with `mem_bytes` of RAM from guest address 0, an irqchip and a PIT.
     pub fn new(mem_bytes: u64) -> Result<Vm, VmError> {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_bytes as usize)])
-            .map_err(|source| VmError::Memory {
+        let len = usize::try_from(mem_bytes).map_err(|_| VmError::TooLarge { bytes: mem_bytes })?;
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).map_err(|source| {
+            VmError::Memory {
                 mib: mem_bytes >> 20,
                 source,
-            })?;
+            }
+        })?;
         Vm::with_memory(memory)
     }
 
@@ -73,9 +71,9 @@ impl Vm {
     }
 
     fn register_memory(&self) -> Result<(), VmError> {
-        for (slot, region) in self.memory.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(self.memory.iter()) {
             let region_info = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,

@@ -1,7 +1,8 @@
 # Drops to user mode (CPL 3) and loops there: counts at 0x300000, then takes an exception
 # (ud2) that a kernel handler counts at 0x300100 and returns from. A snapshot of it restored in
 # another process must go on counting in both: user mode and user-to-kernel exceptions work
-# after a restore. (Console output only before the drop: user mode has no port access.)
+# after a restore. User mode has no port access, so the handler (at CPL 0) prints a line every
+# 1024 exceptions: a test waits for those instead of sleeping.
 .code64
 .global _start
 _start:
@@ -69,11 +70,22 @@ user:
     jmp user
 ud_handler:
     incq 0x300100
-    addq $2, (%rsp)
+    testq $0x3ff, 0x300100
+    jnz 1f
+    push %rax
+    push %rdx
+    push %rdi
+    lea ud_msg(%rip), %rdi
+    call puts
+    pop %rdi
+    pop %rdx
+    pop %rax
+1:  addq $2, (%rsp)
     iretq
 
 .include "common.inc"
 banner: .asciz "tiny guest: user mode\n"
+ud_msg: .asciz "1024 more exceptions\n"
 .align 16
 gdt:
     .quad 0

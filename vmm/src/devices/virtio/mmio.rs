@@ -222,11 +222,7 @@ impl MmioTransport {
             0x04 => MMIO_VERSION,
             0x08 => device.device_type(),
             0x0c => VENDOR_ID,
-            0x10 => match self.features_select {
-                0 => device.avail_features() as u32,
-                1 => (device.avail_features() >> 32) as u32,
-                _ => 0,
-            },
+            0x10 => feature_word(device.avail_features(), self.features_select),
             0x34 => self
                 .queues
                 .get(self.queue_select as usize)
@@ -294,7 +290,10 @@ impl MmioTransport {
             return;
         };
         match offset {
-            0x38 => queue.set_size(value as u16),
+            0x38 => match u16::try_from(value) {
+                Ok(size) => queue.set_size(size),
+                Err(_) => log::warn!("virtio-mmio: queue size {value} is not a 16-bit number"),
+            },
             0x44 => queue.set_ready(value == 1),
             0x80 => queue.set_desc_table_address(Some(value), None),
             0x84 => queue.set_desc_table_address(None, Some(value)),
@@ -401,4 +400,15 @@ impl BusDevice for MmioTransport {
             _ => log::warn!("virtio-mmio: {}-byte write at {offset:#x}", data.len()),
         }
     }
+}
+
+/// Word `select` (0: bits 0-31, 1: bits 32-63) of a 64-bit feature set, which the transport
+/// shows 32 bits at a time; other words are zero.
+fn feature_word(features: u64, select: u32) -> u32 {
+    let word = match select {
+        0 => features & 0xffff_ffff,
+        1 => features >> 32,
+        _ => 0,
+    };
+    u32::try_from(word).unwrap_or(0)
 }

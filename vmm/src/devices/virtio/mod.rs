@@ -1,5 +1,10 @@
 //! Virtio devices and their MMIO transport.
 //!
+//! Every device keeps what all devices share in a [`DeviceBase`] (features, queue eventfds,
+//! interrupt, the activated queues), and [`VirtioDevice`]'s default methods work on it: a
+//! device itself supplies its configuration space and its queue processing, and its event-loop
+//! side only says what to do when a queue is notified ([`DeviceBase::queue_notified`]).
+//!
 //! A device ([`VirtioDevice`]) knows nothing of KVM or of the event loop: the transport
 //! ([`mmio::MmioTransport`]) hands it the guest's queues when the driver sets `DRIVER_OK`, the
 //! guest's queue kicks arrive on the device's [`queue_events`](VirtioDevice::queue_events)
@@ -8,10 +13,13 @@
 //! `event_manager::MutEventSubscriber` so the VMM's event loop can drive it; tests call its
 //! queue-processing methods directly on plain guest memory.
 
+mod base;
 pub mod block;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
+
+pub use base::{Active, DeviceBase};
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -99,24 +107,14 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("queue {0} is not valid (size or ring addresses outside guest memory)")]
     InvalidQueue(usize),
-    #[error("the device's backend failed: {0}")]
-    Backend(String),
 }
 
-/// A virtio device behind a transport.
+/// A virtio device behind a transport. A device implements the first three methods (and the
+/// hooks it needs); the rest work on its [`DeviceBase`].
 pub trait VirtioDevice: Send {
-    /// The virtio device type ([`device_type`]).
-    fn device_type(&self) -> u32;
+    fn base(&self) -> &DeviceBase;
 
-    /// The largest size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-
-    /// The features the device offers, [`VIRTIO_F_VERSION_1`] included.
-    fn avail_features(&self) -> u64;
-
-    /// The features the driver accepted (a subset of [`avail_features`](Self::avail_features);
-    /// the transport drops the rest).
-    fn set_acked_features(&mut self, acked: u64);
+    fn base_mut(&mut self) -> &mut DeviceBase;
 
     /// Reads the device-specific configuration space at `offset`. Bytes past its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
@@ -125,22 +123,65 @@ pub trait VirtioDevice: Send {
     /// ignore it.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
+    /// Hook: the device was just activated (work it should do at once goes here).
+    fn activated(&mut self) {}
+
+    /// Hook: the driver reset the device, whose queues are gone; the device's own state goes
+    /// back to its pre-activation state too.
+    fn reset_backend(&mut self) {}
+
+    /// The virtio device type ([`device_type`]).
+    fn device_type(&self) -> u32 {
+        self.base().device_type
+    }
+
+    /// The largest size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.base().queue_max_sizes
+    }
+
+    /// The features the device offers, [`VIRTIO_F_VERSION_1`] included.
+    fn avail_features(&self) -> u64 {
+        self.base().avail_features
+    }
+
+    /// The features the driver accepted: those of `acked` the device offers.
+    fn set_acked_features(&mut self, acked: u64) {
+        let base = self.base_mut();
+        base.acked_features = acked & base.avail_features;
+    }
+
     /// The driver set `DRIVER_OK`: from now on the device owns `queues` (one per
-    /// [`queue_max_sizes`](Self::queue_max_sizes) entry, already checked against `memory`).
-    fn activate(&mut self, memory: Memory, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    /// [`queue_max_sizes`](Self::queue_max_sizes) entry, checked against `memory`).
+    fn activate(&mut self, memory: Memory, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        self.base_mut().activate(memory, queues)?;
+        self.activated();
+        Ok(())
+    }
 
     /// Whether [`activate`](Self::activate) succeeded and no reset came since.
-    fn is_activated(&self) -> bool;
+    fn is_activated(&self) -> bool {
+        self.base().is_active()
+    }
 
     /// The driver reset the device: drop the queues and go back to the pre-activation state.
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        self.base_mut().reset();
+        self.reset_backend();
+    }
 
     /// The queues an activated device works on (empty before activation), for a snapshot.
-    fn active_queues(&self) -> &[Queue];
+    fn active_queues(&self) -> &[Queue] {
+        self.base().active.as_ref().map_or(&[], |a| &a.queues[..])
+    }
 
     /// One eventfd per queue; the guest's notification of queue `i` signals entry `i`.
-    fn queue_events(&self) -> &[EventFd];
+    fn queue_events(&self) -> &[EventFd] {
+        &self.base().queue_events
+    }
 
     /// The device's interrupt line.
-    fn interrupt(&self) -> &IrqTrigger;
+    fn interrupt(&self) -> &IrqTrigger {
+        &self.base().irq
+    }
 }

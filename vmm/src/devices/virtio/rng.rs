@@ -1,54 +1,46 @@
 //! virtio-rng (virtio spec 5.4): one queue of device-writable buffers the device fills with
 //! host entropy from `getrandom(2)`.
 
-use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::error::Chain;
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The largest queue the driver may set up.
 pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// How log lines name the device.
+const NAME: &str = "virtio-rng";
 /// The most bytes one request receives, however large its buffers: the driver asks again for
 /// more, and the cap keeps the host's work per guest request bounded.
 pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Entropy is drawn in chunks of this size so that the host buffer stays small.
-const CHUNK: usize = 4096;
+const CHUNK: u32 = 4096;
 
 /// Why the entropy queue could not be processed.
 #[derive(Debug, thiserror::Error)]
 pub enum RngError {
     #[error("the device is not activated")]
     NotActivated,
-    #[error("the queue is broken: {0}")]
+    #[error("the queue is broken")]
     Queue(#[from] virtio_queue::Error),
-    #[error("the host's entropy source failed: {0}")]
-    Entropy(io::Error),
-    #[error("cannot signal the guest: {0}")]
-    Interrupt(io::Error),
-}
-
-struct Active {
-    mem: Memory,
-    queue: Queue,
+    #[error("the host's entropy source failed")]
+    Entropy(#[source] io::Error),
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
 }
 
 /// The virtio entropy device.
 pub struct Rng {
-    acked_features: u64,
-    queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    active: Option<Active>,
+    base: DeviceBase,
 }
 
 impl Rng {
     pub fn new() -> io::Result<Rng> {
         Ok(Rng {
-            acked_features: 0,
-            queue_events: vec![EventFd::new(EFD_NONBLOCK)?],
-            irq: IrqTrigger::new()?,
-            active: None,
+            base: DeviceBase::new(device_type::RNG, QUEUE_SIZES, VIRTIO_F_VERSION_1)?,
         })
     }
 
@@ -57,7 +49,10 @@ impl Rng {
     /// Only the requests available when called are handled: the driver's notification of later
     /// ones calls again, and a guest that keeps adding buffers cannot keep the host here.
     pub fn process_queue(&mut self) -> Result<usize, RngError> {
-        let Active { mem, queue } = self.active.as_mut().ok_or(RngError::NotActivated)?;
+        let (Active { mem, queues }, irq) = self.base.active_mut().ok_or(RngError::NotActivated)?;
+        let [queue] = &mut queues[..] else {
+            return Err(RngError::NotActivated);
+        };
         let chains: Vec<DescriptorChain<&Memory>> = queue.iter(&*mem)?.collect();
         let mut completed = 0;
         let mut entropy_error = None;
@@ -66,7 +61,7 @@ impl Rng {
             let written = match fill_chain(mem, chain) {
                 Ok(written) => written,
                 Err((written, e)) => {
-                    log::error!("virtio-rng: {e}");
+                    log::error!("virtio-rng: {}", Chain(&e));
                     entropy_error.get_or_insert(e);
                     written
                 }
@@ -85,7 +80,7 @@ impl Rng {
             completed += 1;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
-            self.irq.signal_used_queue().map_err(RngError::Interrupt)?;
+            irq.signal_used_queue().map_err(RngError::Interrupt)?;
         }
         match entropy_error {
             Some(e) => Err(RngError::Entropy(e)),
@@ -98,14 +93,14 @@ impl Rng {
 /// bytes were written. Buffers outside guest memory end the request early: the driver gets what
 /// was written so far. An entropy failure also returns the count written so far.
 fn fill_chain(mem: &Memory, chain: DescriptorChain<&Memory>) -> Result<u32, (u32, io::Error)> {
-    let mut buf = [0u8; CHUNK];
+    let mut buf = [0u8; CHUNK as usize];
     let mut written: u32 = 0;
     for desc in chain.writable() {
         let mut offset: u32 = 0;
         while offset < desc.len() && written < MAX_REQUEST_BYTES {
             let n = (desc.len() - offset)
                 .min(MAX_REQUEST_BYTES - written)
-                .min(CHUNK as u32);
+                .min(CHUNK);
             let chunk = &mut buf[..n as usize];
             getrandom(chunk).map_err(|e| (written, e))?;
             let addr = desc
@@ -138,116 +133,67 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
         // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which we own
         // mutably for the duration of the call.
         let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if ret < 0 {
+        // Negative: failed, and errno says why.
+        let Ok(n) = usize::try_from(ret) else {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(e);
-        }
-        // `ret` is non-negative and at most `rest.len()`, so it fits in usize.
-        filled += ret as usize;
+        };
+        filled += n;
     }
     Ok(())
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        device_type::RNG
+    fn base(&self) -> &DeviceBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features();
+    fn base_mut(&mut self) -> &mut DeviceBase {
+        &mut self.base
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-
-    fn activate(&mut self, memory: Memory, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
-        // The transport checks this too; the device must not trust it with guest addresses.
-        if !queue.is_valid(&memory) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
-        self.active = Some(Active { mem: memory, queue });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-    }
-
-    fn active_queues(&self) -> &[Queue] {
-        self.active
-            .as_ref()
-            .map_or(&[], |a| std::slice::from_ref(&a.queue))
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
-    }
 }
 
 impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if !events.event_set().contains(EventSet::IN) {
-            log::warn!("virtio-rng: unexpected event {:?}", events.event_set());
-            return;
-        }
-        // A failed read only means a spurious wakeup; the queue is processed either way.
-        let _ = self.queue_events[0].read();
-        if self.active.is_none() {
+        if self.base.queue_notified(&events, NAME).is_none() || !self.base.is_active() {
             return;
         }
         if let Err(e) = self.process_queue() {
-            log::error!("virtio-rng: {e}");
+            log::error!("{NAME}: {}", Chain(&e));
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
-            log::error!("virtio-rng: cannot register the queue event: {e}");
-        }
+        self.base.watch_queues(ops, NAME);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::ActivateError;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     const MEM_SIZE: u64 = 0x10_0000;
+    // The descriptor flags are 1 and 2.
+    #[allow(clippy::cast_possible_truncation)]
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    #[allow(clippy::cast_possible_truncation)]
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 
     fn memory() -> Memory {
-        Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+        Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
     }
 
     fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
@@ -273,12 +219,7 @@ mod tests {
         vq.add_desc_chains(
             &[
                 desc(0x1_0000, 64, WRITE),
-                RawDescriptor::from(SplitDescriptor::new(
-                    0x2_0000,
-                    64,
-                    WRITE | VRING_DESC_F_NEXT as u16,
-                    2,
-                )),
+                RawDescriptor::from(SplitDescriptor::new(0x2_0000, 64, WRITE | NEXT, 2)),
                 desc(0x2_0040, 32, WRITE),
             ],
             0,
@@ -310,12 +251,7 @@ mod tests {
             .unwrap();
         vq.add_desc_chains(
             &[
-                RawDescriptor::from(SplitDescriptor::new(
-                    0x1_0000,
-                    16,
-                    VRING_DESC_F_NEXT as u16,
-                    1,
-                )),
+                RawDescriptor::from(SplitDescriptor::new(0x1_0000, 16, NEXT, 1)),
                 desc(0x2_0000, 100, WRITE),
             ],
             0,
@@ -349,7 +285,7 @@ mod tests {
                 // Entirely outside guest memory.
                 desc(MEM_SIZE + 0x1000, 64, WRITE),
                 // Straddles the end of guest memory: the part inside is filled.
-                desc(MEM_SIZE - CHUNK as u64, 2 * CHUNK as u32, WRITE),
+                desc(MEM_SIZE - u64::from(CHUNK), 2 * CHUNK, WRITE),
                 // Wraps the address space.
                 desc(u64::MAX - 8, 64, WRITE),
             ],
@@ -362,7 +298,7 @@ mod tests {
             &[RawDescriptor::from(SplitDescriptor::new(
                 0x1_0000,
                 8,
-                WRITE | VRING_DESC_F_NEXT as u16,
+                WRITE | NEXT,
                 3,
             ))],
             3,
@@ -381,7 +317,7 @@ mod tests {
         let mut rng = activated(&mem, &vq);
         assert_eq!(rng.process_queue().unwrap(), 6);
         assert_eq!(used(&vq, 0), (0, 0));
-        assert_eq!(used(&vq, 1), (1, CHUNK as u32));
+        assert_eq!(used(&vq, 1), (1, CHUNK));
         assert_eq!(used(&vq, 2), (2, 0));
         // The loop is cut after queue-size descriptors.
         assert_eq!(used(&vq, 3), (3, 8 * 16));
@@ -418,17 +354,17 @@ mod tests {
         ));
         assert!(matches!(rng.process_queue(), Err(RngError::NotActivated)));
         // Bypass activation's check to see the processing path cope with it too.
-        rng.active = Some(Active {
+        rng.base.active = Some(Active {
             mem: mem.clone(),
-            queue: broken(),
+            queues: vec![broken()],
         });
         assert!(matches!(rng.process_queue(), Err(RngError::Queue(_))));
 
         let mut not_ready: Queue = vq.create_queue().unwrap();
         not_ready.set_ready(false);
-        rng.active = Some(Active {
+        rng.base.active = Some(Active {
             mem: mem.clone(),
-            queue: not_ready,
+            queues: vec![not_ready],
         });
         assert!(matches!(rng.process_queue(), Err(RngError::Queue(_))));
     }

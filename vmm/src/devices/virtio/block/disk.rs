@@ -12,7 +12,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of the bounce buffer between the file and guest memory: large enough for a typical
 /// request in one system call, small enough to allocate once per drive.
-pub const BOUNCE_BYTES: usize = 64 * 1024;
+pub const BOUNCE_BYTES: u32 = 64 * 1024;
 
 pub struct Disk {
     file: File,
@@ -37,7 +37,7 @@ impl Disk {
             file,
             read_only,
             capacity: bytes / SECTOR_SIZE,
-            bounce: vec![0; BOUNCE_BYTES],
+            bounce: vec![0; BOUNCE_BYTES as usize],
         })
     }
 
@@ -69,7 +69,7 @@ impl Disk {
     ) -> Result<(), RequestError> {
         let mut done: u32 = 0;
         while done < len {
-            let n = (len - done).min(BOUNCE_BYTES as u32);
+            let n = (len - done).min(BOUNCE_BYTES);
             let chunk = &mut self.bounce[..n as usize];
             self.file
                 .read_exact_at(chunk, offset + u64::from(done))
@@ -96,7 +96,7 @@ impl Disk {
         }
         let mut done: u32 = 0;
         while done < len {
-            let n = (len - done).min(BOUNCE_BYTES as u32);
+            let n = (len - done).min(BOUNCE_BYTES);
             let chunk = &mut self.bounce[..n as usize];
             let at = addr
                 .checked_add(u64::from(done))

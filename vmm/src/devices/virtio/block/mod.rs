@@ -2,6 +2,7 @@
 //! I/O so that requests never share a file cursor.
 
 mod disk;
+pub mod persist;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -9,50 +10,44 @@ mod tests;
 pub use disk::SECTOR_SIZE;
 pub use request::{ChainError, RequestError, RequestType, Status, ID_BYTES};
 
-use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::error::Chain;
 use disk::Disk;
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
 use std::path::{Path, PathBuf};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The largest queue the driver may set up.
 pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// How log lines name the device.
+const NAME: &str = "virtio-blk";
 /// Data descriptors per request: a full queue less the header and the status.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
 /// Why a drive could not be created or its queue processed.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(io::Error),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] io::Error),
     #[error("the device is not activated")]
     NotActivated,
-    #[error("the queue is broken: {0}")]
+    #[error("the queue is broken")]
     Queue(#[from] virtio_queue::Error),
-    #[error("cannot signal the guest: {0}")]
-    Interrupt(io::Error),
-}
-
-struct Active {
-    mem: Memory,
-    queue: Queue,
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
 }
 
 /// A virtio block device backed by a file (or a host block device).
 pub struct Block {
+    base: DeviceBase,
     disk: Disk,
     id: [u8; ID_BYTES],
-    avail_features: u64,
-    acked_features: u64,
-    queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    active: Option<Active>,
 }
 
 impl Block {
@@ -72,13 +67,10 @@ impl Block {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
         }
         Ok(Block {
+            base: DeviceBase::new(device_type::BLOCK, QUEUE_SIZES, avail_features)
+                .map_err(BlockError::EventFd)?,
             disk,
             id: id_bytes,
-            avail_features,
-            acked_features: 0,
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?],
-            irq: IrqTrigger::new().map_err(BlockError::EventFd)?,
-            active: None,
         })
     }
 
@@ -96,12 +88,16 @@ impl Block {
     /// Only the requests available when called are handled: the driver's notification of later
     /// ones calls again, and a guest that keeps adding requests cannot keep the host here.
     pub fn process_queue(&mut self) -> Result<usize, BlockError> {
-        let Active { mem, queue } = self.active.as_mut().ok_or(BlockError::NotActivated)?;
+        let Block { base, disk, id } = self;
+        let (Active { mem, queues }, irq) = base.active_mut().ok_or(BlockError::NotActivated)?;
+        let [queue] = &mut queues[..] else {
+            return Err(BlockError::NotActivated);
+        };
         let chains: Vec<DescriptorChain<&Memory>> = queue.iter(&*mem)?.collect();
         let mut completed = 0;
         for chain in chains {
             let head = chain.head_index();
-            let used_len = handle_chain(mem, chain, &mut self.disk, &self.id);
+            let used_len = handle_chain(mem, chain, disk, id);
             if let Err(e) = queue.add_used(&*mem, head, used_len) {
                 match e {
                     // The driver put a bogus head index in the available ring; there is no
@@ -116,9 +112,7 @@ impl Block {
             completed += 1;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
-            self.irq
-                .signal_used_queue()
-                .map_err(BlockError::Interrupt)?;
+            irq.signal_used_queue().map_err(BlockError::Interrupt)?;
         }
         Ok(completed)
     }
@@ -144,7 +138,7 @@ fn handle_chain(
     let parsed = match request::parse(mem, chain) {
         Ok(parsed) => parsed,
         Err(e) => {
-            log::warn!("virtio-blk: dropping request {head}: {e}");
+            log::warn!("virtio-blk: dropping request {head}: {}", Chain(&e));
             return 0;
         }
     };
@@ -153,9 +147,9 @@ fn handle_chain(
         Err(e) => {
             // Unsupported types are routine (drivers probe); everything else is worth a note.
             if matches!(e, RequestError::Unsupported(_)) {
-                log::debug!("virtio-blk: request {head}: {e}");
+                log::debug!("virtio-blk: request {head}: {}", Chain(&e));
             } else {
-                log::warn!("virtio-blk: request {head}: {e}");
+                log::warn!("virtio-blk: request {head}: {}", Chain(&e));
             }
             (e.status(), 0)
         }
@@ -168,20 +162,12 @@ fn handle_chain(
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        device_type::BLOCK
+    fn base(&self) -> &DeviceBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features;
+    fn base_mut(&mut self) -> &mut DeviceBase {
+        &mut self.base
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -193,66 +179,19 @@ impl VirtioDevice for Block {
         let n = data.len().min(config.len() - start);
         data[..n].copy_from_slice(&config[start..start + n]);
     }
-
-    fn activate(&mut self, memory: Memory, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
-        // The transport checks this too; the device must not trust it with guest addresses.
-        if !queue.is_valid(&memory) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
-        self.active = Some(Active { mem: memory, queue });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-    }
-
-    fn active_queues(&self) -> &[Queue] {
-        self.active
-            .as_ref()
-            .map_or(&[], |a| std::slice::from_ref(&a.queue))
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
-    }
 }
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if !events.event_set().contains(EventSet::IN) {
-            log::warn!("virtio-blk: unexpected event {:?}", events.event_set());
-            return;
-        }
-        // A failed read only means a spurious wakeup; the queue is processed either way.
-        let _ = self.queue_events[0].read();
-        if self.active.is_none() {
+        if self.base.queue_notified(&events, NAME).is_none() || !self.base.is_active() {
             return;
         }
         if let Err(e) = self.process_queue() {
-            log::error!("virtio-blk: {e}");
+            log::error!("{NAME}: {}", Chain(&e));
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
-            log::error!("virtio-blk: cannot register the queue event: {e}");
-        }
+        self.base.watch_queues(ops, NAME);
     }
 }

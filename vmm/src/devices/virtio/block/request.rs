@@ -42,6 +42,8 @@ impl From<u32> for RequestType {
 /// The status byte the driver reads back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+// The spec's status codes are 0, 1 and 2.
+#[allow(clippy::cast_possible_truncation)]
 pub enum Status {
     Ok = VIRTIO_BLK_S_OK as u8,
     IoErr = VIRTIO_BLK_S_IOERR as u8,
@@ -76,10 +78,10 @@ pub enum RequestError {
     ReadOnly,
     #[error("{len} bytes at sector {sector} run past the end of the drive")]
     OutOfRange { sector: u64, len: u64 },
-    #[error("the backing file failed: {0}")]
-    Io(io::Error),
-    #[error("guest memory: {0}")]
-    Memory(GuestMemoryError),
+    #[error("the backing file failed")]
+    Io(#[source] io::Error),
+    #[error("guest memory")]
+    Memory(#[source] GuestMemoryError),
 }
 
 impl RequestError {
@@ -219,12 +221,11 @@ impl Request {
                     if rest.is_empty() {
                         break;
                     }
-                    let n = rest.len().min(len as usize);
-                    mem.write_slice(&rest[..n], addr)
-                        .map_err(RequestError::Memory)?;
-                    rest = &rest[n..];
-                    // n is at most ID_BYTES.
-                    written += n as u32;
+                    let n = len.min(u32::try_from(rest.len()).unwrap_or(u32::MAX));
+                    let (now, later) = rest.split_at(n as usize);
+                    mem.write_slice(now, addr).map_err(RequestError::Memory)?;
+                    rest = later;
+                    written += n;
                 }
                 Ok(written)
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::devices::virtio::ActivateError;
 use crate::devices::virtio::INTERRUPT_USED_RING;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use virtio_bindings::virtio_blk::{
@@ -7,10 +8,16 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::GuestAddress;
 
 const MEM_SIZE: u64 = 0x10_0000;
 const QSIZE: u16 = 16;
+// The descriptor flags are 1 and 2.
+#[allow(clippy::cast_possible_truncation)]
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+#[allow(clippy::cast_possible_truncation)]
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const HEADER: u64 = 0x1_0000;
 const DATA: u64 = 0x2_0000;
 const STATUS: u64 = 0x3_0000;
@@ -52,7 +59,7 @@ fn pattern() -> Vec<u8> {
 }
 
 fn memory() -> Memory {
-    Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
 }
 
 /// Puts a chain at descriptor index `first` and makes it available.
@@ -61,15 +68,16 @@ fn add_chain(vq: &MockSplitQueue<Memory>, first: u16, descs: &[(u64, u32, bool)]
         .iter()
         .enumerate()
         .map(|(i, &(addr, len, writable))| {
-            let mut flags = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
+            let mut flags = if writable { WRITE } else { 0 };
             if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= NEXT;
             }
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, first + i as u16 + 1))
+            RawDescriptor::from(SplitDescriptor::new(
+                addr,
+                len,
+                flags,
+                first + u16::try_from(i).unwrap() + 1,
+            ))
         })
         .collect();
     vq.add_desc_chains(&raw, first).unwrap();
@@ -155,7 +163,7 @@ fn writes_sectors_and_reads_them_back() {
     let file = TempFile::new(&pattern());
     let mem = memory();
     let vq = MockSplitQueue::new(&mem, QSIZE);
-    let big = (4 * SECTOR_SIZE) as u32;
+    let big = u32::try_from(4 * SECTOR_SIZE).unwrap();
     mem.write_slice(&[0x5a; 2048], GuestAddress(DATA)).unwrap();
     let write = add_request(&mem, &vq, 0, VIRTIO_BLK_T_OUT, 2, &[(DATA, big, R)]);
     let read = add_request(&mem, &vq, 3, VIRTIO_BLK_T_IN, 2, &[(DATA + 0x1000, big, W)]);
@@ -176,14 +184,14 @@ fn writes_sectors_and_reads_them_back() {
 
 #[test]
 fn transfers_larger_than_the_bounce_buffer() {
-    let sectors = 2 * disk::BOUNCE_BYTES as u64 / SECTOR_SIZE + 3;
+    let sectors = 2 * u64::from(disk::BOUNCE_BYTES) / SECTOR_SIZE + 3;
     let contents: Vec<u8> = (0..sectors * SECTOR_SIZE)
         .map(|i| (i % 253) as u8)
         .collect();
     let file = TempFile::new(&contents);
     let mem = memory();
     let vq = MockSplitQueue::new(&mem, QSIZE);
-    let len = (sectors * SECTOR_SIZE) as u32;
+    let len = u32::try_from(sectors * SECTOR_SIZE).unwrap();
     let read = add_request(&mem, &vq, 0, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, len, W)]);
     let mut blk = block(&file, false, &mem, &vq);
     blk.process_queue().unwrap();
@@ -205,7 +213,7 @@ fn flush_and_get_id() {
     assert_eq!(blk.process_queue().unwrap(), 2);
     assert_eq!(status_at(&mem, flush), OK);
     assert_eq!(status_at(&mem, get_id), OK);
-    assert_eq!(used(&vq, 1), (2, ID_BYTES as u32 + 1));
+    assert_eq!(used(&vq, 1), (2, u32::try_from(ID_BYTES).unwrap() + 1));
     let mut id = [0u8; 32];
     mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     let mut expected = [0u8; ID_BYTES];
@@ -388,18 +396,8 @@ fn unanswerable_chains_are_returned_empty() {
     // A descriptor loop: 10 -> 11 -> 10 ...
     vq.add_desc_chains(
         &[
-            RawDescriptor::from(SplitDescriptor::new(
-                HEADER,
-                16,
-                VRING_DESC_F_NEXT as u16,
-                11,
-            )),
-            RawDescriptor::from(SplitDescriptor::new(
-                STATUS + 11,
-                1,
-                (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16,
-                10,
-            )),
+            RawDescriptor::from(SplitDescriptor::new(HEADER, 16, NEXT, 11)),
+            RawDescriptor::from(SplitDescriptor::new(STATUS + 11, 1, NEXT | WRITE, 10)),
         ],
         10,
     )
@@ -407,10 +405,7 @@ fn unanswerable_chains_are_returned_empty() {
     // A next index past the descriptor table.
     vq.add_desc_chains(
         &[RawDescriptor::from(SplitDescriptor::new(
-            HEADER,
-            16,
-            VRING_DESC_F_NEXT as u16,
-            1000,
+            HEADER, 16, NEXT, 1000,
         ))],
         12,
     )
@@ -470,16 +465,16 @@ fn broken_queue_is_a_typed_error() {
     ));
     assert!(!blk.is_activated());
     // Bypass activation's check to see the processing path cope with it too.
-    blk.active = Some(Active {
+    blk.base.active = Some(Active {
         mem: mem.clone(),
-        queue: broken(),
+        queues: vec![broken()],
     });
     assert!(matches!(blk.process_queue(), Err(BlockError::Queue(_))));
     let mut not_ready: Queue = vq.create_queue().unwrap();
     not_ready.set_ready(false);
-    blk.active = Some(Active {
+    blk.base.active = Some(Active {
         mem: mem.clone(),
-        queue: not_ready,
+        queues: vec![not_ready],
     });
     assert!(matches!(blk.process_queue(), Err(BlockError::Queue(_))));
 

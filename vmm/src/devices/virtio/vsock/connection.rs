@@ -9,14 +9,15 @@
 
 use super::packet::{
     Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
-    OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, VSOCK_HOST_CID,
+    OP_SHUTDOWN, PKT_HEADER_LEN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+    VSOCK_HOST_CID,
 };
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use virtio_vsock::packet::VsockPacket;
 
 /// The receive buffer the device advertises to the guest for each connection: the most
 /// guest-sent bytes it holds for a host reader that is slow.
@@ -247,7 +248,7 @@ impl Connection {
         if self.tx_buf.is_empty() {
             match write_some(&mut self.stream, rest) {
                 Ok(n) => {
-                    self.fwd_cnt += Wrapping(n as u32);
+                    self.fwd_cnt += counted(n);
                     rest = &rest[n..];
                 }
                 Err(e) => {
@@ -275,7 +276,7 @@ impl Connection {
                 break;
             }
             self.tx_buf.drain(..n);
-            self.fwd_cnt += Wrapping(n as u32);
+            self.fwd_cnt += counted(n);
         }
         self.note_progress();
         if self.tx_buf.is_empty() && self.guest_shut & SHUTDOWN_SEND != 0 && !self.host_write_shut {
@@ -320,7 +321,8 @@ impl Connection {
             self.header(OP_RESPONSE)
         } else if self.wants_to_read() {
             let room = pkt.data_slice().map_or(0, |s| s.len());
-            let want = room.min(scratch.len()).min(self.peer_credit() as usize);
+            let fits = u32::try_from(room.min(scratch.len())).unwrap_or(u32::MAX);
+            let want = fits.min(self.peer_credit());
             if want == 0 {
                 return if self.pending_credit_update {
                     self.emit(pkt, self.header(OP_CREDIT_UPDATE), 0)
@@ -328,7 +330,7 @@ impl Connection {
                     Produced::NoRoom
                 };
             }
-            match self.stream.read(&mut scratch[..want]) {
+            match self.stream.read(&mut scratch[..want as usize]) {
                 Ok(0) => {
                     // The host closed its end: the guest learns with an RST after the data it
                     // already got.
@@ -342,10 +344,12 @@ impl Connection {
                     if let Some(slice) = pkt.data_slice() {
                         slice.copy_from(&scratch[..n]);
                     }
-                    self.tx_cnt += Wrapping(n as u32);
+                    self.tx_cnt += counted(n);
+                    // A read returns at most the `want` bytes asked for: this is `n`.
+                    let len = want.min(u32::try_from(n).unwrap_or(u32::MAX));
                     let mut h = self.header(OP_RW);
-                    h.len = n as u32;
-                    return self.emit(pkt, h, n as u32);
+                    h.len = len;
+                    return self.emit(pkt, h, len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
@@ -387,7 +391,7 @@ impl Connection {
         self.last_fwd_cnt_sent = Wrapping(hdr.fwd_cnt);
         self.pending_credit_update = false;
         Produced::Packet {
-            used: PKT_HEADER_SIZE as u32 + data_len,
+            used: PKT_HEADER_LEN + data_len,
             kill: false,
         }
     }
@@ -406,6 +410,14 @@ fn write_some(stream: &mut UnixStream, buf: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(written)
+}
+
+/// `n` bytes added to a vsock byte counter.
+// The counters are modulo 2^32 (virtio spec 5.10.6.3): dropping the high bits is the
+// arithmetic the spec asks for (and `n`, one packet's worth, never has any).
+#[allow(clippy::cast_possible_truncation)]
+fn counted(n: usize) -> Wrapping<u32> {
+    Wrapping(n as u32)
 }
 
 #[cfg(test)]
@@ -466,7 +478,7 @@ mod tests {
         let chunk = vec![7u8; 64 * 1024];
         let mut sent = 0usize;
         loop {
-            let v = c.recv_from_guest(&rw(chunk.len() as u32, 0), &chunk);
+            let v = c.recv_from_guest(&rw(u32::try_from(chunk.len()).unwrap(), 0), &chunk);
             if v != Verdict::Keep {
                 break;
             }

@@ -2,7 +2,8 @@
 //! every host stream.
 
 use super::muxer::FdOp;
-use super::{Vsock, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use super::{Vsock, RX_QUEUE, TX_QUEUE};
+use crate::error::Chain;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::os::unix::io::{AsRawFd, RawFd};
 
@@ -34,10 +35,7 @@ impl Vsock {
     }
 
     fn queue_kick(&mut self, queue: usize) {
-        // A failed read only means a spurious wakeup; the queue is processed either way.
-        let _ = self.queue_events[queue].read();
-        log::trace!("vsock: queue {queue} notified");
-        if self.active.is_none() {
+        if !self.base.is_active() {
             return;
         }
         let result = match queue {
@@ -47,14 +45,14 @@ impl Vsock {
             _ => Ok(()),
         };
         if let Err(e) = result {
-            log::error!("vsock: {e}");
+            log::error!("vsock: {}", Chain(&e));
         }
     }
 
     fn deliver(&mut self) {
-        if self.active.is_some() {
+        if self.base.is_active() {
             if let Err(e) = self.process_rx() {
-                log::error!("vsock: {e}");
+                log::error!("vsock: {}", Chain(&e));
             }
         }
     }
@@ -64,8 +62,10 @@ impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd: RawFd = events.fd();
         let set = events.event_set();
-        if let Some(queue) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
-            self.queue_kick(queue);
+        if self.base.queue_events.iter().any(|e| e.as_raw_fd() == fd) {
+            if let Some(queue) = self.base.queue_notified(&events, "vsock") {
+                self.queue_kick(queue);
+            }
         } else if fd == self.muxer.listener_fd() {
             self.muxer.accept_clients();
             self.deliver();
@@ -82,11 +82,7 @@ impl MutEventSubscriber for Vsock {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for queue in [RX_QUEUE, TX_QUEUE, EVENT_QUEUE] {
-            if let Err(e) = ops.add(Events::new(&self.queue_events[queue], EventSet::IN)) {
-                log::error!("vsock: cannot register queue {queue} event: {e}");
-            }
-        }
+        self.base.watch_queues(ops, "vsock");
         let listener = self.muxer.listener_fd();
         if let Err(e) = ops.add(Events::new_raw(listener, EventSet::IN)) {
             log::error!("vsock: cannot register the listener: {e}");

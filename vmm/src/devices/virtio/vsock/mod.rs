@@ -4,7 +4,8 @@
 //! - [`connection`]: one stream's state machine and credit accounting;
 //! - [`muxer`]: the Unix sockets (listener, `CONNECT` handshake, `<uds>_<port>` connections,
 //!   local port allocation) and the connection map;
-//! - `event_handler`: the `MutEventSubscriber` that drives it all from the VMM's event loop.
+//! - `event_handler`: the `MutEventSubscriber` that drives it all from the VMM's event loop;
+//! - [`persist`]: what a snapshot keeps of the device.
 //!
 //! Everything a guest puts in the queues is untrusted: a malformed or hostile packet is
 //! dropped or answered with an RST and logged, and the device goes on.
@@ -13,19 +14,20 @@ pub mod connection;
 mod event_handler;
 pub mod muxer;
 pub mod packet;
+pub mod persist;
 
 #[cfg(test)]
 mod tests;
 
-use super::{device_type, ActivateError, IrqTrigger, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::error::Chain;
 use muxer::Muxer;
 use packet::{check_header, Header, MAX_PKT_DATA};
 use std::io;
 use std::path::{Path, PathBuf};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The largest size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -43,34 +45,26 @@ pub const EVENT_TRANSPORT_RESET: u32 = 0;
 pub enum VsockError {
     #[error("guest cid {0} is reserved (0, 1, 2 and u32::MAX are)")]
     InvalidCid(u64),
-    #[error("cannot listen on {path}: {source}", path = .0.display(), source = .1)]
-    Bind(PathBuf, io::Error),
-    #[error("cannot create the device's eventfds: {0}")]
-    EventFd(io::Error),
+    #[error("cannot listen on {path}", path = .0.display())]
+    Bind(PathBuf, #[source] io::Error),
+    #[error("cannot create the device's eventfds")]
+    EventFd(#[source] io::Error),
     #[error("the device is not activated")]
     NotActivated,
-    #[error("the queue is broken: {0}")]
+    #[error("the queue is broken")]
     Queue(#[from] virtio_queue::Error),
     #[error("the guest provided no buffer in the event queue")]
     NoEventBuffer,
     #[error("the event queue buffer is unusable")]
     BadEventBuffer,
-    #[error("cannot signal the guest: {0}")]
-    Interrupt(io::Error),
-}
-
-struct Active {
-    mem: Memory,
-    queues: Vec<Queue>,
+    #[error("cannot signal the guest")]
+    Interrupt(#[source] io::Error),
 }
 
 /// The virtio-vsock device.
 pub struct Vsock {
+    base: DeviceBase,
     guest_cid: u64,
-    acked_features: u64,
-    queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    active: Option<Active>,
     pub(crate) muxer: Muxer,
     /// Bounce buffer for host-to-guest data.
     scratch: Vec<u8>,
@@ -84,13 +78,10 @@ impl Vsock {
         if guest_cid <= packet::VSOCK_HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(guest_cid));
         }
-        let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd);
         Ok(Vsock {
+            base: DeviceBase::new(device_type::VSOCK, &QUEUE_SIZES, VIRTIO_F_VERSION_1)
+                .map_err(VsockError::EventFd)?,
             guest_cid,
-            acked_features: 0,
-            queue_events: vec![eventfd()?, eventfd()?, eventfd()?],
-            irq: IrqTrigger::new().map_err(VsockError::EventFd)?,
-            active: None,
             muxer: Muxer::new(guest_cid, uds_path)?,
             scratch: vec![0u8; MAX_PKT_DATA as usize],
         })
@@ -106,7 +97,7 @@ impl Vsock {
 
     /// The features the driver accepted.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.base.acked_features()
     }
 
     /// Hands every packet the guest queued for sending to the backend, then delivers what the
@@ -117,13 +108,12 @@ impl Vsock {
     /// only a broken queue or interrupt is an error.
     pub fn process_tx(&mut self) -> Result<(), VsockError> {
         let Vsock {
-            active,
+            base,
             muxer,
             guest_cid,
-            irq,
             ..
         } = self;
-        let Active { mem, queues } = active.as_mut().ok_or(VsockError::NotActivated)?;
+        let (Active { mem, queues }, irq) = base.active_mut().ok_or(VsockError::NotActivated)?;
         let txq = &mut queues[TX_QUEUE];
         let chains: Vec<DescriptorChain<&Memory>> = txq.iter(&*mem)?.collect();
         let mut used = 0usize;
@@ -145,7 +135,7 @@ impl Vsock {
                             muxer.send_pkt(&hdr, &data);
                         }
                         Err(e) => {
-                            log::warn!("vsock: dropping guest packet {hdr:?}: {e}");
+                            log::warn!("vsock: dropping guest packet {hdr:?}: {}", Chain(&e));
                             if e.deserves_rst() {
                                 muxer.reply_rst(&hdr);
                             }
@@ -173,13 +163,12 @@ impl Vsock {
     /// then data from host streams, as far as credit allows.
     pub fn process_rx(&mut self) -> Result<(), VsockError> {
         let Vsock {
-            active,
+            base,
             muxer,
-            irq,
             scratch,
             ..
         } = self;
-        let Active { mem, queues } = active.as_mut().ok_or(VsockError::NotActivated)?;
+        let (Active { mem, queues }, irq) = base.active_mut().ok_or(VsockError::NotActivated)?;
         let rxq = &mut queues[RX_QUEUE];
         let mut used = 0usize;
         // Bounded by the queue size per call: every round consumes a buffer or ends the loop.
@@ -220,9 +209,9 @@ impl Vsock {
     /// credit and rx buffers allow) and delivers it to the guest. Errors are logged.
     pub fn poll_backend(&mut self) {
         self.muxer.poll();
-        if self.active.is_some() {
+        if self.base.is_active() {
             if let Err(e) = self.process_rx() {
-                log::error!("vsock: {e}");
+                log::error!("vsock: {}", Chain(&e));
             }
         }
     }
@@ -231,7 +220,8 @@ impl Vsock {
     /// ends of them are gone) and drops the device's own, closing their host streams.
     pub fn send_transport_reset(&mut self) -> Result<(), VsockError> {
         self.muxer.reset();
-        let Active { mem, queues } = self.active.as_mut().ok_or(VsockError::NotActivated)?;
+        let (Active { mem, queues }, irq) =
+            self.base.active_mut().ok_or(VsockError::NotActivated)?;
         let evq = &mut queues[EVENT_QUEUE];
         let chain = evq
             .pop_descriptor_chain(&*mem)
@@ -244,12 +234,11 @@ impl Vsock {
             }
             _ => false,
         };
-        let len = if written { event.len() as u32 } else { 0 };
+        // The event is one u32.
+        let len = if written { u32::BITS / 8 } else { 0 };
         evq.add_used(&*mem, head, len)?;
         if evq.needs_notification(&*mem)? {
-            self.irq
-                .signal_used_queue()
-                .map_err(VsockError::Interrupt)?;
+            irq.signal_used_queue().map_err(VsockError::Interrupt)?;
         }
         if written {
             Ok(())
@@ -260,74 +249,33 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
+    fn base(&self) -> &DeviceBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features();
+    fn base_mut(&mut self) -> &mut DeviceBase {
+        &mut self.base
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
+        for (i, byte) in (0u64..).zip(data.iter_mut()) {
             *byte = offset
-                .checked_add(i as u64)
+                .checked_add(i)
                 .and_then(|o| usize::try_from(o).ok())
                 .and_then(|o| config.get(o).copied())
                 .unwrap_or(0);
         }
     }
 
-    fn activate(&mut self, memory: Memory, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
-        // The transport checks this too; the device must not trust it with guest addresses.
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&memory)) {
-            return Err(ActivateError::InvalidQueue(i));
-        }
-        self.active = Some(Active {
-            mem: memory,
-            queues,
-        });
+    fn activated(&mut self) {
         // Host clients may have connected before the driver was ready.
         if let Err(e) = self.process_rx() {
-            log::warn!("vsock: {e}");
+            log::warn!("vsock: {}", Chain(&e));
         }
-        Ok(())
     }
 
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn reset_backend(&mut self) {
         self.muxer.reset();
-    }
-
-    fn active_queues(&self) -> &[Queue] {
-        self.active.as_ref().map_or(&[], |a| &a.queues[..])
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
     }
 }

@@ -8,7 +8,7 @@
 //! and decides which connection fills the next rx buffer.
 
 use super::connection::{Connection, Produced, Verdict};
-use super::packet::{Header, OP_REQUEST, OP_RST, OP_RW};
+use super::packet::{Header, OP_REQUEST, OP_RST, OP_RW, PKT_HEADER_LEN};
 use super::VsockError;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -18,7 +18,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use virtio_vsock::packet::VsockPacket;
 
 /// The most connections (and host clients still handshaking) at once: each holds a host
 /// socket and up to `CONN_BUF_ALLOC` bytes of buffer.
@@ -291,7 +291,7 @@ impl Muxer {
     pub fn recv_pkt(&mut self, pkt: &mut VsockPacket<'_, ()>, scratch: &mut [u8]) -> Option<u32> {
         if let Some(hdr) = self.control.pop_front() {
             hdr.write_to(pkt);
-            return Some(PKT_HEADER_SIZE as u32);
+            return Some(PKT_HEADER_LEN);
         }
         // Each queued connection is tried at most once, so connections that cannot use this
         // buffer cannot keep the loop going.
@@ -511,9 +511,9 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
             "socket path too long",
         ));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).map_err(io::Error::other)?;
     for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
     // SAFETY: socket(2) takes no pointers; the result is checked.
     let fd = unsafe {
@@ -530,13 +530,14 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     // every path from here.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    let len = libc::socklen_t::try_from(len).map_err(io::Error::other)?;
     // SAFETY: `addr` is an initialised `sockaddr_un` that outlives the call, and `len` does
     // not exceed its size (checked above).
     let ret = unsafe {
         libc::connect(
             fd,
             (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
+            len,
         )
     };
     if ret < 0 {

@@ -26,6 +26,10 @@ pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
 /// The largest payload of one packet, either way. Linux never sends more than 64 KiB in one
 /// packet; the cap bounds the host's copy per guest packet.
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
+/// `PKT_HEADER_SIZE` (44 bytes) as the u32 the used ring counts in.
+// 44 fits a u32.
+#[allow(clippy::cast_possible_truncation)]
+pub const PKT_HEADER_LEN: u32 = PKT_HEADER_SIZE as u32;
 
 /// `struct virtio_vsock_hdr`, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -132,7 +136,7 @@ impl Header {
 /// Why a guest packet was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
-    #[error("malformed descriptor chain: {0}")]
+    #[error("malformed descriptor chain")]
     Chain(#[from] virtio_vsock::packet::Error),
     #[error("source cid {got} is not the guest's ({expected})")]
     SrcCid { got: u64, expected: u64 },

@@ -4,14 +4,16 @@ use super::connection::CONN_BUF_ALLOC;
 use super::muxer::FIRST_LOCAL_PORT;
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::ActivateError;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
 use vm_memory::GuestAddress;
 
 const CID: u64 = 3;
@@ -19,9 +21,12 @@ const QLEN: u16 = 64;
 const MEM_SIZE: u64 = 0x10_0000;
 const BUF_START: u64 = 0x1_0000;
 const BUF_END: u64 = 0xF_0000;
+// The descriptor flags are 1 and 2.
+#[allow(clippy::cast_possible_truncation)]
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+#[allow(clippy::cast_possible_truncation)]
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-const HDR: usize = virtio_vsock::packet::PKT_HEADER_SIZE;
+const HDR: u32 = super::packet::PKT_HEADER_LEN;
 
 /// A short, unique socket path (Unix socket paths are limited to 108 bytes) that is removed,
 /// with its `_<port>` siblings used by the test, on drop.
@@ -61,7 +66,7 @@ impl Drop for SockPath {
 }
 
 fn memory() -> Memory {
-    Memory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
 }
 
 fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
@@ -156,19 +161,22 @@ impl<'a> Guest<'a> {
     /// Queues a tx packet without kicking the device.
     fn queue_tx(&mut self, h: Header, data: &[u8]) {
         let h = Header {
-            len: data.len() as u32,
+            len: u32::try_from(data.len()).unwrap(),
             ..h
         };
-        let ha = self.alloc(HDR as u64);
+        let ha = self.alloc(u64::from(HDR));
         self.mem
             .write_slice(&h.to_bytes(), GuestAddress(ha))
             .unwrap();
         if data.is_empty() {
-            self.push_chain(TX_QUEUE, &[(ha, HDR as u32, 0)]);
+            self.push_chain(TX_QUEUE, &[(ha, HDR, 0)]);
         } else {
             let da = self.alloc(data.len() as u64);
             self.mem.write_slice(data, GuestAddress(da)).unwrap();
-            self.push_chain(TX_QUEUE, &[(ha, HDR as u32, 0), (da, data.len() as u32, 0)]);
+            self.push_chain(
+                TX_QUEUE,
+                &[(ha, HDR, 0), (da, u32::try_from(data.len()).unwrap(), 0)],
+            );
         }
     }
 
@@ -179,9 +187,9 @@ impl<'a> Guest<'a> {
 
     fn add_rx(&mut self, n: usize, data_len: u32) {
         for _ in 0..n {
-            let ha = self.alloc(HDR as u64);
+            let ha = self.alloc(u64::from(HDR));
             let da = self.alloc(u64::from(data_len));
-            let head = self.push_chain(RX_QUEUE, &[(ha, HDR as u32, WRITE), (da, data_len, WRITE)]);
+            let head = self.push_chain(RX_QUEUE, &[(ha, HDR, WRITE), (da, data_len, WRITE)]);
             self.rx_bufs.insert(head, (ha, da));
         }
     }
@@ -197,7 +205,7 @@ impl<'a> Guest<'a> {
                 .ref_at(usize::from(self.used_seen[q] % QLEN))
                 .unwrap()
                 .load();
-            out.push((e.id() as u16, e.len()));
+            out.push((u16::try_from(e.id()).unwrap(), e.len()));
             self.used_seen[q] = self.used_seen[q].wrapping_add(1);
         }
         out
@@ -213,10 +221,10 @@ impl<'a> Guest<'a> {
             if len == 0 {
                 continue;
             }
-            let mut raw = [0u8; HDR];
+            let mut raw = [0u8; HDR as usize];
             self.mem.read_slice(&mut raw, GuestAddress(ha)).unwrap();
             let h = Header::from_bytes(&raw);
-            assert_eq!(len as usize, HDR + h.len as usize);
+            assert_eq!(len, HDR + h.len);
             let mut data = vec![0u8; h.len as usize];
             self.mem.read_slice(&mut data, GuestAddress(da)).unwrap();
             out.push((h, data));
@@ -251,10 +259,52 @@ impl<'a> Guest<'a> {
     }
 }
 
-/// Lets data written to one end of a Unix stream reach the other (it does synchronously, but
-/// the tests should not depend on that).
-fn settle() {
-    std::thread::sleep(Duration::from_millis(20));
+/// How long a test waits for the device to see what a host socket did.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Polls the device's backend until `done` holds, failing the test after [`DEADLINE`]. A
+/// Unix stream hands data to its peer within the write, but the tests do not rely on it.
+fn poll_until(dev: &mut Vsock, what: &str, mut done: impl FnMut(&mut Vsock) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        dev.poll_backend();
+        if done(dev) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        std::thread::yield_now();
+    }
+}
+
+impl Guest<'_> {
+    /// Polls the backend until the device puts packets in the rx queue; returns them.
+    fn poll_recv(&mut self, dev: &mut Vsock) -> Vec<(Header, Vec<u8>)> {
+        let mut pkts = Vec::new();
+        poll_until(dev, "a packet for the guest", |_| {
+            pkts = self.recv();
+            !pkts.is_empty()
+        });
+        pkts
+    }
+
+    fn poll_recv_one(&mut self, dev: &mut Vsock) -> (Header, Vec<u8>) {
+        let mut pkts = self.poll_recv(dev);
+        assert_eq!(pkts.len(), 1, "{pkts:?}");
+        pkts.remove(0)
+    }
+}
+
+/// Whether the device closed its end of `s`, without waiting.
+fn is_closed(s: &mut UnixStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 16];
+    let closed = match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => panic!("the device sent data on a refused stream"),
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
 }
 
 fn read_line(s: &mut UnixStream) -> String {
@@ -295,9 +345,7 @@ fn guest_initiated_stream() {
     assert_eq!(g.used(TX_QUEUE).len(), 2);
 
     host.write_all(b"pong").unwrap();
-    settle();
-    dev.poll_backend();
-    let (h, data) = g.recv_one();
+    let (h, data) = g.poll_recv_one(&mut dev);
     assert_eq!((h.op, h.src_port, h.dst_port), (OP_RW, 52, 1000));
     assert_eq!(data, b"pong");
     assert_eq!(h.fwd_cnt, 4);
@@ -308,15 +356,11 @@ fn guest_initiated_stream() {
     g.send(&mut dev, sh, &[]);
     assert_eq!(host.read(&mut buf).unwrap(), 0);
     host.write_all(b"late").unwrap();
-    settle();
-    dev.poll_backend();
-    assert_eq!(g.recv_one().1, b"late");
+    assert_eq!(g.poll_recv_one(&mut dev).1, b"late");
 
     // The host closes: the guest gets an RST and the connection is gone.
     drop(host);
-    settle();
-    dev.poll_backend();
-    let (h, _) = g.recv_one();
+    let (h, _) = g.poll_recv_one(&mut dev);
     assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, 52, 1000));
     assert_eq!(dev.muxer.connection_count(), 0);
 }
@@ -365,9 +409,7 @@ fn host_initiated_stream() {
         .unwrap();
     // Data right behind the CONNECT line belongs to the stream.
     client.write_all(b"CONNECT 52\nearly").unwrap();
-    settle();
-    dev.poll_backend();
-    let (h, _) = g.recv_one();
+    let (h, _) = g.poll_recv_one(&mut dev);
     assert_eq!(h.op, OP_REQUEST);
     assert_eq!((h.src_port, h.dst_port), (FIRST_LOCAL_PORT, 52));
     assert_eq!((h.src_cid, h.dst_cid), (VSOCK_HOST_CID, CID));
@@ -386,9 +428,7 @@ fn host_initiated_stream() {
     // A second client gets the next port; the guest refuses it and the client is closed.
     let mut client2 = UnixStream::connect(&uds.0).unwrap();
     client2.write_all(b"CONNECT 52\n").unwrap();
-    settle();
-    dev.poll_backend();
-    let (h, _) = g.recv_one();
+    let (h, _) = g.poll_recv_one(&mut dev);
     assert_eq!((h.op, h.src_port), (OP_REQUEST, FIRST_LOCAL_PORT + 1));
     g.send(&mut dev, hdr(OP_RST, 52, FIRST_LOCAL_PORT + 1), &[]);
     assert_closed(&mut client2);
@@ -414,8 +454,9 @@ fn bad_connect_lines_close_only_that_client() {
         c.write_all(line).unwrap();
         bad.push(c);
     }
-    settle();
-    dev.poll_backend();
+    poll_until(&mut dev, "closing the bad clients", |_| {
+        bad.iter_mut().all(is_closed)
+    });
     for c in &mut bad {
         assert_closed(c);
     }
@@ -423,13 +464,12 @@ fn bad_connect_lines_close_only_that_client() {
     // A partial line waits for the rest; then the handshake works.
     let mut c = UnixStream::connect(&uds.0).unwrap();
     c.write_all(b"CONN").unwrap();
-    settle();
+    // The four bytes are in the device's socket once the write returns (a Unix stream hands
+    // them over within it), so a poll that sends nothing shows the device waits for the rest.
     dev.poll_backend();
     assert!(g.recv().is_empty());
     c.write_all(b"ECT 9\n").unwrap();
-    settle();
-    dev.poll_backend();
-    assert_eq!(g.recv_one().0.dst_port, 9);
+    assert_eq!(g.poll_recv_one(&mut dev).0.dst_port, 9);
 }
 
 #[test]
@@ -447,12 +487,14 @@ fn host_data_is_bounded_by_guest_credit() {
     assert_eq!(g.recv_one().0.op, OP_RESPONSE);
 
     host.write_all(&[0xab; 300]).unwrap();
-    settle();
     g.add_rx(4, 64);
-    dev.poll_backend();
-    let pkts = g.recv();
-    let total: usize = pkts.iter().map(|(_, d)| d.len()).sum();
-    assert_eq!(total, 100);
+    let mut pkts = Vec::new();
+    let total = |pkts: &Vec<(Header, Vec<u8>)>| pkts.iter().map(|(_, d)| d.len()).sum::<usize>();
+    poll_until(&mut dev, "the guest's credit's worth of data", |_| {
+        pkts.extend(g.recv());
+        total(&pkts) >= 100
+    });
+    assert_eq!(total(&pkts), 100);
     assert!(pkts.iter().all(|(h, d)| h.op == OP_RW && d.len() <= 64));
     // Polling again sends nothing: no credit.
     dev.poll_backend();
@@ -548,40 +590,40 @@ fn hostile_tx_packets_do_not_break_the_device() {
     let listener = uds.listen(52);
     g.add_rx(16, 4096);
     let good = hdr(OP_REQUEST, 1000, 52).to_bytes();
-    let ha = g.alloc(HDR as u64);
+    let ha = g.alloc(u64::from(HDR));
     mem.write_slice(&good, GuestAddress(ha)).unwrap();
 
     // Header outside guest memory; straddling its end; wrapping the address space.
-    g.push_chain(TX_QUEUE, &[(MEM_SIZE + 0x1000, HDR as u32, 0)]);
-    g.push_chain(TX_QUEUE, &[(MEM_SIZE - 8, HDR as u32, 0)]);
-    g.push_chain(TX_QUEUE, &[(u64::MAX - 8, HDR as u32, 0)]);
+    g.push_chain(TX_QUEUE, &[(MEM_SIZE + 0x1000, HDR, 0)]);
+    g.push_chain(TX_QUEUE, &[(MEM_SIZE - 8, HDR, 0)]);
+    g.push_chain(TX_QUEUE, &[(u64::MAX - 8, HDR, 0)]);
     // Header too short.
-    g.push_chain(TX_QUEUE, &[(ha, HDR as u32 - 1, 0)]);
+    g.push_chain(TX_QUEUE, &[(ha, HDR - 1, 0)]);
     // Device-writable tx buffer.
-    g.push_chain(TX_QUEUE, &[(ha, HDR as u32, WRITE)]);
+    g.push_chain(TX_QUEUE, &[(ha, HDR, WRITE)]);
     // `len` larger than the data buffer, and larger than the limit.
     for (len, buf_len) in [(100, 10), (MAX_PKT_DATA + 1, MAX_PKT_DATA + 1)] {
         let mut h = hdr(OP_RW, 1000, 52);
         h.len = len;
-        let a = g.alloc(HDR as u64);
+        let a = g.alloc(u64::from(HDR));
         mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
         let da = g.alloc(u64::from(buf_len));
-        g.push_chain(TX_QUEUE, &[(a, HDR as u32, 0), (da, buf_len, 0)]);
+        g.push_chain(TX_QUEUE, &[(a, HDR, 0), (da, buf_len, 0)]);
     }
     // `len` with no data descriptor at all.
     let mut h = hdr(OP_RW, 1000, 52);
     h.len = 16;
-    let a = g.alloc(HDR as u64);
+    let a = g.alloc(u64::from(HDR));
     mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
-    g.push_chain(TX_QUEUE, &[(a, HDR as u32, 0)]);
+    g.push_chain(TX_QUEUE, &[(a, HDR, 0)]);
     // A descriptor loop: the header's descriptor chains to a data descriptor pointing at
     // itself.
     let mut h = hdr(OP_RW, 1000, 52);
     h.len = 0x1000;
-    let a = g.alloc(HDR as u64);
+    let a = g.alloc(u64::from(HDR));
     mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
     let idx = g.next_desc[TX_QUEUE];
-    let d0 = SplitDescriptor::new(a, HDR as u32, NEXT, (idx + 1) % QLEN);
+    let d0 = SplitDescriptor::new(a, HDR, NEXT, (idx + 1) % QLEN);
     let d1 = SplitDescriptor::new(a, 8, NEXT, (idx + 1) % QLEN);
     g.vqs[TX_QUEUE]
         .desc_table()
@@ -652,23 +694,20 @@ fn hostile_rx_buffers_are_skipped() {
     let mut dev = g.device(&uds);
     // Read-only, outside memory, header too short: each used with length 0.
     let a = g.alloc(4096);
-    g.push_chain(RX_QUEUE, &[(a, HDR as u32, 0), (a + 64, 64, 0)]);
-    g.push_chain(
-        RX_QUEUE,
-        &[(MEM_SIZE + 0x1000, HDR as u32, WRITE), (a, 64, WRITE)],
-    );
+    g.push_chain(RX_QUEUE, &[(a, HDR, 0), (a + 64, 64, 0)]);
+    g.push_chain(RX_QUEUE, &[(MEM_SIZE + 0x1000, HDR, WRITE), (a, 64, WRITE)]);
     g.push_chain(RX_QUEUE, &[(a, 8, WRITE)]);
     g.add_rx(1, 4096);
     g.send(&mut dev, hdr(OP_REQUEST, 1000, 54), &[]);
     let used = g.used(RX_QUEUE);
     assert_eq!(
         used.iter().map(|u| u.1).collect::<Vec<_>>(),
-        vec![0, 0, 0, HDR as u32]
+        vec![0, 0, 0, HDR]
     );
     // (Read back through the buffer map: only the good buffer was registered.)
     let head = used[3].0;
     let (ha, _) = g.rx_bufs[&head];
-    let mut raw = [0u8; HDR];
+    let mut raw = [0u8; HDR as usize];
     mem.read_slice(&mut raw, GuestAddress(ha)).unwrap();
     assert_eq!(Header::from_bytes(&raw).op, OP_RST);
 }

@@ -1,0 +1,21 @@
+//! What a drive's snapshot holds: what it was made from, so that a restore opens the same
+//! backing file again. The data lives in that file, and the queue and transport registers are
+//! the transport's (`mmio::TransportState`).
+
+use super::{Block, BlockError};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockState {
+    pub drive_id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl BlockState {
+    /// The drive this state describes; its backing file must still be there.
+    pub fn build(&self) -> Result<Block, BlockError> {
+        Block::new(&self.path, self.read_only, &self.drive_id)
+    }
+}
