@@ -15,7 +15,8 @@ pub struct Context {
     pub invoked_function_arn: String,
     /// The X-Ray trace header; also exported as `_X_AMZN_TRACE_ID` while the handler runs.
     pub trace_id: Option<String>,
-    /// The caller's client context, as sent (base64-encoded JSON).
+    /// The caller's client context: JSON, decoded by the Runtime API server from the caller's
+    /// base64 `X-Amz-Client-Context`.
     pub client_context: Option<String>,
     /// The caller's Cognito identity, as sent (JSON).
     pub cognito_identity: Option<String>,
@@ -116,7 +117,7 @@ mod tests {
             (header::DEADLINE_MS, b"1700000000123"),
             (header::INVOKED_FUNCTION_ARN, ARN.as_bytes()),
             (header::TRACE_ID, b"Root=1-abc;Sampled=1"),
-            (header::CLIENT_CONTEXT, b"eyJjdXN0b20iOnt9fQ=="),
+            (header::CLIENT_CONTEXT, br#"{"custom":{}}"#),
             (header::COGNITO_IDENTITY, br#"{"cognitoIdentityId":"id"}"#),
         ]
     }
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(ctx.deadline_ms, 1_700_000_000_123);
         assert_eq!(ctx.invoked_function_arn, ARN);
         assert_eq!(ctx.trace_id.as_deref(), Some("Root=1-abc;Sampled=1"));
-        assert_eq!(ctx.client_context.as_deref(), Some("eyJjdXN0b20iOnt9fQ=="));
+        assert_eq!(ctx.client_context.as_deref(), Some(r#"{"custom":{}}"#));
         assert_eq!(
             ctx.cognito_identity.as_deref(),
             Some(r#"{"cognitoIdentityId":"id"}"#)

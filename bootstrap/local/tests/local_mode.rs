@@ -435,7 +435,38 @@ fn init_error_fails_the_invoke_and_init_is_retried() {
         report.ends_with("\tPhase: init\tStatus: error\tError Type: InitFailed"),
         "{report}"
     );
-    assert_eq!(server.count_logs("START"), 0);
+    // Each failed invoke is logged as Lambda logs one: START, INIT_REPORT, END, REPORT with
+    // the error, and the runtime's own last line comes before them (drained before the kill).
+    assert_eq!(
+        server.count_logs("START RequestId: "),
+        2,
+        "{:#?}",
+        server.logs()
+    );
+    assert_eq!(
+        server.count_logs("END RequestId: "),
+        2,
+        "{:#?}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let failed = logs
+        .iter()
+        .filter(|l| l.starts_with("REPORT RequestId: "))
+        .collect::<Vec<_>>();
+    assert_eq!(failed.len(), 2, "{logs:#?}");
+    assert!(
+        failed
+            .iter()
+            .all(|l| l.ends_with("Status: error\tError Type: InitFailed\t")),
+        "{failed:#?}"
+    );
+    let last_words = logs.iter().position(|l| l == "runtime: failing init");
+    let first_start = logs.iter().position(|l| l.starts_with("START RequestId: "));
+    assert!(
+        matches!((last_words, first_start), (Some(w), Some(s)) if w < s),
+        "{logs:#?}"
+    );
     server.assert_alive();
 }
 

@@ -57,19 +57,59 @@ impl Handle {
                 Err(e) => {
                     let error_type = function_error_type::INVALID_ENTRYPOINT;
                     self.log(&format!("rapid: {e}"));
-                    self.log(&report::init_report_error(Duration::ZERO, error_type));
                     state.phase = Phase::Down;
                     let Some(head) = state.queue.front() else {
+                        self.log(&report::init_report_error(Duration::ZERO, error_type));
                         return;
                     };
                     let message = format!("RequestId: {} Error: {e}", head.invocation.request_id);
-                    self.fail_head(state, failure(error_type, message));
+                    self.fail_init(
+                        state,
+                        Duration::ZERO,
+                        error_type,
+                        failure(error_type, message),
+                    );
                     if state.queue.is_empty() {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Ends a failed init: the runtime's last output, then (when an invocation's arrival
+    /// started the init) that invocation's START, the INIT_REPORT, its END and REPORT, as
+    /// Lambda logs an invocation whose init failed; the invocation fails with `outcome`.
+    pub(super) fn fail_init(
+        &self,
+        state: &mut State,
+        init_time: Duration,
+        error_type: &str,
+        outcome: Outcome,
+    ) {
+        if let Some(process) = &state.process {
+            process.output.drain();
+        }
+        let head = state.queue.front().map(|q| q.invocation.request_id.clone());
+        let version = &self.shared.config.function_version;
+        if let Some(id) = &head {
+            self.log(&report::start(id, version));
+        }
+        self.log(&report::init_report_error(init_time, error_type));
+        if let Some(request_id) = head {
+            self.log(&report::end(&request_id));
+            let report = Report {
+                request_id,
+                duration: init_time,
+                memory_size_mb: self.shared.config.memory_mb,
+                max_memory_used_mb: 0,
+                init_duration: None,
+                restore_duration: None,
+                status: Status::Error(error_type.into()),
+            };
+            self.log(&report.line());
+        }
+        self.fail_head(state, outcome);
     }
 
     /// Fails the oldest waiting invocation: the one whose arrival started the failed init.
@@ -103,6 +143,8 @@ impl Handle {
     /// Kills the runtime and, when invocations are waiting, starts a fresh init for them.
     pub(super) fn reset(&self, state: &mut State) {
         if let Some(process) = state.process.take() {
+            // Its last words first: what it wrote before it is killed belongs to the log.
+            process.output.drain();
             process::kill_group(process.pgid);
         }
         if let Some(timer) = state.phase_timer.take() {
@@ -141,9 +183,8 @@ impl Handle {
         };
         match state.phase {
             Phase::Initializing { started } => {
-                self.log(&report::init_report_error(started.elapsed(), error_type));
                 let message = format!("{}{message}", self.head_prefix(&state));
-                self.fail_head(&mut state, exit(message));
+                self.fail_init(&mut state, started.elapsed(), error_type, exit(message));
             }
             Phase::Restoring { started } => {
                 self.log(&report::restore_report_error(started.elapsed(), error_type));
@@ -170,13 +211,13 @@ impl Handle {
             return;
         }
         let error_type = function_error_type::INIT_TIMEOUT;
-        self.log(&report::init_report_error(started.elapsed(), error_type));
         let seconds = self.shared.config.init_timeout.as_secs_f64();
         let message = format!(
             "{}Init timed out after {seconds:.2} seconds",
             self.head_prefix(&state)
         );
-        self.fail_head(&mut state, failure(error_type, message));
+        let outcome = failure(error_type, message);
+        self.fail_init(&mut state, started.elapsed(), error_type, outcome);
         self.reset(&mut state);
     }
 

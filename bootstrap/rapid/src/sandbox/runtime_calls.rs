@@ -200,8 +200,12 @@ impl Handle {
         let Phase::Initializing { started } = state.phase else {
             return invalid_transition("init/error is only valid during init");
         };
-        self.log(&report::init_report_error(started.elapsed(), error_type));
-        self.fail_head(&mut state, Outcome::failure(body));
+        self.fail_init(
+            &mut state,
+            started.elapsed(),
+            error_type,
+            Outcome::failure(body),
+        );
         self.reset(&mut state);
         ApiReply::Accepted
     }
