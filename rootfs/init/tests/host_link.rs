@@ -351,11 +351,8 @@ fn sigterm_is_forwarded_to_the_runtime_and_ends_init() {
         link.invoke(invoke("r1", "{}")),
         Ok(Outcome::Success(_))
     ));
-    // SAFETY: kill(2) takes plain integers; the pid is our own unreaped child.
-    assert_eq!(
-        unsafe { libc::kill(guest.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let pid = i32::try_from(guest.child.id()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM).unwrap();
     assert!(guest.wait().success());
     assert!(marker.exists(), "the runtime got SIGTERM");
 }
