@@ -30,6 +30,22 @@ pub fn host_binary(name: &str) -> PathBuf {
     target_dir().join(profile).join(name)
 }
 
+/// Milliseconds since the Unix epoch, as in the Runtime API's deadline header (0 for a clock
+/// set before 1970; saturates in the year 584 million).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sends SIGTERM to the process `pid` (a child of the test, still unreaped).
+pub fn sigterm(pid: u32) -> std::io::Result<()> {
+    let pid =
+        i32::try_from(pid).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)?;
+    Ok(())
+}
+
 /// True when running under CI (`CI=true` or `CI=1`), where nothing may be skipped.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

@@ -245,10 +245,7 @@ impl LocalServer {
             return Some(status);
         }
         // SIGTERM lets the server stop its runtime (or power off its microVM) before it exits.
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        let _ = crate::sigterm(self.child.id());
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -3,6 +3,7 @@
 
 mod support;
 
+use integration_tests::epoch_ms;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::TcpStream;
@@ -85,7 +86,7 @@ fn runtime_api_headers_and_environment() {
             br#"{"ctx":true}"#,
         )
     });
-    let before = now_ms();
+    let before = epoch_ms();
     let next = poll.join().unwrap();
     assert_eq!(next.status, 200);
     assert_eq!(next.body, br#"{"ctx":true}"#);
@@ -99,7 +100,7 @@ fn runtime_api_headers_and_environment() {
         .parse()
         .unwrap();
     assert!(
-        deadline >= before + 7_000 && deadline <= now_ms() + 7_500,
+        deadline >= before + 7_000 && deadline <= epoch_ms() + 7_500,
         "{deadline}"
     );
     assert_eq!(
@@ -583,13 +584,6 @@ fn bad_flags_are_usage_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--runtime"));
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
