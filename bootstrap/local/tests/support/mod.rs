@@ -301,7 +301,7 @@ impl Server {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        i32::try_from(self.child.id()).expect("a pid fits in pid_t")
     }
 
     /// Sends SIGTERM and waits for the exit.
