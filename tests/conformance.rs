@@ -120,13 +120,10 @@ fn init_error_is_reported_and_retried(peer: Peer) {
         );
     }
     // Each invoke ran init afresh: two init failures were reported.
-    std::thread::sleep(Duration::from_millis(300));
-    let init_reports = server
-        .logs()
-        .iter()
-        .filter(|l| l.starts_with("INIT_REPORT") && l.contains("Status: error"))
-        .count();
-    assert_eq!(init_reports, 2, "{:#?}", server.logs());
+    let init_reports = server.wait_for_logs(Duration::from_secs(10), 2, |l| {
+        l.starts_with("INIT_REPORT") && l.contains("Status: error")
+    });
+    assert_eq!(init_reports.len(), 2, "{init_reports:#?}");
     server.assert_alive();
 }
 

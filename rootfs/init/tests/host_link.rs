@@ -2,12 +2,12 @@
 //! the conformance function on our `bootstrap` library (`bootstrap-echo`) as the runtime: as an
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
-use integration_tests::skip;
+use integration_tests::{skip, wait_for, wait_until};
 use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, PORT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -119,14 +119,7 @@ impl Guest {
     }
 
     fn wait(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < WAIT, "init did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for(WAIT, || self.child.try_wait().unwrap()).expect("init did not exit")
     }
 }
 
@@ -441,11 +434,10 @@ fn as_pid_1_of_a_pid_namespace_it_serves_and_reaps_orphans() {
         1,
         "the orphan was re-parented to init"
     );
-    let start = Instant::now();
-    while children_named(init, "sleep") > 0 {
-        assert!(start.elapsed() < WAIT, "the orphan was never reaped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(WAIT, || children_named(init, "sleep") == 0),
+        "the orphan was never reaped"
+    );
     assert_eq!(zombies_of(init), 0);
 
     link.shutdown().unwrap();
