@@ -2,20 +2,16 @@
 //! the hostname.
 
 use crate::sys;
-use socket2::{Domain, Socket, Type};
 use std::io;
-use std::os::fd::AsFd;
 
 /// The hostname PID 1 sets.
 pub const HOSTNAME: &str = "localhost";
 
 /// Brings the `lo` interface up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`).
 pub fn loopback_up() -> io::Result<()> {
-    // Any socket will do: the ioctls act on the namespace's interfaces, not on the socket.
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
     let up = libc::c_short::try_from(libc::IFF_UP)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    sys::add_interface_flags(socket.as_fd(), "lo", up)
+    sys::add_interface_flags("lo", up)
 }
 
 /// Sets the hostname.

@@ -7,7 +7,6 @@ use crate::sys;
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use std::io;
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 /// Most entropy taken from one `Restore` (the host sends 64 bytes).
@@ -46,12 +45,11 @@ fn rand_pool_info(entropy: &[u8]) -> Result<Vec<u8>, RestoreError> {
 /// Mixes `entropy` into the kernel RNG, credited in full, and reseeds the CRNG from it.
 pub fn reseed(entropy: &[u8]) -> Result<(), RestoreError> {
     let info = rand_pool_info(entropy)?;
-    let urandom = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/urandom")
-        .map_err(RestoreError::Open)?;
-    sys::add_entropy(urandom.as_fd(), &info).map_err(RestoreError::AddEntropy)?;
-    sys::reseed_crng(urandom.as_fd()).map_err(RestoreError::Reseed)
+    let urandom = sys::Urandom::open().map_err(RestoreError::Open)?;
+    urandom
+        .add_entropy(&info)
+        .map_err(RestoreError::AddEntropy)?;
+    urandom.reseed_crng().map_err(RestoreError::Reseed)
 }
 
 /// Sets the wall clock (`CLOCK_REALTIME`) to `since_epoch`.

@@ -3,8 +3,11 @@
 //! registering a descriptor with tokio's reactor. Each is one small function with a safe
 //! signature, so the rest of init has no `unsafe`.
 
+use socket2::{Domain, Socket, Type};
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use tokio::io::unix::AsyncFd;
 
 nix::ioctl_readwrite_bad!(siocgifflags, libc::SIOCGIFFLAGS, libc::ifreq);
@@ -34,14 +37,12 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(request)
 }
 
-/// Sets `flags` on the interface `name` (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS`), through `socket`,
-/// any socket of the interface's network namespace.
-pub fn add_interface_flags(
-    socket: BorrowedFd<'_>,
-    name: &str,
-    flags: libc::c_short,
-) -> io::Result<()> {
+/// Sets `flags` on the interface `name` (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS`).
+pub fn add_interface_flags(name: &str, flags: libc::c_short) -> io::Result<()> {
     let mut request = ifreq(name)?;
+    // Any socket will do: the ioctls act on the namespace's interfaces, not on the socket. It is
+    // made here so that the requests below surely reach the socket layer's ioctls.
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
     // SAFETY: `request` is a valid ifreq naming an interface, exclusively borrowed for the call;
     // the kernel writes only `ifru_flags` into it.
     unsafe { siocgifflags(socket.as_raw_fd(), &mut request) }?;
@@ -53,28 +54,48 @@ pub fn add_interface_flags(
     Ok(())
 }
 
-/// `RNDADDENTROPY` on `urandom` with `pool_info`, a complete `struct rand_pool_info` (header and
-/// bytes), whose header the caller has checked against its length.
-pub fn add_entropy(urandom: BorrowedFd<'_>, pool_info: &[u8]) -> io::Result<()> {
-    const INT: usize = size_of::<libc::c_int>();
-    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
-    let (header, bytes) = pool_info.split_at_checked(2 * INT).ok_or_else(invalid)?;
-    let buf_size = header[INT..].try_into().map(libc::c_int::from_ne_bytes);
-    if buf_size.ok().and_then(|n| usize::try_from(n).ok()) != Some(bytes.len()) {
-        return Err(invalid());
-    }
-    // SAFETY: `pool_info` holds a rand_pool_info header whose `buf_size` (checked just above)
-    // matches the bytes that follow it, so the kernel reads only within the slice; the kernel
-    // copies the header field by field, so the byte slice's alignment does not matter.
-    unsafe { rndaddentropy(urandom.as_raw_fd(), pool_info.as_ptr()) }?;
-    Ok(())
-}
+/// `/dev/urandom`, opened for the RNG's ioctls.
+pub struct Urandom(File);
 
-/// `RNDRESEEDCRNG` on `urandom`: the next read from the CRNG uses the entropy added so far.
-pub fn reseed_crng(urandom: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: RNDRESEEDCRNG takes no argument; a descriptor that is not the RNG only fails.
-    unsafe { rndreseedcrng(urandom.as_raw_fd()) }?;
-    Ok(())
+impl Urandom {
+    pub fn open() -> io::Result<Urandom> {
+        let file = OpenOptions::new().write(true).open("/dev/urandom")?;
+        // The ioctl numbers below mean something else to other drivers: make sure of the device.
+        let metadata = file.metadata()?;
+        let urandom = nix::sys::stat::makedev(1, 9);
+        if !metadata.file_type().is_char_device() || metadata.rdev() != urandom {
+            return Err(io::Error::other(
+                "/dev/urandom is not the kernel's urandom device (1:9)",
+            ));
+        }
+        Ok(Urandom(file))
+    }
+
+    /// `RNDADDENTROPY` with `pool_info`, a complete `struct rand_pool_info` (header and bytes);
+    /// refused (`InvalidInput`) unless the header's `buf_size` is the number of bytes after it.
+    pub fn add_entropy(&self, pool_info: &[u8]) -> io::Result<()> {
+        const INT: usize = size_of::<libc::c_int>();
+        let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+        let (header, bytes) = pool_info.split_at_checked(2 * INT).ok_or_else(invalid)?;
+        let buf_size = header[INT..].try_into().map(libc::c_int::from_ne_bytes);
+        if buf_size.ok().and_then(|n| usize::try_from(n).ok()) != Some(bytes.len()) {
+            return Err(invalid());
+        }
+        // SAFETY: the descriptor is the urandom device (checked in `open`), for which this is
+        // RNDADDENTROPY; `pool_info` holds a rand_pool_info header whose `buf_size` (checked just
+        // above) matches the bytes that follow it, so the kernel reads only within the slice, and
+        // it reads with user-copy routines, which take any alignment.
+        unsafe { rndaddentropy(self.0.as_raw_fd(), pool_info.as_ptr()) }?;
+        Ok(())
+    }
+
+    /// `RNDRESEEDCRNG`: the next read from the CRNG uses the entropy added so far.
+    pub fn reseed_crng(&self) -> io::Result<()> {
+        // SAFETY: the descriptor is the urandom device (checked in `open`), for which this is
+        // RNDRESEEDCRNG, which takes no argument.
+        unsafe { rndreseedcrng(self.0.as_raw_fd()) }?;
+        Ok(())
+    }
 }
 
 /// Registers `fd` with tokio's reactor (which must be running on this thread).
@@ -82,4 +103,33 @@ pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open for as long as it lives, nothing else can close it, and its
     // `as_raw_fd` always returns the same descriptor: what `register` requires.
     Ok(unsafe { AsyncFd::register(fd) }?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_info_whose_header_does_not_match_its_bytes_never_reaches_the_kernel() {
+        let urandom = Urandom::open().unwrap();
+        let header = |bits: i32, size: i32| [bits.to_ne_bytes(), size.to_ne_bytes()].concat();
+        for bad in [
+            vec![0; 7],
+            [header(24, 4), vec![1, 2, 3]].concat(),
+            [header(24, 2), vec![1, 2, 3]].concat(),
+            [header(24, -1), vec![1, 2, 3]].concat(),
+        ] {
+            let refused = urandom.add_entropy(&bad).unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn interface_names_must_fit_an_ifreq() {
+        assert!(ifreq("lo").is_ok());
+        for bad in ["a-name-of-16-chr", "l\0o"] {
+            let refused = ifreq(bad).unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
 }
