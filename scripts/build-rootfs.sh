@@ -68,8 +68,10 @@ target_dir=$(cargo_target_dir)
 if [ -n "$init" ]; then
     bootstrap=$(build_static_bootstrap)
 else
-    # The init crate is written separately; until it is a workspace member, say so plainly.
-    cargo metadata --no-deps --format-version 1 | grep -q '"name":"init",' ||
+    # A checkout without the init crate gets a plain message. The metadata is read whole first:
+    # `cargo metadata | grep -q` under pipefail fails at random when grep stops reading early.
+    metadata="$(cargo metadata --no-deps --format-version 1)"
+    grep -q '"name":"init",' <<<"$metadata" ||
         die "the init crate is missing: expected package \`init\` at rootfs/init/ in the workspace; pass --init PATH to use a prebuilt static init"
     step "building the static init and bootstrap binaries"
     RUSTFLAGS="-C target-feature=+crt-static" \

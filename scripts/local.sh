@@ -36,15 +36,7 @@ if $serve; then
     exec "$server" "${args[@]}"
 fi
 
-log="$(mktemp)"
-"$server" "${args[@]}" >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-    grep -q "lambda-local: listening" "$log" && break
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "lambda-local exited"; }
-    sleep 0.1
-done
+start_server lambda-local "$server" "${args[@]}"
 
 step "invoke: curl -d '{\"hello\":\"world\"}' $url"
 curl -sS -i -d '{"hello":"world"}' "$url"
@@ -52,6 +44,10 @@ echo
 step "invoke with a handler error"
 curl -sS -i -d '{"action":"error","message":"something broke"}' "$url"
 echo
-sleep 0.2
+# Each REPORT line follows its invoke's answer: wait for both before showing the log.
+for _ in $(seq 50); do
+    [ "$(grep -c '^REPORT' "$SERVER_LOG")" -ge 2 ] && break
+    sleep 0.1
+done
 step "server log (function output and START/END/REPORT lines)"
-cat "$log"
+cat "$SERVER_LOG"

@@ -102,9 +102,13 @@ else
     fi
     worker_args=(--worker-dir "$function_dir")
 fi
-# A static-pie binary has neither a program interpreter nor shared-library dependencies.
-readelf -ld "$binary" 2>/dev/null | grep -qE "program interpreter|\(NEEDED\)" \
-    && die "$binary is dynamically linked; the package needs a static binary (-C target-feature=+crt-static)"
+# A static-pie binary has neither a program interpreter nor shared-library dependencies. The
+# headers are read whole first: `readelf | grep -q` under pipefail fails at random when grep
+# stops reading early and readelf dies of SIGPIPE.
+headers="$(readelf -ld "$binary" 2>&1)" || die "$binary: cannot read its ELF headers: $headers"
+if grep -qE "program interpreter|\(NEEDED\)" <<<"$headers"; then
+    die "$binary is dynamically linked; the package needs a static binary (-C target-feature=+crt-static)"
+fi
 strip --strip-all -o "$staging/bootstrap" "$binary"
 
 step "packaging $function_dir into $out"

@@ -48,15 +48,7 @@ if $serve; then
     exec "$target/release/lambda-vm" "${args[@]}"
 fi
 
-log="$(mktemp)"
-"$target/release/lambda-vm" "${args[@]}" >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-    grep -q "lambda-vm: listening" "$log" && break
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "lambda-vm exited"; }
-    sleep 0.1
-done
+start_server lambda-vm "$target/release/lambda-vm" "${args[@]}"
 
 step "booting the microVM and invoking: curl -d '{\"hello\":\"microvm\"}' $url"
 start=$(date +%s%N)
@@ -67,8 +59,7 @@ step "invoke with a handler error"
 curl -sS -i --max-time 600 -d '{"action":"error","message":"something broke"}' "$url"
 echo
 step "stopping: the guest powers off through the i8042 reset"
-kill -TERM "$pid"
-wait "$pid" || true
-trap 'rm -f "$log"' EXIT
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" || true
 step "service log (function output, START/END/REPORT lines from the guest)"
-cat "$log"
+cat "$SERVER_LOG"

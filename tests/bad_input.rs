@@ -4,11 +4,11 @@
 //! the next invoke succeeds.
 
 use integration_tests::peers::Peer;
-use integration_tests::server::LocalServer;
+use integration_tests::server::{send_raw, LocalServer};
+use integration_tests::wait_until;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::time::Duration;
 
 fn start(args: &[&str]) -> Option<LocalServer> {
     LocalServer::start(&Peer::BootstrapLibrary.launch()?, args)
@@ -19,35 +19,15 @@ fn still_serves(server: &mut LocalServer) {
     server.assert_echo(&json!({"still": "serving"}));
 }
 
-/// A raw Runtime API request from the test, as if it were a (misbehaving) runtime.
-fn runtime_api(server: &LocalServer, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    let url = format!("http://{}{}", server.runtime_api_addr, path);
-    let mut response = match method {
-        "GET" => agent.get(&url).call(),
-        _ => agent.post(&url).send(body),
-    }
-    .expect("runtime API request");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
+/// A Runtime API request from the test, as if it were a (misbehaving) runtime: the status, and
+/// the body as JSON (or as a JSON string when it is not JSON).
+fn runtime_api(server: &LocalServer, path: &str, body: &[u8]) -> (u16, Value) {
+    let reply = server.runtime_api("POST", path, &[], body);
+    let text = reply.text();
     (
-        status,
+        reply.status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 #[test]
@@ -87,69 +67,40 @@ fn unknown_stale_and_duplicate_request_ids() {
     let Some(mut server) = start(&["--timeout", "30"]) else {
         return;
     };
-    let (status, body) = runtime_api(
-        &server,
-        "POST",
-        "/2018-06-01/runtime/invocation/no-such-id/response",
-        b"{}",
-    );
+    let (status, body) = runtime_api(&server, "/invocation/no-such-id/response", b"{}");
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errorType"], "InvalidRequestID");
 
     let done = server.invoke(&json!({"first": 1}));
     let stale = done.request_id.expect("request id");
-    let path = format!("/2018-06-01/runtime/invocation/{stale}/response");
-    let (status, body) = runtime_api(&server, "POST", &path, b"{}");
+    let path = format!("/invocation/{stale}/response");
+    let (status, body) = runtime_api(&server, &path, b"{}");
     assert_eq!(status, 400, "a finished invoke's id is stale: {body}");
 
     // While the function sleeps, answer its invoke first from outside; the runtime's own
     // response then is a second response for the same id and must be refused.
-    let invoker = {
-        let url = server.invoke_url();
-        std::thread::spawn(move || {
-            let agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .new_agent();
-            let mut response = agent
-                .post(&url)
-                .send(r#"{"action":"sleep","ms":1500}"#)
-                .expect("invoke");
-            response.body_mut().read_to_string().unwrap_or_default()
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let id = loop {
-        let starts: Vec<String> = server
-            .logs()
-            .into_iter()
-            .filter(|l| l.starts_with("START"))
-            .collect();
-        if let [_, second] = starts.as_slice() {
-            break second["START RequestId: ".len()..]
-                .split(' ')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-        assert!(Instant::now() < deadline, "second invoke never started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let invoker = server.invoke_in_background(br#"{"action":"sleep","ms":1500}"#, &[]);
+    let starts = server.wait_for_logs(Duration::from_secs(10), 2, |l| l.starts_with("START"));
+    let id = starts[1]["START RequestId: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
 
-    let error_path = format!("/2018-06-01/runtime/invocation/{id}/error");
-    let (status, body) = runtime_api(&server, "POST", &error_path, b"this is not json{");
+    let error_path = format!("/invocation/{id}/error");
+    let (status, body) = runtime_api(&server, &error_path, b"this is not json{");
     assert_eq!(status, 400, "malformed error JSON is refused: {body}");
 
-    let response_path = format!("/2018-06-01/runtime/invocation/{id}/response");
-    let (status, _) = runtime_api(&server, "POST", &response_path, br#"{"answered":"early"}"#);
+    let response_path = format!("/invocation/{id}/response");
+    let (status, _) = runtime_api(&server, &response_path, br#"{"answered":"early"}"#);
     assert_eq!(status, 202);
-    let (status, body) = runtime_api(&server, "POST", &response_path, b"{}");
+    let (status, body) = runtime_api(&server, &response_path, b"{}");
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errorType"], "InvalidStateTransition");
-    assert_eq!(invoker.join().unwrap(), r#"{"answered":"early"}"#);
+    assert_eq!(invoker.join().unwrap().text(), r#"{"answered":"early"}"#);
 
-    // The runtime's own late response was refused, and it carries on.
-    std::thread::sleep(Duration::from_millis(2000));
+    // The runtime's own late response, after its sleep, is refused. The next invoke reaches the
+    // runtime only when it polls again, after that refusal: its echo shows the runtime went on.
     still_serves(&mut server);
 }
 
@@ -157,15 +108,13 @@ fn unknown_stale_and_duplicate_request_ids() {
 fn client_hanging_up_mid_invoke_loses_nothing() {
     let Some(mut server) = start(&[]) else { return };
     let body = r#"{"action":"sleep","ms":800}"#;
-    let mut stream = TcpStream::connect(&server.invoke_addr).expect("connect");
-    write!(
-        stream,
+    let request = format!(
         "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
         proto::invoke_api::INVOKE_PATH,
         body.len(),
         body
-    )
-    .expect("send");
+    );
+    let stream = send_raw(&server.invoke_addr, request.as_bytes());
     server.wait_for_log(Duration::from_secs(10), |l| l.starts_with("START"));
     drop(stream);
     server.wait_for_log(Duration::from_secs(10), |l| l.starts_with("END"));
@@ -175,19 +124,15 @@ fn client_hanging_up_mid_invoke_loses_nothing() {
 #[test]
 fn half_sent_request_does_not_block_others() {
     let Some(mut server) = start(&[]) else { return };
-    let mut stream = TcpStream::connect(&server.invoke_addr).expect("connect");
-    write!(
-        stream,
+    let half = format!(
         "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{\"partial\":",
         proto::invoke_api::INVOKE_PATH
-    )
-    .expect("send");
+    );
+    let stream = send_raw(&server.invoke_addr, half.as_bytes());
     still_serves(&mut server);
     drop(stream);
-    let mut garbage = TcpStream::connect(&server.invoke_addr).expect("connect");
-    garbage
-        .write_all(b"\x00\x01NOT HTTP AT ALL\r\n\r\n")
-        .expect("send");
+    let mut garbage = send_raw(&server.invoke_addr, b"\x00\x01NOT HTTP AT ALL\r\n\r\n");
+    // The server's answer (an error, or a hang-up) before the next request.
     let mut answer = Vec::new();
     garbage.set_read_timeout(Some(Duration::from_secs(5))).ok();
     let _ = garbage.read_to_end(&mut answer);
@@ -196,7 +141,8 @@ fn half_sent_request_does_not_block_others() {
 
 #[test]
 fn failed_async_invoke_is_retried_twice_then_sent_to_the_destination() {
-    let destination = temp_dir("on-failure");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let destination = tmp.path();
     let dir = destination.display().to_string();
     let Some(mut server) = start(&["--on-failure-dir", &dir, "--async-retry-delay", "0.1"]) else {
         return;
@@ -208,29 +154,19 @@ fn failed_async_invoke_is_retried_twice_then_sent_to_the_destination() {
     assert_eq!(reply.status, 202, "{}", reply.text());
     let id = reply.request_id.expect("request id");
     let record_path = destination.join(format!("{id}.json"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !record_path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no destination record; logs: {:#?}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(30), || record_path.exists()),
+        "no destination record; logs: {:#?}",
+        server.logs()
+    );
     let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
     assert_eq!(record["requestContext"]["requestId"], id.as_str());
     assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
     assert_eq!(record["requestContext"]["approximateInvokeCount"], 3);
     assert_eq!(record["requestPayload"]["message"], "async-failure");
     assert_eq!(record["responseContext"]["functionError"], "Unhandled");
-    let starts = server
-        .logs()
-        .iter()
-        .filter(|l| l.starts_with("START"))
-        .count();
-    assert_eq!(starts, 3, "one attempt and two retries");
+    assert_eq!(server.count_logs("START"), 3, "one attempt and two retries");
     still_serves(&mut server);
-    let _ = std::fs::remove_dir_all(&destination);
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //! function (`tests/functions/README.md`) behind the real `lambda-local` server, through the same
 //! cases.
 
+use integration_tests::epoch_ms;
 use integration_tests::peers::Peer;
 use integration_tests::server::LocalServer;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 fn start(peer: Peer, args: &[&str]) -> Option<LocalServer> {
     let mut launch = peer.launch()?;
@@ -32,13 +33,6 @@ fn report_fields(line: &str) -> Vec<(String, String)> {
 
 fn report_has(line: &str, name: &str) -> bool {
     report_fields(line).iter().any(|(k, _)| k == name)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn echo_success(peer: Peer) {
@@ -126,13 +120,10 @@ fn init_error_is_reported_and_retried(peer: Peer) {
         );
     }
     // Each invoke ran init afresh: two init failures were reported.
-    std::thread::sleep(Duration::from_millis(300));
-    let init_reports = server
-        .logs()
-        .iter()
-        .filter(|l| l.starts_with("INIT_REPORT") && l.contains("Status: error"))
-        .count();
-    assert_eq!(init_reports, 2, "{:#?}", server.logs());
+    let init_reports = server.wait_for_logs(Duration::from_secs(10), 2, |l| {
+        l.starts_with("INIT_REPORT") && l.contains("Status: error")
+    });
+    assert_eq!(init_reports.len(), 2, "{init_reports:#?}");
     server.assert_alive();
 }
 
@@ -229,7 +220,7 @@ fn context_reaches_the_handler(peer: Peer) {
         return;
     };
     let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
-    let before = now_ms();
+    let before = epoch_ms();
     let reply = server.invoke_raw(br#"{"action":"context"}"#, &[("X-Amzn-Trace-Id", trace)]);
     assert_eq!(reply.function_error, None, "{}", reply.text());
     let ctx: Value = reply.json();
@@ -245,7 +236,7 @@ fn context_reaches_the_handler(peer: Peer) {
     );
     let deadline = ctx["deadline_ms"].as_u64().unwrap_or(0);
     assert!(
-        deadline >= before + 6_000 && deadline <= now_ms() + 7_000,
+        deadline >= before + 6_000 && deadline <= epoch_ms() + 7_000,
         "{ctx}"
     );
     assert_eq!(ctx["trace_id"], trace, "{ctx}");

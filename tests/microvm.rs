@@ -14,7 +14,7 @@
 
 use integration_tests::aws_clients;
 use integration_tests::server::LocalServer;
-use integration_tests::{have_kvm, host_binary, require, skip};
+use integration_tests::{epoch_ms, have_kvm, host_binary, require, skip};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
@@ -170,13 +170,6 @@ fn unique(server: &LocalServer) -> (String, u64) {
     (random, value["time_ms"].as_u64().unwrap_or_default())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// The snapshot directories under `root`, each named by its key.
 fn snapshots_in(root: &std::path::Path) -> Vec<PathBuf> {
     let mut dirs: Vec<_> = std::fs::read_dir(root)
@@ -243,9 +236,9 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
     // the clock before the runtime's after-restore hook ran).
     let mut randoms = Vec::new();
     for server in [&first, &second, &third] {
-        let before = now_ms();
+        let before = epoch_ms();
         let (random, time) = unique(server);
-        let after = now_ms();
+        let after = epoch_ms();
         assert!(
             before.saturating_sub(1000) <= time && time <= after + 1000,
             "guest clock {time}, host {before}..{after}"

@@ -13,7 +13,6 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 
 const SHELL_WORKER: &str = "bootstrap/examples/shell-worker";
@@ -121,13 +120,6 @@ impl Unpacked {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Checks the context a function returned for `{"action":"context"}`-style events.
 fn assert_context(context: &Value, reply_id: Option<&str>, function_name: &str) {
     assert_eq!(context["request_id"].as_str(), reply_id, "{context}");
@@ -139,7 +131,7 @@ fn assert_context(context: &Value, reply_id: Option<&str>, function_name: &str) 
     assert_eq!(context["function_name"], function_name, "{context}");
     let deadline = context["deadline_ms"].as_u64().unwrap_or_default();
     assert!(
-        deadline > now_ms(),
+        deadline > integration_tests::epoch_ms(),
         "the deadline is in the future: {context}"
     );
 }

@@ -223,7 +223,8 @@ mod tests {
         ctx.deadline_ms = u64::MAX;
         assert!(ctx.remaining_time() > Duration::from_secs(1 << 40));
         let later = SystemTime::now() + Duration::from_secs(60);
-        ctx.deadline_ms = later.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        ctx.deadline_ms =
+            u64::try_from(later.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
         let left = ctx.remaining_time();
         assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60));
     }

@@ -8,8 +8,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
+use integration_tests::wait_until;
 use proto::FunctionConfig;
 use rootfs::cpio::{self, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
 
@@ -158,6 +160,25 @@ fn cpio_lists_and_extracts_as_expected() {
     assert!(!extracted.path().join("var/task/function.json").exists());
 }
 
+/// Waits until a file written now gets a later mtime, in whole seconds (what the archives keep),
+/// than `fixture`'s files: so a second fixture differs from it in time too.
+fn wait_for_a_later_mtime(fixture: &Fixture) {
+    let seconds = |path: &Path| {
+        let modified = fs::metadata(path).and_then(|m| m.modified()).unwrap();
+        modified.duration_since(UNIX_EPOCH).unwrap().as_secs()
+    };
+    let written = seconds(&fixture.function.join("function.json"));
+    let probe = fixture.dir.path().join("clock-probe");
+    let later = wait_until(Duration::from_secs(5), || {
+        // A new file each time: its mtime is the file clock's now.
+        let _ = fs::remove_file(&probe);
+        fs::write(&probe, b"").unwrap();
+        seconds(&probe) > written
+    });
+    assert!(later, "the file clock did not move on within 5 s");
+    fs::remove_file(&probe).unwrap();
+}
+
 #[test]
 fn builds_are_byte_identical() {
     let test = "builds_are_byte_identical";
@@ -165,7 +186,7 @@ fn builds_are_byte_identical() {
     let first = fixture_with_order(&bins.static_exe, false);
     // Same inputs written in the opposite order, later, in another directory: other inode
     // numbers, readdir order and times.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    wait_for_a_later_mtime(&first);
     let second = fixture_with_order(&bins.static_exe, true);
     run_ok(&mut build_command(&first, &bins.static_exe, "a.cpio"));
     run_ok(&mut build_command(&second, &bins.static_exe, "b.cpio"));
@@ -256,7 +277,7 @@ fn ext4_image_matches_the_tree_and_is_reproducible() {
         return;
     }
     let first = fixture_with_order(&bins.static_exe, false);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    wait_for_a_later_mtime(&first);
     let second = fixture_with_order(&bins.static_exe, true);
     let image = first.out_dir.join("a.ext4");
     run_ok(

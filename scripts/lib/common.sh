@@ -88,3 +88,34 @@ ensure_test_venv() {
     .venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
     export TEST_PYTHON="$PWD/.venv/bin/python3"
 }
+
+# Starts a server in the background, its stdout and stderr in a temporary log, and waits for its
+# `NAME: listening` line (printed once it accepts invokes; lambda-local and lambda-vm print it).
+# Sets SERVER_PID and SERVER_LOG; an EXIT trap stops the server and removes the log. Dies, with
+# the log, when the server exits first or is not listening within 30 s.
+# Usage: start_server NAME COMMAND [ARG...]
+start_server() {
+    local name="$1" _
+    shift
+    SERVER_LOG="$(mktemp)"
+    "$@" >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    trap stop_server EXIT
+    for _ in $(seq 300); do
+        grep -q "$name: listening" "$SERVER_LOG" && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$SERVER_LOG" >&2; die "$name exited"; }
+        sleep 0.1
+    done
+    cat "$SERVER_LOG" >&2
+    die "$name did not print its listening line within 30 s"
+}
+
+# Stops the server start_server started (SIGTERM, then waits for it) and removes its log.
+stop_server() {
+    if [ -n "${SERVER_PID:-}" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+    rm -f "${SERVER_LOG:-}"
+}

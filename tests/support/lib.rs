@@ -8,6 +8,7 @@ pub mod peers;
 pub mod server;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -29,6 +30,57 @@ pub fn target_dir() -> PathBuf {
 pub fn host_binary(name: &str) -> PathBuf {
     let profile = std::env::var("TEST_PROFILE").unwrap_or_else(|_| "debug".into());
     target_dir().join(profile).join(name)
+}
+
+/// How often the `wait_*` helpers look again: short against the tests' deadlines, long enough
+/// not to steal a core from the processes under test.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Polls `probe` until it gives a value or `timeout` has passed (`None`). Tests synchronise on
+/// the condition they need, with a deadline, never on a fixed sleep.
+pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Polls `condition` until it holds (true) or `timeout` has passed (false).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    wait_for(timeout, || condition().then_some(())).is_some()
+}
+
+/// Whether the process `pid` is gone, or a zombie (dead, only not reaped yet).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Milliseconds since the Unix epoch, as in the Runtime API's deadline header (0 for a clock
+/// set before 1970; saturates in the year 584 million).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Sends SIGTERM to the process `pid` (a child of the test, still unreaped).
+pub fn sigterm(pid: u32) -> std::io::Result<()> {
+    let pid =
+        i32::try_from(pid).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)?;
+    Ok(())
 }
 
 /// True when running under CI (`CI=true` or `CI=1`), where nothing may be skipped.

@@ -1,22 +1,47 @@
-//! A running `lambda-local` (local mode) with one runtime, driven over real HTTP.
+//! A running `lambda-local` (local mode) with one runtime, driven over real HTTP: invokes, and
+//! Runtime API calls as a runtime would make them (or a misbehaving one); raw TCP for what is not
+//! HTTP at all.
 
 use crate::peers::Launch;
-use crate::{host_binary, require};
-use std::io::{BufRead, BufReader};
+use crate::{host_binary, require, wait_for};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-/// What an invoke returned.
+/// Where the Runtime API's routes are, on its address.
+pub const RUNTIME_API_PATH: &str = "/2018-06-01/runtime";
+
+/// What a request returned.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    /// `X-Amz-Function-Error`, set on a failed invoke.
     pub function_error: Option<String>,
+    /// `X-Amzn-RequestId`, set on every invoke answer.
     pub request_id: Option<String>,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Reply {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The request id, which every invoke answer must carry.
+    pub fn id(&self) -> String {
+        self.request_id
+            .clone()
+            .unwrap_or_else(|| panic!("no X-Amzn-RequestId on {}: {}", self.status, self.text()))
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -153,38 +178,64 @@ impl LocalServer {
 
     /// A synchronous invoke with a raw body.
     pub fn invoke_raw(&self, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-        let mut request = self.agent.post(self.invoke_url());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let mut response = request.send(body).expect("invoke request");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let function_error = header(proto::invoke_api::header::FUNCTION_ERROR);
-        let request_id = header(proto::invoke_api::header::REQUEST_ID);
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024 * 1024)
-            .read_to_vec()
-            .expect("read invoke reply");
-        Reply {
-            status,
-            function_error,
-            request_id,
-            body,
-        }
+        send(&self.agent, "POST", &self.invoke_url(), headers, body)
+    }
+
+    /// An invoke on a thread of its own, for while the test plays the runtime.
+    pub fn invoke_in_background(&self, body: &[u8], headers: &[(&str, &str)]) -> JoinHandle<Reply> {
+        let (agent, url, body) = (self.agent.clone(), self.invoke_url(), body.to_vec());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        std::thread::spawn(move || {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            send(&agent, "POST", &url, &headers, &body)
+        })
+    }
+
+    /// Any request to `url`.
+    pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        send(&self.agent, method, url, headers, body)
+    }
+
+    /// A Runtime API call (`path` under [`RUNTIME_API_PATH`]), as the runtime would make it.
+    pub fn runtime_api(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let url = format!("http://{}{RUNTIME_API_PATH}{path}", self.runtime_api_addr);
+        send(&self.agent, method, &url, headers, body)
+    }
+
+    /// `GET /invocation/next` on a thread of its own, since it waits for an invoke.
+    pub fn poll_next(&self) -> JoinHandle<Reply> {
+        let agent = self.agent.clone();
+        let url = format!(
+            "http://{}{RUNTIME_API_PATH}/invocation/next",
+            self.runtime_api_addr
+        );
+        std::thread::spawn(move || send(&agent, "GET", &url, &[], b""))
     }
 
     /// A synchronous invoke of a JSON event.
     pub fn invoke(&self, event: &serde_json::Value) -> Reply {
         self.invoke_raw(event.to_string().as_bytes(), &[])
+    }
+
+    /// Invokes with `body` and checks that the function echoed it back byte for byte.
+    pub fn assert_echo_bytes(&self, body: &[u8]) -> Reply {
+        let reply = self.invoke_raw(body, &[]);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.function_error, None, "{}", reply.text());
+        assert_eq!(reply.body, body, "{}", reply.text());
+        reply
     }
 
     /// Invokes `event` and checks that the function echoed it back without error.
@@ -200,21 +251,37 @@ impl LocalServer {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// How many stdout lines so far start with `prefix`.
+    pub fn count_logs(&self, prefix: &str) -> usize {
+        self.logs().iter().filter(|l| l.starts_with(prefix)).count()
+    }
+
     /// Waits until a stdout line satisfies `predicate`, and returns it.
     pub fn wait_for_log(&self, timeout: Duration, predicate: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            if let Some(line) = self.logs().into_iter().find(|l| predicate(l)) {
-                return line;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "no matching log line within {timeout:?}; logs: {:#?}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(timeout, || self.logs().into_iter().find(|l| predicate(l))).unwrap_or_else(|| {
+            panic!(
+                "no matching log line within {timeout:?}; logs: {:#?}",
+                self.logs()
+            )
+        })
+    }
+
+    /// Waits until at least `count` stdout lines satisfy `predicate`, and returns them all: for
+    /// lines that follow the answer they belong to (the platform's `INIT_REPORT`, `REPORT`).
+    pub fn wait_for_logs(
+        &self,
+        timeout: Duration,
+        count: usize,
+        predicate: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let matching =
+            || -> Vec<String> { self.logs().into_iter().filter(|l| predicate(l)).collect() };
+        wait_for(timeout, || Some(matching()).filter(|m| m.len() >= count)).unwrap_or_else(|| {
+            panic!(
+                "not {count} matching log lines within {timeout:?}; logs: {:#?}",
+                self.logs()
+            )
+        })
     }
 
     /// The `REPORT` line of one request.
@@ -231,6 +298,18 @@ impl LocalServer {
         }
     }
 
+    /// Panics unless the server still runs and still answers HTTP (404 for an unknown path).
+    pub fn assert_serving(&mut self) {
+        self.assert_alive();
+        let reply = self.request(
+            "GET",
+            &format!("http://{}/nope", self.invoke_addr),
+            &[],
+            b"",
+        );
+        assert_eq!(reply.status, 404, "{}", reply.text());
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -245,20 +324,13 @@ impl LocalServer {
             return Some(status);
         }
         // SIGTERM lets the server stop its runtime (or power off its microVM) before it exits.
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        let _ = crate::sigterm(self.child.id());
+        let status = wait_for(timeout, || self.child.try_wait().ok().flatten());
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
+        status
     }
 }
 
@@ -266,4 +338,61 @@ impl Drop for LocalServer {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(5));
     }
+}
+
+/// One request on `agent`. Any status is a reply; a request that gets no answer fails the test.
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(body)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut response = agent
+        .run(request)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let function_error = header(proto::invoke_api::header::FUNCTION_ERROR);
+    let request_id = header(proto::invoke_api::header::REQUEST_ID);
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the reply: {e}"));
+    Reply {
+        status,
+        function_error,
+        request_id,
+        headers,
+        body,
+    }
+}
+
+/// Opens a connection to `addr` and writes `bytes` as they are, for requests no HTTP client
+/// would send (cut short, or not HTTP at all). Dropping the stream hangs up.
+pub fn send_raw(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .write_all(bytes)
+        .unwrap_or_else(|e| panic!("write to {addr}: {e}"));
+    stream
 }

@@ -1,13 +1,77 @@
 //! `lambda-local` end to end: the real binary, a real runtime (a shell script on curl, or the
-//! test itself playing the runtime over HTTP), real sockets on ephemeral ports.
+//! test itself playing the runtime over HTTP), real sockets on ephemeral ports. The harness is
+//! the workspace's one, `integration_tests::server`.
 
-mod support;
-
+use integration_tests::server::{send_raw, LocalServer, Reply};
+use integration_tests::{epoch_ms, process_gone, wait_until};
+use proto::invoke_api::INVOKE_PATH;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
-use support::{is_dead, temp_dir, Server, INVOKE_PATH};
+
+/// How long a log line may take to follow what caused it.
+const LOG_WAIT: Duration = Duration::from_secs(20);
+
+/// The shell runtime every ordinary test runs.
+fn echo_runtime() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/runtimes/echo.sh")
+}
+
+/// `lambda-local` with `args`, on ephemeral ports.
+fn lambda_local(args: &[&str]) -> LocalServer {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lambda-local"));
+    command
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0"]);
+    LocalServer::from_command(command, "lambda-local", true)
+}
+
+/// `lambda-local` running the shell echo runtime, with extra flags.
+fn start(extra: &[&str]) -> LocalServer {
+    let runtime = echo_runtime();
+    let root = runtime
+        .parent()
+        .expect("runtimes dir")
+        .display()
+        .to_string();
+    let script = runtime.display().to_string();
+    let mut args = vec![
+        "--runtime",
+        "/bin/sh",
+        "--arg",
+        &script,
+        "--task-root",
+        &root,
+    ];
+    args.extend_from_slice(extra);
+    lambda_local(&args)
+}
+
+/// `lambda-local` whose runtime is a placeholder that never polls, started at once (`init_type`
+/// is eager): the test itself plays the runtime over HTTP.
+fn start_for_manual_runtime(init_type: &str, extra: &[&str]) -> LocalServer {
+    let mut args = vec![
+        "--runtime",
+        "/bin/sleep",
+        "--arg",
+        "600",
+        "--init-type",
+        init_type,
+    ];
+    args.extend_from_slice(extra);
+    lambda_local(&args)
+}
+
+fn invoke(server: &LocalServer, body: &str) -> Reply {
+    server.invoke_raw(body.as_bytes(), &[])
+}
+
+fn request_id(next: &Reply) -> String {
+    next.header("Lambda-Runtime-Aws-Request-Id")
+        .expect("Lambda-Runtime-Aws-Request-Id on every next invocation")
+        .to_owned()
+}
 
 const SYNC_LIMIT: usize = 6_291_556;
 const ASYNC_LIMIT: usize = 1_048_576;
@@ -21,10 +85,10 @@ fn fields(report: &str) -> Vec<&str> {
 
 #[test]
 fn echo_with_lambda_log_lines() {
-    let mut server = Server::start(&["--memory", "256"]);
-    let reply = server.assert_echo(r#"{"hello":"world","n":[1,2,3]}"#);
+    let mut server = start(&["--memory", "256"]);
+    let reply = server.assert_echo_bytes(br#"{"hello":"world","n":[1,2,3]}"#);
     assert_eq!(reply.header("Content-Type"), Some("application/json"));
-    let id = reply.request_id();
+    let id = reply.id();
     let report = server.report_for(&id);
     assert_eq!(
         fields(&report),
@@ -47,18 +111,18 @@ fn echo_with_lambda_log_lines() {
     assert!(start < function && function < end, "{logs:#?}");
 
     // Same environment, no second init.
-    let second = server.assert_echo("[]");
-    let report = server.report_for(&second.request_id());
+    let second = server.assert_echo_bytes(b"[]");
+    let report = server.report_for(&second.id());
     assert!(!report.contains("Init Duration"), "{report}");
     // An empty body is the event `{}`.
-    let empty = server.invoke("");
+    let empty = invoke(&server, "");
     assert_eq!(empty.body, b"{}");
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn runtime_api_headers_and_environment() {
-    let mut server = Server::start_for_manual_runtime(
+    let mut server = start_for_manual_runtime(
         "provisioned-concurrency",
         &[
             "--function-name",
@@ -72,34 +136,25 @@ fn runtime_api_headers_and_environment() {
     let poll = server.poll_next();
     let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     let context = base64_encode(br#"{"custom":{"k":"v"}}"#);
-    let addr = server.invoke_addr.clone();
-    let invoker = std::thread::spawn(move || {
-        support::request(
-            &addr,
-            "POST",
-            INVOKE_PATH,
-            &[
-                ("X-Amzn-Trace-Id", trace),
-                ("X-Amz-Client-Context", &context),
-            ],
-            br#"{"ctx":true}"#,
-        )
-    });
-    let before = now_ms();
+    let invoker = server.invoke_in_background(
+        br#"{"ctx":true}"#,
+        &[
+            ("X-Amzn-Trace-Id", trace),
+            ("X-Amz-Client-Context", &context),
+        ],
+    );
+    let before = epoch_ms();
     let next = poll.join().unwrap();
     assert_eq!(next.status, 200);
     assert_eq!(next.body, br#"{"ctx":true}"#);
-    let id = next
-        .header("Lambda-Runtime-Aws-Request-Id")
-        .unwrap()
-        .to_owned();
+    let id = request_id(&next);
     let deadline: u64 = next
         .header("Lambda-Runtime-Deadline-Ms")
         .unwrap()
         .parse()
         .unwrap();
     assert!(
-        deadline >= before + 7_000 && deadline <= now_ms() + 7_500,
+        deadline >= before + 7_000 && deadline <= epoch_ms() + 7_500,
         "{deadline}"
     );
     assert_eq!(
@@ -111,7 +166,7 @@ fn runtime_api_headers_and_environment() {
         next.header("Lambda-Runtime-Client-Context"),
         Some(r#"{"custom":{"k":"v"}}"#)
     );
-    let accepted = server.api(
+    let accepted = server.runtime_api(
         "POST",
         &format!("/invocation/{id}/response"),
         &[],
@@ -122,12 +177,12 @@ fn runtime_api_headers_and_environment() {
         (202, json!({"status": "OK"}))
     );
     let reply = invoker.join().unwrap();
-    assert_eq!(reply.request_id(), id);
+    assert_eq!(reply.id(), id);
     assert_eq!(reply.body, b"\"done\"");
 
     // Without a trace header, one is generated in X-Ray's shape.
     let poll = server.poll_next();
-    let invoker = server.invoke_in_background("{}");
+    let invoker = server.invoke_in_background(b"{}", &[]);
     let next = poll.join().unwrap();
     let trace = next.header("Lambda-Runtime-Trace-Id").unwrap();
     assert!(
@@ -136,23 +191,24 @@ fn runtime_api_headers_and_environment() {
     );
     assert_eq!(next.header("Lambda-Runtime-Client-Context"), None);
     let id = next.header("Lambda-Runtime-Aws-Request-Id").unwrap();
-    server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    server.runtime_api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
     assert_eq!(invoker.join().unwrap().status, 200);
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn the_runtime_sees_lambdas_environment() {
-    let dir = temp_dir("env");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let script = dir.join("env.sh");
     std::fs::write(
         &script,
         "env > \"$LAMBDA_TASK_ROOT/env.txt\"\nexec /bin/sh \"$1\"\n",
     )
     .unwrap();
-    let echo = support::echo_runtime().display().to_string();
+    let echo = echo_runtime().display().to_string();
     let (script, root) = (script.display().to_string(), dir.display().to_string());
-    let mut server = Server::start_raw(&[
+    let mut server = lambda_local(&[
         "--runtime",
         "/bin/sh",
         "--arg",
@@ -170,7 +226,7 @@ fn the_runtime_sees_lambdas_environment() {
         "--init-type",
         "provisioned-concurrency",
     ]);
-    server.assert_echo("{}");
+    server.assert_echo_bytes(b"{}");
     let env = std::fs::read_to_string(dir.join("env.txt")).unwrap();
     let get = |key: &str| {
         env.lines()
@@ -182,7 +238,7 @@ fn the_runtime_sees_lambdas_environment() {
     assert_eq!(get("MY_VAR"), "1");
     assert_eq!(get("_HANDLER"), "app.handler");
     assert_eq!(get("LAMBDA_TASK_ROOT"), root);
-    assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), server.api_addr);
+    assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), server.runtime_api_addr);
     assert_eq!(
         get("AWS_LAMBDA_INITIALIZATION_TYPE"),
         "provisioned-concurrency"
@@ -191,15 +247,14 @@ fn the_runtime_sees_lambdas_environment() {
     assert_eq!(get("AWS_EXECUTION_ENV"), "AWS_Lambda_provided.al2023");
     assert_eq!(get("TZ"), ":UTC");
     assert!(!env.contains("CARGO_"), "a clean environment: {env}");
-    server.assert_alive();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.assert_serving();
 }
 
 #[test]
 fn invoke_bodies_over_the_limits_are_refused_before_the_runtime() {
-    let mut server = Server::start(&[]);
+    let mut server = start(&[]);
     let big = vec![b' '; SYNC_LIMIT + 1];
-    let reply = server.invoke_with(&[], &big);
+    let reply = server.invoke_raw(&big, &[]);
     assert_eq!(reply.status, 413, "{}", reply.text());
     // The service's own errors have the Lambda API's shape (the exception is in a header).
     assert_eq!(reply.json()["Type"], "User", "{}", reply.text());
@@ -207,24 +262,24 @@ fn invoke_bodies_over_the_limits_are_refused_before_the_runtime() {
         .as_str()
         .unwrap()
         .contains(&format!("smaller than {} bytes", SYNC_LIMIT + 1)));
-    reply.request_id();
+    reply.id();
 
     let event = format!("\"{}\"", "x".repeat(ASYNC_LIMIT - 1));
-    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "Event")], event.as_bytes());
+    let reply = server.invoke_raw(event.as_bytes(), &[("X-Amz-Invocation-Type", "Event")]);
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert_eq!(server.count_logs("START"), 0, "{:#?}", server.logs());
 
     // Exactly at the limits is fine.
     let event = format!("\"{}\"", "x".repeat(SYNC_LIMIT - 2));
-    let reply = server.invoke(&event);
+    let reply = invoke(&server, &event);
     assert_eq!((reply.status, reply.body.len()), (200, SYNC_LIMIT));
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn malformed_invokes_are_refused() {
-    let mut server = Server::start(&[]);
-    let reply = server.invoke("{not json");
+    let mut server = start(&[]);
+    let reply = invoke(&server, "{not json");
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["Type"], "User", "{}", reply.text());
     let message = reply.json()["Message"].as_str().unwrap().to_owned();
@@ -232,26 +287,28 @@ fn malformed_invokes_are_refused() {
         message.starts_with("Could not parse request body into json"),
         "{message}"
     );
-    reply.request_id();
+    reply.id();
 
-    let reply = server.invoke_with(&[("X-Amz-Client-Context", "%%%")], b"{}");
+    let reply = server.invoke_raw(b"{}", &[("X-Amz-Client-Context", "%%%")]);
     assert_eq!(reply.status, 400, "{}", reply.text());
-    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "Sometimes")], b"{}");
+    let reply = server.invoke_raw(b"{}", &[("X-Amz-Invocation-Type", "Sometimes")]);
     assert_eq!(reply.status, 400, "{}", reply.text());
-    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "DryRun")], b"{}");
+    let reply = server.invoke_raw(b"{}", &[("X-Amz-Invocation-Type", "DryRun")]);
     assert_eq!(reply.status, 204, "{}", reply.text());
-    let reply = support::request(&server.invoke_addr, "GET", INVOKE_PATH, &[], b"");
+    let reply = server.request("GET", &server.invoke_url(), &[], b"");
     assert_eq!(reply.status, 405);
     assert_eq!(server.count_logs("START"), 0, "{:#?}", server.logs());
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn a_response_over_the_limit_fails_the_invoke_only() {
-    let mut server = Server::start(&["--timeout", "30"]);
-    let error = server
-        .invoke(&format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 1))
-        .function_error();
+    let mut server = start(&["--timeout", "30"]);
+    let error = invoke(
+        &server,
+        &format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 1),
+    )
+    .unhandled_error();
     assert_eq!(
         error,
         json!({
@@ -259,18 +316,21 @@ fn a_response_over_the_limit_fails_the_invoke_only() {
             "errorMessage": "Response payload size (6291557 bytes) exceeded maximum allowed payload size (6291556 bytes)."
         })
     );
-    let reply = server.invoke(&format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 2));
+    let reply = invoke(
+        &server,
+        &format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 2),
+    );
     assert_eq!((reply.status, reply.body.len()), (200, SYNC_LIMIT));
-    server.assert_echo(r#"{"after":"too large"}"#);
-    server.assert_alive();
+    server.assert_echo_bytes(br#"{"after":"too large"}"#);
+    server.assert_serving();
 }
 
 #[test]
 fn the_runtime_api_refuses_what_is_out_of_order() {
-    let mut server = Server::start_for_manual_runtime("provisioned-concurrency", &[]);
+    let mut server = start_for_manual_runtime("provisioned-concurrency", &[]);
     let (status_of, error_of) = (
-        |r: &support::Response| r.status,
-        |r: &support::Response| {
+        |r: &Reply| r.status,
+        |r: &Reply| {
             r.json()["errorType"]
                 .as_str()
                 .unwrap_or_default()
@@ -278,114 +338,106 @@ fn the_runtime_api_refuses_what_is_out_of_order() {
         },
     );
     let poll = server.poll_next();
-    let invoker = server.invoke_in_background(r#"{"n":1}"#);
+    let invoker = server.invoke_in_background(br#"{"n":1}"#, &[]);
     let next = poll.join().unwrap();
-    let id = next
-        .header("Lambda-Runtime-Aws-Request-Id")
-        .unwrap()
-        .to_owned();
+    let id = request_id(&next);
 
-    let early = server.api("GET", "/invocation/next", &[], b"");
+    let early = server.runtime_api("GET", "/invocation/next", &[], b"");
     assert_eq!(
         (status_of(&early), error_of(&early)),
         (403, "InvalidStateTransition".into())
     );
-    let unknown = server.api("POST", "/invocation/nope/response", &[], b"{}");
+    let unknown = server.runtime_api("POST", "/invocation/nope/response", &[], b"{}");
     assert_eq!(status_of(&unknown), 400);
     assert_eq!(
         unknown.json(),
         json!({"errorMessage": "Invalid request ID", "errorType": "InvalidRequestID"})
     );
-    let garbage = server.api("POST", &format!("/invocation/{id}/error"), &[], b"<html>");
+    let garbage = server.runtime_api("POST", &format!("/invocation/{id}/error"), &[], b"<html>");
     assert_eq!(
         (status_of(&garbage), error_of(&garbage)),
         (400, "InvalidErrorBody".into())
     );
-    let late_init = server.api("POST", "/init/error", &[], b"{}");
+    let late_init = server.runtime_api("POST", "/init/error", &[], b"{}");
     assert_eq!(status_of(&late_init), 403);
-    let restore = server.api("GET", "/restore/next", &[], b"");
+    let restore = server.runtime_api("GET", "/restore/next", &[], b"");
     assert_eq!(status_of(&restore), 403);
-    let restore_error = server.api("POST", "/restore/error", &[], b"");
+    let restore_error = server.runtime_api("POST", "/restore/error", &[], b"");
     assert_eq!(status_of(&restore_error), 403);
-    let missing = server.api("GET", "/nothing/here", &[], b"");
+    let missing = server.runtime_api("GET", "/nothing/here", &[], b"");
     assert_eq!(
         (status_of(&missing), error_of(&missing)),
         (404, "NotFound".into())
     );
-    let wrong = server.api("GET", &format!("/invocation/{id}/response"), &[], b"");
+    let wrong = server.runtime_api("GET", &format!("/invocation/{id}/response"), &[], b"");
     assert_eq!(status_of(&wrong), 405);
 
     // The invoke survived all that; a proper error (Node's `trace`, no type header) ends it.
     let body = br#"{"errorType":"Error","errorMessage":"boom","trace":["Error: boom"]}"#;
-    let posted = server.api("POST", &format!("/invocation/{id}/error"), &[], body);
+    let posted = server.runtime_api("POST", &format!("/invocation/{id}/error"), &[], body);
     assert_eq!(posted.status, 202);
-    let again = server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    let again = server.runtime_api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
     assert_eq!(
         (status_of(&again), error_of(&again)),
         (403, "InvalidStateTransition".into())
     );
     let reply = invoker.join().unwrap();
     assert_eq!(
-        reply.function_error(),
+        reply.unhandled_error(),
         serde_json::from_slice::<Value>(body).unwrap()
     );
 
     // An empty error body with only the header (the `lambda_runtime` crate's fallback).
     let poll = server.poll_next();
-    let invoker = server.invoke_in_background("{}");
-    let id2 = poll
-        .join()
-        .unwrap()
-        .header("Lambda-Runtime-Aws-Request-Id")
-        .unwrap()
-        .to_owned();
-    let stale = server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    let invoker = server.invoke_in_background(b"{}", &[]);
+    let id2 = request_id(&poll.join().unwrap());
+    let stale = server.runtime_api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
     assert_eq!(status_of(&stale), 400);
     let header = [("Lambda-Runtime-Function-Error-Type", "unhandled")];
-    let posted = server.api("POST", &format!("/invocation/{id2}/error"), &header, b"");
+    let posted = server.runtime_api("POST", &format!("/invocation/{id2}/error"), &header, b"");
     assert_eq!(posted.status, 202);
     assert_eq!(
-        invoker.join().unwrap().function_error()["errorType"],
+        invoker.join().unwrap().unhandled_error()["errorType"],
         "unhandled"
     );
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn a_timeout_kills_the_runtime_and_the_next_invoke_inits_afresh() {
-    let mut server = Server::start(&["--timeout", "0.5"]);
-    let pid = server.invoke(r#"{"action":"pid"}"#).json()["pid"]
-        .as_i64()
-        .unwrap() as i32;
-    let reply = server.invoke(r#"{"action":"sleep","s":"5"}"#);
-    let id = reply.request_id();
+    let mut server = start(&["--timeout", "0.5"]);
+    let pid = invoke(&server, r#"{"action":"pid"}"#).json()["pid"].as_u64();
+    let pid = pid.and_then(|p| u32::try_from(p).ok()).unwrap();
+    let reply = invoke(&server, r#"{"action":"sleep","s":"5"}"#);
+    let id = reply.id();
     assert_eq!(
-        reply.function_error(),
+        reply.unhandled_error(),
         json!({
             "errorType": "Sandbox.Timedout",
             "errorMessage": format!("RequestId: {id} Error: Task timed out after 0.50 seconds")
         })
     );
-    let line = server.wait_for_log("timed out", |l| {
+    let line = server.wait_for_log(LOG_WAIT, |l| {
         l.ends_with(&format!(" {id} Task timed out after 0.50 seconds"))
     });
     assert!(line.starts_with("20") && line.contains('T'), "{line}");
     assert!(server.report_for(&id).ends_with("\tStatus: timeout\t"));
-    let fresh = server.assert_echo(r#"{"after":"timeout"}"#);
-    assert!(server
-        .report_for(&fresh.request_id())
-        .contains("\tInit Duration: "));
-    assert!(is_dead(pid), "the timed-out runtime {pid} was killed");
-    server.assert_alive();
+    let fresh = server.assert_echo_bytes(br#"{"after":"timeout"}"#);
+    assert!(server.report_for(&fresh.id()).contains("\tInit Duration: "));
+    assert!(
+        wait_until(LOG_WAIT, || process_gone(pid)),
+        "the timed-out runtime {pid} was not killed"
+    );
+    server.assert_serving();
 }
 
 #[test]
 fn a_crash_mid_invoke_is_reported_and_the_next_invoke_works() {
-    let mut server = Server::start(&[]);
-    let reply = server.invoke(r#"{"action":"crash"}"#);
-    let id = reply.request_id();
+    let mut server = start(&[]);
+    let reply = invoke(&server, r#"{"action":"crash"}"#);
+    let id = reply.id();
     assert_eq!(
-        reply.function_error(),
+        reply.unhandled_error(),
         json!({
             "errorType": "Runtime.ExitError",
             "errorMessage": format!("RequestId: {id} Error: Runtime exited with error: exit status 3")
@@ -394,38 +446,37 @@ fn a_crash_mid_invoke_is_reported_and_the_next_invoke_works() {
     assert!(server
         .report_for(&id)
         .ends_with("\tStatus: error\tError Type: Runtime.ExitError\t"));
-    server.assert_echo(r#"{"after":"crash"}"#);
-    server.assert_alive();
+    server.assert_echo_bytes(br#"{"after":"crash"}"#);
+    server.assert_serving();
 }
 
 #[test]
 fn a_handler_error_reaches_the_invoker_and_the_environment_goes_on() {
-    let mut server = Server::start(&[]);
-    let error = server.invoke(r#"{"action":"error"}"#).function_error();
+    let mut server = start(&[]);
+    let error = invoke(&server, r#"{"action":"error"}"#).unhandled_error();
     assert_eq!(
         error,
         json!({"errorMessage": "failed on purpose", "errorType": "HandlerError", "stackTrace": ["a", "b"]})
     );
-    let reply = server.assert_echo("{}");
-    assert!(!server
-        .report_for(&reply.request_id())
-        .contains("Init Duration"));
-    server.assert_alive();
+    let reply = server.assert_echo_bytes(b"{}");
+    assert!(!server.report_for(&reply.id()).contains("Init Duration"));
+    server.assert_serving();
 }
 
 #[test]
 fn init_error_fails_the_invoke_and_init_is_retried() {
-    let mut server = Server::start(&["--env", "RUNTIME_FAIL_INIT=1"]);
+    let mut server = start(&["--env", "RUNTIME_FAIL_INIT=1"]);
     for _ in 0..2 {
-        let error = server.invoke("{}").function_error();
+        let error = invoke(&server, "{}").unhandled_error();
         assert_eq!(
             error,
             json!({"errorMessage": "init failed on purpose", "errorType": "InitFailed"})
         );
     }
-    server.wait_for_log("a second INIT_REPORT", |_| {
-        server.count_logs("INIT_REPORT Init Duration: ") == 2
+    let reports = server.wait_for_logs(LOG_WAIT, 2, |l| {
+        l.starts_with("INIT_REPORT Init Duration: ")
     });
+    assert_eq!(reports.len(), 2, "{reports:#?}");
     let report = server
         .logs()
         .into_iter()
@@ -467,52 +518,46 @@ fn init_error_fails_the_invoke_and_init_is_retried() {
         matches!((last_words, first_start), (Some(w), Some(s)) if w < s),
         "{logs:#?}"
     );
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn a_client_hanging_up_mid_invoke_breaks_nothing() {
-    let mut server = Server::start(&[]);
+    let mut server = start(&[]);
     let body = r#"{"action":"sleep","s":"0.5"}"#;
-    let mut stream = TcpStream::connect(&server.invoke_addr).unwrap();
-    write!(
-        stream,
+    let request = format!(
         "POST {INVOKE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
-    server.wait_for_log("START", |l| l.starts_with("START"));
+    );
+    let stream = send_raw(&server.invoke_addr, request.as_bytes());
+    server.wait_for_log(LOG_WAIT, |l| l.starts_with("START"));
     drop(stream);
-    let report = server.wait_for_log("REPORT", |l| l.starts_with("REPORT"));
+    let report = server.wait_for_log(LOG_WAIT, |l| l.starts_with("REPORT"));
     assert!(!report.contains("Status:"), "{report}");
-    server.assert_echo(r#"{"after":"hang-up"}"#);
+    server.assert_echo_bytes(br#"{"after":"hang-up"}"#);
     // A half-sent request and plain garbage do not get in the way either.
-    let mut half = TcpStream::connect(&server.invoke_addr).unwrap();
-    write!(
-        half,
-        "POST {INVOKE_PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{"
-    )
-    .unwrap();
-    let mut garbage = TcpStream::connect(&server.api_addr).unwrap();
-    garbage.write_all(b"\x00\x01 NOT HTTP\r\n\r\n").unwrap();
-    server.assert_echo(r#"{"after":"garbage"}"#);
+    let half = format!("POST {INVOKE_PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{");
+    let half = send_raw(&server.invoke_addr, half.as_bytes());
+    let garbage = send_raw(&server.runtime_api_addr, b"\x00\x01 NOT HTTP\r\n\r\n");
+    server.assert_echo_bytes(br#"{"after":"garbage"}"#);
     drop((half, garbage));
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn a_failed_async_invoke_is_retried_then_recorded() {
-    let dir = temp_dir("on-failure");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let dir_arg = dir.display().to_string();
-    let mut server = Server::start(&["--on-failure-dir", &dir_arg, "--async-retry-delay", "0.1"]);
-    let reply = server.invoke_with(
-        &[("X-Amz-Invocation-Type", "Event")],
+    let mut server = start(&["--on-failure-dir", &dir_arg, "--async-retry-delay", "0.1"]);
+    let reply = server.invoke_raw(
         br#"{"action":"error","n":7}"#,
+        &[("X-Amz-Invocation-Type", "Event")],
     );
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert!(reply.body.is_empty());
-    let id = reply.request_id();
-    server.wait_for_log("the destination record", |l| {
+    let id = reply.id();
+    server.wait_for_log(LOG_WAIT, |l| {
         l.contains(&format!("async invoke {id} failed 3 times"))
     });
     let record: Value =
@@ -530,60 +575,48 @@ fn a_failed_async_invoke_is_retried_then_recorded() {
     assert_eq!(record["responsePayload"]["errorType"], "HandlerError");
     assert_eq!(server.count_logs("START"), 3, "one attempt, two retries");
     assert_eq!(
-        std::fs::read_dir(&dir).unwrap().count(),
+        std::fs::read_dir(dir).unwrap().count(),
         1,
         "no temporary file left"
     );
 
     // A successful one runs once and writes nothing.
-    let reply = server.invoke_with(&[("X-Amz-Invocation-Type", "Event")], b"{}");
+    let reply = server.invoke_raw(b"{}", &[("X-Amz-Invocation-Type", "Event")]);
     assert_eq!(reply.status, 202);
-    let report = server.report_for(&reply.request_id());
+    let report = server.report_for(&reply.id());
     assert!(!report.contains("Status"), "{report}");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-    server.assert_alive();
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
+    server.assert_serving();
 }
 
 #[test]
 fn snap_start_restores_through_the_runtime_api() {
-    let mut server = Server::start_for_manual_runtime("snap-start", &[]);
-    let restored = server.api("GET", "/restore/next", &[], b"");
+    let mut server = start_for_manual_runtime("snap-start", &[]);
+    let restored = server.runtime_api("GET", "/restore/next", &[], b"");
     assert_eq!((restored.status, restored.body.len()), (200, 0));
     let poll = server.poll_next();
-    let invoker = server.invoke_in_background("{}");
-    let id = poll
-        .join()
-        .unwrap()
-        .header("Lambda-Runtime-Aws-Request-Id")
-        .unwrap()
-        .to_owned();
-    server.api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
+    let invoker = server.invoke_in_background(b"{}", &[]);
+    let id = request_id(&poll.join().unwrap());
+    server.runtime_api("POST", &format!("/invocation/{id}/response"), &[], b"{}");
     invoker.join().unwrap();
     let report = server.report_for(&id);
     assert!(report.contains("\tRestore Duration: "), "{report}");
     assert!(!report.contains("Init Duration"), "{report}");
-    server.assert_alive();
+    server.assert_serving();
 }
 
 #[test]
 fn sigterm_stops_the_runtime_and_exits_cleanly() {
-    let server = Server::start(&["--init-type", "provisioned-concurrency"]);
-    let line = server.wait_for_log("the runtime's init", |l| {
-        l.starts_with("runtime: init pid ")
-    });
-    let pid: i32 = line["runtime: init pid ".len()..].parse().unwrap();
-    assert!(!is_dead(pid));
-    let status = server.terminate();
-    assert_eq!(status.code(), Some(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !is_dead(pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "runtime {pid} survived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = start(&["--init-type", "provisioned-concurrency"]);
+    let line = server.wait_for_log(LOG_WAIT, |l| l.starts_with("runtime: init pid "));
+    let pid: u32 = line["runtime: init pid ".len()..].parse().unwrap();
+    assert!(!process_gone(pid));
+    let status = server.terminate(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || process_gone(pid)),
+        "runtime {pid} survived"
+    );
 }
 
 #[test]
@@ -619,13 +652,6 @@ fn bad_flags_are_usage_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--runtime"));
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

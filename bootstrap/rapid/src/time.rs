@@ -1,12 +1,12 @@
-//! Wall-clock helpers: epoch milliseconds and RFC 3339 timestamps, without a calendar crate.
+//! Wall-clock helpers: epoch milliseconds and RFC 3339 timestamps.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Milliseconds since the Unix epoch (0 for a clock set before 1970).
 pub fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `2024-05-01T12:34:56.789Z` for the current time.
@@ -14,27 +14,14 @@ pub fn rfc3339_now() -> String {
     rfc3339(epoch_ms())
 }
 
-/// `YYYY-MM-DDThh:mm:ss.mmmZ` for epoch milliseconds (proleptic Gregorian, UTC).
+/// The last millisecond RFC 3339's four-digit year can show (9999-12-31T23:59:59.999Z).
+const LAST_MS: u64 = 253_402_300_799_999;
+
+/// `YYYY-MM-DDThh:mm:ss.mmmZ` for epoch milliseconds (UTC). A clock past the year 9999 shows
+/// that year's last millisecond: humantime refuses to format it, and a log line must not panic.
 pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60,
-        ms % 1000
-    )
+    let time = UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS));
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 #[cfg(test)]
@@ -47,5 +34,6 @@ mod tests {
             super::rfc3339(1_714_566_896_789),
             "2024-05-01T12:34:56.789Z"
         );
+        assert_eq!(super::rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

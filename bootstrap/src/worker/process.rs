@@ -47,7 +47,7 @@ impl Process {
                 }
                 // The parent may have died between fork and prctl, in which case no signal
                 // will ever come; the child was reparented and must not run on alone.
-                if libc::getppid() as u32 != parent {
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())

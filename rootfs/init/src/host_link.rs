@@ -2,10 +2,14 @@
 //! VM), reading and writing frames on the tokio thread, and the outbox that queues frames for the
 //! host across reconnections. The frames themselves are [`proto::host_link`]'s.
 
+use crate::sys;
+use nix::errno::Errno;
+use nix::sys::socket::{send, MsgFlags};
 use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, Message};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -79,7 +83,7 @@ impl Conn {
                 let stream = std::os::unix::net::UnixStream::connect(path)?;
                 stream.set_nonblocking(true)?;
                 Ok(Conn {
-                    fd: register(OwnedFd::from(stream))?,
+                    fd: sys::register(OwnedFd::from(stream))?,
                 })
             }
             LinkAddr::Vsock { cid, port } => Conn::connect_vsock(*cid, *port).await,
@@ -87,40 +91,17 @@ impl Conn {
     }
 
     async fn connect_vsock(cid: u32, port: u32) -> io::Result<Conn> {
-        // SAFETY: socket(2) takes plain integers; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_VSOCK,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
+        let socket = Socket::new(Domain::VSOCK, Type::STREAM.nonblocking(), None)?;
+        let connected = socket.connect(&SockAddr::vsock(cid, port));
+        let in_progress = match connected {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error().map(Errno::from_raw) == Some(Errno::EINPROGRESS) => true,
+            Err(e) => return Err(e),
         };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value before the fields are set.
-        let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-        sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-        sa.svm_cid = cid;
-        sa.svm_port = port;
-        // SAFETY: `sa` is a valid sockaddr_vm and the length passed is its size.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_vm).cast(),
-                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-            )
-        };
-        let fd = register(fd)?;
-        if rc < 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::EINPROGRESS) {
-                return Err(error);
-            }
+        let fd = sys::register(OwnedFd::from(socket))?;
+        if in_progress {
             fd.ready(WRITE_OR_ERROR).await?.retain_ready();
-            if let Some(error) = socket_error(fd.get_ref())? {
+            if let Some(error) = SockRef::from(fd.get_ref()).take_error()? {
                 return Err(error);
             }
         }
@@ -167,15 +148,7 @@ impl Conn {
         while filled < buf.len() {
             let mut guard = self.fd.ready(READ_OR_ERROR).await.map_err(FrameError::Io)?;
             let rest = &mut buf[filled..];
-            let result = guard.try_io(|fd| {
-                // SAFETY: `rest` is valid for writes of `rest.len()` bytes; the fd is open.
-                let n = unsafe { libc::read(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let result = guard.try_io(|fd| Ok(nix::unistd::read(fd, rest)?));
             match result {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => filled += n,
@@ -190,23 +163,9 @@ impl Conn {
     async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let mut guard = self.fd.ready(WRITE_OR_ERROR).await?;
-            let result = guard.try_io(|fd| {
-                // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes; MSG_NOSIGNAL turns a
-                // closed peer into EPIPE instead of SIGPIPE.
-                let n = unsafe {
-                    libc::send(
-                        fd.as_raw_fd(),
-                        bytes.as_ptr().cast(),
-                        bytes.len(),
-                        libc::MSG_NOSIGNAL,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
+            let result =
+                guard.try_io(|fd| Ok(send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL)?));
             match result {
                 Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(Ok(n)) => bytes = &bytes[n..],
@@ -217,32 +176,6 @@ impl Conn {
         }
         Ok(())
     }
-}
-
-/// Registers a descriptor with tokio's reactor.
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd is open for as long as it lives and always returns the same descriptor.
-    Ok(unsafe { AsyncFd::register(fd) }?)
-}
-
-/// The pending error of a socket (`SO_ERROR`), after a non-blocking connect.
-fn socket_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes and `len` is the size of `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((value != 0).then(|| io::Error::from_raw_os_error(value)))
 }
 
 /// Frames for the host, queued until a connection takes them. Cloneable; every clone feeds the
@@ -321,6 +254,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn link_addresses_parse_and_print() {
@@ -360,31 +294,26 @@ mod tests {
     /// The write end of a pipe whose reader is gone polls `POLLOUT|POLLERR` and nothing else:
     /// what a guest's vsock socket reports after a snapshot restore reset its connection.
     fn error_only_descriptor() -> OwnedFd {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is valid for writes of two descriptors.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
-            0
-        );
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nothing else.
-        let (reader, writer) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use nix::fcntl::OFlag;
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let (reader, writer) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
         drop(reader);
-        let mut poll = libc::pollfd {
-            fd: writer.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: `poll` is one valid pollfd.
-        assert_eq!(unsafe { libc::poll(&mut poll, 1, 0) }, 1);
-        assert_eq!(poll.revents, libc::POLLOUT | libc::POLLERR);
+        // nix has no name for POLLRDHUP.
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        let asked = PollFlags::POLLIN | PollFlags::POLLOUT | rdhup;
+        let mut fds = [PollFd::new(writer.as_fd(), asked)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 1);
+        assert_eq!(
+            fds[0].revents(),
+            Some(PollFlags::POLLOUT | PollFlags::POLLERR)
+        );
         writer
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_read_ends_on_an_error_without_data_or_hang_up() {
         let conn = Conn {
-            fd: register(error_only_descriptor()).unwrap(),
+            fd: sys::register(error_only_descriptor()).unwrap(),
         };
         let read = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read()).await;
         assert!(

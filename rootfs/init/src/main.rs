@@ -12,6 +12,7 @@ mod power;
 mod reaper;
 mod relay;
 mod restore;
+mod sys;
 
 use config::{Options, OptionsError};
 use log::{chain, say};

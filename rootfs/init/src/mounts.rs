@@ -2,7 +2,7 @@
 //! configured size). A target that is already a mount point (the kernel mounts devtmpfs itself
 //! for an ext4 root) is left alone.
 
-use std::ffi::CString;
+use nix::mount::MsFlags;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -19,12 +19,12 @@ pub struct MountError {
 struct Mount {
     target: &'static str,
     fstype: &'static str,
-    flags: libc::c_ulong,
+    flags: MsFlags,
     data: String,
 }
 
 fn table(tmp_size_mb: u32) -> [Mount; 5] {
-    let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
+    let (nosuid, nodev, noexec) = (MsFlags::MS_NOSUID, MsFlags::MS_NODEV, MsFlags::MS_NOEXEC);
     let mount = |target, fstype, flags, data: &str| Mount {
         target,
         fstype,
@@ -68,21 +68,13 @@ fn mount(m: &Mount) -> io::Result<()> {
     if is_mount_point(target)? {
         return Ok(());
     }
-    let c = |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let (source, target, fstype, data) = (c(m.fstype)?, c(m.target)?, c(m.fstype)?, c(&m.data)?);
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            m.flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::mount::mount(
+        Some(m.fstype),
+        target,
+        Some(m.fstype),
+        m.flags,
+        Some(m.data.as_str()),
+    )?;
     Ok(())
 }
 

@@ -4,22 +4,20 @@
 //! halts the vCPU). As an ordinary process, or with `--no-setup`, it just exits.
 
 use crate::log::say;
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{sync, Pid};
 
 /// Ends init with `code` (only an ordinary process has an exit code to give).
 pub fn off(system: bool, code: i32) -> ! {
     if !system {
         std::process::exit(code);
     }
-    // SAFETY: kill(-1) from PID 1 signals every other process; sync and reboot take no pointers.
-    unsafe {
-        libc::kill(-1, libc::SIGKILL);
-        libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
-    }
-    say!(
-        "reboot failed: {}; halting here",
-        std::io::Error::last_os_error()
-    );
+    // From PID 1, -1 is every other process. Failures change nothing: the reboot follows.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    sync();
+    let Err(e) = reboot(RebootMode::RB_AUTOBOOT);
+    say!("reboot failed: {e}; halting here");
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }

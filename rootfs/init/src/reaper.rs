@@ -6,6 +6,9 @@
 //! process-group leader (what rapid makes the runtime) during a grace period in which tokio
 //! reaps it. A leader still unreaped after that is an orphan that called `setsid`, and is reaped.
 
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::{getpid, Pid};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -50,7 +53,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 
 /// init's children, from /proc.
 pub fn children() -> Vec<Stat> {
-    let me = std::process::id() as i32;
+    let me = getpid().as_raw();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -82,9 +85,8 @@ impl Reaper {
                 }
                 self.leaders.remove(&zombie.pid);
             }
-            let mut status = 0;
-            // SAFETY: waitpid(2) on a specific pid with WNOHANG; `status` is valid for writes.
-            unsafe { libc::waitpid(zombie.pid, &mut status, libc::WNOHANG) };
+            // The status is not wanted, and a zombie that vanished meanwhile is no error.
+            let _ = waitpid(Pid::from_raw(zombie.pid), Some(WaitPidFlag::WNOHANG));
         }
         !self.leaders.is_empty()
     }
@@ -116,12 +118,16 @@ pub fn runtime_groups() -> Vec<i32> {
         .collect()
 }
 
-/// Sends `signal` to every runtime group; returns how many there were.
+/// Sends `signal` (a signal number) to every runtime group; returns how many there were, or 0
+/// for a number that is no signal.
 pub fn signal_runtime(signal: libc::c_int) -> usize {
+    let Ok(signal) = Signal::try_from(signal) else {
+        return 0;
+    };
     let groups = runtime_groups();
     for &pgid in &groups {
-        // SAFETY: killpg(2) takes plain integers; a group that just vanished gives ESRCH.
-        unsafe { libc::killpg(pgid, signal) };
+        // A group that just vanished gives ESRCH: it needs no signal any more.
+        let _ = killpg(Pid::from_raw(pgid), signal);
     }
     groups.len()
 }
@@ -159,7 +165,8 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
-        let (plain, leader) = (plain.id() as i32, leader.id() as i32);
+        let pid = |child: std::process::Child| i32::try_from(child.id()).unwrap();
+        let (plain, leader) = (pid(plain), pid(leader));
         let zombie = |pid: i32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()

@@ -299,7 +299,8 @@ impl SnapshotHook for LinkSnapshot {
         Box::pin(async move {
             let mut restored = self.restored.clone();
             restored.borrow_and_update();
-            let init_duration_ms = self.started.elapsed().as_millis() as u64;
+            let elapsed = self.started.elapsed().as_millis();
+            let init_duration_ms = u64::try_from(elapsed).unwrap_or(u64::MAX);
             self.outbox.send(Message::InitDone { init_duration_ms });
             restored
                 .changed()

@@ -3,14 +3,12 @@
 //! the next read already uses it) and the wall clock is set to the host's time. PID 1 does this
 //! before the runtime's after-restore hooks run.
 
+use crate::sys;
+use nix::sys::time::TimeSpec;
+use nix::time::{clock_settime, ClockId};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// `_IOW('R', 0x03, int[2])` from `<linux/random.h>`.
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
-/// `_IO('R', 0x07)` from `<linux/random.h>` (Linux 4.17 and later).
-const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// Most entropy taken from one `Restore` (the host sends 64 bytes).
 pub const MAX_ENTROPY: usize = 4096;
 
@@ -34,8 +32,9 @@ fn rand_pool_info(entropy: &[u8]) -> Result<Vec<u8>, RestoreError> {
     if entropy.len() > MAX_ENTROPY {
         return Err(RestoreError::TooMuch(entropy.len()));
     }
-    // Both fit in an i32: MAX_ENTROPY * 8 is far below i32::MAX.
-    let (size, bits) = (entropy.len() as i32, entropy.len() as i32 * 8);
+    let too_much = || RestoreError::TooMuch(entropy.len());
+    let size = i32::try_from(entropy.len()).map_err(|_| too_much())?;
+    let bits = size.checked_mul(8).ok_or_else(too_much)?;
     let mut info = Vec::with_capacity(8 + entropy.len());
     info.extend_from_slice(&bits.to_ne_bytes());
     info.extend_from_slice(&size.to_ne_bytes());
@@ -46,32 +45,20 @@ fn rand_pool_info(entropy: &[u8]) -> Result<Vec<u8>, RestoreError> {
 /// Mixes `entropy` into the kernel RNG, credited in full, and reseeds the CRNG from it.
 pub fn reseed(entropy: &[u8]) -> Result<(), RestoreError> {
     let info = rand_pool_info(entropy)?;
-    let urandom = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/urandom")
-        .map_err(RestoreError::Open)?;
-    // SAFETY: `info` is a complete rand_pool_info whose buf_size matches the bytes that follow.
-    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
-        return Err(RestoreError::AddEntropy(io::Error::last_os_error()));
-    }
-    // SAFETY: RNDRESEEDCRNG takes no argument.
-    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
-        return Err(RestoreError::Reseed(io::Error::last_os_error()));
-    }
-    Ok(())
+    let urandom = sys::Urandom::open().map_err(RestoreError::Open)?;
+    urandom
+        .add_entropy(&info)
+        .map_err(RestoreError::AddEntropy)?;
+    urandom.reseed_crng().map_err(RestoreError::Reseed)
 }
 
 /// Sets the wall clock (`CLOCK_REALTIME`) to `since_epoch`.
 pub fn set_clock(since_epoch: Duration) -> Result<(), RestoreError> {
-    let ts = libc::timespec {
-        tv_sec: since_epoch.as_secs() as libc::time_t,
-        tv_nsec: since_epoch.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `ts` is a valid timespec.
-    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-        return Err(RestoreError::Clock(io::Error::last_os_error()));
-    }
-    Ok(())
+    clock_settime(
+        ClockId::CLOCK_REALTIME,
+        TimeSpec::from_duration(since_epoch),
+    )
+    .map_err(|e| RestoreError::Clock(e.into()))
 }
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! the conformance function on our `bootstrap` library (`bootstrap-echo`) as the runtime: as an
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
-use integration_tests::skip;
+use integration_tests::{skip, wait_for, wait_until};
 use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, Reset, PORT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -119,14 +119,7 @@ impl Guest {
     }
 
     fn wait(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < WAIT, "init did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for(WAIT, || self.child.try_wait().unwrap()).expect("init did not exit")
     }
 }
 
@@ -365,11 +358,8 @@ fn sigterm_is_forwarded_to_the_runtime_and_ends_init() {
         link.invoke(invoke("r1", "{}")),
         Ok(Outcome::Success(_))
     ));
-    // SAFETY: kill(2) takes plain integers; the pid is our own unreaped child.
-    assert_eq!(
-        unsafe { libc::kill(guest.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let pid = i32::try_from(guest.child.id()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM).unwrap();
     assert!(guest.wait().success());
     assert!(marker.exists(), "the runtime got SIGTERM");
 }
@@ -458,11 +448,10 @@ fn as_pid_1_of_a_pid_namespace_it_serves_and_reaps_orphans() {
         1,
         "the orphan was re-parented to init"
     );
-    let start = Instant::now();
-    while children_named(init, "sleep") > 0 {
-        assert!(start.elapsed() < WAIT, "the orphan was never reaped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(WAIT, || children_named(init, "sleep") == 0),
+        "the orphan was never reaped"
+    );
     assert_eq!(zombies_of(init), 0);
 
     link.shutdown().unwrap();
