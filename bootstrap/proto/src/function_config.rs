@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub const MEMORY_MB: RangeInclusive<u32> = 128..=10240;
 /// Allowed `timeout_secs`, as on Lambda.
 pub const TIMEOUT_SECS: RangeInclusive<u32> = 1..=900;
+/// Allowed `reserved_concurrency` and `provisioned_concurrency` (Lambda's default account limit
+/// is 1000 concurrent executions).
+pub const CONCURRENCY: RangeInclusive<u32> = 0..=1000;
 /// Allowed `tmp_size_mb` (Lambda's ephemeral storage goes from 512 MB to 10 GB; smaller is useful
 /// in a microVM where /tmp is RAM).
 pub const TMP_SIZE_MB: RangeInclusive<u32> = 1..=10240;
@@ -133,6 +136,19 @@ pub struct FunctionConfig {
     /// The function's own environment variables. A `BTreeMap` so the serialized form is sorted.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// The host's cap on this function's concurrent environments (Lambda's reserved
+    /// concurrency); absent: only the host-wide cap applies. The host reads it; the guest
+    /// ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrency: Option<u32>,
+    /// Environments the host initializes at start and keeps (Lambda's provisioned
+    /// concurrency). The host reads it; the guest ignores it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub provisioned_concurrency: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_function_name() -> String {
@@ -205,6 +221,8 @@ impl FunctionConfig {
             tmp_size_mb: default_tmp_size_mb(),
             initialization_type: InitializationType::default(),
             environment: BTreeMap::new(),
+            reserved_concurrency: None,
+            provisioned_concurrency: 0,
         }
     }
 
@@ -251,6 +269,22 @@ impl FunctionConfig {
         check_range("memory_mb", self.memory_mb, MEMORY_MB)?;
         check_range("timeout_secs", self.timeout_secs, TIMEOUT_SECS)?;
         check_range("tmp_size_mb", self.tmp_size_mb, TMP_SIZE_MB)?;
+        if let Some(reserved) = self.reserved_concurrency {
+            check_range("reserved_concurrency", reserved, CONCURRENCY)?;
+        }
+        check_range(
+            "provisioned_concurrency",
+            self.provisioned_concurrency,
+            CONCURRENCY,
+        )?;
+        if let Some(reserved) = self.reserved_concurrency {
+            if self.provisioned_concurrency > reserved {
+                return Err(invalid(
+                    "provisioned_concurrency",
+                    format!("must not exceed reserved_concurrency ({reserved})"),
+                ));
+            }
+        }
         check_function_name(&self.function_name)?;
         check_handler(&self.handler)?;
         check_runtime(&self.runtime)?;

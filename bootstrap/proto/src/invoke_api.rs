@@ -45,6 +45,9 @@ pub struct ServiceError {
     pub kind: String,
     #[serde(rename = "Message")]
     pub message: String,
+    /// Why a `TooManyRequestsException` was raised ([`throttle_reason`]).
+    #[serde(rename = "Reason", default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ServiceError {
@@ -53,7 +56,105 @@ impl ServiceError {
         ServiceError {
             kind: if status < 500 { "User" } else { "Service" }.into(),
             message: message.into(),
+            reason: None,
         }
+    }
+}
+
+/// The `Reason` of a `TooManyRequestsException`, as Lambda names them.
+pub mod throttle_reason {
+    /// The function's reserved concurrency is in use.
+    pub const RESERVED_FUNCTION: &str = "ReservedFunctionConcurrentInvocationLimitExceeded";
+    /// The host-wide (account) concurrency is in use.
+    pub const ACCOUNT: &str = "ConcurrentInvocationLimitExceeded";
+}
+
+/// A function named in an invoke path: `name`, `name:qualifier`, or a function ARN
+/// (`arn:aws:lambda:REGION:ACCOUNT:function:name[:qualifier]`), as the Lambda API takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRef<'a> {
+    pub name: &'a str,
+    pub qualifier: Option<&'a str>,
+}
+
+impl<'a> FunctionRef<'a> {
+    /// The function an invoke path (`/2015-03-31/functions/{ref}/invocations`) names.
+    pub fn from_invoke_path(path: &'a str) -> Option<FunctionRef<'a>> {
+        let reference = path
+            .strip_prefix("/2015-03-31/functions/")?
+            .strip_suffix("/invocations")?;
+        FunctionRef::parse(reference)
+    }
+
+    /// Parses a function name, `name:qualifier` or function ARN.
+    pub fn parse(reference: &'a str) -> Option<FunctionRef<'a>> {
+        if reference.is_empty() || reference.contains('/') {
+            return None;
+        }
+        let rest = match reference.strip_prefix("arn:") {
+            // arn:PARTITION:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
+            Some(arn) => {
+                let mut parts = arn.splitn(6, ':');
+                let (_partition, service, _region, _account, kind) = (
+                    parts.next()?,
+                    parts.next()?,
+                    parts.next()?,
+                    parts.next()?,
+                    parts.next()?,
+                );
+                if service != "lambda" || kind != "function" {
+                    return None;
+                }
+                parts.next()?
+            }
+            None => reference,
+        };
+        let (name, qualifier) = match rest.split_once(':') {
+            Some((name, qualifier)) => (name, Some(qualifier)),
+            None => (rest, None),
+        };
+        (!name.is_empty() && qualifier != Some("")).then_some(FunctionRef { name, qualifier })
+    }
+
+    /// Whether it names the only version served here: no qualifier, or `$LATEST`.
+    pub fn is_latest(&self) -> bool {
+        matches!(self.qualifier, None | Some(LATEST))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_qualifiers_and_arns_are_understood() {
+        let latest = |name| FunctionRef {
+            name,
+            qualifier: None,
+        };
+        assert_eq!(
+            FunctionRef::from_invoke_path("/2015-03-31/functions/echo/invocations"),
+            Some(latest("echo"))
+        );
+        let arn = "arn:aws:lambda:us-east-1:012345678912:function:echo:$LATEST";
+        let parsed = FunctionRef::parse(arn).unwrap();
+        assert_eq!((parsed.name, parsed.qualifier), ("echo", Some("$LATEST")));
+        assert!(parsed.is_latest());
+        let versioned = FunctionRef::parse("echo:3").unwrap();
+        assert!(!versioned.is_latest());
+        for bad in [
+            "",
+            "a/b",
+            "echo:",
+            "arn:aws:s3:::bucket",
+            "arn:aws:lambda:r:1:layer:x",
+        ] {
+            assert_eq!(FunctionRef::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            FunctionRef::from_invoke_path("/2015-03-31/functions/x"),
+            None
+        );
     }
 }
 

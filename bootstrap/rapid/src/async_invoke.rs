@@ -2,7 +2,7 @@
 //! then sent to the on-failure destination as an AWS destination record.
 
 use crate::invoker::Invoker;
-use crate::sandbox::{Invocation, Outcome};
+use crate::sandbox::{Invocation, InvokeError, Outcome};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +10,10 @@ use tokio::sync::Semaphore;
 
 /// One attempt and two retries, as Lambda does for asynchronous invokes.
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// How long a throttled event keeps waiting for an environment (Lambda's default maximum event
+/// age).
+pub const MAX_EVENT_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// Most asynchronous invocations accepted and not yet done (each holds its event, up to 1 MiB).
 pub const MAX_PENDING: usize = 128;
@@ -53,10 +57,23 @@ impl<I: Invoker> AsyncQueue<I> {
 async fn run<I: Invoker>(sandbox: &I, invocation: Invocation) {
     let id = &invocation.request_id;
     let mut last = Vec::new();
-    for attempt in 1..=MAX_ATTEMPTS {
+    let accepted = std::time::Instant::now();
+    let mut attempt = 1;
+    while attempt <= MAX_ATTEMPTS {
         match sandbox.invoke(invocation.clone()).await {
             Ok(Outcome::Success(_)) => return,
             Ok(Outcome::Failure { body, .. }) => last = body.to_vec(),
+            // A throttle is not the function's failure: the event waits for a free environment,
+            // as Lambda keeps throttled events, up to their maximum age.
+            Err(e @ InvokeError::Throttled { .. }) if accepted.elapsed() < MAX_EVENT_AGE => {
+                last = proto::runtime_api::ErrorRequest::new(
+                    proto::invoke_api::error_type::TOO_MANY_REQUESTS,
+                    e.to_string(),
+                )
+                .to_json();
+                tokio::time::sleep(sandbox.config().async_retry_delay).await;
+                continue;
+            }
             Err(e) => {
                 last = proto::runtime_api::ErrorRequest::new(
                     proto::invoke_api::error_type::SERVICE,
@@ -68,6 +85,7 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation) {
         if attempt < MAX_ATTEMPTS {
             tokio::time::sleep(sandbox.config().async_retry_delay).await;
         }
+        attempt += 1;
     }
     let config = sandbox.config();
     let Some(dir) = &config.on_failure_dir else {

@@ -85,6 +85,18 @@ pub fn service_error(status: u16, exception: &'static str, message: &str) -> Rep
     reply
 }
 
+/// A `TooManyRequestsException` (429) with Lambda's `Reason` for it.
+pub fn throttled(message: &str, reason: &str) -> Reply {
+    let mut body = proto::invoke_api::ServiceError::new(429, message);
+    body.reason = Some(reason.to_owned());
+    let mut reply = json(429, serde_json::to_vec(&body).unwrap_or_default());
+    reply.headers_mut().insert(
+        proto::invoke_api::header::ERROR_TYPE,
+        hyper::header::HeaderValue::from_static(proto::invoke_api::error_type::TOO_MANY_REQUESTS),
+    );
+    reply
+}
+
 /// A reply with the Runtime API's `{"errorMessage", "errorType"}` body.
 pub fn error(status: u16, error_type: &str, message: &str) -> Reply {
     let body = proto::runtime_api::ErrorResponse {

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request};
 use proto::invoke_api::{
-    error_type, header, invocation_type, log_type, FUNCTION_ERROR_UNHANDLED, LATEST,
+    error_type, header, invocation_type, log_type, FunctionRef, FUNCTION_ERROR_UNHANDLED, LATEST,
 };
 use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
 
@@ -36,23 +36,26 @@ impl<I: Invoker> Endpoint<I> {
         }
     }
 
-    /// Answers one HTTP request. Every answer to an invoke carries `X-Amzn-RequestId`.
+    /// Answers one HTTP request for this function: the invoke path must name it (as
+    /// `function`, its name, `name:$LATEST` or its ARN).
     pub async fn handle(self, request: Request<Incoming>) -> Reply {
         let path = request.uri().path();
-        let Some(name) = function_name(path) else {
+        let Some(function) = FunctionRef::from_invoke_path(path) else {
             let message = format!("No such API: {path}");
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         };
-        if name != "function" && name != self.sandbox.config().function_name {
-            let config = self.sandbox.config();
-            let arn = format!(
-                "arn:aws:lambda:{}:{}:function:{name}",
-                config.region,
-                crate::config::ACCOUNT_ID
-            );
-            let message = format!("Function not found: {arn}");
+        let config = self.sandbox.config();
+        let named = function.name == "function" || function.name == config.function_name;
+        if !named || !function.is_latest() {
+            let message = format!("Function not found: {}", function_arn(config, &function));
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         }
+        self.handle_invoke(request).await
+    }
+
+    /// Answers an invoke already routed to this function. Every answer carries
+    /// `X-Amzn-RequestId`.
+    pub async fn handle_invoke(self, request: Request<Incoming>) -> Reply {
         if request.method() != Method::POST {
             return http::service_error(405, error_type::INVALID_PARAMETER, "invoke with POST");
         }
@@ -141,6 +144,9 @@ impl<I: Invoker> Endpoint<I> {
                         let message = e.to_string();
                         return http::service_error(429, error_type::TOO_MANY_REQUESTS, &message);
                     }
+                    Err(e @ InvokeError::Throttled { reason }) => {
+                        return http::throttled(&e.to_string(), reason);
+                    }
                     Err(e) => return http::service_error(500, error_type::SERVICE, &e.to_string()),
                 };
                 let mut reply = http::json(200, body);
@@ -162,12 +168,18 @@ impl<I: Invoker> Endpoint<I> {
     }
 }
 
-/// The function an invoke path names: `/2015-03-31/functions/{name}/invocations`. The emulator's
-/// path names it `function`; the configured name is accepted too, as on Lambda.
-fn function_name(path: &str) -> Option<&str> {
-    path.strip_prefix("/2015-03-31/functions/")?
-        .strip_suffix("/invocations")
-        .filter(|name| !name.is_empty() && !name.contains('/'))
+/// The ARN of the function `reference` names, in this environment's region and account.
+pub fn function_arn(config: &crate::EnvironmentConfig, reference: &FunctionRef) -> String {
+    let qualifier = reference
+        .qualifier
+        .map(|q| format!(":{q}"))
+        .unwrap_or_default();
+    format!(
+        "arn:aws:lambda:{}:{}:function:{}{qualifier}",
+        config.region,
+        crate::config::ACCOUNT_ID,
+        reference.name
+    )
 }
 
 /// The event of an invoke body: JSON, as Lambda's Invoke API requires (the emulator does not

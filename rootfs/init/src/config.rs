@@ -22,7 +22,9 @@ usage: init [--config PATH] [--host-link unix:PATH|vsock:CID:PORT] [--runtime-ap
   --task-root   LAMBDA_TASK_ROOT and the runtime's directory (env INIT_TASK_ROOT; default /var/task)
   --no-setup    as PID 1, change nothing machine-wide: no mounts, loopback, hostname, RNG reseed,
                 clock or reboot (env INIT_NO_SETUP=1; for tests in a PID namespace)
-  --reconnect   reconnect when the host link drops (env INIT_RECONNECT=1; always on as PID 1)";
+  --reconnect   reconnect when the host link drops (env INIT_RECONNECT=1; always on as PID 1)
+The environment variable INIT_INITIALIZATION_TYPE (on-demand, provisioned-concurrency or
+snap-start) overrides function.json's initialization_type.";
 
 /// init's own options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,10 @@ pub struct Options {
     pub reconnect: bool,
     /// Arguments that were not understood (PID 1 only; otherwise they are an error).
     pub ignored: Vec<String>,
+    /// `INIT_INITIALIZATION_TYPE`: how the host started this environment, over the image's
+    /// `initialization_type` (a provisioned environment of an on-demand function inits at once,
+    /// as on Lambda).
+    pub init_type: Option<proto::InitializationType>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -123,7 +129,16 @@ impl Options {
                     value: api.clone(),
                     reason: e.to_string(),
                 })?;
+        let init_type = match env("INIT_INITIALIZATION_TYPE") {
+            Some(v) => Some(v.parse().map_err(|reason| OptionsError::BadValue {
+                flag: "INIT_INITIALIZATION_TYPE",
+                value: v,
+                reason,
+            })?),
+            None => None,
+        };
         Ok(Options {
+            init_type,
             pid1,
             config: value("--config", "INIT_CONFIG")
                 .unwrap_or(proto::layout::CONFIG.into())
@@ -155,8 +170,11 @@ pub fn load_function(options: &Options) -> Result<Function, ConfigError> {
 
 fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
     let runtime = PathBuf::from(&function.runtime);
-    let config =
+    let mut config =
         rapid::EnvironmentConfig::from_function(&function, runtime, options.task_root.clone());
+    if let Some(init_type) = options.init_type {
+        config.init_type = init_type;
+    }
     Function {
         rapid: config,
         tmp_size_mb: function.tmp_size_mb,
@@ -271,5 +289,22 @@ mod tests {
         assert_eq!(c.timeout, std::time::Duration::from_secs(7));
         assert_eq!(c.init_type, proto::InitializationType::SnapStart);
         assert_eq!(c.environment, vec![("A".to_owned(), "1".to_owned())]);
+    }
+
+    #[test]
+    fn the_host_can_override_the_initialization_type() {
+        let function = FunctionConfig::from_json(br#"{"handler": "h"}"#).unwrap();
+        let env = [("INIT_INITIALIZATION_TYPE", "provisioned-concurrency")];
+        let options = parse(&[], &env, true).unwrap();
+        let mapped = to_rapid(function, &options);
+        assert_eq!(
+            mapped.rapid.init_type,
+            proto::InitializationType::ProvisionedConcurrency
+        );
+        let bad = [("INIT_INITIALIZATION_TYPE", "eventually")];
+        assert!(matches!(
+            parse(&[], &bad, true),
+            Err(OptionsError::BadValue { .. })
+        ));
     }
 }

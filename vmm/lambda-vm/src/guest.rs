@@ -1,16 +1,16 @@
-//! One function environment in a microVM: the booted VM and the host link its init opened.
+//! One function environment: a microVM in its own `vmm` process, and the host link its init
+//! opened. Each environment has a directory of its own (vsock socket, VM configuration), removed
+//! with it.
 
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
+use crate::vmm_process::{VmmError, VmmExit, VmmProcess};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vmm::builder::{self, default_boot_args, BuildError};
+use vmm::builder::default_boot_args;
 use vmm::config::{
     BootSource, CpuTemplate, Drive, Entropy, MachineConfig, Serial, VmConfig, Vsock,
 };
-use vmm::exit::VmExit;
-use vmm::microvm::Microvm;
-use vmm::snapshot::{self, RestoreOptions, SnapshotError};
 
 /// The guest CID every function VM gets: each VM has its own vsock device and socket, so they
 /// need not differ.
@@ -20,19 +20,24 @@ const ACCEPT_SLICE: Duration = Duration::from_millis(200);
 /// How long a restored guest's init may take to reconnect. It takes about 0.1 s even on
 /// emulated KVM; a guest that has not reconnected long after that came from a bad snapshot.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a `vmm` may take to write a snapshot (128 MiB of memory and a sync: well under a
+/// second here) and exit.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a function's microVM boots.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
+    /// The `vmm` binary each environment runs in.
+    pub vmm: PathBuf,
     pub kernel: PathBuf,
     /// The function's image (from `scripts/build-rootfs.sh`).
     pub rootfs: Rootfs,
     /// Kernel command line; `None` for the VMM's default plus what the image needs.
     pub boot_args: Option<String>,
     pub mem_size_mib: u32,
-    /// Holds the vsock sockets. One guest at a time uses it.
+    /// Holds each environment's directory.
     pub work_dir: PathBuf,
-    /// Where the guest console goes; `None` discards it.
+    /// Where the guest consoles go (appended, all environments); `None` discards them.
     pub console: Option<PathBuf>,
     /// How long the guest may take to boot and connect.
     pub boot_timeout: Duration,
@@ -52,6 +57,47 @@ impl GuestSpec {
                 Rootfs::Ext4(_) => format!("{defaults} init=/init"),
             }
         })
+    }
+
+    /// The Firecracker-style configuration of a VM whose vsock device is on `uds_path`.
+    fn vm_config(&self, uds_path: PathBuf) -> VmConfig {
+        let (initrd_path, drives) = match &self.rootfs {
+            Rootfs::Initramfs(path) => (Some(path.clone()), Vec::new()),
+            Rootfs::Ext4(path) => (
+                None,
+                vec![Drive {
+                    drive_id: "rootfs".into(),
+                    path_on_host: path.clone(),
+                    is_root_device: true,
+                    is_read_only: true,
+                }],
+            ),
+        };
+        VmConfig {
+            boot_source: BootSource {
+                kernel_image_path: self.kernel.clone(),
+                initrd_path,
+                boot_args: Some(self.boot_args()),
+            },
+            machine_config: MachineConfig {
+                mem_size_mib: self.mem_size_mib,
+                cpu_template: self.cpu_template,
+                ..MachineConfig::default()
+            },
+            drives,
+            vsock: Some(Vsock {
+                guest_cid: GUEST_CID,
+                uds_path,
+                vsock_id: None,
+            }),
+            // Without it the guest's getrandom(2) blocks until the kernel has gathered
+            // entropy on its own, which under emulated KVM took minutes: the runtime's first
+            // spawn (a random log stream name) waited on it.
+            entropy: Some(Entropy {}),
+            serial: Some(Serial {
+                serial_out_path: self.console.clone(),
+            }),
+        }
     }
 }
 
@@ -83,163 +129,151 @@ impl Rootfs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("booting the microVM")]
-    Boot(#[from] BuildError),
+    #[error("starting the microVM")]
+    Vmm(#[from] VmmError),
     #[error("host link")]
     Link(#[from] LinkError),
     #[error("the microVM stopped before its init connected: {0:?}")]
-    Exited(VmExit),
+    Exited(VmmExit),
     #[error("the guest's init did not connect within {0:?}")]
     BootTimeout(Duration),
-    #[error("restoring the snapshot")]
-    Snapshot(#[from] SnapshotError),
-    #[error("opening the console {}", path.display())]
-    Console {
+    #[error("creating the environment's directory {}", path.display())]
+    Dir {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }
 
+/// An environment's own directory, removed when the environment goes.
+struct EnvDir(PathBuf);
+
+/// Makes each environment's directory unique within this service.
+static ENVIRONMENTS: AtomicU64 = AtomicU64::new(0);
+
+impl EnvDir {
+    fn create(work_dir: &Path) -> Result<EnvDir, GuestError> {
+        let n = ENVIRONMENTS.fetch_add(1, Ordering::Relaxed);
+        let path = work_dir.join(format!("env-{n}"));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|source| GuestError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(EnvDir(path))
+    }
+}
+
+impl Drop for EnvDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct Guest {
-    // The link first: dropping it closes the connection before the VM goes away.
+    // Dropped in this order: the link closes, the vmm is killed and reaped, the directory goes.
     pub link: HostLink,
-    pub microvm: Microvm,
-    /// The VMM's part of the start: from the call to boot or restore to the vCPUs running.
-    pub vmm_time: Duration,
-    /// From VMM start (or restore) to the guest's `Hello`.
+    pub vmm: VmmProcess,
+    dir: EnvDir,
+    /// The VMM's part of a restore, as the `vmm` measured it (load call to vCPUs running).
+    pub vmm_time: Option<Duration>,
+    /// From the start of the `vmm` to the guest's `Hello`.
     pub boot_time: Duration,
 }
 
-/// Each restore gets its own vsock socket, so restores never collide.
-static RESTORES: AtomicU64 = AtomicU64::new(0);
-
 impl Guest {
-    /// Boots a microVM and waits for its init to connect over vsock.
+    /// Boots a microVM in a new `vmm` and waits for its init to connect over vsock. With
+    /// `snapshot_dir`, the VM can be snapshotted there ([`Guest::snapshot_after_init`]).
     pub fn boot(
         spec: &GuestSpec,
+        snapshot_dir: Option<&Path>,
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
-        let uds_path = spec.work_dir.join("vsock.sock");
+        let dir = EnvDir::create(&spec.work_dir)?;
+        let uds_path = dir.0.join("vsock.sock");
         // Listen before booting, so the guest's first connection attempt finds the socket.
         let listener = Listener::bind(&uds_path, PORT)?;
-        let (initrd_path, drives) = match &spec.rootfs {
-            Rootfs::Initramfs(path) => (Some(path.clone()), Vec::new()),
-            Rootfs::Ext4(path) => (
-                None,
-                vec![Drive {
-                    drive_id: "rootfs".into(),
-                    path_on_host: path.clone(),
-                    is_root_device: true,
-                    is_read_only: true,
-                }],
-            ),
-        };
-        let config = VmConfig {
-            boot_source: BootSource {
-                kernel_image_path: spec.kernel.clone(),
-                initrd_path,
-                boot_args: Some(spec.boot_args()),
-            },
-            machine_config: MachineConfig {
-                mem_size_mib: spec.mem_size_mib,
-                cpu_template: spec.cpu_template,
-                ..MachineConfig::default()
-            },
-            drives,
-            vsock: Some(Vsock {
-                guest_cid: GUEST_CID,
-                uds_path,
-                vsock_id: None,
-            }),
-            // Without it the guest's getrandom(2) blocks until the kernel has gathered
-            // entropy on its own, which under emulated KVM took minutes: the runtime's first
-            // spawn (a random log stream name) waited on it.
-            entropy: Some(Entropy {}),
-            serial: Some(Serial {
-                serial_out_path: spec.console.clone(),
-            }),
-        };
-        let console = console(spec)?;
-        let vmm_started = Instant::now();
-        let microvm = builder::boot(&config, console)?;
-        let vmm_time = vmm_started.elapsed();
-        let mut link = wait_for_link(&listener, &microvm, started, spec.boot_timeout)?;
+        let config = spec.vm_config(uds_path);
+        let mut vmm = VmmProcess::boot(&spec.vmm, &config, &dir.0.join("vm.json"), snapshot_dir)?;
+        let mut link = wait_for_link(&listener, &mut vmm, started, spec.boot_timeout)?;
         link.on_log(log);
         Ok(Guest {
             link,
-            microvm,
-            vmm_time,
+            vmm,
+            dir,
+            vmm_time: None,
             boot_time: started.elapsed(),
         })
     }
 
-    /// Restores the snapshot in `dir`, waits for the guest's init to reconnect (the restored
-    /// vsock device reset its connections), and sends it fresh entropy and the time, which
-    /// lets the runtime's `restore/next` answer.
+    /// Restores the snapshot in `snapshot` in a new `vmm`, waits for the guest's init to
+    /// reconnect (the restored vsock device reset its connections), and sends it fresh entropy
+    /// and the time, which lets the runtime's `restore/next` answer.
     pub fn restore(
         spec: &GuestSpec,
-        dir: &Path,
+        snapshot: &Path,
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
-        let n = RESTORES.fetch_add(1, Ordering::Relaxed);
-        let uds_path = spec.work_dir.join(format!("vsock-restore{n}.sock"));
+        let dir = EnvDir::create(&spec.work_dir)?;
+        let uds_path = dir.0.join("vsock.sock");
         let listener = Listener::bind(&uds_path, PORT)?;
-        let options = RestoreOptions {
-            vsock_uds: Some(uds_path),
-        };
-        let console = console(spec)?;
-        let vmm_started = Instant::now();
-        let microvm = snapshot::restore(dir, console, &options)?;
-        let vmm_time = vmm_started.elapsed();
+        let console = spec.console.as_deref();
+        let mut vmm = VmmProcess::restore(&spec.vmm, snapshot, &uds_path, console)?;
         let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
-        let mut link = wait_for_link(&listener, &microvm, started, timeout)?;
+        let mut link = wait_for_link(&listener, &mut vmm, started, timeout)?;
         link.on_log(log);
         link.restore()?;
         Ok(Guest {
             link,
-            microvm,
-            vmm_time,
+            vmm_time: vmm.restore_time(),
+            vmm,
+            dir,
             boot_time: started.elapsed(),
         })
     }
 
     /// SnapStart's first step: waits for the guest's init to finish (its runtime reached
-    /// `restore/next`), then pauses the VM and writes the snapshot to `dir`. The VM is done
-    /// after that, as on Lambda: every environment is a restored copy.
-    pub fn snapshot_after_init(
-        mut self,
-        dir: &Path,
-        init_timeout: Duration,
-    ) -> Result<Duration, GuestError> {
+    /// `restore/next`), then has the `vmm` pause the VM and write the snapshot to the directory
+    /// it was booted with. The VM is done after that, as on Lambda: every environment is a
+    /// restored copy.
+    pub fn snapshot_after_init(mut self, init_timeout: Duration) -> Result<Duration, GuestError> {
         self.link.set_timeout(Some(init_timeout))?;
         let init_duration = self.link.wait_init_done()?;
-        snapshot::create(&mut self.microvm, dir)?;
+        let Guest { link, vmm, dir, .. } = self;
+        // The snapshot needs the guest's side of the connection as it is; the host's end goes
+        // with this process's view of it once the VM is paused.
+        let written = vmm.snapshot(SNAPSHOT_TIMEOUT);
+        drop(link);
+        drop(dir);
+        written?;
         Ok(init_duration)
     }
-}
 
-fn console(spec: &GuestSpec) -> Result<Box<dyn std::io::Write + Send>, GuestError> {
-    Ok(match &spec.console {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| GuestError::Console {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
-        None => Box::new(std::io::sink()),
-    })
+    /// Asks the guest to power off and waits up to `grace` for its `vmm` to exit; then the
+    /// `vmm` is killed (if still running) and reaped, and the environment's directory removed.
+    pub fn shutdown(self, grace: Duration) {
+        let Guest {
+            link, mut vmm, dir, ..
+        } = self;
+        if link.shutdown().is_ok() {
+            vmm.exited(grace);
+        }
+        drop(vmm);
+        drop(dir);
+    }
+
+    /// The environment's directory (its vsock socket and VM configuration).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
 }
 
 /// Accepts the guest's host-link connection, giving up when the VM stops or `timeout` passes.
 fn wait_for_link(
     listener: &Listener,
-    microvm: &Microvm,
+    vmm: &mut VmmProcess,
     started: Instant,
     timeout: Duration,
 ) -> Result<HostLink, GuestError> {
@@ -247,7 +281,7 @@ fn wait_for_link(
         match listener.accept_within(ACCEPT_SLICE, timeout) {
             Ok(link) => return Ok(link),
             Err(LinkError::AcceptTimeout(_)) => {
-                if let Some(exit) = microvm.wait(Some(Duration::ZERO)) {
+                if let Some(exit) = vmm.exited(Duration::ZERO) {
                     return Err(GuestError::Exited(exit));
                 }
                 if started.elapsed() > timeout {

@@ -3,13 +3,18 @@
 //! host link. The invoke endpoint is `rapid`'s, the same code as local mode.
 //!
 //! - [`service`]: the [`FunctionService`], an `Invoker` that boots or restores microVMs;
+//! - [`pool`]: one function's environments and the concurrency limits;
 //! - [`guest`]: one function environment, a microVM and its host link;
 //! - [`snapshots`]: where SnapStart snapshots live, keyed to what they were made from;
-//! - [`host_link`]: the host end of the host link.
+//! - [`host_link`]: the host end of the host link;
+//! - [`vmm_process`]: a microVM as its own `vmm` process.
 
 pub mod guest;
+pub mod host;
 pub mod host_link;
+pub mod pool;
 pub mod service;
 pub mod snapshots;
+pub mod vmm_process;
 
-pub use service::{chain, FunctionService, StartError};
+pub use service::{chain, FunctionService, Scaling, StartError};

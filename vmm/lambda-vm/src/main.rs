@@ -1,16 +1,19 @@
-//! `lambda-vm`: the function service. Serves the AWS Runtime Interface Emulator's invoke endpoint
-//! (`POST /2015-03-31/functions/function/invocations`) and runs the function in a microVM booted
-//! from a guest kernel and the function's initramfs (`scripts/build-rootfs.sh`).
+//! `lambda-vm`: the function host. Serves Lambda's invoke API (and the AWS Runtime Interface
+//! Emulator's path) for one function or for every function in a directory, each execution
+//! environment a microVM in its own `vmm` process, booted from a guest kernel and the
+//! function's image (`scripts/build-rootfs.sh`), or restored from its SnapStart snapshot.
 
 use anyhow::Context;
 use clap::Parser;
 use lambda_vm::guest::{GuestSpec, Rootfs};
+use lambda_vm::host::FunctionHost;
+use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
-use lambda_vm::FunctionService;
+use lambda_vm::{FunctionService, Scaling};
 use rapid::invoke_http::Endpoint;
 use rapid::{EnvironmentConfig, InitializationType, LogTails};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,44 +23,60 @@ use vmm::host_caps::HostCaps;
 #[derive(Parser)]
 #[command(
     name = "lambda-vm",
-    about = "Serve a Lambda function running in a microVM through the emulator's invoke endpoint"
+    about = "Serve Lambda functions, each execution environment a microVM, through Lambda's invoke API"
 )]
 struct Args {
     /// The guest kernel (an uncompressed vmlinux, from scripts/build-kernel.sh).
     #[arg(long)]
     kernel: PathBuf,
-    /// The function's image from scripts/build-rootfs.sh: an initramfs (`.cpio`), or an ext4
+    /// One function's image from scripts/build-rootfs.sh: an initramfs (`.cpio`), or an ext4
     /// image (`.ext4`, from --ext4) attached as a read-only root drive, which boots faster.
-    #[arg(long)]
-    rootfs: PathBuf,
-    /// The function.json the image was built with: name, memory (the VM's size), timeout.
-    #[arg(long)]
-    function_config: PathBuf,
+    #[arg(long, requires = "function_config", conflicts_with = "functions_dir")]
+    rootfs: Option<PathBuf>,
+    /// The function.json the image was built with: name, memory (the VM's size), timeout,
+    /// concurrency.
+    #[arg(long, requires = "rootfs")]
+    function_config: Option<PathBuf>,
+    /// Serve every function in DIR: one subdirectory each, holding its function.json and its
+    /// image (one `.ext4` or `.cpio` file).
+    #[arg(long, value_name = "DIR", required_unless_present = "rootfs")]
+    functions_dir: Option<PathBuf>,
+    /// Most environments in use (busy or starting) at once, over all functions; a request
+    /// beyond it gets 429 TooManyRequestsException.
+    #[arg(long, default_value_t = 16)]
+    max_concurrency: usize,
+    /// Seconds an environment may idle before it is torn down (provisioned ones are kept).
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
     /// Kernel command line [default: the VMM's, for the CPU template in use].
     #[arg(long)]
     boot_args: Option<String>,
     /// Address of the invoke endpoint (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for the VM's sockets [default: a new directory under the system temp dir].
+    /// Directory for the environments' sockets and configurations [default: a new directory
+    /// under the system temp dir].
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// File for the guest console (kernel messages) [default: discarded].
+    /// File the guest consoles (kernel messages) are appended to [default: discarded].
     #[arg(long)]
     console: Option<PathBuf>,
     /// Seconds the guest may take to boot and connect.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
-    /// Where a SnapStart function's snapshots go (a function.json with
-    /// "initialization_type": "snap-start") [default: WORK_DIR/snapshots]. Each is kept in a
-    /// directory named by a hash of the kernel, image, function.json, command line and
+    /// Where SnapStart functions' snapshots go [default: WORK_DIR/snapshots]; with
+    /// --functions-dir, one subdirectory per function. Each snapshot is kept in a directory
+    /// named by a hash of the kernel, image, function configuration, command line and
     /// snapshot format, and reused by later runs; a change to any of them takes a new one.
-    /// The directory belongs to this one function.
     #[arg(long)]
     snapshot_dir: Option<PathBuf>,
-    /// Boot the microVM at start instead of on the first invocation.
+    /// Keep one environment of each function ready from the start (provisioned concurrency
+    /// of at least 1).
     #[arg(long)]
     eager: bool,
+    /// The `vmm` binary [default: the one beside this program].
+    #[arg(long)]
+    vmm: Option<PathBuf>,
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
@@ -66,63 +85,108 @@ struct Args {
     log_level: log::LevelFilter,
 }
 
+/// One function to host: its configuration, where it came from, and its image.
+struct Function {
+    config: proto::FunctionConfig,
+    image: PathBuf,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     vmm::logger::init(args.log_level);
-    let function = proto::FunctionConfig::load(&args.function_config)
-        .with_context(|| format!("--function-config {}", args.function_config.display()))?;
-    for path in [&args.kernel, &args.rootfs] {
-        anyhow::ensure!(path.is_file(), "{}: no such file", path.display());
-    }
-    let work_dir = match args.work_dir {
-        Some(dir) => dir,
-        None => {
-            let dir = std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            dir
-        }
-    };
-
-    // The host-side view of the function: what the endpoint and the async queue need.
-    let runtime = PathBuf::from(&function.runtime);
-    let task_root = PathBuf::from(proto::layout::TASK_ROOT);
-    let mut config = EnvironmentConfig::from_function(&function, runtime, task_root);
-    config.on_failure_dir = args.on_failure_dir;
-    let snapstart = config.init_type == InitializationType::SnapStart;
     anyhow::ensure!(
-        snapstart || args.snapshot_dir.is_none(),
-        "--snapshot-dir: the function's initialization_type is not snap-start"
+        args.kernel.is_file(),
+        "--kernel {}: no such file",
+        args.kernel.display()
     );
-    let snapshot_root = args
-        .snapshot_dir
-        .clone()
-        .unwrap_or_else(|| work_dir.join("snapshots"));
-    let spec = GuestSpec {
-        kernel: args.kernel,
-        rootfs: Rootfs::from_path(args.rootfs),
-        boot_args: args.boot_args,
-        mem_size_mib: function.memory_mb,
-        work_dir,
-        console: args.console,
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        cpu_template: CpuTemplate::Auto.resolve(&HostCaps::detect()),
+    anyhow::ensure!(
+        args.max_concurrency > 0,
+        "--max-concurrency must be at least 1"
+    );
+    let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
+        .context("--idle-timeout must be a number of seconds")?;
+    let functions = functions(&args)?;
+    let work_dir = match &args.work_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id())),
     };
-    let snapshots = snapstart.then(|| {
-        let (kernel, image) = (spec.kernel.clone(), spec.rootfs.path().to_owned());
-        let inputs = vec![kernel, image, args.function_config.clone()];
-        let settings = format!("{} mem_mib={}", spec.boot_args(), spec.mem_size_mib);
-        Snapshots::new(snapshot_root, inputs, settings)
-    });
+    let vmm = match &args.vmm {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("vmm"),
+    };
+    anyhow::ensure!(
+        vmm.is_file(),
+        "the vmm binary {}: no such file (build it, or pass --vmm)",
+        vmm.display()
+    );
+    let cpu_template = CpuTemplate::Auto.resolve(&HostCaps::detect());
+    let host = HostLimit::new(args.max_concurrency);
     let tails = LogTails::default();
-    let log = {
-        let tails = tails.clone();
-        move |line: &str| {
-            tails.line(line);
-            println!("{line}");
-        }
-    };
-    let service = FunctionService::new(config, spec, snapshots, log);
+    let single = args.functions_dir.is_none();
+    let mut hosted = Vec::new();
+    for Function {
+        config: function,
+        image,
+    } in functions
+    {
+        let name = function.function_name.clone();
+        let runtime = PathBuf::from(&function.runtime);
+        let task_root = PathBuf::from(proto::layout::TASK_ROOT);
+        let mut config = EnvironmentConfig::from_function(&function, runtime, task_root);
+        config.on_failure_dir = args.on_failure_dir.clone();
+        let function_dir = if single {
+            work_dir.clone()
+        } else {
+            work_dir.join(&name)
+        };
+        std::fs::create_dir_all(&function_dir)
+            .with_context(|| format!("creating {}", function_dir.display()))?;
+        let spec = GuestSpec {
+            vmm: vmm.clone(),
+            kernel: args.kernel.clone(),
+            rootfs: Rootfs::from_path(image),
+            boot_args: args.boot_args.clone(),
+            mem_size_mib: function.memory_mb,
+            work_dir: function_dir.clone(),
+            console: args.console.clone(),
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            cpu_template,
+        };
+        let snapshots = (config.init_type == InitializationType::SnapStart).then(|| {
+            let root = match (&args.snapshot_dir, single) {
+                (Some(root), true) => root.clone(),
+                (Some(root), false) => root.join(&name),
+                (None, _) => function_dir.join("snapshots"),
+            };
+            snapshots_of(&spec, &function, root)
+        });
+        let provisioned = usize::try_from(function.provisioned_concurrency)?;
+        let scaling = Scaling {
+            reserved: function
+                .reserved_concurrency
+                .map(usize::try_from)
+                .transpose()?,
+            provisioned: if args.eager {
+                provisioned.max(1)
+            } else {
+                provisioned
+            },
+            idle_timeout,
+            host: host.clone(),
+        };
+        let log = {
+            let tails = tails.clone();
+            move |line: &str| {
+                tails.line(line);
+                println!("{line}");
+            }
+        };
+        let service = FunctionService::new(config, spec, snapshots, scaling, log);
+        let endpoint = Endpoint::new(service.clone(), tails.clone());
+        hosted.push((service, endpoint));
+    }
+    let host = FunctionHost::new(hosted, host);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -133,19 +197,102 @@ async fn main() -> anyhow::Result<()> {
     // port. One write, so that a reader never sees half of it (eprintln! may write in pieces).
     let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
-    let endpoint = Endpoint::new(service.clone(), tails);
+    let router = host.clone();
     tokio::spawn(rapid::http::serve(listener, move |request| {
-        endpoint.clone().handle(request)
+        router.clone().handle(request)
     }));
-    if args.eager {
-        if let Err(e) = service.start().await {
-            eprintln!("lambda-vm: {}", lambda_vm::chain(&e));
-        }
-    }
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    service.shutdown().await;
+    for service in host.services() {
+        service.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(work_dir.join("env-0"));
     Ok(())
+}
+
+/// The functions to host: the one of --rootfs and --function-config, or each in
+/// --functions-dir.
+fn functions(args: &Args) -> anyhow::Result<Vec<Function>> {
+    if let (Some(image), Some(config)) = (&args.rootfs, &args.function_config) {
+        anyhow::ensure!(
+            image.is_file(),
+            "--rootfs {}: no such file",
+            image.display()
+        );
+        let config = proto::FunctionConfig::load(config)
+            .with_context(|| format!("--function-config {}", config.display()))?;
+        return Ok(vec![Function {
+            config,
+            image: image.clone(),
+        }]);
+    }
+    let Some(dir) = &args.functions_dir else {
+        anyhow::bail!("give --functions-dir, or --rootfs and --function-config");
+    };
+    let mut functions = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("--functions-dir {}", dir.display()))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for function_dir in dirs {
+        let config_path = function_dir.join("function.json");
+        let config = proto::FunctionConfig::load(&config_path)
+            .with_context(|| format!("function {}", function_dir.display()))?;
+        let image = image_in(&function_dir)?;
+        anyhow::ensure!(
+            !functions
+                .iter()
+                .any(|f: &Function| f.config.function_name == config.function_name),
+            "{}: a second function named {}",
+            config_path.display(),
+            config.function_name
+        );
+        functions.push(Function { config, image });
+    }
+    anyhow::ensure!(!functions.is_empty(), "--functions-dir {}: no function in it (one subdirectory each, with function.json and an image)", dir.display());
+    Ok(functions)
+}
+
+/// The one image (`.ext4`, else `.cpio`) in a function's directory.
+fn image_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    for extension in ["ext4", "cpio"] {
+        let found: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
+            .collect();
+        match found.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => continue,
+            _ => anyhow::bail!("{}: more than one .{extension} image", dir.display()),
+        }
+    }
+    anyhow::bail!("{}: no image (an .ext4 or .cpio file)", dir.display())
+}
+
+/// Where `function`'s snapshots live and what they are keyed to: the kernel, the image (which
+/// holds the function.json the guest reads), the guest-relevant host configuration and the
+/// VM's command line and memory. How many environments the host runs is not part of it.
+fn snapshots_of(spec: &GuestSpec, function: &proto::FunctionConfig, root: PathBuf) -> Snapshots {
+    let mut guest_relevant = function.clone();
+    guest_relevant.reserved_concurrency = None;
+    guest_relevant.provisioned_concurrency = 0;
+    let settings = format!(
+        "{}\n{} mem_mib={}",
+        String::from_utf8_lossy(&guest_relevant.to_canonical_json()),
+        spec.boot_args(),
+        spec.mem_size_mib
+    );
+    let inputs = vec![spec.kernel.clone(), spec.rootfs.path().to_owned()];
+    Snapshots::new(root, inputs, settings)
 }

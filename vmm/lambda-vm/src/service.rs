@@ -1,28 +1,36 @@
-//! The function service: the emulator-compatible invoke endpoint of local mode, with the
-//! function running in a microVM. Each invocation goes over the host link to the guest's init,
-//! which serves the Runtime API to the runtime inside the VM.
+//! One function's execution environments: a pool of microVMs, each its own `vmm` process
+//! serving one invocation at a time, as Lambda's execution environments do.
 //!
-//! One environment, one invocation at a time (as one Lambda execution environment). The first
-//! invocation boots the VM; a timed-out, crashed or unreachable function gets a fresh VM on its
-//! next invocation.
+//! A request with no idle environment starts one (a restore of the SnapStart snapshot, or a
+//! boot) while the function is under its reserved concurrency and the host under its cap;
+//! beyond them it is refused at once ([`InvokeError::Throttled`], a 429). Provisioned
+//! environments are started up front and kept; others are torn down after idling. An
+//! environment that timed out, crashed or lost its link is dropped, never reused. Each
+//! invocation runs on a blocking thread that owns its environment and gives it back itself, so
+//! a client that hangs up leaks nothing.
 
 use crate::guest::{Guest, GuestError, GuestSpec};
 use crate::host_link::{self, Invoke, LinkError};
+use crate::pool::{Counts, Environment, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
 use proto::host_link::Blob;
+use proto::invoke_api::throttle_reason;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
-use rapid::sandbox::MAX_QUEUED;
+use proto::InitializationType;
 use rapid::{EnvironmentConfig, Invocation, InvokeError, Invoker, Outcome};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// Slack on top of the function's timeout before the host gives up on the guest: the guest
 /// enforces the timeout itself and reports it; the host's limit only catches a stuck guest.
 const HOST_DEADLINE_SLACK: Duration = Duration::from_secs(10);
+/// How often idle environments are checked for expiry and provisioned ones topped up.
+const MAINTENANCE_EVERY: Duration = Duration::from_millis(250);
+/// How long a torn-down guest gets to power off before its `vmm` is killed.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Where the function's log lines go (shared with the guest's host-link reader).
+/// Where the function's log lines go (shared with the guests' host-link readers).
 type LogFn = Arc<Mutex<dyn FnMut(&str) + Send>>;
 
 /// Why an environment could not be started.
@@ -40,8 +48,6 @@ pub enum StartError {
         #[source]
         source: Box<GuestError>,
     },
-    #[error("the start was cancelled")]
-    Cancelled(#[source] tokio::task::JoinError),
 }
 
 /// An error with its causes, `: `-separated ([`vmm::error::Chain`]).
@@ -49,6 +55,26 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm::error::Chain(error).to_string()
 }
 
+impl Environment for Guest {
+    fn pid(&self) -> u32 {
+        self.vmm.pid()
+    }
+}
+
+/// How many environments a function may have, and keeps.
+#[derive(Debug, Clone)]
+pub struct Scaling {
+    /// The function's reserved concurrency: at most this many in use.
+    pub reserved: Option<usize>,
+    /// Started up front and kept, however long they idle.
+    pub provisioned: usize,
+    /// How long an environment that is not provisioned may idle before it is torn down.
+    pub idle_timeout: Duration,
+    /// The host-wide cap, shared by every function.
+    pub host: HostLimit,
+}
+
+/// One function: an [`Invoker`] over its pool of environments. Cheap to clone.
 #[derive(Clone)]
 pub struct FunctionService {
     inner: Arc<Inner>,
@@ -59,59 +85,88 @@ struct Inner {
     spec: GuestSpec,
     /// For a SnapStart function, where its snapshots live.
     snapshots: Option<Snapshots>,
-    guest: tokio::sync::Mutex<Option<Guest>>,
-    waiting: AtomicUsize,
+    scaling: Scaling,
+    pool: Mutex<Pool<Guest>>,
+    /// One snapshot is taken at a time: a burst of first invokes takes one, then restores it.
+    snapshotting: Mutex<()>,
     log: LogFn,
 }
 
 impl FunctionService {
     /// `log` receives the function's log: the runtime's output and the START/END/REPORT lines
-    /// from the guest, and the service's own lines about VMs. `snapshots` is where a SnapStart
-    /// function's snapshots live (`None` for other functions).
+    /// from the guests, and the service's own lines about environments. `snapshots` is where a
+    /// SnapStart function's snapshots live (`None` for other functions). Provisioned
+    /// environments start at once, in the background.
     pub fn new(
         config: EnvironmentConfig,
         spec: GuestSpec,
         snapshots: Option<Snapshots>,
+        scaling: Scaling,
         log: impl FnMut(&str) + Send + 'static,
     ) -> FunctionService {
-        FunctionService {
-            inner: Arc::new(Inner {
-                config,
-                spec,
-                snapshots,
-                guest: tokio::sync::Mutex::new(None),
-                waiting: AtomicUsize::new(0),
-                log: Arc::new(Mutex::new(log)),
-            }),
-        }
+        let pool = Pool::new(scaling.reserved, scaling.host.clone());
+        let inner = Arc::new(Inner {
+            config,
+            spec,
+            snapshots,
+            scaling,
+            pool: Mutex::new(pool),
+            snapshotting: Mutex::new(()),
+            log: Arc::new(Mutex::new(log)),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name(format!("pool-{}", inner.config.function_name))
+            .spawn(move || maintain(weak))
+            .ok();
+        FunctionService { inner }
     }
 
-    /// Boots the VM now instead of on the first invocation.
-    pub async fn start(&self) -> Result<(), StartError> {
-        let mut slot = self.inner.guest.lock().await;
-        if slot.is_none() {
-            let inner = self.inner.clone();
-            let guest = tokio::task::spawn_blocking(move || inner.boot())
-                .await
-                .map_err(StartError::Cancelled)??;
-            *slot = Some(guest);
-        }
-        Ok(())
+    pub fn name(&self) -> &str {
+        &self.inner.config.function_name
     }
 
-    /// Asks the guest to power off and waits for the VM to stop.
+    /// The function's reserved concurrency, if it has one.
+    pub fn reserved_concurrency(&self) -> Option<usize> {
+        self.inner.scaling.reserved
+    }
+
+    /// Environments per state.
+    pub fn counts(&self) -> Counts {
+        self.inner.pool().counts()
+    }
+
+    /// Stops every environment: idle ones now (asked to power off, then killed), busy ones when
+    /// their invocation ends.
     pub async fn shutdown(&self) {
-        let Some(guest) = self.inner.guest.lock().await.take() else {
-            return;
-        };
+        let idle = self.inner.pool().shut_down();
+        let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let Guest { link, microvm, .. } = guest;
-            if link.shutdown().is_ok() {
-                microvm.wait(Some(Duration::from_secs(30)));
+            for guest in idle {
+                inner.teardown(guest, "the service is stopping");
             }
-            microvm.stop();
         })
         .await;
+    }
+}
+
+/// The pool's housekeeping, until the service is gone: idle environments past their time are
+/// torn down, missing provisioned ones started.
+fn maintain(inner: Weak<Inner>) {
+    loop {
+        std::thread::sleep(MAINTENANCE_EVERY);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let expired = inner.pool().expire(inner.scaling.idle_timeout);
+        for guest in expired {
+            let idle = inner.scaling.idle_timeout.as_secs_f64();
+            inner.teardown(guest, &format!("idle for {idle:.0} s"));
+        }
+        let missing = inner.pool().provisioned_missing(inner.scaling.provisioned);
+        for _ in 0..missing {
+            inner.provision();
+        }
     }
 }
 
@@ -120,15 +175,105 @@ impl Inner {
         (self.log.lock().unwrap_or_else(|e| e.into_inner()))(line);
     }
 
-    /// A cold start: a boot, or for a SnapStart function a restore of its snapshot in a fresh
-    /// VM, taking the snapshot first when there is none for the current kernel, image and
-    /// configuration.
-    fn boot(&self) -> Result<Guest, StartError> {
+    fn pool(&self) -> MutexGuard<'_, Pool<Guest>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn name(&self) -> &str {
+        &self.config.function_name
+    }
+
+    fn log_sink(&self) -> impl FnMut(&str) + Send + 'static {
+        let log = self.log.clone();
+        move |line| (log.lock().unwrap_or_else(|e| e.into_inner()))(line)
+    }
+
+    /// Starts one provisioned environment and adds it to the pool, idle.
+    fn provision(&self) {
+        let id = self.pool().begin_provisioning();
+        match self.start_environment(true) {
+            Ok(guest) => {
+                self.log(&format!(
+                    "lambda-vm: {}: provisioned environment ready (vmm pid {})",
+                    self.name(),
+                    guest.vmm.pid()
+                ));
+                if let Some(guest) = self.pool().provisioned_up(id, guest) {
+                    self.teardown(guest, "the service is stopping");
+                }
+            }
+            Err(e) => {
+                self.pool().provisioning_failed(id);
+                self.log(&format!(
+                    "lambda-vm: {}: a provisioned environment failed to start: {}",
+                    self.name(),
+                    chain(&e)
+                ));
+            }
+        }
+    }
+
+    /// Asks the guest to power off, gives it a moment, then kills its `vmm`; its directory
+    /// goes with it.
+    fn teardown(&self, guest: Guest, why: &str) {
+        let pid = guest.vmm.pid();
+        guest.shutdown(TEARDOWN_GRACE);
+        self.log(&format!(
+            "lambda-vm: {}: tore down the environment of vmm pid {pid} ({why})",
+            self.name()
+        ));
+    }
+
+    /// Serves one invocation with `lease`'s environment (starting one if the lease says so),
+    /// then gives the environment back.
+    fn serve(&self, lease: Lease<Guest>, invocation: Invocation) -> Outcome {
+        let (id, guest, provisioned) = match lease {
+            Lease::Warm {
+                id,
+                env,
+                provisioned,
+            } => (id, env, provisioned),
+            Lease::Start { id } => match self.start_environment(false) {
+                Ok(guest) => {
+                    self.pool().started(id, guest.vmm.pid());
+                    (id, guest, false)
+                }
+                Err(e) => {
+                    self.pool().start_failed(id);
+                    let message = chain(&e);
+                    self.log(&format!("lambda-vm: {}: {message}", self.name()));
+                    return failure(error_type::RUNTIME_EXIT, &message);
+                }
+            },
+        };
+        let (kept, outcome) = self.run(guest, invocation);
+        if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
+            self.teardown(guest, "the service is stopping");
+        }
+        outcome
+    }
+
+    /// A new environment: for a SnapStart function a restore of its snapshot in a fresh VM
+    /// (taking the snapshot first when there is none for the current kernel, image and
+    /// configuration), otherwise a boot. A provisioned environment of an on-demand function
+    /// runs its init at once, as Lambda's do.
+    fn start_environment(&self, provisioned: bool) -> Result<Guest, StartError> {
         let Some(snapshots) = &self.snapshots else {
-            let guest = Guest::boot(&self.spec, self.log_sink())?;
+            let guest = if provisioned && self.config.init_type == InitializationType::OnDemand {
+                let mut spec = self.spec.clone();
+                let init_type = InitializationType::ProvisionedConcurrency;
+                spec.boot_args = Some(format!(
+                    "{} INIT_INITIALIZATION_TYPE={init_type}",
+                    spec.boot_args()
+                ));
+                Guest::boot(&spec, None, self.log_sink())?
+            } else {
+                Guest::boot(&self.spec, None, self.log_sink())?
+            };
             self.log(&format!(
-                "lambda-vm: microVM up in {} ms (VMM side), init connected after {} ms",
-                guest.vmm_time.as_millis(),
+                "lambda-vm: {}: scaled out: microVM booted (vmm pid {}), init connected after {} ms",
+                self.name(),
+                guest.vmm.pid(),
                 guest.boot_time.as_millis()
             ));
             return Ok(guest);
@@ -137,25 +282,22 @@ impl Inner {
         if dir.join(vmm::snapshot::STATE_FILE).exists() {
             match self.restore(&dir) {
                 Ok(guest) => return Ok(guest),
-                Err(e) => {
-                    self.log(&format!(
-                        "lambda-vm: discarding the SnapStart snapshot {}: it did not restore: {}; taking a new one",
-                        dir.display(),
-                        chain(&e)
-                    ));
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        self.log(&format!("lambda-vm: removing {}: {e}", dir.display()));
-                    }
-                }
+                Err(e) => self.discard(&dir, &e),
             }
         }
-        self.take_snapshot(&dir)?;
-        let removed = snapshots.remove_stale(&dir);
-        if removed > 0 {
-            self.log(&format!(
-                "lambda-vm: removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
-                snapshots.root().display()
-            ));
+        {
+            let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            // Another start may have taken it while this one waited.
+            if !dir.join(vmm::snapshot::STATE_FILE).exists() {
+                self.take_snapshot(&dir)?;
+                let removed = snapshots.remove_stale(&dir);
+                if removed > 0 {
+                    self.log(&format!(
+                        "lambda-vm: removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
+                        snapshots.root().display()
+                    ));
+                }
+            }
         }
         self.restore(&dir).map_err(|e| StartError::FreshSnapshot {
             dir: dir.clone(),
@@ -163,12 +305,25 @@ impl Inner {
         })
     }
 
+    /// Logs and removes a snapshot that did not restore.
+    fn discard(&self, dir: &Path, error: &GuestError) {
+        self.log(&format!(
+            "lambda-vm: discarding the SnapStart snapshot {}: it did not restore: {}; taking a new one",
+            dir.display(),
+            chain(error)
+        ));
+        let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            self.log(&format!("lambda-vm: removing {}: {e}", dir.display()));
+        }
+    }
+
     /// SnapStart's first step: boots, waits for the runtime's init to finish, and snapshots.
     fn take_snapshot(&self, dir: &Path) -> Result<(), StartError> {
-        let guest = Guest::boot(&self.spec, |_| {})?;
         let started = std::time::Instant::now();
+        let guest = Guest::boot(&self.spec, Some(dir), |_| {})?;
         let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
-        let init = guest.snapshot_after_init(dir, limit)?;
+        let init = guest.snapshot_after_init(limit)?;
         self.log(&format!(
             "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms: {}",
             init.as_millis(),
@@ -180,33 +335,20 @@ impl Inner {
 
     fn restore(&self, dir: &Path) -> Result<Guest, GuestError> {
         let guest = Guest::restore(&self.spec, dir, self.log_sink())?;
+        let vmm_ms = guest.vmm_time.map_or_else(
+            || "?".to_owned(),
+            |t| format!("{:.1}", t.as_secs_f64() * 1000.0),
+        );
         self.log(&format!(
-            "lambda-vm: microVM restored in {} ms (VMM side), init reconnected after {} ms",
-            guest.vmm_time.as_millis(),
+            "lambda-vm: microVM restored in {vmm_ms} ms (VMM side, vmm pid {}), init reconnected after {} ms",
+            guest.vmm.pid(),
             guest.boot_time.as_millis()
         ));
         Ok(guest)
     }
 
-    fn log_sink(&self) -> impl FnMut(&str) + Send + 'static {
-        let log = self.log.clone();
-        move |line| (log.lock().unwrap_or_else(|e| e.into_inner()))(line)
-    }
-
-    /// Runs `invocation` in `guest` (booting one if there is none); returns the guest if it may
-    /// serve the next invocation.
-    fn run(&self, guest: Option<Guest>, invocation: Invocation) -> (Option<Guest>, Outcome) {
-        let mut guest = match guest {
-            Some(guest) => guest,
-            None => match self.boot() {
-                Ok(guest) => guest,
-                Err(e) => {
-                    let message = chain(&e);
-                    self.log(&format!("lambda-vm: {message}"));
-                    return (None, failure(error_type::RUNTIME_EXIT, &message));
-                }
-            },
-        };
+    /// Runs `invocation` in `guest`; returns the guest if it may serve the next invocation.
+    fn run(&self, mut guest: Guest, invocation: Invocation) -> (Option<Guest>, Outcome) {
         let deadline = self.config.init_timeout + self.config.timeout + HOST_DEADLINE_SLACK;
         let result = guest
             .link
@@ -219,7 +361,8 @@ impl Inner {
                     None => Some(guest),
                     Some(why) => {
                         self.log(&format!(
-                            "lambda-vm: the environment was reset ({}); the next invocation gets a fresh microVM",
+                            "lambda-vm: {}: the environment was reset ({}); it is replaced",
+                            self.config.function_name,
                             match why {
                                 host_link::Reset::Timeout => "the function timed out".to_owned(),
                                 host_link::Reset::RuntimeExit { reason } => reason.clone(),
@@ -241,8 +384,11 @@ impl Inner {
                     }
                     _ => format!("lost the microVM's host link: {}", chain(&e)),
                 };
-                let exit = guest.microvm.wait(Some(Duration::ZERO));
-                self.log(&format!("lambda-vm: {message} (VM exit: {exit:?}); the next invocation gets a fresh microVM"));
+                let exit = guest.vmm.exited(Duration::ZERO);
+                self.log(&format!(
+                    "lambda-vm: {}: {message} (vmm exit: {exit:?}); the environment is replaced",
+                    self.config.function_name
+                ));
                 (None, failure(error_type::RUNTIME_EXIT, &message))
             }
         }
@@ -273,22 +419,27 @@ impl Invoker for FunctionService {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
-        let inner = &self.inner;
-        if inner.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
-            inner.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(InvokeError::QueueFull);
-        }
-        let mut slot = inner.guest.lock().await;
-        let guest = slot.take();
-        let worker = inner.clone();
-        let joined = tokio::task::spawn_blocking(move || worker.run(guest, invocation)).await;
-        inner.waiting.fetch_sub(1, Ordering::AcqRel);
-        match joined {
-            Ok((guest, outcome)) => {
-                *slot = guest;
-                Ok(outcome)
+        let lease = self.inner.pool().checkout();
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(refusal) => {
+                let reason = match refusal {
+                    Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
+                    Refusal::Host => throttle_reason::ACCOUNT,
+                    Refusal::ShutDown => return Err(InvokeError::ShutDown),
+                };
+                self.inner.log(&format!(
+                    "lambda-vm: {}: throttled ({reason})",
+                    self.inner.name()
+                ));
+                return Err(InvokeError::Throttled { reason });
             }
-            Err(_) => Err(InvokeError::ShutDown),
-        }
+        };
+        // The blocking task owns the environment and gives it back itself: if this future is
+        // dropped (the client hung up), the invocation still ends and nothing leaks.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.serve(lease, invocation))
+            .await
+            .map_err(|_| InvokeError::ShutDown)
     }
 }

@@ -107,7 +107,12 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
 fn start(args: &Args) -> anyhow::Result<Option<Microvm>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         match path {
-            Some(path) => std::fs::File::create(path)
+            // Appended to, so several VMs (a function's environments) can share one console
+            // file, and a restored VM's output follows its original's.
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
                 .map(|f| Box::new(f) as Box<dyn Write + Send>)
                 .with_context(|| format!("serial.serial_out_path {}", path.display())),
             None => Ok(Box::new(std::io::stdout())),

@@ -9,7 +9,7 @@ mod tests;
 pub use flags::VmFlags;
 
 use crate::host_caps::HostCaps;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -60,7 +60,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// Which CPUID features the guest is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 pub enum CpuTemplate {
     /// `Pvm` where the host's KVM is the emulated `kvm_pvm`, `None` elsewhere.
     Auto,
@@ -81,7 +81,7 @@ impl CpuTemplate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootSource {
     /// An uncompressed ELF `vmlinux`.
@@ -93,7 +93,7 @@ pub struct BootSource {
     pub boot_args: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
     pub vcpu_count: u8,
@@ -124,7 +124,7 @@ impl Default for MachineConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drive {
     pub drive_id: String,
@@ -134,7 +134,7 @@ pub struct Drive {
     pub is_read_only: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vsock {
     pub guest_cid: u32,
@@ -147,11 +147,11 @@ pub struct Vsock {
 
 /// A virtio-rng device fed from the host's `getrandom`. Without one a guest may wait long
 /// for its random pool; with one, `crng init done` comes early in boot.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entropy {}
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Serial {
     /// Where the guest console goes; `None`: the VMM's stdout.
@@ -159,7 +159,7 @@ pub struct Serial {
     pub serial_out_path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     #[serde(rename = "boot-source")]

@@ -86,6 +86,10 @@ impl Outcome {
 pub enum InvokeError {
     #[error("too many invocations are waiting ({MAX_QUEUED})")]
     QueueFull,
+    /// A concurrency limit is reached; `reason` is Lambda's name for which one
+    /// ([`proto::invoke_api::throttle_reason`]).
+    #[error("Rate Exceeded.")]
+    Throttled { reason: &'static str },
     #[error("the environment shut down before the invocation finished")]
     ShutDown,
 }
