@@ -303,3 +303,284 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
         .expect("lambda-vm exited after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// Writes function `name` into the functions directory `dir`: the host's function.json (the
+/// image's own, renamed, with `extra` keys) beside a link to the image.
+fn host_function(
+    dir: &std::path::Path,
+    name: &str,
+    config: &PathBuf,
+    image: &PathBuf,
+    extra: serde_json::Value,
+) {
+    let function_dir = dir.join(name);
+    std::fs::create_dir_all(&function_dir).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
+    json["function_name"] = json!(name);
+    for (key, value) in extra.as_object().unwrap() {
+        json[key] = value.clone();
+    }
+    std::fs::write(function_dir.join("function.json"), json.to_string()).unwrap();
+    std::os::unix::fs::symlink(image, function_dir.join("image.ext4")).unwrap();
+}
+
+/// `GET /status`: every function's environments per state.
+fn status(server: &LocalServer) -> serde_json::Value {
+    let reply = server.request(
+        "GET",
+        &format!("http://{}/status", server.invoke_addr),
+        &[],
+        b"",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+fn pids(status: &serde_json::Value, function: &str, state: &str) -> Vec<u32> {
+    status["functions"][function][format!("{state}_vmm_pids")]
+        .as_array()
+        .map(|pids| {
+            pids.iter()
+                .filter_map(|p| p.as_u64())
+                .filter_map(|p| u32::try_from(p).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The function host: three functions in one `lambda-vm`, each environment its own `vmm`
+/// process. A burst gets one environment per concurrent request (SnapStart restores), reserved
+/// concurrency throttles with Lambda's 429, a provisioned environment is ready before the first
+/// invoke, a killed `vmm` fails only its invoke and is replaced, idle environments are torn
+/// down without leaving a process, and routing goes by name, `name:$LATEST` and ARN.
+#[test]
+fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
+    const TEST: &str = "a_function_host_scales_out_throttles_provisions_and_tears_down";
+    if !have_kvm(TEST) {
+        return;
+    }
+    let (Some(kernel), Some(rootfs), Some(config), Some(snap_rootfs), Some(snap_config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_ROOTFS"),
+        guest_artifact("GUEST_FUNCTION_CONFIG"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
+    ) else {
+        return;
+    };
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("function-host");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let functions = tmp.join("functions");
+    host_function(&functions, "snap", &snap_config, &snap_rootfs, json!({}));
+    host_function(
+        &functions,
+        "provisioned",
+        &config,
+        &rootfs,
+        json!({"provisioned_concurrency": 1}),
+    );
+    host_function(
+        &functions,
+        "reserved-one",
+        &config,
+        &rootfs,
+        json!({"reserved_concurrency": 1}),
+    );
+    let mut command = Command::new(host_binary("lambda-vm"));
+    command
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--functions-dir")
+        .arg(&functions)
+        .arg("--work-dir")
+        .arg(tmp.join("work"))
+        .arg("--console")
+        .arg(tmp.join("console.log"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "6",
+            "--max-concurrency",
+            "8",
+        ]);
+    let mut server = LocalServer::from_command(command, "lambda-vm", true);
+
+    // Provisioned: ready before any invoke, and its first invoke shows no Init Duration.
+    server.wait_for_log(Duration::from_secs(300), |l| {
+        l.starts_with("lambda-vm: provisioned: provisioned environment ready")
+    });
+    let reply = server.request(
+        "POST",
+        &server.function_url("provisioned"),
+        &[],
+        br#"{"to":"provisioned"}"#,
+    );
+    assert_eq!(
+        (reply.status, reply.text()),
+        (200, r#"{"to":"provisioned"}"#.to_owned())
+    );
+    let report = server.wait_for_log(Duration::from_secs(30), |l| {
+        l.starts_with(&format!("REPORT RequestId: {}", reply.id()))
+    });
+    assert!(!report.contains("Init Duration"), "{report}");
+
+    // Routing: an unknown name is ResourceNotFoundException; ARN and name:$LATEST reach it.
+    let unknown = server.request("POST", &server.function_url("nope"), &[], b"{}");
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.header("x-amzn-errortype"),
+        Some("ResourceNotFoundException")
+    );
+    for name in [
+        "provisioned:$LATEST",
+        "arn:aws:lambda:us-east-1:012345678912:function:provisioned",
+    ] {
+        let reply = server.request("POST", &server.function_url(name), &[], b"[7]");
+        assert_eq!(
+            (reply.status, reply.text()),
+            (200, "[7]".to_owned()),
+            "{name}"
+        );
+    }
+
+    // A burst of 4 to the SnapStart function: 4 environments (one snapshot, 4 restores), and
+    // every response answers its own request.
+    let burst: Vec<_> = (0..4)
+        .map(|tag| {
+            let event = json!({"action": "whoami", "tag": tag, "ms": 3000});
+            server.request_in_background(
+                "POST",
+                &server.function_url("snap"),
+                event.to_string().as_bytes(),
+            )
+        })
+        .collect();
+    let mut environments = Vec::new();
+    for (tag, reply) in burst.into_iter().enumerate() {
+        let reply = reply.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["tag"], json!(tag), "{}", reply.text());
+        environments.push(reply.json()["environment"].as_str().unwrap().to_owned());
+    }
+    environments.sort();
+    environments.dedup();
+    assert_eq!(environments.len(), 4, "{environments:?}");
+    assert_eq!(
+        server.count_logs("lambda-vm: SnapStart snapshot taken"),
+        1,
+        "{:?}",
+        server.logs()
+    );
+    let now = status(&server);
+    assert_eq!(pids(&now, "snap", "idle").len(), 4, "{now}");
+
+    // Reserved concurrency 1: while one invoke holds the environment, a second gets 429 at once.
+    let held = server.request_in_background(
+        "POST",
+        &server.function_url("reserved-one"),
+        json!({"action": "whoami", "ms": 2000})
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(
+        integration_tests::wait_until(Duration::from_secs(60), || {
+            let s = status(&server);
+            let f = &s["functions"]["reserved-one"];
+            f["initializing"].as_u64().unwrap_or(0) + f["busy"].as_u64().unwrap_or(0) == 1
+        }),
+        "{}",
+        status(&server)
+    );
+    let throttled = server.request("POST", &server.function_url("reserved-one"), &[], b"{}");
+    assert_eq!(throttled.status, 429, "{}", throttled.text());
+    assert_eq!(
+        throttled.header("x-amzn-errortype"),
+        Some("TooManyRequestsException")
+    );
+    assert_eq!(
+        throttled.json()["Reason"],
+        "ReservedFunctionConcurrentInvocationLimitExceeded"
+    );
+    assert_eq!(held.join().unwrap().status, 200);
+    let concurrency = server.request(
+        "GET",
+        &format!(
+            "http://{}/2015-03-31/functions/reserved-one/concurrency",
+            server.invoke_addr
+        ),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        concurrency.json(),
+        json!({"ReservedConcurrentExecutions": 1})
+    );
+
+    // kill -9 of a vmm mid-invoke fails that invoke only; the next one gets an environment.
+    let doomed = server.request_in_background(
+        "POST",
+        &server.function_url("snap"),
+        json!({"action": "whoami", "ms": 5000})
+            .to_string()
+            .as_bytes(),
+    );
+    let busy = integration_tests::wait_for(Duration::from_secs(30), || {
+        pids(&status(&server), "snap", "busy").first().copied()
+    })
+    .expect("a busy environment");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(busy).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let failed = doomed.join().unwrap();
+    assert_eq!(failed.status, 200);
+    assert_eq!(
+        failed.function_error.as_deref(),
+        Some("Unhandled"),
+        "{}",
+        failed.text()
+    );
+    assert_eq!(
+        failed.json()["errorType"],
+        "Runtime.ExitError",
+        "{}",
+        failed.text()
+    );
+    let after = server.request("POST", &server.function_url("snap"), &[], b"[8]");
+    assert_eq!((after.status, after.text()), (200, "[8]".to_owned()));
+    assert!(!pids(&status(&server), "snap", "idle").contains(&busy));
+
+    // Idle environments go after --idle-timeout, their vmm processes with them; the
+    // provisioned one stays.
+    let before = status(&server);
+    let expiring: Vec<u32> = ["snap", "reserved-one"]
+        .iter()
+        .flat_map(|f| pids(&before, f, "idle"))
+        .collect();
+    assert!(!expiring.is_empty());
+    assert!(
+        integration_tests::wait_until(Duration::from_secs(60), || {
+            let s = status(&server);
+            pids(&s, "snap", "idle").is_empty() && pids(&s, "reserved-one", "idle").is_empty()
+        }),
+        "{}",
+        status(&server)
+    );
+    assert!(
+        integration_tests::wait_until(Duration::from_secs(10), || {
+            expiring
+                .iter()
+                .all(|pid| integration_tests::process_gone(*pid))
+        }),
+        "torn-down vmm processes remain: {expiring:?}"
+    );
+    let kept = pids(&status(&server), "provisioned", "idle");
+    assert_eq!(kept.len(), 1);
+
+    // SIGTERM stops every vmm.
+    let status = server
+        .terminate(Duration::from_secs(120))
+        .expect("lambda-vm exited after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(kept.iter().all(|pid| integration_tests::process_gone(*pid)));
+}

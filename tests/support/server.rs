@@ -197,6 +197,25 @@ impl LocalServer {
         })
     }
 
+    /// The Lambda API's invoke URL of the function `name` (a name, `name:qualifier` or ARN).
+    pub fn function_url(&self, name: &str) -> String {
+        format!(
+            "http://{}/2015-03-31/functions/{name}/invocations",
+            self.invoke_addr
+        )
+    }
+
+    /// Any request to `url`, on a thread of its own.
+    pub fn request_in_background(&self, method: &str, url: &str, body: &[u8]) -> JoinHandle<Reply> {
+        let (agent, method, url, body) = (
+            self.agent.clone(),
+            method.to_owned(),
+            url.to_owned(),
+            body.to_vec(),
+        );
+        std::thread::spawn(move || send(&agent, &method, &url, &[], &body))
+    }
+
     /// Any request to `url`.
     pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         send(&self.agent, method, url, headers, body)

@@ -482,6 +482,29 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_settings_are_optional_and_provisioned_fits_in_reserved() {
+        let config = FunctionConfig::from_json(
+            br#"{"handler": "h", "reserved_concurrency": 3, "provisioned_concurrency": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (config.reserved_concurrency, config.provisioned_concurrency),
+            (Some(3), 2)
+        );
+        let plain = FunctionConfig::from_json(br#"{"handler": "h"}"#).unwrap();
+        assert_eq!(
+            (plain.reserved_concurrency, plain.provisioned_concurrency),
+            (None, 0)
+        );
+        // Absent settings stay absent in the image's canonical form.
+        let canonical = String::from_utf8(plain.to_canonical_json()).unwrap();
+        assert!(!canonical.contains("concurrency"), "{canonical}");
+        let message =
+            error(r#"{"handler": "h", "reserved_concurrency": 1, "provisioned_concurrency": 2}"#);
+        assert!(message.contains("`provisioned_concurrency`"), "{message}");
+    }
+
+    #[test]
     fn out_of_range_values_name_the_key() {
         for (key, bad) in [
             ("memory_mb", "127"),
@@ -490,6 +513,8 @@ mod tests {
             ("timeout_secs", "901"),
             ("tmp_size_mb", "0"),
             ("tmp_size_mb", "10241"),
+            ("reserved_concurrency", "1001"),
+            ("provisioned_concurrency", "1001"),
         ] {
             let message = error(&format!(r#"{{"handler": "h", "{key}": {bad}}}"#));
             assert!(message.contains(&format!("`{key}`")), "{message}");

@@ -76,6 +76,11 @@ impl Report {
 }
 
 /// The line Lambda prints when init fails.
+/// The line for an init that belongs to no invocation (provisioned concurrency, SnapStart).
+pub fn init_report(init_duration: Duration) -> String {
+    format!("INIT_REPORT Init Duration: {:.2} ms", ms(init_duration))
+}
+
 pub fn init_report_error(init_duration: Duration, error_type: &str) -> String {
     format!(
         "INIT_REPORT Init Duration: {:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}",

@@ -130,6 +130,7 @@ fn function_status(service: &FunctionService) -> serde_json::Value {
         "idle": counts.idle,
         "provisioned": counts.provisioned,
         "reserved_concurrency": service.reserved_concurrency(),
-        "vmm_pids": counts.pids,
+        "busy_vmm_pids": counts.busy_pids,
+        "idle_vmm_pids": counts.idle_pids,
     })
 }

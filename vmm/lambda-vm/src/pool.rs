@@ -82,8 +82,10 @@ pub struct Counts {
     pub idle: usize,
     /// Of all of them, how many are provisioned (kept however long they idle).
     pub provisioned: usize,
-    /// The processes of the busy and idle environments.
-    pub pids: Vec<u32>,
+    /// The processes of the busy environments.
+    pub busy_pids: Vec<u32>,
+    /// The processes of the idle environments.
+    pub idle_pids: Vec<u32>,
 }
 
 struct Idle<E> {
@@ -255,14 +257,13 @@ impl<E: Environment> Pool<E> {
     }
 
     pub fn counts(&self) -> Counts {
-        let mut pids: Vec<u32> = self.active.values().flatten().copied().collect();
-        pids.extend(self.idle.iter().map(|idle| idle.env.pid()));
         Counts {
             starting: self.starting,
             busy: self.active.len() - self.starting,
             idle: self.idle.len(),
             provisioned: self.provisioned,
-            pids,
+            busy_pids: self.active.values().flatten().copied().collect(),
+            idle_pids: self.idle.iter().map(|idle| idle.env.pid()).collect(),
         }
     }
 

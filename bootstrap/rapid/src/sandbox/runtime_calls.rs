@@ -49,7 +49,14 @@ impl Handle {
             let mut snapshot_here = false;
             match state.phase {
                 Phase::Initializing { started } => {
-                    state.pending_init_duration = Some(started.elapsed());
+                    // Lambda puts an on-demand init in the first invocation's REPORT; a
+                    // provisioned environment's init was nobody's invocation, so it gets a line
+                    // of its own.
+                    if self.shared.config.init_type == InitializationType::OnDemand {
+                        state.pending_init_duration = Some(started.elapsed());
+                    } else {
+                        self.log(&report::init_report(started.elapsed()));
+                    }
                     self.end_phase(&mut state);
                     snapshot_here = self.shared.config.init_type == InitializationType::SnapStart;
                 }

@@ -8,6 +8,23 @@ use std::time::Duration;
 
 struct Echo;
 
+/// This process's execution-environment id: 16 random hex digits, drawn once.
+fn environment_id() -> Result<String, HandlerError> {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(id.clone());
+    }
+    let mut random = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+    let id = random
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    Ok(ID.get_or_init(|| id).clone())
+}
+
 impl Function for Echo {
     fn handle(&mut self, event: &[u8], ctx: &Context) -> Result<Vec<u8>, HandlerError> {
         let payload: Value = serde_json::from_slice(event)?;
@@ -27,6 +44,13 @@ impl Function for Echo {
                 json!({ "slept": ms })
             }
             Some("crash") => std::process::exit(3),
+            // For the function-host tests: which execution environment answered. The id is
+            // drawn on first use, after any SnapStart restore, so restored copies differ.
+            Some("whoami") => {
+                let sleep = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(sleep));
+                json!({ "environment": environment_id()?, "tag": payload.get("tag") })
+            }
             Some("context") => json!({
                 "request_id": ctx.request_id,
                 "function_arn": ctx.invoked_function_arn,
