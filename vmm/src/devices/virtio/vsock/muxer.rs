@@ -10,12 +10,12 @@
 use super::connection::{Connection, Produced, Verdict};
 use super::packet::{Header, OP_REQUEST, OP_RST, OP_RW, PKT_HEADER_LEN};
 use super::VsockError;
+use socket2::{Domain, SockAddr, Socket, Type};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use virtio_vsock::packet::VsockPacket;
@@ -501,49 +501,9 @@ impl Drop for Muxer {
 /// backlog is full would wait for it to accept, and a guest could stall the event loop that
 /// way. A full backlog is a refused connection instead.
 fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: `sockaddr_un` is a plain C struct for which all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    // The path must leave room for the terminating NUL of the zeroed struct.
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).map_err(io::Error::other)?;
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = libc::c_char::from_ne_bytes([src]);
-    }
-    // SAFETY: socket(2) takes no pointers; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket just created and owned by nothing else; the stream closes it on
-    // every path from here.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    let len = libc::socklen_t::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: `addr` is an initialised `sockaddr_un` that outlives the call, and `len` does
-    // not exceed its size (checked above).
-    let ret = unsafe {
-        libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stream)
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    socket.connect(&SockAddr::unix(path)?)?;
+    Ok(socket.into())
 }
 
 /// Parses `CONNECT <port>` (the newline already stripped).
