@@ -189,21 +189,9 @@ impl Guest {
         snapshot_dir: Option<&Path>,
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
-        let started = Instant::now();
-        let dir = EnvDir::create(&spec.work_dir)?;
-        let uds_path = dir.0.join("vsock.sock");
-        // Listen before booting, so the guest's first connection attempt finds the socket.
-        let listener = Listener::bind(&uds_path, PORT)?;
-        let config = spec.vm_config(uds_path);
-        let mut vmm = VmmProcess::boot(&spec.vmm, &config, &dir.0.join("vm.json"), snapshot_dir)?;
-        let mut link = wait_for_link(&listener, &mut vmm, started, spec.boot_timeout)?;
-        link.on_log(log);
-        Ok(Guest {
-            link,
-            vmm,
-            dir,
-            vmm_time: None,
-            boot_time: started.elapsed(),
+        Self::start(spec, spec.boot_timeout, log, |dir, uds_path| {
+            let config = spec.vm_config(uds_path.to_owned());
+            VmmProcess::boot(&spec.vmm, &config, &dir.join("vm.json"), snapshot_dir)
         })
     }
 
@@ -215,21 +203,37 @@ impl Guest {
         snapshot: &Path,
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
+        let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
+        let console = spec.console.as_deref();
+        let mut guest = Self::start(spec, timeout, log, |_, uds_path| {
+            VmmProcess::restore(&spec.vmm, snapshot, uds_path, console)
+        })?;
+        guest.link.restore()?;
+        guest.vmm_time = guest.vmm.restore_time();
+        Ok(guest)
+    }
+
+    /// One way to start: a fresh environment directory, the host-link listener on its vsock
+    /// socket (before the VM starts, so the guest's first connection finds it), the `vmm` that
+    /// `launch` starts there, and the guest's connection within `timeout`.
+    fn start(
+        spec: &GuestSpec,
+        timeout: Duration,
+        log: impl FnMut(&str) + Send + 'static,
+        launch: impl FnOnce(&Path, &Path) -> Result<VmmProcess, VmmError>,
+    ) -> Result<Guest, GuestError> {
         let started = Instant::now();
         let dir = EnvDir::create(&spec.work_dir)?;
         let uds_path = dir.0.join("vsock.sock");
         let listener = Listener::bind(&uds_path, PORT)?;
-        let console = spec.console.as_deref();
-        let mut vmm = VmmProcess::restore(&spec.vmm, snapshot, &uds_path, console)?;
-        let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
+        let mut vmm = launch(&dir.0, &uds_path)?;
         let mut link = wait_for_link(&listener, &mut vmm, started, timeout)?;
         link.on_log(log);
-        link.restore()?;
         Ok(Guest {
             link,
-            vmm_time: vmm.restore_time(),
             vmm,
             dir,
+            vmm_time: None,
             boot_time: started.elapsed(),
         })
     }
