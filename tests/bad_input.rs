@@ -184,3 +184,57 @@ fn successful_async_invoke_runs_later() {
     assert!(!report.contains("Status: error"), "{report}");
     still_serves(&mut server);
 }
+
+/// Accepted `Event` invokes survive a `kill -9` of the server: each was on disk before its
+/// 202, and a server restarted on the same store runs what the first did not finish, so every
+/// accepted event reaches its outcome (a REPORT) in one run or the other.
+#[test]
+fn accepted_events_survive_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.redb");
+    let store_arg = store.to_str().unwrap();
+    let args = ["--event-store", store_arg, "--async-retry-delay", "0.1"];
+    let Some(first) = start(&args) else { return };
+    let event = json!({"action": "sleep", "ms": 100}).to_string();
+    let accepted: Vec<String> = (0..40)
+        .map(|_| {
+            let reply = first.invoke_raw(event.as_bytes(), &[("X-Amz-Invocation-Type", "Event")]);
+            assert_eq!(reply.status, 202, "{}", reply.text());
+            reply.id()
+        })
+        .collect();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(first.pid()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        integration_tests::process_gone(first.pid())
+    }));
+    let first_logs = first.logs();
+    let finished = |logs: &[String], id: &str| {
+        logs.iter()
+            .any(|l| l.starts_with(&format!("REPORT RequestId: {id}")))
+    };
+    let unfinished = accepted
+        .iter()
+        .filter(|id| !finished(&first_logs, id))
+        .count();
+    assert!(unfinished > 0, "the kill came too late to test anything");
+
+    let Some(mut second) = start(&args) else {
+        return;
+    };
+    second.wait_for_log(Duration::from_secs(10), |l| {
+        l.starts_with("rapid: resuming") && l.contains("stored asynchronous invocation")
+    });
+    let all_done = wait_until(Duration::from_secs(60), || {
+        let logs = second.logs();
+        accepted
+            .iter()
+            .all(|id| finished(&first_logs, id) || finished(&logs, id))
+    });
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !finished(&first_logs, id) && !finished(&second.logs(), id))
+        .collect();
+    assert!(all_done, "{} accepted events lost: {lost:?}", lost.len());
+    still_serves(&mut second);
+}

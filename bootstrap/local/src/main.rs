@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use proto::function_config::MEMORY_MB;
+use rapid::event_store::EventStore;
 use rapid::invoke_http::Endpoint;
 use rapid::{EnvironmentConfig, Handle, InitializationType, LogTails, StdoutLog};
 use std::net::SocketAddr;
@@ -59,6 +60,11 @@ struct Args {
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
+    /// Where accepted asynchronous invokes are kept until they have an outcome (a crash-safe
+    /// store; a restarted server runs what it holds) [default:
+    /// $TMPDIR/lambda-local-ADDR-PORT/events.redb, for the invoke endpoint's address].
+    #[arg(long)]
+    event_store: Option<PathBuf>,
     /// Seconds between retries of a failed asynchronous invoke.
     #[arg(long, default_value_t = 1.0, value_parser = seconds_in(0.0, 3600.0))]
     async_retry_delay: f64,
@@ -143,6 +149,7 @@ fn config(args: Args) -> EnvironmentConfig {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (listen, runtime_api) = (args.listen, args.runtime_api);
+    let event_store = args.event_store.clone();
     let config = config(args);
 
     let invoke_listener = TcpListener::bind(listen)
@@ -152,6 +159,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--runtime-api {runtime_api}"))?;
     let api_addr = api_listener.local_addr()?;
+    let invoke_addr = invoke_listener.local_addr()?;
+    let default_store = event_store.is_none();
+    let store_path = event_store.unwrap_or_else(|| {
+        let name = format!("lambda-local-{}-{}", invoke_addr.ip(), invoke_addr.port());
+        std::env::temp_dir().join(name).join("events.redb")
+    });
+    let events = EventStore::open(&store_path).context("--event-store")?;
+    let store = events.clone();
     // Watch the signals before anything starts, so none is missed.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -169,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(rapid::http::serve(api_listener, move |request| {
         rapid::runtime_api::handle(api.clone(), request)
     }));
-    let endpoint = Endpoint::new(sandbox.clone(), tails);
+    let endpoint = Endpoint::new(sandbox.clone(), tails, Some(events));
     tokio::spawn(rapid::http::serve(invoke_listener, move |request| {
         endpoint.clone().handle(request)
     }));
@@ -180,5 +195,12 @@ async fn main() -> anyhow::Result<()> {
         _ = interrupt.recv() => {}
     }
     sandbox.shutdown();
+    // A default store with nothing left in it is not worth keeping in the temp directory.
+    if default_store && store.pending().is_ok_and(|pending| pending.is_empty()) {
+        drop(store);
+        if let Some(dir) = store_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     Ok(())
 }

@@ -1,28 +1,34 @@
 //! Asynchronous (`Event`) invocations: accepted at once, run later, retried twice on failure,
-//! then sent to the on-failure destination as an AWS destination record.
+//! then sent to the on-failure destination as an AWS destination record. With an
+//! [`EventStore`], an accepted event is on disk before it is acknowledged and stays there until
+//! it has an outcome, so a crash loses none; what the store holds at start is run again.
 
+use crate::event_store::{EventStore, StoreError};
 use crate::invoker::Invoker;
 use crate::sandbox::{Invocation, InvokeError, Outcome};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One attempt and two retries, as Lambda does for asynchronous invokes.
 pub const MAX_ATTEMPTS: u32 = 3;
 
 /// How long a throttled event keeps waiting for an environment (Lambda's default maximum event
 /// age).
-pub const MAX_EVENT_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// Most asynchronous invocations accepted and not yet done (each holds its event, up to 1 MiB).
 pub const MAX_PENDING: usize = 128;
 
 /// Why an asynchronous invocation was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
     #[error("too many asynchronous invocations are pending ({MAX_PENDING})")]
     Full,
+    #[error("the event could not be stored")]
+    Store(#[source] StoreError),
 }
 
 /// The asynchronous invocations of one environment.
@@ -30,34 +36,87 @@ pub enum EnqueueError {
 pub struct AsyncQueue<I: Invoker> {
     sandbox: I,
     slots: Arc<Semaphore>,
+    store: Option<EventStore>,
 }
 
 impl<I: Invoker> AsyncQueue<I> {
-    pub fn new(sandbox: I) -> AsyncQueue<I> {
-        AsyncQueue {
+    /// A queue for `sandbox`; with a `store`, the events it holds from before are started now.
+    pub fn new(sandbox: I, store: Option<EventStore>) -> AsyncQueue<I> {
+        let queue = AsyncQueue {
             sandbox,
             slots: Arc::new(Semaphore::new(MAX_PENDING)),
+            store,
+        };
+        queue.resume();
+        queue
+    }
+
+    /// Runs the events a previous run of the service accepted and did not finish.
+    fn resume(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        match store.pending() {
+            Ok(pending) => {
+                if !pending.is_empty() {
+                    self.sandbox.log(&format!(
+                        "rapid: resuming {} stored asynchronous invocation(s)",
+                        pending.len()
+                    ));
+                }
+                for (invocation, accepted_ms) in pending {
+                    // Not bounded by the slots: they were accepted already.
+                    self.spawn(invocation, accepted_ms, None);
+                }
+            }
+            Err(e) => self.sandbox.log(&format!(
+                "rapid: the stored asynchronous invocations cannot be read: {}",
+                crate::error_chain(&e)
+            )),
         }
     }
 
-    /// Accepts `invocation` to run in the background, with retries.
-    pub fn enqueue(&self, invocation: Invocation) -> Result<(), EnqueueError> {
+    /// Accepts `invocation` to run in the background, with retries; with a store, it is on disk
+    /// when this returns.
+    pub async fn enqueue(&self, invocation: Invocation) -> Result<(), EnqueueError> {
         let slot = Arc::clone(&self.slots)
             .try_acquire_owned()
             .map_err(|_| EnqueueError::Full)?;
-        let sandbox = self.sandbox.clone();
+        let accepted_ms = crate::time::epoch_ms();
+        if let Some(store) = self.store.clone() {
+            let event = invocation.clone();
+            tokio::task::spawn_blocking(move || store.put(&event, accepted_ms))
+                .await
+                .map_err(|e| EnqueueError::Store(StoreError::Join(e.to_string())))?
+                .map_err(EnqueueError::Store)?;
+        }
+        self.spawn(invocation, accepted_ms, Some(slot));
+        Ok(())
+    }
+
+    fn spawn(&self, invocation: Invocation, accepted_ms: u64, slot: Option<OwnedSemaphorePermit>) {
+        let (sandbox, store) = (self.sandbox.clone(), self.store.clone());
         tokio::spawn(async move {
-            run(&sandbox, invocation).await;
+            let id = invocation.request_id.clone();
+            run(&sandbox, invocation, accepted_ms).await;
+            if let Some(store) = store {
+                let removed = tokio::task::spawn_blocking(move || store.remove(&id)).await;
+                if let Ok(Err(e)) = removed {
+                    sandbox.log(&format!(
+                        "rapid: an asynchronous invocation's outcome could not be stored: {}",
+                        crate::error_chain(&e)
+                    ));
+                }
+            }
             drop(slot);
         });
-        Ok(())
     }
 }
 
-async fn run<I: Invoker>(sandbox: &I, invocation: Invocation) {
+async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) {
     let id = &invocation.request_id;
     let mut last = Vec::new();
-    let accepted = std::time::Instant::now();
+    let age = || Duration::from_millis(crate::time::epoch_ms().saturating_sub(accepted_ms));
     let mut attempt = 1;
     while attempt <= MAX_ATTEMPTS {
         match sandbox.invoke(invocation.clone()).await {
@@ -65,7 +124,7 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation) {
             Ok(Outcome::Failure { body, .. }) => last = body.to_vec(),
             // A throttle is not the function's failure: the event waits for a free environment,
             // as Lambda keeps throttled events, up to their maximum age.
-            Err(e @ InvokeError::Throttled { .. }) if accepted.elapsed() < MAX_EVENT_AGE => {
+            Err(e @ InvokeError::Throttled { .. }) if age() < MAX_EVENT_AGE => {
                 last = proto::runtime_api::ErrorRequest::new(
                     proto::invoke_api::error_type::TOO_MANY_REQUESTS,
                     e.to_string(),

@@ -2,7 +2,8 @@
 //! (`POST /2015-03-31/functions/function/invocations`), with Lambda's `Invoke` semantics: an
 //! invocation source for any [`Invoker`].
 
-use crate::async_invoke::AsyncQueue;
+use crate::async_invoke::{AsyncQueue, EnqueueError};
+use crate::event_store::EventStore;
 use crate::http::{self, BodyError, Reply};
 use crate::invoker::Invoker;
 use crate::log_tail::LogTails;
@@ -27,10 +28,11 @@ pub struct Endpoint<I: Invoker> {
 
 impl<I: Invoker> Endpoint<I> {
     /// `tails` must see the environment's log lines (see [`LogTails::around`]) for
-    /// `X-Amz-Log-Type: Tail` to return them.
-    pub fn new(sandbox: I, tails: LogTails) -> Endpoint<I> {
+    /// `X-Amz-Log-Type: Tail` to return them; `events` keeps accepted `Event` invokes across
+    /// crashes (and the ones it holds from before are started now).
+    pub fn new(sandbox: I, tails: LogTails, events: Option<EventStore>) -> Endpoint<I> {
         Endpoint {
-            events: AsyncQueue::new(sandbox.clone()),
+            events: AsyncQueue::new(sandbox.clone(), events),
             sandbox,
             tails,
         }
@@ -129,9 +131,16 @@ impl<I: Invoker> Endpoint<I> {
         };
         match kind.as_str() {
             invocation_type::DRY_RUN => http::json(204, Bytes::new()),
-            invocation_type::EVENT => match self.events.enqueue(invocation) {
+            invocation_type::EVENT => match self.events.enqueue(invocation).await {
                 Ok(()) => http::json(202, Bytes::new()),
-                Err(e) => http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string()),
+                Err(e @ EnqueueError::Full) => {
+                    http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string())
+                }
+                Err(e) => {
+                    let message = crate::error_chain(&e);
+                    self.sandbox.log(&format!("rapid: {message}"));
+                    http::service_error(500, error_type::SERVICE, &message)
+                }
             },
             _ => {
                 let watch = tail.then(|| self.tails.watch(&invocation.request_id));

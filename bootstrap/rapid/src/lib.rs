@@ -12,6 +12,7 @@
 
 pub mod async_invoke;
 pub mod config;
+pub mod event_store;
 pub mod hooks;
 pub mod http;
 pub mod invoke_http;
@@ -29,3 +30,15 @@ pub use invoker::Invoker;
 pub use log_tail::LogTails;
 pub use proto::InitializationType;
 pub use sandbox::{Handle, Invocation, InvokeError, Outcome};
+
+/// An error and its causes, `: `-separated, for log lines.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

@@ -10,6 +10,7 @@ use lambda_vm::host::FunctionHost;
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
+use rapid::event_store::EventStore;
 use rapid::invoke_http::Endpoint;
 use rapid::{EnvironmentConfig, InitializationType, LogTails};
 use std::net::SocketAddr;
@@ -182,8 +183,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
         };
+        let events = EventStore::open(&function_dir.join("events.redb"))
+            .with_context(|| format!("the event store of {name}"))?;
         let service = FunctionService::new(config, spec, snapshots, scaling, log);
-        let endpoint = Endpoint::new(service.clone(), tails.clone());
+        let endpoint = Endpoint::new(service.clone(), tails.clone(), Some(events));
         hosted.push((service, endpoint));
     }
     let host = FunctionHost::new(hosted, host);

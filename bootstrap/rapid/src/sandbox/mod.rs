@@ -32,7 +32,7 @@ use tokio::task::AbortHandle;
 pub const MAX_QUEUED: usize = 128;
 
 /// One invocation, as any source hands it in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub request_id: String,
     /// The event: JSON, at most [`SYNC_PAYLOAD_LIMIT`](proto::runtime_api::SYNC_PAYLOAD_LIMIT)
