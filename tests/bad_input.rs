@@ -238,3 +238,85 @@ fn accepted_events_survive_a_kill_9() {
     assert!(all_done, "{} accepted events lost: {lost:?}", lost.len());
     still_serves(&mut second);
 }
+
+fn raw_invoke(body: &str) -> String {
+    format!(
+        "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A client that half-closes its side after sending its request (`shutdown(SHUT_WR)`, as
+/// `nc -N` does) still gets its response.
+#[test]
+fn a_half_closed_client_gets_its_response() {
+    let Some(mut server) = start(&[]) else { return };
+    let mut stream = send_raw(
+        &server.invoke_addr,
+        raw_invoke(r#"{"half":"closed"}"#).as_bytes(),
+    );
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    assert!(response.ends_with(r#"{"half":"closed"}"#), "{response:?}");
+    still_serves(&mut server);
+}
+
+/// Idle and slow clients cannot lock others out: with 8 connections allowed, 20 that connect
+/// and send nothing are closed after the header timeout, and a real caller is served.
+#[test]
+fn idle_connections_are_bounded_and_timed_out() {
+    let args = ["--max-connections", "8", "--header-timeout", "1"];
+    let Some(mut server) = start(&args) else {
+        return;
+    };
+    let idle: Vec<_> = (0..20)
+        .map(|_| {
+            send_raw(
+                &server.invoke_addr,
+                b"POST /2015-03-31/functions/function/invocations HTTP/1.1\r\n",
+            )
+        })
+        .collect();
+    let reply = server.invoke(&json!({"after": "idlers"}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The idle ones were closed by the server.
+    for mut stream in idle.into_iter().take(8) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        assert!(stream.read_to_end(&mut rest).is_ok());
+    }
+    still_serves(&mut server);
+}
+
+/// A misconfigured failure destination is refused at start, naming it, before "listening".
+#[test]
+fn an_unusable_failure_destination_is_refused_at_start() {
+    let Some(launch) = Peer::BootstrapLibrary.launch() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let output = std::process::Command::new(integration_tests::host_binary("lambda-local"))
+        .arg("--runtime")
+        .arg(&launch.runtime)
+        .arg("--on-failure-dir")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--on-failure-dir") && stderr.contains("not-a-dir"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+}

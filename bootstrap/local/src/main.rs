@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use proto::function_config::MEMORY_MB;
 use rapid::event_store::EventStore;
+use rapid::http::ConnectionLimits;
 use rapid::invoke_http::Endpoint;
 use rapid::{EnvironmentConfig, Handle, InitializationType, LogTails, StdoutLog};
 use std::net::SocketAddr;
@@ -60,6 +61,14 @@ struct Args {
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
+    /// Most client connections open at once on the invoke endpoint; beyond it new ones wait
+    /// while the open ones are served.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers, or leave a kept-alive
+    /// connection idle, before it is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
     /// Where accepted asynchronous invokes are kept until they have an outcome (a crash-safe
     /// store; a restarted server runs what it holds) [default:
     /// $TMPDIR/lambda-local-ADDR-PORT/events.redb, for the invoke endpoint's address].
@@ -145,11 +154,29 @@ fn config(args: Args) -> EnvironmentConfig {
     config
 }
 
+/// The invoke endpoint's connection limits from the flags.
+fn connection_limits(max: usize, header_timeout: f64) -> anyhow::Result<ConnectionLimits> {
+    anyhow::ensure!(max > 0, "--max-connections must be at least 1");
+    let timeout = Duration::try_from_secs_f64(header_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--header-timeout must be a positive number of seconds")?;
+    Ok(ConnectionLimits {
+        max_connections: Some(max),
+        header_read_timeout: Some(timeout),
+    })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
+    let limits = connection_limits(args.max_connections, args.header_timeout)?;
+    if let Some(dir) = &args.on_failure_dir {
+        rapid::async_invoke::check_destination(dir)
+            .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
+    }
     let config = config(args);
 
     let invoke_listener = TcpListener::bind(listen)
@@ -185,9 +212,11 @@ async fn main() -> anyhow::Result<()> {
         rapid::runtime_api::handle(api.clone(), request)
     }));
     let endpoint = Endpoint::new(sandbox.clone(), tails, Some(events));
-    tokio::spawn(rapid::http::serve(invoke_listener, move |request| {
-        endpoint.clone().handle(request)
-    }));
+    tokio::spawn(rapid::http::serve_with(
+        invoke_listener,
+        limits,
+        move |request| endpoint.clone().handle(request),
+    ));
     sandbox.start();
 
     tokio::select! {

@@ -206,6 +206,13 @@ fn destination_record(
 
 /// Writes `name` in `dir` through a temporary file and a rename, so a reader never sees half a
 /// record.
+/// Checks, at start, that failure records can be written to `dir` (created if missing): a
+/// misconfigured destination is found before any event depends on it.
+pub fn check_destination(dir: &Path) -> std::io::Result<()> {
+    let probe = write_atomically(dir, ".lambda-destination-check", b"")?;
+    std::fs::remove_file(probe)
+}
+
 fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);

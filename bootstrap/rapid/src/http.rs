@@ -5,9 +5,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub type Reply = Response<Full<Bytes>>;
@@ -115,6 +116,36 @@ pub fn close(mut reply: Reply) -> Reply {
     reply
 }
 
+/// What one listener allows its clients, so that idle or slow clients cannot use up the
+/// server's descriptors or lock others out.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; beyond it new connections wait in the listen backlog
+    /// while the open ones go on being served.
+    pub max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers, and (the same clock) how long
+    /// a kept-alive connection may idle before its next request.
+    pub header_read_timeout: Option<std::time::Duration>,
+}
+
+impl ConnectionLimits {
+    /// For the Runtime API: its one client is the runtime, whose long polls must not time out.
+    pub const NONE: ConnectionLimits = ConnectionLimits {
+        max_connections: None,
+        header_read_timeout: None,
+    };
+}
+
+impl Default for ConnectionLimits {
+    /// For an endpoint open to any client.
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: Some(1024),
+            header_read_timeout: Some(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
 /// Serves HTTP/1.1 with keep-alive on `listener`, one task per connection, until the listener
 /// fails. A connection's errors (garbage, a client hanging up) end only that connection.
 pub async fn serve<H, F>(listener: TcpListener, handler: H)
@@ -122,7 +153,24 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply> + Send + 'static,
 {
+    serve_with(listener, ConnectionLimits::NONE, handler).await
+}
+
+/// [`serve`] within `limits`. A client that half-closes its side after sending (as `nc -N`
+/// does) still gets its response.
+pub async fn serve_with<H, F>(listener: TcpListener, limits: ConnectionLimits, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
+    let slots = limits
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     loop {
+        let permit = match &slots {
+            Some(slots) => Arc::clone(slots).acquire_owned().await.ok(),
+            None => None,
+        };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -135,12 +183,19 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
                 let reply = handler(request);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.keep_alive(true).half_close(true);
+            if let Some(timeout) = limits.header_read_timeout {
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout);
+            }
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -11,6 +11,7 @@ use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
 use rapid::event_store::EventStore;
+use rapid::http::ConnectionLimits;
 use rapid::invoke_http::Endpoint;
 use rapid::{EnvironmentConfig, InitializationType, LogTails};
 use std::net::SocketAddr;
@@ -81,6 +82,14 @@ struct Args {
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
+    /// Most client connections open at once on the invoke endpoint; beyond it new ones wait
+    /// while the open ones are served.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers, or leave a kept-alive
+    /// connection idle, before it is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -107,7 +116,32 @@ async fn main() -> anyhow::Result<()> {
     );
     let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
         .context("--idle-timeout must be a number of seconds")?;
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
+    );
+    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--header-timeout must be a positive number of seconds")?;
+    let limits = ConnectionLimits {
+        max_connections: Some(args.max_connections),
+        header_read_timeout: Some(header_timeout),
+    };
     let functions = functions(&args)?;
+    if let Some(dir) = &args.on_failure_dir {
+        rapid::async_invoke::check_destination(dir)
+            .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
+    }
+    for function in &functions {
+        let mb = function.config.memory_mb;
+        anyhow::ensure!(
+            mb <= vmm::config::MAX_MEM_MIB,
+            "function {}: memory_mb {mb} is more than the {} MiB a microVM can have here",
+            function.config.function_name,
+            vmm::config::MAX_MEM_MIB
+        );
+    }
     let work_dir = match &args.work_dir {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id())),
@@ -201,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
     let router = host.clone();
-    tokio::spawn(rapid::http::serve(listener, move |request| {
+    tokio::spawn(rapid::http::serve_with(listener, limits, move |request| {
         router.clone().handle(request)
     }));
     tokio::select! {

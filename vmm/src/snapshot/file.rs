@@ -103,6 +103,13 @@ pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> 
 
 /// Reads and checks a state file written by [`save`].
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
+    // A FIFO or a device would block the open or never end: only a regular file is a state.
+    let metadata = std::fs::metadata(path).map_err(io_error(path))?;
+    if !metadata.is_file() {
+        let not_a_file =
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(io_error(path)(not_a_file));
+    }
     let mut file = File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();
     let mut header = [0u8; HEADER_LEN];
@@ -200,6 +207,23 @@ mod tests {
         let path = dir.path().join("state");
         save(&path, &sample()).unwrap();
         (dir, path)
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let error = load::<Sample>(&path).unwrap_err();
+        assert!(error.to_string().contains("state"), "{error}");
+        assert!(
+            vmm_error_chain(&error).contains("not a regular file"),
+            "{error}"
+        );
+    }
+
+    fn vmm_error_chain(error: &StateFileError) -> String {
+        crate::error::Chain(error).to_string()
     }
 
     #[test]

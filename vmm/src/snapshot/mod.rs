@@ -278,6 +278,12 @@ pub fn restore(
 /// Maps the memory file private and writable: reads fault pages in from the file on first
 /// touch, writes go to anonymous copies, and the file is never changed.
 fn map_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+    // A FIFO would block the open: only a regular file is guest memory.
+    if !std::fs::metadata(path).map_err(io_error(path))?.is_file() {
+        let not_a_file =
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(io_error(path)(not_a_file));
+    }
     let file = File::open(path).map_err(io_error(path))?;
     let found = file.metadata().map_err(io_error(path))?.len();
     if found != size {

@@ -259,6 +259,8 @@ impl Handle {
             if let Some(failure) = state.kept_failure.take() {
                 return Ok(failure);
             }
+            // Callers that hung up while waiting hold no place in the queue.
+            state.queue.retain(|queued| !queued.reply.is_closed());
             if state.queue.len() >= MAX_QUEUED {
                 return Err(InvokeError::QueueFull);
             }

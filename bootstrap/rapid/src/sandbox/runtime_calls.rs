@@ -88,7 +88,17 @@ impl Handle {
                 // Another `/next` of the same runtime may have taken an invocation meanwhile:
                 // the environment runs one at a time.
                 if self.unfinished_current(&state).is_none() {
-                    if let Some(queued) = state.queue.pop_front() {
+                    while let Some(queued) = state.queue.pop_front() {
+                        // A caller that hung up before its invocation started does not get it
+                        // run: nobody would see the answer, and a retrying client would run it
+                        // twice.
+                        if queued.reply.is_closed() {
+                            let id = &queued.invocation.request_id;
+                            self.log(&format!(
+                                "rapid: {id}: the caller hung up before the invocation started; dropped"
+                            ));
+                            continue;
+                        }
                         return ApiReply::Next(Box::new(self.deliver(&mut state, queued)));
                     }
                 }
