@@ -2,29 +2,50 @@
 //!
 //! Lambda reports its cgroup's peak. Without a cgroup of our own, the closest figure a process
 //! can read is `VmHWM` (peak resident set) in `/proc/<pid>/status`; we take the largest over the
-//! runtime's process group, so a runtime that forks its worker (a shell script, a wrapper) is
-//! measured by the worker.
+//! runtime and its descendants, so a runtime that forks its worker (a shell script, a wrapper)
+//! is measured by the worker. The descendants are found from the runtime down
+//! (`/proc/<pid>/task/<tid>/children`), so the work is the sandbox's size, never the host's: a
+//! host with thousands of processes costs an invoke nothing more.
 
-/// The largest `VmHWM` among the processes of group `pgid`, in MB (rounded up); 0 when none is
+/// Most processes looked at in one sandbox: a fork bomb is not measured to the end.
+const MAX_PROCESSES: usize = 256;
+
+/// The largest `VmHWM` among `root` and its descendants, in MB (rounded up); 0 when none is
 /// left.
-pub fn max_memory_used_mb(pgid: i32) -> u64 {
-    if pgid <= 0 {
+pub fn max_memory_used_mb(root: i32) -> u64 {
+    if root <= 0 {
         return 0;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let peak_kb = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| process_group_of(pid) == Some(pgid))
-        .filter_map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            vm_hwm_kb(&status)
-        })
-        .max()
-        .unwrap_or(0);
+    let (mut peak_kb, mut pending, mut looked) = (0, vec![root], 0);
+    while let Some(pid) = pending.pop() {
+        if looked == MAX_PROCESSES {
+            break;
+        }
+        looked += 1;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+        if let Some(kb) = status.ok().as_deref().and_then(vm_hwm_kb) {
+            peak_kb = peak_kb.max(kb);
+        }
+        pending.extend(children(pid));
+    }
     peak_kb.div_ceil(1024)
+}
+
+/// The children of every thread of `pid` (a kernel without `CONFIG_PROC_CHILDREN` has none to
+/// show, and then only the root is measured).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 /// The `VmHWM` field of a `/proc/<pid>/status` text, in kB.
@@ -35,23 +56,30 @@ fn vm_hwm_kb(status: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn process_group_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; fields resume after the last ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(2)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn own_process_group_is_found() {
-        // SAFETY: getpid/getpgrp have no preconditions.
-        let (pid, pgid) = unsafe { (libc::getpid(), libc::getpgrp()) };
-        assert_eq!(process_group_of(pid), Some(pgid));
-        assert!(max_memory_used_mb(pgid) > 0);
+    fn a_child_is_measured_with_its_parent() {
+        // A child that touches 64 MB: the tree's peak is at least that, whatever ours is.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "python3 -c 'import time; b = b\"x\" * (64 << 20); time.sleep(5)'",
+            ])
+            .spawn()
+            .unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut peak = 0;
+        while peak < 64 && std::time::Instant::now() < deadline {
+            peak = max_memory_used_mb(me);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(peak >= 64, "{peak} MB");
         assert_eq!(max_memory_used_mb(0), 0);
     }
 
