@@ -29,14 +29,6 @@ impl rapid::LogSink for LinkLog {
     }
 }
 
-/// An error and its causes, `outer: inner: innermost`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes, `outer: inner: innermost` (the one chain printer of the
+/// Lambda-side crates).
+pub use rapid::error_chain as chain;
