@@ -4,7 +4,8 @@
 #      first instruction (VMM-side cost only: process, KVM VM, memory, boot path, exit).
 #   2. VMM resident memory: `vmm` with a 128 MiB guest that halts at once.
 #   3. Boot to init, and to the guest init's host-link connection (`lambda-vm --eager`).
-#   4. First invoke (runtime init inside the guest), then warm invoke round trips.
+#   4. First invoke (with --eager the environment is provisioned: its init ran at boot), then
+#      warm invoke round trips.
 #   5. Snapshots: a 128 MiB tiny guest's snapshot and `vmm --restore-from` latency (load call
 #      to vCPUs running, VMM side only); then, alternating in fresh `lambda-vm` processes, the
 #      echo function's cold boot to first response and the same function built as snap-start
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
         --runs) runs="${2:?}"; shift ;;
         --invokes) invokes="${2:?}"; shift ;;
         --pairs) pairs="${2:?}"; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
@@ -77,7 +78,7 @@ t0=$(now_us)
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 t_init=""
-until grep -q "microVM booted" "$log"; do
+until grep -q "microVM booted" "$log" 2>/dev/null; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "lambda-vm exited"; }
     if [ -z "$t_init" ] && grep -q "Run /init" "$console" 2>/dev/null; then t_init=$(now_us); fi
     sleep 0.05
@@ -97,7 +98,7 @@ done >"$work/warm.txt"
 rss_service=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
 echo "   boot to init (\"Run /init\" on the console): $(( (t_init - t0) / 1000 )) ms"
 echo "   boot to the init's host-link connection:      $(( (t_link - t0) / 1000 )) ms"
-echo "   first invoke (runtime start in the guest):    $(( t_first / 1000 )) ms"
+echo "   first invoke (init already ran: provisioned): $(( t_first / 1000 )) ms"
 echo "   warm invoke round trip, median of $invokes:     $(( $(median <"$work/warm.txt") / 1000 )) ms"
 echo "   lambda-vm VmRSS with the booted guest:        ${rss_service} kB"
 grep -E "^(REPORT|lambda-vm:)" "$log" | head -3 | sed 's/^/   /'
@@ -113,7 +114,7 @@ first_response() {
         --function-config "$config" --listen 127.0.0.1:0 --work-dir "$work" \
         --console "$work/first-response-console.log" "$@" >"$log" 2>&1 &
     pid=$!
-    until grep -q "lambda-vm: listening" "$log"; do sleep 0.01; done
+    until grep -q "lambda-vm: listening" "$log" 2>/dev/null; do sleep 0.01; done
     addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$log")
     curl -sS --fail --max-time 600 -o /dev/null -d '{"bench":"first"}' \
         "http://$addr/2015-03-31/functions/function/invocations" || die "invoke failed: $(cat "$log")"
@@ -152,7 +153,7 @@ for _ in $(seq "$pairs"); do
     first_response "$work/restored.log" "$snapstart_rootfs" "$snapstart_dir/function.json" \
         "${snapstart[@]}" >>"$work/restored.txt"
     grep -q "SnapStart snapshot taken" "$work/restored.log" && die "a restore run took a new snapshot"
-    sed -n 's/^lambda-vm: microVM restored in \([0-9]*\) ms (VMM side).*/\1/p' "$work/restored.log" >>"$work/vmm-restore.txt"
+    sed -n 's/^lambda-vm: microVM restored in \([0-9.]*\) ms (VMM side.*/\1/p' "$work/restored.log" >>"$work/vmm-restore.txt"
 done
 read -r cold_med cold_min cold_max < <(summary_ms <"$work/cold.txt")
 read -r rest_med rest_min rest_max < <(summary_ms <"$work/restored.txt")
