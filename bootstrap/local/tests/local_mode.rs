@@ -304,17 +304,29 @@ fn malformed_invokes_are_refused() {
 #[test]
 fn a_response_over_the_limit_fails_the_invoke_only() {
     let mut server = start(&["--timeout", "30"]);
-    let error = invoke(
+    let refused = invoke(
         &server,
         &format!(r#"{{"action":"big","bytes":{}}}"#, SYNC_LIMIT - 1),
-    )
-    .unhandled_error();
+    );
+    let id = refused.id();
     assert_eq!(
-        error,
+        refused.unhandled_error(),
         json!({
             "errorType": "Function.ResponseSizeTooLarge",
             "errorMessage": "Response payload size (6291557 bytes) exceeded maximum allowed payload size (6291556 bytes)."
         })
+    );
+    // The runtime's own line about the 413 comes before the invocation's END, as on Lambda.
+    let logs = server.logs();
+    let said = logs
+        .iter()
+        .position(|l| l == &format!("runtime: the response for {id} was refused with 413"));
+    let end = logs
+        .iter()
+        .position(|l| l == &format!("END RequestId: {id}"));
+    assert!(
+        matches!((said, end), (Some(s), Some(e)) if s < e),
+        "{logs:#?}"
     );
     let reply = invoke(
         &server,

@@ -54,5 +54,6 @@ while :; do
         out="$work/out"
         ;;
     esac
-    curl -sS -o /dev/null -X POST --data-binary "@$out" "$api/invocation/$id/response"
+    status=$(curl -sS -o /dev/null -w '%{http_code}' -X POST --data-binary "@$out" "$api/invocation/$id/response")
+    [ "$status" = 202 ] || echo "runtime: the response for $id was refused with $status"
 done

@@ -142,6 +142,7 @@ impl Handle {
 
     /// Kills the runtime and, when invocations are waiting, starts a fresh init for them.
     pub(super) fn reset(&self, state: &mut State) {
+        self.complete_deferred(state);
         if let Some(process) = state.process.take() {
             // Its last words first: what it wrote before it is killed belongs to the log.
             process.output.drain();
@@ -168,6 +169,7 @@ impl Handle {
         if state.generation != generation {
             return;
         }
+        self.complete_deferred(&mut state);
         // Its last words belong before the error report.
         if let Some(process) = &state.process {
             process.output.drain();
@@ -288,12 +290,50 @@ impl Handle {
     /// outcome to its invoker, so that an invoker that collects the invocation's log (`LogType:
     /// Tail`) has all of it when the outcome arrives.
     pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
-        let Some(current) = state.current.as_mut().filter(|c| !c.finished) else {
+        if let Some(ending) = self.end_current(state, outcome, status) {
+            self.complete(state, ending);
+        }
+    }
+
+    /// Like [`Self::finish`], for an invocation the server ended while the runtime still has
+    /// something to say about it (the 413 for an oversized response, which the runtime then
+    /// logs): END, REPORT and the answer wait for the runtime's next call, or a moment, so that
+    /// its line comes first, as on Lambda.
+    pub(super) fn finish_after_runtime_speaks(
+        &self,
+        state: &mut State,
+        outcome: Outcome,
+        status: Status,
+    ) {
+        let Some(ending) = self.end_current(state, outcome, status) else {
             return;
         };
+        self.complete_deferred(state);
+        state.deferred = Some(ending);
+        let (handle, generation) = (self.clone(), state.generation);
+        // Not kept: a reset or the runtime's next call completes it first, and then this finds
+        // nothing to do.
+        let _ = after(RUNTIME_WORD_GRACE, async move {
+            let mut state = handle.lock();
+            if state.generation == generation {
+                handle.complete_deferred(&mut state);
+            }
+        });
+    }
+
+    /// Completes a deferred ending, if there is one.
+    pub(super) fn complete_deferred(&self, state: &mut State) {
+        if let Some(ending) = state.deferred.take() {
+            self.complete(state, ending);
+        }
+    }
+
+    /// Marks the current invocation finished and takes what its END, REPORT and answer need.
+    fn end_current(&self, state: &mut State, outcome: Outcome, status: Status) -> Option<Ending> {
+        let current = state.current.as_mut().filter(|c| !c.finished)?;
         current.finished = true;
         current.timer.abort();
-        let mut report = Report {
+        let report = Report {
             request_id: current.request_id.clone(),
             duration: current.started.elapsed(),
             memory_size_mb: self.shared.config.memory_mb,
@@ -302,7 +342,19 @@ impl Handle {
             restore_duration: current.restore_duration,
             status,
         };
-        let reply = current.reply.take();
+        Some(Ending {
+            report,
+            reply: current.reply.take(),
+            outcome,
+        })
+    }
+
+    fn complete(&self, state: &mut State, ending: Ending) {
+        let Ending {
+            mut report,
+            reply,
+            outcome,
+        } = ending;
         if let Some(process) = state.process.as_mut() {
             process.output.drain();
             process.sample_memory();
@@ -316,6 +368,16 @@ impl Handle {
         }
     }
 }
+
+/// An ended invocation's END, REPORT and answer.
+pub(super) struct Ending {
+    report: Report,
+    reply: Option<tokio::sync::oneshot::Sender<Outcome>>,
+    outcome: Outcome,
+}
+
+/// How long an ended invocation waits for the runtime's word on it before END is written.
+const RUNTIME_WORD_GRACE: Duration = Duration::from_millis(200);
 
 impl Process {
     /// Updates the peak; cheap enough to call once per invocation (one pass over `/proc`).

@@ -168,6 +168,9 @@ struct State {
     /// A restore failure that found no invocation waiting: on Lambda a restore belongs to an
     /// invocation, so the next one gets it.
     kept_failure: Option<Outcome>,
+    /// An ended invocation whose END, REPORT and answer wait for the runtime's own word on it
+    /// (see `Handle::finish_after_runtime_speaks`).
+    deferred: Option<lifecycle::Ending>,
     shut_down: bool,
 }
 
@@ -214,6 +217,7 @@ impl Handle {
                     pending_init_duration: None,
                     pending_restore_duration: None,
                     kept_failure: None,
+                    deferred: None,
                     shut_down: false,
                 }),
                 work: Notify::new(),

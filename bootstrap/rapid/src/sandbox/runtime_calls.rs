@@ -40,6 +40,8 @@ impl Handle {
     pub async fn next(&self) -> ApiReply {
         let (generation, snapshot_here) = {
             let mut state = self.lock();
+            // The runtime has had its say about the invocation the server ended.
+            self.complete_deferred(&mut state);
             if self.unfinished_current(&state).is_some() {
                 return invalid_transition(
                     "an invocation is in progress: post its response or error first",
@@ -189,7 +191,7 @@ impl Handle {
                  ({SYNC_PAYLOAD_LIMIT} bytes)."
             ),
         );
-        self.finish(
+        self.finish_after_runtime_speaks(
             &mut state,
             Outcome::failure(body.to_json()),
             Status::Error(error_type.into()),
