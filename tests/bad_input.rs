@@ -320,3 +320,32 @@ fn an_unusable_failure_destination_is_refused_at_start() {
     );
     assert!(!stderr.contains("listening"), "{stderr}");
 }
+
+/// `--maximum-retry-attempts 0`: a failed event runs once and goes to the destination.
+#[test]
+fn a_failed_event_without_retries_runs_once() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().display().to_string();
+    let args = [
+        "--on-failure-dir",
+        &dir,
+        "--async-retry-delay",
+        "0.1",
+        "--maximum-retry-attempts",
+        "0",
+    ];
+    let Some(mut server) = start(&args) else {
+        return;
+    };
+    let reply = server.invoke_raw(
+        br#"{"action":"error","message":"once"}"#,
+        &[("X-Amz-Invocation-Type", "Event")],
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let record_path = tmp.path().join(format!("{}.json", reply.id()));
+    assert!(wait_until(Duration::from_secs(30), || record_path.exists()));
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    assert_eq!(server.count_logs("START"), 1);
+    still_serves(&mut server);
+}

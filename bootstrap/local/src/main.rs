@@ -74,6 +74,14 @@ struct Args {
     /// $TMPDIR/lambda-local-ADDR-PORT/events.redb, for the invoke endpoint's address].
     #[arg(long)]
     event_store: Option<PathBuf>,
+    /// How often a failed asynchronous invoke is retried (0 to 2), as Lambda's
+    /// MaximumRetryAttempts.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=2))]
+    maximum_retry_attempts: u32,
+    /// Seconds an asynchronous invoke may wait (throttled, retried) before it is given up (60
+    /// to 21600), as Lambda's MaximumEventAgeInSeconds.
+    #[arg(long, default_value_t = 21_600, value_parser = clap::value_parser!(u32).range(60..=21_600))]
+    maximum_event_age: u32,
     /// Seconds between retries of a failed asynchronous invoke.
     #[arg(long, default_value_t = 1.0, value_parser = seconds_in(0.0, 3600.0))]
     async_retry_delay: f64,
@@ -151,6 +159,8 @@ fn config(args: Args) -> EnvironmentConfig {
     config.environment = args.env;
     config.on_failure_dir = args.on_failure_dir;
     config.async_retry_delay = Duration::from_secs_f64(args.async_retry_delay);
+    config.maximum_retry_attempts = args.maximum_retry_attempts;
+    config.maximum_event_age = Duration::from_secs(u64::from(args.maximum_event_age));
     config
 }
 

@@ -570,7 +570,9 @@ fn a_failed_async_invoke_is_retried_then_recorded() {
     assert!(reply.body.is_empty());
     let id = reply.id();
     server.wait_for_log(LOG_WAIT, |l| {
-        l.contains(&format!("async invoke {id} failed 3 times"))
+        l.contains(&format!(
+            "async invoke {id}: RetriesExhausted after 3 attempt(s)"
+        ))
     });
     let record: Value =
         serde_json::from_slice(&std::fs::read(dir.join(format!("{id}.json"))).unwrap()).unwrap();

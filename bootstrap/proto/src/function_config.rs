@@ -19,6 +19,10 @@ pub const TIMEOUT_SECS: RangeInclusive<u32> = 1..=900;
 /// Allowed `reserved_concurrency` and `provisioned_concurrency` (Lambda's default account limit
 /// is 1000 concurrent executions).
 pub const CONCURRENCY: RangeInclusive<u32> = 0..=1000;
+/// Allowed `maximum_retry_attempts` of asynchronous invokes, as on Lambda.
+pub const MAXIMUM_RETRY_ATTEMPTS: RangeInclusive<u32> = 0..=2;
+/// Allowed `maximum_event_age_secs` of asynchronous invokes: 60 s to 6 h, as on Lambda.
+pub const MAXIMUM_EVENT_AGE_SECS: RangeInclusive<u32> = 60..=21_600;
 /// Allowed `tmp_size_mb` (Lambda's ephemeral storage goes from 512 MB to 10 GB; smaller is useful
 /// in a microVM where /tmp is RAM).
 pub const TMP_SIZE_MB: RangeInclusive<u32> = 1..=10240;
@@ -145,6 +149,19 @@ pub struct FunctionConfig {
     /// concurrency). The host reads it; the guest ignores it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub provisioned_concurrency: u32,
+    /// How often a failed asynchronous invoke is retried.
+    #[serde(default = "default_maximum_retry_attempts")]
+    pub maximum_retry_attempts: u32,
+    /// How long an asynchronous invoke may wait before it is given up, in seconds.
+    #[serde(default = "default_maximum_event_age_secs")]
+    pub maximum_event_age_secs: u32,
+}
+
+fn default_maximum_retry_attempts() -> u32 {
+    2
+}
+fn default_maximum_event_age_secs() -> u32 {
+    21_600
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -223,6 +240,8 @@ impl FunctionConfig {
             environment: BTreeMap::new(),
             reserved_concurrency: None,
             provisioned_concurrency: 0,
+            maximum_retry_attempts: default_maximum_retry_attempts(),
+            maximum_event_age_secs: default_maximum_event_age_secs(),
         }
     }
 
@@ -272,6 +291,16 @@ impl FunctionConfig {
         if let Some(reserved) = self.reserved_concurrency {
             check_range("reserved_concurrency", reserved, CONCURRENCY)?;
         }
+        check_range(
+            "maximum_retry_attempts",
+            self.maximum_retry_attempts,
+            MAXIMUM_RETRY_ATTEMPTS,
+        )?;
+        check_range(
+            "maximum_event_age_secs",
+            self.maximum_event_age_secs,
+            MAXIMUM_EVENT_AGE_SECS,
+        )?;
         check_range(
             "provisioned_concurrency",
             self.provisioned_concurrency,

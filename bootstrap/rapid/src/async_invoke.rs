@@ -12,13 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// One attempt and two retries, as Lambda does for asynchronous invokes.
-pub const MAX_ATTEMPTS: u32 = 3;
-
-/// How long a throttled event keeps waiting for an environment (Lambda's default maximum event
-/// age).
-pub const MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
-
 /// Most asynchronous invocations accepted and not yet done (each holds its event, up to 1 MiB).
 pub const MAX_PENDING: usize = 128;
 
@@ -113,43 +106,48 @@ impl<I: Invoker> AsyncQueue<I> {
     }
 }
 
+/// Runs one event to its outcome: a success, or a destination record (`RetriesExhausted` after
+/// the function failed `1 + maximum_retry_attempts` times, `EventAgeExceeded` when the event
+/// grew older than `maximum_event_age` first). Throttles and the service's own errors are not
+/// the function's failures: they are retried, with backoff, without counting.
 async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) {
+    let config = sandbox.config();
     let id = &invocation.request_id;
-    let mut last = Vec::new();
+    let allowed = 1 + config.maximum_retry_attempts;
     let age = || Duration::from_millis(crate::time::epoch_ms().saturating_sub(accepted_ms));
-    let mut attempt = 1;
-    while attempt <= MAX_ATTEMPTS {
-        match sandbox.invoke(invocation.clone()).await {
+    let (mut failures, mut waits, mut last) = (0u32, 0u32, Vec::new());
+    let condition = loop {
+        if age() >= config.maximum_event_age {
+            break "EventAgeExceeded";
+        }
+        let delay = match sandbox.invoke(invocation.clone()).await {
             Ok(Outcome::Success(_)) => return,
-            Ok(Outcome::Failure { body, .. }) => last = body.to_vec(),
-            // A throttle is not the function's failure: the event waits for a free environment,
-            // as Lambda keeps throttled events, up to their maximum age.
-            Err(e @ InvokeError::Throttled { .. }) if age() < MAX_EVENT_AGE => {
-                last = proto::runtime_api::ErrorRequest::new(
-                    proto::invoke_api::error_type::TOO_MANY_REQUESTS,
-                    e.to_string(),
-                )
-                .to_json();
-                tokio::time::sleep(sandbox.config().async_retry_delay).await;
-                continue;
+            Ok(Outcome::Failure { body, .. }) => {
+                last = body.to_vec();
+                failures += 1;
+                if failures >= allowed {
+                    break "RetriesExhausted";
+                }
+                config.async_retry_delay
             }
             Err(e) => {
-                last = proto::runtime_api::ErrorRequest::new(
-                    proto::invoke_api::error_type::SERVICE,
-                    e.to_string(),
-                )
-                .to_json()
+                let kind = match e {
+                    InvokeError::Throttled { .. } | InvokeError::QueueFull => {
+                        proto::invoke_api::error_type::TOO_MANY_REQUESTS
+                    }
+                    InvokeError::ShutDown => proto::invoke_api::error_type::SERVICE,
+                };
+                last = proto::runtime_api::ErrorRequest::new(kind, e.to_string()).to_json();
+                waits = waits.saturating_add(1);
+                let backoff = config.async_retry_delay * 2u32.saturating_pow(waits.min(6));
+                backoff.min(MAX_WAIT)
             }
-        }
-        if attempt < MAX_ATTEMPTS {
-            tokio::time::sleep(sandbox.config().async_retry_delay).await;
-        }
-        attempt += 1;
-    }
-    let config = sandbox.config();
+        };
+        tokio::time::sleep(delay).await;
+    };
     let Some(dir) = &config.on_failure_dir else {
         sandbox.log(&format!(
-            "rapid: async invoke {id} failed {MAX_ATTEMPTS} times; no on-failure destination, dropped"
+            "rapid: async invoke {id}: {condition} after {failures} attempt(s); no on-failure destination, dropped"
         ));
         return;
     };
@@ -159,18 +157,22 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
         &config.function_version,
         &last,
         &crate::time::rfc3339_now(),
+        (condition, failures),
     );
     match write_atomically(dir, &format!("{id}.json"), &record) {
         Ok(path) => sandbox.log(&format!(
-            "rapid: async invoke {id} failed {MAX_ATTEMPTS} times; destination record {}",
+            "rapid: async invoke {id}: {condition} after {failures} attempt(s); destination record {}",
             path.display()
         )),
         Err(e) => sandbox.log(&format!(
-            "rapid: async invoke {id} failed {MAX_ATTEMPTS} times; cannot write its record in {}: {e}",
+            "rapid: async invoke {id}: {condition}; cannot write its record in {}: {e}",
             dir.display()
         )),
     }
 }
+
+/// The longest wait between two tries of a throttled event.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The record AWS sends to an on-failure destination.
 fn destination_record(
@@ -179,6 +181,7 @@ fn destination_record(
     version: &str,
     response: &[u8],
     timestamp: &str,
+    (condition, invokes): (&str, u32),
 ) -> Vec<u8> {
     let as_json = |bytes: &[u8]| {
         serde_json::from_slice::<Value>(bytes)
@@ -190,8 +193,8 @@ fn destination_record(
         "requestContext": {
             "requestId": invocation.request_id,
             "functionArn": format!("{function_arn}:{version}"),
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": MAX_ATTEMPTS,
+            "condition": condition,
+            "approximateInvokeCount": invokes,
         },
         "requestPayload": as_json(&invocation.event),
         "responseContext": {
@@ -204,8 +207,6 @@ fn destination_record(
     serde_json::to_vec_pretty(&record).unwrap_or_default()
 }
 
-/// Writes `name` in `dir` through a temporary file and a rename, so a reader never sees half a
-/// record.
 /// Checks, at start, that failure records can be written to `dir` (created if missing): a
 /// misconfigured destination is found before any event depends on it.
 pub fn check_destination(dir: &Path) -> std::io::Result<()> {
@@ -213,6 +214,8 @@ pub fn check_destination(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(probe)
 }
 
+/// Writes `name` in `dir` through a temporary file and a rename, so a reader never sees half a
+/// record.
 fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
@@ -237,6 +240,7 @@ mod tests {
             "$LATEST",
             br#"{"errorType":"E","errorMessage":"m"}"#,
             "2024-05-01T12:34:56.789Z",
+            ("RetriesExhausted", 3),
         );
         let record: Value = serde_json::from_slice(&record).unwrap();
         assert_eq!(

@@ -30,6 +30,10 @@ pub struct EnvironmentConfig {
     pub init_type: InitializationType,
     /// Delay before each retry of a failed asynchronous invoke (AWS waits minutes).
     pub async_retry_delay: Duration,
+    /// How often a failed asynchronous invoke is retried (0 to 2).
+    pub maximum_retry_attempts: u32,
+    /// How long an asynchronous invoke may wait (throttled, retried) before it is given up.
+    pub maximum_event_age: Duration,
     /// Where failed asynchronous invokes go, as AWS on-failure destination records.
     pub on_failure_dir: Option<PathBuf>,
 }
@@ -70,6 +74,8 @@ impl EnvironmentConfig {
             environment: function.environment.clone().into_iter().collect(),
             init_type: function.initialization_type,
             async_retry_delay: Duration::from_secs(1),
+            maximum_retry_attempts: function.maximum_retry_attempts,
+            maximum_event_age: Duration::from_secs(u64::from(function.maximum_event_age_secs)),
             on_failure_dir: None,
         }
     }
