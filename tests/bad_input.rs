@@ -190,6 +190,16 @@ fn successful_async_invoke_runs_later() {
 /// accepted event reaches its outcome (a REPORT) in one run or the other.
 #[test]
 fn accepted_events_survive_a_kill_9() {
+    events_survive(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// The same through SIGTERM: the server stops, what it had not run stays in its store.
+#[test]
+fn accepted_events_survive_a_sigterm() {
+    events_survive(nix::sys::signal::Signal::SIGTERM);
+}
+
+fn events_survive(signal: nix::sys::signal::Signal) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("events.redb");
     let store_arg = store.to_str().unwrap();
@@ -204,7 +214,7 @@ fn accepted_events_survive_a_kill_9() {
         })
         .collect();
     let pid = nix::unistd::Pid::from_raw(i32::try_from(first.pid()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(pid, signal).unwrap();
     assert!(wait_until(Duration::from_secs(10), || {
         integration_tests::process_gone(first.pid())
     }));
