@@ -78,7 +78,7 @@ t0=$(now_us)
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 t_init=""
-until grep -q "microVM booted" "$log" 2>/dev/null; do
+until grep -q "provisioned environment ready" "$log" 2>/dev/null; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "lambda-vm exited"; }
     if [ -z "$t_init" ] && grep -q "Run /init" "$console" 2>/dev/null; then t_init=$(now_us); fi
     sleep 0.05

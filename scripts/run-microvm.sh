@@ -41,11 +41,12 @@ console="$target/microvm-console.log"
 : >"$console"
 url="http://127.0.0.1:$port/2015-03-31/functions/function/invocations"
 args=(--kernel "$kernel" --rootfs "$rootfs" --function-config "$function_dir/function.json"
-      --listen "127.0.0.1:$port" --console "$console" --eager)
+      --listen "127.0.0.1:$port" --console "$console")
 
 if $serve; then
     step "serving $url (Ctrl-C stops; guest console in $console)"
-    exec "$target/release/lambda-vm" "${args[@]}"
+    # --eager: one environment is booted and initialised up front (provisioned concurrency).
+    exec "$target/release/lambda-vm" "${args[@]}" --eager
 fi
 
 start_server lambda-vm "$target/release/lambda-vm" "${args[@]}"
