@@ -164,25 +164,12 @@ fn config(args: Args) -> EnvironmentConfig {
     config
 }
 
-/// The invoke endpoint's connection limits from the flags.
-fn connection_limits(max: usize, header_timeout: f64) -> anyhow::Result<ConnectionLimits> {
-    anyhow::ensure!(max > 0, "--max-connections must be at least 1");
-    let timeout = Duration::try_from_secs_f64(header_timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--header-timeout must be a positive number of seconds")?;
-    Ok(ConnectionLimits {
-        max_connections: Some(max),
-        header_read_timeout: Some(timeout),
-    })
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
-    let limits = connection_limits(args.max_connections, args.header_timeout)?;
+    let limits = ConnectionLimits::from_flags(args.max_connections, args.header_timeout)?;
     if let Some(dir) = &args.on_failure_dir {
         rapid::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;

@@ -128,7 +128,32 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Option<std::time::Duration>,
 }
 
+/// Why connection limits given on a command line are refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LimitsError {
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
+    #[error("--header-timeout must be a positive number of seconds, got {0}")]
+    Timeout(f64),
+}
+
 impl ConnectionLimits {
+    /// The limits of an invoke endpoint from its `--max-connections` and `--header-timeout`
+    /// (seconds) flags.
+    pub fn from_flags(max_connections: usize, header_timeout: f64) -> Result<Self, LimitsError> {
+        if max_connections == 0 {
+            return Err(LimitsError::NoConnections);
+        }
+        let timeout = std::time::Duration::try_from_secs_f64(header_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or(LimitsError::Timeout(header_timeout))?;
+        Ok(ConnectionLimits {
+            max_connections: Some(max_connections),
+            header_read_timeout: Some(timeout),
+        })
+    }
+
     /// For the Runtime API: its one client is the runtime, whose long polls must not time out.
     pub const NONE: ConnectionLimits = ConnectionLimits {
         max_connections: None,
@@ -199,5 +224,25 @@ where
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_from_flags_refuse_nonsense() {
+        let limits = ConnectionLimits::from_flags(8, 1.5).unwrap();
+        assert_eq!(limits.max_connections, Some(8));
+        let timeout = std::time::Duration::from_millis(1500);
+        assert_eq!(limits.header_read_timeout, Some(timeout));
+        assert_eq!(
+            ConnectionLimits::from_flags(0, 1.0).unwrap_err(),
+            LimitsError::NoConnections
+        );
+        for bad in [0.0, -1.0, f64::NAN] {
+            assert!(ConnectionLimits::from_flags(1, bad).is_err(), "{bad}");
+        }
     }
 }
