@@ -36,6 +36,24 @@ fn store_error(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Store(Box::new(e.into()))
 }
 
+/// How long opening waits for a store another process still holds: a server restarted right
+/// after a crash may find its predecessor's last threads still exiting.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn create_waiting_for_lock(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// What is kept of an accepted event.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -64,7 +82,7 @@ impl EventStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_error(redb::Error::Io(e)))?;
         }
-        let db = Database::create(path).map_err(|e| open_error(e.into()))?;
+        let db = create_waiting_for_lock(path).map_err(|e| open_error(e.into()))?;
         // Create the table now, so that reading an empty store is not an error.
         let txn = db.begin_write().map_err(|e| open_error(e.into()))?;
         txn.open_table(EVENTS).map_err(|e| open_error(e.into()))?;
