@@ -267,11 +267,6 @@ impl Guest {
         drop(vmm);
         drop(dir);
     }
-
-    /// The environment's directory (its vsock socket and VM configuration).
-    pub fn dir(&self) -> &Path {
-        &self.dir.0
-    }
 }
 
 /// Accepts the guest's host-link connection, giving up when the VM stops or `timeout` passes.

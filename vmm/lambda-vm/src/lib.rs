@@ -17,4 +17,4 @@ pub mod service;
 pub mod snapshots;
 pub mod vmm_process;
 
-pub use service::{chain, FunctionService, Scaling, StartError};
+pub use service::{FunctionService, Scaling, StartError};

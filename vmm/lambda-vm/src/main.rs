@@ -245,7 +245,6 @@ async fn main() -> anyhow::Result<()> {
     for service in host.services() {
         service.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(work_dir.join("env-0"));
     Ok(())
 }
 

@@ -50,8 +50,8 @@ pub enum StartError {
     },
 }
 
-/// An error with its causes, `: `-separated ([`vmm::error::Chain`]).
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes, `: `-separated, for log lines ([`vmm::error::Chain`]).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm::error::Chain(error).to_string()
 }
 
@@ -153,6 +153,11 @@ impl FunctionService {
 /// The pool's housekeeping, until the service is gone: idle environments past their time are
 /// torn down, missing provisioned ones started.
 fn maintain(inner: Weak<Inner>) {
+    // The snapshot key hashes the kernel and the image (tens of MB): done now, it is not on the
+    // first restore's path; later starts only compare file metadata.
+    if let Some(snapshots) = inner.upgrade().as_ref().and_then(|i| i.snapshots.as_ref()) {
+        let _ = snapshots.current();
+    }
     loop {
         std::thread::sleep(MAINTENANCE_EVERY);
         let Some(inner) = inner.upgrade() else {
