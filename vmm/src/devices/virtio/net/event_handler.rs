@@ -42,7 +42,10 @@ impl MutEventSubscriber for Net {
         self.base.watch_queues(ops, NAME);
         // Edge-triggered, or a tap with frames and a guest without buffers would wake the
         // loop over and over.
-        let tap = Events::new_raw(self.tap.as_raw_fd(), EventSet::IN | EventSet::EDGE_TRIGGERED);
+        let tap = Events::new_raw(
+            self.tap.as_raw_fd(),
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        );
         if let Err(e) = ops.add(tap) {
             log::error!("{NAME}: cannot watch tap {}: {e}", self.tap.name());
         }

@@ -86,7 +86,11 @@ pub struct RxBuffers {
 
 impl RxBuffers {
     /// Takes `chain`'s buffers, reusing this value's allocation.
-    pub fn load(&mut self, mem: &Memory, chain: DescriptorChain<&Memory>) -> Result<(), ChainError> {
+    pub fn load(
+        &mut self,
+        mem: &Memory,
+        chain: DescriptorChain<&Memory>,
+    ) -> Result<(), ChainError> {
         self.segments.clear();
         self.room = 0;
         for desc in descriptors(chain)? {

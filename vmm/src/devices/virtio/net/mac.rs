@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(mac.bytes(), &[6, 0, 0xac, 0x10, 0, 2]);
         assert_eq!(mac.to_string(), "06:00:ac:10:00:02");
         assert!(!mac.is_multicast());
-        assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_multicast());
+        assert!("01:00:5e:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap()
+            .is_multicast());
         let json = serde_json::to_string(&mac).unwrap();
         assert_eq!(json, "\"06:00:ac:10:00:02\"");
         assert_eq!(serde_json::from_str::<MacAddr>(&json).unwrap(), mac);
