@@ -1,12 +1,17 @@
-//! The real guest kernel with a virtio-net device on a tap, on real `/dev/kvm`: its virtio_net
-//! driver negotiates the device (MAC, checksum and segmentation offloads) and starts it; the
-//! VM is snapshotted, and the snapshot restores in another network namespace, onto that
-//! namespace's own tap of the same name, with the device started as the driver left it.
+//! The real guest kernel with a virtio-net device on a tap, on real `/dev/kvm`:
+//!
+//! - its virtio_net driver negotiates the device (MAC, checksum and segmentation offloads) and
+//!   starts it; the VM is snapshotted, and the snapshot restores in another network namespace,
+//!   onto that namespace's own tap of the same name, with the device started as the driver
+//!   left it;
+//! - a guest whose init (`guests/net_probe.c`) brings eth0 up exchanges UDP datagrams and
+//!   256 KiB each way over TCP with the host side of its tap.
 //!
 //! Needs `GUEST_VMLINUX` and `GUEST_INITRAMFS` (`. /work/env.sh` or scripts/test.sh build them),
-//! root (network namespaces, taps) and `ip` (iproute2).
+//! root (network namespaces, taps), `ip` (iproute2) and gcc with a static libc.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -226,4 +231,180 @@ fn the_guest_driver_starts_the_device_and_a_snapshot_restores_in_another_namespa
     assert_eq!(state.queues, saved.queues);
     assert!(!console_before.contains("Run /init"), "{console_before}");
     assert!(console_after.contains("Run /init"), "{console_after}");
+}
+
+/// Compiles `guests/net_probe.c` into a static binary and packs it as `/init` of an
+/// uncompressed newc initramfs, with `/dev/console` so that its output reaches the console.
+fn net_probe_initramfs() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("net-probe");
+    std::fs::create_dir_all(&out).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/net_probe.c");
+    let binary = out.join("init");
+    let output = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("gcc: {e} (install gcc and libc6-dev: scripts/test.sh does)"));
+    assert!(
+        output.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut cpio = Vec::new();
+    cpio_entry(&mut cpio, "dev", 0o040_755, 0, &[]);
+    // A character device, 5:1.
+    cpio_entry(&mut cpio, "dev/console", 0o020_600, (5 << 8) | 1, &[]);
+    cpio_entry(
+        &mut cpio,
+        "init",
+        0o100_755,
+        0,
+        &std::fs::read(&binary).unwrap(),
+    );
+    cpio_entry(&mut cpio, "TRAILER!!!", 0, 0, &[]);
+    let path = out.join("net-probe.cpio");
+    std::fs::write(&path, cpio).unwrap();
+    path
+}
+
+/// One newc entry; `rdev` is major << 8 | minor.
+fn cpio_entry(cpio: &mut Vec<u8>, name: &str, mode: u32, rdev: u32, data: &[u8]) {
+    let pad = |cpio: &mut Vec<u8>| cpio.resize(cpio.len().next_multiple_of(4), 0);
+    let size = u32::try_from(data.len()).unwrap();
+    let name_size = u32::try_from(name.len() + 1).unwrap();
+    let fields = [
+        1,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        size,
+        0,
+        0,
+        rdev >> 8,
+        rdev & 0xff,
+        name_size,
+        0,
+    ];
+    cpio.extend_from_slice(b"070701");
+    for field in fields {
+        cpio.extend_from_slice(format!("{field:08x}").as_bytes());
+    }
+    cpio.extend_from_slice(name.as_bytes());
+    cpio.push(0);
+    pad(cpio);
+    cpio.extend_from_slice(data);
+    pad(cpio);
+}
+
+/// The host side of the probe's UDP exchange: answers its hello and echoes its pings until
+/// it says "done"; returns how many pings it echoed.
+fn udp_peer(socket: UdpSocket) -> usize {
+    let mut buf = [0u8; 256];
+    let mut pings = 0;
+    loop {
+        let (n, from): (usize, SocketAddr) =
+            socket.recv_from(&mut buf).expect("udp from the guest");
+        match &buf[..n] {
+            b"hello from the guest" => {
+                socket.send_to(b"hello from the host", from).unwrap();
+            }
+            b"ping" => {
+                pings += 1;
+                socket.send_to(b"pong", from).unwrap();
+            }
+            b"done" => return pings,
+            other => panic!("unexpected datagram {other:?}"),
+        }
+    }
+}
+
+/// The host side of the probe's TCP exchange: reads everything the guest sends (checking its
+/// pattern), then sends as much back; returns the byte count.
+fn tcp_peer(listener: TcpListener) -> usize {
+    let (mut stream, _) = listener.accept().expect("tcp from the guest");
+    stream.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).unwrap();
+    for (i, byte) in received.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation)]
+        let expected = (i * 7) as u8;
+        assert_eq!(*byte, expected, "byte {i} from the guest");
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let reply: Vec<u8> = (0..received.len()).map(|i| (i * 13) as u8).collect();
+    stream.write_all(&reply).unwrap();
+    received.len()
+}
+
+#[test]
+fn a_guest_talks_udp_and_tcp_with_the_host_side_of_its_tap() {
+    let test = "a_guest_talks_udp_and_tcp_with_the_host_side_of_its_tap";
+    if !integration_tests::have_kvm(test) {
+        return;
+    }
+    let Some(kernel) = artifact(test, "GUEST_VMLINUX") else {
+        return;
+    };
+    let initrd = net_probe_initramfs();
+    let result = in_netns(test, move || {
+        host_side();
+        let udp = UdpSocket::bind("172.16.0.1:5000").unwrap();
+        udp.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
+        let tcp = TcpListener::bind("172.16.0.1:5001").unwrap();
+        let udp_peer = std::thread::spawn(move || udp_peer(udp));
+        let tcp_peer = std::thread::spawn(move || tcp_peer(tcp));
+        let mut config = VmConfig {
+            boot_source: BootSource {
+                kernel_image_path: kernel,
+                initrd_path: Some(initrd),
+                boot_args: None,
+            },
+            machine_config: MachineConfig::default(),
+            drives: Vec::new(),
+            vsock: None,
+            entropy: None,
+            serial: None,
+            network_interfaces: vec![NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: TAP.into(),
+                guest_mac: Some(GUEST_MAC.parse().unwrap()),
+            }],
+        };
+        let template = &mut config.machine_config.cpu_template;
+        *template = template.resolve(&HostCaps::detect());
+        let console = Console::default();
+        let microvm = vmm::builder::boot(&config, Box::new(console.clone())).unwrap();
+        let exit = microvm.wait(Some(BOOT_TIMEOUT));
+        microvm.stop();
+        let console = console.text();
+        assert!(exit.is_some(), "the guest did not finish:\n{console}");
+        assert!(console.contains("NET-PROBE DONE"), "{console}");
+        let pings = udp_peer.join().unwrap();
+        let bytes = tcp_peer.join().unwrap();
+        (console, pings, bytes)
+    });
+    let Some((console, pings, bytes)) = result else {
+        return;
+    };
+    assert!(
+        console.contains(&format!("eth0 mac {GUEST_MAC}")),
+        "{console}"
+    );
+    assert!(console.contains("udp got hello from the host"), "{console}");
+    assert_eq!(pings, 10);
+    assert_eq!(bytes, 256 * 1024);
+    assert!(
+        console.contains("tcp 262144 bytes up and 262144 back"),
+        "{console}"
+    );
+    // The numbers, for BENCHMARKS.md (measured by the guest, under emulation here).
+    for line in console
+        .lines()
+        .filter(|l| l.starts_with("udp ") || l.starts_with("tcp "))
+    {
+        eprintln!("net probe: {line}");
+    }
 }
