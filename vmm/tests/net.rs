@@ -321,9 +321,14 @@ fn udp_peer(socket: UdpSocket) -> usize {
     }
 }
 
-/// The host side of the probe's TCP exchange: reads everything the guest sends (checking its
+/// The host side of the probe's TCP exchange: accepts a connection that the guest closes at
+/// once, then on a second one reads everything the guest sends (checking its
 /// pattern), then sends as much back; returns the byte count.
 fn tcp_peer(listener: TcpListener) -> usize {
+    // The first connection only measures connect().
+    let (mut first, _) = listener.accept().expect("tcp from the guest");
+    first.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
+    assert_eq!(first.read(&mut [0u8; 16]).unwrap(), 0);
     let (mut stream, _) = listener.accept().expect("tcp from the guest");
     stream.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
     let mut received = Vec::new();
