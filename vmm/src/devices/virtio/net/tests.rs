@@ -854,3 +854,141 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
         assert_eq!(u32::from(received[0]), VIRTIO_NET_HDR_F_NEEDS_CSUM);
     });
 }
+
+/// The device with MRG_RXBUF accepted, and `count` rx buffers of `len` bytes posted first.
+fn mergeable<'a>(guest: &mut Guest<'a>, count: usize, len: u32) -> (Net, Vec<(u16, u64)>) {
+    let buffers = (0..count).map(|_| guest.rx_buffer(len)).collect();
+    let net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
+    (net, buffers)
+}
+
+/// The bytes the device wrote into used entries `first..first + count` of rx, in order, each
+/// entry's buffer taken from `buffers`; checks each entry's head.
+fn gather(guest: &Guest, buffers: &[(u16, u64)], first: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (i, (head, addr)) in buffers.iter().enumerate() {
+        let (id, len) = guest.used(RX_QUEUE, first + u16::try_from(i).unwrap());
+        assert_eq!(id, u32::from(*head));
+        bytes.extend(guest.read(*addr, usize::try_from(len).unwrap()));
+    }
+    bytes
+}
+
+#[test]
+fn mergeable_buffers_take_a_frame_in_pieces_and_count_them() {
+    in_netns(
+        "mergeable_buffers_take_a_frame_in_pieces_and_count_them",
+        || {
+            host_side();
+            let socket = host_socket(5009);
+            let mem = memory();
+            let mut guest = Guest::new(&mem);
+            let (mut net, buffers) = mergeable(&mut guest, 4, 32);
+            assert_ne!(net.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+            let payload = [0x5a; 60];
+            send_to_guest(&socket, 4009, &payload);
+            // 12 + 42 + 60 = 114 bytes: four 32-byte buffers, the last one part full.
+            receive(&mut net, &guest, 4);
+            let lens: Vec<u32> = (0..4).map(|i| guest.used(RX_QUEUE, i).1).collect();
+            assert_eq!(lens, [32, 32, 32, 18]);
+            let received = gather(&guest, &buffers[..4], 0);
+            assert_eq!(&received[10..12], &4u16.to_le_bytes());
+            assert_eq!(payload_of(&received), payload);
+            // A buffer large enough takes the next frame whole.
+            let large = guest.rx_buffer(RX_BUF);
+            send_to_guest(&socket, 4009, b"x");
+            receive(&mut net, &guest, 5);
+            let received = gather(&guest, &[large], 4);
+            assert_eq!(payload_of(&received), b"x");
+            assert_eq!(&received[10..12], &1u16.to_le_bytes());
+        },
+    );
+}
+
+#[test]
+fn a_frame_waits_for_enough_mergeable_buffers() {
+    in_netns("a_frame_waits_for_enough_mergeable_buffers", || {
+        host_side();
+        let socket = host_socket(5010);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (mut net, mut buffers) = mergeable(&mut guest, 2, 32);
+        send_to_guest(&socket, 4010, &[0xa5; 60]);
+        send_to_guest(&socket, 4010, b"next");
+        std::thread::sleep(Duration::from_millis(200));
+        // 64 bytes of buffers for a 114-byte frame: none is used, the frame waits.
+        assert_eq!(net.process_rx().unwrap(), 0);
+        assert_eq!(guest.used_count(RX_QUEUE), 0);
+        assert!(net.rx_pending.is_some());
+        // Even with the tap drained as far as the device knows, the waiting frame goes first.
+        net.tap_readable = false;
+        buffers.push(guest.rx_buffer(32));
+        buffers.push(guest.rx_buffer(RX_BUF));
+        assert_eq!(net.process_rx().unwrap(), 4);
+        let received = gather(&guest, &buffers, 0);
+        assert_eq!(&received[10..12], &4u16.to_le_bytes());
+        assert_eq!(payload_of(&received), [0xa5; 60]);
+        assert!(net.rx_pending.is_none());
+        // Then the next frame, from the tap.
+        let (head, addr) = guest.rx_buffer(RX_BUF);
+        receive(&mut net, &guest, 5);
+        let received = gather(&guest, &[(head, addr)], 4);
+        assert_eq!(payload_of(&received), b"next");
+    });
+}
+
+#[test]
+fn a_bad_chain_among_mergeable_buffers_costs_one_frame() {
+    in_netns(
+        "a_bad_chain_among_mergeable_buffers_costs_one_frame",
+        || {
+            host_side();
+            let socket = host_socket(5011);
+            let mem = memory();
+            let mut guest = Guest::new(&mem);
+            let mut heads = Vec::new();
+            // A bad chain first: returned empty, the frame goes on to the next ones.
+            let bad = guest.alloc(32);
+            heads.push(guest.push_chain(RX_QUEUE, &[(bad, 32, 0)]));
+            // Two good ones, then a bad one amid the frame: all three back empty, frame dropped.
+            heads.push(guest.rx_buffer(32).0);
+            heads.push(guest.rx_buffer(32).0);
+            heads.push(guest.push_chain(RX_QUEUE, &[(MEM_SIZE, 32, WRITE)]));
+            let good = guest.rx_buffer(RX_BUF);
+            let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
+            send_to_guest(&socket, 4011, &[1; 60]);
+            send_to_guest(&socket, 4011, b"after the bad one");
+            receive(&mut net, &guest, 5);
+            let used: Vec<(u32, u32)> = (0..4).map(|i| guest.used(RX_QUEUE, i)).collect();
+            // The bad head first, then the frame's two good ones and the bad one that ended it.
+            assert_eq!(used[0], (u32::from(heads[0]), 0));
+            let mut rest: Vec<u32> = used[1..].iter().map(|u| u.0).collect();
+            rest.sort_unstable();
+            let mut expected: Vec<u32> = heads[1..].iter().map(|h| u32::from(*h)).collect();
+            expected.sort_unstable();
+            assert_eq!(rest, expected);
+            assert!(used[1..].iter().all(|u| u.1 == 0));
+            let received = gather(&guest, &[good], 4);
+            assert_eq!(payload_of(&received), b"after the bad one");
+        },
+    );
+}
+
+#[test]
+fn a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for() {
+    in_netns(
+        "a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for",
+        || {
+            host_side();
+            let socket = host_socket(5012);
+            let mem = memory();
+            let mut guest = Guest::new(&mem);
+            // The whole ring, in header-sized buffers: 64 x 12 bytes for a 1054-byte frame.
+            let (mut net, _) = mergeable(&mut guest, usize::from(QLEN), 12);
+            send_to_guest(&socket, 4012, &[2; 1000]);
+            receive(&mut net, &guest, QLEN);
+            assert!((0..QLEN).all(|i| guest.used(RX_QUEUE, i).1 == 0));
+            assert!(net.rx_pending.is_none());
+        },
+    );
+}
