@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
-ensure_apt_packages curl ca-certificates cpio e2fsprogs gcc libc6-dev binutils unzip
+ensure_apt_packages curl ca-certificates cpio e2fsprogs gcc libc6-dev binutils unzip nftables iproute2
 ensure_cargo
 
 ensure_test_venv
