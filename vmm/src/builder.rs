@@ -14,6 +14,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::net::persist::NetState;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
@@ -163,7 +164,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
-    // vsock and entropy.
+    // vsock, entropy and network interfaces (eth0, eth1... in configuration order).
     let mut drives: Vec<_> = config.drives.iter().collect();
     drives.sort_by_key(|d| !d.is_root_device);
     if let Some(root) = drives
@@ -196,6 +197,13 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     if config.entropy.is_some() {
         specs.push(DeviceSpec::Rng);
     }
+    specs.extend(config.network_interfaces.iter().map(|iface| {
+        DeviceSpec::Net(NetState {
+            iface_id: iface.iface_id.clone(),
+            host_dev_name: iface.host_dev_name.clone(),
+            guest_mac: iface.guest_mac,
+        })
+    }));
     let mut virtio = VirtioAttacher::new(&vm);
     for spec in specs {
         let (base, irq) = virtio.attach(spec, None)?;
@@ -335,6 +343,13 @@ impl<'a> VirtioAttacher<'a> {
                 let rng = Rng::new().map_err(device_error("entropy device"))?;
                 self.attach_device(Arc::new(Mutex::new(rng)), spec, restore)
             }
+            DeviceSpec::Net(state) => {
+                let net = state.build().map_err(device_error(format!(
+                    "network interface {} on tap {}",
+                    state.iface_id, state.host_dev_name
+                )))?;
+                self.attach_device(Arc::new(Mutex::new(net)), spec, restore)
+            }
         }
     }
 
@@ -395,6 +410,7 @@ mod tests {
             vsock: None,
             entropy: None,
             serial: None,
+            network_interfaces: Vec::new(),
         };
         assert_eq!(config.machine_config.cpu_template, CpuTemplate::Auto);
         let result = boot(&config, Box::new(std::io::sink()));

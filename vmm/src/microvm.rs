@@ -6,6 +6,7 @@ use crate::devices::bus::Bus;
 use crate::devices::serial::Serial;
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::persist::NetState;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitSignal, VmExit};
@@ -29,6 +30,7 @@ pub enum DeviceSpec {
     Vsock(VsockState),
     /// The entropy device is made from nothing.
     Rng,
+    Net(NetState),
 }
 
 /// A virtio device on the MMIO bus, in attach order (which fixes its address and IRQ).

@@ -102,6 +102,7 @@ impl GuestSpec {
             serial: Some(Serial {
                 serial_out_path: self.console.clone(),
             }),
+            network_interfaces: Vec::new(),
         }
     }
 }

@@ -27,7 +27,7 @@ struct Args {
     vm: VmFlags,
     /// Restore the snapshot in DIR (its `state` and `memory` files) instead of booting; only
     /// --serial-out and --vsock-uds (a new host socket for the vsock device) apply then.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "entropy"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "entropy", "nets"])]
     restore_from: Option<PathBuf>,
     /// On SIGUSR1, pause the VM, write a snapshot to DIR, and exit 0.
     #[arg(long, value_name = "DIR")]

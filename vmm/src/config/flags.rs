@@ -1,7 +1,8 @@
 //! The command-line form of a VM configuration.
 
 use super::{
-    invalid, BootSource, ConfigError, CpuTemplate, Drive, Entropy, Serial, VmConfig, Vsock,
+    invalid, BootSource, ConfigError, CpuTemplate, Drive, Entropy, NetworkInterface, Serial,
+    VmConfig, Vsock,
 };
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct VmFlags {
     /// A Firecracker-style JSON configuration: boot-source, machine-config, drives, vsock,
-    /// entropy, serial.
+    /// entropy, serial, network-interfaces.
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// The guest kernel, an uncompressed ELF vmlinux (boot-source.kernel_image_path).
@@ -45,6 +46,10 @@ pub struct VmFlags {
     /// Write the guest console to this file instead of stdout (serial.serial_out_path).
     #[arg(long)]
     pub serial_out: Option<PathBuf>,
+    /// A network interface on a host tap: `tap=NAME[,mac=MAC][,id=NAME]`. Repeatable; ids
+    /// default to eth0, eth1... (network-interfaces).
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
 }
 
 impl VmFlags {
@@ -70,6 +75,7 @@ impl VmFlags {
                     vsock: None,
                     entropy: None,
                     serial: None,
+                    network_interfaces: Vec::new(),
                 }
             }
         };
@@ -112,6 +118,10 @@ impl VmFlags {
                 serial_out_path: Some(path.clone()),
             });
         }
+        for spec in &self.nets {
+            let index = config.network_interfaces.len();
+            config.network_interfaces.push(parse_net(spec, index)?);
+        }
         Ok(config)
     }
 }
@@ -142,4 +152,35 @@ fn parse_drive(spec: &str, index: usize) -> Result<Drive, ConfigError> {
         return Err(invalid(key, "path=FILE is missing"));
     }
     Ok(drive)
+}
+
+/// `tap=NAME[,mac=MAC][,id=NAME]`.
+fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, ConfigError> {
+    let key = format!("--net {spec}");
+    let mut iface = NetworkInterface {
+        iface_id: format!("eth{index}"),
+        host_dev_name: String::new(),
+        guest_mac: None,
+    };
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => iface.host_dev_name = name.into(),
+            Some(("id", id)) if !id.is_empty() => iface.iface_id = id.into(),
+            Some(("mac", mac)) => {
+                let mac = mac
+                    .parse()
+                    .map_err(|e| invalid(key.clone(), format!("{e}")))?;
+                iface.guest_mac = Some(mac);
+            }
+            _ => {
+                let message =
+                    format!("unknown or empty part {part:?}; want tap=NAME[,mac=MAC][,id=NAME]");
+                return Err(invalid(key, message));
+            }
+        }
+    }
+    if iface.host_dev_name.is_empty() {
+        return Err(invalid(key, "tap=NAME is missing"));
+    }
+    Ok(iface)
 }

@@ -1,6 +1,7 @@
 //! What a VM is made of, in Firecracker's configuration format: a `--config-file` JSON with
-//! `boot-source`, `machine-config`, `drives`, `vsock`, `entropy` and `serial`, or the same
-//! through command-line flags ([`VmFlags`]). Every error names the key it is about.
+//! `boot-source`, `machine-config`, `drives`, `vsock`, `entropy`, `serial` and
+//! `network-interfaces`, or the same through command-line flags ([`VmFlags`]). Every error
+//! names the key it is about.
 
 mod flags;
 #[cfg(test)]
@@ -8,6 +9,7 @@ mod tests;
 
 pub use flags::VmFlags;
 
+use crate::devices::virtio::net::{tap, MacAddr};
 use crate::host_caps::HostCaps;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -24,14 +26,7 @@ pub const MIN_GUEST_CID: u32 = 3;
 
 /// Firecracker keys this VMM knows but does not implement: a configuration that asks for one
 /// gets a clear refusal rather than a VM without it.
-const UNSUPPORTED_KEYS: &[&str] = &[
-    "network-interfaces",
-    "balloon",
-    "logger",
-    "metrics",
-    "mmds-config",
-    "cpu-config",
-];
+const UNSUPPORTED_KEYS: &[&str] = &["balloon", "logger", "metrics", "mmds-config", "cpu-config"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -159,6 +154,21 @@ pub struct Serial {
     pub serial_out_path: Option<PathBuf>,
 }
 
+/// A virtio-net device on a host tap. Rate limiters (Firecracker's `rx_rate_limiter`,
+/// `tx_rate_limiter`) are not supported and refused as unknown fields.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// The interface's name in the configuration (the guest names its devices eth0, eth1...
+    /// in this list's order).
+    pub iface_id: String,
+    /// The tap, opened by name in the VMM's network namespace (and again on restore).
+    pub host_dev_name: String,
+    /// The guest's MAC address; `None`: the guest driver picks a random one.
+    #[serde(default)]
+    pub guest_mac: Option<MacAddr>,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -174,6 +184,8 @@ pub struct VmConfig {
     pub entropy: Option<Entropy>,
     #[serde(default)]
     pub serial: Option<Serial>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
 }
 
 impl VmConfig {
@@ -259,6 +271,38 @@ impl VmConfig {
                 .filter(|p| !p.as_os_str().is_empty());
             if parent.is_some_and(|p| !p.is_dir()) {
                 return Err(invalid("vsock.uds_path", "its directory does not exist"));
+            }
+        }
+        self.validate_network_interfaces()
+    }
+
+    fn validate_network_interfaces(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        let mut taps = HashSet::new();
+        let mut macs = HashSet::new();
+        for (index, iface) in self.network_interfaces.iter().enumerate() {
+            let key = |field: &str| format!("network-interfaces[{index}].{field}");
+            if iface.iface_id.is_empty() || !ids.insert(iface.iface_id.as_str()) {
+                let message = format!("{:?} is empty or not unique", iface.iface_id);
+                return Err(invalid(key("iface_id"), message));
+            }
+            let name = &iface.host_dev_name;
+            tap::check_name(name)
+                .map_err(|why| invalid(key("host_dev_name"), format!("{name:?}: {why}")))?;
+            // A tap carries one interface: a second open of it would fail at boot.
+            if !taps.insert(name.as_str()) {
+                let message = format!("tap {name:?} is already used by another interface");
+                return Err(invalid(key("host_dev_name"), message));
+            }
+            if let Some(mac) = iface.guest_mac {
+                if mac.is_multicast() {
+                    let message = format!("{mac} is a multicast address");
+                    return Err(invalid(key("guest_mac"), message));
+                }
+                if !macs.insert(mac) {
+                    let message = format!("{mac} is already used by another interface");
+                    return Err(invalid(key("guest_mac"), message));
+                }
             }
         }
         Ok(())

@@ -62,8 +62,137 @@ fn unknown_keys_are_named_with_their_path() {
 
 #[test]
 fn unsupported_firecracker_sections_are_refused_by_name() {
-    let e = parse_err(r#"{"boot-source": {"kernel_image_path": "k"}, "network-interfaces": []}"#);
-    assert_eq!(e, "`network-interfaces`: not supported by this VMM");
+    let e = parse_err(r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {}}"#);
+    assert_eq!(e, "`balloon`: not supported by this VMM");
+}
+
+fn with_interfaces(kernel: &tempfile::NamedTempFile, interfaces: &str) -> String {
+    format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "network-interfaces": [{interfaces}]}}"#,
+        k = kernel.path().display()
+    )
+}
+
+#[test]
+fn network_interfaces_parse_as_firecracker_writes_them() {
+    let kernel = kernel();
+    let json = with_interfaces(
+        &kernel,
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02"},
+           {"iface_id": "eth1", "host_dev_name": "tap1"}"#,
+    );
+    let config = VmConfig::from_json(&json).unwrap();
+    config.validate().unwrap();
+    assert_eq!(
+        config.network_interfaces,
+        vec![
+            NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0".into(),
+                guest_mac: Some(MacAddr([6, 0, 0xac, 0x10, 0, 2])),
+            },
+            NetworkInterface {
+                iface_id: "eth1".into(),
+                host_dev_name: "tap1".into(),
+                guest_mac: None,
+            },
+        ]
+    );
+    // Absent: no interface.
+    let plain = with_interfaces(&kernel, "").replace(r#", "network-interfaces": []"#, "");
+    assert!(VmConfig::from_json(&plain)
+        .unwrap()
+        .network_interfaces
+        .is_empty());
+}
+
+#[test]
+fn bad_network_interfaces_name_the_key_and_the_reason() {
+    let kernel = kernel();
+    let iface = |id: &str, tap: &str, mac: &str| {
+        format!(r#"{{"iface_id": "{id}", "host_dev_name": "{tap}", "guest_mac": "{mac}"}}"#)
+    };
+    let good = iface("eth0", "tap0", "06:00:ac:10:00:02");
+
+    // Caught by the parser, with the path of the bad value.
+    let e = parse_err(&with_interfaces(
+        &kernel,
+        &iface("eth0", "tap0", "06:00:ac:10:00"),
+    ));
+    assert!(e.starts_with("`network-interfaces[0].guest_mac`"), "{e}");
+    assert!(e.contains("not a MAC address"), "{e}");
+    let e = parse_err(&with_interfaces(
+        &kernel,
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {}}"#,
+    ));
+    assert!(
+        e.starts_with("`network-interfaces[0].rx_rate_limiter`: unknown field"),
+        "{e}"
+    );
+    let e = parse_err(&with_interfaces(&kernel, r#"{"iface_id": "eth0"}"#));
+    assert!(e.contains("host_dev_name"), "{e}");
+
+    // Caught by validation.
+    let cases = [
+        (
+            iface("", "tap0", "06:00:ac:10:00:02"),
+            "[0].iface_id",
+            "empty or not unique",
+        ),
+        (
+            iface("eth0", "", "06:00:ac:10:00:02"),
+            "[0].host_dev_name",
+            "empty",
+        ),
+        (
+            iface("eth0", "a-sixteen-bytes!", "06:00:ac:10:00:02"),
+            "[0].host_dev_name",
+            "longer than 15 bytes",
+        ),
+        (
+            iface("eth0", "tap/0", "06:00:ac:10:00:02"),
+            "[0].host_dev_name",
+            "'/'",
+        ),
+        (
+            iface("eth0", "tap 0", "06:00:ac:10:00:02"),
+            "[0].host_dev_name",
+            "white space",
+        ),
+        (
+            iface("eth0", "..", "06:00:ac:10:00:02"),
+            "[0].host_dev_name",
+            "not a usable",
+        ),
+        (
+            iface("eth0", "tap0", "ff:ff:ff:ff:ff:ff"),
+            "[0].guest_mac",
+            "multicast",
+        ),
+        (
+            format!("{good}, {}", iface("eth0", "tap1", "06:00:ac:10:00:03")),
+            "[1].iface_id",
+            "empty or not unique",
+        ),
+        (
+            format!("{good}, {}", iface("eth1", "tap0", "06:00:ac:10:00:03")),
+            "[1].host_dev_name",
+            "already used",
+        ),
+        (
+            format!("{good}, {}", iface("eth1", "tap1", "06:00:ac:10:00:02")),
+            "[1].guest_mac",
+            "already used",
+        ),
+    ];
+    for (interfaces, key, why) in cases {
+        let e = validate_err(&with_interfaces(&kernel, &interfaces));
+        assert!(
+            e.starts_with(&format!("`network-interfaces{key}`")),
+            "{interfaces}: {e}"
+        );
+        assert!(e.contains(why), "{interfaces}: {e}");
+    }
 }
 
 #[test]
@@ -159,8 +288,27 @@ fn flags_build_a_config() {
         "none",
         "--vsock-uds",
         "/tmp/x.sock",
+        "--net",
+        "tap=tap0,mac=06:00:ac:10:00:02",
+        "--net",
+        "id=uplink,tap=tap1",
     ]))
     .unwrap();
+    assert_eq!(
+        config.network_interfaces,
+        vec![
+            NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0".into(),
+                guest_mac: Some("06:00:ac:10:00:02".parse().unwrap()),
+            },
+            NetworkInterface {
+                iface_id: "uplink".into(),
+                host_dev_name: "tap1".into(),
+                guest_mac: None,
+            },
+        ]
+    );
     assert_eq!(config.machine_config.vcpu_count, 2);
     assert_eq!(config.machine_config.mem_size_mib, 64);
     assert_eq!(config.machine_config.cpu_template, CpuTemplate::None);
@@ -214,6 +362,22 @@ fn bad_flags_are_errors() {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("`--drive "), "{bad}: {e}");
+    }
+    for (bad, why) in [
+        ("mac=06:00:ac:10:00:02", "tap=NAME is missing"),
+        ("tap=", "unknown or empty part"),
+        ("tap=tap0,mac=06:00", "not a MAC address"),
+        ("tap=tap0,speed=1", "unknown or empty part"),
+        ("tap=this-is-far-too-long", "longer than 15 bytes"),
+    ] {
+        let e = load(&flags(&["--kernel", k, "--net", bad]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+        assert!(
+            e.starts_with("`--net ") || e.starts_with("`network-interfaces[0]"),
+            "{bad}: {e}"
+        );
     }
     let e = load(&flags(&["--config-file", "/no/such.json"]))
         .unwrap_err()

@@ -16,6 +16,7 @@
 mod base;
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
@@ -41,6 +42,7 @@ pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;
 
 /// Device type ids (virtio spec 5).
 pub mod device_type {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const RNG: u32 = 4;
     pub const VSOCK: u32 = 19;
