@@ -102,7 +102,11 @@ impl GuestSpec {
             serial: Some(Serial {
                 serial_out_path: self.console.clone(),
             }),
-            network_interfaces: Vec::new(),
+            network_interfaces: self
+                .network
+                .iter()
+                .map(|_| crate::network::guest_interface())
+                .collect(),
         }
     }
 }

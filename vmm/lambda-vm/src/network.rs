@@ -11,7 +11,8 @@
 //!
 //! The plumbing is done with the `ip` (iproute2) and `nft` (nftables) programs. Every object
 //! is named `lvm-<slot>` (namespace, host-side veth, host nft table), where the slot is the
-//! environment's /30 in the range. A slot is claimed by creating `<run dir>/<slot>`, exclusively,
+//! environment's /30: its network address over 4, so services with different ranges never
+//! pick the same names, and ones with overlapping ranges never the same link. A slot is claimed by creating `<run dir>/<slot>`, exclusively,
 //! before anything is made, which also makes slots unique between services on one host; the
 //! claim names its owner (pid and start time). An [`EnvNetwork`] removes everything when it
 //! is dropped; [`Networks::sweep`] removes what a service that died left behind.
@@ -26,8 +27,9 @@ use std::str::FromStr;
 
 /// The tap device inside every environment's namespace, the VM's network backend.
 pub const TAP: &str = "tap0";
-/// The guest's MAC address, the same in every environment.
-pub const GUEST_MAC: &str = "06:00:ac:10:00:02";
+/// The guest's MAC address, the same in every environment (locally administered; the last
+/// four bytes spell the guest's address).
+pub const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 /// The guest's address, the same in every environment (guest init sets it: rootfs/init net.rs).
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 /// The tap's address in the namespace: the guest's gateway.
@@ -116,16 +118,17 @@ impl std::fmt::Display for Subnet {
 }
 
 impl Subnet {
-    /// How many /30s it holds.
-    fn slots(&self) -> u32 {
-        1 << (LINK_PREFIX_LEN - self.prefix_len)
+    /// Its /30s, as slots (a /30's network address over 4).
+    fn slots(&self) -> std::ops::Range<u32> {
+        let first = u32::from(self.base) >> 2;
+        first..first + (1 << (LINK_PREFIX_LEN - self.prefix_len))
     }
+}
 
-    /// The host's and the environment's address on the link of `slot`.
-    fn link(&self, slot: u32) -> (Ipv4Addr, Ipv4Addr) {
-        let network = u32::from(self.base) + slot * 4;
-        (Ipv4Addr::from(network + 1), Ipv4Addr::from(network + 2))
-    }
+/// The host's and the environment's address on the link of `slot`.
+fn link(slot: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let network = slot << 2;
+    (Ipv4Addr::from(network + 1), Ipv4Addr::from(network + 2))
 }
 
 /// The service's environment networks: the range, and who claims slots.
@@ -171,7 +174,7 @@ impl Networks {
     /// and rules. On failure whatever was made is removed again.
     pub fn create(&self) -> Result<EnvNetwork, NetworkError> {
         let (slot, claim) = self.claim()?;
-        let (host_address, env_address) = self.range.link(slot);
+        let (host_address, env_address) = link(slot);
         let network = EnvNetwork {
             name: format!("{NAME_PREFIX}{slot}"),
             host_address,
@@ -189,7 +192,7 @@ impl Networks {
             dir: self.run_dir.clone(),
             source,
         };
-        for slot in 0..self.range.slots() {
+        for slot in self.range.slots() {
             let path = self.run_dir.join(slot.to_string());
             let created = OpenOptions::new()
                 .write(true)
@@ -271,6 +274,15 @@ pub struct EnvNetwork {
     env_address: Ipv4Addr,
     range: Subnet,
     claim: PathBuf,
+}
+
+/// The VM's network device, on the environment's tap: the same in every environment.
+pub fn guest_interface() -> vmm::config::NetworkInterface {
+    vmm::config::NetworkInterface {
+        iface_id: "eth0".into(),
+        host_dev_name: TAP.into(),
+        guest_mac: Some(vmm::devices::virtio::net::MacAddr(GUEST_MAC)),
+    }
 }
 
 impl EnvNetwork {
@@ -576,21 +588,21 @@ mod tests {
     #[test]
     fn ranges_parse_and_cut_into_links() {
         let range: Subnet = "100.64.0.0/16".parse().unwrap();
-        assert_eq!(range.slots(), 16384);
-        assert_eq!(
-            range.link(0),
-            (Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2))
+        let slots = range.slots();
+        assert_eq!(slots.len(), 16384);
+        let first = (Ipv4Addr::new(100, 64, 0, 1), Ipv4Addr::new(100, 64, 0, 2));
+        assert_eq!(link(slots.start), first);
+        let last = (
+            Ipv4Addr::new(100, 64, 255, 253),
+            Ipv4Addr::new(100, 64, 255, 254),
         );
-        assert_eq!(
-            range.link(16383),
-            (
-                Ipv4Addr::new(100, 64, 255, 253),
-                Ipv4Addr::new(100, 64, 255, 254)
-            )
-        );
+        assert_eq!(link(slots.end - 1), last);
+        // The longest name fits an interface name (15 bytes).
+        assert!(format!("{NAME_PREFIX}{}", u32::MAX >> 2).len() <= 15);
         assert_eq!(range.to_string(), "100.64.0.0/16");
         let one: Subnet = "10.200.0.4/30".parse().unwrap();
-        assert_eq!(one.slots(), 1);
+        assert_eq!(one.slots().len(), 1);
+        assert_eq!(link(one.slots().start).0, Ipv4Addr::new(10, 200, 0, 5));
         for bad in [
             "100.64.0.0",
             "100.64.0.1/16",
