@@ -5,7 +5,9 @@
 //! SnapStart test can see what becomes of a connection that a restored copy inherited from the
 //! snapshot: `{"kept": true}` writes a line on it and reads the answer.
 //!
-//! Events: `{"fetch": ["http://ADDRESS:PORT/PATH", ...], "timeout_ms": N}` and `{"kept": true}`.
+//! Events: `{"fetch": ["http://ADDRESS:PORT/PATH", ...], "kept": true, "sleep_ms": N,
+//! "timeout_ms": N}`, every key optional but one of `fetch` and `kept`; the reply has
+//! `results` (one per URL) and `kept`.
 
 use bootstrap::{Context, Function, HandlerError};
 use serde_json::{json, Value};
@@ -77,7 +79,7 @@ impl Fetcher {
     fn use_kept(&mut self, timeout: Duration) -> Value {
         let stream = match &mut self.kept {
             Ok(stream) => stream,
-            Err(why) => return json!({"kept": "none", "message": why}),
+            Err(why) => return json!({"outcome": "none", "message": why}),
         };
         let started = Instant::now();
         let mut buffer = [0u8; 64];
@@ -94,7 +96,7 @@ impl Fetcher {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => ("reset", e.to_string()),
             Err(e) => ("error", e.to_string()),
         };
-        json!({"kept": kept, "message": message, "ms": ms(started)})
+        json!({"outcome": kept, "message": message, "ms": ms(started)})
     }
 }
 
@@ -105,20 +107,27 @@ impl Function for Fetcher {
             .get("timeout_ms")
             .and_then(Value::as_u64)
             .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
-        let reply = if let Some(urls) = payload.get("fetch").and_then(Value::as_array) {
-            let results: Vec<Value> = urls
+        let mut reply = serde_json::Map::new();
+        // A wait first lets a test hold several environments busy at once.
+        if let Some(sleep) = payload.get("sleep_ms").and_then(Value::as_u64) {
+            std::thread::sleep(Duration::from_millis(sleep));
+        }
+        if payload.get("kept").is_some() {
+            reply.insert("kept".into(), self.use_kept(timeout));
+        }
+        if let Some(urls) = payload.get("fetch").and_then(Value::as_array) {
+            let results = urls
                 .iter()
                 .map(|url| fetch(url.as_str().unwrap_or_default(), timeout))
                 .collect();
-            json!({ "results": results })
-        } else if payload.get("kept").is_some() {
-            self.use_kept(timeout)
-        } else {
+            reply.insert("results".into(), Value::Array(results));
+        }
+        if reply.is_empty() {
             return Err(HandlerError::new(
                 "NetFetchError",
-                "expected {\"fetch\": [URL...]} or {\"kept\": true}",
+                "expected \"fetch\": [URL...] and/or \"kept\": true",
             ));
-        };
+        }
         Ok(serde_json::to_vec(&reply)?)
     }
 }
