@@ -87,16 +87,17 @@ fn leftovers(names: &[String]) -> Vec<String> {
     found
 }
 
-/// `lambda-vm` serving one function with `range` for its environments' links.
+/// `lambda-vm` serving one function with `range` for its environments' links, its files in
+/// `work` under the target's temp dir (a short name: socket paths must stay short).
 fn start_service(
-    test: &str,
+    work: &str,
     rootfs: &Path,
     config: &Path,
     range: &str,
     extra: &[&str],
 ) -> Option<LocalServer> {
     let kernel = guest_artifact("GUEST_VMLINUX")?;
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(work);
     let mut command = Command::new(require(host_binary("lambda-vm"), "lambda-vm")?);
     command
         .arg("--kernel")
@@ -246,7 +247,8 @@ fn a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swep
         Vec::<String>::new(),
         "left by an earlier run"
     );
-    let Some(service) = start_service(TEST, &rootfs, &config, COLD_RANGE, &["--eager"]) else {
+    let Some(service) = start_service("net-boot", &rootfs, &config, COLD_RANGE, &["--eager"])
+    else {
         return;
     };
     service.wait_for_log(Duration::from_secs(600), |l| {
@@ -288,7 +290,7 @@ fn a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swep
     drop(service);
     assert_eq!(leftovers(&names).len(), 3, "{:?}", leftovers(&names));
     // The next service removes what the killed one left, before it listens.
-    let Some(mut next) = start_service(TEST, &rootfs, &config, COLD_RANGE, &[]) else {
+    let Some(mut next) = start_service("net-boot", &rootfs, &config, COLD_RANGE, &[]) else {
         return;
     };
     assert_eq!(leftovers(&names), Vec::<String>::new());
@@ -329,13 +331,13 @@ fn restored_environments_each_fetch_cannot_reach_each_other_and_stale_connection
         "left by an earlier run"
     );
     // A fresh snapshot, so the function's init connects to this run's server.
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(TEST);
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-snap"));
     // Each server binds once the service has made its address.
     let kept = HostServer::spawn(KEPT_TARGET.parse().unwrap(), true);
     let page_a = HostServer::spawn(SocketAddr::from((host_a, PAGE_PORT)), false);
     let page_b = HostServer::spawn(SocketAddr::from((host_b, PAGE_PORT)), false);
-    let Some(mut service) = start_service(TEST, &rootfs, &config, SNAPSTART_RANGE, &["--eager"])
+    let Some(mut service) =
+        start_service("net-snap", &rootfs, &config, SNAPSTART_RANGE, &["--eager"])
     else {
         return;
     };

@@ -32,6 +32,10 @@ pub const TAP: &str = "tap0";
 pub const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 /// The guest's address, the same in every environment (guest init sets it: rootfs/init net.rs).
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
+/// The tap's MAC address, the same in every environment: a restored guest's ARP cache holds
+/// the gateway's MAC from snapshot time, and a tap with another one would ignore the guest's
+/// frames until that entry went stale (tens of seconds).
+pub const GATEWAY_MAC: &str = "06:00:ac:10:00:01";
 /// The tap's address in the namespace: the guest's gateway.
 pub const GATEWAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 /// The prefix length of the guest's link and of each environment's host link.
@@ -326,6 +330,7 @@ impl EnvNetwork {
              addr add {env} dev {INNER_VETH}\n\
              link set {INNER_VETH} up\n\
              tuntap add dev {TAP} mode tap\n\
+             link set {TAP} address {GATEWAY_MAC}\n\
              addr add {gateway} dev {TAP}\n\
              link set {TAP} up\n\
              route add default via {}\n",
@@ -686,7 +691,8 @@ mod tests {
         let tap = in_namespace(&a.netns(), || {
             output(Command::new("ip").args(["link", "show", TAP]))
         });
-        assert!(tap.unwrap().contains(TAP));
+        let tap = tap.unwrap();
+        assert!(tap.contains(TAP) && tap.contains(GATEWAY_MAC), "{tap}");
 
         // Each environment reaches a server on its own host address, and is refused at once
         // (not left to time out) by the other's and by the other environment itself.
