@@ -680,7 +680,9 @@ mod tests {
         let Some(networks) = networks("environment networks") else {
             return;
         };
+        let started = std::time::Instant::now();
         let a = networks.create().unwrap();
+        let made = started.elapsed();
         let b = networks.create().unwrap();
         assert_ne!(a.name(), b.name());
         assert_ne!(a.host_address(), b.host_address());
@@ -721,7 +723,13 @@ mod tests {
         );
 
         let (a_name, b_name) = (a.name().to_owned(), b.name().to_owned());
+        let started = std::time::Instant::now();
         drop(a);
+        // For BENCHMARKS.md, not a limit.
+        println!(
+            "network: made in {made:?}, removed in {:?}",
+            started.elapsed()
+        );
         assert_eq!(exists(&a_name), [false; 3]);
         assert!(!Path::new(RUN_DIR)
             .join(slot_of(&a_name).unwrap().to_string())
