@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
 done
 
 [ -e /dev/kvm ] || die "/dev/kvm is missing: the microVM needs KVM (scripts/local.sh runs the same function without a VM)"
-ensure_apt_packages curl ca-certificates
+ensure_apt_packages curl ca-certificates nftables iproute2
 ensure_cargo
 kernel="$(scripts/build-kernel.sh | tail -n1)"
 [ -n "$function_dir" ] || function_dir="$(stage_rust_echo_function)"

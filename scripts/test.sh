@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
-ensure_apt_packages curl ca-certificates cpio e2fsprogs gcc libc6-dev binutils unzip
+ensure_apt_packages curl ca-certificates cpio e2fsprogs gcc libc6-dev binutils unzip nftables iproute2
 ensure_cargo
 
 ensure_test_venv
@@ -34,6 +34,16 @@ GUEST_SNAPSTART_ROOTFS="$(scripts/build-rootfs.sh "$snapstart_function" --ext4 |
 GUEST_SNAPSTART_FUNCTION_CONFIG="$snapstart_function/function.json"
 export GUEST_VMLINUX GUEST_INITRAMFS GUEST_ROOTFS GUEST_FUNCTION_CONFIG
 export GUEST_SNAPSTART_ROOTFS GUEST_SNAPSTART_FUNCTION_CONFIG
+step "the networking test function's ext4 images (tests/network.rs)"
+net_function="$(stage_net_function)"
+GUEST_NET_ROOTFS="$(scripts/build-rootfs.sh "$net_function" --ext4 | tail -n1)"
+GUEST_NET_FUNCTION_CONFIG="$net_function/function.json"
+# The address tests/network.rs gives the SnapStart test's first environment link.
+net_snapstart_function="$(stage_net_function snap-start 100.64.201.1:47001)"
+GUEST_NET_SNAPSTART_ROOTFS="$(scripts/build-rootfs.sh "$net_snapstart_function" --ext4 | tail -n1)"
+GUEST_NET_SNAPSTART_FUNCTION_CONFIG="$net_snapstart_function/function.json"
+export GUEST_NET_ROOTFS GUEST_NET_FUNCTION_CONFIG
+export GUEST_NET_SNAPSTART_ROOTFS GUEST_NET_SNAPSTART_FUNCTION_CONFIG
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

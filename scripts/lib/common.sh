@@ -74,6 +74,36 @@ JSON
     echo "$dir"
 }
 
+# Stages the networking tests' function (tests/functions/net-fetch) like the echo one: outbound
+# HTTP from the guest. With `snap-start`, the function is a SnapStart one (net-fetch-snap-start)
+# that opens a connection to INIT_CONNECT (ADDRESS:PORT, the second argument) during init and
+# keeps it. Prints the directory.
+# Usage: stage_net_function [on-demand|snap-start] [INIT_CONNECT]
+stage_net_function() {
+    local init_type="${1:-on-demand}" init_connect="${2:-}" name=net-fetch environment="{}"
+    [ "$init_type" = on-demand ] || name="net-fetch-$init_type"
+    [ -z "$init_connect" ] || environment="{\"NET_INIT_CONNECT\": \"$init_connect\"}"
+    step "building the static networking test function (tests/functions/net-fetch)"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --profile guest --target "$STATIC_TARGET" -p net-fetch >&2
+    local dir
+    dir="$(cargo_target_dir)/functions/$name"
+    mkdir -p "$dir"
+    cp "$(cargo_target_dir)/$STATIC_TARGET/guest/net-fetch" "$dir/net-fetch"
+    cat >"$dir/function.json" <<JSON
+{
+  "function_name": "$name",
+  "handler": "fetch",
+  "runtime": "/var/task/net-fetch",
+  "memory_mb": 128,
+  "timeout_secs": 30,
+  "initialization_type": "$init_type",
+  "environment": $environment
+}
+JSON
+    echo "$dir"
+}
+
 cargo_target_dir() {
     echo "${CARGO_TARGET_DIR:-$(pwd)/target}"
 }

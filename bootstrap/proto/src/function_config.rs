@@ -155,6 +155,11 @@ pub struct FunctionConfig {
     /// How long an asynchronous invoke may wait before it is given up, in seconds.
     #[serde(default = "default_maximum_event_age_secs")]
     pub maximum_event_age_secs: u32,
+    /// Whether the function's environments have outbound networking (a network device, and a
+    /// network of their own on the host). On by default, as on Lambda; written out only when
+    /// off, so images made before the switch keep their bytes.
+    #[serde(default = "default_networking", skip_serializing_if = "is_true")]
+    pub networking: bool,
 }
 
 fn default_maximum_retry_attempts() -> u32 {
@@ -162,6 +167,13 @@ fn default_maximum_retry_attempts() -> u32 {
 }
 fn default_maximum_event_age_secs() -> u32 {
     21_600
+}
+
+fn default_networking() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -242,6 +254,7 @@ impl FunctionConfig {
             provisioned_concurrency: 0,
             maximum_retry_attempts: default_maximum_retry_attempts(),
             maximum_event_age_secs: default_maximum_event_age_secs(),
+            networking: default_networking(),
         }
     }
 
@@ -531,6 +544,20 @@ mod tests {
         let message =
             error(r#"{"handler": "h", "reserved_concurrency": 1, "provisioned_concurrency": 2}"#);
         assert!(message.contains("`provisioned_concurrency`"), "{message}");
+    }
+
+    #[test]
+    fn networking_is_on_unless_switched_off() {
+        let plain = parse(r#"{"handler": "h"}"#).unwrap();
+        assert!(plain.networking);
+        let canonical = String::from_utf8(plain.to_canonical_json()).unwrap();
+        assert!(!canonical.contains("networking"), "{canonical}");
+        let off = parse(r#"{"handler": "h", "networking": false}"#).unwrap();
+        assert!(!off.networking);
+        let again = FunctionConfig::from_json(&off.to_canonical_json()).unwrap();
+        assert_eq!(again, off);
+        let message = error(r#"{"handler": "h", "networking": "yes"}"#);
+        assert!(message.contains("`networking`"), "{message}");
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct Function {
     pub rapid: rapid::EnvironmentConfig,
     /// Size of the `/tmp` tmpfs in MB.
     pub tmp_size_mb: u32,
+    /// Whether the function has networking (`eth0` set up when the host gave the device).
+    pub networking: bool,
 }
 
 /// Reads and validates `function.json` and maps it onto the Runtime API server's configuration.
@@ -178,6 +180,7 @@ fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
     Function {
         rapid: config,
         tmp_size_mb: function.tmp_size_mb,
+        networking: function.networking,
     }
 }
 

@@ -33,7 +33,7 @@ fn main() {
     let function =
         config::load_function(&options).unwrap_or_else(|e| fatal(options.system, &chain(&e)));
     if options.system {
-        setup(function.tmp_size_mb);
+        setup(function.tmp_size_mb, function.networking);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -51,9 +51,9 @@ fn main() {
     }
 }
 
-/// Mounts, loopback, hostname. Failures are reported and init goes on: the host hears about
-/// what breaks as a result.
-fn setup(tmp_size_mb: u32) {
+/// Mounts, loopback, hostname, and the function's network interface if it has one. Failures
+/// are reported and init goes on: the host hears about what breaks as a result.
+fn setup(tmp_size_mb: u32, networking: bool) {
     if let Err(e) = mounts::mount_all(tmp_size_mb) {
         say!("{}", chain(&e));
     }
@@ -62,6 +62,12 @@ fn setup(tmp_size_mb: u32) {
     }
     if let Err(e) = net::set_hostname(net::HOSTNAME) {
         say!("cannot set the hostname: {e}");
+    }
+    // No device: the host could not give this function networking and has said why.
+    if networking && net::has_interface() {
+        if let Err(e) = net::interface_up() {
+            say!("cannot set up {}: {e}", net::INTERFACE);
+        }
     }
 }
 

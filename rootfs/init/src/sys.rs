@@ -23,7 +23,7 @@ nix::ioctl_write_ptr_bad!(
 nix::ioctl_none!(rndreseedcrng, b'R', 0x07);
 
 /// An `ifreq` naming `name`, its union zeroed.
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+pub fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain old data (a name and a union of integers and plain structs), for
     // which all-zero bytes are a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };

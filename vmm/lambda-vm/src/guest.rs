@@ -3,9 +3,11 @@
 //! with it.
 
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
+use crate::network::{EnvNetwork, NetworkError, Networks};
 use crate::vmm_process::{VmmError, VmmExit, VmmProcess};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm::builder::default_boot_args;
 use vmm::config::{
@@ -43,6 +45,9 @@ pub struct GuestSpec {
     pub boot_timeout: Duration,
     /// The CPU template, resolved for this host (`CpuTemplate::Auto.resolve`, once, at the top).
     pub cpu_template: CpuTemplate,
+    /// Where each environment gets its own network from; `None`: the guest has no network
+    /// device (the function has networking off, or the host cannot give it).
+    pub network: Option<Arc<Networks>>,
 }
 
 impl GuestSpec {
@@ -97,7 +102,11 @@ impl GuestSpec {
             serial: Some(Serial {
                 serial_out_path: self.console.clone(),
             }),
-            network_interfaces: Vec::new(),
+            network_interfaces: self
+                .network
+                .iter()
+                .map(|_| crate::network::guest_interface())
+                .collect(),
         }
     }
 }
@@ -138,6 +147,8 @@ pub enum GuestError {
     Exited(VmmExit),
     #[error("the guest's init did not connect within {0:?}")]
     BootTimeout(Duration),
+    #[error("the environment's network")]
+    Network(#[from] NetworkError),
     #[error("creating the environment's directory {}", path.display())]
     Dir {
         path: PathBuf,
@@ -172,10 +183,12 @@ impl Drop for EnvDir {
 }
 
 pub struct Guest {
-    // Dropped in this order: the link closes, the vmm is killed and reaped, the directory goes.
+    // Dropped in this order: the link closes, the vmm is killed and reaped, the directory goes,
+    // the network goes (its namespace only once no vmm is in it).
     pub link: HostLink,
     pub vmm: VmmProcess,
     dir: EnvDir,
+    pub network: Option<EnvNetwork>,
     /// The VMM's part of a restore, as the `vmm` measured it (load call to vCPUs running).
     pub vmm_time: Option<Duration>,
     /// From the start of the `vmm` to the guest's `Hello`.
@@ -190,9 +203,10 @@ impl Guest {
         snapshot_dir: Option<&Path>,
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
-        Self::start(spec, spec.boot_timeout, log, |dir, uds_path| {
+        Self::start(spec, spec.boot_timeout, log, |dir, uds_path, netns| {
             let config = spec.vm_config(uds_path.to_owned());
-            VmmProcess::boot(&spec.vmm, &config, &dir.join("vm.json"), snapshot_dir)
+            let config_path = dir.join("vm.json");
+            VmmProcess::boot(&spec.vmm, &config, &config_path, snapshot_dir, netns)
         })
     }
 
@@ -206,34 +220,38 @@ impl Guest {
     ) -> Result<Guest, GuestError> {
         let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
         let console = spec.console.as_deref();
-        let mut guest = Self::start(spec, timeout, log, |_, uds_path| {
-            VmmProcess::restore(&spec.vmm, snapshot, uds_path, console)
+        let mut guest = Self::start(spec, timeout, log, |_, uds_path, netns| {
+            VmmProcess::restore(&spec.vmm, snapshot, uds_path, console, netns)
         })?;
         guest.link.restore()?;
         guest.vmm_time = guest.vmm.restore_time();
         Ok(guest)
     }
 
-    /// One way to start: a fresh environment directory, the host-link listener on its vsock
-    /// socket (before the VM starts, so the guest's first connection finds it), the `vmm` that
-    /// `launch` starts there, and the guest's connection within `timeout`.
+    /// One way to start: a fresh environment directory and network, the host-link listener on
+    /// its vsock socket (before the VM starts, so the guest's first connection finds it), the
+    /// `vmm` that `launch` starts there (in the network's namespace), and the guest's
+    /// connection within `timeout`.
     fn start(
         spec: &GuestSpec,
         timeout: Duration,
         log: impl FnMut(&str) + Send + 'static,
-        launch: impl FnOnce(&Path, &Path) -> Result<VmmProcess, VmmError>,
+        launch: impl FnOnce(&Path, &Path, Option<&Path>) -> Result<VmmProcess, VmmError>,
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
         let dir = EnvDir::create(&spec.work_dir)?;
+        let network = spec.network.as_ref().map(|n| n.create()).transpose()?;
         let uds_path = dir.0.join("vsock.sock");
         let listener = Listener::bind(&uds_path, PORT)?;
-        let mut vmm = launch(&dir.0, &uds_path)?;
+        let netns = network.as_ref().map(EnvNetwork::netns);
+        let mut vmm = launch(&dir.0, &uds_path, netns.as_deref())?;
         let mut link = wait_for_link(&listener, &mut vmm, started, timeout)?;
         link.on_log(log);
         Ok(Guest {
             link,
             vmm,
             dir,
+            network,
             vmm_time: None,
             boot_time: started.elapsed(),
         })
@@ -246,12 +264,19 @@ impl Guest {
     pub fn snapshot_after_init(mut self, init_timeout: Duration) -> Result<Duration, GuestError> {
         self.link.set_timeout(Some(init_timeout))?;
         let init_duration = self.link.wait_init_done()?;
-        let Guest { link, vmm, dir, .. } = self;
+        let Guest {
+            link,
+            vmm,
+            dir,
+            network,
+            ..
+        } = self;
         // The snapshot needs the guest's side of the connection as it is; the host's end goes
         // with this process's view of it once the VM is paused.
         let written = vmm.snapshot(SNAPSHOT_TIMEOUT);
         drop(link);
         drop(dir);
+        drop(network);
         written?;
         Ok(init_duration)
     }
@@ -260,13 +285,18 @@ impl Guest {
     /// `vmm` is killed (if still running) and reaped, and the environment's directory removed.
     pub fn shutdown(self, grace: Duration) {
         let Guest {
-            link, mut vmm, dir, ..
+            link,
+            mut vmm,
+            dir,
+            network,
+            ..
         } = self;
         if link.shutdown().is_ok() {
             vmm.exited(grace);
         }
         drop(vmm);
         drop(dir);
+        drop(network);
     }
 }
 

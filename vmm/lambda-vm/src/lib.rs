@@ -7,11 +7,13 @@
 //! - [`guest`]: one function environment, a microVM and its host link;
 //! - [`snapshots`]: where SnapStart snapshots live, keyed to what they were made from;
 //! - [`host_link`]: the host end of the host link;
+//! - [`network`]: one network namespace, tap and veth per environment;
 //! - [`vmm_process`]: a microVM as its own `vmm` process.
 
 pub mod guest;
 pub mod host;
 pub mod host_link;
+pub mod network;
 pub mod pool;
 pub mod service;
 pub mod snapshots;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use lambda_vm::guest::{GuestSpec, Rootfs};
 use lambda_vm::host::FunctionHost;
+use lambda_vm::network::{self, Networks};
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
@@ -16,6 +17,7 @@ use rapid::invoke_http::Endpoint;
 use rapid::{EnvironmentConfig, InitializationType, LogTails};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -90,6 +92,14 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// The IPv4 range each environment's host link (a /30) is cut from: the host side of
+    /// the link is the one host address a function reaches, and the function's traffic leaves
+    /// the host translated from the environment's side.
+    #[arg(long, default_value = network::DEFAULT_RANGE)]
+    network_range: network::Subnet,
+    /// Give no function networking, whatever its function.json says.
+    #[arg(long)]
+    no_network: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -156,6 +166,11 @@ async fn main() -> anyhow::Result<()> {
         vmm.display()
     );
     let cpu_template = CpuTemplate::Auto.resolve(&HostCaps::detect());
+    let networks = if !args.no_network && functions.iter().any(|f| f.config.networking) {
+        open_networks(args.network_range)
+    } else {
+        None
+    };
     let host = HostLimit::new(args.max_concurrency);
     let tails = LogTails::default();
     let single = args.functions_dir.is_none();
@@ -187,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
             console: args.console.clone(),
             boot_timeout: Duration::from_secs(args.boot_timeout),
             cpu_template,
+            network: networks.clone().filter(|_| function.networking),
         };
         let snapshots = (config.init_type == InitializationType::SnapStart).then(|| {
             let root = match (&args.snapshot_dir, single) {
@@ -246,6 +262,22 @@ async fn main() -> anyhow::Result<()> {
         service.shutdown().await;
     }
     Ok(())
+}
+
+/// The environments' networks, or `None`, said on stderr, when this host cannot give them: the
+/// functions then run without networking.
+fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
+    match Networks::open(range) {
+        Ok(networks) => Some(Arc::new(networks)),
+        Err(e) => {
+            let line = format!(
+                "lambda-vm: functions run WITHOUT networking: {}\n",
+                vmm::error::Chain(&e)
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            None
+        }
+    }
 }
 
 /// The functions to host: the one of --rootfs and --function-config, or each in
@@ -323,11 +355,14 @@ fn snapshots_of(spec: &GuestSpec, function: &proto::FunctionConfig, root: PathBu
     let mut guest_relevant = function.clone();
     guest_relevant.reserved_concurrency = None;
     guest_relevant.provisioned_concurrency = 0;
+    // Whether the guest has a network device depends on the host too (--no-network, a host
+    // that cannot), not on function.json alone.
     let settings = format!(
-        "{}\n{} mem_mib={}",
+        "{}\n{} mem_mib={} network={}",
         String::from_utf8_lossy(&guest_relevant.to_canonical_json()),
         spec.boot_args(),
-        spec.mem_size_mib
+        spec.mem_size_mib,
+        spec.network.is_some()
     );
     let inputs = vec![spec.kernel.clone(), spec.rootfs.path().to_owned()];
     Snapshots::new(root, inputs, settings)

@@ -39,6 +39,12 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("opening the network namespace {}", path.display())]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("signalling the vmm process")]
     Signal(#[source] std::io::Error),
     #[error("the vmm did not finish its snapshot within {0:?}")]
@@ -61,12 +67,14 @@ const STDERR_LINES: usize = 64;
 
 impl VmmProcess {
     /// Boots `config` in a new `vmm` (its configuration file written to `config_path`). With
-    /// `snapshot_dir`, SIGUSR1 ([`VmmProcess::snapshot`]) makes it write a snapshot there.
+    /// `snapshot_dir`, SIGUSR1 ([`VmmProcess::snapshot`]) makes it write a snapshot there. With
+    /// `netns`, the `vmm` runs in that network namespace (where its tap is).
     pub fn boot(
         binary: &Path,
         config: &VmConfig,
         config_path: &Path,
         snapshot_dir: Option<&Path>,
+        netns: Option<&Path>,
     ) -> Result<VmmProcess, VmmError> {
         let json = serde_json::to_vec_pretty(config).map_err(std::io::Error::other);
         json.and_then(|json| std::fs::write(config_path, json))
@@ -79,16 +87,17 @@ impl VmmProcess {
         if let Some(dir) = snapshot_dir {
             command.arg("--snapshot-dir").arg(dir);
         }
-        Self::spawn(binary, command, vec![config_path.to_owned()])
+        Self::spawn(binary, command, netns, vec![config_path.to_owned()])
     }
 
     /// Restores the snapshot in `dir` in a new `vmm`, its vsock device on `vsock_uds` and its
-    /// console to `console` (discarded when `None`).
+    /// console to `console` (discarded when `None`), in the network namespace `netns` if any.
     pub fn restore(
         binary: &Path,
         dir: &Path,
         vsock_uds: &Path,
         console: Option<&Path>,
+        netns: Option<&Path>,
     ) -> Result<VmmProcess, VmmError> {
         let mut command = Command::new(binary);
         command
@@ -100,14 +109,21 @@ impl VmmProcess {
             .arg(vsock_uds)
             .arg("--serial-out")
             .arg(console.unwrap_or(Path::new("/dev/null")));
-        Self::spawn(binary, command, Vec::new())
+        Self::spawn(binary, command, netns, Vec::new())
     }
 
     fn spawn(
         binary: &Path,
         mut command: Command,
+        netns: Option<&Path>,
         owned: Vec<PathBuf>,
     ) -> Result<VmmProcess, VmmError> {
+        if let Some(netns) = netns {
+            join_netns(&mut command, netns).map_err(|source| VmmError::Netns {
+                path: netns.to_owned(),
+                source,
+            })?;
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -199,6 +215,25 @@ impl VmmProcess {
             },
         }
     }
+}
+
+/// Makes `command`'s process join the network namespace at `netns` before it runs. The
+/// namespace file is opened here (close-on-exec, so the `vmm` does not keep it) and joined in
+/// the child, so the service itself never changes namespace.
+fn join_netns(command: &mut Command, netns: &Path) -> std::io::Result<()> {
+    let namespace = std::fs::File::open(netns)?;
+    // SAFETY: the closure runs in the forked child before exec; setns(2) is a plain system
+    // call on a descriptor the closure owns (and so keeps open until the child execs).
+    unsafe {
+        command.pre_exec(move || {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&namespace);
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Spawns `command` so that it is killed when this service dies, however it dies
