@@ -11,5 +11,6 @@ pub mod exit;
 pub mod host_caps;
 pub mod logger;
 pub mod microvm;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vstate;

@@ -14,6 +14,7 @@ use vmm::error::Chain;
 use vmm::exit::VmExit;
 use vmm::host_caps::HostCaps;
 use vmm::microvm::Microvm;
+use vmm::seccomp::ThreadKind;
 use vmm_sys_util::signal::register_signal_handler;
 
 #[derive(Parser)]
@@ -35,6 +36,10 @@ struct Args {
     /// Validate the configuration, print what it resolves to, and exit without booting.
     #[arg(long)]
     dry_run: bool,
+    /// Run without the seccomp filters (for debugging: a system call outside a thread's list
+    /// otherwise kills the process with SIGSYS).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -60,6 +65,14 @@ fn main() {
 }
 
 fn run(args: &Args) -> VmExit {
+    // Compiled before anything is built, so a bad filter stops us before a guest exists; the
+    // threads install theirs as they start.
+    if !args.no_seccomp {
+        match vmm::seccomp::Filters::compile() {
+            Ok(filters) => vmm::seccomp::enable(filters),
+            Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
+        }
+    }
     let microvm = match start(args) {
         Ok(Some(microvm)) => microvm,
         Ok(None) => return VmExit::Shutdown,
@@ -72,6 +85,9 @@ fn run(args: &Args) -> VmExit {
         {
             return VmExit::VmmError(Chain(e.as_ref()).to_string());
         }
+        if let Err(e) = vmm::seccomp::install(ThreadKind::Main) {
+            return VmExit::VmmError(Chain(&e).to_string());
+        }
         loop {
             if let Some(exit) = microvm.wait(Some(Duration::from_millis(10))) {
                 microvm.stop();
@@ -81,6 +97,9 @@ fn run(args: &Args) -> VmExit {
                 return snapshot(microvm, dir);
             }
         }
+    }
+    if let Err(e) = vmm::seccomp::install(ThreadKind::Main) {
+        return VmExit::VmmError(Chain(&e).to_string());
     }
     let exit = microvm.wait(None).unwrap_or(VmExit::Shutdown);
     microvm.stop();
