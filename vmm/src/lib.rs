@@ -9,6 +9,7 @@ pub mod devices;
 pub mod error;
 pub mod exit;
 pub mod host_caps;
+pub mod jail;
 pub mod logger;
 pub mod microvm;
 pub mod seccomp;
