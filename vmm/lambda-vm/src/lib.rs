@@ -12,6 +12,7 @@
 pub mod guest;
 pub mod host;
 pub mod host_link;
+pub mod jail;
 pub mod pool;
 pub mod service;
 pub mod snapshots;

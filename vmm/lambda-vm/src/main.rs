@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use lambda_vm::guest::{GuestSpec, Rootfs};
 use lambda_vm::host::FunctionHost;
+use lambda_vm::jail::JailHost;
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
@@ -90,6 +91,10 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// Start each `vmm` unjailed (for debugging): no namespaces, no private root, no user of
+    /// its own, no cgroups. Its seccomp filters stay on.
+    #[arg(long)]
+    no_jail: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -146,6 +151,20 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id())),
     };
+    // Before any environment starts: every vmm from here on is jailed, or none is.
+    let jail = if args.no_jail {
+        "jail off (--no-jail)".to_owned()
+    } else {
+        match JailHost::detect(&work_dir) {
+            Ok(host) => {
+                let described = host.describe();
+                lambda_vm::jail::enable(host);
+                described
+            }
+            Err(why) => format!("jail off: {why}"),
+        }
+    };
+    eprintln!("lambda-vm: isolation: seccomp on in every vmm (a filter per thread kind); {jail}");
     let vmm = match &args.vmm {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("vmm"),

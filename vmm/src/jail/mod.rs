@@ -133,12 +133,15 @@ impl JailFlags {
     }
 
     fn enter_namespaces(&self) -> Result<(), JailError> {
-        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        let mut flags =
+            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
         match &self.jail_netns {
             Some(path) => {
                 let netns = File::open(path).map_err(io("opening the network namespace", path))?;
-                setns(&netns, CloneFlags::CLONE_NEWNET)
-                    .map_err(sys(format!("joining the network namespace {}", path.display())))?;
+                setns(&netns, CloneFlags::CLONE_NEWNET).map_err(sys(format!(
+                    "joining the network namespace {}",
+                    path.display()
+                )))?;
             }
             None => flags |= CloneFlags::CLONE_NEWNET,
         }
@@ -164,8 +167,14 @@ fn close_inherited_descriptors() -> Result<(), JailError> {
 /// A private tmpfs on `root`, holding the binds and the device nodes at their host paths.
 fn build_root(root: &Path, flags: &JailFlags, uid: u32, gid: u32) -> Result<(), JailError> {
     // Nothing mounted from here on may leak back to the host's mount namespace.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(sys("making the mounts private"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("making the mounts private"))?;
     mount(
         Some("tmpfs"),
         root,
@@ -173,7 +182,10 @@ fn build_root(root: &Path, flags: &JailFlags, uid: u32, gid: u32) -> Result<(), 
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some(ROOT_SIZE),
     )
-    .map_err(sys(format!("mounting the jail's root on {}", root.display())))?;
+    .map_err(sys(format!(
+        "mounting the jail's root on {}",
+        root.display()
+    )))?;
     let binds = flags.jail_bind.iter().map(|p| (p, false));
     let rw_binds = flags.jail_bind_rw.iter().map(|p| (p, true));
     for (path, writable) in binds.chain(rw_binds) {
@@ -204,8 +216,14 @@ fn bind(root: &Path, path: &Path, writable: bool) -> Result<(), JailError> {
         File::create(&target).map_err(io("creating the mount point", &target))?;
     }
     let bound = format!("binding {}", path.display());
-    mount(Some(path), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(sys(bound.clone()))?;
+    mount(
+        Some(path),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(bound.clone()))?;
     let mut remount = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_NOSUID
@@ -228,8 +246,13 @@ fn make_device(root: &Path, device: &Path, uid: u32, gid: u32) -> Result<(), Jai
         std::fs::create_dir_all(parent).map_err(io("creating the device's directory", parent))?;
     }
     let what = format!("making the device node {}", device.display());
-    mknod(&target, SFlag::S_IFCHR, Mode::S_IRUSR | Mode::S_IWUSR, meta.rdev())
-        .map_err(sys(what.clone()))?;
+    mknod(
+        &target,
+        SFlag::S_IFCHR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+        meta.rdev(),
+    )
+    .map_err(sys(what.clone()))?;
     chown(&target, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(sys(what))
 }
 
@@ -258,12 +281,16 @@ fn limit_resources() -> Result<(), JailError> {
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(sys("RLIMIT_CORE"))
 }
 
-/// The jail's user and group, no supplementary groups, and no way back to privileges.
+/// The jail's user and group, no supplementary groups, and no way back to privileges. The
+/// signal the launcher asked for at its death (`PR_SET_PDEATHSIG`) survives: the kernel clears
+/// it on a change of user, so it is set again.
 fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
+    let death_signal = nix::sys::prctl::get_pdeathsig().map_err(sys("reading the death signal"))?;
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     setgroups(&[]).map_err(sys("dropping supplementary groups"))?;
     setresgid(gid, gid, gid).map_err(sys("setting the group"))?;
     setresuid(uid, uid, uid).map_err(sys("setting the user"))?;
+    nix::sys::prctl::set_pdeathsig(death_signal).map_err(sys("setting the death signal"))?;
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes no pointers; it only sets a process flag.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(JailError::Sys {

@@ -4,8 +4,8 @@
 
 use super::ThreadKind;
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid2, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_list,
-    kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_clock_data, kvm_cpuid2, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_list, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 use std::collections::BTreeMap;
@@ -33,19 +33,19 @@ fn kvm_get_regs() -> u64 {
 fn kvm_snapshot_ioctls() -> Vec<u64> {
     let rw = _IOC_READ | _IOC_WRITE;
     vec![
-        ioc::<kvm_msr_list>(rw, 0x02),      // KVM_GET_MSR_INDEX_LIST
-        kvm_get_regs(),                     // KVM_GET_REGS
-        ioc::<kvm_sregs>(_IOC_READ, 0x83),  // KVM_GET_SREGS
-        ioc::<kvm_msrs>(rw, 0x88),          // KVM_GET_MSRS
+        ioc::<kvm_msr_list>(rw, 0x02),           // KVM_GET_MSR_INDEX_LIST
+        kvm_get_regs(),                          // KVM_GET_REGS
+        ioc::<kvm_sregs>(_IOC_READ, 0x83),       // KVM_GET_SREGS
+        ioc::<kvm_msrs>(rw, 0x88),               // KVM_GET_MSRS
         ioc::<kvm_lapic_state>(_IOC_READ, 0x8e), // KVM_GET_LAPIC
-        ioc::<kvm_cpuid2>(rw, 0x91),        // KVM_GET_CPUID2
-        ioc::<kvm_mp_state>(_IOC_READ, 0x98), // KVM_GET_MP_STATE
+        ioc::<kvm_cpuid2>(rw, 0x91),             // KVM_GET_CPUID2
+        ioc::<kvm_mp_state>(_IOC_READ, 0x98),    // KVM_GET_MP_STATE
         ioc::<kvm_vcpu_events>(_IOC_READ, 0x9f), // KVM_GET_VCPU_EVENTS
-        ioc::<kvm_xsave>(_IOC_READ, 0xa4),  // KVM_GET_XSAVE
-        ioc::<kvm_xcrs>(_IOC_READ, 0xa6),   // KVM_GET_XCRS
-        ioc::<kvm_irqchip>(rw, 0x62),       // KVM_GET_IRQCHIP
-        ioc::<kvm_pit_state2>(_IOC_READ, 0x9f), // KVM_GET_PIT2
-        ioc::<kvm_clock_data>(_IOC_READ, 0x7c), // KVM_GET_CLOCK
+        ioc::<kvm_xsave>(_IOC_READ, 0xa4),       // KVM_GET_XSAVE
+        ioc::<kvm_xcrs>(_IOC_READ, 0xa6),        // KVM_GET_XCRS
+        ioc::<kvm_irqchip>(rw, 0x62),            // KVM_GET_IRQCHIP
+        ioc::<kvm_pit_state2>(_IOC_READ, 0x9f),  // KVM_GET_PIT2
+        ioc::<kvm_clock_data>(_IOC_READ, 0x7c),  // KVM_GET_CLOCK
     ]
 }
 

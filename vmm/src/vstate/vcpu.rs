@@ -125,7 +125,9 @@ impl Vcpu {
         // Before the first KVM_RUN: no guest code runs in an unfiltered thread.
         if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
             let why = Chain(&e).to_string();
-            context.exit.post(VmExit::VmmError(format!("vcpu{}: {why}", self.id)));
+            context
+                .exit
+                .post(VmExit::VmmError(format!("vcpu{}: {why}", self.id)));
             return self;
         }
         while !context.stop.load(Ordering::Acquire) && context.exit.get().is_none() {
