@@ -95,6 +95,9 @@ struct Args {
     /// its own, no cgroups. Its seccomp filters stay on.
     #[arg(long)]
     no_jail: bool,
+    /// Start each `vmm` with its seccomp filters off (for debugging and measuring).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -164,7 +167,13 @@ async fn main() -> anyhow::Result<()> {
             Err(why) => format!("jail off: {why}"),
         }
     };
-    eprintln!("lambda-vm: isolation: seccomp on in every vmm (a filter per thread kind); {jail}");
+    let seccomp = if args.no_seccomp {
+        lambda_vm::vmm_process::disable_seccomp();
+        "seccomp off (--no-seccomp)"
+    } else {
+        "seccomp on in every vmm (a filter per thread kind)"
+    };
+    eprintln!("lambda-vm: isolation: {seccomp}; {jail}");
     let vmm = match &args.vmm {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("vmm"),

@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,6 +71,14 @@ pub struct VmmProcess {
     owned: Vec<PathBuf>,
     /// Its jail's user and cgroups (the cgroups go after the process is reaped).
     jail: Option<EnvJail>,
+}
+
+/// Set by [`disable_seccomp`].
+static NO_SECCOMP: AtomicBool = AtomicBool::new(false);
+
+/// Starts every `vmm` from now on with `--no-seccomp` (debugging and measuring only).
+pub fn disable_seccomp() {
+    NO_SECCOMP.store(true, Ordering::Relaxed);
 }
 
 /// What an environment's jail takes from its caller beyond the VM's own files.
@@ -193,6 +202,9 @@ impl VmmProcess {
             .stderr(Stdio::piped());
         if let Some(jail) = &jail {
             command.args(jail.args());
+        }
+        if NO_SECCOMP.load(Ordering::Relaxed) {
+            command.arg("--no-seccomp");
         }
         let mut child =
             spawn_dying_with_us(command, jail.is_some()).map_err(|source| VmmError::Spawn {
