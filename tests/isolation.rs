@@ -5,8 +5,9 @@
 //! - each `vmm` runs as a user of its own (not root) with `no_new_privs` and a seccomp filter,
 //!   as process 1 of a PID namespace of its own, in mount, network, IPC and UTS namespaces
 //!   that are not the host's;
-//! - its root (`/proc/<pid>/root`) holds only the kernel, the image, the snapshot and its own
-//!   environment directory (its sockets) and `/dev/kvm`: no host file, no other VM's socket;
+//! - its root (`/proc/<pid>/root`) holds only the image, the snapshot, its own environment
+//!   directory (its sockets) and `/dev/kvm` (and `/dev/net/tun` where the host has it): no
+//!   host file, not even the kernel (a restore does not need it), no other VM's socket;
 //! - a system call outside the main thread's filter kills the `vmm` with SIGSYS, and the
 //!   service says so and replaces the environment. The call is *injected*: this test stops the
 //!   running `vmm`'s main thread with ptrace and points it at a `getppid` system call, since
@@ -166,7 +167,9 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
     function["function_name"] = json!("snap");
     function["provisioned_concurrency"] = json!(2);
     std::fs::write(function_dir.join("function.json"), function.to_string()).unwrap();
-    std::os::unix::fs::symlink(&image, function_dir.join("image.ext4")).unwrap();
+    // The service names the image by this link, and so does the jail.
+    let image_link = function_dir.join("image.ext4");
+    std::os::unix::fs::symlink(&image, &image_link).unwrap();
     let mut command = Command::new(host_binary("lambda-vm"));
     command
         .arg("--kernel")
@@ -229,8 +232,7 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
             &mut files,
         );
         let allowed = |f: &Path| {
-            f == kernel
-                || f == image
+            f == image_link
                 || f.starts_with(&snapshots)
                 || f.starts_with(&envs[i])
                 || f == Path::new("/dev/kvm")
@@ -238,7 +240,21 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
         };
         let foreign: Vec<_> = files.iter().filter(|f| !allowed(f)).collect();
         assert!(foreign.is_empty(), "host files in the jail: {foreign:?}");
-        for expected in [&kernel, &image, &vsock_uds(pid), &PathBuf::from("/dev/kvm")] {
+        // A restored VM needs no kernel: it is in the snapshot's memory.
+        assert!(!files.contains(kernel.as_path()), "{files:?}");
+        let snapshot = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("state").is_file())
+            .expect("a snapshot");
+        for expected in [
+            &image_link,
+            &vsock_uds(pid),
+            &PathBuf::from("/dev/kvm"),
+            &snapshot.join("state"),
+            &snapshot.join("memory"),
+        ] {
             assert!(
                 files.contains(expected.as_path()),
                 "{} missing: {files:?}",

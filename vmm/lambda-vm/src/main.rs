@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "seccomp on in every vmm (a filter per thread kind)"
     };
-    eprintln!("lambda-vm: isolation: {seccomp}; {jail}");
+    println!("lambda-vm: isolation: {seccomp}; {jail}");
     let vmm = match &args.vmm {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("vmm"),
