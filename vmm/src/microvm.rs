@@ -9,7 +9,9 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::persist::NetState;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
+use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
+use crate::seccomp::{self, ThreadKind};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -203,6 +205,11 @@ fn spawn_event_loop(
     std::thread::Builder::new()
         .name("devices".into())
         .spawn(move || {
+            // Before the first event: guest-filled queues are read only under the filter.
+            if let Err(e) = seccomp::install(ThreadKind::EventLoop) {
+                exit.post(VmExit::VmmError(Chain(&e).to_string()));
+                return;
+            }
             while !stop.load(Ordering::Acquire) {
                 if let Err(e) = manager.run() {
                     exit.post(VmExit::VmmError(format!("device event loop: {e}")));

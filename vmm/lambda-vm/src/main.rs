@@ -8,6 +8,7 @@ use clap::Parser;
 use lambda_vm::guest::{GuestSpec, Rootfs};
 use lambda_vm::host::FunctionHost;
 use lambda_vm::network::{self, Networks};
+use lambda_vm::jail::JailHost;
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
@@ -100,6 +101,13 @@ struct Args {
     /// Give no function networking, whatever its function.json says.
     #[arg(long)]
     no_network: bool,
+    /// Start each `vmm` unjailed (for debugging): no namespaces, no private root, no user of
+    /// its own, no cgroups. Its seccomp filters stay on.
+    #[arg(long)]
+    no_jail: bool,
+    /// Start each `vmm` with its seccomp filters off (for debugging and measuring).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -156,6 +164,26 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id())),
     };
+    // Before any environment starts: every vmm from here on is jailed, or none is.
+    let jail = if args.no_jail {
+        "jail off (--no-jail)".to_owned()
+    } else {
+        match JailHost::detect(&work_dir) {
+            Ok(host) => {
+                let described = host.describe();
+                lambda_vm::jail::enable(host);
+                described
+            }
+            Err(why) => format!("jail off: {why}"),
+        }
+    };
+    let seccomp = if args.no_seccomp {
+        lambda_vm::vmm_process::disable_seccomp();
+        "seccomp off (--no-seccomp)"
+    } else {
+        "seccomp on in every vmm (a filter per thread kind)"
+    };
+    println!("lambda-vm: isolation: {seccomp}; {jail}");
     let vmm = match &args.vmm {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("vmm"),

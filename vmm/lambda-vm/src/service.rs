@@ -380,16 +380,23 @@ impl Inner {
                 (keep, Outcome::Failure { body, reset })
             }
             Err(e) => {
-                let message = match &e {
+                // A lost link usually means the vmm is dying: give its exit status a moment
+                // to show (a PID namespace's process 1 is reaped after its namespace empties).
+                let (message, grace) = match &e {
                     LinkError::Frame(proto::host_link::FrameError::Io(io))
                         if io.kind() == std::io::ErrorKind::WouldBlock
                             || io.kind() == std::io::ErrorKind::TimedOut =>
                     {
-                        format!("the microVM did not answer within {} s", deadline.as_secs())
+                        let secs = deadline.as_secs();
+                        let message = format!("the microVM did not answer within {secs} s");
+                        (message, Duration::ZERO)
                     }
-                    _ => format!("lost the microVM's host link: {}", chain(&e)),
+                    _ => (
+                        format!("lost the microVM's host link: {}", chain(&e)),
+                        Duration::from_millis(500),
+                    ),
                 };
-                let exit = guest.vmm.exited(Duration::ZERO);
+                let exit = guest.vmm.exited(grace);
                 self.log(&format!(
                     "lambda-vm: {}: {message} (vmm exit: {exit:?}); the environment is replaced",
                     self.config.function_name

@@ -4,11 +4,18 @@
 //! The process is started from a Firecracker-style configuration file (boot) or with
 //! `--restore-from` (restore); it is killed and reaped when the [`VmmProcess`] is dropped, so an
 //! environment that goes away leaves no process behind.
+//!
+//! When jails are on ([`crate::jail::enable`]) each `vmm` starts in a new PID namespace with
+//! the `--jail-*` flags that confine it to its own files, user and cgroups. Its console then
+//! goes to its stdout (the console file, opened here), since the jail's user may not open the
+//! service's console file itself.
 
+use crate::jail::{EnvJail, JailContents};
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +52,14 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("preparing the vmm's jail")]
+    Jail(#[source] std::io::Error),
+    #[error("opening the console {}", path.display())]
+    Console {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("signalling the vmm process")]
     Signal(#[source] std::io::Error),
     #[error("the vmm did not finish its snapshot within {0:?}")]
@@ -60,6 +75,23 @@ pub struct VmmProcess {
     stderr: Arc<Mutex<Vec<String>>>,
     /// Files that belong to this VM only, removed with it.
     owned: Vec<PathBuf>,
+    /// Its jail's user and cgroups (the cgroups go after the process is reaped).
+    jail: Option<EnvJail>,
+}
+
+/// Set by [`disable_seccomp`].
+static NO_SECCOMP: AtomicBool = AtomicBool::new(false);
+
+/// Starts every `vmm` from now on with `--no-seccomp` (debugging and measuring only).
+pub fn disable_seccomp() {
+    NO_SECCOMP.store(true, Ordering::Relaxed);
+}
+
+/// What an environment's jail takes from its caller beyond the VM's own files.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation {
+    /// A network namespace (e.g. /run/netns/NAME) the `vmm` joins instead of a new, empty one.
+    pub netns: Option<PathBuf>,
 }
 
 /// Most stderr lines kept from one `vmm`.
@@ -76,7 +108,40 @@ impl VmmProcess {
         snapshot_dir: Option<&Path>,
         netns: Option<&Path>,
     ) -> Result<VmmProcess, VmmError> {
-        let json = serde_json::to_vec_pretty(config).map_err(std::io::Error::other);
+        Self::boot_in(
+            binary,
+            config,
+            config_path,
+            snapshot_dir,
+            &Isolation {
+                netns: netns.map(Path::to_owned),
+            },
+        )
+    }
+
+    /// [`VmmProcess::boot`] with per-environment isolation inputs.
+    pub fn boot_in(
+        binary: &Path,
+        config: &VmConfig,
+        config_path: &Path,
+        snapshot_dir: Option<&Path>,
+        isolation: &Isolation,
+    ) -> Result<VmmProcess, VmmError> {
+        let mut config = config.clone();
+        let mut console = None;
+        let jail = match crate::jail::host() {
+            Some(host) => {
+                console = config
+                    .serial
+                    .as_mut()
+                    .and_then(|s| s.serial_out_path.take());
+                let contents = boot_contents(&config, config_path, snapshot_dir, isolation)
+                    .map_err(VmmError::Jail)?;
+                Some(host.prepare(&contents).map_err(VmmError::Jail)?)
+            }
+            None => None,
+        };
+        let json = serde_json::to_vec_pretty(&config).map_err(std::io::Error::other);
         json.and_then(|json| std::fs::write(config_path, json))
             .map_err(|source| VmmError::Config {
                 path: config_path.to_owned(),
@@ -87,7 +152,9 @@ impl VmmProcess {
         if let Some(dir) = snapshot_dir {
             command.arg("--snapshot-dir").arg(dir);
         }
-        Self::spawn(binary, command, netns, vec![config_path.to_owned()])
+        let stdout = console_output(jail.is_some(), console.as_deref())?;
+        let netns = isolation.netns.as_deref();
+        Self::spawn(binary, command, netns, vec![config_path.to_owned()], jail, stdout)
     }
 
     /// Restores the snapshot in `dir` in a new `vmm`, its vsock device on `vsock_uds` and its
@@ -99,6 +166,27 @@ impl VmmProcess {
         console: Option<&Path>,
         netns: Option<&Path>,
     ) -> Result<VmmProcess, VmmError> {
+        let isolation = Isolation {
+            netns: netns.map(Path::to_owned),
+        };
+        Self::restore_in(binary, dir, vsock_uds, console, &isolation)
+    }
+
+    /// [`VmmProcess::restore`] with per-environment isolation inputs.
+    pub fn restore_in(
+        binary: &Path,
+        dir: &Path,
+        vsock_uds: &Path,
+        console: Option<&Path>,
+        isolation: &Isolation,
+    ) -> Result<VmmProcess, VmmError> {
+        let jail = match crate::jail::host() {
+            Some(host) => {
+                let contents = restore_contents(dir, vsock_uds, isolation);
+                Some(host.prepare(&contents).map_err(VmmError::Jail)?)
+            }
+            None => None,
+        };
         let mut command = Command::new(binary);
         command
             // At info level the vmm reports how long the restore took it (restore_time).
@@ -106,10 +194,15 @@ impl VmmProcess {
             .arg("--restore-from")
             .arg(dir)
             .arg("--vsock-uds")
-            .arg(vsock_uds)
-            .arg("--serial-out")
-            .arg(console.unwrap_or(Path::new("/dev/null")));
-        Self::spawn(binary, command, netns, Vec::new())
+            .arg(vsock_uds);
+        if jail.is_none() {
+            command
+                .arg("--serial-out")
+                .arg(console.unwrap_or(Path::new("/dev/null")));
+        }
+        let stdout = console_output(jail.is_some(), console)?;
+        let netns = isolation.netns.as_deref();
+        Self::spawn(binary, command, netns, Vec::new(), jail, stdout)
     }
 
     fn spawn(
@@ -117,8 +210,11 @@ impl VmmProcess {
         mut command: Command,
         netns: Option<&Path>,
         owned: Vec<PathBuf>,
+        jail: Option<EnvJail>,
+        stdout: Stdio,
     ) -> Result<VmmProcess, VmmError> {
-        if let Some(netns) = netns {
+        // A jailed vmm joins its namespace itself (`--jail-netns`), after the jail's other steps.
+        if let (Some(netns), None) = (netns, &jail) {
             join_netns(&mut command, netns).map_err(|source| VmmError::Netns {
                 path: netns.to_owned(),
                 source,
@@ -126,12 +222,19 @@ impl VmmProcess {
         }
         command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
-        let mut child = spawn_dying_with_us(command).map_err(|source| VmmError::Spawn {
-            path: binary.to_owned(),
-            source,
-        })?;
+        if let Some(jail) = &jail {
+            command.args(jail.args());
+        }
+        if NO_SECCOMP.load(Ordering::Relaxed) {
+            command.arg("--no-seccomp");
+        }
+        let mut child =
+            spawn_dying_with_us(command, jail.is_some()).map_err(|source| VmmError::Spawn {
+                path: binary.to_owned(),
+                source,
+            })?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(pipe) = child.stderr.take() {
             let kept = Arc::clone(&stderr);
@@ -149,6 +252,7 @@ impl VmmProcess {
             child,
             stderr,
             owned,
+            jail,
         })
     }
 
@@ -161,8 +265,14 @@ impl VmmProcess {
         })
     }
 
+    /// Its process ID as the service sees it (in a jail, its own PID namespace calls it 1).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The user its jail runs it as, if it is jailed.
+    pub fn jail_uid(&self) -> Option<u32> {
+        self.jail.as_ref().map(EnvJail::uid)
     }
 
     /// How the process ended, if it has; waits up to `timeout` (not at all for zero).
@@ -206,7 +316,12 @@ impl VmmProcess {
             Some(0) => VmmExit::Shutdown,
             Some(3) => VmmExit::GuestCrash,
             _ => VmmExit::Failed {
-                status: status.to_string(),
+                status: match status.signal() {
+                    Some(libc::SIGSYS) => format!(
+                        "{status}: killed by its seccomp filter (a system call its thread may not make)"
+                    ),
+                    _ => status.to_string(),
+                },
                 stderr: self
                     .stderr
                     .lock()
@@ -237,15 +352,16 @@ fn join_netns(command: &mut Command, netns: &Path) -> std::io::Result<()> {
 }
 
 /// Spawns `command` so that it is killed when this service dies, however it dies
-/// (`PR_SET_PDEATHSIG`). The signal fires when the *thread* that forked the child ends, so
-/// every `vmm` is forked by one thread that lives as long as the process.
-fn spawn_dying_with_us(mut command: Command) -> std::io::Result<Child> {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+/// (`PR_SET_PDEATHSIG`); `jailed`: in a new PID namespace. The signal fires when the *thread*
+/// that forked the child ends, so every `vmm` is forked by one thread that lives as long as
+/// the process (and whose PID namespace for children is its own to change).
+fn spawn_dying_with_us(mut command: Command, jailed: bool) -> std::io::Result<Child> {
+    type Request = (Command, bool, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let parent = std::process::id();
+    let lifeline = lifeline()?;
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: prctl(2) and getppid(2) are plain system calls and nothing here
-    // allocates.
+    // calls are allowed: prctl(2), close(2) and poll(2) are plain system calls on integers and
+    // a stack array, and nothing here allocates.
     unsafe {
         command.pre_exec(move || {
             let signal = libc::c_ulong::try_from(libc::SIGKILL).unwrap_or(9);
@@ -253,7 +369,16 @@ fn spawn_dying_with_us(mut command: Command) -> std::io::Result<Child> {
                 return Err(std::io::Error::last_os_error());
             }
             // The service may have died between fork and prctl: then no signal ever comes.
-            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+            // Its end of the lifeline is then closed everywhere (the child's copy goes now),
+            // which a poll sees as a hang-up. getppid(2) cannot tell: in a new PID namespace
+            // the parent is outside and always reads as 0.
+            libc::close(lifeline.alive);
+            let mut watch = [libc::pollfd {
+                fd: lifeline.watch,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if libc::poll(watch.as_mut_ptr(), 1, 0) != 0 {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
@@ -264,8 +389,12 @@ fn spawn_dying_with_us(mut command: Command) -> std::io::Result<Child> {
         let started = std::thread::Builder::new()
             .name("vmm-spawner".into())
             .spawn(move || {
-                for (mut command, reply) in incoming {
-                    let _ = reply.send(command.spawn());
+                for (mut command, jailed, reply) in incoming {
+                    let spawned = match crate::jail::host() {
+                        Some(host) if jailed => host.in_new_pid_namespace(|| command.spawn()),
+                        _ => command.spawn(),
+                    };
+                    let _ = reply.send(spawned);
                 }
             });
         if let Err(e) = started {
@@ -277,11 +406,134 @@ fn spawn_dying_with_us(mut command: Command) -> std::io::Result<Child> {
     let sent = spawner
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .send((command, reply));
+        .send((command, jailed, reply));
     sent.map_err(|_| std::io::Error::other("the vmm spawner thread is gone"))?;
     answer
         .recv()
         .map_err(|_| std::io::Error::other("the vmm spawner thread is gone"))?
+}
+
+/// A pipe nobody writes to, whose write end (`alive`) only this process keeps open: a child
+/// polling the read end (`watch`) sees a hang-up once this process is gone.
+#[derive(Clone, Copy)]
+struct Lifeline {
+    watch: libc::c_int,
+    alive: libc::c_int,
+}
+
+fn lifeline() -> std::io::Result<Lifeline> {
+    static LIFELINE: OnceLock<Result<Lifeline, i32>> = OnceLock::new();
+    let made = LIFELINE.get_or_init(|| {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given; both are
+        // close-on-exec, so no `vmm` keeps them, and they live as long as the process.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok(Lifeline {
+            watch: fds[0],
+            alive: fds[1],
+        })
+    });
+    made.map_err(std::io::Error::from_raw_os_error)
+}
+
+/// Where a `vmm`'s stdout goes: in a jail, its console (appended to, or discarded); outside,
+/// nowhere (it writes the console itself).
+fn console_output(jailed: bool, console: Option<&Path>) -> Result<Stdio, VmmError> {
+    match console {
+        Some(path) if jailed => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Stdio::from)
+            .map_err(|source| VmmError::Console {
+                path: path.to_owned(),
+                source,
+            }),
+        _ => Ok(Stdio::null()),
+    }
+}
+
+/// A booting VM's files: kernel and initrd and read-only drives to read; its own directory
+/// (configuration, sockets), writable drives and the snapshot's parent to write.
+fn boot_contents(
+    config: &VmConfig,
+    config_path: &Path,
+    snapshot_dir: Option<&Path>,
+    isolation: &Isolation,
+) -> std::io::Result<JailContents> {
+    let boot = &config.boot_source;
+    let mut read = vec![boot.kernel_image_path.clone()];
+    read.extend(boot.initrd_path.clone());
+    let mut write: Vec<PathBuf> = config_path
+        .parent()
+        .map(Path::to_owned)
+        .into_iter()
+        .collect();
+    for drive in &config.drives {
+        if drive.is_read_only {
+            read.push(drive.path_on_host.clone());
+        } else {
+            write.push(drive.path_on_host.clone());
+        }
+    }
+    if let Some(uds) = config.vsock.as_ref().and_then(|v| v.uds_path.parent()) {
+        if !write.iter().any(|w| w == uds) {
+            write.push(uds.to_owned());
+        }
+    }
+    if let Some(parent) = snapshot_dir.and_then(Path::parent) {
+        // The snapshot is staged beside its final name and renamed into place there.
+        std::fs::create_dir_all(parent)?;
+        write.push(parent.to_owned());
+    }
+    let guest_mib = config.machine_config.mem_size_mib;
+    Ok(JailContents {
+        read,
+        write,
+        netns: isolation.netns.clone(),
+        // A snapshot writes all of guest memory through the page cache, which is charged to
+        // the writer: room for it, so the write does not have to wait on reclaim.
+        mem_mib: if snapshot_dir.is_some() {
+            guest_mib.saturating_mul(2)
+        } else {
+            guest_mib
+        },
+        vcpus: config.machine_config.vcpu_count,
+    })
+}
+
+/// A restored VM's files: the snapshot and the drives it names to read, its sockets' directory
+/// to write. A snapshot that cannot be read here names no drive; the `vmm` then refuses it
+/// with the reason.
+fn restore_contents(dir: &Path, vsock_uds: &Path, isolation: &Isolation) -> JailContents {
+    let state = vmm::snapshot::file::load::<vmm::snapshot::MicrovmState>(
+        &dir.join(vmm::snapshot::STATE_FILE),
+    );
+    let mut contents = JailContents {
+        read: vec![dir.to_owned()],
+        write: vsock_uds.parent().map(Path::to_owned).into_iter().collect(),
+        netns: isolation.netns.clone(),
+        mem_mib: 0,
+        vcpus: 1,
+    };
+    if let Ok(state) = state {
+        contents.mem_mib = u32::try_from(state.mem_size_bytes >> 20).unwrap_or(u32::MAX);
+        contents.vcpus = u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX);
+        for device in &state.devices {
+            if let vmm::microvm::DeviceSpec::Block(drive) = &device.spec {
+                if drive.read_only {
+                    contents.read.push(drive.path.clone());
+                } else {
+                    contents.write.push(drive.path.clone());
+                }
+            }
+        }
+    }
+    contents
 }
 
 impl Drop for VmmProcess {
@@ -293,5 +545,6 @@ impl Drop for VmmProcess {
         for path in &self.owned {
             let _ = std::fs::remove_file(path);
         }
+        self.jail = None;
     }
 }

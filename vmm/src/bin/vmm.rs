@@ -13,7 +13,9 @@ use vmm::config::{self, VmFlags};
 use vmm::error::Chain;
 use vmm::exit::VmExit;
 use vmm::host_caps::HostCaps;
+use vmm::jail::JailFlags;
 use vmm::microvm::Microvm;
+use vmm::seccomp::ThreadKind;
 use vmm_sys_util::signal::register_signal_handler;
 
 #[derive(Parser)]
@@ -25,6 +27,8 @@ use vmm_sys_util::signal::register_signal_handler;
 struct Args {
     #[command(flatten)]
     vm: VmFlags,
+    #[command(flatten)]
+    jail: JailFlags,
     /// Restore the snapshot in DIR (its `state` and `memory` files) instead of booting; only
     /// --serial-out and --vsock-uds (a new host socket for the vsock device) apply then.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "entropy", "nets"])]
@@ -35,6 +39,10 @@ struct Args {
     /// Validate the configuration, print what it resolves to, and exit without booting.
     #[arg(long)]
     dry_run: bool,
+    /// Run without the seccomp filters (for debugging: a system call outside a thread's list
+    /// otherwise kills the process with SIGSYS).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
@@ -50,7 +58,12 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 fn main() {
     let args = Args::parse();
     vmm::logger::init(args.log_level);
-    let exit = run(&args);
+    // Looked at before the jail, which hides /sys.
+    let caps = HostCaps::detect();
+    let exit = match args.jail.enter() {
+        Ok(()) => run(&args, &caps),
+        Err(e) => VmExit::VmmError(Chain(&e).to_string()),
+    };
     match &exit {
         VmExit::Shutdown => {}
         VmExit::VmmError(why) => eprintln!("vmm: error: {why}"),
@@ -59,8 +72,16 @@ fn main() {
     std::process::exit(exit.code());
 }
 
-fn run(args: &Args) -> VmExit {
-    let microvm = match start(args) {
+fn run(args: &Args, caps: &HostCaps) -> VmExit {
+    // Compiled before anything is built, so a bad filter stops us before a guest exists; the
+    // threads install theirs as they start.
+    if !args.no_seccomp {
+        match vmm::seccomp::Filters::compile() {
+            Ok(filters) => vmm::seccomp::enable(filters),
+            Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
+        }
+    }
+    let microvm = match start(args, caps) {
         Ok(Some(microvm)) => microvm,
         Ok(None) => return VmExit::Shutdown,
         Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
@@ -72,6 +93,9 @@ fn run(args: &Args) -> VmExit {
         {
             return VmExit::VmmError(Chain(e.as_ref()).to_string());
         }
+        if let Err(e) = vmm::seccomp::install(ThreadKind::Main) {
+            return VmExit::VmmError(Chain(&e).to_string());
+        }
         loop {
             if let Some(exit) = microvm.wait(Some(Duration::from_millis(10))) {
                 microvm.stop();
@@ -81,6 +105,9 @@ fn run(args: &Args) -> VmExit {
                 return snapshot(microvm, dir);
             }
         }
+    }
+    if let Err(e) = vmm::seccomp::install(ThreadKind::Main) {
+        return VmExit::VmmError(Chain(&e).to_string());
     }
     let exit = microvm.wait(None).unwrap_or(VmExit::Shutdown);
     microvm.stop();
@@ -104,7 +131,7 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
 }
 
 /// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args) -> anyhow::Result<Option<Microvm>> {
+fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         match path {
             // Appended to, so several VMs (a function's environments) can share one console
@@ -132,8 +159,7 @@ fn start(args: &Args) -> anyhow::Result<Option<Microvm>> {
         );
         return Ok(Some(microvm));
     }
-    let caps = HostCaps::detect();
-    let config = config::load(&args.vm, &caps).context("configuration")?;
+    let config = config::load(&args.vm, caps).context("configuration")?;
     if args.dry_run {
         println!("{config:#?}");
         return Ok(None);

@@ -3,7 +3,9 @@
 
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
+use crate::seccomp::{self, ThreadKind};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,6 +122,14 @@ impl Vcpu {
     }
 
     fn run(mut self, context: VcpuContext) -> Vcpu {
+        // Before the first KVM_RUN: no guest code runs in an unfiltered thread.
+        if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+            let why = Chain(&e).to_string();
+            context
+                .exit
+                .post(VmExit::VmmError(format!("vcpu{}: {why}", self.id)));
+            return self;
+        }
         while !context.stop.load(Ordering::Acquire) && context.exit.get().is_none() {
             if let Some(exit) = self.run_once(&context) {
                 context.exit.post(exit);

@@ -1,0 +1,113 @@
+//! The `vmm`'s own jail (`--jail-*`), on real KVM with a tiny guest that resets at once: the
+//! jailed `vmm` still finds its kernel and `/dev/kvm` and runs the guest to its end, and bad
+//! jail flags are refused with the reason before anything runs. What a jailed `vmm` can see is
+//! checked from outside by `tests/isolation.rs`.
+
+mod common;
+
+use common::{guest, have_kvm, vmm};
+use integration_tests::skip;
+use std::path::PathBuf;
+
+/// A fresh, empty jail root for `name`.
+fn jail_root(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("jail-{name}"));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_jailed_vmm_runs_its_guest_to_the_end() {
+    const TEST: &str = "a_jailed_vmm_runs_its_guest_to_the_end";
+    if !have_kvm(TEST) || (!is_root() && skip(TEST, "the jail needs root")) {
+        return;
+    }
+    let kernel = guest("reset");
+    let root = jail_root("reset");
+    let output = vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem-mib",
+        "16",
+        "--boot-args",
+        "x",
+        "--jail-root",
+        root.to_str().unwrap(),
+        "--jail-bind",
+        kernel.to_str().unwrap(),
+        "--jail-dev",
+        "/dev/kvm",
+        "--jail-uid",
+        "1234567",
+        "--jail-gid",
+        "1234567",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Its root was a private mount: nothing of it is left on the host's side.
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+
+    // Without the kernel in the jail, the VM cannot be built: the jail really hides the host.
+    let output = vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--jail-root",
+        root.to_str().unwrap(),
+        "--jail-dev",
+        "/dev/kvm",
+        "--jail-uid",
+        "1234567",
+        "--jail-gid",
+        "1234567",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("No such file"), "{stderr}");
+}
+
+#[test]
+fn bad_jail_flags_are_refused_with_the_reason() {
+    let root = jail_root("refused");
+    let root = root.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--jail-root", root, "--jail-uid", "0", "--jail-gid", "0"],
+            "must not be 0",
+        ),
+        (
+            &["--jail-root", root],
+            "--jail-uid and --jail-gid are required",
+        ),
+        (
+            &[
+                "--jail-root",
+                root,
+                "--jail-uid",
+                "7",
+                "--jail-gid",
+                "7",
+                "--jail-bind",
+                "relative/kernel",
+            ],
+            "relative/kernel must be an absolute path",
+        ),
+    ];
+    for (flags, reason) in cases {
+        let mut args = vec!["--kernel", "/nonexistent"];
+        args.extend_from_slice(flags);
+        let output = vmm(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(reason), "{flags:?}: {stderr}");
+    }
+}
