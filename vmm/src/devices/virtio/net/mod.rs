@@ -326,6 +326,12 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn reset_backend(&mut self) {
+        // A frame read for the old session's buffers; the next session may not even take
+        // frames of its size.
+        self.rx_pending = None;
+    }
+
     fn activated(&mut self) {
         // What the driver accepted decides what frames it can take: a driver without
         // GUEST_TSO4 must never see a 64 KiB segment.
