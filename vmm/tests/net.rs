@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use vmm::config::{BootSource, MachineConfig, NetworkInterface, VmConfig};
 use vmm::devices::virtio::mmio::status::{DRIVER_OK, FAILED};
@@ -184,6 +185,7 @@ fn the_guest_driver_starts_the_device_and_a_snapshot_restores_in_another_namespa
             VIRTIO_NET_F_CSUM,
             VIRTIO_NET_F_GUEST_CSUM,
             VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_MRG_RXBUF,
         ] {
             assert_ne!(acked & (1 << bit), 0, "driver did not accept feature {bit}");
         }

@@ -1,16 +1,18 @@
 //! virtio-net (virtio spec 5.1) over a host tap: one receive and one transmit queue, the
-//! checksum and TCP segmentation offloads the tap can do, and the guest's MAC address in the
-//! configuration space.
+//! checksum and TCP segmentation offloads the tap can do, mergeable receive buffers, and the
+//! guest's MAC address in the configuration space.
 //!
 //! - [`tap`]: the host side, opened by name in the VMM's network namespace;
 //! - [`frame`]: frames in and out of descriptor chains, every descriptor checked;
+//! - `receive`: one received frame spread over the guest's buffer chains;
 //! - [`mac`]: the guest's Ethernet address;
 //! - `event_handler`: queue kicks and tap readiness from the VMM's event loop;
 //! - [`persist`]: what a snapshot keeps of the device.
 //!
 //! Receive never loses a frame for want of guest buffers: a frame is read from the tap only
-//! once a buffer is there for it, so without buffers frames wait in the tap's own queue, and
-//! the guest's next rx notification resumes delivery. The offloads matter here more than on
+//! once a buffer is there for it, so without buffers frames wait in the tap's own queue; one
+//! that needs more buffers than there are waits in the device; the guest's next rx
+//! notification resumes delivery. The offloads matter here more than on
 //! hardware: every guest kernel path runs emulated, so a 64 KiB segment handed over whole,
 //! with its checksum left to whoever needs it, saves the guest most of its per-frame work.
 
@@ -322,6 +324,12 @@ impl VirtioDevice for Net {
                 .and_then(|o| config.get(o).copied())
                 .unwrap_or(0);
         }
+    }
+
+    fn reset_backend(&mut self) {
+        // A frame read for the old session's buffers; the next session may not even take
+        // frames of its size.
+        self.rx_pending = None;
     }
 
     fn activated(&mut self) {
