@@ -13,8 +13,8 @@
 pub mod guest;
 pub mod host;
 pub mod host_link;
-pub mod network;
 pub mod jail;
+pub mod network;
 pub mod pool;
 pub mod service;
 pub mod snapshots;

@@ -517,6 +517,22 @@ fn enable_forwarding() -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// Gives the tap of the namespace at `netns` to `uid`/`gid`, so a jailed `vmm` running as that
+/// user can attach to it.
+pub fn give_tap(netns: &Path, uid: u32, gid: u32) -> Result<(), NetworkError> {
+    in_namespace(netns, || {
+        let tap = vmm::devices::virtio::net::tap::Tap::open(
+            TAP,
+            vmm::devices::virtio::net::frame::VNET_HDR_LEN,
+        )
+        .map_err(|e| NetworkError::Unavailable(vmm::error::Chain(&e).to_string()))?;
+        tap.give_to(uid, gid).map_err(|source| NetworkError::Enter {
+            path: netns.to_owned(),
+            source,
+        })
+    })
+}
+
 /// Runs `work` on a thread of its own that has joined the network namespace at `netns`, so
 /// that what it opens and the programs it starts act in that namespace. The rest of the
 /// service stays where it is.

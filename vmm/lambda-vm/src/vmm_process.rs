@@ -137,7 +137,7 @@ impl VmmProcess {
                     .and_then(|s| s.serial_out_path.take());
                 let contents = boot_contents(&config, config_path, snapshot_dir, isolation)
                     .map_err(VmmError::Jail)?;
-                Some(host.prepare(&contents).map_err(VmmError::Jail)?)
+                Some(prepare_jail(host, &contents)?)
             }
             None => None,
         };
@@ -154,7 +154,14 @@ impl VmmProcess {
         }
         let stdout = console_output(jail.is_some(), console.as_deref())?;
         let netns = isolation.netns.as_deref();
-        Self::spawn(binary, command, netns, vec![config_path.to_owned()], jail, stdout)
+        Self::spawn(
+            binary,
+            command,
+            netns,
+            vec![config_path.to_owned()],
+            jail,
+            stdout,
+        )
     }
 
     /// Restores the snapshot in `dir` in a new `vmm`, its vsock device on `vsock_uds` and its
@@ -183,7 +190,7 @@ impl VmmProcess {
         let jail = match crate::jail::host() {
             Some(host) => {
                 let contents = restore_contents(dir, vsock_uds, isolation);
-                Some(host.prepare(&contents).map_err(VmmError::Jail)?)
+                Some(prepare_jail(host, &contents)?)
             }
             None => None,
         };
@@ -330,6 +337,20 @@ impl VmmProcess {
             },
         }
     }
+}
+
+/// The jail of one `vmm`; its tap (if it has a network) becomes the jail user's, since the
+/// `vmm` attaches to it only after giving up root.
+fn prepare_jail(
+    host: &crate::jail::JailHost,
+    contents: &crate::jail::JailContents,
+) -> Result<EnvJail, VmmError> {
+    let jail = host.prepare(contents).map_err(VmmError::Jail)?;
+    if let Some(netns) = &contents.netns {
+        crate::network::give_tap(netns, jail.uid(), jail.uid())
+            .map_err(|e| VmmError::Jail(std::io::Error::other(e)))?;
+    }
+    Ok(jail)
 }
 
 /// Makes `command`'s process join the network namespace at `netns` before it runs. The

@@ -176,8 +176,12 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
             rules.insert(libc::SYS_ioctl, any_of(1, &[libc::FIONBIO])?);
         }
         ThreadKind::Vcpu => {
-            // KVM_GET_REGS is for the crash report's instruction pointer.
-            rules.insert(libc::SYS_ioctl, any_of(1, &[kvm_run(), kvm_get_regs()])?);
+            // KVM_GET_REGS is for the crash report's instruction pointer; TUNSETOFFLOAD is
+            // the network device's activation, which runs on the vCPU that writes DRIVER_OK.
+            rules.insert(
+                libc::SYS_ioctl,
+                any_of(1, &[kvm_run(), kvm_get_regs(), libc::TUNSETOFFLOAD])?,
+            );
         }
     }
     Ok(rules)

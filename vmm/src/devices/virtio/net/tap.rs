@@ -149,6 +149,20 @@ impl Tap {
         Ok(())
     }
 
+    /// Lets `uid`/`gid` attach to this (persistent) tap without privileges, as a jailed
+    /// `vmm` that opens it after dropping root must.
+    pub fn give_to(&self, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+        for (request, id) in [(libc::TUNSETOWNER, uid), (libc::TUNSETGROUP, gid)] {
+            // SAFETY: TUNSETOWNER and TUNSETGROUP take the id by value; no memory is passed.
+            let rc =
+                unsafe { libc::ioctl(self.file.as_raw_fd(), request, libc::c_ulong::from(id)) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one frame (header first) into `buf`; `WouldBlock` when none is waiting. A frame
     /// longer than `buf` is cut short by the kernel.
     pub fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
