@@ -206,10 +206,14 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
+        let caller = Caller::of(&stream);
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                if let Some(caller) = &caller {
+                    request.extensions_mut().insert(caller.clone());
+                }
                 let reply = handler(request);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
@@ -224,6 +228,158 @@ where
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// The client connection a request came on, in the request's extensions, so that a handler
+/// can notice a caller that has gone while its request waits ([`Caller::gone`]).
+///
+/// A client that closed its connection and one that only half-closed it (`shutdown(SHUT_WR)`
+/// after sending, and still reading) look the same to the server, a FIN, until the server
+/// writes: a closed socket answers a write with a reset. So on a FIN the server writes an
+/// interim `HTTP/1.1 100 Continue` (every HTTP/1.1 client must accept 1xx responses before
+/// the final one; Python's `http.client` skips 100 only), and a reset back means the caller is
+/// gone. A caller that is still there gets the 100, then its answer.
+#[derive(Clone)]
+pub struct Caller {
+    /// A duplicate of the connection's socket: it stays the same socket for as long as a
+    /// handler holds it, even after the connection ended and its descriptor number was reused.
+    socket: Arc<std::os::fd::OwnedFd>,
+}
+
+/// How long a caller that sent a FIN has to reset the connection after the interim response
+/// before it is taken for a half-closed client that waits for its answer.
+const HANG_UP_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
+const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What a look at a socket's receive side found.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    Nothing,
+    /// Bytes of a next request (a pipelining client is there).
+    Data,
+    /// A FIN: the client closed or half-closed.
+    End,
+    /// The connection was reset or failed.
+    Failed,
+}
+
+impl Caller {
+    fn of(stream: &tokio::net::TcpStream) -> Option<Caller> {
+        use std::os::fd::AsFd;
+        let socket = stream.as_fd().try_clone_to_owned().ok()?;
+        Some(Caller {
+            socket: Arc::new(socket),
+        })
+    }
+
+    /// Resolves once the caller has gone (reset or closed its connection); never for a caller
+    /// that is still there, half-closed or not. Meant to be raced against the work done for it.
+    pub async fn gone(&self) {
+        if self.watch().await.is_err() {
+            // A socket that cannot be watched is taken for a caller that is there.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn watch(&self) -> std::io::Result<()> {
+        use tokio::io::unix::AsyncFd;
+        use tokio::io::Interest;
+        let fd = SharedFd(self.socket.clone());
+        // SAFETY: the `AsyncFd` owns `fd`, whose `Arc` keeps the descriptor open and the same
+        // for the `AsyncFd`'s whole life.
+        let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
+        loop {
+            let mut ready = socket.readable().await?;
+            match self.received() {
+                Received::Failed => return Ok(()),
+                Received::End => {
+                    ready.clear_ready();
+                    break;
+                }
+                Received::Nothing | Received::Data => ready.clear_ready(),
+            }
+        }
+        if !self.send_interim() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + HANG_UP_PROBE;
+        loop {
+            if self.hung_up() {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, socket.readable()).await {
+                Ok(Ok(mut ready)) => ready.clear_ready(),
+                // Still there: a half-closed client, waiting for its answer.
+                _ => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
+    /// Peeks at the receive side without taking anything from it (the bytes are hyper's).
+    fn received(&self) -> Received {
+        let mut byte = 0u8;
+        // SAFETY: recv(2) into a one-byte buffer that outlives the call, on a socket this
+        // `Caller` keeps open; MSG_PEEK leaves the data where it was.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                std::ptr::addr_of_mut!(byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => Received::End,
+            1.. => Received::Data,
+            _ => match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {
+                    Received::Nothing
+                }
+                _ => Received::Failed,
+            },
+        }
+    }
+
+    /// Writes the interim response; false when the write itself finds the connection gone.
+    fn send_interim(&self) -> bool {
+        // SAFETY: send(2) of a static buffer on a socket this `Caller` keeps open; no SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                self.fd(),
+                INTERIM.as_ptr().cast(),
+                INTERIM.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        n >= 0 || std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
+
+    /// Whether the connection is closed both ways (reset, or failed).
+    fn hung_up(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one `pollfd` that outlives the call, with no wait.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        n == 1 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
+/// An `Arc`'d descriptor, for registering with the reactor without giving it away.
+struct SharedFd(Arc<std::os::fd::OwnedFd>);
+
+impl std::os::fd::AsRawFd for SharedFd {
+    fn as_raw_fd(&self) -> i32 {
+        self.0.as_raw_fd()
     }
 }
 
