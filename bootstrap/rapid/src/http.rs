@@ -277,43 +277,51 @@ impl Caller {
     /// Resolves once the caller has gone (reset or closed its connection); never for a caller
     /// that is still there, half-closed or not. Meant to be raced against the work done for it.
     pub async fn gone(&self) {
-        if self.watch().await.is_err() {
-            // A socket that cannot be watched is taken for a caller that is there.
+        if !self.watch().await {
             std::future::pending::<()>().await;
         }
     }
 
-    async fn watch(&self) -> std::io::Result<()> {
+    /// True once the caller is found gone; false once it is found there for good (or the
+    /// socket cannot be watched).
+    async fn watch(&self) -> bool {
         use tokio::io::unix::AsyncFd;
         use tokio::io::Interest;
         let fd = SharedFd(self.socket.clone());
         // SAFETY: the `AsyncFd` owns `fd`, whose `Arc` keeps the descriptor open and the same
         // for the `AsyncFd`'s whole life.
-        let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
+        let Ok(socket) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+            return false;
+        };
         loop {
-            let mut ready = socket.readable().await?;
+            let Ok(mut ready) = socket.readable().await else {
+                return false;
+            };
             match self.received() {
-                Received::Failed => return Ok(()),
-                Received::End => {
-                    ready.clear_ready();
-                    break;
-                }
-                Received::Nothing | Received::Data => ready.clear_ready(),
+                Received::Failed => return true,
+                Received::End => break,
+                // A pipelining client's next request: it is there.
+                Received::Data => return false,
+                Received::Nothing => ready.clear_ready(),
             }
         }
+        // A FIN: from here the socket stays readable, so the reset is looked for on a timer.
+        drop(socket);
         if !self.send_interim() {
-            return Ok(());
+            return true;
         }
         let deadline = tokio::time::Instant::now() + HANG_UP_PROBE;
+        let mut pause = std::time::Duration::from_millis(1);
         loop {
             if self.hung_up() {
-                return Ok(());
+                return true;
             }
-            match tokio::time::timeout_at(deadline, socket.readable()).await {
-                Ok(Ok(mut ready)) => ready.clear_ready(),
+            if tokio::time::Instant::now() >= deadline {
                 // Still there: a half-closed client, waiting for its answer.
-                _ => std::future::pending::<()>().await,
+                return false;
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
         }
     }
 

@@ -403,7 +403,7 @@ impl Handle {
             report.max_memory_used_mb = process.peak_memory_mb;
             if let Some(refused) = process.new_process_limit_hits() {
                 self.log(&format!(
-                    "rapid: RequestId: {} the function reached its limit of {} processes and threads; {refused} more were refused",
+                    "rapid: RequestId: {} the function reached its limit of {} processes and threads (forks refused: {refused})",
                     report.request_id,
                     crate::cgroup::MAX_PROCESSES
                 ));
