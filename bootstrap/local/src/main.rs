@@ -174,7 +174,10 @@ fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
             let removed = cgroups.clean_leftovers();
             let leftovers = match removed.len() {
                 0 => String::new(),
-                n => format!("; removed {n} left by stopped servers: {}", removed.join(" ")),
+                n => format!(
+                    "; removed {n} left by stopped servers: {}",
+                    removed.join(" ")
+                ),
             };
             println!(
                 "lambda-local: sandbox: {}: memory {memory_mb} MB (Runtime.OutOfMemory beyond), {} processes and threads, every descendant killed on reset{leftovers}",

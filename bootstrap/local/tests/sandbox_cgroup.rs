@@ -20,7 +20,14 @@ fn start(extra: &[&str]) -> LocalServer {
     let script = script.display().to_string();
     let mut command = Command::new(env!("CARGO_BIN_EXE_lambda-local"));
     command
-        .args(["--runtime", "/bin/sh", "--arg", &script, "--task-root", &root])
+        .args([
+            "--runtime",
+            "/bin/sh",
+            "--arg",
+            &script,
+            "--task-root",
+            &root,
+        ])
         .args(extra)
         .args(["--listen", "127.0.0.1:0", "--runtime-api", "127.0.0.1:0"]);
     LocalServer::from_command(command, "lambda-local", true)
@@ -94,7 +101,10 @@ fn running_out_of_memory_is_runtime_out_of_memory_and_the_next_invoke_inits_afre
     let error = reply.unhandled_error();
     assert_eq!(error["errorType"], "Runtime.OutOfMemory", "{error}");
     let message = error["errorMessage"].as_str().unwrap_or_default();
-    assert!(message.contains("Runtime exited with error: signal: 9"), "{error}");
+    assert!(
+        message.contains("Runtime exited with error: signal: 9"),
+        "{error}"
+    );
     server.assert_echo_bytes(br#"{"after":"oom"}"#);
     server.assert_serving();
 }

@@ -2,8 +2,8 @@
 //! [`proto::function_config`]) plus what the server adds (its runtime, task root, region and
 //! the init timeout).
 
-use proto::function_config::{self, InitializationType};
 use crate::cgroup::Cgroups;
+use proto::function_config::{self, InitializationType};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -290,7 +290,8 @@ impl Caller {
         let fd = SharedFd(self.socket.clone());
         // SAFETY: the `AsyncFd` owns `fd`, whose `Arc` keeps the descriptor open and the same
         // for the `AsyncFd`'s whole life.
-        let Ok(socket) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+        let Ok(socket) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) })
+        else {
             return false;
         };
         loop {

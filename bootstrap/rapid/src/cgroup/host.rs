@@ -151,12 +151,16 @@ mod tests {
         assert!(v1_mount(&mounts, "name").is_none());
         let unified = v2_mount(&mounts).unwrap();
         assert_eq!(unified.point, PathBuf::from("/sys/fs/cgroup/unified"));
-        assert_eq!(super::mounts(&MOUNTINFO.replace("cgroup2 cgroup2", "ext4 x")).len(), 4);
+        assert_eq!(
+            super::mounts(&MOUNTINFO.replace("cgroup2 cgroup2", "ext4 x")).len(),
+            4
+        );
     }
 
     #[test]
     fn own_paths_and_directories() {
-        let cgroup = "9:name=systemd:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x\n0::/user.slice/s";
+        let cgroup =
+            "9:name=systemd:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x\n0::/user.slice/s";
         assert_eq!(
             own_path(cgroup, Some("memory")).as_deref(),
             Some("/process_api/abc")
@@ -170,7 +174,10 @@ mod tests {
             directory(memory, "/process_api/abc"),
             PathBuf::from("/sys/fs/cgroup/memory/process_api/abc")
         );
-        assert_eq!(directory(memory, "/"), PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(
+            directory(memory, "/"),
+            PathBuf::from("/sys/fs/cgroup/memory")
+        );
         let cpu = v1_mount(&mounts, "cpu").unwrap();
         assert_eq!(
             directory(cpu, "/inner/job"),

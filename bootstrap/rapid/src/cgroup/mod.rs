@@ -188,7 +188,11 @@ impl Cgroups {
             let swap = memory.join(files.swap_limit);
             // Without swap accounting the file is absent, and there is no swap to limit.
             if swap.exists() {
-                let swap_value = if dirs.version == Version::V1 { &bytes } else { "0" };
+                let swap_value = if dirs.version == Version::V1 {
+                    &bytes
+                } else {
+                    "0"
+                };
                 write(&swap, swap_value)?;
             }
             write(&pids.join("pids.max"), &MAX_PROCESSES.to_string())?;
@@ -227,7 +231,9 @@ impl Cgroups {
     pub fn remove_own(&self) -> Vec<String> {
         let own = |name: &str| name.starts_with(&self.own_prefix);
         let removed = self.remove_where(own);
-        self.names().filter(|name| own(name) && !removed.contains(name)).collect()
+        self.names()
+            .filter(|name| own(name) && !removed.contains(name))
+            .collect()
     }
 
     /// The names of the `rapid-` cgroups under the parent (this server's and its peers').
@@ -261,7 +267,11 @@ fn v2_parent(mounts: &[host::Mount], own: &str) -> Result<PathBuf, String> {
         return Err(format!(
             "{} does not have the memory and pids controllers (it has: {})",
             dir.display(),
-            if available.trim().is_empty() { "none" } else { available.trim() }
+            if available.trim().is_empty() {
+                "none"
+            } else {
+                available.trim()
+            }
         ));
     }
     let enabled = read("cgroup.subtree_control");

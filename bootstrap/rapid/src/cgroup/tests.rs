@@ -34,8 +34,11 @@ fn shell_inside(cgroup: &Cgroup, script: &str) -> std::process::Child {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, s)| s.starts_with(" Z")))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, s)| s.starts_with(" Z"))
+    })
 }
 
 #[test]

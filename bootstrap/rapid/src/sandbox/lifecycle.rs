@@ -195,7 +195,10 @@ impl Handle {
             .map(process::describe_exit)
             .unwrap_or_else(|| "unknown status".into());
         // Killed for memory: Lambda names the cause rather than the signal.
-        let out_of_memory = state.process.as_ref().is_some_and(Process::ran_out_of_memory);
+        let out_of_memory = state
+            .process
+            .as_ref()
+            .is_some_and(Process::ran_out_of_memory);
         let error_type = if out_of_memory {
             OUT_OF_MEMORY
         } else {
@@ -314,7 +317,10 @@ impl Handle {
     /// the invocation fails with `Runtime.OutOfMemory` instead and the environment is reset,
     /// as on Lambda: whatever the function was doing is lost with that process.
     pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
-        let out_of_memory = state.process.as_ref().is_some_and(Process::ran_out_of_memory);
+        let out_of_memory = state
+            .process
+            .as_ref()
+            .is_some_and(Process::ran_out_of_memory);
         let Some(id) = self.unfinished_current(state).filter(|_| out_of_memory) else {
             return self.end_invocation(state, outcome, status);
         };
