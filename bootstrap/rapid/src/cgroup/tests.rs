@@ -101,3 +101,43 @@ fn leftovers_of_live_servers_are_kept_and_names_we_cannot_read_too() {
     assert!(owner_alive("rapid-not-ours"));
     assert!(owner_alive("rapid-"));
 }
+
+/// The v2 kill (`cgroup.kill`) and removal, on the v2 hierarchy even where it has no
+/// controllers to limit with (as on a host whose memory and pids are v1's).
+#[test]
+fn a_v2_kill_reaches_a_setsid_child() {
+    let mounts = host::mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let (Some(mount), Some(path)) = (host::v2_mount(&mounts), host::own_path(&own, None)) else {
+        eprintln!("no v2 hierarchy here");
+        return;
+    };
+    let dir = host::directory(mount, &path).join(format!("{PREFIX}test-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        eprintln!("cannot make a v2 cgroup here: {e}");
+        return;
+    }
+    let dirs = Dirs {
+        version: Version::V2,
+        list: vec![dir.clone()],
+        freezer: None,
+    };
+    let mut shell = Command::new("sh")
+        .args(["-c", "read go; setsid sleep 120 & echo $!; sleep 120"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join("cgroup.procs"), shell.id().to_string()).unwrap();
+    shell.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(shell.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let orphan: u32 = line.trim().parse().unwrap();
+    assert!(alive(orphan));
+    assert!(dirs.remove_within(Duration::from_secs(10)));
+    let _ = shell.wait();
+    assert!(!alive(orphan), "the setsid child survived");
+    assert!(!dir.exists());
+}
