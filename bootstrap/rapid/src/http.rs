@@ -178,13 +178,27 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply> + Send + 'static,
 {
-    serve_with(listener, ConnectionLimits::NONE, handler).await
+    serve_connections(listener, ConnectionLimits::NONE, false, handler).await
 }
 
-/// [`serve`] within `limits`. A client that half-closes its side after sending (as `nc -N`
-/// does) still gets its response.
+/// [`serve`] within `limits`, for clients that may go away: each request carries its
+/// connection's [`Caller`]. A client that half-closes its side after sending (as `nc -N` does)
+/// still gets its response.
 pub async fn serve_with<H, F>(listener: TcpListener, limits: ConnectionLimits, handler: H)
 where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
+    serve_connections(listener, limits, true, handler).await
+}
+
+/// The accept loop; with `watch_callers`, each request carries its connection's [`Caller`].
+async fn serve_connections<H, F>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    watch_callers: bool,
+    handler: H,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Reply> + Send + 'static,
 {
@@ -206,7 +220,7 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let caller = Caller::of(&stream);
+        let caller = watch_callers.then(|| Caller::of(&stream)).flatten();
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -395,6 +409,59 @@ impl std::os::fd::AsRawFd for SharedFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// A connected pair: the server's `Caller` and the client's socket.
+    async fn connection() -> (Caller, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let caller = Caller::of(&server).unwrap();
+        // The server's own stream goes, as hyper's may; the caller keeps the socket.
+        drop(server);
+        (caller, client)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_caller_that_closed_is_gone() {
+        let (caller, client) = connection().await;
+        drop(client);
+        let gone = tokio::time::timeout(Duration::from_secs(5), caller.gone()).await;
+        assert!(gone.is_ok(), "a closed caller was not noticed");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_caller_that_half_closed_is_there_and_gets_an_interim_100() {
+        let (caller, mut client) = connection().await;
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        // Longer than the probe: still there.
+        let gone = tokio::time::timeout(HANG_UP_PROBE * 2, caller.gone()).await;
+        assert!(gone.is_err(), "a half-closed caller was taken for gone");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut interim = vec![0; INTERIM.len()];
+        client.read_exact(&mut interim).unwrap();
+        assert_eq!(interim, INTERIM);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_caller_that_stays_is_never_written_to() {
+        let (caller, mut client) = connection().await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let gone = tokio::time::timeout(Duration::from_millis(300), caller.gone()).await;
+        assert!(gone.is_err());
+        client.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let read = client.read(&mut byte);
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "{read:?}"
+        );
+    }
 
     #[test]
     fn connection_limits_from_flags_refuse_nonsense() {
