@@ -256,9 +256,10 @@ async fn serve_connections<H, F>(
 /// gone. A caller that is still there gets the 100, then its answer.
 #[derive(Clone)]
 pub struct Caller {
-    /// A duplicate of the connection's socket: it stays the same socket for as long as a
-    /// handler holds it, even after the connection ended and its descriptor number was reused.
-    socket: Arc<std::os::fd::OwnedFd>,
+    /// A duplicate of the connection's socket, registered with the reactor once per
+    /// connection: it stays the same socket for as long as a handler holds it, even after the
+    /// connection ended and its descriptor number was reused.
+    socket: Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
 }
 
 /// How long a caller that sent a FIN has to reset the connection after the interim response
@@ -280,11 +281,17 @@ enum Received {
 }
 
 impl Caller {
+    /// `None` when the socket cannot be duplicated or registered (out of descriptors): the
+    /// connection is then served without watching.
     fn of(stream: &tokio::net::TcpStream) -> Option<Caller> {
         use std::os::fd::AsFd;
+        use tokio::io::{unix::AsyncFd, Interest};
         let socket = stream.as_fd().try_clone_to_owned().ok()?;
+        // SAFETY: the `AsyncFd` owns the descriptor, so it stays open and the same for the
+        // `AsyncFd`'s whole life.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
         Some(Caller {
-            socket: Arc::new(socket),
+            socket: Arc::new(socket.ok()?),
         })
     }
 
@@ -299,17 +306,8 @@ impl Caller {
     /// True once the caller is found gone; false once it is found there for good (or the
     /// socket cannot be watched).
     async fn watch(&self) -> bool {
-        use tokio::io::unix::AsyncFd;
-        use tokio::io::Interest;
-        let fd = SharedFd(self.socket.clone());
-        // SAFETY: the `AsyncFd` owns `fd`, whose `Arc` keeps the descriptor open and the same
-        // for the `AsyncFd`'s whole life.
-        let Ok(socket) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) })
-        else {
-            return false;
-        };
         loop {
-            let Ok(mut ready) = socket.readable().await else {
+            let Ok(mut ready) = self.socket.readable().await else {
                 return false;
             };
             match self.received() {
@@ -321,7 +319,6 @@ impl Caller {
             }
         }
         // A FIN: from here the socket stays readable, so the reset is looked for on a timer.
-        drop(socket);
         if !self.send_interim() {
             return true;
         }
@@ -342,7 +339,7 @@ impl Caller {
 
     fn fd(&self) -> i32 {
         use std::os::fd::AsRawFd;
-        self.socket.as_raw_fd()
+        self.socket.get_ref().as_raw_fd()
     }
 
     /// Peeks at the receive side without taking anything from it (the bytes are hyper's).
@@ -394,15 +391,6 @@ impl Caller {
         // SAFETY: poll(2) on one `pollfd` that outlives the call, with no wait.
         let n = unsafe { libc::poll(&mut poll, 1, 0) };
         n == 1 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
-    }
-}
-
-/// An `Arc`'d descriptor, for registering with the reactor without giving it away.
-struct SharedFd(Arc<std::os::fd::OwnedFd>);
-
-impl std::os::fd::AsRawFd for SharedFd {
-    fn as_raw_fd(&self) -> i32 {
-        self.0.as_raw_fd()
     }
 }
 
