@@ -162,51 +162,21 @@ impl Cgroups {
         format!("cgroup {version} ({})", places.join(", "))
     }
 
-    /// A new, empty cgroup limited to `memory_mb` MiB (no swap) and [`MAX_PROCESSES`].
+    /// A new, empty cgroup limited to `memory_mb` MiB (no swap) and [`MAX_PROCESSES`]. On
+    /// failure, nothing of it is left.
     pub fn create(&self, memory_mb: u32) -> Result<Cgroup, CgroupError> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dirs = self.dirs(&format!("{}{n}", self.own_prefix));
-        for dir in dirs.all() {
-            std::fs::create_dir(dir).map_err(error("create", dir))?;
-        }
-        match self.limit_and_open(dirs, memory_mb) {
-            Ok(cgroup) => Ok(cgroup),
-            Err((dirs, e)) => {
+        let made = dirs
+            .all()
+            .try_for_each(|dir| std::fs::create_dir(dir).map_err(error("create", dir)))
+            .and_then(|()| limit_and_open(&dirs, memory_mb));
+        match made {
+            Ok(counters) => Ok(Cgroup { dirs, counters }),
+            Err(e) => {
                 dirs.remove_within(Duration::from_secs(1));
                 Err(e)
             }
-        }
-    }
-
-    fn limit_and_open(&self, dirs: Dirs, memory_mb: u32) -> Result<Cgroup, (Dirs, CgroupError)> {
-        let files = dirs.files();
-        let memory = &dirs.list[0];
-        let pids = dirs.list.last().unwrap_or(memory);
-        let bytes = (u64::from(memory_mb) << 20).to_string();
-        let opened = (|| {
-            write(&memory.join(files.memory_limit), &bytes)?;
-            let swap = memory.join(files.swap_limit);
-            // Without swap accounting the file is absent, and there is no swap to limit.
-            if swap.exists() {
-                let swap_value = if dirs.version == Version::V1 {
-                    &bytes
-                } else {
-                    "0"
-                };
-                write(&swap, swap_value)?;
-            }
-            write(&pids.join("pids.max"), &MAX_PROCESSES.to_string())?;
-            let open = |path: PathBuf| File::open(&path).map_err(error("open", &path));
-            Ok(Counters {
-                peak: open(memory.join(files.peak))?,
-                oom_events: open(memory.join(files.oom_events))?,
-                pids_events: open(pids.join("pids.events"))?,
-                oom_key: files.oom_key,
-            })
-        })();
-        match opened {
-            Ok(counters) => Ok(Cgroup { dirs, counters }),
-            Err(e) => Err((dirs, e)),
         }
     }
 
@@ -282,6 +252,33 @@ fn v2_parent(mounts: &[host::Mount], own: &str) -> Result<PathBuf, String> {
     write(&control, "+memory +pids")
         .map(|()| dir)
         .map_err(|e| format!("{e} (run the server in a cgroup of its own, delegated to it)"))
+}
+
+/// Sets a new cgroup's limits and opens the counters read once per invocation.
+fn limit_and_open(dirs: &Dirs, memory_mb: u32) -> Result<Counters, CgroupError> {
+    let files = dirs.files();
+    let memory = &dirs.list[0];
+    let pids = dirs.list.last().unwrap_or(memory);
+    let bytes = (u64::from(memory_mb) << 20).to_string();
+    write(&memory.join(files.memory_limit), &bytes)?;
+    let swap = memory.join(files.swap_limit);
+    // Without swap accounting the file is absent, and there is no swap to limit. v1's limit
+    // is memory and swap together, v2's is swap alone.
+    if swap.exists() {
+        let swap_value = match dirs.version {
+            Version::V1 => bytes.as_str(),
+            Version::V2 => "0",
+        };
+        write(&swap, swap_value)?;
+    }
+    write(&pids.join("pids.max"), &MAX_PROCESSES.to_string())?;
+    let open = |path: PathBuf| File::open(&path).map_err(error("open", &path));
+    Ok(Counters {
+        peak: open(memory.join(files.peak))?,
+        oom_events: open(memory.join(files.oom_events))?,
+        pids_events: open(pids.join("pids.events"))?,
+        oom_key: files.oom_key,
+    })
 }
 
 /// Whether this process may make cgroups in `dir`.
