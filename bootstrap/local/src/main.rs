@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use proto::function_config::MEMORY_MB;
+use rapid::cgroup::Cgroups;
 use rapid::event_store::EventStore;
 use rapid::http::ConnectionLimits;
 use rapid::invoke_http::Endpoint;
@@ -164,6 +165,36 @@ fn config(args: Args) -> EnvironmentConfig {
     config
 }
 
+/// Finds the cgroups each runtime will be confined in, removes what crashed servers left, and
+/// says in one line which protections are in force, or which are off and why (on stdout, with
+/// the function's log, where whoever reads the log sees it).
+fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
+    match Cgroups::detect() {
+        Ok(cgroups) => {
+            let removed = cgroups.clean_leftovers();
+            let leftovers = match removed.len() {
+                0 => String::new(),
+                n => format!(
+                    "; removed {n} left by stopped servers: {}",
+                    removed.join(" ")
+                ),
+            };
+            println!(
+                "lambda-local: sandbox: {}: memory {memory_mb} MB (Runtime.OutOfMemory beyond), {} processes and threads, every descendant killed on reset{leftovers}",
+                cgroups.describe(),
+                rapid::cgroup::MAX_PROCESSES
+            );
+            Some(Arc::new(cgroups))
+        }
+        Err(why) => {
+            println!(
+                "lambda-local: sandbox: no cgroup ({why}); OFF: the memory limit and Runtime.OutOfMemory, the process limit, the kill of descendants that left the process group; Max Memory Used is read from /proc"
+            );
+            None
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -174,7 +205,9 @@ async fn main() -> anyhow::Result<()> {
         rapid::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
     }
-    let config = config(args);
+    let mut config = config(args);
+    let cgroups = confine_sandboxes(config.memory_mb);
+    config.cgroups = cgroups.clone();
 
     let invoke_listener = TcpListener::bind(listen)
         .await
@@ -221,6 +254,11 @@ async fn main() -> anyhow::Result<()> {
         _ = interrupt.recv() => {}
     }
     sandbox.shutdown();
+    if let Some(cgroups) = &cgroups {
+        for name in cgroups.remove_own() {
+            eprintln!("lambda-local: cannot remove the sandbox cgroup {name}: processes remain");
+        }
+    }
     // A default store with nothing left in it is not worth keeping in the temp directory.
     if default_store && store.pending().is_ok_and(|pending| pending.is_empty()) {
         drop(store);

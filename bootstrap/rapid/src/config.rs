@@ -2,8 +2,10 @@
 //! [`proto::function_config`]) plus what the server adds (its runtime, task root, region and
 //! the init timeout).
 
+use crate::cgroup::Cgroups;
 use proto::function_config::{self, InitializationType};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The account id in the ARNs the environment hands out (the emulator's).
@@ -36,6 +38,10 @@ pub struct EnvironmentConfig {
     pub maximum_event_age: Duration,
     /// Where failed asynchronous invokes go, as AWS on-failure destination records.
     pub on_failure_dir: Option<PathBuf>,
+    /// Where each runtime gets a cgroup of its own (memory and process limits, a kill that
+    /// reaches every descendant). `None` runs it unconfined: inside a microVM, where the VM is
+    /// the sandbox.
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 impl EnvironmentConfig {
@@ -77,6 +83,7 @@ impl EnvironmentConfig {
             maximum_retry_attempts: function.maximum_retry_attempts,
             maximum_event_age: Duration::from_secs(u64::from(function.maximum_event_age_secs)),
             on_failure_dir: None,
+            cgroups: None,
         }
     }
 

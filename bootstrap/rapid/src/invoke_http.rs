@@ -108,6 +108,7 @@ impl<I: Invoker> Endpoint<I> {
                 }
             }
         }
+        let caller = request.extensions().get::<http::Caller>().cloned();
         let body = match http::read_body(request, limit).await {
             Ok(body) => body,
             Err(BodyError::TooLarge { limit, .. }) => {
@@ -144,7 +145,18 @@ impl<I: Invoker> Endpoint<I> {
             },
             _ => {
                 let watch = tail.then(|| self.tails.watch(&invocation.request_id));
-                let outcome = self.sandbox.invoke(invocation).await;
+                let invoke = self.sandbox.invoke(invocation);
+                // A caller that has gone holds no place in the queue and its invocation does
+                // not start: dropping the invoke takes it out (one already running finishes).
+                let outcome = match caller {
+                    Some(caller) => tokio::select! {
+                        outcome = invoke => outcome,
+                        () = caller.gone() => {
+                            return http::service_error(500, error_type::SERVICE, "the caller has gone");
+                        }
+                    },
+                    None => invoke.await,
+                };
                 let log = watch.map(|watch| watch.finish());
                 let (body, failed) = match outcome {
                     Ok(Outcome::Success(body)) => (body, false),

@@ -11,6 +11,7 @@
 //! under emulation every thread switch is expensive.
 
 pub mod async_invoke;
+pub mod cgroup;
 pub mod config;
 pub mod event_store;
 pub mod hooks;

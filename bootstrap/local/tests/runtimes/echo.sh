@@ -6,6 +6,12 @@
 #   {"action":"error"}           posts an error, without Lambda-Runtime-Function-Error-Type
 #   {"action":"big","bytes":N}   answers a JSON string of N 'a's (N + 2 bytes)
 #   {"action":"pid"}             answers {"pid":P}, P being its own pid (its process group)
+#   {"action":"alloc","mb":N}    a child holds N MB of memory, exits, then answers {"allocated":N}
+#   {"action":"grow","mb":N}     the runtime itself holds N MB (a string), then answers {"grew":N}
+#   {"action":"setsid"}          starts `setsid sleep 120` (a new session, out of the runtime's
+#                                process group) and answers {"orphan":P}, P being its pid
+#   {"action":"forks","n":N}     starts N processes (sleep 30) at once in a session of their own,
+#                                kills them, answers {"forks":"done"}
 #   anything else                answered unchanged
 # With RUNTIME_FAIL_INIT=1 it posts init/error and exits instead of polling.
 set -u
@@ -47,6 +53,38 @@ while :; do
     *'"action":"big"'*)
         n=$(printf '%s' "$event" | sed 's/.*"bytes":\([0-9]*\).*/\1/')
         { printf '"'; head -c "$n" /dev/zero | tr '\0' a; printf '"'; } >"$work/out"
+        out="$work/out"
+        ;;
+    *'"action":"alloc"'*)
+        mb=$(printf '%s' "$event" | sed 's/.*"mb":\([0-9]*\).*/\1/')
+        # tail keeps a line that never ends in memory: N MB of zeros is one such line.
+        head -c "${mb}000000" /dev/zero | tail >/dev/null
+        printf '{"allocated":%s}' "$mb" >"$work/out"
+        out="$work/out"
+        ;;
+    *'"action":"grow"'*)
+        mb=$(printf '%s' "$event" | sed 's/.*"mb":\([0-9]*\).*/\1/')
+        big=$(head -c "${mb}000000" /dev/zero | tr '\0' a)
+        printf '{"grew":%s}' "${#big}" >"$work/out"
+        unset big
+        out="$work/out"
+        ;;
+    *'"action":"setsid"'*)
+        setsid sleep 120 >/dev/null 2>&1 &
+        printf '{"orphan":%s}' "$!" >"$work/out"
+        out="$work/out"
+        ;;
+    *'"action":"forks"'*)
+        n=$(printf '%s' "$event" | sed 's/.*"n":\([0-9]*\).*/\1/')
+        # A shell exits when it cannot fork: the bomb runs in a shell (and a process group) of
+        # its own, so that the runtime survives it, and is killed as a group after.
+        setsid sh -c "i=0; while [ \$i -lt $n ]; do sleep 30 & i=\$((i + 1)); done; wait" >/dev/null 2>&1 &
+        bomb=$!
+        wait "$bomb"
+        kill -KILL "-$bomb" 2>/dev/null
+        # Until they are gone, the runtime itself cannot fork (curl).
+        while kill -0 "-$bomb" 2>/dev/null; do :; done
+        printf '{"forks":"done"}' >"$work/out"
         out="$work/out"
         ;;
     *'"action":"pid"'*)

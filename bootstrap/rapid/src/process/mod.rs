@@ -1,10 +1,12 @@
-//! The runtime process: started in its own process group with the reserved Lambda environment,
-//! its output captured line by line ([`output`]), killed as a group, its memory high-water mark
-//! read ([`memory`]).
+//! The runtime process: started in its own process group (and, where the caller asks, its own
+//! cgroup) with the reserved Lambda environment, its output captured line by line ([`output`]),
+//! killed as a group, its memory high-water mark read ([`memory`]) when it has no cgroup to
+//! account for it.
 
 pub mod memory;
 pub mod output;
 
+use crate::cgroup::{Cgroup, CgroupError};
 use crate::config::EnvironmentConfig;
 use crate::hooks::LogSink;
 use proto::env;
@@ -34,6 +36,10 @@ pub enum SpawnError {
         path: String,
         source: std::io::Error,
     },
+    /// The runtime is not started unconfined when a cgroup was asked for: its limits would be
+    /// silently gone.
+    #[error("cannot make the sandbox's cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
 }
 
 /// A started runtime process.
@@ -43,6 +49,8 @@ pub struct Runtime {
     pub pid: i32,
     /// Its stdout and stderr, forwarded line by line to the log sink.
     pub output: Output,
+    /// The cgroup it and every process it starts live in, when the configuration asks for one.
+    pub cgroup: Option<Cgroup>,
 }
 
 /// The environment a runtime starts with: the reserved Lambda variables, plus the user's, which
@@ -126,9 +134,10 @@ fn runtime_dir(config: &EnvironmentConfig) -> String {
 }
 
 /// Starts the runtime in a new process group with a clean environment, its working directory
-/// the task root, and its stdout and stderr forwarded to `log`. The runtime is killed when the
-/// thread that started it exits (`PR_SET_PDEATHSIG`), so call this from the thread that drives
-/// the server (a current-thread runtime's, or a long-lived worker).
+/// the task root, and its stdout and stderr forwarded to `log`; with `config.cgroups`, in a new
+/// cgroup of its own, which it joins before it runs any of its own code. The runtime is killed
+/// when the thread that started it exits (`PR_SET_PDEATHSIG`), so call this from the thread
+/// that drives the server (a current-thread runtime's, or a long-lived worker).
 pub fn spawn(
     config: &EnvironmentConfig,
     runtime_api: SocketAddr,
@@ -148,11 +157,29 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let cgroup = match &config.cgroups {
+        Some(cgroups) => Some(cgroups.create(config.memory_mb)?),
+        None => None,
+    };
+    // Opened here, written in the child: between fork and exec only system calls are safe.
+    // They close on exec.
+    let join = match &cgroup {
+        Some(cgroup) => cgroup.procs_files()?,
+        None => Vec::new(),
+    };
+    let join_fds: Vec<i32> = join.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2) and
-    // getppid(2), both async-signal-safe; it touches no memory shared with the parent.
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2),
+    // getppid(2) and write(2), all async-signal-safe; it reads only `join_fds`, a copy the
+    // child owns, and a static byte, and allocates nothing.
     unsafe {
         command.pre_exec(move || {
+            // "0" moves the writing process; everything it starts from then on is born inside.
+            for &fd in &join_fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // A runtime must not outlive a server that was killed without a chance to clean up:
             // it would hold the Runtime API port's clients and its memory forever.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
@@ -162,10 +189,25 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(spawn_error)?;
+    let spawned = command.spawn();
+    drop(join);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cgroup) = cgroup {
+                cgroup.remove_within(std::time::Duration::from_secs(1));
+            }
+            return Err(spawn_error(e));
+        }
+    };
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let output = Output::capture(child.stdout.take(), child.stderr.take(), log);
-    Ok(Runtime { child, pid, output })
+    Ok(Runtime {
+        child,
+        pid,
+        output,
+        cgroup,
+    })
 }
 
 /// Kills every process of the runtime's group.

@@ -37,6 +37,8 @@ impl Handle {
                         pgid: runtime.pid,
                         output: runtime.output,
                         peak_memory_mb: 0,
+                        cgroup: runtime.cgroup,
+                        process_limit_hits: 0,
                     });
                     state.phase = Phase::Initializing {
                         started: Instant::now(),
@@ -87,8 +89,11 @@ impl Handle {
         error_type: &str,
         outcome: Outcome,
     ) {
-        if let Some(process) = &state.process {
+        let mut max_memory_used_mb = 0;
+        if let Some(process) = state.process.as_mut() {
             process.output.drain();
+            process.sample_memory();
+            max_memory_used_mb = process.peak_memory_mb;
         }
         let head = state.queue.front().map(|q| q.invocation.request_id.clone());
         let version = &self.shared.config.function_version;
@@ -102,7 +107,7 @@ impl Handle {
                 request_id,
                 duration: init_time,
                 memory_size_mb: self.shared.config.memory_mb,
-                max_memory_used_mb: 0,
+                max_memory_used_mb,
                 init_duration: None,
                 restore_duration: None,
                 status: Status::Error(error_type.into()),
@@ -147,6 +152,18 @@ impl Handle {
             // Its last words first: what it wrote before it is killed belongs to the log.
             process.output.drain();
             process::kill_group(process.pgid);
+            if let Some(cgroup) = process.cgroup {
+                // Everything in it dies now, before the next runtime starts; the directory goes
+                // once the last of them has exited.
+                cgroup.kill();
+                let log = self.shared.log.clone();
+                tokio::spawn(async move {
+                    let path = cgroup.path().display().to_string();
+                    if !cgroup.remove(CGROUP_REMOVAL).await {
+                        log.line(&format!("rapid: cannot remove {path}: processes remain"));
+                    }
+                });
+            }
         }
         if let Some(timer) = state.phase_timer.take() {
             timer.abort();
@@ -177,7 +194,16 @@ impl Handle {
         let how = status
             .map(process::describe_exit)
             .unwrap_or_else(|| "unknown status".into());
-        let error_type = function_error_type::RUNTIME_EXIT;
+        // Killed for memory: Lambda names the cause rather than the signal.
+        let out_of_memory = state
+            .process
+            .as_ref()
+            .is_some_and(Process::ran_out_of_memory);
+        let error_type = if out_of_memory {
+            OUT_OF_MEMORY
+        } else {
+            function_error_type::RUNTIME_EXIT
+        };
         let message = format!("Runtime exited with error: {how}");
         let exit = |message: String| {
             let reason = message.clone();
@@ -196,7 +222,7 @@ impl Handle {
             Phase::Ready => {
                 if let Some(id) = self.unfinished_current(&state) {
                     let outcome = exit(format!("RequestId: {id} Error: {message}"));
-                    self.finish(&mut state, outcome, Status::Error(error_type.into()));
+                    self.end_invocation(&mut state, outcome, Status::Error(error_type.into()));
                 }
             }
             Phase::Down => {}
@@ -274,7 +300,7 @@ impl Handle {
         let message =
             format!("RequestId: {request_id} Error: Task timed out after {seconds:.2} seconds");
         let outcome = reset_failure(function_error_type::TIMEOUT, message, Reset::Timeout);
-        self.finish(&mut state, outcome, Status::Timeout);
+        self.end_invocation(&mut state, outcome, Status::Timeout);
         self.reset(&mut state);
     }
 
@@ -286,10 +312,32 @@ impl Handle {
             .map(|c| c.request_id.clone())
     }
 
+    /// Ends the current invocation as the runtime asked (its response or error): see
+    /// [`Self::end_invocation`]. If a process of the sandbox was killed for memory meanwhile,
+    /// the invocation fails with `Runtime.OutOfMemory` instead and the environment is reset,
+    /// as on Lambda: whatever the function was doing is lost with that process.
+    pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
+        let out_of_memory = state
+            .process
+            .as_ref()
+            .is_some_and(Process::ran_out_of_memory);
+        let Some(id) = self.unfinished_current(state).filter(|_| out_of_memory) else {
+            return self.end_invocation(state, outcome, status);
+        };
+        let message = format!(
+            "RequestId: {id} Error: a process of the function ran out of memory (Memory Size: {} MB) and was killed",
+            self.shared.config.memory_mb
+        );
+        let reason = message.clone();
+        let outcome = reset_failure(OUT_OF_MEMORY, message, Reset::RuntimeExit { reason });
+        self.end_invocation(state, outcome, Status::Error(OUT_OF_MEMORY.into()));
+        self.reset(state);
+    }
+
     /// Ends the current invocation: the runtime's pending output, END and REPORT, then the
     /// outcome to its invoker, so that an invoker that collects the invocation's log (`LogType:
     /// Tail`) has all of it when the outcome arrives.
-    pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
+    fn end_invocation(&self, state: &mut State, outcome: Outcome, status: Status) {
         if let Some(ending) = self.end_current(state, outcome, status) {
             self.complete(state, ending);
         }
@@ -359,6 +407,13 @@ impl Handle {
             process.output.drain();
             process.sample_memory();
             report.max_memory_used_mb = process.peak_memory_mb;
+            if let Some(refused) = process.new_process_limit_hits() {
+                self.log(&format!(
+                    "rapid: RequestId: {} the function reached its limit of {} processes and threads (forks refused: {refused})",
+                    report.request_id,
+                    crate::cgroup::MAX_PROCESSES
+                ));
+            }
         }
         self.log(&report::end(&report.request_id));
         self.log(&report.line());
@@ -379,11 +434,36 @@ pub(super) struct Ending {
 /// How long an ended invocation waits for the runtime's word on it before END is written.
 const RUNTIME_WORD_GRACE: Duration = Duration::from_millis(200);
 
+/// How long the processes of a reset sandbox may take to exit before its cgroup is given up
+/// (and left for the next server's start to remove).
+const CGROUP_REMOVAL: Duration = Duration::from_secs(10);
+
+/// Lambda's error type for a function killed for running out of memory.
+const OUT_OF_MEMORY: &str = "Runtime.OutOfMemory";
+
 impl Process {
-    /// Updates the peak; cheap enough to call once per invocation (one pass over `/proc`).
+    /// Updates the peak, once per invocation: one read of the cgroup's own high-water mark;
+    /// without a cgroup, one pass over the runtime's processes in `/proc`.
     pub(super) fn sample_memory(&mut self) {
-        let now = process::max_memory_used_mb(self.pgid);
+        let now = match &self.cgroup {
+            Some(cgroup) => cgroup.peak_bytes().unwrap_or(0).div_ceil(1 << 20),
+            None => process::max_memory_used_mb(self.pgid),
+        };
         self.peak_memory_mb = self.peak_memory_mb.max(now);
+    }
+
+    /// Whether the kernel killed a process of this runtime's cgroup for memory (each runtime
+    /// has a fresh cgroup, so any kill counts).
+    pub(super) fn ran_out_of_memory(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
+    }
+
+    /// Forks refused by the process limit since the last look, if any.
+    fn new_process_limit_hits(&mut self) -> Option<u64> {
+        let now = self.cgroup.as_ref()?.process_limit_hits();
+        let new = now.checked_sub(self.process_limit_hits).filter(|&n| n > 0);
+        self.process_limit_hits = now;
+        new
     }
 }
 

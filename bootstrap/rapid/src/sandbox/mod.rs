@@ -152,6 +152,10 @@ struct Process {
     output: Output,
     /// The highest `Max Memory Used` seen so far, so that a runtime that died still has one.
     peak_memory_mb: u64,
+    /// Its cgroup, when the environment confines its runtimes (`EnvironmentConfig::cgroups`).
+    cgroup: Option<crate::cgroup::Cgroup>,
+    /// Forks refused by the cgroup's process limit, as of the last look.
+    process_limit_hits: u64,
 }
 
 struct State {
