@@ -152,16 +152,51 @@ fn to_http(reply: ApiReply) -> Reply {
     }
 }
 
-/// An X-Ray trace header for an invoke that came without one.
+/// An X-Ray trace header for an invoke that came without one: 96 random bits for the root, 64
+/// for the parent, drawn in one system call (each is one more trip through the emulator in a
+/// guest).
 fn new_trace_id() -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let parent = uuid::Uuid::new_v4().simple().to_string();
+    let mut random = [0u8; 20];
+    fill_random(&mut random);
+    let (root, parent) = random.split_at(12);
     let epoch = crate::time::epoch_ms() / 1000;
     format!(
         "Root=1-{epoch:08x}-{};Parent={};Sampled=0",
-        &random[..24],
-        &parent[..16]
+        hex(root),
+        hex(parent)
     )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Fills `buf` from the kernel's CRNG (as `uuid` would, but in one call for all of it).
+fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, a live, exclusively borrowed byte
+        // slice; getrandom(2) writes at most that many bytes into it.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(got) {
+            Ok(n) => filled += n,
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+            }
+            // No getrandom(2) (a kernel before 3.17): uuid has its own way to randomness.
+            Err(_) => {
+                for chunk in rest.chunks_mut(16) {
+                    let bytes = uuid::Uuid::new_v4().into_bytes();
+                    chunk.copy_from_slice(&bytes[..chunk.len()]);
+                }
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,5 +209,11 @@ mod tests {
         assert!(parts[0].starts_with("Root=1-") && parts[0].len() == "Root=1-".len() + 8 + 1 + 24);
         assert!(parts[1].starts_with("Parent=") && parts[1].len() == "Parent=".len() + 16);
         assert_eq!(parts[2], "Sampled=0");
+        assert_ne!(id, super::new_trace_id(), "each one is drawn afresh");
+        let hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        assert!(hex(&parts[0][7..15]) && hex(&parts[0][16..]) && hex(&parts[1][7..]));
     }
 }
