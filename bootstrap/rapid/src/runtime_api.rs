@@ -7,6 +7,10 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::Request;
 use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SYNC_PAYLOAD_LIMIT};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 /// Error bodies are small; a runtime posting megabytes of them is misbehaving.
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
@@ -41,7 +45,7 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
                 return to_http(reply);
             }
             match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
-                Ok(body) => sandbox.respond(&id, body),
+                Ok(body) => answered_first(sandbox.respond(&id, body)).await,
                 Err(BodyError::TooLarge { declared, .. }) => {
                     return http::close(to_http(sandbox.respond_too_large(&id, declared)))
                 }
@@ -53,7 +57,7 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
                 return to_http(reply);
             }
             match error_body(request, UNHANDLED).await {
-                Ok((body, _)) => sandbox.report_error(&id, body),
+                Ok((body, _)) => answered_first(sandbox.report_error(&id, body)).await,
                 Err(reply) => return reply,
             }
         }
@@ -67,6 +71,67 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
         },
     };
     to_http(reply)
+}
+
+/// Lets the tasks an invocation's outcome woke (its caller's) run before the runtime is
+/// answered: the caller is waiting, while all the runtime does next is its next `/next`. On a
+/// one-CPU guest the runtime, woken by its answer, would otherwise run first, and the invocation
+/// would wait for it.
+async fn answered_first(reply: ApiReply) -> ApiReply {
+    if matches!(reply, ApiReply::Accepted) {
+        after_ready_tasks().await;
+    }
+    reply
+}
+
+/// Waits until every task that is ready now has run and the reactor has been polled once more
+/// (without blocking): `tokio::task::yield_now`, made to hold even when the caller's task polls
+/// it again before it was woken (hyper polls a handler several times in one turn, and a second
+/// poll ends a plain yield).
+async fn after_ready_tasks() {
+    let woken = Arc::new(Woken::default());
+    let mut deferred = Some(Box::pin(tokio::task::yield_now()));
+    std::future::poll_fn(|cx| {
+        *woken.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // The runtime wakes the waker given to `yield_now` only after its turn; ours marks that
+        // and passes the wake on. A yield ended early by a second poll has left ours with the
+        // runtime all the same.
+        if let Some(yielding) = deferred.as_mut() {
+            let ours = Waker::from(Arc::clone(&woken));
+            if yielding
+                .as_mut()
+                .poll(&mut Context::from_waker(&ours))
+                .is_ready()
+            {
+                deferred = None;
+            }
+        }
+        if woken.done.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+#[derive(Default)]
+struct Woken {
+    done: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.done.store(true, Ordering::Release);
+        if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            waker.wake();
+        }
+    }
 }
 
 /// Reads and checks an error post. Tolerant where the official clients differ: the error-type
@@ -215,5 +280,27 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         };
         assert!(hex(&parts[0][7..15]) && hex(&parts[0][16..]) && hex(&parts[1][7..]));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_runtime_is_answered_after_the_tasks_already_ready() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let ran = Arc::clone(&ran);
+            tokio::spawn(async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Polled over and over, as hyper polls a handler: it still waits for the others.
+        let mut wait = Box::pin(super::after_ready_tasks());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..5 {
+            assert!(std::future::Future::poll(wait.as_mut(), &mut cx).is_pending());
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        wait.await;
+        assert_eq!(ran.load(Ordering::SeqCst), 3);
     }
 }

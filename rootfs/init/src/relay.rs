@@ -215,7 +215,14 @@ impl Relay {
                 sent: 0,
             };
             bytes.clear();
-            let mut next = Some(self.outbox.next().await);
+            let first = self.outbox.next().await;
+            if let Message::Log { .. } = first {
+                // Log lines come in runs, mostly with an answer right behind (END, REPORT, then
+                // the response, whose task rapid woke with them): let the tasks already woken
+                // run first, so that one write takes them all.
+                let_woken_tasks_run().await;
+            }
+            let mut next = Some(first);
             while let Some(message) = next {
                 if let Some(timing) = self.timing.as_ref().and_then(|t| t.frame_before(&message)) {
                     // Its loss with a broken connection loses nothing but a measurement.
@@ -268,6 +275,20 @@ impl Relay {
         say!("{message}");
         self.outbox.log(&format!("init: {message}"));
     }
+}
+
+/// Goes once to the back of this thread's run queue, so that the tasks already woken run
+/// first. Not `tokio::task::yield_now`, which waits for the reactor to be polled: a system call.
+async fn let_woken_tasks_run() {
+    let mut queued = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut queued, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Frames being written: each with the end of its bytes in the write. Dropped before they are

@@ -148,6 +148,8 @@ pub struct HostLink {
     init_done: Option<Duration>,
     /// The guest's timing of the invocation whose answer comes next (timing on only).
     guest_timing: Option<InvokeTiming>,
+    /// The guest's timing of the last invocation answered.
+    last_timing: Option<InvokeTiming>,
 }
 
 impl HostLink {
@@ -165,6 +167,7 @@ impl HostLink {
             log: Box::new(|_| {}),
             init_done: None,
             guest_timing: None,
+            last_timing: None,
         })
     }
 
@@ -208,6 +211,10 @@ impl HostLink {
                 },
                 _ => continue,
             };
+            self.last_timing = self
+                .guest_timing
+                .take()
+                .filter(|t| t.request_id == request_id);
             if let Some(sent) = sent {
                 self.log_timing(&request_id, sent, epoch_us());
             }
@@ -217,11 +224,10 @@ impl HostLink {
 
     /// One timing line: the host's stamps and the guest's intervals (`-` when the guest sent
     /// none).
-    fn log_timing(&mut self, request_id: &str, sent_us: u64, back_us: u64) {
+    fn log_timing(&self, request_id: &str, sent_us: u64, back_us: u64) {
         let guest = self
-            .guest_timing
-            .take()
-            .filter(|t| t.request_id == request_id)
+            .last_timing
+            .as_ref()
             .map(|t| format!("{} {} {}", t.next_us, t.outcome_us, t.sent_us))
             .unwrap_or_else(|| "- - -".into());
         log::debug!(
@@ -229,6 +235,12 @@ impl HostLink {
             "timing {request_id} host_sent_us={sent_us} host_back_us={back_us} \
              guest_next_outcome_sent_us={guest}"
         );
+    }
+
+    /// Where the guest's part of the last invocation answered went, when the guest times its
+    /// invokes (see the module's documentation).
+    pub fn last_timing(&self) -> Option<&InvokeTiming> {
+        self.last_timing.as_ref()
     }
 
     /// Waits for `InitDone` (a SnapStart init reaching `restore/next`) and returns the init
@@ -338,6 +350,12 @@ mod tests {
                     request_id: "stale".into(),
                     body: b"old".as_slice().into(),
                 },
+                Message::InvokeTiming(InvokeTiming {
+                    request_id: inv.request_id.clone(),
+                    next_us: 10,
+                    outcome_us: 20,
+                    sent_us: 30,
+                }),
                 Message::Error {
                     request_id: inv.request_id,
                     body: b"{\"errorType\":\"E\"}".as_slice().into(),
@@ -367,6 +385,11 @@ mod tests {
             }
         );
         assert_eq!(*lines.lock().unwrap(), vec!["START".to_owned()]);
+        let timing = link.last_timing().unwrap();
+        assert_eq!(
+            (timing.next_us, timing.outcome_us, timing.sent_us),
+            (10, 20, 30)
+        );
         assert_eq!(link.wait_init_done().unwrap(), Duration::from_millis(5));
         link.restore().unwrap();
         link.shutdown().unwrap();
