@@ -40,17 +40,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fatal(options.system, &format!("cannot start tokio: {e}")));
-    let (system, runtime_api) = (options.system, options.runtime_api);
-    // A task, not block_on's own future: waking a task from another queues it on this thread,
-    // while waking block_on's future goes through the reactor (an eventfd write and one more
-    // epoll_wait, several times per invoke).
-    match runtime.block_on(async move { tokio::spawn(relay::run(options, function)).await }) {
-        Ok(Ok(end)) => {
+    match runtime.block_on(relay::run(&options, function)) {
+        Ok(end) => {
             say!("stopping: {end:?}");
-            power::off(system, end.code())
+            power::off(options.system, end.code())
         }
-        Ok(Err(e)) => fatal(system, &format!("Runtime API on {runtime_api}: {e}")),
-        Err(e) => fatal(system, &format!("init's relay failed: {e}")),
+        Err(e) => fatal(
+            options.system,
+            &format!("Runtime API on {}: {e}", options.runtime_api),
+        ),
     }
 }
 
