@@ -60,7 +60,7 @@ impl End {
 
 /// Serves the function until the host, a signal or the link ends it; the runtime is stopped by
 /// then.
-pub async fn run(options: &Options, function: Function) -> std::io::Result<End> {
+pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
     let api = tokio::net::TcpListener::bind(options.runtime_api).await?;
     let outbox = Outbox::default();
     let (restored, restored_rx) = watch::channel(0u64);
