@@ -214,29 +214,41 @@ impl Relay {
                 frames: Vec::new(),
                 sent: 0,
             };
-            bytes.clear();
+            // In the batch from the start: a frame taken is put back if the connection's task
+            // is cancelled before it is written (its end is not known until it is encoded).
             let first = self.outbox.next().await;
-            if let Message::Log { .. } = first {
+            let log_first = matches!(first, Message::Log { .. });
+            batch.frames.push((first, usize::MAX));
+            if log_first {
                 // Log lines come in runs, mostly with an answer right behind (END, REPORT, then
                 // the response, whose task rapid woke with them): let the tasks already woken
                 // run first, so that one write takes them all.
                 let_woken_tasks_run().await;
             }
-            let mut next = Some(first);
-            while let Some(message) = next {
-                if let Some(timing) = self.timing.as_ref().and_then(|t| t.frame_before(&message)) {
+            bytes.clear();
+            let mut encoded = 0;
+            loop {
+                if encoded == batch.frames.len() {
+                    let more = if bytes.len() < BATCH_BYTES {
+                        self.outbox.try_next()
+                    } else {
+                        None
+                    };
+                    match more {
+                        Some(message) => batch.frames.push((message, usize::MAX)),
+                        None => break,
+                    }
+                }
+                let (message, end) = &mut batch.frames[encoded];
+                if let Some(timing) = self.timing.as_ref().and_then(|t| t.frame_before(message)) {
                     // Its loss with a broken connection loses nothing but a measurement.
                     let _ = wire::encode_into(&mut bytes, &timing);
                 }
-                if let Err(e) = wire::encode_into(&mut bytes, &message) {
+                if let Err(e) = wire::encode_into(&mut bytes, message) {
                     say!("dropping a {} frame: {e}", message.kind());
                 }
-                batch.frames.push((message, bytes.len()));
-                next = if bytes.len() < BATCH_BYTES {
-                    self.outbox.try_next()
-                } else {
-                    None
-                };
+                *end = bytes.len();
+                encoded += 1;
             }
             if let Err(e) = conn.write_all(&bytes, &mut batch.sent).await {
                 return FrameError::Io(e);
@@ -394,5 +406,44 @@ impl SnapshotHook for LinkSnapshot {
                 .await
                 .map_err(|_| "init is shutting down".to_owned())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(line: &str) -> Message {
+        Message::Log { line: line.into() }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_cut_short_puts_back_what_did_not_go_out_in_order() {
+        let outbox = Outbox::default();
+        outbox.send(log("queued after the batch"));
+        let answer = Message::Response {
+            request_id: "r".into(),
+            body: b"{}".as_slice().into(),
+        };
+        drop(Batch {
+            outbox: &outbox,
+            // Written: the first frame whole, the second in part; the third never encoded.
+            frames: vec![(log("a"), 10), (log("b"), 20), (answer.clone(), usize::MAX)],
+            sent: 15,
+        });
+        assert_eq!(outbox.next().await, log("b"));
+        assert_eq!(outbox.next().await, answer);
+        assert_eq!(outbox.next().await, log("queued after the batch"));
+        assert_eq!(outbox.try_next(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn tasks_woken_first_run_before_the_one_that_lets_them() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let other = Arc::clone(&order);
+        tokio::spawn(async move { other.lock().unwrap().push("woken task") });
+        let_woken_tasks_run().await;
+        order.lock().unwrap().push("after");
+        assert_eq!(*order.lock().unwrap(), ["woken task", "after"]);
     }
 }
