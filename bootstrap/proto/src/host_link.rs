@@ -16,6 +16,10 @@
 //! `Shutdown`; the guest sends `Response`/`Error` (one per `Invoke`, matched by request id;
 //! an `Error` says whether the failure reset the environment), `Log` and `InitDone`. After a snapshot restore the guest reconnects and the
 //! handshake starts again; the host then sends `Restore` before anything else.
+//!
+//! A guest started with timing on (init's `INIT_TIMING=1`, which the host sets on the kernel
+//! command line when it logs timings) also sends an [`InvokeTiming`] just before each answer.
+//! Hosts that never turn it on never see one.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -81,6 +85,25 @@ pub enum Message {
     Restore { entropy: Blob, wall_clock_ms: u64 },
     /// Host to guest: stop the runtime and power off.
     Shutdown,
+    /// Guest to host, only from a guest started with timing on: where the guest's part of one
+    /// invocation went, sent just before its `Response` or `Error`.
+    InvokeTiming(InvokeTiming),
+}
+
+/// The guest's side of one invocation, on the guest's monotonic clock: microseconds from the
+/// moment the `Invoke` frame was read to each later step. The guest and host clocks differ, so
+/// only intervals cross the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeTiming {
+    /// The invocation whose answer follows.
+    pub request_id: String,
+    /// Until the runtime's `GET /next` was answered with the event (0 when unknown).
+    pub next_us: u64,
+    /// Until the invocation's outcome was ready (the runtime's response or error posted, END
+    /// and REPORT queued).
+    pub outcome_us: u64,
+    /// Until the answer frame was handed to the socket.
+    pub sent_us: u64,
 }
 
 /// How an invocation's failure reset the execution environment.
@@ -105,6 +128,7 @@ impl Message {
             Message::InitDone { .. } => "init_done",
             Message::Restore { .. } => "restore",
             Message::Shutdown => "shutdown",
+            Message::InvokeTiming(_) => "invoke_timing",
         }
     }
 }
@@ -231,12 +255,48 @@ pub enum HandshakeError {
 
 /// Encodes a message as a whole frame, length prefix included.
 pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
-    let mut frame = vec![0u8; LEN_PREFIX];
-    serde_json::to_writer(&mut frame, message).map_err(FrameError::Malformed)?;
-    let len = frame.len() - LEN_PREFIX;
-    let prefix = checked_len(len)?;
-    frame[..LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+    let mut frame = Vec::new();
+    encode_into(&mut frame, message)?;
     Ok(frame)
+}
+
+/// Appends a message as a whole frame to `out`, so that several frames can go out in one write.
+/// On error `out` is left as it was.
+pub fn encode_into(out: &mut Vec<u8>, message: &Message) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; LEN_PREFIX]);
+    let written = serde_json::to_writer(&mut *out, message)
+        .map_err(FrameError::Malformed)
+        .and_then(|()| checked_len(out.len() - start - LEN_PREFIX));
+    match written {
+        Ok(len) => {
+            out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Splits the first whole frame off the front of `bytes` (as read from the stream, length
+/// prefixes included): `Ok(None)` while more bytes are needed, else its body and the total
+/// length it took. A bad length prefix is an error as soon as its four bytes are there.
+pub fn split_frame(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some((prefix, rest)) = bytes.split_first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = body_len(*prefix)?;
+    Ok(rest.get(..len).map(|body| (body, LEN_PREFIX + len)))
+}
+
+/// How many bytes the frame at the front of `bytes` takes in all, once its prefix is there.
+pub fn frame_len(bytes: &[u8]) -> Result<Option<usize>, FrameError> {
+    match bytes.first_chunk::<LEN_PREFIX>() {
+        Some(prefix) => Ok(Some(LEN_PREFIX + body_len(*prefix)?)),
+        None => Ok(None),
+    }
 }
 
 fn checked_len(len: usize) -> Result<u32, FrameError> {
@@ -375,6 +435,12 @@ mod tests {
                 wall_clock_ms: 1_700_000_000_000,
             },
             Message::Shutdown,
+            Message::InvokeTiming(InvokeTiming {
+                request_id: "r".into(),
+                next_us: 120,
+                outcome_us: 3400,
+                sent_us: 3460,
+            }),
         ]
     }
 
@@ -401,6 +467,43 @@ mod tests {
             std::str::from_utf8(&frame[4..]).unwrap(),
             r#"{"invoke":{"request_id":"req-1","event":"aGk=","trace_id":"Root=1-abc"}}"#
         );
+    }
+
+    #[test]
+    fn frames_are_encoded_back_to_back_and_split_off_the_front() {
+        let mut wire = Vec::new();
+        for message in all_messages() {
+            encode_into(&mut wire, &message).unwrap();
+        }
+        let before = wire.len();
+        let too_big = Message::Log {
+            line: "a".repeat(MAX_FRAME_LEN),
+        };
+        assert!(encode_into(&mut wire, &too_big).is_err());
+        assert_eq!(
+            wire.len(),
+            before,
+            "a failed encode leaves the buffer as it was"
+        );
+        let mut rest = wire.as_slice();
+        for message in all_messages() {
+            let total = frame_len(rest).unwrap().unwrap();
+            // Every cut short of the whole frame asks for more bytes.
+            for cut in [0, 1, LEN_PREFIX, total - 1] {
+                assert!(split_frame(&rest[..cut]).unwrap().is_none(), "{cut}");
+            }
+            let (body, taken) = split_frame(rest).unwrap().unwrap();
+            assert_eq!(taken, total);
+            assert_eq!(decode(body).unwrap(), message);
+            rest = &rest[taken..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(frame_len(&[0, 0]).unwrap(), None);
+        assert!(matches!(split_frame(&[0, 0, 0, 0]), Err(FrameError::Empty)));
+        assert!(matches!(
+            split_frame(&u32::MAX.to_be_bytes()),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

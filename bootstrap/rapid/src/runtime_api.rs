@@ -7,6 +7,10 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::Request;
 use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SYNC_PAYLOAD_LIMIT};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 /// Error bodies are small; a runtime posting megabytes of them is misbehaving.
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
@@ -41,7 +45,7 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
                 return to_http(reply);
             }
             match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
-                Ok(body) => sandbox.respond(&id, body),
+                Ok(body) => answered_first(sandbox.respond(&id, body)).await,
                 Err(BodyError::TooLarge { declared, .. }) => {
                     return http::close(to_http(sandbox.respond_too_large(&id, declared)))
                 }
@@ -53,7 +57,7 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
                 return to_http(reply);
             }
             match error_body(request, UNHANDLED).await {
-                Ok((body, _)) => sandbox.report_error(&id, body),
+                Ok((body, _)) => answered_first(sandbox.report_error(&id, body)).await,
                 Err(reply) => return reply,
             }
         }
@@ -67,6 +71,67 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
         },
     };
     to_http(reply)
+}
+
+/// Lets the tasks an invocation's outcome woke (its caller's) run before the runtime is
+/// answered: the caller is waiting, while all the runtime does next is its next `/next`. On a
+/// one-CPU guest the runtime, woken by its answer, would otherwise run first, and the invocation
+/// would wait for it.
+async fn answered_first(reply: ApiReply) -> ApiReply {
+    if matches!(reply, ApiReply::Accepted) {
+        after_ready_tasks().await;
+    }
+    reply
+}
+
+/// Waits until every task that is ready now has run and the reactor has been polled once more
+/// (without blocking): `tokio::task::yield_now`, made to hold even when the caller's task polls
+/// it again before it was woken (hyper polls a handler several times in one turn, and a second
+/// poll ends a plain yield).
+async fn after_ready_tasks() {
+    let woken = Arc::new(Woken::default());
+    let mut deferred = Some(Box::pin(tokio::task::yield_now()));
+    std::future::poll_fn(|cx| {
+        *woken.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // The runtime wakes the waker given to `yield_now` only after its turn; ours marks that
+        // and passes the wake on. A yield ended early by a second poll has left ours with the
+        // runtime all the same.
+        if let Some(yielding) = deferred.as_mut() {
+            let ours = Waker::from(Arc::clone(&woken));
+            if yielding
+                .as_mut()
+                .poll(&mut Context::from_waker(&ours))
+                .is_ready()
+            {
+                deferred = None;
+            }
+        }
+        if woken.done.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+#[derive(Default)]
+struct Woken {
+    done: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.done.store(true, Ordering::Release);
+        if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            waker.wake();
+        }
+    }
 }
 
 /// Reads and checks an error post. Tolerant where the official clients differ: the error-type
@@ -152,16 +217,51 @@ fn to_http(reply: ApiReply) -> Reply {
     }
 }
 
-/// An X-Ray trace header for an invoke that came without one.
+/// An X-Ray trace header for an invoke that came without one: 96 random bits for the root, 64
+/// for the parent, drawn in one system call (each is one more trip through the emulator in a
+/// guest).
 fn new_trace_id() -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let parent = uuid::Uuid::new_v4().simple().to_string();
+    let mut random = [0u8; 20];
+    fill_random(&mut random);
+    let (root, parent) = random.split_at(12);
     let epoch = crate::time::epoch_ms() / 1000;
     format!(
         "Root=1-{epoch:08x}-{};Parent={};Sampled=0",
-        &random[..24],
-        &parent[..16]
+        hex(root),
+        hex(parent)
     )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Fills `buf` from the kernel's CRNG (as `uuid` would, but in one call for all of it).
+fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, a live, exclusively borrowed byte
+        // slice; getrandom(2) writes at most that many bytes into it.
+        let got = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(got) {
+            Ok(n) => filled += n,
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+            }
+            // No getrandom(2) (a kernel before 3.17): uuid has its own way to randomness.
+            Err(_) => {
+                for chunk in rest.chunks_mut(16) {
+                    let bytes = uuid::Uuid::new_v4().into_bytes();
+                    chunk.copy_from_slice(&bytes[..chunk.len()]);
+                }
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,5 +274,33 @@ mod tests {
         assert!(parts[0].starts_with("Root=1-") && parts[0].len() == "Root=1-".len() + 8 + 1 + 24);
         assert!(parts[1].starts_with("Parent=") && parts[1].len() == "Parent=".len() + 16);
         assert_eq!(parts[2], "Sampled=0");
+        assert_ne!(id, super::new_trace_id(), "each one is drawn afresh");
+        let hex = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        assert!(hex(&parts[0][7..15]) && hex(&parts[0][16..]) && hex(&parts[1][7..]));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_runtime_is_answered_after_the_tasks_already_ready() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let ran = Arc::clone(&ran);
+            tokio::spawn(async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Polled over and over, as hyper polls a handler: it still waits for the others.
+        let mut wait = Box::pin(super::after_ready_tasks());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..5 {
+            assert!(std::future::Future::poll(wait.as_mut(), &mut cx).is_pending());
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        wait.await;
+        assert_eq!(ran.load(Ordering::SeqCst), 3);
     }
 }

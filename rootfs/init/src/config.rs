@@ -24,7 +24,8 @@ usage: init [--config PATH] [--host-link unix:PATH|vsock:CID:PORT] [--runtime-ap
                 clock or reboot (env INIT_NO_SETUP=1; for tests in a PID namespace)
   --reconnect   reconnect when the host link drops (env INIT_RECONNECT=1; always on as PID 1)
 The environment variable INIT_INITIALIZATION_TYPE (on-demand, provisioned-concurrency or
-snap-start) overrides function.json's initialization_type.";
+snap-start) overrides function.json's initialization_type; INIT_TIMING=1 sends the host the
+guest's timing of every invoke (an invoke_timing frame before each answer).";
 
 /// init's own options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct Options {
     /// `initialization_type` (a provisioned environment of an on-demand function inits at once,
     /// as on Lambda).
     pub init_type: Option<proto::InitializationType>,
+    /// `INIT_TIMING=1`: time each invocation for the host (see `timing.rs`).
+    pub timing: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,6 +153,7 @@ impl Options {
                 .into(),
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
+            timing: flag_on("INIT_TIMING"),
             ignored,
         })
     }
@@ -210,6 +214,8 @@ mod tests {
         assert_eq!(options.ignored, vec!["quiet", "--bogus"]);
         assert!(!parse(&["--no-setup"], &[], true).unwrap().system);
         assert!(!parse(&[], &[("INIT_NO_SETUP", "1")], true).unwrap().system);
+        assert!(!options.timing);
+        assert!(parse(&[], &[("INIT_TIMING", "1")], true).unwrap().timing);
     }
 
     #[test]

@@ -62,12 +62,73 @@ impl std::fmt::Display for LinkAddr {
     }
 }
 
+/// How much a read from the link asks for at least: a whole invoke of ordinary size (and any
+/// frames behind it) in one system call.
+const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer grown past this for a large frame is given back once it is empty.
+const KEEP_READ_BUFFER: usize = 1024 * 1024;
+
 /// A connected, non-blocking stream socket to the host.
 pub struct Conn {
     fd: AsyncFd<OwnedFd>,
+    /// Bytes read but not yet taken as frames. Only the reader uses it; the lock is never
+    /// contended, it only makes `Conn` shareable between the reading and the writing task.
+    inbox: tokio::sync::Mutex<Inbox>,
+}
+
+/// A read buffer: `buf[start..end]` holds bytes read and not yet taken.
+struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        Inbox {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if self.buf.len() > KEEP_READ_BUFFER {
+                self.buf = vec![0; READ_CHUNK];
+            }
+        }
+    }
+
+    /// Room after the unread bytes for at least `want` bytes in all (unread included), and
+    /// never less than a [`READ_CHUNK`].
+    fn room(&mut self, want: usize) -> &mut [u8] {
+        let want = want.max(READ_CHUNK);
+        if self.buf.len() - self.start < want {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
 }
 
 impl Conn {
+    fn new(fd: AsyncFd<OwnedFd>) -> Conn {
+        Conn {
+            fd,
+            inbox: tokio::sync::Mutex::new(Inbox::new()),
+        }
+    }
+
     /// Connects and exchanges `Hello`s.
     pub async fn open(addr: &LinkAddr) -> Result<(Conn, Hello), HandshakeError> {
         let conn = Conn::connect(addr).await.map_err(FrameError::Io)?;
@@ -82,9 +143,7 @@ impl Conn {
             LinkAddr::Unix(path) => {
                 let stream = std::os::unix::net::UnixStream::connect(path)?;
                 stream.set_nonblocking(true)?;
-                Ok(Conn {
-                    fd: sys::register(OwnedFd::from(stream))?,
-                })
+                Ok(Conn::new(sys::register(OwnedFd::from(stream))?))
             }
             LinkAddr::Vsock { cid, port } => Conn::connect_vsock(*cid, *port).await,
         }
@@ -105,70 +164,86 @@ impl Conn {
                 return Err(error);
             }
         }
-        Ok(Conn { fd })
+        Ok(Conn::new(fd))
     }
 
-    /// Reads one frame; the length is checked before the body is allocated.
+    /// Reads one frame. Reads are buffered, so one system call usually brings a whole frame
+    /// (or several); a length prefix is checked before room for its body is made.
     pub async fn read(&self) -> Result<Message, FrameError> {
-        let mut prefix = [0u8; wire::LEN_PREFIX];
-        match self.read_full(&mut prefix).await? {
-            0 => return Err(FrameError::Closed),
-            n if n < prefix.len() => {
-                return Err(FrameError::Truncated {
-                    expected: prefix.len(),
-                    got: n,
-                })
+        let mut inbox = self.inbox.lock().await;
+        loop {
+            let unread = inbox.unread();
+            if let Some((body, taken)) = wire::split_frame(unread)? {
+                let message = wire::decode(body);
+                inbox.consume(taken);
+                return message;
             }
-            _ => {}
+            let want = wire::frame_len(unread)?.unwrap_or(wire::LEN_PREFIX);
+            let have = unread.len();
+            match self.read_some(inbox.room(want)).await? {
+                0 if have == 0 => return Err(FrameError::Closed),
+                0 if have < wire::LEN_PREFIX => {
+                    return Err(FrameError::Truncated {
+                        expected: wire::LEN_PREFIX,
+                        got: have,
+                    })
+                }
+                0 => {
+                    return Err(FrameError::Truncated {
+                        expected: want - wire::LEN_PREFIX,
+                        got: have - wire::LEN_PREFIX,
+                    })
+                }
+                n => inbox.end += n,
+            }
         }
-        let len = wire::body_len(prefix)?;
-        let mut body = vec![0u8; len];
-        let got = self.read_full(&mut body).await?;
-        if got < len {
-            return Err(FrameError::Truncated { expected: len, got });
-        }
-        wire::decode(&body)
     }
 
     /// Writes one frame.
     pub async fn write(&self, message: &Message) -> Result<(), FrameError> {
-        self.write_all(&wire::encode(message)?)
+        let mut sent = 0;
+        self.write_all(&wire::encode(message)?, &mut sent)
             .await
             .map_err(FrameError::Io)
     }
 
-    /// Reads until `buf` is full or the peer closes; returns how much was read.
+    /// One read into `buf`: how much was read, 0 at the end of the stream.
     ///
     /// Waits for errors as well as data: after a snapshot restore the guest kernel resets the
     /// vsock connection and then reports `EPOLLOUT|EPOLLERR` only, never `EPOLLIN` or a hang-up
     /// (shared/ENVIRONMENT.md, item 9), so a wait for read readiness alone would sleep for ever
     /// and init would never reconnect. The `read` then returns the error.
-    async fn read_full(&self, buf: &mut [u8]) -> Result<usize, FrameError> {
-        let mut filled = 0;
-        while filled < buf.len() {
+    async fn read_some(&self, buf: &mut [u8]) -> Result<usize, FrameError> {
+        loop {
             let mut guard = self.fd.ready(READ_OR_ERROR).await.map_err(FrameError::Io)?;
-            let rest = &mut buf[filled..];
-            let result = guard.try_io(|fd| Ok(nix::unistd::read(fd, rest)?));
-            match result {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => filled += n,
+            match guard.try_io(|fd| Ok(nix::unistd::read(fd, buf)?)) {
+                Ok(Ok(n)) => {
+                    // A short read emptied the socket: the next read waits for the reactor
+                    // instead of making a system call only to hear EAGAIN. (The readiness is
+                    // cleared only if no newer event arrived meanwhile.)
+                    if n > 0 && n < buf.len() {
+                        guard.clear_ready();
+                    }
+                    return Ok(n);
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(FrameError::Io(e)),
                 Err(_would_block) => {}
             }
         }
-        Ok(filled)
     }
 
-    async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
+    /// Writes all of `bytes`; `sent` counts what went out, also when the write fails midway or
+    /// the future is dropped.
+    pub async fn write_all(&self, bytes: &[u8], sent: &mut usize) -> io::Result<()> {
+        while *sent < bytes.len() {
             let mut guard = self.fd.ready(WRITE_OR_ERROR).await?;
+            let rest = &bytes[*sent..];
             // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
-            let result =
-                guard.try_io(|fd| Ok(send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL)?));
+            let result = guard.try_io(|fd| Ok(send(fd.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL)?));
             match result {
                 Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Ok(n)) => *sent += n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
@@ -224,6 +299,11 @@ impl Outbox {
             }
             notified.await;
         }
+    }
+
+    /// The next frame to write, if one is queued.
+    pub fn try_next(&self) -> Option<Message> {
+        self.lock().pop_front()
     }
 
     /// Puts back a frame a broken connection could not write, to go first on the next one.
@@ -312,9 +392,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_read_ends_on_an_error_without_data_or_hang_up() {
-        let conn = Conn {
-            fd: sys::register(error_only_descriptor()).unwrap(),
-        };
+        let conn = Conn::new(sys::register(error_only_descriptor()).unwrap());
         let read = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read()).await;
         assert!(
             matches!(read, Ok(Err(FrameError::Io(_)))),

@@ -7,9 +7,12 @@
 use crate::config::{Function, Options};
 use crate::host_link::{Conn, LinkAddr, Outbox};
 use crate::log::{say, LinkLog};
+use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
-use proto::host_link::{FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY};
+use proto::host_link::{
+    self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
+};
 use proto::invoke_api::error_type;
 use proto::runtime_api::ErrorRequest;
 use rapid::sandbox::InvokeError;
@@ -27,6 +30,9 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the runtime gets to exit after SIGTERM before it is killed.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
+/// Frames queued together go out in one write of up to about this many bytes (one more frame
+/// may end past it): each write from a guest is a system call and a vsock notification.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why init stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +60,7 @@ impl End {
 
 /// Serves the function until the host, a signal or the link ends it; the runtime is stopped by
 /// then.
-pub async fn run(options: &Options, function: Function) -> std::io::Result<End> {
+pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
     let api = tokio::net::TcpListener::bind(options.runtime_api).await?;
     let outbox = Outbox::default();
     let (restored, restored_rx) = watch::channel(0u64);
@@ -82,6 +88,7 @@ pub async fn run(options: &Options, function: Function) -> std::io::Result<End> 
         outbox,
         restored,
         system: options.system,
+        timing: options.timing.then(Arc::default),
     };
     let end = tokio::select! {
         end = relay.serve(&options.host_link, options.reconnect) => end,
@@ -121,6 +128,8 @@ struct Relay {
     outbox: Outbox,
     restored: watch::Sender<u64>,
     system: bool,
+    /// Only with `INIT_TIMING=1`.
+    timing: Option<Arc<Timing>>,
 }
 
 impl Relay {
@@ -170,12 +179,18 @@ impl Relay {
 
     async fn read_loop(&self, conn: &Conn) -> Result<End, FrameError> {
         loop {
-            match conn.read().await? {
+            let message = conn.read().await?;
+            let received = self
+                .timing
+                .as_ref()
+                .map(|t| (Arc::clone(t), Instant::now()));
+            match message {
                 Message::Invoke(invoke) => {
                     tokio::spawn(relay_invoke(
                         self.handle.clone(),
                         self.outbox.clone(),
                         invoke,
+                        received,
                     ));
                 }
                 Message::Restore {
@@ -188,27 +203,61 @@ impl Relay {
         }
     }
 
-    /// Writes queued frames. Cancel-safe: a frame not completely written goes back to the front
-    /// of the outbox for the next connection.
+    /// Writes queued frames, all that are queued (up to [`BATCH_BYTES`]) in one write.
+    /// Cancel-safe: frames not completely written go back to the front of the outbox, in
+    /// order, for the next connection.
     async fn write_loop(&self, conn: &Conn) -> FrameError {
-        struct Inflight<'a>(&'a Outbox, Option<Message>);
-        impl Drop for Inflight<'_> {
-            fn drop(&mut self) {
-                if let Some(message) = self.1.take() {
-                    self.0.unsend(message);
-                }
-            }
-        }
+        let mut bytes = Vec::with_capacity(BATCH_BYTES);
         loop {
-            let mut inflight = Inflight(&self.outbox, None);
-            let message = inflight.1.insert(self.outbox.next().await);
-            match conn.write(message).await {
-                Ok(()) => {}
-                Err(FrameError::Io(e)) => return FrameError::Io(e),
-                Err(e) => say!("dropping a {} frame: {e}", message.kind()),
+            let mut batch = Batch {
+                outbox: &self.outbox,
+                frames: Vec::new(),
+                sent: 0,
+            };
+            // In the batch from the start: a frame taken is put back if the connection's task
+            // is cancelled before it is written (its end is not known until it is encoded).
+            let first = self.outbox.next().await;
+            let log_first = matches!(first, Message::Log { .. });
+            batch.frames.push((first, usize::MAX));
+            if log_first {
+                // Log lines come in runs, mostly with an answer right behind (END, REPORT, then
+                // the response, whose task rapid woke with them): let the tasks already woken
+                // run first, so that one write takes them all.
+                let_woken_tasks_run().await;
             }
-            if let Some(message) = inflight.1.take() {
+            bytes.clear();
+            let mut encoded = 0;
+            loop {
+                if encoded == batch.frames.len() {
+                    let more = if bytes.len() < BATCH_BYTES {
+                        self.outbox.try_next()
+                    } else {
+                        None
+                    };
+                    match more {
+                        Some(message) => batch.frames.push((message, usize::MAX)),
+                        None => break,
+                    }
+                }
+                let (message, end) = &mut batch.frames[encoded];
+                if let Some(timing) = self.timing.as_ref().and_then(|t| t.frame_before(message)) {
+                    // Its loss with a broken connection loses nothing but a measurement.
+                    let _ = wire::encode_into(&mut bytes, &timing);
+                }
+                if let Err(e) = wire::encode_into(&mut bytes, message) {
+                    say!("dropping a {} frame: {e}", message.kind());
+                }
+                *end = bytes.len();
+                encoded += 1;
+            }
+            if let Err(e) = conn.write_all(&bytes, &mut batch.sent).await {
+                return FrameError::Io(e);
+            }
+            for (message, _) in std::mem::take(&mut batch.frames) {
                 self.outbox.written(&message);
+            }
+            if bytes.capacity() > 4 * BATCH_BYTES {
+                bytes = Vec::with_capacity(BATCH_BYTES);
             }
         }
     }
@@ -240,6 +289,42 @@ impl Relay {
     }
 }
 
+/// Goes once to the back of this thread's run queue, so that the tasks already woken run
+/// first. Not `tokio::task::yield_now`, which waits for the reactor to be polled: a system call.
+async fn let_woken_tasks_run() {
+    let mut queued = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut queued, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Frames being written: each with the end of its bytes in the write. Dropped before they are
+/// all written (an error, or the connection's task cancelled), it puts back what did not go out
+/// completely.
+struct Batch<'a> {
+    outbox: &'a Outbox,
+    frames: Vec<(Message, usize)>,
+    sent: usize,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // Last first, since each goes to the front.
+        while let Some((message, end)) = self.frames.pop() {
+            if end <= self.sent {
+                self.outbox.written(&message);
+            } else {
+                self.outbox.unsend(message);
+            }
+        }
+    }
+}
+
 /// Reports the first failed attempt to open the link and every 100th after it.
 fn open_failed(addr: &LinkAddr, attempt: u64, why: &str) {
     if attempt == 1 || attempt % 100 == 0 {
@@ -248,7 +333,13 @@ fn open_failed(addr: &LinkAddr, attempt: u64, why: &str) {
 }
 
 /// Runs one invocation and queues its answer, which says whether the environment was reset.
-async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
+/// `received` is there with timing on: when the `Invoke` frame was read.
+async fn relay_invoke(
+    handle: Handle,
+    outbox: Outbox,
+    invoke: Invoke,
+    received: Option<(Arc<Timing>, Instant)>,
+) {
     let request_id = invoke.request_id;
     let failure = |error_type: &str, message: String| {
         Bytes::from(ErrorRequest::new(error_type, message).to_json())
@@ -272,6 +363,14 @@ async fn relay_invoke(handle: Handle, outbox: Outbox, invoke: Invoke) {
             Err(e) => Outcome::failure(failure(error_type::SERVICE, e.to_string())),
         }
     };
+    if let Some((timing, received)) = received {
+        let stamps = Stamps {
+            received,
+            next: handle.delivered_at(&request_id),
+            outcome: Instant::now(),
+        };
+        timing.record(&request_id, stamps);
+    }
     let message = match outcome {
         Outcome::Success(body) => Message::Response {
             request_id,
@@ -307,5 +406,44 @@ impl SnapshotHook for LinkSnapshot {
                 .await
                 .map_err(|_| "init is shutting down".to_owned())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(line: &str) -> Message {
+        Message::Log { line: line.into() }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_cut_short_puts_back_what_did_not_go_out_in_order() {
+        let outbox = Outbox::default();
+        outbox.send(log("queued after the batch"));
+        let answer = Message::Response {
+            request_id: "r".into(),
+            body: b"{}".as_slice().into(),
+        };
+        drop(Batch {
+            outbox: &outbox,
+            // Written: the first frame whole, the second in part; the third never encoded.
+            frames: vec![(log("a"), 10), (log("b"), 20), (answer.clone(), usize::MAX)],
+            sent: 15,
+        });
+        assert_eq!(outbox.next().await, log("b"));
+        assert_eq!(outbox.next().await, answer);
+        assert_eq!(outbox.next().await, log("queued after the batch"));
+        assert_eq!(outbox.try_next(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn tasks_woken_first_run_before_the_one_that_lets_them() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let other = Arc::clone(&order);
+        tokio::spawn(async move { other.lock().unwrap().push("woken task") });
+        let_woken_tasks_run().await;
+        order.lock().unwrap().push("after");
+        assert_eq!(*order.lock().unwrap(), ["woken task", "after"]);
     }
 }

@@ -218,6 +218,41 @@ fn invokes_succeed_fail_and_survive_a_runtime_crash() {
 }
 
 #[test]
+fn with_timing_on_each_answer_comes_with_the_guests_intervals() {
+    let Some(runtime) = bootstrap_echo() else {
+        return;
+    };
+    let mut guest = Guest::start(&runtime, "", &["env", "INIT_TIMING=1"], &[]);
+    let mut link = guest.accept();
+    for id in ["t1", "t2"] {
+        assert_eq!(
+            link.invoke(invoke(id, "{}")).unwrap(),
+            Outcome::Success(b"{}".to_vec())
+        );
+        let timing = link.last_timing().expect("an invoke_timing frame").clone();
+        assert_eq!(timing.request_id, id);
+        assert!(
+            0 < timing.next_us && timing.next_us <= timing.outcome_us,
+            "{timing:?}"
+        );
+        assert!(timing.outcome_us <= timing.sent_us, "{timing:?}");
+    }
+    link.shutdown().unwrap();
+    assert!(guest.wait().success());
+
+    // Off by default: no frame, nothing recorded.
+    let mut guest = Guest::start(&runtime, "", &[], &[]);
+    let mut link = guest.accept();
+    assert!(matches!(
+        link.invoke(invoke("u1", "{}")),
+        Ok(Outcome::Success(_))
+    ));
+    assert_eq!(link.last_timing(), None);
+    link.shutdown().unwrap();
+    assert!(guest.wait().success());
+}
+
+#[test]
 fn a_timed_out_invoke_is_reported_and_a_fresh_runtime_serves_the_next() {
     let Some(runtime) = bootstrap_echo() else {
         return;

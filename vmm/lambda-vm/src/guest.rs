@@ -51,9 +51,11 @@ pub struct GuestSpec {
 }
 
 impl GuestSpec {
-    /// The kernel command line the VM boots with.
+    /// The kernel command line the VM boots with. With the timing log on, init is asked to time
+    /// every invoke too (`INIT_TIMING=1`: the kernel hands `NAME=value` words it does not know
+    /// to init as environment variables).
     pub fn boot_args(&self) -> String {
-        self.boot_args.clone().unwrap_or_else(|| {
+        let args = self.boot_args.clone().unwrap_or_else(|| {
             let defaults = default_boot_args(self.cpu_template);
             // Our images keep init at /init, where the kernel looks in an initramfs but not
             // on a root drive.
@@ -61,7 +63,12 @@ impl GuestSpec {
                 Rootfs::Initramfs(_) => defaults,
                 Rootfs::Ext4(_) => format!("{defaults} init=/init"),
             }
-        })
+        });
+        if crate::host_link::timing_enabled() {
+            format!("{args} INIT_TIMING=1")
+        } else {
+            args
+        }
     }
 
     /// The Firecracker-style configuration of a VM whose vsock device is on `uds_path`.

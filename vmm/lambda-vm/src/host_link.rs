@@ -8,8 +8,14 @@
 //!
 //! After any error but [`LinkError::Guest`] the connection's state is unknown: drop the link and
 //! accept the guest's next connection.
+//!
+//! With [`TIMING_LOG`] at debug level, each invoke logs one line of timing: when the `Invoke`
+//! frame went out and its answer came back (wall clock, microseconds since the epoch, so a
+//! client on the same host can line them up with its own), and the guest's intervals from the
+//! `InvokeTiming` frame a guest started with `INIT_TIMING=1` sends before the answer
+//! ([`crate::guest::GuestSpec::boot_args`] sets it then). Off, it costs a level check.
 
-use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, Message};
+use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, InvokeTiming, Message};
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +27,13 @@ pub use proto::host_link::{Invoke, Reset, PORT};
 const ACCEPT_POLL: Duration = Duration::from_millis(5);
 /// How much entropy [`HostLink::restore`] sends.
 const RESTORE_ENTROPY: usize = 64;
+/// The log target of the per-invoke timing lines (at debug level).
+pub const TIMING_LOG: &str = "lambda_vm::timing";
+
+/// Whether invokes are timed: the timing log is on.
+pub fn timing_enabled() -> bool {
+    log::log_enabled!(target: TIMING_LOG, log::Level::Debug)
+}
 
 /// Why the host link failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +146,10 @@ pub struct HostLink {
     peer: Hello,
     log: LogFn,
     init_done: Option<Duration>,
+    /// The guest's timing of the invocation whose answer comes next (timing on only).
+    guest_timing: Option<InvokeTiming>,
+    /// The guest's timing of the last invocation answered.
+    last_timing: Option<InvokeTiming>,
 }
 
 impl HostLink {
@@ -149,6 +166,8 @@ impl HostLink {
             peer,
             log: Box::new(|_| {}),
             init_done: None,
+            guest_timing: None,
+            last_timing: None,
         })
     }
 
@@ -175,25 +194,53 @@ impl HostLink {
     pub fn invoke(&mut self, invoke: Invoke) -> Result<Outcome, LinkError> {
         let request_id = invoke.request_id.clone();
         self.send(&Message::Invoke(invoke))?;
+        let sent = timing_enabled().then(epoch_us);
         loop {
-            match self.next_frame()? {
+            let outcome = match self.next_frame()? {
                 Message::Response {
                     request_id: id,
                     body,
-                } if id == request_id => return Ok(Outcome::Success(body.0)),
+                } if id == request_id => Outcome::Success(body.0),
                 Message::Error {
                     request_id: id,
                     body,
                     reset,
-                } if id == request_id => {
-                    return Ok(Outcome::Failure {
-                        body: body.0,
-                        reset,
-                    })
-                }
-                _ => {}
+                } if id == request_id => Outcome::Failure {
+                    body: body.0,
+                    reset,
+                },
+                _ => continue,
+            };
+            self.last_timing = self
+                .guest_timing
+                .take()
+                .filter(|t| t.request_id == request_id);
+            if let Some(sent) = sent {
+                self.log_timing(&request_id, sent, epoch_us());
             }
+            return Ok(outcome);
         }
+    }
+
+    /// One timing line: the host's stamps and the guest's intervals (`-` when the guest sent
+    /// none).
+    fn log_timing(&self, request_id: &str, sent_us: u64, back_us: u64) {
+        let guest = self
+            .last_timing
+            .as_ref()
+            .map(|t| format!("{} {} {}", t.next_us, t.outcome_us, t.sent_us))
+            .unwrap_or_else(|| "- - -".into());
+        log::debug!(
+            target: TIMING_LOG,
+            "timing {request_id} host_sent_us={sent_us} host_back_us={back_us} \
+             guest_next_outcome_sent_us={guest}"
+        );
+    }
+
+    /// Where the guest's part of the last invocation answered went, when the guest times its
+    /// invokes (see the module's documentation).
+    pub fn last_timing(&self) -> Option<&InvokeTiming> {
+        self.last_timing.as_ref()
     }
 
     /// Waits for `InitDone` (a SnapStart init reaching `restore/next`) and returns the init
@@ -239,6 +286,7 @@ impl HostLink {
             Message::InitDone { init_duration_ms } => {
                 self.init_done = Some(Duration::from_millis(*init_duration_ms));
             }
+            Message::InvokeTiming(timing) => self.guest_timing = Some(timing.clone()),
             Message::Response { .. } | Message::Error { .. } => {}
             other @ (Message::Hello(_)
             | Message::Invoke(_)
@@ -247,6 +295,13 @@ impl HostLink {
         }
         Ok(message)
     }
+}
+
+/// The wall clock in microseconds since the epoch.
+fn epoch_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -295,6 +350,12 @@ mod tests {
                     request_id: "stale".into(),
                     body: b"old".as_slice().into(),
                 },
+                Message::InvokeTiming(InvokeTiming {
+                    request_id: inv.request_id.clone(),
+                    next_us: 10,
+                    outcome_us: 20,
+                    sent_us: 30,
+                }),
                 Message::Error {
                     request_id: inv.request_id,
                     body: b"{\"errorType\":\"E\"}".as_slice().into(),
@@ -324,6 +385,11 @@ mod tests {
             }
         );
         assert_eq!(*lines.lock().unwrap(), vec!["START".to_owned()]);
+        let timing = link.last_timing().unwrap();
+        assert_eq!(
+            (timing.next_us, timing.outcome_us, timing.sent_us),
+            (10, 20, 30)
+        );
         assert_eq!(link.wait_init_done().unwrap(), Duration::from_millis(5));
         link.restore().unwrap();
         link.shutdown().unwrap();

@@ -142,6 +142,15 @@ impl Handle {
         }
     }
 
+    /// When the runtime's `/next` was answered with `request_id`, while that invocation is the
+    /// environment's latest (for timing an invocation from outside; nothing records it
+    /// otherwise).
+    pub fn delivered_at(&self, request_id: &str) -> Option<Instant> {
+        let state = self.lock();
+        let current = state.current.as_ref()?;
+        (current.request_id == request_id).then_some(current.started)
+    }
+
     /// Checks that `request_id` names the invocation in progress.
     fn check_current(&self, state: &State, request_id: &str) -> Result<(), ApiReply> {
         match &state.current {
