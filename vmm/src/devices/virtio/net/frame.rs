@@ -76,10 +76,19 @@ pub fn gather_tx(
     Ok(len)
 }
 
-/// The device-writable buffers of a receive chain, checked: all writable, all inside guest
+/// Sets the header's `num_buffers`: how many buffer chains the frame was spread over (1
+/// unless the driver accepted `VIRTIO_NET_F_MRG_RXBUF`).
+pub fn set_num_buffers(frame: &mut [u8], count: u16) {
+    if let Some(field) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
+        field.copy_from_slice(&count.to_le_bytes());
+    }
+}
+
+/// The device-writable buffers of one receive chain, checked: all writable, all inside guest
 /// memory, room for at least a header.
 #[derive(Debug, Default)]
 pub struct RxBuffers {
+    head: u16,
     segments: Vec<(GuestAddress, u32)>,
     room: usize,
 }
@@ -91,6 +100,7 @@ impl RxBuffers {
         mem: &Memory,
         chain: DescriptorChain<&Memory>,
     ) -> Result<(), ChainError> {
+        self.head = chain.head_index();
         self.segments.clear();
         self.room = 0;
         for desc in descriptors(chain)? {
@@ -110,21 +120,26 @@ impl RxBuffers {
         Ok(())
     }
 
-    /// Writes `frame` (header first, as the tap gave it) into the buffers, with the header's
-    /// `num_buffers` set to 1: one chain per frame (no `VIRTIO_NET_F_MRG_RXBUF`). Returns the
-    /// length for the used ring.
-    pub fn write_frame(&self, mem: &Memory, frame: &mut [u8]) -> Result<u32, ChainError> {
-        if frame.len() < VNET_HDR_LEN {
-            return Err(ChainError::TooShort { len: frame.len() });
-        }
-        if frame.len() > self.room {
+    /// The chain's head index, for the used ring.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// How many bytes the chain holds.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
+    /// Writes `bytes` (at most [`Self::room`]) from the start of the chain; returns the length
+    /// for the used ring.
+    pub fn write(&self, mem: &Memory, bytes: &[u8]) -> Result<u32, ChainError> {
+        if bytes.len() > self.room {
             return Err(ChainError::FrameTooLarge {
-                frame: frame.len(),
+                frame: bytes.len(),
                 room: self.room,
             });
         }
-        frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
-        let mut rest: &[u8] = frame;
+        let mut rest = bytes;
         for &(addr, len) in &self.segments {
             if rest.is_empty() {
                 break;
@@ -136,6 +151,6 @@ impl RxBuffers {
             rest = later;
         }
         // At most MAX_BUFFER_LEN bytes.
-        u32::try_from(frame.len()).map_err(|_| ChainError::TooLong)
+        u32::try_from(bytes.len()).map_err(|_| ChainError::TooLong)
     }
 }
