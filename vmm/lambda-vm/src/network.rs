@@ -739,13 +739,19 @@ mod tests {
         let claim = b.claim.clone();
         std::mem::forget(b);
         assert_eq!(exists(&b_name), [true; 3]);
-        assert_eq!(networks.sweep(), 0, "a running owner's network was swept");
+        // (Counts are not checked: another service on this host may die meanwhile.)
+        networks.sweep();
+        assert_eq!(
+            exists(&b_name),
+            [true; 3],
+            "a running owner's network was swept"
+        );
         let gone = Owner {
             pid: std::process::id(),
             start_ticks: 0,
         };
         std::fs::write(&claim, gone.to_string()).unwrap();
-        assert_eq!(networks.sweep(), 1);
+        assert!(networks.sweep() >= 1);
         assert_eq!(exists(&b_name), [false; 3]);
         assert!(!claim.exists());
     }
