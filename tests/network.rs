@@ -30,8 +30,16 @@ const PAGE_BYTES: usize = 1024;
 /// Where the SnapStart function connects during init (`NET_INIT_CONNECT` in its function.json,
 /// set by scripts/test.sh): the host side of the first link in [`SNAPSTART_RANGE`].
 const KEPT_TARGET: &str = "100.64.201.1:47001";
+/// Fixed, as the image holds [`KEPT_TARGET`]: runs of this test in several checkouts on one
+/// host take turns (a run waits while another's networks hold the range).
 const SNAPSTART_RANGE: &str = "100.64.201.0/29";
-const COLD_RANGE: &str = "100.64.210.0/30";
+
+/// The booted test's one-link range: a /30 of 100.65.0.0/16 picked by this process's id, so
+/// runs in several checkouts on one host at once do not meet.
+fn cold_range() -> String {
+    let network = u32::from(Ipv4Addr::new(100, 65, 0, 0)) + 4 * (std::process::id() % 16384);
+    format!("{}/30", Ipv4Addr::from(network))
+}
 
 fn guest_artifact(var: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
@@ -240,15 +248,15 @@ fn a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swep
     ) else {
         return;
     };
-    let [(host, env, name)] = links(COLD_RANGE).try_into().unwrap();
+    let range = cold_range();
+    let [(host, env, name)] = links(&range).try_into().unwrap();
     let names = [name];
     assert_eq!(
         leftovers(&names),
         Vec::<String>::new(),
         "left by an earlier run"
     );
-    let Some(service) = start_service("net-boot", &rootfs, &config, COLD_RANGE, &["--eager"])
-    else {
+    let Some(service) = start_service("net-boot", &rootfs, &config, &range, &["--eager"]) else {
         return;
     };
     service.wait_for_log(Duration::from_secs(600), |l| {
@@ -290,7 +298,7 @@ fn a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swep
     drop(service);
     assert_eq!(leftovers(&names).len(), 3, "{:?}", leftovers(&names));
     // The next service removes what the killed one left, before it listens.
-    let Some(mut next) = start_service("net-boot", &rootfs, &config, COLD_RANGE, &[]) else {
+    let Some(mut next) = start_service("net-boot", &rootfs, &config, &range, &[]) else {
         return;
     };
     assert_eq!(leftovers(&names), Vec::<String>::new());
@@ -325,11 +333,16 @@ fn restored_environments_each_fetch_cannot_reach_each_other_and_stale_connection
     let [(host_a, env_a, name_a), (host_b, env_b, name_b)] =
         links(SNAPSTART_RANGE).try_into().unwrap();
     let names = [name_a, name_b];
-    assert_eq!(
-        leftovers(&names),
-        Vec::<String>::new(),
-        "left by an earlier run"
-    );
+    // Another checkout's run of this test holds the range until it ends: wait for it.
+    let free = wait_until(Duration::from_secs(900), || {
+        let free = leftovers(&names).is_empty();
+        if !free {
+            // Each look runs `nft`: look twice a second, not at the usual pace.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        free
+    });
+    assert!(free, "still in use: {:?}", leftovers(&names));
     // A fresh snapshot, so the function's init connects to this run's server.
     let _ = std::fs::remove_dir_all(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-snap"));
     // Each server binds once the service has made its address.

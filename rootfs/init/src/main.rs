@@ -69,8 +69,10 @@ fn setup(tmp_size_mb: u32, networking: bool) {
     }
     // No device: the host could not give this function networking and has said why.
     if networking && net::has_interface() {
-        if let Err(e) = net::interface_up() {
-            say!("cannot set up {}: {e}", net::INTERFACE);
+        let started = std::time::Instant::now();
+        match net::interface_up() {
+            Ok(()) => say!("{} up in {:?}", net::INTERFACE, started.elapsed()),
+            Err(e) => say!("cannot set up {}: {e}", net::INTERFACE),
         }
     }
 }

@@ -64,6 +64,13 @@ pub fn interface_up() -> io::Result<()> {
     request.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
     // SAFETY: as above, with the netmask in `ifru_netmask`.
     unsafe { siocsifnetmask(fd, &request) }.map_err(|e| context(e, "SIOCSIFNETMASK"))?;
+    // The environment's network is IPv4 only; without this, bringing the link up also starts
+    // IPv6 autoconfiguration (a link-local address, its duplicate detection, router
+    // solicitations), guest kernel work for nothing. Absent without IPv6 in the kernel.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{INTERFACE}/disable_ipv6"),
+        "1",
+    );
     sys::add_interface_flags(INTERFACE, up_flag()?)?;
     // SAFETY: rtentry is plain old data (integers, socket addresses and a pointer that may be
     // null), for which all-zero bytes are a valid value.

@@ -195,7 +195,7 @@ pub struct Guest {
     pub link: HostLink,
     pub vmm: VmmProcess,
     dir: EnvDir,
-    pub network: Option<EnvNetwork>,
+    network: Option<EnvNetwork>,
     /// The VMM's part of a restore, as the `vmm` measured it (load call to vCPUs running).
     pub vmm_time: Option<Duration>,
     /// From the start of the `vmm` to the guest's `Hello`.
