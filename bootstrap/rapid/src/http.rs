@@ -209,22 +209,33 @@ where
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |request| {
-                let reply = handler(request);
-                async move { Ok::<_, Infallible>(reply.await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.keep_alive(true).half_close(true);
-            if let Some(timeout) = limits.header_read_timeout {
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeout);
-            }
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_connection(stream, limits, handler).await;
         });
     }
+}
+
+/// Serves one connection (any byte stream: the fuzz targets use an in-memory one) until the
+/// client hangs up or sends garbage.
+pub async fn serve_connection<S, H, F>(stream: S, limits: ConnectionLimits, handler: H)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let reply = handler(request);
+        async move { Ok::<_, Infallible>(reply.await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true).half_close(true);
+    if let Some(timeout) = limits.header_read_timeout {
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+    }
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 #[cfg(test)]
