@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the hand-made part of the seed corpora (fuzz/corpus/TARGET/seed-*): the host-link
 frames, Runtime API and invoke requests, function.json files and vmm configurations that the
-project's tests use. The cpio and snapshot seeds are real outputs, made by fuzz/seeds/README.md's
-commands. Run from the repository root."""
+project's tests use. The cpio and snapshot seeds are real outputs, made as fuzz/README.md says.
+Run from the repository root."""
 import base64
 import json
 import os
