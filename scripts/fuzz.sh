@@ -8,6 +8,8 @@
 # (a hang). A crash, leak, out-of-memory or timeout fails the script and prints the reproducer's
 # path; `cargo fuzz run TARGET PATH` (in fuzz/) replays it.
 #
+# Builds optimized with debug assertions and overflow checks on (`-O -a`): an arithmetic overflow a
+# hostile input can cause is a finding, as it would panic in the debug builds the tests use.
 # Builds with the nightly toolchain where rustup has one, else with the default (stable) one and
 # RUSTC_BOOTSTRAP=1 (cargo-fuzz needs nightly-only sanitizer flags). Installs cargo-fuzz if
 # missing. FUZZ_LOG_DIR keeps libFuzzer's output (default: a temporary directory).
@@ -39,7 +41,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 
 step "building the fuzz targets"
-(cd fuzz && cargo "${toolchain[@]}" fuzz build -O)
+(cd fuzz && cargo "${toolchain[@]}" fuzz build -O -a)
 
 log_dir="${FUZZ_LOG_DIR:-$(mktemp -d)}"
 mkdir -p "$log_dir"
@@ -56,16 +58,21 @@ for target in "${targets[@]}"; do
     step "fuzzing $target for ${seconds}s (log: $log)"
     start=$(date +%s)
     result=ok
-    (cd fuzz && cargo "${toolchain[@]}" fuzz run -O "$target" "$work" "corpus/$target" -- \
+    (cd fuzz && cargo "${toolchain[@]}" fuzz run -O -a "$target" "$work" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=512 -malloc_limit_mb=64 \
         -print_final_stats=1 -artifact_prefix="artifacts/$target/") >"$log" 2>&1 || result=FAILED
     elapsed=$(($(date +%s) - start))
     if [ "${FUZZ_MERGE:-0}" = 1 ] && [ $result = ok ]; then
-        (cd fuzz && cargo "${toolchain[@]}" fuzz run -O "$target" "corpus/$target" "$work" -- \
+        (cd fuzz && cargo "${toolchain[@]}" fuzz run -O -a "$target" "corpus/$target" "$work" -- \
             -merge=1 -timeout=10 -rss_limit_mb=512 -malloc_limit_mb=64) >>"$log" 2>&1 || result=FAILED
     fi
     stat() { grep -o "stat::$1: *[0-9]*" "$log" | tail -n1 | grep -o '[0-9]*$' || echo '?'; }
-    corpus=$(find "$work" "$seeds" -type f | wc -l)
+    # The corpus libFuzzer ended with (seeds and new finds), or the committed one after a merge.
+    if [ "${FUZZ_MERGE:-0}" = 1 ]; then
+        corpus=$(find "$seeds" -type f | wc -l)
+    else
+        corpus=$(find "$work" "$seeds" -type f | wc -l)
+    fi
     printf '%-16s %12s %8s %8s %6s  %s\n' "$target" "$(stat number_of_executed_units)" \
         "$(stat average_exec_per_sec)" "$corpus" "$elapsed" "$result" >>"$log_dir/summary"
     if [ $result != ok ]; then
