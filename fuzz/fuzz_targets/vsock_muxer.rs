@@ -10,12 +10,17 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vmm::devices::virtio::vsock::muxer::Muxer;
-use vmm::devices::virtio::vsock::packet::{check_header, Header, MAX_PKT_DATA};
+use vmm::devices::virtio::vsock::packet::{
+    check_header, Header, MAX_PKT_DATA, OP_CREDIT_REQUEST, OP_REQUEST, TYPE_STREAM, VSOCK_HOST_CID,
+};
 
 #[derive(Arbitrary, Debug)]
 enum Action {
     /// The guest sends a packet.
     Guest { header: [u8; PKT_HEADER_SIZE], data: Vec<u8> },
+    /// The guest sends a packet that passes the device's header checks (right addresses and
+    /// type, a known op), so the muxer's own handling gets the fuzzer's attention.
+    Stream { op: u8, src_port: u16, dst_port: u8, flags: u8, buf_alloc: u32, fwd_cnt: u32, data: Vec<u8> },
     /// The guest offers an rx buffer of this many data bytes.
     Receive(u16),
     /// A host client connects to the device's socket and asks for a guest port.
@@ -42,6 +47,24 @@ fuzz_target!(|actions: Vec<Action>| {
                     Err(e) if e.deserves_rst() => muxer.reply_rst(&hdr),
                     Err(_) => {}
                 }
+            }
+            Action::Stream { op, src_port, dst_port, flags, buf_alloc, fwd_cnt, mut data } => {
+                data.truncate(MAX_PKT_DATA as usize);
+                let hdr = Header {
+                    src_cid: fuzz::GUEST_CID,
+                    dst_cid: VSOCK_HOST_CID,
+                    src_port: u32::from(src_port),
+                    // Mostly the ports a host service listens on.
+                    dst_port: fuzz::HOST_PORTS.get(usize::from(dst_port)).copied().unwrap_or(u32::from(dst_port)),
+                    len: data.len() as u32,
+                    type_: TYPE_STREAM,
+                    op: OP_REQUEST + u16::from(op) % OP_CREDIT_REQUEST,
+                    flags: u32::from(flags % 4),
+                    buf_alloc,
+                    fwd_cnt,
+                };
+                check_header(&hdr, fuzz::GUEST_CID).expect("a well-formed header");
+                muxer.send_pkt(&hdr, &data);
             }
             Action::Receive(len) => {
                 let mut header = [0u8; PKT_HEADER_SIZE];
