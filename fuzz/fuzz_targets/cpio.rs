@@ -19,7 +19,12 @@ fuzz_target!(|data: &[u8]| {
         let ok = match entry.file_type() {
             S_IFDIR => writer.directory(&entry.name, entry.perm()).is_ok(),
             S_IFREG => writer
-                .file(&entry.name, entry.perm(), entry.data.len() as u64, &mut &entry.data[..])
+                .file(
+                    &entry.name,
+                    entry.perm(),
+                    entry.data.len() as u64,
+                    &mut &entry.data[..],
+                )
                 .is_ok(),
             S_IFLNK => match std::str::from_utf8(&entry.data) {
                 Ok(target) => writer.symlink(&entry.name, target).is_ok(),

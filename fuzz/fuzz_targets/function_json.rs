@@ -14,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, config);
     assert_eq!(again.to_canonical_json(), canonical);
     // The Runtime API server's view of it (environment, timeouts) is built without a failure.
-    let env = rapid::EnvironmentConfig::from_function(&config, "/var/runtime/bootstrap".into(), "/var/task".into());
+    let env = rapid::EnvironmentConfig::from_function(
+        &config,
+        "/var/runtime/bootstrap".into(),
+        "/var/task".into(),
+    );
     assert_eq!(env.function_name, config.function_name);
 });

@@ -24,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut link) = HostLink::handshake(host, Duration::from_secs(5)) else {
         return;
     };
-    link.set_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    link.set_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     link.on_log(|line| assert!(line.len() <= proto::host_link::MAX_FRAME_LEN));
     let invoke = Invoke {
         request_id: "fuzz-request".into(),

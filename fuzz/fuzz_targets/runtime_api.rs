@@ -13,7 +13,8 @@ use std::sync::Arc;
 fuzz_target!(|data: &[u8]| {
     let runtime = fuzz::http::runtime();
     runtime.block_on(async {
-        let sandbox = fuzz::http::environment("/bin/sleep", &["3600"], Arc::new(fuzz::http::Discard));
+        let sandbox =
+            fuzz::http::environment("/bin/sleep", &["3600"], Arc::new(fuzz::http::Discard));
         let invocation = Invocation::new(Bytes::from_static(b"{\"fuzz\":1}"));
         let request = fuzz::replace(data, b"REQID", invocation.request_id.as_bytes());
         let invoker = sandbox.clone();

@@ -18,6 +18,9 @@ fuzz_target!(|input: (bool, Script)| {
     let len = std::fs::metadata(&path).expect("backing file").len();
     assert_eq!(len, DISK_BYTES as u64);
     if read_only {
-        assert!(std::fs::read(&path).expect("backing file").iter().all(|&b| b == 0x5a));
+        assert!(std::fs::read(&path)
+            .expect("backing file")
+            .iter()
+            .all(|&b| b == 0x5a));
     }
 });

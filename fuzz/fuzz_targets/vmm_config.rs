@@ -16,11 +16,16 @@ struct Cli {
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|&b| b == 0);
     let file = parts.next().unwrap_or_default();
-    let file = std::str::from_utf8(file).ok().and_then(|text| VmConfig::from_json(text).ok());
+    let file = std::str::from_utf8(file)
+        .ok()
+        .and_then(|text| VmConfig::from_json(text).ok());
     if let Some(config) = &file {
         // What parses serializes back to a file that parses to the same configuration.
         let text = serde_json::to_string(config).expect("a config serializes");
-        assert_eq!(&VmConfig::from_json(&text).expect("its own output parses"), config);
+        assert_eq!(
+            &VmConfig::from_json(&text).expect("its own output parses"),
+            config
+        );
     }
     let args = parts.filter_map(|arg| std::str::from_utf8(arg).ok());
     let Ok(cli) = Cli::try_parse_from(std::iter::once("vmm").chain(args)) else {

@@ -17,10 +17,21 @@ use vmm::devices::virtio::vsock::packet::{
 #[derive(Arbitrary, Debug)]
 enum Action {
     /// The guest sends a packet.
-    Guest { header: [u8; PKT_HEADER_SIZE], data: Vec<u8> },
+    Guest {
+        header: [u8; PKT_HEADER_SIZE],
+        data: Vec<u8>,
+    },
     /// The guest sends a packet that passes the device's header checks (right addresses and
     /// type, a known op), so the muxer's own handling gets the fuzzer's attention.
-    Stream { op: u8, src_port: u16, dst_port: u8, flags: u8, buf_alloc: u32, fwd_cnt: u32, data: Vec<u8> },
+    Stream {
+        op: u8,
+        src_port: u16,
+        dst_port: u8,
+        flags: u8,
+        buf_alloc: u32,
+        fwd_cnt: u32,
+        data: Vec<u8>,
+    },
     /// The guest offers an rx buffer of this many data bytes.
     Receive(u16),
     /// A host client connects to the device's socket and asks for a guest port.
@@ -48,14 +59,25 @@ fuzz_target!(|actions: Vec<Action>| {
                     Err(_) => {}
                 }
             }
-            Action::Stream { op, src_port, dst_port, flags, buf_alloc, fwd_cnt, mut data } => {
+            Action::Stream {
+                op,
+                src_port,
+                dst_port,
+                flags,
+                buf_alloc,
+                fwd_cnt,
+                mut data,
+            } => {
                 data.truncate(MAX_PKT_DATA as usize);
                 let hdr = Header {
                     src_cid: fuzz::GUEST_CID,
                     dst_cid: VSOCK_HOST_CID,
                     src_port: u32::from(src_port),
                     // Mostly the ports a host service listens on.
-                    dst_port: fuzz::HOST_PORTS.get(usize::from(dst_port)).copied().unwrap_or(u32::from(dst_port)),
+                    dst_port: fuzz::HOST_PORTS
+                        .get(usize::from(dst_port))
+                        .copied()
+                        .unwrap_or(u32::from(dst_port)),
                     len: data.len() as u32,
                     type_: TYPE_STREAM,
                     op: OP_REQUEST + u16::from(op) % OP_CREDIT_REQUEST,
@@ -78,7 +100,10 @@ fuzz_target!(|actions: Vec<Action>| {
                 if let Some(used) = used {
                     let hdr = Header::from_bytes(&header);
                     assert_eq!(hdr.dst_cid, fuzz::GUEST_CID, "{hdr:?}");
-                    assert!(used as usize <= PKT_HEADER_SIZE + data.len(), "{used} bytes used");
+                    assert!(
+                        used as usize <= PKT_HEADER_SIZE + data.len(),
+                        "{used} bytes used"
+                    );
                     assert_eq!(used as usize, PKT_HEADER_SIZE + hdr.len as usize, "{hdr:?}");
                 }
             }

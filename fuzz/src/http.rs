@@ -67,7 +67,9 @@ where
 /// request in kind).
 pub fn assert_http(response: &[u8]) {
     assert!(
-        response.is_empty() || response.starts_with(b"HTTP/1.1 ") || response.starts_with(b"HTTP/1.0 "),
+        response.is_empty()
+            || response.starts_with(b"HTTP/1.1 ")
+            || response.starts_with(b"HTTP/1.0 "),
         "{}",
         String::from_utf8_lossy(&response[..response.len().min(200)])
     );

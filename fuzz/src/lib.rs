@@ -24,7 +24,11 @@ use std::sync::{Mutex, OnceLock};
 /// memory speed.
 pub fn scratch_path(name: &str) -> PathBuf {
     let shm = std::path::Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
     let dir = base.join(format!("lambda-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     dir.join(name)
@@ -93,12 +97,12 @@ impl VsockHost {
 
 // The guest init's host-link module, compiled from init's own source (init is a binary crate
 // with no library to depend on), with the one module it uses.
-#[path = "../../rootfs/init/src/sys.rs"]
-#[allow(dead_code)]
-mod sys;
 #[path = "../../rootfs/init/src/host_link.rs"]
 #[allow(dead_code)]
 pub mod init_host_link;
+#[path = "../../rootfs/init/src/sys.rs"]
+#[allow(dead_code)]
+mod sys;
 
 /// `data` with every `from` replaced by `to`.
 pub fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

@@ -71,7 +71,10 @@ pub fn run<D: Driven>(device: D, script: &Script) {
         let value = (script.features >> (32 * word)) as u32;
         register(&mut transport, 0x20, value);
     }
-    set_status(&mut transport, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    set_status(
+        &mut transport,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     for (index, layout) in script.queues.iter().enumerate().take(4) {
         register(&mut transport, 0x30, index as u32);
         register(&mut transport, 0x38, u32::from(layout.size));
