@@ -50,3 +50,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "tests"
 cargo test --workspace
+
+step "fuzzing: every target for a short while (scripts/fuzz.sh; longer runs in BENCHMARKS.md)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

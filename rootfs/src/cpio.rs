@@ -317,6 +317,14 @@ pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, ReadError> {
             _ => return Err(ReadError::BadName { offset: start }),
         };
         offset = skip_padding(bytes, offset + name_len)?;
+        // Only files and symlinks have contents: the kernel would skip data on anything else
+        // unseen, and the writer never puts any there.
+        if filesize != 0 && !matches!(mode & S_IFMT, S_IFREG | S_IFLNK) {
+            return Err(ReadError::BadField {
+                offset: start,
+                field: "filesize",
+            });
+        }
         let data_len = usize::try_from(filesize).map_err(|_| ReadError::BadField {
             offset: start,
             field: "filesize",
@@ -522,5 +530,24 @@ mod tests {
             Err(ReadError::MissingTrailer)
         ));
         assert!(read_archive(&[]).is_err());
+    }
+
+    /// Found by the `cpio` fuzz target: a directory whose header claims contents was read as
+    /// if the contents were part of it.
+    #[test]
+    fn reader_rejects_data_on_entries_without_contents() {
+        let good = archive(|w| w.directory("d", 0o755).unwrap());
+        assert_eq!(read_archive(&good).unwrap()[0].data, b"");
+        // "d\0" ends the name at byte 112, a multiple of 4: the data would start there.
+        let mut bad = good.clone();
+        bad[54..62].copy_from_slice(b"00000004");
+        bad.splice(112..112, *b"data");
+        assert!(matches!(
+            read_archive(&bad),
+            Err(ReadError::BadField {
+                offset: 0,
+                field: "filesize"
+            })
+        ));
     }
 }

@@ -224,25 +224,40 @@ async fn serve_connections<H, F>(
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                if let Some(caller) = &caller {
-                    request.extensions_mut().insert(caller.clone());
-                }
-                let reply = handler(request);
-                async move { Ok::<_, Infallible>(reply.await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.keep_alive(true).half_close(true);
-            if let Some(timeout) = limits.header_read_timeout {
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeout);
-            }
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_connection(stream, caller, limits, handler).await;
         });
     }
+}
+
+/// Serves one connection (any byte stream: the fuzz targets use an in-memory one) until the
+/// client hangs up or sends garbage; with `caller`, each request carries it in its extensions.
+pub async fn serve_connection<S, H, F>(
+    stream: S,
+    caller: Option<Caller>,
+    limits: ConnectionLimits,
+    handler: H,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        if let Some(caller) = &caller {
+            request.extensions_mut().insert(caller.clone());
+        }
+        let reply = handler(request);
+        async move { Ok::<_, Infallible>(reply.await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true).half_close(true);
+    if let Some(timeout) = limits.header_read_timeout {
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+    }
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// The client connection a request came on, in the request's extensions, so that a handler
@@ -391,7 +406,6 @@ impl Caller {
         // SAFETY: poll(2) on one `pollfd` that outlives the call, with no wait.
         let n = unsafe { libc::poll(&mut poll, 1, 0) };
         n == 1 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
-    }
 }
 
 #[cfg(test)]

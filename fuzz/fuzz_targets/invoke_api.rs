@@ -1,0 +1,28 @@
+//! The invoke endpoint (the emulator's `POST /2015-03-31/functions/function/invocations`), as
+//! any client reaches it: the input is one connection's raw bytes. Behind it is a real
+//! environment whose runtime cannot start, so every invoke gets Lambda's answer for that.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rapid::http::ConnectionLimits;
+use rapid::invoke_http::Endpoint;
+use rapid::LogTails;
+use std::sync::Arc;
+
+fuzz_target!(|data: &[u8]| {
+    let runtime = fuzz::http::runtime();
+    runtime.block_on(async {
+        let tails = LogTails::default();
+        let log = tails.around(Arc::new(fuzz::http::Discard));
+        let sandbox = fuzz::http::environment("/nonexistent/bootstrap", &[], log);
+        let endpoint = Endpoint::new(sandbox.clone(), tails, None);
+        let response = fuzz::http::exchange(
+            bytes::Bytes::copy_from_slice(data),
+            ConnectionLimits::default(),
+            move |r| endpoint.clone().handle(r),
+        )
+        .await;
+        fuzz::http::assert_http(&response);
+        sandbox.shutdown();
+    });
+});
