@@ -406,6 +406,7 @@ impl Caller {
         // SAFETY: poll(2) on one `pollfd` that outlives the call, with no wait.
         let n = unsafe { libc::poll(&mut poll, 1, 0) };
         n == 1 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
 }
 
 #[cfg(test)]
