@@ -16,22 +16,12 @@
 //! Needs root (the jail), `/dev/kvm` and the guest artefacts (scripts/test.sh builds them).
 
 use integration_tests::server::LocalServer;
-use integration_tests::{have_kvm, host_binary, require, skip};
+use integration_tests::{guest_artifact, have_kvm, host_binary, skip};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-fn guest_artifact(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(path) => require(PathBuf::from(path), var),
-        None => {
-            skip(var, "not set; run scripts/test.sh, which builds the guest");
-            None
-        }
-    }
-}
 
 fn status(server: &LocalServer) -> serde_json::Value {
     let url = format!("http://{}/status", server.invoke_addr);

@@ -14,21 +14,11 @@
 
 use integration_tests::aws_clients;
 use integration_tests::server::LocalServer;
-use integration_tests::{epoch_ms, have_kvm, host_binary, require, skip};
+use integration_tests::{epoch_ms, guest_artifact, have_kvm, host_binary, require};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn guest_artifact(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(path) => require(PathBuf::from(path), var),
-        None => {
-            skip(var, "not set; run scripts/test.sh, which builds the guest");
-            None
-        }
-    }
-}
 
 #[test]
 fn a_function_in_a_microvm_answers_fails_and_powers_off() {

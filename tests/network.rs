@@ -13,7 +13,7 @@
 //! the reason printed, only where /dev/kvm is absent; under CI that fails.
 
 use integration_tests::server::LocalServer;
-use integration_tests::{have_kvm, host_binary, process_gone, require, skip, wait_until};
+use integration_tests::{guest_artifact, have_kvm, host_binary, process_gone, require, wait_until};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -39,16 +39,6 @@ const SNAPSTART_RANGE: &str = "100.64.201.0/29";
 fn cold_range() -> String {
     let network = u32::from(Ipv4Addr::new(100, 65, 0, 0)) + 4 * (std::process::id() % 16384);
     format!("{}/30", Ipv4Addr::from(network))
-}
-
-fn guest_artifact(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(path) => require(PathBuf::from(path), var),
-        None => {
-            skip(var, "not set; run scripts/test.sh, which builds the guest");
-            None
-        }
-    }
 }
 
 /// The host and environment addresses of each /30 link of `range`, and the names of the

@@ -119,3 +119,15 @@ pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     skip(what, &reason);
     None
 }
+
+/// The guest artefact (kernel, image, function.json) whose path scripts/test.sh puts in `var`;
+/// missing, the test cannot run (a failure under CI, a skip with the fix printed elsewhere).
+pub fn guest_artifact(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) => require(PathBuf::from(path), var),
+        None => {
+            skip(var, "not set; run scripts/test.sh, which builds the guest");
+            None
+        }
+    }
+}
