@@ -255,6 +255,41 @@ fn events_survive(signal: nix::sys::signal::Signal) {
     still_serves(&mut second);
 }
 
+/// Lambda queues asynchronous events rather than refusing them: with more accepted than the
+/// server holds in memory (128), the rest wait in the store, and every one of them runs.
+#[test]
+fn more_events_than_places_in_memory_are_accepted_and_all_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.redb");
+    let args = ["--event-store", store.to_str().unwrap()];
+    let Some(mut server) = start(&args) else {
+        return;
+    };
+    // The first keeps the function busy while the others pile up behind it.
+    let busy = json!({"action": "sleep", "ms": 3000}).to_string();
+    let quick = json!({"action": "sleep", "ms": 1}).to_string();
+    let accepted: Vec<String> = std::iter::once(&busy)
+        .chain(std::iter::repeat_n(&quick, 199))
+        .map(|event| {
+            let reply = server.invoke_raw(event.as_bytes(), &[("X-Amz-Invocation-Type", "Event")]);
+            assert_eq!(reply.status, 202, "{}", reply.text());
+            reply.id()
+        })
+        .collect();
+    let finished = |logs: &[String], id: &str| {
+        logs.iter()
+            .any(|l| l.starts_with(&format!("REPORT RequestId: {id}")))
+    };
+    let all_done = wait_until(Duration::from_secs(120), || {
+        let logs = server.logs();
+        accepted.iter().all(|id| finished(&logs, id))
+    });
+    let logs = server.logs();
+    let unfinished = accepted.iter().filter(|id| !finished(&logs, id)).count();
+    assert!(all_done, "{unfinished} of 200 accepted events did not run");
+    still_serves(&mut server);
+}
+
 fn raw_invoke(body: &str) -> String {
     format!(
         "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",

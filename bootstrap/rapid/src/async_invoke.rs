@@ -8,18 +8,24 @@ use crate::invoker::Invoker;
 use crate::sandbox::{Invocation, InvokeError, Outcome};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Most asynchronous invocations accepted and not yet done (each holds its event, up to 1 MiB).
+/// Most asynchronous invocations held in memory at once (each holds its event, up to 1 MiB):
+/// without a store, the most accepted and not yet done.
 pub const MAX_PENDING: usize = 128;
+
+/// Most events a store keeps waiting for one of the [`MAX_PENDING`] places. Lambda queues
+/// events rather than refusing them; here the bound is the disk (up to 1 MiB each).
+pub const MAX_STORED: usize = 10_000;
 
 /// Why an asynchronous invocation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    #[error("too many asynchronous invocations are pending ({MAX_PENDING})")]
-    Full,
+    #[error("too many asynchronous invocations are pending ({0})")]
+    Full(usize),
     #[error("the event could not be stored")]
     Store(#[source] StoreError),
 }
@@ -28,28 +34,32 @@ pub enum EnqueueError {
 #[derive(Clone)]
 pub struct AsyncQueue<I: Invoker> {
     sandbox: I,
+    /// Places for events in memory; with a store, the others wait on disk for one.
     slots: Arc<Semaphore>,
     store: Option<EventStore>,
+    /// Events in the store (accepted, without an outcome yet).
+    stored: Arc<AtomicUsize>,
 }
 
 impl<I: Invoker> AsyncQueue<I> {
-    /// A queue for `sandbox`; with a `store`, the events it holds from before are started now.
+    /// A queue for `sandbox`; with a `store`, the events it holds from before are queued now.
     pub fn new(sandbox: I, store: Option<EventStore>) -> AsyncQueue<I> {
         let queue = AsyncQueue {
             sandbox,
             slots: Arc::new(Semaphore::new(MAX_PENDING)),
             store,
+            stored: Arc::new(AtomicUsize::new(0)),
         };
         queue.resume();
         queue
     }
 
-    /// Runs the events a previous run of the service accepted and did not finish.
+    /// Queues the events a previous run of the service accepted and did not finish.
     fn resume(&self) {
         let Some(store) = &self.store else {
             return;
         };
-        match store.pending() {
+        match store.pending_ids() {
             Ok(pending) => {
                 if !pending.is_empty() {
                     self.sandbox.log(&format!(
@@ -57,9 +67,10 @@ impl<I: Invoker> AsyncQueue<I> {
                         pending.len()
                     ));
                 }
-                for (invocation, accepted_ms) in pending {
-                    // Not bounded by the slots: they were accepted already.
-                    self.spawn(invocation, accepted_ms, None);
+                // Accepted already, so they count even beyond MAX_STORED.
+                self.stored.fetch_add(pending.len(), Ordering::SeqCst);
+                for (request_id, accepted_ms) in pending {
+                    self.spawn_stored(store.clone(), request_id, accepted_ms);
                 }
             }
             Err(e) => self.sandbox.log(&format!(
@@ -70,30 +81,83 @@ impl<I: Invoker> AsyncQueue<I> {
     }
 
     /// Accepts `invocation` to run in the background, with retries; with a store, it is on disk
-    /// when this returns.
+    /// when this returns, and waits there while every place in memory is taken.
     pub async fn enqueue(&self, invocation: Invocation) -> Result<(), EnqueueError> {
-        let slot = Arc::clone(&self.slots)
-            .try_acquire_owned()
-            .map_err(|_| EnqueueError::Full)?;
         let accepted_ms = crate::time::epoch_ms();
-        if let Some(store) = self.store.clone() {
-            let event = invocation.clone();
+        let Some(store) = self.store.clone() else {
+            let slot = Arc::clone(&self.slots)
+                .try_acquire_owned()
+                .map_err(|_| EnqueueError::Full(MAX_PENDING))?;
+            self.spawn(invocation, accepted_ms, slot, None);
+            return Ok(());
+        };
+        if self.stored.fetch_add(1, Ordering::SeqCst) >= MAX_STORED {
+            self.stored.fetch_sub(1, Ordering::SeqCst);
+            return Err(EnqueueError::Full(MAX_STORED));
+        }
+        let event = invocation.clone();
+        let put = {
+            let store = store.clone();
             tokio::task::spawn_blocking(move || store.put(&event, accepted_ms))
                 .await
-                .map_err(|e| EnqueueError::Store(StoreError::Join(e.to_string())))?
-                .map_err(EnqueueError::Store)?;
+                .map_err(|e| StoreError::Join(e.to_string()))
+                .and_then(|put| put)
+        };
+        if let Err(e) = put {
+            self.stored.fetch_sub(1, Ordering::SeqCst);
+            return Err(EnqueueError::Store(e));
         }
-        self.spawn(invocation, accepted_ms, Some(slot));
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => self.spawn(invocation, accepted_ms, slot, Some(store)),
+            // Every place is taken: only its id stays in memory until one frees.
+            Err(_) => self.spawn_stored(store, invocation.request_id, accepted_ms),
+        }
         Ok(())
     }
 
-    fn spawn(&self, invocation: Invocation, accepted_ms: u64, slot: Option<OwnedSemaphorePermit>) {
-        let (sandbox, store) = (self.sandbox.clone(), self.store.clone());
+    /// Waits for a place, then reads the event `request_id` back from the store and runs it.
+    fn spawn_stored(&self, store: EventStore, request_id: String, accepted_ms: u64) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            let Ok(slot) = Arc::clone(&queue.slots).acquire_owned().await else {
+                return;
+            };
+            let read = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.get(&request_id)).await
+            };
+            match read {
+                Ok(Ok(Some(invocation))) => queue.spawn(invocation, accepted_ms, slot, Some(store)),
+                Ok(Ok(None)) => {
+                    queue.stored.fetch_sub(1, Ordering::SeqCst);
+                }
+                // Left in the store: the next start runs it.
+                Ok(Err(e)) => queue.sandbox.log(&format!(
+                    "rapid: a stored asynchronous invocation cannot be read: {}",
+                    crate::error_chain(&e)
+                )),
+                Err(e) => queue.sandbox.log(&format!(
+                    "rapid: a stored asynchronous invocation cannot be read: {e}"
+                )),
+            }
+        });
+    }
+
+    fn spawn(
+        &self,
+        invocation: Invocation,
+        accepted_ms: u64,
+        slot: OwnedSemaphorePermit,
+        store: Option<EventStore>,
+    ) {
+        let (sandbox, stored) = (self.sandbox.clone(), Arc::clone(&self.stored));
         tokio::spawn(async move {
             let id = invocation.request_id.clone();
             run(&sandbox, invocation, accepted_ms).await;
+            drop(slot);
             if let Some(store) = store {
                 let removed = tokio::task::spawn_blocking(move || store.remove(&id)).await;
+                stored.fetch_sub(1, Ordering::SeqCst);
                 if let Ok(Err(e)) = removed {
                     sandbox.log(&format!(
                         "rapid: an asynchronous invocation's outcome could not be stored: {}",
@@ -101,7 +165,6 @@ impl<I: Invoker> AsyncQueue<I> {
                     ));
                 }
             }
-            drop(slot);
         });
     }
 }

@@ -126,19 +126,42 @@ impl EventStore {
         let mut pending = Vec::new();
         for entry in table.iter().map_err(store_error)? {
             let (_, value) = entry.map_err(store_error)?;
-            let stored: Stored =
-                serde_json::from_slice(value.value()).map_err(StoreError::Decode)?;
-            let invocation = Invocation {
-                request_id: stored.request_id,
-                event: Bytes::from(stored.event),
-                trace_id: stored.trace_id,
-                client_context: stored.client_context,
-                cognito_identity: stored.cognito_identity,
-            };
-            pending.push((invocation, stored.accepted_ms));
+            pending.push(decode(value.value())?);
         }
         Ok(pending)
     }
+
+    /// The ids of the events still without an outcome, with when each was accepted: what a
+    /// restart needs to queue them without holding every event in memory.
+    pub fn pending_ids(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .pending()?
+            .into_iter()
+            .map(|(invocation, accepted_ms)| (invocation.request_id, accepted_ms))
+            .collect())
+    }
+
+    /// The event `request_id`, if it is still without an outcome.
+    pub fn get(&self, request_id: &str) -> Result<Option<Invocation>, StoreError> {
+        let txn = self.db.begin_read().map_err(store_error)?;
+        let table = txn.open_table(EVENTS).map_err(store_error)?;
+        let Some(value) = table.get(request_id).map_err(store_error)? else {
+            return Ok(None);
+        };
+        decode(value.value()).map(|(invocation, _)| Some(invocation))
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<(Invocation, u64), StoreError> {
+    let stored: Stored = serde_json::from_slice(bytes).map_err(StoreError::Decode)?;
+    let invocation = Invocation {
+        request_id: stored.request_id,
+        event: Bytes::from(stored.event),
+        trace_id: stored.trace_id,
+        client_context: stored.client_context,
+        cognito_identity: stored.cognito_identity,
+    };
+    Ok((invocation, stored.accepted_ms))
 }
 
 #[cfg(test)]
@@ -163,6 +186,12 @@ mod tests {
         assert_eq!(pending.len(), 1);
         let (event, accepted) = &pending[0];
         assert_eq!((event, *accepted), (&first, 10));
+        assert_eq!(
+            store.pending_ids().unwrap(),
+            [(first.request_id.clone(), 10)]
+        );
+        assert_eq!(store.get(&first.request_id).unwrap().as_ref(), Some(&first));
+        assert_eq!(store.get(&second.request_id).unwrap(), None);
     }
 
     #[test]

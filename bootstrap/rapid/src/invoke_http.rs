@@ -134,7 +134,7 @@ impl<I: Invoker> Endpoint<I> {
             invocation_type::DRY_RUN => http::json(204, Bytes::new()),
             invocation_type::EVENT => match self.events.enqueue(invocation).await {
                 Ok(()) => http::json(202, Bytes::new()),
-                Err(e @ EnqueueError::Full) => {
+                Err(e @ EnqueueError::Full(_)) => {
                     http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string())
                 }
                 Err(e) => {
