@@ -20,7 +20,7 @@ use proto::InitializationType;
 use rapid::{EnvironmentConfig, Invocation, InvokeError, Invoker, Outcome};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Slack on top of the function's timeout before the host gives up on the guest: the guest
 /// enforces the timeout itself and reports it; the host's limit only catches a stuck guest.
@@ -158,6 +158,7 @@ fn maintain(inner: Weak<Inner>) {
     if let Some(snapshots) = inner.upgrade().as_ref().and_then(|i| i.snapshots.as_ref()) {
         let _ = snapshots.current();
     }
+    let mut provisioning = Backoff::default();
     loop {
         std::thread::sleep(MAINTENANCE_EVERY);
         let Some(inner) = inner.upgrade() else {
@@ -168,10 +169,46 @@ fn maintain(inner: Weak<Inner>) {
             let idle = inner.scaling.idle_timeout.as_secs_f64();
             inner.teardown(guest, &format!("idle for {idle:.0} s"));
         }
+        if !provisioning.due() {
+            continue;
+        }
         let missing = inner.pool().provisioned_missing(inner.scaling.provisioned);
         for _ in 0..missing {
-            inner.provision();
+            let started = inner.provision();
+            provisioning.record(started);
+            if !started {
+                break;
+            }
         }
+    }
+}
+
+/// Waits between failed starts of provisioned environments: a start that fails at once (a bad
+/// image, a host out of something) is not retried at the maintenance rate for ever.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    next: Option<Instant>,
+}
+
+impl Backoff {
+    /// Longest wait between two failed starts.
+    const MAX: Duration = Duration::from_secs(60);
+
+    fn due(&self) -> bool {
+        self.next.is_none_or(|next| Instant::now() >= next)
+    }
+
+    fn record(&mut self, started: bool) {
+        if started {
+            *self = Backoff::default();
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait = Duration::from_secs(1)
+            .saturating_mul(2u32.saturating_pow(self.failures.saturating_sub(1).min(6)))
+            .min(Self::MAX);
+        self.next = Some(Instant::now() + wait);
     }
 }
 
@@ -193,8 +230,8 @@ impl Inner {
         move |line| (log.lock().unwrap_or_else(|e| e.into_inner()))(line)
     }
 
-    /// Starts one provisioned environment and adds it to the pool, idle.
-    fn provision(&self) {
+    /// Starts one provisioned environment and adds it to the pool, idle; false if it failed.
+    fn provision(&self) -> bool {
         let id = self.pool().begin_provisioning();
         match self.start_environment(true) {
             Ok(guest) => {
@@ -206,6 +243,7 @@ impl Inner {
                 if let Some(guest) = self.pool().provisioned_up(id, guest) {
                     self.teardown(guest, "the service is stopping");
                 }
+                true
             }
             Err(e) => {
                 self.pool().provisioning_failed(id);
@@ -214,6 +252,7 @@ impl Inner {
                     self.name(),
                     chain(&e)
                 ));
+                false
             }
         }
     }
@@ -453,5 +492,29 @@ impl Invoker for FunctionService {
         tokio::task::spawn_blocking(move || inner.serve(lease, invocation))
             .await
             .map_err(|_| InvokeError::ShutDown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Instant;
+
+    #[test]
+    fn failed_provisioning_waits_longer_each_time_and_a_start_resets_it() {
+        let mut backoff = Backoff::default();
+        assert!(backoff.due());
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let before = Instant::now();
+            backoff.record(false);
+            assert!(!backoff.due(), "retried at once after a failure");
+            let wait = backoff.next.unwrap().duration_since(before);
+            waits.push(wait.as_secs_f64().round());
+        }
+        assert_eq!(waits, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]);
+        backoff.record(true);
+        assert!(backoff.due());
+        assert!(backoff.next.is_none() && backoff.failures == 0);
     }
 }
