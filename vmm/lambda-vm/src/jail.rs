@@ -76,13 +76,37 @@ impl JailHost {
         let own_pid_ns = File::open("/proc/self/ns/pid")
             .map_err(|e| format!("opening /proc/self/ns/pid: {e}"))?;
         let (cgroups, cgroup_note) = detect_cgroups();
-        Ok(JailHost {
+        let host = JailHost {
             root,
             own_pid_ns,
             cgroups,
             cgroup_note,
             slot: std::process::id() % SERVICE_SLOTS,
-        })
+        };
+        host.sweep_cgroups();
+        Ok(host)
+    }
+
+    /// Removes the cgroups a dead service with this slot left (it was killed before it could
+    /// remove them): they are named by ids only this slot hands out, and a cgroup that still
+    /// has a process is not removed (`rmdir` refuses it).
+    fn sweep_cgroups(&self) {
+        let ours =
+            ID_BASE + self.slot * IDS_PER_SERVICE..ID_BASE + (self.slot + 1) * IDS_PER_SERVICE;
+        for parent in &self.cgroups {
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let id = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok());
+                if id.is_some_and(|id| ours.contains(&id)) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
     }
 
     /// One line: which protections are on, and which are off and why.
@@ -272,12 +296,50 @@ fn detect_cgroups() -> (Vec<PathBuf>, Option<String>) {
             Err(e) => missing.push(format!("{controller}: {e}")),
         }
     }
-    // Each group's directory is <controller>/lambda-vm/<id>: keep <controller>/lambda-vm.
-    let groups: Vec<PathBuf> = groups;
     let note = if missing.is_empty() {
         v2_note
     } else {
         format!("{v2_note}; off: {}", missing.join(", "))
     };
     (groups, Some(note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup left by a dead service of this slot (empty: its vmm is gone) is removed at
+    /// start; one of another slot is not this service's to remove.
+    #[test]
+    fn a_dead_services_cgroups_of_this_slot_are_swept_at_start() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "this test needs root (cgroups) under CI"
+            );
+            eprintln!("SKIPPED: needs root to make cgroups");
+            return;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let host = JailHost::detect(work.path()).unwrap();
+        let Some(parent) = host.cgroups.first().cloned() else {
+            panic!(
+                "no v1 cgroup hierarchy to test with: {:?}",
+                host.cgroup_note
+            );
+        };
+        let slot = std::process::id() % SERVICE_SLOTS;
+        let ours =
+            parent.join((ID_BASE + slot * IDS_PER_SERVICE + IDS_PER_SERVICE - 1).to_string());
+        let other_slot = (slot + 1) % SERVICE_SLOTS;
+        let theirs =
+            parent.join((ID_BASE + other_slot * IDS_PER_SERVICE + IDS_PER_SERVICE - 1).to_string());
+        std::fs::create_dir_all(&ours).unwrap();
+        std::fs::create_dir_all(&theirs).unwrap();
+        let _again = JailHost::detect(work.path()).unwrap();
+        let (ours_left, theirs_left) = (ours.exists(), theirs.exists());
+        let _ = std::fs::remove_dir(&theirs);
+        assert!(!ours_left, "{} was not swept", ours.display());
+        assert!(theirs_left, "{} belongs to another slot", theirs.display());
+    }
 }
