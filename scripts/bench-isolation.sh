@@ -5,6 +5,8 @@
 #     echo function), then a median of warm invoke round trips on that environment;
 #   - restore: `lambda-vm` start to the first response of the snap-start echo function, its
 #     snapshot taken beforehand, with the VMM-side restore time `lambda-vm` logs.
+#   - the `vmm` alone: process start to exit of a tiny guest that resets at its first
+#     instruction, jailed (with seccomp) and not, 20 runs each, alternating;
 # "on" is the default (jail and seccomp); "off" is `--no-jail --no-seccomp`. Needs root.
 #
 # Usage: scripts/bench-isolation.sh [--pairs N] [--invokes N]
@@ -92,6 +94,21 @@ restore_first_response() {
     fi
     echo "$first $(sed -n 's/^lambda-vm: microVM restored in \([0-9.]*\) ms (VMM side.*/\1/p' "$log" | head -1)"
 }
+
+step "the vmm alone: a tiny guest that resets at once, 20 runs each, alternating"
+as --64 -I vmm/tests/guests -o "$work/reset.o" vmm/tests/guests/reset.S
+ld -static -nostdlib -N -Ttext=0x200000 -e _start --no-warn-rwx-segments -o "$work/reset.elf" "$work/reset.o"
+mkdir -p "$work/tiny-root"
+tiny=(--kernel "$work/reset.elf" --mem-mib 128 --boot-args console=ttyS0)
+jail=(--jail-root "$work/tiny-root" --jail-bind "$work/reset.elf" --jail-dev /dev/kvm
+    --jail-uid 1999999 --jail-gid 1999999)
+for _ in $(seq 20); do
+    t0=$(now_us); "$target/release/vmm" "${tiny[@]}" "${jail[@]}" >/dev/null
+    echo $(( $(now_us) - t0 )) >>"$work/tiny-on.txt"
+    t0=$(now_us); "$target/release/vmm" "${tiny[@]}" --no-seccomp >/dev/null
+    echo $(( $(now_us) - t0 )) >>"$work/tiny-off.txt"
+done
+echo "   jailed, seccomp on: median $(median <"$work/tiny-on.txt") us; unjailed, --no-seccomp: median $(median <"$work/tiny-off.txt") us"
 
 step "taking the SnapStart snapshot (jailed)"
 restore_first_response on first >/dev/null
