@@ -1,7 +1,9 @@
 //! `vmm`: boots one microVM from flags or a Firecracker-style `--config-file`, or restores one
 //! from a snapshot, and runs it until the guest stops. The exit code says how it ended: 0 guest
 //! shutdown (i8042 reset) or snapshot taken, 1 VMM error (bad configuration or snapshot
-//! included), 2 usage error, 3 guest crash.
+//! included), 2 usage error, 3 guest crash. Every thread runs under its seccomp filter
+//! (`--no-seccomp` turns them off), and the `--jail-*` flags, which the function service
+//! passes, confine the process first (vmm/README.md, "Seccomp and the jail").
 
 use anyhow::Context;
 use clap::Parser;
