@@ -5,13 +5,19 @@ use super::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+/// A test that cannot run here: under CI (`CI=true` or `1`) that fails it; elsewhere it is
+/// skipped with the reason printed.
+fn cannot_run(test: &str, why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "{test}: {why}");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 fn cgroups(test: &str) -> Option<Cgroups> {
     match Cgroups::detect() {
         Ok(cgroups) => Some(cgroups),
         Err(why) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "{test}: no cgroup to test with: {why}");
-            eprintln!("{test}: skipped, no cgroup to test with: {why}");
+            cannot_run(test, &format!("no cgroup to test with: {why}"));
             None
         }
     }
@@ -109,12 +115,18 @@ fn a_v2_kill_reaches_a_setsid_child() {
     let mounts = host::mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let (Some(mount), Some(path)) = (host::v2_mount(&mounts), host::own_path(&own, None)) else {
-        eprintln!("no v2 hierarchy here");
+        cannot_run(
+            "a_v2_kill_reaches_a_setsid_child",
+            "no cgroup v2 hierarchy here",
+        );
         return;
     };
     let dir = host::directory(mount, &path).join(format!("{PREFIX}test-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir(&dir) {
-        eprintln!("cannot make a v2 cgroup here: {e}");
+        cannot_run(
+            "a_v2_kill_reaches_a_setsid_child",
+            &format!("cannot make a v2 cgroup here: {e}"),
+        );
         return;
     }
     let dirs = Dirs {
