@@ -72,7 +72,7 @@ else
     # `cargo metadata | grep -q` under pipefail fails at random when grep stops reading early.
     metadata="$(cargo metadata --no-deps --format-version 1)"
     grep -q '"name":"init",' <<<"$metadata" ||
-        die "the init crate is missing: expected package \`init\` at rootfs/init/ in the workspace; pass --init PATH to use a prebuilt static init"
+        die "the init crate is missing: expected package \`init\` at init/ in the workspace; pass --init PATH to use a prebuilt static init"
     step "building the static init and bootstrap binaries"
     RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --quiet --profile guest --target "$STATIC_TARGET" -p bootstrap -p init >&2

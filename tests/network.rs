@@ -1,6 +1,6 @@
 //! Guest networking end to end, on real KVM with the real guest kernel and a real virtio-net
 //! device on a tap: `lambda-vm` gives each environment its own network namespace, tap, veth
-//! pair and nftables rules (vmm/lambda-vm/src/network.rs), and the net-fetch function
+//! pair and nftables rules (lambda-vm/src/network.rs), and the net-fetch function
 //! (tests/functions/net-fetch) fetches pages from HTTP servers this test runs on the host, each
 //! bound only on one environment's host-side address.
 //!

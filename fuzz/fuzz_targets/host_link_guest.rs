@@ -1,4 +1,4 @@
-//! The guest init's end of the host link (`rootfs/init`'s `Conn`, compiled from its source): a
+//! The guest init's end of the host link (`init`'s `Conn`, compiled from its source): a
 //! host that sends the input's bytes and closes. Init shakes hands and reads frames until the
 //! link ends; every frame it accepts round-trips.
 #![no_main]

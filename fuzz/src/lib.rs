@@ -97,10 +97,10 @@ impl VsockHost {
 
 // The guest init's host-link module, compiled from init's own source (init is a binary crate
 // with no library to depend on), with the one module it uses.
-#[path = "../../rootfs/init/src/host_link.rs"]
+#[path = "../../init/src/host_link.rs"]
 #[allow(dead_code)]
 pub mod init_host_link;
-#[path = "../../rootfs/init/src/sys.rs"]
+#[path = "../../init/src/sys.rs"]
 #[allow(dead_code)]
 mod sys;
 

@@ -4,7 +4,7 @@
 //!
 //! The guest's address, gateway and MAC are the same in every environment: the host gives each
 //! environment its own network namespace and translates this address to one of its own
-//! (vmm/lambda-vm/src/network.rs, whose constants these must match). So a snapshot's restored
+//! (lambda-vm/src/network.rs, whose constants these must match). So a snapshot's restored
 //! copies all come up with a working, already configured, interface.
 
 use crate::sys;

@@ -281,7 +281,7 @@ fn a_timed_out_invoke_is_reported_and_a_fresh_runtime_serves_the_next() {
 fn venv_python() -> Option<PathBuf> {
     let path = std::env::var_os("TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python3"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3"));
     if path.exists() {
         return Some(path);
     }
@@ -301,7 +301,7 @@ fn an_unmodified_awslambdaric_function_is_served_through_init() {
         return;
     };
     let function = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/functions/python-ric")
+        .join("../tests/functions/python-ric")
         .canonicalize()
         .unwrap();
     let extra = format!(r#", "environment": {{"PYTHON": "{}"}}"#, python.display());

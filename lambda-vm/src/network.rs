@@ -31,7 +31,7 @@ pub const TAP: &str = "tap0";
 /// The guest's MAC address, the same in every environment (locally administered; the last
 /// four bytes spell the guest's address).
 pub const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
-/// The guest's address, the same in every environment (guest init sets it: rootfs/init net.rs).
+/// The guest's address, the same in every environment (guest init sets it: init net.rs).
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 /// The tap's MAC address, the same in every environment: a restored guest's ARP cache holds
 /// the gateway's MAC from snapshot time, and a tap with another one would ignore the guest's
