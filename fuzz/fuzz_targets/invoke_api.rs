@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rapid::http::ConnectionLimits;
-use rapid::invoke_http::Endpoint;
-use rapid::LogTails;
+use front_door::invoke_http::Endpoint;
+use front_door::LogTails;
+use http_server::ConnectionLimits;
 use std::sync::Arc;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     runtime.block_on(async {
         let tails = LogTails::default();
         let log = tails.around(Arc::new(fuzz::http::Discard));
-        let sandbox = fuzz::http::environment("/nonexistent/bootstrap", &[], log);
+        let sandbox = fuzz::http::local_sandbox("/nonexistent/bootstrap", &[], log);
         let endpoint = Endpoint::new(sandbox.clone(), tails, None);
         let response = fuzz::http::exchange(
             bytes::Bytes::copy_from_slice(data),
@@ -23,6 +23,6 @@ fuzz_target!(|data: &[u8]| {
         )
         .await;
         fuzz::http::assert_http(&response);
-        sandbox.shutdown();
+        sandbox.handle.shutdown();
     });
 });

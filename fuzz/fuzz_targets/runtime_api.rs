@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use rapid::http::ConnectionLimits;
+use http_server::ConnectionLimits;
 use rapid::Invocation;
 use std::sync::Arc;
 

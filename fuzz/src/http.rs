@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::Request;
-use rapid::http::{ConnectionLimits, Reply};
+use http_server::{ConnectionLimits, Reply};
+use lambda_local::LocalSandbox;
 use rapid::{EnvironmentConfig, Handle, LogSink};
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +41,13 @@ pub fn environment(runtime: &str, args: &[&str], log: Arc<dyn LogSink>) -> Handl
     Handle::new(config, addr, log, None)
 }
 
+/// [`environment`] behind the invoke API, as `lambda-local` serves it.
+pub fn local_sandbox(runtime: &str, args: &[&str], log: Arc<dyn LogSink>) -> LocalSandbox {
+    let handle = environment(runtime, args, log);
+    let function = front_door::Function::new(&proto::FunctionConfig::with_handler("handler"));
+    LocalSandbox { handle, function }
+}
+
 /// Sends `request` on one connection served by `handler` and returns the server's bytes. The
 /// client half-closes after sending, as `nc -N` does.
 pub async fn exchange<H, F>(request: Bytes, limits: ConnectionLimits, handler: H) -> Vec<u8>
@@ -48,7 +56,7 @@ where
     F: Future<Output = Reply> + Send + 'static,
 {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(rapid::http::serve_connection(server, None, limits, handler));
+    let served = tokio::spawn(http_server::serve_connection(server, None, limits, handler));
     let (mut reader, mut writer) = tokio::io::split(client);
     let send = async move {
         let _ = writer.write_all(&request).await;

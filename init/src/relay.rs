@@ -13,9 +13,9 @@ use bytes::Bytes;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
 };
+use proto::invoke::InvokeError;
 use proto::invoke_api::error_type;
 use proto::runtime_api::ErrorRequest;
-use rapid::sandbox::InvokeError;
 use rapid::{Handle, Outcome, SnapshotHook};
 use std::future::Future;
 use std::pin::Pin;
@@ -76,7 +76,7 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         Some(Arc::new(snapshot)),
     );
     let api_handle = handle.clone();
-    tokio::spawn(rapid::http::serve(api, move |request| {
+    tokio::spawn(http_server::serve(api, move |request| {
         rapid::runtime_api::handle(api_handle.clone(), request)
     }));
     if options.pid1 {

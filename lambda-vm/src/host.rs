@@ -8,12 +8,12 @@
 use crate::pool::HostLimit;
 use crate::service::FunctionService;
 use bytes::Bytes;
+use front_door::invoke_http::{function_arn, Endpoint};
+use front_door::Invoker;
+use http_server::{self as http, Reply};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use proto::invoke_api::{error_type, FunctionRef};
-use rapid::http::{self, Reply};
-use rapid::invoke_http::{function_arn, Endpoint};
-use rapid::Invoker;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ impl FunctionHost {
 
     fn not_found(&self, reference: &FunctionRef) -> Reply {
         let arn = match self.services().next() {
-            Some(any) => function_arn(any.config(), reference),
+            Some(any) => function_arn(any.function(), reference),
             None => reference.name.to_owned(),
         };
         let message = format!("Function not found: {arn}");

@@ -5,6 +5,10 @@
 
 use anyhow::Context;
 use clap::Parser;
+use front_door::event_store::EventStore;
+use front_door::invoke_http::Endpoint;
+use front_door::LogTails;
+use http_server::ConnectionLimits;
 use lambda_vm::guest::{GuestSpec, Rootfs};
 use lambda_vm::host::FunctionHost;
 use lambda_vm::jail::JailHost;
@@ -12,10 +16,7 @@ use lambda_vm::network::{self, Networks};
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
-use rapid::event_store::EventStore;
-use rapid::http::ConnectionLimits;
-use rapid::invoke_http::Endpoint;
-use rapid::{EnvironmentConfig, InitializationType, LogTails};
+use proto::InitializationType;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let functions = functions(&args)?;
     if let Some(dir) = &args.on_failure_dir {
-        rapid::async_invoke::check_destination(dir)
+        front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
     }
     for function in &functions {
@@ -209,10 +210,8 @@ async fn main() -> anyhow::Result<()> {
     } in functions
     {
         let name = function.function_name.clone();
-        let runtime = PathBuf::from(&function.runtime);
-        let task_root = PathBuf::from(proto::layout::TASK_ROOT);
-        let mut config = EnvironmentConfig::from_function(&function, runtime, task_root);
-        config.on_failure_dir = args.on_failure_dir.clone();
+        let mut served = front_door::Function::new(&function);
+        served.events.on_failure_dir = args.on_failure_dir.clone();
         let function_dir = if single {
             work_dir.clone()
         } else {
@@ -232,14 +231,15 @@ async fn main() -> anyhow::Result<()> {
             cpu_template,
             network: networks.clone().filter(|_| function.networking),
         };
-        let snapshots = (config.init_type == InitializationType::SnapStart).then(|| {
-            let root = match (&args.snapshot_dir, single) {
-                (Some(root), true) => root.clone(),
-                (Some(root), false) => root.join(&name),
-                (None, _) => function_dir.join("snapshots"),
-            };
-            snapshots_of(&spec, &function, root)
-        });
+        let snapshots =
+            (function.initialization_type == InitializationType::SnapStart).then(|| {
+                let root = match (&args.snapshot_dir, single) {
+                    (Some(root), true) => root.clone(),
+                    (Some(root), false) => root.join(&name),
+                    (None, _) => function_dir.join("snapshots"),
+                };
+                snapshots_of(&spec, &function, root)
+            });
         let provisioned = usize::try_from(function.provisioned_concurrency)?;
         let scaling = Scaling {
             reserved: function
@@ -263,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let events = EventStore::open(&function_dir.join("events.redb"))
             .with_context(|| format!("the event store of {name}"))?;
-        let service = FunctionService::new(config, spec, snapshots, scaling, log);
+        let service = FunctionService::new(served, function, spec, snapshots, scaling, log);
         let endpoint = Endpoint::new(service.clone(), tails.clone(), Some(events));
         hosted.push((service, endpoint));
     }
@@ -279,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
     let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
     let router = host.clone();
-    tokio::spawn(rapid::http::serve_with(listener, limits, move |request| {
+    tokio::spawn(http_server::serve_with(listener, limits, move |request| {
         router.clone().handle(request)
     }));
     tokio::select! {

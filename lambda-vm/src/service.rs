@@ -13,11 +13,13 @@ use crate::guest::{Guest, GuestError, GuestSpec};
 use crate::host_link::{self, Invoke, LinkError};
 use crate::pool::{Counts, Environment, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
+use front_door::{Function, Invoker};
+use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
 use proto::host_link::Blob;
+use proto::invoke::{Invocation, InvokeError, Outcome};
 use proto::invoke_api::throttle_reason;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
 use proto::InitializationType;
-use rapid::{EnvironmentConfig, Invocation, InvokeError, Invoker, Outcome};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -81,7 +83,10 @@ pub struct FunctionService {
 }
 
 struct Inner {
-    config: EnvironmentConfig,
+    /// The function as the invoke API sees it.
+    function: Function,
+    /// Its `function.json`.
+    config: FunctionConfig,
     spec: GuestSpec,
     /// For a SnapStart function, where its snapshots live.
     snapshots: Option<Snapshots>,
@@ -98,7 +103,8 @@ impl FunctionService {
     /// SnapStart function's snapshots live (`None` for other functions). Provisioned
     /// environments start at once, in the background.
     pub fn new(
-        config: EnvironmentConfig,
+        function: Function,
+        config: FunctionConfig,
         spec: GuestSpec,
         snapshots: Option<Snapshots>,
         scaling: Scaling,
@@ -106,6 +112,7 @@ impl FunctionService {
     ) -> FunctionService {
         let pool = Pool::new(scaling.reserved, scaling.host.clone());
         let inner = Arc::new(Inner {
+            function,
             config,
             spec,
             snapshots,
@@ -303,17 +310,18 @@ impl Inner {
     /// runs its init at once, as Lambda's do.
     fn start_environment(&self, provisioned: bool) -> Result<Guest, StartError> {
         let Some(snapshots) = &self.snapshots else {
-            let guest = if provisioned && self.config.init_type == InitializationType::OnDemand {
-                let mut spec = self.spec.clone();
-                let init_type = InitializationType::ProvisionedConcurrency;
-                spec.boot_args = Some(format!(
-                    "{} INIT_INITIALIZATION_TYPE={init_type}",
-                    spec.boot_args()
-                ));
-                Guest::boot(&spec, None, self.log_sink())?
-            } else {
-                Guest::boot(&self.spec, None, self.log_sink())?
-            };
+            let guest =
+                if provisioned && self.config.initialization_type == InitializationType::OnDemand {
+                    let mut spec = self.spec.clone();
+                    let init_type = InitializationType::ProvisionedConcurrency;
+                    spec.boot_args = Some(format!(
+                        "{} INIT_INITIALIZATION_TYPE={init_type}",
+                        spec.boot_args()
+                    ));
+                    Guest::boot(&spec, None, self.log_sink())?
+                } else {
+                    Guest::boot(&self.spec, None, self.log_sink())?
+                };
             self.log(&format!(
                 "lambda-vm: {}: scaled out: microVM booted (vmm pid {}), init connected after {} ms",
                 self.name(),
@@ -366,7 +374,7 @@ impl Inner {
     fn take_snapshot(&self, dir: &Path) -> Result<(), StartError> {
         let started = std::time::Instant::now();
         let guest = Guest::boot(&self.spec, Some(dir), |_| {})?;
-        let limit = self.config.init_timeout + HOST_DEADLINE_SLACK;
+        let limit = INIT_TIMEOUT + HOST_DEADLINE_SLACK;
         let init = guest.snapshot_after_init(limit)?;
         self.log(&format!(
             "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms: {}",
@@ -393,7 +401,8 @@ impl Inner {
 
     /// Runs `invocation` in `guest`; returns the guest if it may serve the next invocation.
     fn run(&self, mut guest: Guest, invocation: Invocation) -> (Option<Guest>, Outcome) {
-        let deadline = self.config.init_timeout + self.config.timeout + HOST_DEADLINE_SLACK;
+        let timeout = Duration::from_secs(u64::from(self.config.timeout_secs));
+        let deadline = INIT_TIMEOUT + timeout + HOST_DEADLINE_SLACK;
         let result = guest
             .link
             .set_timeout(Some(deadline))
@@ -461,8 +470,8 @@ fn failure(kind: &str, message: &str) -> Outcome {
 }
 
 impl Invoker for FunctionService {
-    fn config(&self) -> &EnvironmentConfig {
-        &self.inner.config
+    fn function(&self) -> &Function {
+        &self.inner.function
     }
 
     fn log(&self, line: &str) {

@@ -3,12 +3,14 @@
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use front_door::event_store::EventStore;
+use front_door::invoke_http::Endpoint;
+use front_door::{AsyncPolicy, Function, LogTails};
+use http_server::ConnectionLimits;
+use lambda_local::LocalSandbox;
 use proto::function_config::MEMORY_MB;
 use rapid::cgroup::Cgroups;
-use rapid::event_store::EventStore;
-use rapid::http::ConnectionLimits;
-use rapid::invoke_http::Endpoint;
-use rapid::{EnvironmentConfig, Handle, InitializationType, LogTails, StdoutLog};
+use rapid::{EnvironmentConfig, Handle, InitializationType, StdoutLog};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,7 +146,8 @@ fn existing(flag: &str, path: &std::path::Path) -> PathBuf {
     })
 }
 
-fn config(args: Args) -> EnvironmentConfig {
+/// The environment `rapid` runs, and the function the invoke API serves.
+fn config(args: Args) -> (EnvironmentConfig, Function) {
     let mut config = EnvironmentConfig::new(existing("--runtime <RUNTIME>", &args.runtime));
     if let Some(root) = &args.task_root {
         config.task_root = existing("--task-root <TASK_ROOT>", root);
@@ -158,11 +161,18 @@ fn config(args: Args) -> EnvironmentConfig {
     config.region = args.region;
     config.init_type = args.init_type;
     config.environment = args.env;
-    config.on_failure_dir = args.on_failure_dir;
-    config.async_retry_delay = Duration::from_secs_f64(args.async_retry_delay);
-    config.maximum_retry_attempts = args.maximum_retry_attempts;
-    config.maximum_event_age = Duration::from_secs(u64::from(args.maximum_event_age));
-    config
+    let function = Function {
+        name: config.function_name.clone(),
+        version: config.function_version.clone(),
+        region: config.region.clone(),
+        events: AsyncPolicy {
+            retry_delay: Duration::from_secs_f64(args.async_retry_delay),
+            maximum_retry_attempts: args.maximum_retry_attempts,
+            maximum_event_age: Duration::from_secs(u64::from(args.maximum_event_age)),
+            on_failure_dir: args.on_failure_dir,
+        },
+    };
+    (config, function)
 }
 
 /// Finds the cgroups each runtime will be confined in, removes what crashed servers left, and
@@ -202,10 +212,10 @@ async fn main() -> anyhow::Result<()> {
     let event_store = args.event_store.clone();
     let limits = ConnectionLimits::from_flags(args.max_connections, args.header_timeout)?;
     if let Some(dir) = &args.on_failure_dir {
-        rapid::async_invoke::check_destination(dir)
+        front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
     }
-    let mut config = config(args);
+    let (mut config, function) = config(args);
     let cgroups = confine_sandboxes(config.memory_mb);
     config.cgroups = cgroups.clone();
 
@@ -238,11 +248,15 @@ async fn main() -> anyhow::Result<()> {
     let tails = LogTails::default();
     let sandbox = Handle::new(config, api_addr, tails.around(Arc::new(StdoutLog)), None);
     let api = sandbox.clone();
-    tokio::spawn(rapid::http::serve(api_listener, move |request| {
+    tokio::spawn(http_server::serve(api_listener, move |request| {
         rapid::runtime_api::handle(api.clone(), request)
     }));
-    let endpoint = Endpoint::new(sandbox.clone(), tails, Some(events));
-    tokio::spawn(rapid::http::serve_with(
+    let local = LocalSandbox {
+        handle: sandbox.clone(),
+        function,
+    };
+    let endpoint = Endpoint::new(local, tails, Some(events));
+    tokio::spawn(http_server::serve_with(
         invoke_listener,
         limits,
         move |request| endpoint.clone().handle(request),

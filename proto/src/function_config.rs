@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::env;
 use serde::{Deserialize, Serialize};
 
+/// Lambda's limit on a function's init phase.
+pub const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Allowed `memory_mb`, as on Lambda.
 pub const MEMORY_MB: RangeInclusive<u32> = 128..=10240;
 /// Allowed `timeout_secs`, as on Lambda.

@@ -36,6 +36,9 @@ pub const LOG_RESULT_MAX: usize = 4096;
 /// The version every invoke runs here.
 pub const LATEST: &str = "$LATEST";
 
+/// The account id in the ARNs the platform hands out (the AWS emulator's).
+pub const ACCOUNT_ID: &str = "012345678912";
+
 /// The body of an error the service itself returns (not the function): the Lambda API's shape,
 /// with the exception's name in the [`header::ERROR_TYPE`] header.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

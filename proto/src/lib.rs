@@ -11,12 +11,19 @@
 //!   initialization type, environment), with its defaults and ranges; read by the image builder,
 //!   the guest init and the host.
 //! - [`layout`]: where things live inside the guest image (written by the builder, read by init).
+//! - [`invoke`]: one invocation and its outcome, as invocation sources and environments exchange
+//!   them in process.
+//! - [`log`]: where log lines go, and the one error-chain printer.
+//! - [`time`]: epoch milliseconds and RFC 3339 timestamps.
 
 pub mod env;
 pub mod function_config;
 pub mod host_link;
+pub mod invoke;
 pub mod invoke_api;
 pub mod layout;
+pub mod log;
 pub mod runtime_api;
+pub mod time;
 
 pub use function_config::{FunctionConfig, InitializationType};

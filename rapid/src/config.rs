@@ -8,11 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The account id in the ARNs the environment hands out (the emulator's).
-pub const ACCOUNT_ID: &str = "012345678912";
-
-/// Lambda's limit on a function's init phase.
-pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use proto::function_config::INIT_TIMEOUT;
+pub use proto::invoke_api::ACCOUNT_ID;
 
 #[derive(Debug, Clone)]
 pub struct EnvironmentConfig {
@@ -30,14 +27,6 @@ pub struct EnvironmentConfig {
     /// User environment; reserved names are set by the server and cannot be overridden.
     pub environment: Vec<(String, String)>,
     pub init_type: InitializationType,
-    /// Delay before each retry of a failed asynchronous invoke (AWS waits minutes).
-    pub async_retry_delay: Duration,
-    /// How often a failed asynchronous invoke is retried (0 to 2).
-    pub maximum_retry_attempts: u32,
-    /// How long an asynchronous invoke may wait (throttled, retried) before it is given up.
-    pub maximum_event_age: Duration,
-    /// Where failed asynchronous invokes go, as AWS on-failure destination records.
-    pub on_failure_dir: Option<PathBuf>,
     /// Where each runtime gets a cgroup of its own (memory and process limits, a kill that
     /// reaches every descendant). `None` runs it unconfined: inside a microVM, where the VM is
     /// the sandbox.
@@ -79,10 +68,6 @@ impl EnvironmentConfig {
             runtime_args: Vec::new(),
             environment: function.environment.clone().into_iter().collect(),
             init_type: function.initialization_type,
-            async_retry_delay: Duration::from_secs(1),
-            maximum_retry_attempts: function.maximum_retry_attempts,
-            maximum_event_age: Duration::from_secs(u64::from(function.maximum_event_age_secs)),
-            on_failure_dir: None,
             cgroups: None,
         }
     }

@@ -1,29 +1,9 @@
-//! The two seams between the environment and what hosts it: where log lines go, and what happens
-//! at SnapStart's snapshot point. Local mode uses the defaults; the guest's init plugs in the host
-//! link.
+//! The seam between the environment and what hosts it at SnapStart's snapshot point (the other
+//! seam, where log lines go, is [`proto::log::LogSink`]). Local mode uses the default; the guest's
+//! init plugs in the host link.
 
 use std::future::Future;
 use std::pin::Pin;
-
-/// Where platform and function log lines go. Called synchronously, sometimes while the
-/// environment's state is locked, so an implementation must not block for long nor call back
-/// into the [`Handle`](crate::Handle).
-pub trait LogSink: Send + Sync {
-    fn line(&self, line: &str);
-}
-
-/// Writes each line to stdout at once, so lines interleave correctly with anything else the
-/// process prints.
-pub struct StdoutLog;
-
-impl LogSink for StdoutLog {
-    fn line(&self, line: &str) {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
-}
 
 /// Called when a SnapStart runtime has finished init, before its `restore/next` is answered: the
 /// place to pause the environment and snapshot it. The future resolves when the environment runs

@@ -10,36 +10,16 @@
 //! Everything runs on one thread (a tokio current-thread runtime is enough): inside a microVM
 //! under emulation every thread switch is expensive.
 
-pub mod async_invoke;
 pub mod cgroup;
 pub mod config;
-pub mod event_store;
 pub mod hooks;
-pub mod http;
-pub mod invoke_http;
-pub mod invoker;
-pub mod log_tail;
 pub mod process;
 pub mod report;
 pub mod runtime_api;
 pub mod sandbox;
-pub mod time;
 
 pub use config::EnvironmentConfig;
-pub use hooks::{LogSink, NoSnapshot, SnapshotHook, StdoutLog};
-pub use invoker::Invoker;
-pub use log_tail::LogTails;
+pub use hooks::{NoSnapshot, SnapshotHook};
+pub use proto::log::{error_chain, LogSink, StdoutLog};
 pub use proto::InitializationType;
 pub use sandbox::{Handle, Invocation, InvokeError, Outcome};
-
-/// An error and its causes, `: `-separated, for log lines.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}

@@ -1,8 +1,8 @@
 //! The Runtime API routes (`/2018-06-01/runtime/*`) over a [`Handle`].
 
-use crate::http::{self, BodyError, Reply};
 use crate::sandbox::{too_large, ApiReply, Delivered, Handle};
 use bytes::Bytes;
+use http_server::{self as http, BodyError, Reply};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::Request;
@@ -224,7 +224,7 @@ fn new_trace_id() -> String {
     let mut random = [0u8; 20];
     fill_random(&mut random);
     let (root, parent) = random.split_at(12);
-    let epoch = crate::time::epoch_ms() / 1000;
+    let epoch = proto::time::epoch_ms() / 1000;
     format!(
         "Root=1-{epoch:08x}-{};Parent={};Sampled=0",
         hex(root),

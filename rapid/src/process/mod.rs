@@ -8,8 +8,8 @@ pub mod output;
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::config::EnvironmentConfig;
-use crate::hooks::LogSink;
 use proto::env;
+use proto::log::LogSink;
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -116,7 +116,7 @@ pub fn environment(config: &EnvironmentConfig, runtime_api: SocketAddr) -> Vec<(
 
 /// `2024/05/01/[$LATEST]<32 hex digits>`, the shape of a Lambda log stream name.
 fn log_stream_name(config: &EnvironmentConfig) -> String {
-    let now = crate::time::rfc3339_now();
+    let now = proto::time::rfc3339_now();
     let date = now.get(..10).unwrap_or_default().replace('-', "/");
     format!(
         "{date}/[{}]{}",
@@ -138,6 +138,8 @@ fn runtime_dir(config: &EnvironmentConfig) -> String {
 /// cgroup of its own, which it joins before it runs any of its own code. The runtime is killed
 /// when the thread that started it exits (`PR_SET_PDEATHSIG`), so call this from the thread
 /// that drives the server (a current-thread runtime's, or a long-lived worker).
+// Without the `cgroups` feature a cgroup cannot exist, so its branch is unreachable by design.
+#[cfg_attr(not(feature = "cgroups"), allow(unreachable_code))]
 pub fn spawn(
     config: &EnvironmentConfig,
     runtime_api: SocketAddr,

@@ -5,7 +5,7 @@
 //! posting its response is in the pipe by then, so its lines come before `END` and `REPORT`,
 //! as on Lambda, instead of racing them.
 
-use crate::hooks::LogSink;
+use proto::log::LogSink;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};

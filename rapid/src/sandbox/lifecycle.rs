@@ -159,7 +159,7 @@ impl Handle {
                 let log = self.shared.log.clone();
                 tokio::spawn(async move {
                     let path = cgroup.path().display().to_string();
-                    if !cgroup.remove(CGROUP_REMOVAL).await {
+                    if !crate::cgroup::remove(cgroup, CGROUP_REMOVAL).await {
                         log.line(&format!("rapid: cannot remove {path}: processes remain"));
                     }
                 });
@@ -295,7 +295,7 @@ impl Handle {
         let seconds = self.shared.config.timeout.as_secs_f64();
         self.log(&format!(
             "{} {request_id} Task timed out after {seconds:.2} seconds",
-            crate::time::rfc3339_now()
+            proto::time::rfc3339_now()
         ));
         let message =
             format!("RequestId: {request_id} Error: Task timed out after {seconds:.2} seconds");

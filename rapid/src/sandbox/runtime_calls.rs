@@ -137,7 +137,7 @@ impl Handle {
         let timeout_ms = u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX);
         Delivered {
             invocation: queued.invocation,
-            deadline_ms: crate::time::epoch_ms().saturating_add(timeout_ms),
+            deadline_ms: proto::time::epoch_ms().saturating_add(timeout_ms),
             function_arn: config.function_arn(),
         }
     }

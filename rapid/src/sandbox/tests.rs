@@ -3,6 +3,7 @@
 //! lifetime.
 
 use super::*;
+use bytes::Bytes;
 use proto::runtime_api::{error_type, function_error_type};
 use proto::InitializationType;
 use std::path::PathBuf;
@@ -96,7 +97,7 @@ async fn an_invocation_goes_through_and_init_is_reported_once() {
     let first = invoke(&handle, r#"{"n":1}"#).await;
     let delivered = next(&handle).await;
     assert_eq!(delivered.invocation.event, r#"{"n":1}"#);
-    assert!(delivered.deadline_ms > crate::time::epoch_ms());
+    assert!(delivered.deadline_ms > proto::time::epoch_ms());
     let id = delivered.invocation.request_id.clone();
     assert!(matches!(
         handle.respond(&id, Bytes::from_static(b"ok")),

@@ -5,7 +5,9 @@
 
 use crate::event_store::{EventStore, StoreError};
 use crate::invoker::Invoker;
-use crate::sandbox::{Invocation, InvokeError, Outcome};
+use proto::invoke::{Invocation, InvokeError, Outcome};
+use proto::log::error_chain;
+use proto::time;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,7 +77,7 @@ impl<I: Invoker> AsyncQueue<I> {
             }
             Err(e) => self.sandbox.log(&format!(
                 "rapid: the stored asynchronous invocations cannot be read: {}",
-                crate::error_chain(&e)
+                error_chain(&e)
             )),
         }
     }
@@ -83,7 +85,7 @@ impl<I: Invoker> AsyncQueue<I> {
     /// Accepts `invocation` to run in the background, with retries; with a store, it is on disk
     /// when this returns, and waits there while every place in memory is taken.
     pub async fn enqueue(&self, invocation: Invocation) -> Result<(), EnqueueError> {
-        let accepted_ms = crate::time::epoch_ms();
+        let accepted_ms = time::epoch_ms();
         let Some(store) = self.store.clone() else {
             let slot = Arc::clone(&self.slots)
                 .try_acquire_owned()
@@ -134,7 +136,7 @@ impl<I: Invoker> AsyncQueue<I> {
                 // Left in the store: the next start runs it.
                 Ok(Err(e)) => queue.sandbox.log(&format!(
                     "rapid: a stored asynchronous invocation cannot be read: {}",
-                    crate::error_chain(&e)
+                    error_chain(&e)
                 )),
                 Err(e) => queue.sandbox.log(&format!(
                     "rapid: a stored asynchronous invocation cannot be read: {e}"
@@ -161,7 +163,7 @@ impl<I: Invoker> AsyncQueue<I> {
                 if let Ok(Err(e)) = removed {
                     sandbox.log(&format!(
                         "rapid: an asynchronous invocation's outcome could not be stored: {}",
-                        crate::error_chain(&e)
+                        error_chain(&e)
                     ));
                 }
             }
@@ -174,10 +176,11 @@ impl<I: Invoker> AsyncQueue<I> {
 /// grew older than `maximum_event_age` first). Throttles and the service's own errors are not
 /// the function's failures: they are retried, with backoff, without counting.
 async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) {
-    let config = sandbox.config();
+    let function = sandbox.function();
+    let config = &function.events;
     let id = &invocation.request_id;
     let allowed = 1 + config.maximum_retry_attempts;
-    let age = || Duration::from_millis(crate::time::epoch_ms().saturating_sub(accepted_ms));
+    let age = || Duration::from_millis(time::epoch_ms().saturating_sub(accepted_ms));
     let (mut failures, mut waits, mut last) = (0u32, 0u32, Vec::new());
     let condition = loop {
         if age() >= config.maximum_event_age {
@@ -191,7 +194,7 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
                 if failures >= allowed {
                     break "RetriesExhausted";
                 }
-                config.async_retry_delay
+                config.retry_delay
             }
             Err(e) => {
                 let kind = match e {
@@ -202,7 +205,7 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
                 };
                 last = proto::runtime_api::ErrorRequest::new(kind, e.to_string()).to_json();
                 waits = waits.saturating_add(1);
-                let backoff = config.async_retry_delay * 2u32.saturating_pow(waits.min(6));
+                let backoff = config.retry_delay * 2u32.saturating_pow(waits.min(6));
                 backoff.min(MAX_WAIT)
             }
         };
@@ -216,10 +219,10 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
     };
     let record = destination_record(
         &invocation,
-        &config.function_arn(),
-        &config.function_version,
+        &function.arn(),
+        &function.version,
         &last,
-        &crate::time::rfc3339_now(),
+        &time::rfc3339_now(),
         (condition, failures),
     );
     match write_atomically(dir, &format!("{id}.json"), &record) {

@@ -3,8 +3,8 @@
 //! `LogResult` does. It watches the lines on their way to the log, so it works the same whether
 //! the environment runs here (local mode) or in a microVM (its lines arrive over the host link).
 
-use crate::hooks::LogSink;
 use proto::invoke_api::LOG_RESULT_MAX;
+use proto::log::LogSink;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 

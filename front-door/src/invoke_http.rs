@@ -4,15 +4,16 @@
 
 use crate::async_invoke::{AsyncQueue, EnqueueError};
 use crate::event_store::EventStore;
-use crate::http::{self, BodyError, Reply};
+use crate::function::Function;
 use crate::invoker::Invoker;
 use crate::log_tail::LogTails;
-use crate::sandbox::{Invocation, InvokeError, Outcome};
 use base64::Engine;
 use bytes::Bytes;
+use http_server::{self as http, BodyError, Reply};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request};
+use proto::invoke::{Invocation, InvokeError, Outcome};
 use proto::invoke_api::{
     error_type, header, invocation_type, log_type, FunctionRef, FUNCTION_ERROR_UNHANDLED, LATEST,
 };
@@ -46,10 +47,10 @@ impl<I: Invoker> Endpoint<I> {
             let message = format!("No such API: {path}");
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         };
-        let config = self.sandbox.config();
-        let named = function.name == "function" || function.name == config.function_name;
+        let served = self.sandbox.function();
+        let named = function.name == "function" || function.name == served.name;
         if !named || !function.is_latest() {
-            let message = format!("Function not found: {}", function_arn(config, &function));
+            let message = format!("Function not found: {}", function_arn(served, &function));
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         }
         self.handle_invoke(request).await
@@ -138,7 +139,7 @@ impl<I: Invoker> Endpoint<I> {
                     http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string())
                 }
                 Err(e) => {
-                    let message = crate::error_chain(&e);
+                    let message = proto::log::error_chain(&e);
                     self.sandbox.log(&format!("rapid: {message}"));
                     http::service_error(500, error_type::SERVICE, &message)
                 }
@@ -190,15 +191,15 @@ impl<I: Invoker> Endpoint<I> {
 }
 
 /// The ARN of the function `reference` names, in this environment's region and account.
-pub fn function_arn(config: &crate::EnvironmentConfig, reference: &FunctionRef) -> String {
+pub fn function_arn(function: &Function, reference: &FunctionRef) -> String {
     let qualifier = reference
         .qualifier
         .map(|q| format!(":{q}"))
         .unwrap_or_default();
     format!(
         "arn:aws:lambda:{}:{}:function:{}{qualifier}",
-        config.region,
-        crate::config::ACCOUNT_ID,
+        function.region,
+        proto::invoke_api::ACCOUNT_ID,
         reference.name
     )
 }

@@ -1,5 +1,6 @@
-//! Small HTTP helpers shared by the two listeners: bounded body reads, JSON replies, and the
-//! accept loop.
+//! The HTTP/1.1 server behind every listening socket of the platform (the Runtime API, the
+//! invoke endpoint, the function host's front door): the accept loop with connection limits,
+//! bounded body reads, the watch for a caller who hung up, and JSON and Lambda error replies.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

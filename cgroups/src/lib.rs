@@ -1,4 +1,4 @@
-//! A cgroup per local sandbox: its memory and process limits, its own memory accounting, and a
+//! A cgroup per confined process tree (a local sandbox's runtime): its memory and process limits, its own memory accounting, and a
 //! kill that reaches every process it holds, `setsid()` or not.
 //!
 //! On Lambda each execution environment is a cgroup; on a host, `lambda-local` gives each
@@ -485,18 +485,10 @@ impl Cgroup {
         self.dirs.remove_within(limit)
     }
 
-    /// [`Cgroup::remove_within`] without blocking the thread: it waits on tokio's timer.
-    pub async fn remove(self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.dirs.kill_and_remove() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    /// One try at [`Cgroup::remove_within`] that does not wait: kills what is left and removes
+    /// the cgroup if it is empty by then (true). An async caller retries on its own timer.
+    pub fn try_remove(&self) -> bool {
+        self.dirs.kill_and_remove()
     }
 }
 

@@ -6,8 +6,8 @@
 //! The store is `redb`: an embedded, crash-safe (copy-on-write, checksummed, fsync on commit)
 //! key-value store in pure Rust, so there is no C library to build and no server to run.
 
-use crate::sandbox::Invocation;
 use bytes::Bytes;
+use proto::invoke::Invocation;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,7 @@
+//! Local mode's library side: the glue between a `rapid` environment and the front door, for the
+//! `lambda-local` binary and for anything else that serves a local sandbox's invoke API (the
+//! fuzz targets).
+
+pub mod sandbox;
+
+pub use sandbox::LocalSandbox;
