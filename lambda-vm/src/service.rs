@@ -315,8 +315,9 @@ impl Inner {
                     let mut spec = self.spec.clone();
                     let init_type = InitializationType::ProvisionedConcurrency;
                     spec.boot_args = Some(format!(
-                        "{} INIT_INITIALIZATION_TYPE={init_type}",
-                        spec.boot_args()
+                        "{} {}={init_type}",
+                        spec.boot_args(),
+                        proto::guest::cmdline::INITIALIZATION_TYPE
                     ));
                     Guest::boot(&spec, None, self.log_sink())?
                 } else {
