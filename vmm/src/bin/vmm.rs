@@ -119,7 +119,7 @@ fn run(args: &Args, caps: &HostCaps) -> VmExit {
 fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
     let started = std::time::Instant::now();
     match vmm::snapshot::create(&mut microvm, dir) {
-        Ok(()) => {
+        Ok(_) => {
             eprintln!(
                 "vmm: snapshot written to {} in {:.1} ms",
                 dir.display(),
@@ -152,6 +152,7 @@ fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
         let started = std::time::Instant::now();
         let options = vmm::snapshot::RestoreOptions {
             vsock_uds: args.vm.vsock_uds.clone(),
+            ..Default::default()
         };
         let microvm = vmm::snapshot::restore(dir, console, &options)
             .with_context(|| format!("restoring {}", dir.display()))?;
