@@ -3,6 +3,7 @@
 
 use crate::builder::BuildError;
 use crate::devices::bus::Bus;
+use crate::devices::i8042::I8042;
 use crate::devices::serial::Serial;
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -51,6 +52,7 @@ pub struct Parts {
     pub mmio: Bus,
     pub subscribers: Vec<Subscriber>,
     pub serial: Arc<Mutex<Serial>>,
+    pub i8042: Arc<Mutex<I8042>>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     pub devices: Vec<AttachedDevice>,
     pub vcpus: Vec<Vcpu>,
@@ -61,7 +63,9 @@ pub struct Microvm {
     vm: Vm,
     exit: Arc<ExitSignal>,
     vcpus: VcpuThreads,
+    vcpu_count: u8,
     serial: Arc<Mutex<Serial>>,
+    i8042: Arc<Mutex<I8042>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
     devices: Vec<AttachedDevice>,
     event_loop_stop: Arc<AtomicBool>,
@@ -97,6 +101,7 @@ impl Microvm {
             mmio: Arc::new(parts.mmio),
             exit: parts.exit.clone(),
         };
+        let vcpu_count = u8::try_from(parts.vcpus.len()).unwrap_or(u8::MAX);
         let vcpus = match VcpuThreads::start(parts.vcpus, context, paused) {
             Ok(vcpus) => vcpus,
             Err(e) => {
@@ -112,7 +117,9 @@ impl Microvm {
             vm: parts.vm,
             exit: parts.exit,
             vcpus,
+            vcpu_count,
             serial: parts.serial,
+            i8042: parts.i8042,
             vsock: parts.vsock,
             devices: parts.devices,
             event_loop_stop,
@@ -166,6 +173,18 @@ impl Microvm {
     /// Every vCPU's state, in id order; the VM must be paused.
     pub fn vcpu_states(&self, msr_list: &[u32]) -> Result<Vec<VcpuState>, VcpuError> {
         self.vcpus.save_states(msr_list)
+    }
+
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpu_count
+    }
+
+    /// Presses Ctrl+Alt+Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del();
     }
 
     /// Runs the vCPUs again.

@@ -129,7 +129,14 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<SnapshotManifest, Sna
     if written.is_err() {
         dir::discard(&staging);
     }
-    let manifest = written?;
+    let manifest = written.and_then(|manifest| {
+        manifest.write(&manifest_path(&paths.state))?;
+        Ok(manifest)
+    });
+    if manifest.is_err() {
+        dir::discard(&staging);
+    }
+    let manifest = manifest?;
     dir::publish(&staging, dir).map_err(io_error(dir))?;
     Ok(manifest)
 }
@@ -171,7 +178,10 @@ pub fn create_files(
             let _ = std::fs::remove_file(path);
         }
     };
-    let written = write_snapshot(microvm, &temporary, paths);
+    let written = write_snapshot(microvm, &temporary, paths).and_then(|manifest| {
+        manifest.write(&manifest_temporary)?;
+        Ok(manifest)
+    });
     let manifest = match written {
         Ok(manifest) => manifest,
         Err(e) => {
@@ -200,9 +210,9 @@ fn temporary_name(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Pauses `microvm`, reads its state and writes memory, state and manifest to `paths` (the
-/// manifest beside `paths.state`), each synced; the manifest records `named`, where the files
-/// will be once their writer moves them into place.
+/// Pauses `microvm`, reads its state and writes memory and state to `paths`, each synced;
+/// returns the manifest (for the caller to write last), which records `named`, where the files
+/// will be once the caller moves them into place.
 fn write_snapshot(
     microvm: &mut Microvm,
     paths: &SnapshotPaths,
@@ -261,9 +271,12 @@ fn write_snapshot(
         devices,
     };
     let checksum = write_files(paths, memory, mem_size_bytes, &state, held)?;
-    let manifest = SnapshotManifest::describe(&state, &named.state, &named.memory, checksum);
-    manifest.write(&manifest_path(&paths.state))?;
-    Ok(manifest)
+    Ok(SnapshotManifest::describe(
+        &state,
+        &named.state,
+        &named.memory,
+        checksum,
+    ))
 }
 
 /// Writes guest memory and then the state to `paths`, each synced; returns the state's
@@ -324,7 +337,7 @@ pub fn restore_files(
     vm_state::restore(&vm, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
     let serial = Serial::from_state(console, &state.serial).map_err(io_error(&paths.state))?;
-    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
     for (device, spec) in state.devices.iter().zip(specs) {
         virtio.attach(spec, Some(&device.transport))?;
@@ -358,6 +371,7 @@ pub fn restore_files(
         mmio,
         subscribers,
         serial,
+        i8042,
         vsock,
         devices,
         vcpus,
