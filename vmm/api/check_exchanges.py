@@ -63,7 +63,7 @@ def problems_of(api, document, exchange):
         known = False
         request_problem = None
     except Exception as e:  # any validation error of a known operation
-        request_problem = f"request does not match the spec: {e!r}"
+        request_problem = f"request does not match the spec: {e!r} {e.__cause__}"
     if not known:
         if status != 400:
             return [f"unknown path or method answered {status}, not 400"]
@@ -76,7 +76,7 @@ def problems_of(api, document, exchange):
     try:
         api.validate_response(request, response)
     except Exception as e:
-        problems.append(f"response does not match the spec: {e!r}")
+        problems.append(f"response does not match the spec: {e!r} {e.__cause__}")
     if status in (200, 204) and request_problem:
         problems.append(f"succeeded, but {request_problem}")
     return problems
