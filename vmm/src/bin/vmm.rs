@@ -145,7 +145,7 @@ fn serve_api(args: &Args, caps: &HostCaps, socket: &Path) -> VmExit {
     let options = ControllerOptions {
         id: args.id.clone(),
         serve_after_stop: args.serve_after_stop,
-        caps: caps.clone(),
+        caps: *caps,
         serial_out: args.vm.serial_out.clone(),
     };
     let mut controller = Controller::new(options, events.clone());
