@@ -126,3 +126,45 @@ fn a_published_firecracker_client_drives_the_vmm() {
     );
     assert!(text.contains("firecracker-python drove the vmm"), "{text}");
 }
+
+/// The first `sh` block of vmm/README.md's API section, as written.
+fn readme_example() -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("vmm/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Firecracker's API")
+        .expect("the API section")..];
+    let block = &section[section.find("```sh\n").expect("an sh block") + 6..];
+    block[..block.find("```").unwrap()].to_owned()
+}
+
+#[test]
+fn the_readme_example_runs_as_written() {
+    let test = "the_readme_example_runs_as_written";
+    if !have_kvm(test) || !have_curl(test) {
+        return;
+    }
+    let work = work_dir(test);
+    std::os::unix::fs::symlink(guest("counter"), work.join("vmlinux")).unwrap();
+    // The tiny guest ignores its initrd; the loader still places it.
+    std::fs::write(work.join("rootfs.cpio"), vec![0u8; 4096]).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_vmm")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &readme_example()])
+        .current_dir(&work)
+        .env("PATH", path)
+        .output()
+        .expect("running the README example");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let text = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{text}");
+    // Every PUT and PATCH answered 204 (no body): the output is the three GETs' answers.
+    assert!(stdout.contains(r#""state":"Running""#), "{text}");
+    assert!(!stdout.contains("fault_message"), "{text}");
+    assert!(stdout.contains(r#""started_from":"snapshot""#), "{text}");
+    assert!(work.join("vm.state.manifest.json").exists());
+}
