@@ -184,10 +184,12 @@ impl Controller {
                 }
                 VmmEvent::ApiFailed(why) => {
                     log::error!("the API is no longer served: {why}");
-                    // Without an API nothing can start a VM; a running one goes on until it
-                    // stops, since a client must never stop it.
-                    if matches!(self.phase, Phase::NotStarted) {
-                        return VmExit::VmmError(why);
+                    // Without an API nothing can start a VM, nor ask about a stopped one; a
+                    // running one goes on until it stops, since a client must never stop it.
+                    match &self.phase {
+                        Phase::NotStarted => return VmExit::VmmError(why),
+                        Phase::Stopped(exit) => return exit.clone(),
+                        Phase::Started(_) => self.options.serve_after_stop = false,
                     }
                 }
             }
