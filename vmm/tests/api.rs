@@ -353,6 +353,14 @@ fn garbage_hang_ups_and_floods_never_stop_the_vm() {
     let _ = headers.write_all(long.as_bytes());
     assert!(answer(&mut headers).starts_with("HTTP/1.1 431"));
 
+    // A client that stops sending after its request still gets the answer.
+    let mut half_closed = UnixStream::connect(&socket).unwrap();
+    half_closed.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    half_closed.shutdown(std::net::Shutdown::Write).unwrap();
+    let reply = answer(&mut half_closed);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("Connection: close"), "{reply}");
+
     // A client that hangs up mid-request, and one that stalls mid-request.
     let mut hang_up = UnixStream::connect(&socket).unwrap();
     hang_up

@@ -244,7 +244,7 @@ impl Server {
         let Some(connection) = self.connections.get_mut(index) else {
             return;
         };
-        connection.close_after = !request.keep_alive;
+        connection.close_after |= !request.keep_alive;
         match routed {
             Ok(typed) => {
                 let token = self.next_token;
@@ -320,11 +320,17 @@ impl Connection {
         self.last_active = Instant::now();
         match self.phase {
             Phase::Reading => {
-                if !self.read_available() {
-                    self.closed = true;
-                    return None;
+                let open = self.read_available();
+                let request = self.frame();
+                if !open {
+                    // The client is done sending: a whole request it sent is still answered
+                    // (on a half-closed socket), then the connection is closed.
+                    self.close_after = true;
+                    if request.is_none() && !matches!(self.phase, Phase::Writing) {
+                        self.closed = true;
+                    }
                 }
-                self.frame()
+                request
             }
             Phase::Writing => self.after_write(),
             Phase::Waiting(_) => {
@@ -337,7 +343,8 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has; false when the client hung up or the connection broke.
+    /// Reads what the socket has; false when the client has stopped sending (end of stream)
+    /// or the connection broke.
     fn read_available(&mut self) -> bool {
         let mut chunk = [0u8; 4096];
         loop {
