@@ -88,7 +88,8 @@ impl ApiClient {
                         source: e,
                     })
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                // A fresh vmm binds within milliseconds: a short retry keeps that visible.
+                Err(_) => std::thread::sleep(Duration::from_micros(250)),
             }
         }
     }
