@@ -9,6 +9,8 @@
 #   MEM_MIB   guest memory (default 128)
 #   BOOT_ARGS the kernel command line (default: the vmm's)
 #   WAIT_FOR  a console line (grep -E) that shows the guest is up (default "Linux version")
+#   BOOT_WAIT_S  how long to wait for it (default 300: a Linux boot under this machine's
+#             emulated KVM takes 20-40 s idle, minutes when the machine is busy)
 #   EXCHANGES a file to append every request and response to, as JSON lines (for the
 #             OpenAPI check in vmm/api/check_exchanges.py)
 set -euo pipefail
@@ -78,7 +80,7 @@ boot="{\"kernel_image_path\": \"$kernel\""
 api "$sock" PUT /boot-source "$boot}"
 api "$sock" PUT /entropy '{}'
 api "$sock" PUT /actions '{"action_type": "InstanceStart"}'
-wait_until 120 grep -qE "$wait_for" "$work/first.console" || {
+wait_until "${BOOT_WAIT_S:-300}" grep -qE "$wait_for" "$work/first.console" || {
     echo "the guest never printed '$wait_for':" >&2
     cat "$work/first.console" >&2
     exit 1

@@ -176,6 +176,20 @@ pub fn check_contract(test: &str, files: &[&Path]) -> bool {
         );
     }
     let api = workspace_root().join("vmm/api");
+    // The check must be able to fail: it first proves it catches exchanges that break the
+    // contract.
+    let self_test = Command::new(&python)
+        .arg(api.join("check_exchanges.py"))
+        .arg(api.join("openapi.yaml"))
+        .arg("--self-test")
+        .output()
+        .expect("running the OpenAPI check's self-test");
+    assert!(
+        self_test.status.success(),
+        "the OpenAPI check missed a broken exchange:\n{}{}",
+        String::from_utf8_lossy(&self_test.stdout),
+        String::from_utf8_lossy(&self_test.stderr)
+    );
     let output = Command::new(&python)
         .arg(api.join("check_exchanges.py"))
         .arg(api.join("openapi.yaml"))
