@@ -295,9 +295,39 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
         "after starting",
     );
 
-    // A process given boot resources may not load a snapshot.
+    // A process given boot resources may not load a snapshot. Network interfaces are checked
+    // as they come (the tap is opened at boot, and this machine may have none).
     let mut third = ApiVmm::start_in(&dir, "third.sock", &[]);
-    third.ok("PUT", "/machine-config", Some(&machine(32)));
+    let iface = |id: &str, tap: &str, mac: &str| {
+        format!(r#"{{"iface_id": "{id}", "host_dev_name": "{tap}", "guest_mac": "{mac}"}}"#)
+    };
+    third.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(&iface("eth0", "tap0", "06:00:ac:10:00:02")),
+    );
+    third.refused(
+        "PUT",
+        "/network-interfaces/eth1",
+        Some(&iface("eth1", "tap0", "06:00:ac:10:00:03")),
+        "already used",
+    );
+    third.refused(
+        "PUT",
+        "/network-interfaces/eth1",
+        Some(&iface("eth1", "tap1", "01:00:5e:00:00:01")),
+        "multicast",
+    );
+    third.refused(
+        "PUT",
+        "/network-interfaces/eth1",
+        Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "mtu": 1500}"#),
+        "mtu",
+    );
+    assert_eq!(
+        third.get_json("/vm/config")["network-interfaces"][0]["host_dev_name"],
+        "tap0"
+    );
     third.refused(
         "PUT",
         "/snapshot/load",
