@@ -4,7 +4,7 @@
 //! - [`server`] is the API thread: it frames requests ([`parse`], on `httparse`), turns them
 //!   into typed requests ([`routes`], bodies in [`types`]) and hands them to the main thread;
 //! - [`controller`] is the main thread's side: the pre-boot configuration, boot and restore,
-//!   pause, snapshot, and what `GET` reports;
+//!   and what `GET` reports; `running` what it does to a running VM (pause, snapshot, metrics);
 //! - [`client`] is a small blocking client of the same API, for programs that drive a `vmm`.
 //!
 //! The contract is `vmm/api/openapi.yaml`. Extensions (Firecracker has no such thing) live
@@ -14,6 +14,7 @@ pub mod client;
 pub mod controller;
 pub mod parse;
 pub mod routes;
+mod running;
 pub mod server;
 pub mod socket;
 pub mod types;

@@ -8,11 +8,13 @@
 //! the thread is under its seccomp filter, and it only ever sees typed requests (the client's
 //! bytes are parsed in the API thread, under that thread's own filter).
 
+mod configure;
+
+use super::running::ControllerState;
 use super::server::{Responder, VmmEvent};
 use super::types::{
-    ActionType, ExitInfo, FullVmConfig, InstanceInfo, LoggerConfig, MachineConfigUpdate,
-    MemoryBackendType, MetricsConfig, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
-    Timings, VersionInfo, VmRunState, VmmStatus,
+    ActionType, ExitInfo, FullVmConfig, InstanceInfo, MemoryBackendType, SnapshotLoadParams,
+    Timings, VersionInfo, VmmStatus,
 };
 use super::{routes::ApiRequest, ApiResponse};
 use crate::config::{
@@ -298,134 +300,6 @@ impl Controller {
         }
     }
 
-    fn set_machine_config(&mut self, config: MachineConfig) -> ApiResponse {
-        if let Err(e) = config.validate() {
-            return config_error(&e);
-        }
-        self.config.machine_config = config;
-        self.boot_configured = true;
-        ApiResponse::no_content()
-    }
-
-    fn patch_machine_config(&mut self, update: &MachineConfigUpdate) -> ApiResponse {
-        let mut config = self.config.machine_config.clone();
-        update.apply(&mut config);
-        self.set_machine_config(config)
-    }
-
-    fn set_boot_source(&mut self, boot: BootSource) -> ApiResponse {
-        if let Err(e) = boot.validate() {
-            return config_error(&e);
-        }
-        self.config.boot_source = Some(boot);
-        self.boot_configured = true;
-        ApiResponse::no_content()
-    }
-
-    /// Checks the devices as they would be with `change` made, and keeps them if they pass.
-    fn change_devices(&mut self, change: impl FnOnce(&mut VmConfig)) -> ApiResponse {
-        let mut candidate = self.vm_config(BootSource {
-            kernel_image_path: PathBuf::new(),
-            initrd_path: None,
-            boot_args: None,
-        });
-        change(&mut candidate);
-        if let Err(e) = candidate.validate_devices() {
-            return config_error(&e);
-        }
-        self.config.drives = candidate.drives;
-        self.config.vsock = candidate.vsock;
-        self.config.entropy = candidate.entropy;
-        self.config.network_interfaces = candidate.network_interfaces;
-        self.boot_configured = true;
-        ApiResponse::no_content()
-    }
-
-    /// A `PUT` of an existing ID replaces that device, in its place.
-    fn set_drive(&mut self, drive: Drive) -> ApiResponse {
-        self.change_devices(|config| {
-            match config
-                .drives
-                .iter_mut()
-                .find(|d| d.drive_id == drive.drive_id)
-            {
-                Some(existing) => *existing = drive,
-                None => config.drives.push(drive),
-            }
-        })
-    }
-
-    fn set_network_interface(&mut self, iface: NetworkInterface) -> ApiResponse {
-        self.change_devices(|config| {
-            let existing = config
-                .network_interfaces
-                .iter_mut()
-                .find(|n| n.iface_id == iface.iface_id);
-            match existing {
-                Some(existing) => *existing = iface,
-                None => config.network_interfaces.push(iface),
-            }
-        })
-    }
-
-    fn set_vsock(&mut self, vsock: Vsock) -> ApiResponse {
-        self.change_devices(|config| config.vsock = Some(vsock))
-    }
-
-    fn set_entropy(&mut self, entropy: Entropy) -> ApiResponse {
-        self.change_devices(|config| config.entropy = Some(entropy))
-    }
-
-    fn set_serial(&mut self, serial: Serial) -> ApiResponse {
-        if let Some(path) = &serial.serial_out_path {
-            if let Err(e) = open_console(Some(path)) {
-                return refuse(format!("serial_out_path {}: {e}", path.display()));
-            }
-        }
-        self.config.serial = Some(serial);
-        ApiResponse::no_content()
-    }
-
-    fn set_logger(&mut self, logger: LoggerConfig) -> ApiResponse {
-        if logger.module.is_some() {
-            return refuse("logger.module: filtering by module is not supported by this VMM");
-        }
-        let level = match logger.level.as_deref().map(parse_level).transpose() {
-            Ok(level) => level,
-            Err(message) => return refuse(message),
-        };
-        let configured = crate::logger::configure(
-            level,
-            logger.log_path.as_deref(),
-            logger.show_level,
-            logger.show_log_origin,
-        );
-        if let Err(e) = configured {
-            let path = logger.log_path.as_deref().unwrap_or(Path::new(""));
-            return refuse(format!("logger.log_path {}: {e}", path.display()));
-        }
-        self.config.logger = Some(logger);
-        ApiResponse::no_content()
-    }
-
-    fn set_metrics(&mut self, metrics: MetricsConfig) -> ApiResponse {
-        let opened = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics.metrics_path);
-        match opened {
-            Ok(file) => {
-                self.metrics = Some(file);
-                self.config.metrics = Some(metrics);
-                ApiResponse::no_content()
-            }
-            Err(e) => refuse(format!(
-                "metrics.metrics_path {}: {e}",
-                metrics.metrics_path.display()
-            )),
-        }
-    }
-
     /// The configuration to boot, with `boot` as its boot source.
     fn vm_config(&self, boot: BootSource) -> VmConfig {
         VmConfig {
@@ -567,73 +441,6 @@ impl Controller {
     }
 }
 
-/// What a post-boot request may change besides the VM.
-struct ControllerState<'a> {
-    metrics: &'a mut Option<File>,
-    timings: &'a mut Timings,
-    last_snapshot: &'a mut Option<SnapshotManifest>,
-    requests: u64,
-    refused: u64,
-}
-
-impl ControllerState<'_> {
-    fn set_run_state(&mut self, vm: &mut Microvm, state: VmRunState) -> ApiResponse {
-        match state {
-            VmRunState::Paused => {
-                let started = Instant::now();
-                vm.pause();
-                self.timings.pause_ms = Some(ms_since(started));
-            }
-            VmRunState::Resumed => vm.resume(),
-        }
-        ApiResponse::no_content()
-    }
-
-    fn create_snapshot(&mut self, vm: &mut Microvm, params: &SnapshotCreateParams) -> ApiResponse {
-        if params.snapshot_type == SnapshotType::Diff {
-            return refuse("snapshot_type Diff is not supported by this VMM: use Full");
-        }
-        if !vm.is_paused() {
-            return refuse("the microVM must be paused to create a snapshot (PATCH /vm)");
-        }
-        let paths = SnapshotPaths {
-            state: params.snapshot_path.clone(),
-            memory: params.mem_file_path.clone(),
-        };
-        let started = Instant::now();
-        match snapshot::create_files(vm, &paths) {
-            Ok(manifest) => {
-                self.timings.snapshot_create_ms = Some(ms_since(started));
-                *self.last_snapshot = Some(manifest);
-                ApiResponse::no_content()
-            }
-            Err(e) => refuse(format!("creating the snapshot: {}", Chain(&e))),
-        }
-    }
-
-    /// One JSON line: what this VMM counts.
-    fn flush_metrics(&mut self, vm: &Microvm) -> ApiResponse {
-        let Some(file) = self.metrics.as_mut() else {
-            return refuse("metrics are not configured (PUT /metrics before boot)");
-        };
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let line = serde_json::json!({
-            "utc_timestamp_ms": u64::try_from(timestamp_ms).unwrap_or(u64::MAX),
-            "api_server": { "requests": self.requests, "refused": self.refused },
-            "vm": { "paused": vm.is_paused() },
-            "timings_ms": self.timings,
-        });
-        let mut text = line.to_string();
-        text.push('\n');
-        match file.write_all(text.as_bytes()) {
-            Ok(()) => ApiResponse::no_content(),
-            Err(e) => refuse(format!("writing the metrics: {e}")),
-        }
-    }
-}
-
 fn exit_info(exit: &VmExit) -> ExitInfo {
     let (reason, message) = match exit {
         VmExit::Shutdown => ("shutdown", None),
@@ -644,20 +451,6 @@ fn exit_info(exit: &VmExit) -> ExitInfo {
         reason: reason.to_owned(),
         message,
         exit_code: exit.code(),
-    }
-}
-
-fn parse_level(text: &str) -> Result<log::LevelFilter, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "error" => Ok(log::LevelFilter::Error),
-        "warning" | "warn" => Ok(log::LevelFilter::Warn),
-        "info" => Ok(log::LevelFilter::Info),
-        "debug" => Ok(log::LevelFilter::Debug),
-        "trace" => Ok(log::LevelFilter::Trace),
-        "off" => Ok(log::LevelFilter::Off),
-        _ => Err(format!(
-            "logger.level {text:?}: want Error, Warning, Info, Debug, Trace or Off"
-        )),
     }
 }
 
