@@ -91,6 +91,7 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
         "a_function_in_a_microvm_answers_fails_and_powers_off",
         &server.invoke_addr,
         "rust-echo",
+        aws_clients::Service::Host,
     );
     // (Its `Event` invoke runs beside the others, so it may have scaled out to a second
     // environment.)

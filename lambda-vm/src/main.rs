@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use front_door::event_store::EventStore;
 use front_door::invoke_http::Endpoint;
-use front_door::LogTails;
+use front_door::{LogTails, Router};
 use http_server::ConnectionLimits;
 use lambda_vm::guest::{GuestSpec, Rootfs};
 use lambda_vm::host::FunctionHost;
@@ -122,11 +122,12 @@ struct Function {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     vmm::logger::init(args.log_level);
+    resolve_paths(&mut args)?;
     anyhow::ensure!(
         args.kernel.is_file(),
-        "--kernel {}: no such file",
+        "--kernel {}: not a file",
         args.kernel.display()
     );
     anyhow::ensure!(
@@ -212,6 +213,10 @@ async fn main() -> anyhow::Result<()> {
         let name = function.function_name.clone();
         let mut served = front_door::Function::new(&function);
         served.events.on_failure_dir = args.on_failure_dir.clone();
+        served.code = Some(
+            front_door::Code::of(&image)
+                .with_context(|| format!("function {name}: {}", image.display()))?,
+        );
         let function_dir = if single {
             work_dir.clone()
         } else {
@@ -264,10 +269,9 @@ async fn main() -> anyhow::Result<()> {
         let events = EventStore::open(&function_dir.join("events.redb"))
             .with_context(|| format!("the event store of {name}"))?;
         let service = FunctionService::new(served, function, spec, snapshots, scaling, log);
-        let endpoint = Endpoint::new(service.clone(), tails.clone(), Some(events));
-        hosted.push((service, endpoint));
+        hosted.push(Endpoint::new(service, tails.clone(), Some(events)));
     }
-    let host = FunctionHost::new(hosted, host);
+    let host = FunctionHost::new(Router::new(hosted), host);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -288,6 +292,62 @@ async fn main() -> anyhow::Result<()> {
     }
     for service in host.services() {
         service.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Makes every path the user gave absolute, once, here: each `vmm` runs in a jail with another
+/// root and working directory, and every path handed to it must mean the same there. Files
+/// that must exist are resolved to their real path (a missing one is named now); directories
+/// the service writes are made first.
+fn resolve_paths(args: &mut Args) -> anyhow::Result<()> {
+    let existing = |flag: &str, path: &mut PathBuf| -> anyhow::Result<()> {
+        *path =
+            std::fs::canonicalize(&*path).with_context(|| format!("{flag} {}", path.display()))?;
+        Ok(())
+    };
+    existing("--kernel", &mut args.kernel)?;
+    if let Some(path) = &mut args.function_config {
+        existing("--function-config", path)?;
+    }
+    if let Some(path) = &mut args.functions_dir {
+        existing("--functions-dir", path)?;
+    }
+    if let Some(path) = &mut args.vmm {
+        existing("--vmm", path)?;
+    }
+    // An image keeps the name it was given (its extension says what kind it is), made absolute.
+    if let Some(path) = &mut args.rootfs {
+        *path =
+            std::path::absolute(&*path).with_context(|| format!("--rootfs {}", path.display()))?;
+    }
+    let directory = |flag: &str, path: &mut PathBuf| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&*path)
+            .and_then(|()| std::fs::canonicalize(&*path))
+            .map(|real| *path = real)
+            .with_context(|| format!("{flag} {}", path.display()))
+    };
+    for (flag, path) in [
+        ("--work-dir", &mut args.work_dir),
+        ("--snapshot-dir", &mut args.snapshot_dir),
+        ("--on-failure-dir", &mut args.on_failure_dir),
+    ] {
+        if let Some(path) = path {
+            directory(flag, path)?;
+        }
+    }
+    if let Some(console) = &mut args.console {
+        let name = console
+            .file_name()
+            .map(ToOwned::to_owned)
+            .with_context(|| format!("--console {}: not a file name", console.display()))?;
+        let mut parent = console
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        directory("--console", &mut parent)?;
+        *console = parent.join(name);
     }
     Ok(())
 }

@@ -126,6 +126,17 @@ impl<E: Environment> Pool<E> {
         self.next_id
     }
 
+    /// The function's reserved concurrency.
+    pub fn reserved(&self) -> Option<usize> {
+        self.reserved
+    }
+
+    /// Changes the function's reserved concurrency; environments in use beyond a lowered one
+    /// finish their invocations, and new requests are refused until they have.
+    pub fn set_reserved(&mut self, reserved: Option<usize>) {
+        self.reserved = reserved;
+    }
+
     /// An environment for one invocation: the most recently used idle one, or the right to
     /// start one, unless a limit is reached. Environments in use count against both limits;
     /// idle ones count against neither.

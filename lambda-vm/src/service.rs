@@ -13,7 +13,7 @@ use crate::guest::{Guest, GuestError, GuestSpec};
 use crate::host_link::{self, Invoke, LinkError};
 use crate::pool::{Counts, Environment, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
-use front_door::{Function, Invoker};
+use front_door::{ConcurrencyError, Function, Invoker};
 use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
 use proto::host_link::Blob;
 use proto::invoke::{Invocation, InvokeError, Outcome};
@@ -131,11 +131,6 @@ impl FunctionService {
 
     pub fn name(&self) -> &str {
         &self.inner.config.function_name
-    }
-
-    /// The function's reserved concurrency, if it has one.
-    pub fn reserved_concurrency(&self) -> Option<usize> {
-        self.inner.scaling.reserved
     }
 
     /// Environments per state.
@@ -476,6 +471,23 @@ impl Invoker for FunctionService {
 
     fn log(&self, line: &str) {
         self.inner.log(line);
+    }
+
+    fn reserved_concurrency(&self) -> Option<u32> {
+        let reserved = self.inner.pool().reserved();
+        reserved.map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    fn set_reserved_concurrency(&self, reserved: Option<u32>) -> Result<(), ConcurrencyError> {
+        let max = self.inner.scaling.host.max();
+        let asked = reserved.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        if let (Some(asked), Some(n)) = (reserved, asked) {
+            if n > max {
+                return Err(ConcurrencyError::TooHigh { asked, max });
+            }
+        }
+        self.inner.pool().set_reserved(asked);
+        Ok(())
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {

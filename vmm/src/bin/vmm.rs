@@ -58,12 +58,22 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     vmm::logger::init(args.log_level);
+    // Relative paths are taken from where the vmm was started, resolved now: the jail moves
+    // the process to another root.
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => {
+            eprintln!("vmm: error: cannot read the current directory: {e}");
+            std::process::exit(1);
+        }
+    };
+    args.make_paths_absolute(&cwd);
     // Looked at before the jail, which hides /sys.
     let caps = HostCaps::detect();
     let exit = match args.jail.enter() {
-        Ok(()) => run(&args, &caps),
+        Ok(()) => run(&args, &caps, &cwd),
         Err(e) => VmExit::VmmError(Chain(&e).to_string()),
     };
     match &exit {
@@ -74,7 +84,39 @@ fn main() {
     std::process::exit(exit.code());
 }
 
-fn run(args: &Args, caps: &HostCaps) -> VmExit {
+impl Args {
+    /// Every path flag made absolute against `cwd` (paths inside a `--config-file` are made
+    /// absolute when it is loaded, [`config::load`]).
+    fn make_paths_absolute(&mut self, cwd: &Path) {
+        let absolute = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = cwd.join(&*path);
+            }
+        };
+        let jail = &mut self.jail;
+        let single = [&mut jail.jail_root, &mut jail.jail_netns];
+        let many = [
+            &mut jail.jail_bind,
+            &mut jail.jail_bind_rw,
+            &mut jail.jail_dev,
+            &mut jail.jail_cgroup,
+        ];
+        single.into_iter().flatten().for_each(absolute);
+        many.into_iter().flatten().for_each(absolute);
+        let vm = &mut self.vm;
+        [
+            &mut vm.vsock_uds,
+            &mut vm.serial_out,
+            &mut self.restore_from,
+            &mut self.snapshot_dir,
+        ]
+        .into_iter()
+        .flatten()
+        .for_each(absolute);
+    }
+}
+
+fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
     // Compiled before anything is built, so a bad filter stops us before a guest exists; the
     // threads install theirs as they start.
     if !args.no_seccomp {
@@ -83,7 +125,7 @@ fn run(args: &Args, caps: &HostCaps) -> VmExit {
             Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
         }
     }
-    let microvm = match start(args, caps) {
+    let microvm = match start(args, caps, cwd) {
         Ok(Some(microvm)) => microvm,
         Ok(None) => return VmExit::Shutdown,
         Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
@@ -133,7 +175,7 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
 }
 
 /// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
+fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Microvm>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         match path {
             // Appended to, so several VMs (a function's environments) can share one console
@@ -161,7 +203,7 @@ fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
         );
         return Ok(Some(microvm));
     }
-    let config = config::load(&args.vm, caps).context("configuration")?;
+    let config = config::load(&args.vm, caps, cwd).context("configuration")?;
     if args.dry_run {
         println!("{config:#?}");
         return Ok(None);
