@@ -510,6 +510,8 @@ fn resolve_paths(args: &mut Args) -> anyhow::Result<()> {
     if let Some(path) = &mut args.vmm {
         existing("--vmm", path)?;
     }
+    args.kvm_device = std::path::absolute(&args.kvm_device)
+        .with_context(|| format!("--kvm-device {}", args.kvm_device.display()))?;
     // An image keeps the name it was given (its extension says what kind it is), made absolute.
     if let Some(path) = &mut args.rootfs {
         *path =
