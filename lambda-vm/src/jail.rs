@@ -87,12 +87,22 @@ impl JailHost {
         Ok(host)
     }
 
+    /// Removes the cgroups the dead service `pid` left (it was killed before it could remove
+    /// them).
+    pub fn sweep_service(&self, pid: u32) {
+        self.sweep_slot(pid % SERVICE_SLOTS);
+    }
+
     /// Removes the cgroups a dead service with this slot left (it was killed before it could
-    /// remove them): they are named by ids only this slot hands out, and a cgroup that still
-    /// has a process is not removed (`rmdir` refuses it).
+    /// remove them).
     fn sweep_cgroups(&self) {
-        let ours =
-            ID_BASE + self.slot * IDS_PER_SERVICE..ID_BASE + (self.slot + 1) * IDS_PER_SERVICE;
+        self.sweep_slot(self.slot);
+    }
+
+    /// Removes the empty cgroups of `slot`: they are named by ids only that slot hands out,
+    /// and a cgroup that still has a process is not removed (`rmdir` refuses it).
+    fn sweep_slot(&self, slot: u32) {
+        let ours = ID_BASE + slot * IDS_PER_SERVICE..ID_BASE + (slot + 1) * IDS_PER_SERVICE;
         for parent in &self.cgroups {
             let Ok(entries) = std::fs::read_dir(parent) else {
                 continue;

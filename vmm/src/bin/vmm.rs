@@ -73,12 +73,22 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     vmm::logger::init(args.log_level);
+    // Relative paths are taken from where the vmm was started, resolved now: the jail moves
+    // the process to another root.
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => {
+            eprintln!("vmm: error: cannot read the current directory: {e}");
+            std::process::exit(1);
+        }
+    };
+    args.make_paths_absolute(&cwd);
     // Looked at before the jail, which hides /sys.
     let caps = HostCaps::detect();
     let exit = match args.jail.enter() {
-        Ok(()) => run(&args, &caps),
+        Ok(()) => run(&args, &caps, &cwd),
         Err(e) => VmExit::VmmError(Chain(&e).to_string()),
     };
     match &exit {
@@ -89,7 +99,40 @@ fn main() {
     std::process::exit(exit.code());
 }
 
-fn run(args: &Args, caps: &HostCaps) -> VmExit {
+impl Args {
+    /// Every path flag made absolute against `cwd` (paths inside a `--config-file` are made
+    /// absolute when it is loaded, [`config::load`]).
+    fn make_paths_absolute(&mut self, cwd: &Path) {
+        let absolute = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = cwd.join(&*path);
+            }
+        };
+        let jail = &mut self.jail;
+        let single = [&mut jail.jail_root, &mut jail.jail_netns];
+        let many = [
+            &mut jail.jail_bind,
+            &mut jail.jail_bind_rw,
+            &mut jail.jail_dev,
+            &mut jail.jail_cgroup,
+        ];
+        single.into_iter().flatten().for_each(absolute);
+        many.into_iter().flatten().for_each(absolute);
+        let vm = &mut self.vm;
+        [
+            &mut vm.vsock_uds,
+            &mut vm.serial_out,
+            &mut self.restore_from,
+            &mut self.snapshot_dir,
+            &mut self.api_sock,
+        ]
+        .into_iter()
+        .flatten()
+        .for_each(absolute);
+    }
+}
+
+fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
     // Compiled before anything is built, so a bad filter stops us before a guest exists; the
     // threads install theirs as they start.
     if !args.no_seccomp {
@@ -99,9 +142,9 @@ fn run(args: &Args, caps: &HostCaps) -> VmExit {
         }
     }
     if let Some(socket) = &args.api_sock {
-        return serve_api(args, caps, socket);
+        return serve_api(args, caps, socket, cwd);
     }
-    let microvm = match start(args, caps) {
+    let microvm = match start(args, caps, cwd) {
         Ok(Some(microvm)) => microvm,
         Ok(None) => return VmExit::Shutdown,
         Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
@@ -136,7 +179,7 @@ fn run(args: &Args, caps: &HostCaps) -> VmExit {
 
 /// `--api-sock`: the socket first (while this is the only thread), then the API thread, then
 /// any VM the flags describe, then requests until the VM stops.
-fn serve_api(args: &Args, caps: &HostCaps, socket: &Path) -> VmExit {
+fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit {
     let listener = match vmm::api::socket::bind(socket) {
         Ok(listener) => listener,
         Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
@@ -161,13 +204,13 @@ fn serve_api(args: &Args, caps: &HostCaps, socket: &Path) -> VmExit {
             None => StartedFrom::Boot,
         };
         let config = match configured {
-            true => match config::load(&args.vm, caps) {
+            true => match config::load(&args.vm, caps, cwd) {
                 Ok(config) => Some(config),
                 Err(e) => return VmExit::VmmError(format!("configuration: {}", Chain(&e))),
             },
             false => None,
         };
-        let adopted = match start(args, caps) {
+        let adopted = match start(args, caps, cwd) {
             Ok(Some(microvm)) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 controller.adopt(microvm, from, config.as_ref(), ms)
@@ -202,7 +245,7 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
 }
 
 /// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
+fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Microvm>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         vmm::api::controller::open_console(path.map(PathBuf::as_path)).with_context(|| {
             let path = path.map(|p| p.display().to_string()).unwrap_or_default();
@@ -224,7 +267,7 @@ fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
         );
         return Ok(Some(microvm));
     }
-    let config = config::load(&args.vm, caps).context("configuration")?;
+    let config = config::load(&args.vm, caps, cwd).context("configuration")?;
     if args.dry_run {
         println!("{config:#?}");
         return Ok(None);

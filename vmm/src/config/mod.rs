@@ -353,15 +353,48 @@ fn require_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     }
 }
 
+impl VmConfig {
+    /// Makes every host path absolute, relative ones taken from `base` (the directory the
+    /// `vmm` was started in, as Firecracker reads them): a path then means the same after the
+    /// jail's `pivot_root`, and in a snapshot restored from another directory.
+    pub fn make_paths_absolute(&mut self, base: &Path) {
+        let absolute = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        absolute(&mut self.boot_source.kernel_image_path);
+        if let Some(initrd) = &mut self.boot_source.initrd_path {
+            absolute(initrd);
+        }
+        for drive in &mut self.drives {
+            absolute(&mut drive.path_on_host);
+        }
+        if let Some(vsock) = &mut self.vsock {
+            absolute(&mut vsock.uds_path);
+        }
+        if let Some(out) = self
+            .serial
+            .as_mut()
+            .and_then(|s| s.serial_out_path.as_mut())
+        {
+            absolute(out);
+        }
+    }
+}
+
 /// The configuration the flags describe: a `--config-file`, with any other flags
 /// overriding or adding to it, validated, its CPU template resolved for a host with `caps`.
-pub fn load(flags: &VmFlags, caps: &HostCaps) -> Result<VmConfig, ConfigError> {
+/// Relative paths, in the file or the flags, are taken from `base` (see
+/// [`VmConfig::make_paths_absolute`]).
+pub fn load(flags: &VmFlags, caps: &HostCaps, base: &Path) -> Result<VmConfig, ConfigError> {
     let file = flags
         .config_file
         .as_deref()
-        .map(VmConfig::from_file)
+        .map(|path| VmConfig::from_file(&base.join(path)))
         .transpose()?;
     let mut config = flags.apply(file)?;
+    config.make_paths_absolute(base);
     config.validate()?;
     let template = &mut config.machine_config.cpu_template;
     *template = template.resolve(caps);
