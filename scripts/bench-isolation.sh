@@ -92,7 +92,7 @@ restore_first_response() {
     if [ "${2:-}" != first ] && grep -q "SnapStart snapshot taken" "$log"; then
         die "a restore run took a new snapshot"
     fi
-    echo "$first $(sed -n 's/^lambda-vm: microVM restored in \([0-9.]*\) ms (VMM side.*/\1/p' "$log" | head -1)"
+    echo "$first $(sed -n 's/.*microVM restored (.*VMM side \([0-9.]*\) ms.*/\1/p' "$log" | head -1)"
 }
 
 step "the vmm alone: a tiny guest that resets at once, 20 runs each, alternating"

@@ -68,14 +68,14 @@ fn files_under(dir: &Path, inside: &Path, found: &mut BTreeSet<PathBuf>) {
     }
 }
 
-/// The `--vsock-uds` argument a `vmm` was started with: its environment's socket.
-fn vsock_uds(pid: u32) -> PathBuf {
+/// The `--api-sock` argument a `vmm` was started with: its environment's API socket.
+fn api_socket(pid: u32) -> PathBuf {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let at = args
         .iter()
-        .position(|a| *a == b"--vsock-uds")
-        .expect("a restored vmm has --vsock-uds");
+        .position(|a| *a == b"--api-sock")
+        .expect("every vmm the service starts has --api-sock");
     PathBuf::from(String::from_utf8(args[at + 1].to_vec()).unwrap())
 }
 
@@ -186,7 +186,7 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
     assert_eq!(vmms.len(), 2, "{}", status(&server));
     let envs: Vec<PathBuf> = vmms
         .iter()
-        .map(|&pid| vsock_uds(pid).parent().unwrap().to_owned())
+        .map(|&pid| api_socket(pid).parent().unwrap().to_owned())
         .collect();
     assert_ne!(envs[0], envs[1]);
     let snapshots = tmp.join("state").join("snapshots").join("snap");
@@ -242,7 +242,8 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
             .expect("a snapshot");
         for expected in [
             &image_link,
-            &vsock_uds(pid),
+            &api_socket(pid),
+            &envs[i].join("vsock.sock"),
             &PathBuf::from("/dev/kvm"),
             &snapshot.join("state"),
             &snapshot.join("memory"),

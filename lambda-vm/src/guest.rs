@@ -1,20 +1,26 @@
 //! One function environment: a microVM in its own `vmm` process, and the host link its init
-//! opened. Each environment has a directory of its own (vsock socket, VM configuration), removed
-//! with it, and is known to the service's [`Environments`] from before its `vmm` starts until
-//! everything of it is gone, so that stopping the service can end it and wait for it.
+//! opened. Each environment has a directory of its own (API and vsock sockets), removed with it,
+//! and is known to the service's [`Environments`] from before its `vmm` starts until everything
+//! of it is gone, so that stopping the service can end it and wait for it.
+//!
+//! An environment is made in two steps: [`Prepared`] (its directory, network, host-link
+//! listener, and its `vmm` started, jailed and answering on its API, with no VM yet), then a
+//! boot ([`Guest::boot`]) or a restore ([`Guest::resume`]) through that API. The first step
+//! can be done ahead of any request ([`crate::ready`]).
 
 use crate::host_link::{HostLink, LinkError, Listener, PORT};
+use crate::jail::JailContents;
 use crate::network::{EnvNetwork, NetworkError, Networks};
-use crate::vmm_process::{VmmError, VmmExit, VmmProcess};
+use crate::snapshots::Snapshot;
+use crate::vmm_api::{Vmm, VmmError, VmmExit};
+use crate::vmm_process::{boot_contents, restore_contents, Launcher};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use vmm::builder::default_boot_args;
-use vmm::config::{
-    BootSource, CpuTemplate, Drive, Entropy, MachineConfig, Serial, VmConfig, Vsock,
-};
+use vmm::config::{BootSource, CpuTemplate, Drive, Entropy, MachineConfig, VmConfig, Vsock};
 
 /// The guest CID every function VM gets: each VM has its own vsock device and socket, so they
 /// need not differ.
@@ -24,15 +30,17 @@ const ACCEPT_SLICE: Duration = Duration::from_millis(200);
 /// How long a restored guest's init may take to reconnect. It takes about 0.1 s even on
 /// emulated KVM; a guest that has not reconnected long after that came from a bad snapshot.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a `vmm` may take to write a snapshot (128 MiB of memory and a sync: well under a
-/// second here) and exit.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fresh `vmm` may take to serve its API (tens of milliseconds; a loaded host can
+/// take much longer to start processes).
+const API_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The vsock device's socket in an environment's directory.
+const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// What a function's microVM boots.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
-    /// The `vmm` binary each environment runs in.
-    pub vmm: PathBuf,
+    /// How each environment's `vmm` is started (binary, jail, seccomp).
+    pub launcher: Arc<Launcher>,
     pub kernel: PathBuf,
     /// The function's image (from `scripts/build-rootfs.sh`).
     pub rootfs: Rootfs,
@@ -101,9 +109,9 @@ impl GuestSpec {
         }
     }
 
-    /// The Firecracker-style configuration of environment `env`'s VM, whose vsock device is on
-    /// `uds_path`.
-    fn vm_config(&self, env: u64, uds_path: PathBuf) -> VmConfig {
+    /// The Firecracker-style configuration of a VM whose vsock device is on `uds_path` (its
+    /// console is its `vmm`'s stdout).
+    fn vm_config(&self, uds_path: PathBuf) -> VmConfig {
         let (initrd_path, drives) = match &self.rootfs {
             Rootfs::Initramfs(path) => (Some(path.clone()), Vec::new()),
             Rootfs::Ext4(path) => (
@@ -137,9 +145,7 @@ impl GuestSpec {
             // entropy on its own, which under emulated KVM took minutes: the runtime's first
             // spawn (a random log stream name) waited on it.
             entropy: Some(Entropy {}),
-            serial: Some(Serial {
-                serial_out_path: self.console.path(env),
-            }),
+            serial: None,
             network_interfaces: self
                 .network
                 .iter()
@@ -177,7 +183,7 @@ impl Rootfs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("starting the microVM")]
+    #[error("the microVM")]
     Vmm(#[from] VmmError),
     #[error("host link")]
     Link(#[from] LinkError),
@@ -195,22 +201,6 @@ pub enum GuestError {
     },
     #[error("the service is stopping")]
     Stopping,
-}
-
-impl std::fmt::Display for VmmExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VmmExit::Shutdown => write!(f, "the guest shut down"),
-            VmmExit::GuestCrash => write!(f, "the guest crashed"),
-            VmmExit::Failed { status, stderr } => {
-                // The vmm's last line says why (`vmm: error: ...`); earlier ones are context.
-                match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-                    Some(last) => write!(f, "the vmm ended ({status}): {}", last.trim()),
-                    None => write!(f, "the vmm ended ({status})"),
-                }
-            }
-        }
-    }
 }
 
 /// How far the service is in stopping.
@@ -405,89 +395,109 @@ impl EnvDir {
     }
 }
 
+impl EnvDir {
+    /// The vsock device's socket (the host link listens beside it, `<socket>_<port>`).
+    fn vsock(&self) -> PathBuf {
+        self.0.join(VSOCK_SOCKET)
+    }
+}
+
 impl Drop for EnvDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-pub struct Guest {
-    // Dropped in this order: the link closes, the vmm is killed and reaped, the directory goes,
+/// An environment before its VM: its place among the service's environments, its directory and
+/// network, the host-link listener (bound before the VM runs, so the guest's first connection
+/// finds it), and its `vmm` started, jailed and filtered, answering on its API with no VM yet.
+/// [`Guest::boot`] or [`Guest::resume`] makes it a [`Guest`]; dropped, it leaves nothing.
+pub struct Prepared {
+    // Dropped in this order: the vmm is killed and reaped, the listener and the directory go,
     // the network goes (its namespace only once no vmm is in it), and then the environment is
     // gone from the service's count.
-    pub link: HostLink,
-    pub vmm: VmmProcess,
+    vmm: Vmm,
+    listener: Listener,
     dir: EnvDir,
     network: Option<EnvNetwork>,
     registration: Registration,
     /// The environment's number within its function (in its log lines and file names).
     pub env: u64,
-    /// The VMM's part of a restore, as the `vmm` measured it (load call to vCPUs running).
-    pub vmm_time: Option<Duration>,
-    /// From the start of the `vmm` to the guest's `Hello`.
-    pub boot_time: Duration,
+    /// When its `vmm` was serving.
+    pub since: Instant,
 }
 
-impl Guest {
-    /// Boots environment `env` in a new `vmm` and waits for its init to connect over vsock.
-    /// With `snapshot_dir`, the VM can be snapshotted there ([`Guest::snapshot_after_init`]).
-    pub fn boot(
+impl Prepared {
+    /// Makes environment `env` up to its `vmm` waiting on its API, jailed with what `contents`
+    /// says (given the environment's directory and network namespace).
+    fn new(
         spec: &GuestSpec,
         env: u64,
-        snapshot_dir: Option<&Path>,
-        log: impl FnMut(&str) + Send + 'static,
-    ) -> Result<Guest, GuestError> {
-        let guest = Self::start(spec, env, spec.boot_timeout, log, |dir, uds_path, netns| {
-            let config = spec.vm_config(env, uds_path.to_owned());
-            let config_path = dir.join("vm.json");
-            VmmProcess::boot(&spec.vmm, &config, &config_path, snapshot_dir, netns)
-        })?;
-        if snapshot_dir.is_none() {
-            guest.registration.started();
-        }
-        Ok(guest)
-    }
-
-    /// Restores the snapshot in `snapshot` as environment `env` in a new `vmm`, waits for the
-    /// guest's init to reconnect (the restored vsock device reset its connections), and sends
-    /// it fresh entropy and the time, which lets the runtime's `restore/next` answer.
-    pub fn restore(
-        spec: &GuestSpec,
-        env: u64,
-        snapshot: &Path,
-        log: impl FnMut(&str) + Send + 'static,
-    ) -> Result<Guest, GuestError> {
-        let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
-        let console = spec.console.path(env);
-        let mut guest = Self::start(spec, env, timeout, log, |_, uds_path, netns| {
-            VmmProcess::restore(&spec.vmm, snapshot, uds_path, console.as_deref(), netns)
-        })?;
-        guest.link.restore()?;
-        guest.vmm_time = guest.vmm.restore_time();
-        guest.registration.started();
-        Ok(guest)
-    }
-
-    /// One way to start: a place among the service's environments, a fresh environment
-    /// directory and network, the host-link listener on its vsock socket (before the VM starts,
-    /// so the guest's first connection finds it), the `vmm` that `launch` starts there (in the
-    /// network's namespace), and the guest's connection within `timeout`.
-    fn start(
-        spec: &GuestSpec,
-        env: u64,
-        timeout: Duration,
-        log: impl FnMut(&str) + Send + 'static,
-        launch: impl FnOnce(&Path, &Path, Option<&Path>) -> Result<VmmProcess, VmmError>,
-    ) -> Result<Guest, GuestError> {
-        let started = Instant::now();
+        contents: impl FnOnce(&Path, Option<PathBuf>) -> JailContents,
+    ) -> Result<Prepared, GuestError> {
         let registration = spec.environments.register()?;
         let dir = EnvDir::create(&spec.work_dir, env)?;
         let network = spec.network.as_ref().map(|n| n.create()).transpose()?;
-        let uds_path = dir.0.join("vsock.sock");
-        let listener = Listener::bind(&uds_path, PORT)?;
-        let netns = network.as_ref().map(EnvNetwork::netns);
-        let mut vmm = launch(&dir.0, &uds_path, netns.as_deref())?;
+        let listener = Listener::bind(&dir.vsock(), PORT)?;
+        let contents = contents(&dir.0, network.as_ref().map(EnvNetwork::netns));
+        let console = spec.console.path(env);
+        let process = spec
+            .launcher
+            .spawn(&contents, &dir.0, console.as_deref())
+            .map_err(VmmError::from)?;
+        let vmm = Vmm::connect(process, API_START_TIMEOUT)?;
+        Ok(Prepared {
+            vmm,
+            listener,
+            dir,
+            network,
+            registration,
+            env,
+            since: Instant::now(),
+        })
+    }
+
+    /// Environment `env` ready to restore `snapshot`: its `vmm` jailed with the snapshot's
+    /// files (from its manifest) and its memory size.
+    pub fn for_restore(
+        spec: &GuestSpec,
+        env: u64,
+        snapshot: &Snapshot,
+    ) -> Result<Prepared, GuestError> {
+        Prepared::new(spec, env, |dir, netns| {
+            restore_contents(&snapshot.manifest, &snapshot.dir, dir, netns)
+        })
+    }
+
+    /// Whether its `vmm` process has ended (a ready process killed while it waited).
+    pub fn died(&mut self) -> bool {
+        self.vmm.died()
+    }
+
+    /// Its `vmm`'s process ID.
+    pub fn pid(&self) -> u32 {
+        self.vmm.pid()
+    }
+
+    /// Waits for the guest's host-link connection (within `timeout` of `started`) and makes
+    /// the environment a [`Guest`].
+    fn connect(
+        self,
+        started: Instant,
+        timeout: Duration,
+        log: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Guest, GuestError> {
+        let Prepared {
+            mut vmm,
+            listener,
+            dir,
+            network,
+            registration,
+            env,
+            ..
+        } = self;
         let mut link = wait_for_link(&listener, &mut vmm, &registration, started, timeout)?;
+        drop(listener);
         registration.linked(&link);
         link.on_log(log);
         Ok(Guest {
@@ -501,12 +511,95 @@ impl Guest {
             boot_time: started.elapsed(),
         })
     }
+}
+
+pub struct Guest {
+    // Dropped in this order: the link closes, the vmm is killed and reaped, the directory goes,
+    // the network goes (its namespace only once no vmm is in it), and then the environment is
+    // gone from the service's count.
+    pub link: HostLink,
+    pub vmm: Vmm,
+    dir: EnvDir,
+    network: Option<EnvNetwork>,
+    registration: Registration,
+    /// The environment's number within its function (in its log lines and file names).
+    pub env: u64,
+    /// The VMM's part of a restore, as the `vmm` measured it (reading the state to the vCPUs
+    /// running).
+    pub vmm_time: Option<Duration>,
+    /// From the boot or restore request to the guest's `Hello`.
+    pub boot_time: Duration,
+}
+
+impl Guest {
+    /// Boots environment `env` in a new `vmm` and waits for its init to connect over vsock.
+    /// With `snapshot_staging`, the VM may write a snapshot there
+    /// ([`Guest::snapshot_after_init`]).
+    pub fn boot(
+        spec: &GuestSpec,
+        env: u64,
+        snapshot_staging: Option<&Path>,
+        log: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Guest, GuestError> {
+        let started = Instant::now();
+        let mut config = None;
+        let mut prepared = Prepared::new(spec, env, |dir, netns| {
+            let vm = spec.vm_config(dir.join(VSOCK_SOCKET));
+            let contents = boot_contents(&vm, dir, snapshot_staging, netns);
+            config = Some(vm);
+            contents
+        })?;
+        if let Some(config) = &config {
+            prepared.vmm.boot(config)?;
+        }
+        let guest = prepared.connect(started, spec.boot_timeout, log)?;
+        if snapshot_staging.is_none() {
+            guest.registration.started();
+        }
+        Ok(guest)
+    }
+
+    /// Restores `snapshot` as environment `env` in a new `vmm` ([`Guest::resume`]).
+    pub fn restore(
+        spec: &GuestSpec,
+        env: u64,
+        snapshot: &Snapshot,
+        log: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Guest, GuestError> {
+        let prepared = Prepared::for_restore(spec, env, snapshot)?;
+        Guest::resume(spec, prepared, snapshot, log)
+    }
+
+    /// Restores `snapshot` in `prepared`'s waiting `vmm` (one `PUT /snapshot/load`, running
+    /// at once), waits for the guest's init to reconnect (the restored vsock device reset its
+    /// connections), and sends it fresh entropy and the time, which lets the runtime's
+    /// `restore/next` answer.
+    pub fn resume(
+        spec: &GuestSpec,
+        mut prepared: Prepared,
+        snapshot: &Snapshot,
+        log: impl FnMut(&str) + Send + 'static,
+    ) -> Result<Guest, GuestError> {
+        let started = Instant::now();
+        let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
+        prepared.vmm.restore(snapshot, &prepared.dir.vsock())?;
+        let mut guest = prepared.connect(started, timeout, log)?;
+        guest.link.restore()?;
+        guest.boot_time = started.elapsed();
+        guest.vmm_time = guest.vmm.restore_time();
+        guest.registration.started();
+        Ok(guest)
+    }
 
     /// SnapStart's first step: waits for the guest's init to finish (its runtime reached
-    /// `restore/next`), then has the `vmm` pause the VM and write the snapshot to the directory
-    /// it was booted with. The VM is done after that, as on Lambda: every environment is a
-    /// restored copy.
-    pub fn snapshot_after_init(mut self, init_timeout: Duration) -> Result<Duration, GuestError> {
+    /// `restore/next`), then pauses the VM and writes its snapshot into `staging` (the
+    /// directory it was booted with). The VM is done after that, as on Lambda: every
+    /// environment is a restored copy.
+    pub fn snapshot_after_init(
+        mut self,
+        staging: &Path,
+        init_timeout: Duration,
+    ) -> Result<Duration, GuestError> {
         self.link.set_timeout(Some(init_timeout))?;
         let init_duration = self.link.wait_init_done().map_err(|e| {
             if self.registration.ended() {
@@ -517,7 +610,7 @@ impl Guest {
         })?;
         let Guest {
             link,
-            vmm,
+            mut vmm,
             dir,
             network,
             registration,
@@ -525,8 +618,9 @@ impl Guest {
         } = self;
         // The snapshot needs the guest's side of the connection as it is; the host's end goes
         // with this process's view of it once the VM is paused.
-        let written = vmm.snapshot(SNAPSHOT_TIMEOUT);
+        let written = vmm.snapshot(staging);
         drop(link);
+        drop(vmm);
         drop(dir);
         drop(network);
         drop(registration);
@@ -539,9 +633,9 @@ impl Guest {
         self.registration.ended()
     }
 
-    /// Asks the guest to power off and waits up to `grace` for its `vmm` to exit (not at all
-    /// when the service is ending every environment at once); then the `vmm` is killed (if
-    /// still running) and reaped, and the environment's directory removed.
+    /// Asks the guest to power off and waits up to `grace` for its VM to stop (not at all
+    /// when the service is ending every environment at once); then the `vmm` is killed and
+    /// reaped, and the environment's directory removed.
     pub fn shutdown(self, grace: Duration) {
         let Guest {
             link,
@@ -591,7 +685,7 @@ impl Registration {
 /// the environment, or `timeout` passes.
 fn wait_for_link(
     listener: &Listener,
-    vmm: &mut VmmProcess,
+    vmm: &mut Vmm,
     registration: &Registration,
     started: Instant,
     timeout: Duration,

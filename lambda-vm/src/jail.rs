@@ -11,7 +11,6 @@ use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 /// Jail users and groups are `BASE + service slot * 65536 + environment number`: unused by
 /// distributions (which stay below 65536, and below 1 000 000 for subordinate ranges), and
@@ -35,7 +34,9 @@ const V2_ROOT: &str = "/sys/fs/cgroup/unified";
 /// interface.
 const DEVICES: [&str; 2] = ["/dev/kvm", "/dev/net/tun"];
 
-/// What this host lets the service do for every `vmm`.
+/// What this host lets the service do for every `vmm`: found once at start and handed to the
+/// [`crate::vmm_process::Launcher`].
+#[derive(Debug)]
 pub struct JailHost {
     /// An empty directory each `vmm` mounts its private root on (in its own mount namespace,
     /// so one directory serves them all).
@@ -49,18 +50,8 @@ pub struct JailHost {
     slot: u32,
 }
 
-static HOST: OnceLock<JailHost> = OnceLock::new();
+/// Numbers the jails of this process (their users and cgroups).
 static ENVIRONMENTS: AtomicU32 = AtomicU32::new(0);
-
-/// Turns jails on for every `vmm` started from now on.
-pub fn enable(host: JailHost) {
-    let _ = HOST.set(host);
-}
-
-/// The jail settings, if jails are on.
-pub fn host() -> Option<&'static JailHost> {
-    HOST.get()
-}
 
 impl JailHost {
     /// What jails this host can give; `Err` says why there can be none. `work_dir` holds the

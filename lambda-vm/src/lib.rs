@@ -8,7 +8,8 @@
 //! - [`snapshots`]: where SnapStart snapshots live, keyed to what they were made from;
 //! - [`host_link`]: the host end of the host link;
 //! - [`network`]: one network namespace, tap and veth per environment;
-//! - [`vmm_process`]: a microVM as its own `vmm` process.
+//! - [`vmm_process`]: a microVM's own `vmm` process: spawning, jail, reaping;
+//! - [`vmm_api`]: the one control channel to each `vmm`, Firecracker's API.
 
 pub mod checks;
 pub mod dirs;
@@ -19,8 +20,10 @@ pub mod jail;
 pub mod logs;
 pub mod network;
 pub mod pool;
+pub mod ready;
 pub mod service;
 pub mod snapshots;
+pub mod vmm_api;
 pub mod vmm_process;
 
 pub use service::{FunctionService, Scaling, StartError};

@@ -77,9 +77,10 @@ mod tests {
         let tails = LogTails::default();
         let watch = tails.watch("r1");
         let log = FunctionLog::new("greeter", tails, Some(dir.path())).unwrap();
-        log.service(Some(3), "scaled out");
-        log.guest(3, "START RequestId: r1 Version: $LATEST");
-        log.guest(3, "REPORT RequestId: r1\tDuration: 1 ms");
+        let env = 3;
+        log.service(Some(env), "scaled out");
+        log.guest(env, "START RequestId: r1 Version: $LATEST");
+        log.guest(env, "REPORT RequestId: r1\tDuration: 1 ms");
         log.service(None, "throttled");
         let written = std::fs::read_to_string(dir.path().join("greeter.log")).unwrap();
         assert_eq!(

@@ -24,6 +24,7 @@ use lambda_vm::logs::FunctionLog;
 use lambda_vm::network::{self, Networks};
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
+use lambda_vm::vmm_process::Launcher;
 use lambda_vm::{FunctionService, Scaling};
 use proto::InitializationType;
 use std::net::SocketAddr;
@@ -108,6 +109,12 @@ struct Args {
     /// of at least 1).
     #[arg(long)]
     eager: bool,
+    /// How many `vmm` processes each SnapStart function keeps started, jailed and waiting (each
+    /// with its own network), so that a new environment is a restore into one of them; at most
+    /// as many as the host's available memory could run at once (half of it), and never more
+    /// than --max-concurrency. 0 turns them off.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    ready_vmms: usize,
     /// The `vmm` binary [default: the one beside this program].
     #[arg(long)]
     vmm: Option<PathBuf>,
@@ -254,9 +261,9 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         scratch.path().display()
     );
 
-    // Before any environment starts: every vmm from here on is jailed, or none is.
-    let jail = if args.no_jail {
-        "jail off (--no-jail)".to_owned()
+    // Before any environment starts: every vmm is jailed, or none is.
+    let (jail_host, jail) = if args.no_jail {
+        (None, "jail off (--no-jail)".to_owned())
     } else {
         match JailHost::detect(scratch.path()) {
             Ok(host) => {
@@ -264,10 +271,9 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
                     host.sweep_service(leftover.pid);
                 }
                 let described = host.describe();
-                lambda_vm::jail::enable(host);
-                described
+                (Some(Arc::new(host)), described)
             }
-            Err(why) => format!("jail off: {why}"),
+            Err(why) => (None, format!("jail off: {why}")),
         }
     };
     for leftover in &leftovers {
@@ -277,12 +283,16 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let seccomp = if args.no_seccomp {
-        lambda_vm::vmm_process::disable_seccomp();
         "seccomp off (--no-seccomp)"
     } else {
         "seccomp on in every vmm (a filter per thread kind)"
     };
     println!("lambda-vm: isolation: {seccomp}; {jail}");
+    let launcher = Arc::new(Launcher {
+        binary: vmm,
+        jail: jail_host,
+        seccomp: !args.no_seccomp,
+    });
     let cpu_template = CpuTemplate::Auto.resolve(&HostCaps::detect());
     let networks = if !args.no_network && functions.iter().any(|f| f.config.networking) {
         open_networks(args.network_range)
@@ -333,7 +343,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             (None, None) => Console::Discard,
         };
         let spec = GuestSpec {
-            vmm: vmm.clone(),
+            launcher: launcher.clone(),
             kernel: args.kernel.clone(),
             rootfs,
             boot_args: args.boot_args.clone(),
@@ -360,6 +370,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             },
             idle_timeout,
             host: host.clone(),
+            ready: ready_vmms(&args, &function),
         };
         let log = FunctionLog::new(&name, tails.clone(), args.log_dir.as_deref())
             .with_context(|| format!("--log-dir: the log of {name}"))?;
@@ -466,6 +477,23 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     }
     say("lambda-vm: stopped");
     outcome
+}
+
+/// How many ready `vmm` processes `function` keeps (none unless it is a SnapStart function),
+/// said on stdout when the memory bound lowers it.
+fn ready_vmms(args: &Args, function: &proto::FunctionConfig) -> usize {
+    if function.initialization_type != InitializationType::SnapStart {
+        return 0;
+    }
+    let wanted = args.ready_vmms.min(args.max_concurrency);
+    let fit = lambda_vm::ready::bounded_by_memory(wanted, function.memory_mb);
+    if fit < wanted {
+        println!(
+            "lambda-vm: {}: {fit} ready vmm process(es), not {wanted}: the host's available memory bounds them",
+            function.function_name
+        );
+    }
+    fit
 }
 
 /// SIGTERM and SIGINT.

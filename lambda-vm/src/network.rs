@@ -657,7 +657,7 @@ mod tests {
 
     #[test]
     fn only_canonical_names_are_ours() {
-        assert_eq!(slot_of("lvm-0"), Some(0));
+        assert_eq!(slot_of("lvm-0"), Some(0u32));
         assert_eq!(slot_of("lvm-123"), Some(123));
         for other in ["lvm-", "lvm-01", "lvm-+1", "lvm-1a", "eth0", "xlvm-1"] {
             assert_eq!(slot_of(other), None, "{other}");

@@ -11,11 +11,12 @@
 //! link is dropped, never reused. Each invocation runs on a blocking thread that owns its
 //! environment and gives it back itself, so a client that hangs up mid-invoke leaks nothing.
 
-use crate::guest::{Guest, GuestError, GuestSpec};
+use crate::guest::{Guest, GuestError, GuestSpec, Prepared};
 use crate::host_link::{self, LinkError};
 use crate::logs::FunctionLog;
 use crate::pool::{Checkout, Counts, Environment, Handoff, HostLimit, Lease, Pool, Refusal};
-use crate::snapshots::{KeyError, Snapshots};
+use crate::ready::ReadyPool;
+use crate::snapshots::{KeyError, Snapshot, Snapshots};
 use front_door::{ConcurrencyError, Function, Invoker};
 use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
 use proto::invoke::{Invocation, InvokeError, Outcome};
@@ -43,6 +44,12 @@ pub enum StartError {
     Guest(#[from] GuestError),
     #[error(transparent)]
     SnapshotKey(#[from] KeyError),
+    #[error("SnapStart: writing the snapshot {}", dir.display())]
+    Snapshot {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A snapshot just taken from a booted guest did not restore: restore itself is broken
     /// here, and no snapshot will do better.
     #[error("SnapStart: the snapshot just taken in {} did not restore", dir.display())]
@@ -75,6 +82,9 @@ pub struct Scaling {
     pub idle_timeout: Duration,
     /// The host-wide cap, shared by every function.
     pub host: HostLimit,
+    /// For a SnapStart function, how many `vmm` processes are kept ready to restore into
+    /// ([`crate::ready`]).
+    pub ready: usize,
 }
 
 /// One function: an [`Invoker`] over its pool of environments. Cheap to clone.
@@ -96,8 +106,10 @@ struct Inner {
     /// One snapshot is taken at a time: a burst of first invokes takes one, then restores it.
     snapshotting: Mutex<()>,
     log: FunctionLog,
+    /// A SnapStart function's ready `vmm` processes.
+    ready: Arc<ReadyPool>,
     /// The number of the next environment (in log lines and file names).
-    next_env: AtomicU64,
+    next_env: Arc<AtomicU64>,
     /// Whether the provisioned environments were started once ([`FunctionService::provision`]);
     /// after that the maintenance thread replaces any that go.
     provisioned_once: AtomicBool,
@@ -116,6 +128,12 @@ impl FunctionService {
         log: FunctionLog,
     ) -> FunctionService {
         let pool = Pool::new(scaling.reserved, scaling.host.clone());
+        let ready = ReadyPool::new(if snapshots.is_some() {
+            scaling.ready
+        } else {
+            0
+        });
+        let next_env = Arc::new(AtomicU64::new(1));
         let inner = Arc::new(Inner {
             function,
             config,
@@ -125,10 +143,22 @@ impl FunctionService {
             pool: Mutex::new(pool),
             snapshotting: Mutex::new(()),
             log,
-            next_env: AtomicU64::new(1),
+            ready: ready.clone(),
+            next_env: next_env.clone(),
             provisioned_once: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&inner);
+        let log_to = weak.clone();
+        ready.start(
+            &inner.config.function_name,
+            inner.spec.clone(),
+            move || next_env.fetch_add(1, Ordering::Relaxed),
+            move |line| {
+                if let Some(inner) = log_to.upgrade() {
+                    inner.log.service(None, line);
+                }
+            },
+        );
         std::thread::Builder::new()
             .name(format!("pool-{}", inner.config.function_name))
             .spawn(move || maintain(weak))
@@ -173,6 +203,7 @@ impl FunctionService {
     /// Stops handing out environments: requests waiting for one are told, idle ones are torn
     /// down now, starting and busy ones as they come back.
     pub async fn shutdown(&self) {
+        self.inner.ready.stop();
         let idle = self.inner.pool().shut_down();
         let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -188,9 +219,14 @@ impl FunctionService {
 /// torn down, missing provisioned ones started.
 fn maintain(inner: Weak<Inner>) {
     // The snapshot key hashes the kernel and the image (tens of MB): done now, it is not on the
-    // first restore's path; later starts only compare file metadata.
-    if let Some(snapshots) = inner.upgrade().as_ref().and_then(|i| i.snapshots.as_ref()) {
-        let _ = snapshots.current();
+    // first restore's path; later starts only compare file metadata. A snapshot already there
+    // (an earlier run's) gets its ready processes now.
+    if let Some(inner) = inner.upgrade() {
+        if let Some(Ok(dir)) = inner.snapshots.as_ref().map(Snapshots::current) {
+            if let Ok(Some(snapshot)) = Snapshot::open(&dir) {
+                inner.ready.offer(&snapshot);
+            }
+        }
     }
     let mut provisioning = Backoff::default();
     loop {
@@ -198,6 +234,13 @@ fn maintain(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        let dead = inner.ready.check();
+        if dead > 0 {
+            inner.log.service(
+                None,
+                &format!("{dead} ready vmm process(es) died while waiting; replacing them"),
+            );
+        }
         let expired = inner.pool().expire(inner.scaling.idle_timeout);
         for guest in expired {
             let idle = inner.scaling.idle_timeout.as_secs_f64();
@@ -243,6 +286,12 @@ impl Backoff {
             .saturating_mul(2u32.saturating_pow(self.failures.saturating_sub(1).min(6)))
             .min(Self::MAX);
         self.next = Some(Instant::now() + wait);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ready.stop();
     }
 }
 
@@ -383,31 +432,38 @@ impl Inner {
             return Ok(guest);
         };
         let dir = snapshots.current()?;
-        if dir.join(vmm::snapshot::STATE_FILE).exists() {
-            match self.restore(&dir) {
+        let known = self.ready.snapshot(&dir).map(Some).map(Ok);
+        match known.unwrap_or_else(|| Snapshot::open(&dir)) {
+            Ok(Some(snapshot)) => match self.restore(&snapshot) {
                 Ok(guest) => return Ok(guest),
                 Err(GuestError::Stopping) => return Err(GuestError::Stopping.into()),
-                Err(e) => self.discard(&dir, &e),
-            }
+                Err(e) => self.discard(&dir, &chain(&e)),
+            },
+            Ok(None) => {}
+            Err(e) => self.discard(&dir, &chain(&e)),
         }
-        {
+        let snapshot = {
             let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
             // Another start may have taken it while this one waited.
-            if !dir.join(vmm::snapshot::STATE_FILE).exists() {
-                self.take_snapshot(&dir)?;
-                let removed = snapshots.remove_stale(&dir);
-                if removed > 0 {
-                    self.log.service(
-                        None,
-                        &format!(
-                            "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
-                            snapshots.root().display()
-                        ),
-                    );
+            match Snapshot::open(&dir) {
+                Ok(Some(snapshot)) => snapshot,
+                _ => {
+                    let snapshot = self.take_snapshot(&dir)?;
+                    let removed = snapshots.remove_stale(&dir);
+                    if removed > 0 {
+                        self.log.service(
+                            None,
+                            &format!(
+                                "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
+                                snapshots.root().display()
+                            ),
+                        );
+                    }
+                    snapshot
                 }
             }
-        }
-        self.restore(&dir).map_err(|e| match e {
+        };
+        self.restore(&snapshot).map_err(|e| match e {
             GuestError::Stopping => StartError::Guest(e),
             e => StartError::FreshSnapshot {
                 dir: dir.clone(),
@@ -417,13 +473,13 @@ impl Inner {
     }
 
     /// Logs and removes a snapshot that did not restore.
-    fn discard(&self, dir: &Path, error: &GuestError) {
+    fn discard(&self, dir: &Path, why: &str) {
+        self.ready.forget(dir);
         self.log.service(
             None,
             &format!(
-                "discarding the SnapStart snapshot {}: it did not restore: {}; taking a new one",
+                "discarding the SnapStart snapshot {}: it did not restore: {why}; taking a new one",
                 dir.display(),
-                chain(error)
             ),
         );
         let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
@@ -433,13 +489,46 @@ impl Inner {
         }
     }
 
-    /// SnapStart's first step: boots, waits for the runtime's init to finish, and snapshots.
-    fn take_snapshot(self: &Arc<Self>, dir: &Path) -> Result<(), StartError> {
+    /// SnapStart's first step: boots, waits for the runtime's init to finish, and snapshots
+    /// into a staging directory beside `dir`, which then becomes `dir` in one rename (so a
+    /// snapshot is there whole or not at all).
+    fn take_snapshot(self: &Arc<Self>, dir: &Path) -> Result<Snapshot, StartError> {
         let started = std::time::Instant::now();
-        let env = self.new_env();
-        let guest = Guest::boot(&self.spec, env, Some(dir), self.guest_log(env))?;
-        let limit = INIT_TIMEOUT + HOST_DEADLINE_SLACK;
-        let init = guest.snapshot_after_init(limit)?;
+        let staging = vmm::snapshot::dir::stage(dir).map_err(|source| StartError::Snapshot {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let taken = (|| {
+            let env = self.new_env();
+            let guest = Guest::boot(&self.spec, env, Some(&staging), self.guest_log(env))?;
+            let limit = INIT_TIMEOUT + HOST_DEADLINE_SLACK;
+            let init = guest.snapshot_after_init(&staging, limit)?;
+            Ok::<_, StartError>((env, init))
+        })();
+        let (env, init) = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                vmm::snapshot::dir::discard(&staging);
+                return Err(e);
+            }
+        };
+        let published = vmm::snapshot::dir::publish(&staging, dir)
+            .and_then(|()| match Snapshot::open(dir) {
+                Ok(Some(snapshot)) => Ok(snapshot),
+                Ok(None) => Err(std::io::Error::other("the vmm wrote no manifest")),
+                Err(e) => Err(std::io::Error::other(chain(&e))),
+            })
+            .map_err(|source| StartError::Snapshot {
+                dir: dir.to_owned(),
+                source,
+            });
+        let snapshot = match published {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                vmm::snapshot::dir::discard(&staging);
+                return Err(e);
+            }
+        };
         self.log.service(
             Some(env),
             &format!(
@@ -449,12 +538,21 @@ impl Inner {
                 dir.display()
             ),
         );
-        Ok(())
+        self.ready.offer(&snapshot);
+        Ok(snapshot)
     }
 
-    fn restore(self: &Arc<Self>, dir: &Path) -> Result<Guest, GuestError> {
-        let env = self.new_env();
-        let guest = Guest::restore(&self.spec, env, dir, self.guest_log(env))?;
+    /// Restores `snapshot` in a ready `vmm` process if one is waiting, else in a new one.
+    fn restore(self: &Arc<Self>, snapshot: &Snapshot) -> Result<Guest, GuestError> {
+        let (prepared, from) = match self.ready.take(&snapshot.dir) {
+            Some(prepared) => (prepared, "a ready vmm"),
+            None => {
+                let prepared = Prepared::for_restore(&self.spec, self.new_env(), snapshot)?;
+                (prepared, "a new vmm")
+            }
+        };
+        let env = prepared.env;
+        let guest = Guest::resume(&self.spec, prepared, snapshot, self.guest_log(env))?;
         let vmm_ms = guest.vmm_time.map_or_else(
             || "?".to_owned(),
             |t| format!("{:.1}", t.as_secs_f64() * 1000.0),
@@ -462,7 +560,7 @@ impl Inner {
         self.log.service(
             Some(env),
             &format!(
-                "microVM restored in {vmm_ms} ms (VMM side, vmm pid {}), init reconnected after {} ms",
+                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init reconnected after {} ms",
                 guest.vmm.pid(),
                 guest.boot_time.as_millis()
             ),

@@ -14,6 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use vmm::snapshot::file::FORMAT_VERSION;
+use vmm::snapshot::manifest::{manifest_path, ManifestError, SnapshotManifest};
+use vmm::snapshot::{MEMORY_FILE, STATE_FILE};
 
 /// Hex digits of the key: 128 bits of SHA-256.
 const KEY_HEX_LEN: usize = 32;
@@ -48,6 +50,48 @@ pub struct KeyError {
     path: PathBuf,
     #[source]
     source: io::Error,
+}
+
+/// A snapshot on disk as a restore needs it: its directory (`state`, `memory`, and the
+/// manifest `state.manifest.json` the `vmm` writes last), and what the manifest says.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub manifest: SnapshotManifest,
+}
+
+impl Snapshot {
+    /// The state file of the snapshot in `dir`.
+    pub fn state_path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    /// The guest memory file of the snapshot in `dir`.
+    pub fn memory_path(dir: &Path) -> PathBuf {
+        dir.join(MEMORY_FILE)
+    }
+
+    /// The snapshot in `dir`: `None` when there is none (no manifest), an error when its
+    /// manifest cannot be read (a snapshot to discard).
+    pub fn open(dir: &Path) -> Result<Option<Snapshot>, ManifestError> {
+        let path = manifest_path(&Self::state_path(dir));
+        if !path.exists() {
+            return Ok(None);
+        }
+        let manifest = SnapshotManifest::read(&path)?;
+        Ok(Some(Snapshot {
+            dir: dir.to_owned(),
+            manifest,
+        }))
+    }
+
+    pub fn state(&self) -> PathBuf {
+        Self::state_path(&self.dir)
+    }
+
+    pub fn memory(&self) -> PathBuf {
+        Self::memory_path(&self.dir)
+    }
 }
 
 /// One function's snapshots.

@@ -1,45 +1,32 @@
-//! One microVM as its own `vmm` process, as Firecracker runs one process per VM: a guest's
-//! fault or a VMM bug takes down that process only, and the service's memory holds no guest.
+//! One microVM's `vmm` process, as Firecracker runs one process per VM: a guest's fault or a
+//! VMM bug takes down that process only, and the service's memory holds no guest.
 //!
-//! The process is started from a Firecracker-style configuration file (boot) or with
-//! `--restore-from` (restore); it is killed and reaped when the [`VmmProcess`] is dropped, so an
-//! environment that goes away leaves no process behind.
+//! This module starts the process and ends it; it never tells it what to run. Every `vmm` is
+//! started bare, serving Firecracker's API on a socket in its environment's directory
+//! (`--api-sock`, `--serve-after-stop`), and [`crate::vmm_api`] then boots or restores its VM
+//! through that socket. So a process can be started, jailed and filtered long before anyone
+//! knows which request it will serve.
 //!
-//! When jails are on ([`crate::jail::enable`]) each `vmm` starts in a new PID namespace with
-//! the `--jail-*` flags that confine it to its own files, user and cgroups. Its console then
-//! goes to its stdout (the console file, opened here), since the jail's user may not open the
-//! service's console file itself.
+//! With a jail ([`Launcher::jail`]) each `vmm` starts in a new PID namespace with the
+//! `--jail-*` flags that confine it to its own files, user and cgroups. Its console is always
+//! its stdout (the console file, opened here, since a jailed user may not open it itself). The
+//! process is killed and reaped when the [`VmmProcess`] is dropped, so an environment that goes
+//! away leaves no process behind.
 
-use crate::jail::{EnvJail, JailContents};
+use crate::jail::{EnvJail, JailContents, JailHost};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, OnceLock};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use vmm::config::VmConfig;
+use vmm::snapshot::manifest::SnapshotManifest;
 
-/// How a `vmm` ended, by its exit code (see the `vmm` binary).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmmExit {
-    /// 0: the guest shut down, or the snapshot was written.
-    Shutdown,
-    /// 3: the guest crashed (triple fault, emulation failure).
-    GuestCrash,
-    /// Any other exit: a VMM error, usage error, or a signal. The VMM's last words.
-    Failed { status: String, stderr: String },
-}
+/// The API socket's name in an environment's directory.
+pub const API_SOCKET: &str = "api.sock";
 
 #[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    #[error("writing the VM configuration {}", path.display())]
-    Config {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+pub enum SpawnError {
     #[error("starting {}", path.display())]
     Spawn {
         path: PathBuf,
@@ -60,186 +47,78 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("signalling the vmm process")]
-    Signal(#[source] std::io::Error),
-    #[error("the vmm did not finish its snapshot within {0:?}")]
-    SnapshotTimeout(Duration),
-    #[error("the vmm failed: {0:?}")]
-    Exited(VmmExit),
+}
+
+/// How every `vmm` of the service is started: which binary, in which jail, with or without its
+/// seccomp filters. Decided once at start and passed down to each environment.
+#[derive(Debug)]
+pub struct Launcher {
+    pub binary: PathBuf,
+    /// What this host's jails can do; `None`: every `vmm` runs unjailed.
+    pub jail: Option<Arc<JailHost>>,
+    /// `false`: every `vmm` runs with `--no-seccomp` (debugging and measuring only).
+    pub seccomp: bool,
 }
 
 /// A running `vmm` process.
 pub struct VmmProcess {
     child: Child,
-    /// Its stderr, kept for the reason it failed (bounded).
+    /// Its API socket.
+    api_socket: PathBuf,
+    /// Its stderr, kept to say why it ended when it ends before its API can (bounded).
     stderr: Arc<Mutex<Vec<String>>>,
-    /// Files that belong to this VM only, removed with it.
-    owned: Vec<PathBuf>,
     /// Its jail's user and cgroups (the cgroups go after the process is reaped).
     jail: Option<EnvJail>,
-}
-
-/// Set by [`disable_seccomp`].
-static NO_SECCOMP: AtomicBool = AtomicBool::new(false);
-
-/// Starts every `vmm` from now on with `--no-seccomp` (debugging and measuring only).
-pub fn disable_seccomp() {
-    NO_SECCOMP.store(true, Ordering::Relaxed);
-}
-
-/// What an environment's jail takes from its caller beyond the VM's own files.
-#[derive(Debug, Clone, Default)]
-pub struct Isolation {
-    /// A network namespace (e.g. /run/netns/NAME) the `vmm` joins instead of a new, empty one.
-    pub netns: Option<PathBuf>,
 }
 
 /// Most stderr lines kept from one `vmm`.
 const STDERR_LINES: usize = 64;
 
-impl VmmProcess {
-    /// Boots `config` in a new `vmm` (its configuration file written to `config_path`). With
-    /// `snapshot_dir`, SIGUSR1 ([`VmmProcess::snapshot`]) makes it write a snapshot there. With
-    /// `netns`, the `vmm` runs in that network namespace (where its tap is).
-    pub fn boot(
-        binary: &Path,
-        config: &VmConfig,
-        config_path: &Path,
-        snapshot_dir: Option<&Path>,
-        netns: Option<&Path>,
-    ) -> Result<VmmProcess, VmmError> {
-        Self::boot_in(
-            binary,
-            config,
-            config_path,
-            snapshot_dir,
-            &Isolation {
-                netns: netns.map(Path::to_owned),
-            },
-        )
-    }
-
-    /// [`VmmProcess::boot`] with per-environment isolation inputs.
-    pub fn boot_in(
-        binary: &Path,
-        config: &VmConfig,
-        config_path: &Path,
-        snapshot_dir: Option<&Path>,
-        isolation: &Isolation,
-    ) -> Result<VmmProcess, VmmError> {
-        let mut config = config.clone();
-        let mut console = None;
-        let jail = match crate::jail::host() {
-            Some(host) => {
-                console = config
-                    .serial
-                    .as_mut()
-                    .and_then(|s| s.serial_out_path.take());
-                let contents = boot_contents(&config, config_path, snapshot_dir, isolation)
-                    .map_err(VmmError::Jail)?;
-                Some(prepare_jail(host, &contents)?)
-            }
+impl Launcher {
+    /// Starts a `vmm` that serves its API on `API_SOCKET` in `env_dir`, in a jail holding
+    /// `contents` (and in its network namespace, jailed or not), its console to `console`
+    /// (discarded when `None`).
+    pub fn spawn(
+        &self,
+        contents: &JailContents,
+        env_dir: &Path,
+        console: Option<&Path>,
+    ) -> Result<VmmProcess, SpawnError> {
+        let jail = match &self.jail {
+            Some(host) => Some(prepare_jail(host, contents)?),
             None => None,
         };
-        let json = serde_json::to_vec_pretty(&config).map_err(std::io::Error::other);
-        json.and_then(|json| std::fs::write(config_path, json))
-            .map_err(|source| VmmError::Config {
-                path: config_path.to_owned(),
-                source,
-            })?;
-        let mut command = Command::new(binary);
-        command.arg("--config-file").arg(config_path);
-        if let Some(dir) = snapshot_dir {
-            command.arg("--snapshot-dir").arg(dir);
-        }
-        let stdout = console_output(jail.is_some(), console.as_deref())?;
-        let netns = isolation.netns.as_deref();
-        Self::spawn(
-            binary,
-            command,
-            netns,
-            vec![config_path.to_owned()],
-            jail,
-            stdout,
-        )
-    }
-
-    /// Restores the snapshot in `dir` in a new `vmm`, its vsock device on `vsock_uds` and its
-    /// console to `console` (discarded when `None`), in the network namespace `netns` if any.
-    pub fn restore(
-        binary: &Path,
-        dir: &Path,
-        vsock_uds: &Path,
-        console: Option<&Path>,
-        netns: Option<&Path>,
-    ) -> Result<VmmProcess, VmmError> {
-        let isolation = Isolation {
-            netns: netns.map(Path::to_owned),
-        };
-        Self::restore_in(binary, dir, vsock_uds, console, &isolation)
-    }
-
-    /// [`VmmProcess::restore`] with per-environment isolation inputs.
-    pub fn restore_in(
-        binary: &Path,
-        dir: &Path,
-        vsock_uds: &Path,
-        console: Option<&Path>,
-        isolation: &Isolation,
-    ) -> Result<VmmProcess, VmmError> {
-        let jail = match crate::jail::host() {
-            Some(host) => {
-                let contents = restore_contents(dir, vsock_uds, isolation);
-                Some(prepare_jail(host, &contents)?)
-            }
-            None => None,
-        };
-        let mut command = Command::new(binary);
+        let api_socket = env_dir.join(API_SOCKET);
+        let mut command = Command::new(&self.binary);
         command
-            // At info level the vmm reports how long the restore took it (restore_time).
-            .args(["--log-level", "info"])
-            .arg("--restore-from")
-            .arg(dir)
-            .arg("--vsock-uds")
-            .arg(vsock_uds);
-        if jail.is_none() {
-            command
-                .arg("--serial-out")
-                .arg(console.unwrap_or(Path::new("/dev/null")));
+            .arg("--api-sock")
+            .arg(&api_socket)
+            .arg("--serve-after-stop");
+        match (&contents.netns, &jail) {
+            (_, Some(jail)) => {
+                // A jailed vmm joins its namespace itself (`--jail-netns`), after the jail's
+                // other steps.
+                command.args(jail.args());
+            }
+            (Some(netns), None) => {
+                join_netns(&mut command, netns).map_err(|source| SpawnError::Netns {
+                    path: netns.clone(),
+                    source,
+                })?;
+            }
+            (None, None) => {}
         }
-        let stdout = console_output(jail.is_some(), console)?;
-        let netns = isolation.netns.as_deref();
-        Self::spawn(binary, command, netns, Vec::new(), jail, stdout)
-    }
-
-    fn spawn(
-        binary: &Path,
-        mut command: Command,
-        netns: Option<&Path>,
-        owned: Vec<PathBuf>,
-        jail: Option<EnvJail>,
-        stdout: Stdio,
-    ) -> Result<VmmProcess, VmmError> {
-        // A jailed vmm joins its namespace itself (`--jail-netns`), after the jail's other steps.
-        if let (Some(netns), None) = (netns, &jail) {
-            join_netns(&mut command, netns).map_err(|source| VmmError::Netns {
-                path: netns.to_owned(),
-                source,
-            })?;
+        if !self.seccomp {
+            command.arg("--no-seccomp");
         }
         command
             .stdin(Stdio::null())
-            .stdout(stdout)
+            .stdout(console_output(console)?)
             .stderr(Stdio::piped());
-        if let Some(jail) = &jail {
-            command.args(jail.args());
-        }
-        if NO_SECCOMP.load(Ordering::Relaxed) {
-            command.arg("--no-seccomp");
-        }
+        let pid_namespace = jail.as_ref().and(self.jail.clone());
         let mut child =
-            spawn_dying_with_us(command, jail.is_some()).map_err(|source| VmmError::Spawn {
-                path: binary.to_owned(),
+            spawn_dying_with_us(command, pid_namespace).map_err(|source| SpawnError::Spawn {
+                path: self.binary.clone(),
                 source,
             })?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -257,19 +136,37 @@ impl VmmProcess {
         }
         Ok(VmmProcess {
             child,
+            api_socket,
             stderr,
-            owned,
             jail,
         })
     }
+}
 
-    /// The VMM's own restore time (load call to vCPUs running), from its log.
-    pub fn restore_time(&self) -> Option<Duration> {
-        let kept = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
-        kept.iter().find_map(|line| {
-            let ms = line.split("restored in ").nth(1)?.strip_suffix(" ms")?;
-            Duration::try_from_secs_f64(ms.parse::<f64>().ok()? / 1000.0).ok()
-        })
+/// How a `vmm` process ended on its own: killed (by its seccomp filter, say), or failed before
+/// its API served (a jail it could not enter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Died {
+    /// The exit status, explained when it is a seccomp kill.
+    pub status: String,
+    /// Its last words on stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Died {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The vmm's last line says why (`vmm: error: ...`); earlier ones are context.
+        match self.stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(last) => write!(f, "the vmm ended ({}): {}", self.status, last.trim()),
+            None => write!(f, "the vmm ended ({})", self.status),
+        }
+    }
+}
+
+impl VmmProcess {
+    /// Its API socket.
+    pub fn api_socket(&self) -> &Path {
+        &self.api_socket
     }
 
     /// Its process ID as the service sees it (in a jail, its own PID namespace calls it 1).
@@ -282,73 +179,52 @@ impl VmmProcess {
         self.jail.as_ref().map(EnvJail::uid)
     }
 
-    /// How the process ended, if it has; waits up to `timeout` (not at all for zero).
-    pub fn exited(&mut self, timeout: Duration) -> Option<VmmExit> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(self.exit_of(status)),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Ok(None) => return None,
-                Err(e) => {
-                    return Some(VmmExit::Failed {
-                        status: format!("cannot wait for it: {e}"),
-                        stderr: String::new(),
-                    })
-                }
-            }
+    /// How the process ended, if it has (without waiting).
+    pub fn died(&mut self) -> Option<Died> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(self.death(status)),
+            Ok(None) => None,
+            Err(e) => Some(Died {
+                status: format!("cannot wait for it: {e}"),
+                stderr: String::new(),
+            }),
         }
     }
 
-    /// Asks the `vmm` to pause and write its snapshot (it was booted with a snapshot
-    /// directory), and waits up to `timeout` for it to finish and exit.
-    pub fn snapshot(mut self, timeout: Duration) -> Result<(), VmmError> {
-        let pid = nix::unistd::Pid::from_raw(
-            i32::try_from(self.child.id())
-                .map_err(|e| VmmError::Signal(std::io::Error::other(e)))?,
-        );
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1)
-            .map_err(|errno| VmmError::Signal(errno.into()))?;
-        match self.exited(timeout) {
-            Some(VmmExit::Shutdown) => Ok(()),
-            Some(other) => Err(VmmError::Exited(other)),
-            None => Err(VmmError::SnapshotTimeout(timeout)),
-        }
+    fn death(&self, status: ExitStatus) -> Died {
+        let status = match status.signal() {
+            Some(libc::SIGSYS) => format!(
+                "{status}: killed by its seccomp filter (a system call its thread may not make)"
+            ),
+            _ => status.to_string(),
+        };
+        let stderr = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n");
+        Died { status, stderr }
     }
+}
 
-    fn exit_of(&self, status: ExitStatus) -> VmmExit {
-        match status.code() {
-            Some(0) => VmmExit::Shutdown,
-            Some(3) => VmmExit::GuestCrash,
-            _ => VmmExit::Failed {
-                status: match status.signal() {
-                    Some(libc::SIGSYS) => format!(
-                        "{status}: killed by its seccomp filter (a system call its thread may not make)"
-                    ),
-                    _ => status.to_string(),
-                },
-                stderr: self
-                    .stderr
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .join("\n"),
-            },
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
         }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.api_socket);
+        self.jail = None;
     }
 }
 
 /// The jail of one `vmm`; its tap (if it has a network) becomes the jail user's, since the
 /// `vmm` attaches to it only after giving up root.
-fn prepare_jail(
-    host: &crate::jail::JailHost,
-    contents: &crate::jail::JailContents,
-) -> Result<EnvJail, VmmError> {
-    let jail = host.prepare(contents).map_err(VmmError::Jail)?;
+fn prepare_jail(host: &JailHost, contents: &JailContents) -> Result<EnvJail, SpawnError> {
+    let jail = host.prepare(contents).map_err(SpawnError::Jail)?;
     if let Some(netns) = &contents.netns {
         crate::network::give_tap(netns, jail.uid(), jail.uid())
-            .map_err(|e| VmmError::Jail(std::io::Error::other(e)))?;
+            .map_err(|e| SpawnError::Jail(std::io::Error::other(e)))?;
     }
     Ok(jail)
 }
@@ -373,11 +249,19 @@ fn join_netns(command: &mut Command, netns: &Path) -> std::io::Result<()> {
 }
 
 /// Spawns `command` so that it is killed when this service dies, however it dies
-/// (`PR_SET_PDEATHSIG`); `jailed`: in a new PID namespace. The signal fires when the *thread*
-/// that forked the child ends, so every `vmm` is forked by one thread that lives as long as
-/// the process (and whose PID namespace for children is its own to change).
-fn spawn_dying_with_us(mut command: Command, jailed: bool) -> std::io::Result<Child> {
-    type Request = (Command, bool, mpsc::Sender<std::io::Result<Child>>);
+/// (`PR_SET_PDEATHSIG`); with `pid_namespace`, in a new PID namespace of that jail host. The
+/// signal fires when the *thread* that forked the child ends, so every `vmm` is forked by one
+/// thread that lives as long as the process (and whose PID namespace for children is its own
+/// to change).
+fn spawn_dying_with_us(
+    mut command: Command,
+    pid_namespace: Option<Arc<JailHost>>,
+) -> std::io::Result<Child> {
+    type Request = (
+        Command,
+        Option<Arc<JailHost>>,
+        mpsc::Sender<std::io::Result<Child>>,
+    );
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let lifeline = lifeline()?;
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
@@ -410,10 +294,10 @@ fn spawn_dying_with_us(mut command: Command, jailed: bool) -> std::io::Result<Ch
         let started = std::thread::Builder::new()
             .name("vmm-spawner".into())
             .spawn(move || {
-                for (mut command, jailed, reply) in incoming {
-                    let spawned = match crate::jail::host() {
-                        Some(host) if jailed => host.in_new_pid_namespace(|| command.spawn()),
-                        _ => command.spawn(),
+                for (mut command, pid_namespace, reply) in incoming {
+                    let spawned = match pid_namespace {
+                        Some(host) => host.in_new_pid_namespace(|| command.spawn()),
+                        None => command.spawn(),
                     };
                     let _ = reply.send(spawned);
                 }
@@ -424,10 +308,11 @@ fn spawn_dying_with_us(mut command: Command, jailed: bool) -> std::io::Result<Ch
         Mutex::new(requests)
     });
     let (reply, answer) = mpsc::channel();
-    let sent = spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((command, jailed, reply));
+    let sent =
+        spawner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((command, pid_namespace, reply));
     sent.map_err(|_| std::io::Error::other("the vmm spawner thread is gone"))?;
     answer
         .recv()
@@ -461,39 +346,34 @@ fn lifeline() -> std::io::Result<Lifeline> {
     made.map_err(std::io::Error::from_raw_os_error)
 }
 
-/// Where a `vmm`'s stdout goes: in a jail, its console (appended to, or discarded); outside,
-/// nowhere (it writes the console itself).
-fn console_output(jailed: bool, console: Option<&Path>) -> Result<Stdio, VmmError> {
+/// Where a `vmm`'s stdout (its guest console) goes: the console file, appended to, or nowhere.
+fn console_output(console: Option<&Path>) -> Result<Stdio, SpawnError> {
     match console {
-        Some(path) if jailed => std::fs::OpenOptions::new()
+        Some(path) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map(Stdio::from)
-            .map_err(|source| VmmError::Console {
+            .map_err(|source| SpawnError::Console {
                 path: path.to_owned(),
                 source,
             }),
-        _ => Ok(Stdio::null()),
+        None => Ok(Stdio::null()),
     }
 }
 
-/// A booting VM's files: kernel and initrd and read-only drives to read; its own directory
-/// (configuration, sockets), writable drives and the snapshot's parent to write.
-fn boot_contents(
+/// A booting VM's jail: kernel and initrd and read-only drives to read; its own directory
+/// (sockets), writable drives and the staging directory of the snapshot it will write.
+pub fn boot_contents(
     config: &VmConfig,
-    config_path: &Path,
-    snapshot_dir: Option<&Path>,
-    isolation: &Isolation,
-) -> std::io::Result<JailContents> {
+    env_dir: &Path,
+    snapshot_staging: Option<&Path>,
+    netns: Option<PathBuf>,
+) -> JailContents {
     let boot = &config.boot_source;
     let mut read = vec![boot.kernel_image_path.clone()];
     read.extend(boot.initrd_path.clone());
-    let mut write: Vec<PathBuf> = config_path
-        .parent()
-        .map(Path::to_owned)
-        .into_iter()
-        .collect();
+    let mut write = vec![env_dir.to_owned()];
     for drive in &config.drives {
         if drive.is_read_only {
             read.push(drive.path_on_host.clone());
@@ -506,66 +386,44 @@ fn boot_contents(
             write.push(uds.to_owned());
         }
     }
-    if let Some(parent) = snapshot_dir.and_then(Path::parent) {
-        // The snapshot is staged beside its final name and renamed into place there.
-        std::fs::create_dir_all(parent)?;
-        write.push(parent.to_owned());
-    }
+    write.extend(snapshot_staging.map(Path::to_owned));
     let guest_mib = config.machine_config.mem_size_mib;
-    Ok(JailContents {
+    JailContents {
         read,
         write,
-        netns: isolation.netns.clone(),
+        netns,
         // A snapshot writes all of guest memory through the page cache, which is charged to
         // the writer: room for it, so the write does not have to wait on reclaim.
-        mem_mib: if snapshot_dir.is_some() {
+        mem_mib: if snapshot_staging.is_some() {
             guest_mib.saturating_mul(2)
         } else {
             guest_mib
         },
         vcpus: config.machine_config.vcpu_count,
-    })
+    }
 }
 
-/// A restored VM's files: the snapshot and the drives it names to read, its sockets' directory
-/// to write. A snapshot that cannot be read here names no drive; the `vmm` then refuses it
-/// with the reason.
-fn restore_contents(dir: &Path, vsock_uds: &Path, isolation: &Isolation) -> JailContents {
-    let state = vmm::snapshot::file::load::<vmm::snapshot::MicrovmState>(
-        &dir.join(vmm::snapshot::STATE_FILE),
-    );
+/// A restored VM's jail, from the snapshot's manifest (never its state file): the snapshot
+/// directory and the drives it names to read, its own directory (sockets) to write.
+pub fn restore_contents(
+    manifest: &SnapshotManifest,
+    snapshot_dir: &Path,
+    env_dir: &Path,
+    netns: Option<PathBuf>,
+) -> JailContents {
     let mut contents = JailContents {
-        read: vec![dir.to_owned()],
-        write: vsock_uds.parent().map(Path::to_owned).into_iter().collect(),
-        netns: isolation.netns.clone(),
-        mem_mib: 0,
-        vcpus: 1,
+        read: vec![snapshot_dir.to_owned()],
+        write: vec![env_dir.to_owned()],
+        netns,
+        mem_mib: manifest.mem_size_mib,
+        vcpus: manifest.vcpu_count,
     };
-    if let Ok(state) = state {
-        contents.mem_mib = u32::try_from(state.mem_size_bytes >> 20).unwrap_or(u32::MAX);
-        contents.vcpus = u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX);
-        for device in &state.devices {
-            if let vmm::microvm::DeviceSpec::Block(drive) = &device.spec {
-                if drive.read_only {
-                    contents.read.push(drive.path.clone());
-                } else {
-                    contents.write.push(drive.path.clone());
-                }
-            }
+    for drive in &manifest.drives {
+        if drive.is_read_only {
+            contents.read.push(drive.path_on_host.clone());
+        } else {
+            contents.write.push(drive.path_on_host.clone());
         }
     }
     contents
-}
-
-impl Drop for VmmProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        for path in &self.owned {
-            let _ = std::fs::remove_file(path);
-        }
-        self.jail = None;
-    }
 }

@@ -231,6 +231,16 @@ pub struct VmmStatus {
     pub last_snapshot: Option<SnapshotManifest>,
 }
 
+/// The `reason`s of [`ExitInfo`].
+pub mod exit_reason {
+    /// The guest powered off or rebooted.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// A triple fault, an instruction the hypervisor could not run, a failed VM entry.
+    pub const GUEST_CRASH: &str = "guest_crash";
+    /// The VMM failed while running the VM.
+    pub const VMM_ERROR: &str = "vmm_error";
+}
+
 /// How the guest ended.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

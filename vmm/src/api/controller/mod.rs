@@ -13,8 +13,8 @@ mod configure;
 use super::running::ControllerState;
 use super::server::{Responder, VmmEvent};
 use super::types::{
-    ActionType, ExitInfo, FullVmConfig, InstanceInfo, MemoryBackendType, SnapshotLoadParams,
-    Timings, VersionInfo, VmmStatus,
+    exit_reason, ActionType, ExitInfo, FullVmConfig, InstanceInfo, MemoryBackendType,
+    SnapshotLoadParams, Timings, VersionInfo, VmmStatus,
 };
 use super::{routes::ApiRequest, ApiResponse};
 use crate::config::{
@@ -443,9 +443,9 @@ impl Controller {
 
 fn exit_info(exit: &VmExit) -> ExitInfo {
     let (reason, message) = match exit {
-        VmExit::Shutdown => ("shutdown", None),
-        VmExit::GuestCrash(why) => ("guest_crash", Some(why.clone())),
-        VmExit::VmmError(why) => ("vmm_error", Some(why.clone())),
+        VmExit::Shutdown => (exit_reason::SHUTDOWN, None),
+        VmExit::GuestCrash(why) => (exit_reason::GUEST_CRASH, Some(why.clone())),
+        VmExit::VmmError(why) => (exit_reason::VMM_ERROR, Some(why.clone())),
     };
     ExitInfo {
         reason: reason.to_owned(),
