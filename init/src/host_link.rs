@@ -132,10 +132,16 @@ impl Conn {
     /// Connects and exchanges `Hello`s.
     pub async fn open(addr: &LinkAddr) -> Result<(Conn, Hello), HandshakeError> {
         let conn = Conn::connect(addr).await.map_err(FrameError::Io)?;
+        conn.greet().await
+    }
+
+    /// Exchanges `Hello`s on a connection made either way: ours goes out at once, whatever the
+    /// host has already sent behind its own.
+    pub async fn greet(self) -> Result<(Conn, Hello), HandshakeError> {
         let agent = format!("init {}", env!("CARGO_PKG_VERSION"));
-        conn.write(&Message::Hello(Hello::new(agent))).await?;
-        let peer = wire::check_hello(conn.read().await?)?;
-        Ok((conn, peer))
+        self.write(&Message::Hello(Hello::new(agent))).await?;
+        let peer = wire::check_hello(self.read().await?)?;
+        Ok((self, peer))
     }
 
     async fn connect(addr: &LinkAddr) -> io::Result<Conn> {
@@ -250,6 +256,72 @@ impl Conn {
             }
         }
         Ok(())
+    }
+}
+
+/// Where init listens for the host to connect to it, for a link address: the same vsock port
+/// on init's own side (any CID), or, outside a VM, `PATH.listen` beside the host's socket.
+pub fn listen_addr(addr: &LinkAddr) -> LinkAddr {
+    match addr {
+        LinkAddr::Vsock { port, .. } => LinkAddr::Vsock {
+            cid: libc::VMADDR_CID_ANY,
+            port: *port,
+        },
+        LinkAddr::Unix(path) => {
+            let mut listen = path.clone().into_os_string();
+            listen.push(".listen");
+            LinkAddr::Unix(listen.into())
+        }
+    }
+}
+
+/// Host connections accepted on init's own address ([`listen_addr`]): how a restored copy's
+/// new host reaches init at once, instead of waiting for init to notice that the restore reset
+/// its connection and to connect again.
+pub struct Listener {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Listener {
+    /// Listens on `addr` (a stale Unix socket file there is replaced).
+    pub fn bind(addr: &LinkAddr) -> io::Result<Listener> {
+        let (socket, address) = match addr {
+            LinkAddr::Vsock { cid, port } => (
+                Socket::new(Domain::VSOCK, Type::STREAM.nonblocking(), None)?,
+                SockAddr::vsock(*cid, *port),
+            ),
+            LinkAddr::Unix(path) => {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                (
+                    Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?,
+                    SockAddr::unix(path)?,
+                )
+            }
+        };
+        socket.bind(&address)?;
+        socket.listen(8)?;
+        Ok(Listener {
+            fd: sys::register(OwnedFd::from(socket))?,
+        })
+    }
+
+    /// The next host connection, its `Hello`s not yet exchanged ([`Conn::greet`]).
+    pub async fn accept_stream(&self) -> io::Result<Conn> {
+        let stream = loop {
+            let mut guard = self.fd.ready(READ_OR_ERROR).await?;
+            let accepted = guard.try_io(|fd| SockRef::from(fd.get_ref()).accept());
+            match accepted {
+                Ok(Ok((stream, _))) => break stream,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        };
+        stream.set_nonblocking(true)?;
+        Ok(Conn::new(sys::register(OwnedFd::from(stream))?))
     }
 }
 

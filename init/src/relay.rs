@@ -5,11 +5,12 @@
 //! up, stop on `Shutdown`, SIGTERM or a lost link.
 
 use crate::config::{Function, Options};
-use crate::host_link::{Conn, LinkAddr, Outbox};
+use crate::host_link::{self, Conn, LinkAddr, Outbox};
 use crate::log::{say, LinkLog};
 use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
+use proto::host_link::Hello;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
 };
@@ -19,10 +20,10 @@ use proto::runtime_api::ErrorRequest;
 use rapid::{Handle, Outcome, SnapshotHook};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// First and longest pause between attempts to (re)connect the host link.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(500));
@@ -64,10 +65,15 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
     let api = tokio::net::TcpListener::bind(options.runtime_api).await?;
     let outbox = Outbox::default();
     let (restored, restored_rx) = watch::channel(0u64);
+    let incoming = Incoming::new(host_link::listen_addr(&options.host_link));
+    let paused = Arc::new(OnceLock::new());
     let snapshot = LinkSnapshot {
         outbox: outbox.clone(),
         restored: restored_rx,
         started: Instant::now(),
+        incoming: incoming.clone(),
+        paused: Arc::clone(&paused),
+        system: options.system,
     };
     let handle = Handle::new(
         function.rapid,
@@ -89,6 +95,8 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         restored,
         system: options.system,
         timing: options.timing.then(Arc::default),
+        incoming,
+        paused,
     };
     let end = tokio::select! {
         end = relay.serve(&options.host_link, options.reconnect) => end,
@@ -130,22 +138,55 @@ struct Relay {
     system: bool,
     /// Only with `INIT_TIMING=1`.
     timing: Option<Arc<Timing>>,
+    /// The host's connections to init, once init listens for them (SnapStart).
+    incoming: Incoming,
+    /// When init told the host it could snapshot it (SnapStart).
+    paused: Arc<OnceLock<Paused>>,
 }
 
+/// The moment a SnapStart init told the host it could be snapshotted (the pause follows at
+/// once), on the guest's monotonic clock, and whether that clock stands still while the
+/// snapshot is stored: on `kvm-clock`, which the VMM sets back to its saved value at a restore.
+/// Then a restored copy knows how long it has run since it resumed (the time since that moment,
+/// give or take the few milliseconds before the pause), and sets its wall clock to the host's
+/// time at resume plus that: right however long the `Restore` frame took to be read.
+struct Paused {
+    at: Instant,
+    clock_stands_still: bool,
+}
+
+/// The guest kernel's clock source.
+const CLOCKSOURCE: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+
 impl Relay {
-    /// Keeps the link up (reconnecting when asked to) until `Shutdown` or the link is given up.
+    /// Keeps the link up until `Shutdown` or the link is given up: init connects to the host
+    /// (again, when asked to reconnect), except once it listens for the host (after a SnapStart
+    /// init): then the host comes to it, and a newer connection from the host replaces the
+    /// current one at once (a restored copy's host, while the snapshot's connection is not yet
+    /// known to be dead).
     async fn serve(&self, addr: &LinkAddr, reconnect: bool) -> End {
         let (mut backoff, mut failures, mut connected) = (BACKOFF.0, 0u64, false);
+        let mut next = None;
         loop {
-            let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, Conn::open(addr)).await;
+            let opened = match next.take() {
+                Some(accepted) => Ok(Ok(accepted)),
+                None if self.incoming.listening() => Ok(Ok(self.incoming.next().await)),
+                None => tokio::time::timeout(HANDSHAKE_TIMEOUT, Conn::open(addr)).await,
+            };
             match opened.map_err(|_| format!("no hello within {HANDSHAKE_TIMEOUT:?}")) {
                 Ok(Ok((conn, peer))) => {
                     (backoff, failures, connected) = (BACKOFF.0, 0, true);
-                    say!("host link up on {addr} ({})", peer.agent);
-                    match self.session(&conn).await {
-                        Ok(end) => return end,
-                        Err(FrameError::Closed) => say!("the host closed the link"),
-                        Err(e) => say!("host link lost: {}", crate::log::chain(&e)),
+                    say!("host link up ({})", peer.agent);
+                    tokio::select! {
+                        ended = self.session(&conn) => match ended {
+                            Ok(end) => return end,
+                            Err(FrameError::Closed) => say!("the host closed the link"),
+                            Err(e) => say!("host link lost: {}", crate::log::chain(&e)),
+                        },
+                        newer = self.incoming.next() => {
+                            next = Some(newer);
+                            continue;
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -156,6 +197,9 @@ impl Relay {
                     failures += 1;
                     open_failed(addr, failures, &e);
                 }
+            }
+            if self.incoming.listening() {
+                continue;
             }
             if !reconnect {
                 return if connected {
@@ -274,7 +318,14 @@ impl Relay {
             if let Err(e) = restore::reseed(entropy) {
                 self.warn(&format!("restore: {}", crate::log::chain(&e)));
             }
-            if let Err(e) = restore::set_clock(Duration::from_millis(wall_clock_ms)) {
+            let since_resume = self
+                .paused
+                .get()
+                .filter(|paused| paused.clock_stands_still)
+                .map(|paused| paused.at.elapsed())
+                .unwrap_or_default();
+            let now = Duration::from_millis(wall_clock_ms) + since_resume;
+            if let Err(e) = restore::set_clock(now) {
                 self.warn(&format!("restore: {}", crate::log::chain(&e)));
             }
         } else {
@@ -367,19 +418,39 @@ async fn relay_invoke(
     outbox.send(outcome.into_answer(request_id));
 }
 
-/// rapid's snapshot hook: tells the host init is done (the moment to snapshot), then waits for
-/// its `Restore`, in this guest or in a restored copy of it.
+/// rapid's snapshot hook: listens for the host (so that every restored copy is listening), tells
+/// the host init is done (the moment to snapshot), then waits for its `Restore`, in this guest
+/// or in a restored copy of it.
 struct LinkSnapshot {
     outbox: Outbox,
     restored: watch::Receiver<u64>,
     started: Instant,
+    incoming: Incoming,
+    paused: Arc<OnceLock<Paused>>,
+    /// Whether init is PID 1 of a VM (and so may look at its clock source).
+    system: bool,
 }
 
 impl SnapshotHook for LinkSnapshot {
     fn snapshot(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
+            if let Err(e) = self.incoming.listen() {
+                // The restored copies then wait for init to reconnect on its own.
+                let line = format!(
+                    "init: cannot listen for the host on {}: {e}",
+                    self.incoming.addr
+                );
+                say!("{line}");
+                self.outbox.log(&line);
+            }
             let mut restored = self.restored.clone();
             restored.borrow_and_update();
+            let clock_stands_still = self.system
+                && std::fs::read_to_string(CLOCKSOURCE).is_ok_and(|s| s.trim() == "kvm-clock");
+            let _ = self.paused.set(Paused {
+                at: Instant::now(),
+                clock_stands_still,
+            });
             let elapsed = self.started.elapsed().as_millis();
             let init_duration_ms = u64::try_from(elapsed).unwrap_or(u64::MAX);
             self.outbox.send(Message::InitDone { init_duration_ms });
@@ -388,6 +459,81 @@ impl SnapshotHook for LinkSnapshot {
                 .await
                 .map_err(|_| "init is shutting down".to_owned())
         })
+    }
+}
+
+/// The host's connections to init's own address ([`host_link::listen_addr`]), accepted from the
+/// moment [`Incoming::listen`] is called (once; a SnapStart init calls it before it is
+/// snapshotted, so every restored copy listens from its first instruction on).
+#[derive(Clone)]
+struct Incoming {
+    addr: LinkAddr,
+    listening: Arc<OnceLock<()>>,
+    sender: mpsc::UnboundedSender<(Conn, Hello)>,
+    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(Conn, Hello)>>>,
+}
+
+impl Incoming {
+    fn new(addr: LinkAddr) -> Incoming {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Incoming {
+            addr,
+            listening: Arc::default(),
+            sender,
+            receiver: Arc::new(tokio::sync::Mutex::new(receiver)),
+        }
+    }
+
+    fn listening(&self) -> bool {
+        self.listening.get().is_some()
+    }
+
+    /// Listens, and accepts from now on (each connection's `Hello`s exchanged on a task of its
+    /// own, so a silent one holds up no other).
+    fn listen(&self) -> std::io::Result<()> {
+        if self.listening() {
+            return Ok(());
+        }
+        let listener = host_link::Listener::bind(&self.addr)?;
+        let _ = self.listening.set(());
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = listener.accept_stream().await;
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        say!("accepting the host's connection failed: {e}");
+                        continue;
+                    }
+                };
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.greet()).await {
+                        Ok(Ok(accepted)) => {
+                            let _ = sender.send(accepted);
+                        }
+                        Ok(Err(e)) => say!(
+                            "the host's connection failed its hello: {}",
+                            crate::log::chain(&e)
+                        ),
+                        Err(_) => say!("the host's connection sent no hello"),
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// The next connection from the host; never, while init does not listen.
+    async fn next(&self) -> (Conn, Hello) {
+        if !self.listening() {
+            return std::future::pending().await;
+        }
+        match self.receiver.lock().await.recv().await {
+            Some(accepted) => accepted,
+            None => std::future::pending().await,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
 use integration_tests::{skip, wait_for, wait_until};
-use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, Reset, PORT};
+use lambda_vm::host_link::{GuestAddr, HostLink, Invoke, Listener, Outcome, Reset, PORT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -347,7 +347,7 @@ fn a_dropped_link_ends_an_ordinary_init() {
 }
 
 #[test]
-fn snap_start_waits_for_restore_on_a_new_connection() {
+fn snap_start_listens_for_the_host_and_waits_for_restore() {
     let Some(runtime) = bootstrap_echo() else {
         return;
     };
@@ -356,17 +356,40 @@ fn snap_start_waits_for_restore_on_a_new_connection() {
     let mut link = guest.accept();
     link.wait_init_done().unwrap();
     assert!(guest.logged("conformance: before_snapshot"));
-    // What a snapshot restore looks like to init: the connection drops, it reconnects, and the
-    // new host sends Restore first.
+    // What a snapshot restore looks like to init: its connection drops, and the new host
+    // connects to it (init listens from before the snapshot) with Hello and Restore at once.
     drop(link);
-    let mut link = guest.accept();
-    link.restore().unwrap();
+    let listening = {
+        let mut path = guest.listener.path().as_os_str().to_owned();
+        path.push(".listen");
+        PathBuf::from(path)
+    };
+    let mut link = HostLink::dial(GuestAddr::Unix(&listening))
+        .unwrap()
+        .finish(WAIT)
+        .unwrap();
+    assert!(link.peer().agent.starts_with("init "), "{:?}", link.peer());
+    link.set_timeout(Some(WAIT)).unwrap();
+    let logs = Arc::clone(&guest.logs);
+    link.on_log(move |line| logs.lock().unwrap().push(line.to_owned()));
     assert_eq!(
         link.invoke(invoke("r1", r#"{"after":"restore"}"#)).unwrap(),
         Outcome::Success(br#"{"after":"restore"}"#.to_vec().into())
     );
     assert!(guest.logged("conformance: after_restore"));
-    link.shutdown().unwrap();
+    // A newer connection from the host replaces the current one at once (a restored copy's
+    // host, while init has not yet seen its old connection fail).
+    let mut again = HostLink::dial(GuestAddr::Unix(&listening))
+        .unwrap()
+        .finish(WAIT)
+        .unwrap();
+    again.set_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        again.invoke(invoke("r2", "[2]")).unwrap(),
+        Outcome::Success(b"[2]".to_vec().into())
+    );
+    drop(link);
+    again.shutdown().unwrap();
     assert!(guest.wait().success());
 }
 

@@ -8,7 +8,7 @@
 //! boot ([`Guest::boot`]) or a restore ([`Guest::resume`]) through that API. The first step
 //! can be done ahead of any request ([`crate::ready`]).
 
-use crate::host_link::{HostLink, LinkError, Listener, PORT};
+use crate::host_link::{GuestAddr, HostLink, LinkError, Listener, PORT};
 use crate::jail::JailContents;
 use crate::network::{EnvNetwork, NetworkError, Networks};
 use crate::snapshots::Snapshot;
@@ -27,8 +27,9 @@ use vmm::config::{BootSource, CpuTemplate, Drive, Entropy, MachineConfig, VmConf
 const GUEST_CID: u32 = 3;
 /// How often the boot wait looks at the VM while waiting for the guest's connection.
 const ACCEPT_SLICE: Duration = Duration::from_millis(200);
-/// How long a restored guest's init may take to reconnect. It takes about 0.1 s even on
-/// emulated KVM; a guest that has not reconnected long after that came from a bad snapshot.
+/// How long a restored guest's init may take to answer the host's connection. It takes about
+/// 0.1 s even on emulated KVM; a guest that has not answered long after that came from a bad
+/// snapshot.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fresh `vmm` may take to serve its API (tens of milliseconds; a loaded host can
 /// take much longer to start processes).
@@ -295,12 +296,13 @@ impl Environments {
         }
     }
 
-    /// Records `id`'s host link, ending it at once if the environment is already to end.
-    fn linked(&self, id: u64, link: &HostLink) {
+    /// Records (a second handle on) `id`'s host link, ending it at once if the environment is
+    /// already to end.
+    fn linked(&self, id: u64, link: Option<UnixStream>) {
         let mut state = self.lock();
         let stop = state.stop;
         if let Some(entry) = state.live.get_mut(&id) {
-            entry.link = link.interrupter().ok();
+            entry.link = link;
             if stop == Stop::All || (stop == Stop::Starts && entry.starting) {
                 interrupt(entry);
             }
@@ -409,15 +411,13 @@ impl Drop for EnvDir {
 }
 
 /// An environment before its VM: its place among the service's environments, its directory and
-/// network, the host-link listener (bound before the VM runs, so the guest's first connection
-/// finds it), and its `vmm` started, jailed and filtered, answering on its API with no VM yet.
+/// network, and its `vmm` started, jailed and filtered, answering on its API with no VM yet.
 /// [`Guest::boot`] or [`Guest::resume`] makes it a [`Guest`]; dropped, it leaves nothing.
 pub struct Prepared {
     // Dropped in this order: the vmm is killed and reaped, the listener and the directory go,
     // the network goes (its namespace only once no vmm is in it), and then the environment is
     // gone from the service's count.
     vmm: Vmm,
-    listener: Listener,
     dir: EnvDir,
     network: Option<EnvNetwork>,
     registration: Registration,
@@ -438,7 +438,6 @@ impl Prepared {
         let registration = spec.environments.register()?;
         let dir = EnvDir::create(&spec.work_dir, env)?;
         let network = spec.network.as_ref().map(|n| n.create()).transpose()?;
-        let listener = Listener::bind(&dir.vsock(), PORT)?;
         let contents = contents(&dir.0, network.as_ref().map(EnvNetwork::netns));
         let console = spec.console.path(env);
         let process = spec
@@ -448,7 +447,6 @@ impl Prepared {
         let vmm = Vmm::connect(process, API_START_TIMEOUT)?;
         Ok(Prepared {
             vmm,
-            listener,
             dir,
             network,
             registration,
@@ -479,28 +477,25 @@ impl Prepared {
         self.vmm.pid()
     }
 
-    /// Waits for the guest's host-link connection (within `timeout` of `started`) and makes
-    /// the environment a [`Guest`].
-    fn connect(
+    /// Makes the environment a [`Guest`] on its host link.
+    fn into_guest(
         self,
+        link: HostLink,
         started: Instant,
-        timeout: Duration,
         log: impl FnMut(&str) + Send + 'static,
-    ) -> Result<Guest, GuestError> {
+    ) -> Guest {
         let Prepared {
-            mut vmm,
-            listener,
+            vmm,
             dir,
             network,
             registration,
             env,
             ..
         } = self;
-        let mut link = wait_for_link(&listener, &mut vmm, &registration, started, timeout)?;
-        drop(listener);
-        registration.linked(&link);
+        let mut link = link;
+        registration.linked(link.interrupter().ok());
         link.on_log(log);
-        Ok(Guest {
+        Guest {
             link,
             vmm,
             dir,
@@ -509,7 +504,18 @@ impl Prepared {
             env,
             vmm_time: None,
             boot_time: started.elapsed(),
-        })
+        }
+    }
+
+    /// What ended a wait on the guest: the service stopping, the VM stopping, or `error`.
+    fn failed(&mut self, error: LinkError) -> GuestError {
+        if self.registration.ended() {
+            return GuestError::Stopping;
+        }
+        match self.vmm.exited(Duration::ZERO) {
+            Some(exit) => GuestError::Exited(exit),
+            None => error.into(),
+        }
     }
 }
 
@@ -549,10 +555,20 @@ impl Guest {
             config = Some(vm);
             contents
         })?;
+        // Before the VM runs, so that the guest's first connection finds it.
+        let listener = Listener::bind(&prepared.dir.vsock(), PORT)?;
         if let Some(config) = &config {
             prepared.vmm.boot(config)?;
         }
-        let guest = prepared.connect(started, spec.boot_timeout, log)?;
+        let link = wait_for_link(
+            &listener,
+            &mut prepared.vmm,
+            &prepared.registration,
+            started,
+            spec.boot_timeout,
+        )?;
+        drop(listener);
+        let guest = prepared.into_guest(link, started, log);
         if snapshot_staging.is_none() {
             guest.registration.started();
         }
@@ -571,9 +587,10 @@ impl Guest {
     }
 
     /// Restores `snapshot` in `prepared`'s waiting `vmm` (one `PUT /snapshot/load`, running
-    /// at once), waits for the guest's init to reconnect (the restored vsock device reset its
-    /// connections), and sends it fresh entropy and the time, which lets the runtime's
-    /// `restore/next` answer.
+    /// at once) and connects to the guest's init, which listens from before the snapshot: the
+    /// connection request, the host's `Hello` and the `Restore` (fresh entropy and the time,
+    /// which lets the runtime's `restore/next` answer) go in one write as soon as the VM runs,
+    /// instead of waiting for init to notice that the restore reset its old connection.
     pub fn resume(
         spec: &GuestSpec,
         mut prepared: Prepared,
@@ -582,10 +599,22 @@ impl Guest {
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
         let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
-        prepared.vmm.restore(snapshot, &prepared.dir.vsock())?;
-        let mut guest = prepared.connect(started, timeout, log)?;
-        guest.link.restore()?;
-        guest.boot_time = started.elapsed();
+        let vsock = prepared.dir.vsock();
+        prepared.vmm.restore(snapshot, &vsock)?;
+        let addr = GuestAddr::Vsock {
+            uds: &vsock,
+            port: PORT,
+        };
+        let dialing = match HostLink::dial(addr) {
+            Ok(dialing) => dialing,
+            Err(e) => return Err(prepared.failed(e)),
+        };
+        prepared.registration.linked(dialing.interrupter().ok());
+        let link = match dialing.finish(timeout) {
+            Ok(link) => link,
+            Err(e) => return Err(prepared.failed(e)),
+        };
+        let mut guest = prepared.into_guest(link, started, log);
         guest.vmm_time = guest.vmm.restore_time();
         guest.registration.started();
         Ok(guest)
@@ -661,7 +690,7 @@ impl Guest {
 }
 
 impl Registration {
-    fn linked(&self, link: &HostLink) {
+    fn linked(&self, link: Option<UnixStream>) {
         self.environments.linked(self.id, link);
     }
 

@@ -16,7 +16,7 @@
 //! ([`crate::guest::GuestSpec::boot_args`] sets it then). Off, it costs a level check.
 
 use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, InvokeTiming, Message};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,6 +46,14 @@ pub enum LinkError {
     },
     #[error("accepting the guest's connection failed")]
     Accept(#[source] std::io::Error),
+    #[error("connecting to the guest's init through {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest's init did not take the connection: {0}")]
+    Refused(String),
     #[error("the guest did not connect within {0:?}")]
     AcceptTimeout(Duration),
     #[error("host-link handshake failed")]
@@ -131,6 +139,65 @@ impl Drop for Listener {
     }
 }
 
+/// Where a guest's init listens for the host: a SnapStart init listens from before its
+/// snapshot on, so the host reaches a restored copy at once instead of waiting for it to
+/// reconnect.
+#[derive(Debug, Clone, Copy)]
+pub enum GuestAddr<'a> {
+    /// Through a VM's hybrid vsock socket `uds`: `CONNECT <port>\n`, answered `OK <n>\n`
+    /// once the guest accepted.
+    Vsock { uds: &'a Path, port: u32 },
+    /// An init outside a VM, listening on a Unix socket (`<its host link>.listen`).
+    Unix(&'a Path),
+}
+
+/// A connection to a restored guest's init, its first frames sent, its `Hello` not yet read
+/// ([`HostLink::dial`]).
+pub struct Dialing {
+    stream: UnixStream,
+    vsock: bool,
+}
+
+impl Dialing {
+    /// A second handle on the connection, with which another thread can end the wait.
+    pub fn interrupter(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
+    /// Waits up to `timeout` for the guest to take the connection and send its `Hello`.
+    pub fn finish(mut self, timeout: Duration) -> Result<HostLink, LinkError> {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(LinkError::Timeout)?;
+        if self.vsock {
+            let line = read_line(&mut self.stream).map_err(LinkError::Accept)?;
+            if !line.starts_with("OK ") {
+                return Err(LinkError::Refused(line));
+            }
+        }
+        let peer = wire::check_hello(wire::read_frame(&mut self.stream)?)?;
+        self.stream
+            .set_read_timeout(None)
+            .map_err(LinkError::Timeout)?;
+        Ok(HostLink::new(self.stream, peer))
+    }
+}
+
+/// Reads one `\n`-ended line of at most 32 bytes, a byte at a time, so that nothing after it
+/// is taken from the stream. An empty line: the stream ended (the guest did not accept).
+fn read_line(stream: &mut UnixStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 {
+        match stream.read(&mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
 type LogFn = Box<dyn FnMut(&str) + Send>;
 
 /// One connection to a guest init.
@@ -151,16 +218,42 @@ impl HostLink {
         stream
             .set_read_timeout(Some(timeout))
             .map_err(LinkError::Timeout)?;
-        let agent = format!("vmm {}", env!("CARGO_PKG_VERSION"));
-        let peer = wire::handshake(&mut stream, &Hello::new(agent))?;
+        let peer = wire::handshake(&mut stream, &hello())?;
         stream.set_read_timeout(None).map_err(LinkError::Timeout)?;
-        Ok(HostLink {
+        Ok(HostLink::new(stream, peer))
+    }
+
+    fn new(stream: UnixStream, peer: Hello) -> HostLink {
+        HostLink {
             stream,
             peer,
             log: Box::new(|_| {}),
             init_done: None,
             guest_timing: None,
             last_timing: None,
+        }
+    }
+
+    /// Connects to a restored guest's init at `addr` and sends, in one write with the request
+    /// to connect, our `Hello` and the `Restore` (fresh entropy and the host's wall clock), so
+    /// that they reach init as soon as its vCPU runs; [`Dialing::finish`] then waits for the
+    /// guest's `Hello`.
+    pub fn dial(addr: GuestAddr) -> Result<Dialing, LinkError> {
+        let (path, mut bytes) = match addr {
+            GuestAddr::Vsock { uds, port } => (uds, format!("CONNECT {port}\n").into_bytes()),
+            GuestAddr::Unix(path) => (path, Vec::new()),
+        };
+        wire::encode_into(&mut bytes, &Message::Hello(hello()))?;
+        wire::encode_into(&mut bytes, &restore_message()?)?;
+        let connect_error = |source| LinkError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let mut stream = UnixStream::connect(path).map_err(connect_error)?;
+        stream.write_all(&bytes).map_err(connect_error)?;
+        Ok(Dialing {
+            stream,
+            vsock: matches!(addr, GuestAddr::Vsock { .. }),
         })
     }
 
@@ -241,19 +334,9 @@ impl HostLink {
 
     /// Sends `Restore` with fresh entropy and the host's wall-clock time. The guest reseeds its
     /// RNG and sets its clock, then lets a runtime waiting in `restore/next` go on.
+    /// ([`HostLink::dial`] sends it with the connection.)
     pub fn restore(&mut self) -> Result<(), LinkError> {
-        let mut entropy = vec![0u8; RESTORE_ENTROPY];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut entropy))
-            .map_err(LinkError::Entropy)?;
-        let wall_clock_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        self.send(&Message::Restore {
-            entropy: entropy.into(),
-            wall_clock_ms,
-        })
+        self.send(&restore_message()?)
     }
 
     /// Tells the guest to stop its runtime and power off.
@@ -282,6 +365,27 @@ impl HostLink {
         }
         Ok(message)
     }
+}
+
+/// The host's `Hello`.
+fn hello() -> Hello {
+    Hello::new(format!("vmm {}", env!("CARGO_PKG_VERSION")))
+}
+
+/// `Restore` with fresh entropy and the host's wall-clock time.
+fn restore_message() -> Result<Message, LinkError> {
+    let mut entropy = vec![0u8; RESTORE_ENTROPY];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .map_err(LinkError::Entropy)?;
+    let wall_clock_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Ok(Message::Restore {
+        entropy: entropy.into(),
+        wall_clock_ms,
+    })
 }
 
 /// The wall clock in microseconds since the epoch.

@@ -560,7 +560,7 @@ impl Inner {
         self.log.service(
             Some(env),
             &format!(
-                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init reconnected after {} ms",
+                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init answered after {} ms",
                 guest.vmm.pid(),
                 guest.boot_time.as_millis()
             ),

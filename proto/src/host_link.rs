@@ -14,8 +14,13 @@
 //! the host listens on the Unix socket `<uds>_<PORT>`). Both sides send [`Message::Hello`] first
 //! and check the other's [`VERSION`] ([`handshake`]). Then the host sends `Invoke`, `Restore` and
 //! `Shutdown`; the guest sends `Response`/`Error` (one per `Invoke`, matched by request id;
-//! an `Error` says whether the failure reset the environment), `Log` and `InitDone`. After a snapshot restore the guest reconnects and the
-//! handshake starts again; the host then sends `Restore` before anything else.
+//! an `Error` says whether the failure reset the environment), `Log` and `InitDone`.
+//!
+//! A SnapStart guest listens on the same port on its own side from before its snapshot on
+//! (before it sends `InitDone`). After a restore the host connects to it (through hybrid vsock:
+//! `CONNECT <PORT>\n` on `<uds>`) and sends its `Hello` and then `Restore` at once, in the same
+//! write as the connection request, so they reach the guest as soon as its vCPU runs; the
+//! guest answers with its `Hello`. A newer connection from the host replaces the current one.
 //!
 //! A guest started with timing on (init's `INIT_TIMING=1`, which the host sets on the kernel
 //! command line when it logs timings) also sends an [`InvokeTiming`] just before each answer.
@@ -82,6 +87,8 @@ pub enum Message {
     InitDone { init_duration_ms: u64 },
     /// Host to guest: the guest was restored (or is resumed) and must diverge from its siblings:
     /// reseed the kernel RNG with `entropy` and set the wall clock, before anything else runs.
+    /// `wall_clock_ms` is the host's time when the VM resumed (milliseconds since the epoch); a
+    /// guest whose clock stood still while it was stored adds how long it has run since.
     Restore { entropy: Blob, wall_clock_ms: u64 },
     /// Host to guest: stop the runtime and power off.
     Shutdown,
