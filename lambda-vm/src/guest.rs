@@ -202,6 +202,8 @@ pub enum GuestError {
     },
     #[error("the service is stopping")]
     Stopping,
+    #[error("no host-link listener for the booting guest")]
+    NoListener,
 }
 
 /// How far the service is in stopping.
@@ -429,15 +431,21 @@ pub struct Prepared {
 
 impl Prepared {
     /// Makes environment `env` up to its `vmm` waiting on its API, jailed with what `contents`
-    /// says (given the environment's directory and network namespace).
+    /// says (given the environment's directory and network namespace); with `listen`, also the
+    /// host-link listener a booting guest's init connects to (bound before the jail is made,
+    /// which gives the socket to the jail's user).
     fn new(
         spec: &GuestSpec,
         env: u64,
+        listen: bool,
         contents: impl FnOnce(&Path, Option<PathBuf>) -> JailContents,
-    ) -> Result<Prepared, GuestError> {
+    ) -> Result<(Prepared, Option<Listener>), GuestError> {
         let registration = spec.environments.register()?;
         let dir = EnvDir::create(&spec.work_dir, env)?;
         let network = spec.network.as_ref().map(|n| n.create()).transpose()?;
+        let listener = listen
+            .then(|| Listener::bind(&dir.vsock(), PORT))
+            .transpose()?;
         let contents = contents(&dir.0, network.as_ref().map(EnvNetwork::netns));
         let console = spec.console.path(env);
         let process = spec
@@ -445,14 +453,15 @@ impl Prepared {
             .spawn(&contents, &dir.0, console.as_deref())
             .map_err(VmmError::from)?;
         let vmm = Vmm::connect(process, API_START_TIMEOUT)?;
-        Ok(Prepared {
+        let prepared = Prepared {
             vmm,
             dir,
             network,
             registration,
             env,
             since: Instant::now(),
-        })
+        };
+        Ok((prepared, listener))
     }
 
     /// Environment `env` ready to restore `snapshot`: its `vmm` jailed with the snapshot's
@@ -462,9 +471,10 @@ impl Prepared {
         env: u64,
         snapshot: &Snapshot,
     ) -> Result<Prepared, GuestError> {
-        Prepared::new(spec, env, |dir, netns| {
+        let (prepared, _) = Prepared::new(spec, env, false, |dir, netns| {
             restore_contents(&snapshot.manifest, &snapshot.dir, dir, netns)
-        })
+        })?;
+        Ok(prepared)
     }
 
     /// Whether its `vmm` process has ended (a ready process killed while it waited).
@@ -549,17 +559,16 @@ impl Guest {
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
         let mut config = None;
-        let mut prepared = Prepared::new(spec, env, |dir, netns| {
+        let (mut prepared, listener) = Prepared::new(spec, env, true, |dir, netns| {
             let vm = spec.vm_config(dir.join(VSOCK_SOCKET));
             let contents = boot_contents(&vm, dir, snapshot_staging, netns);
             config = Some(vm);
             contents
         })?;
-        // Before the VM runs, so that the guest's first connection finds it.
-        let listener = Listener::bind(&prepared.dir.vsock(), PORT)?;
         if let Some(config) = &config {
             prepared.vmm.boot(config)?;
         }
+        let listener = listener.ok_or(GuestError::NoListener)?;
         let link = wait_for_link(
             &listener,
             &mut prepared.vmm,

@@ -472,6 +472,10 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         let _ = shutdown.await;
     }
     drop(host);
+    if let Some(networks) = networks {
+        // The networks made ahead, and those of the environments just ended, go now.
+        let _ = tokio::task::spawn_blocking(move || networks.close()).await;
+    }
     if let Err(e) = scratch.remove() {
         say(&format!("lambda-vm: removing the scratch directory: {e}"));
     }
@@ -579,11 +583,17 @@ fn resolve_paths(args: &mut Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many environment networks are kept made ahead, for the next environments to start.
+const READY_NETWORKS: usize = 2;
+
 /// The environments' networks, or `None`, said on stderr, when this host cannot give them: the
 /// functions then run without networking.
 fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
     match Networks::open(range) {
-        Ok(networks) => Some(Arc::new(networks)),
+        Ok(networks) => {
+            networks.keep_ready(READY_NETWORKS);
+            Some(Arc::new(networks))
+        }
         Err(e) => {
             let line = format!(
                 "lambda-vm: functions run WITHOUT networking: {}\n",

@@ -9,7 +9,10 @@
 //! waiting out a timeout (this is also what ends, at once, a connection a restored copy
 //! inherited from the snapshot).
 //!
-//! The plumbing is done with the `ip` (iproute2) and `nft` (nftables) programs. Every object
+//! The namespace, links, addresses, tap and route are made with netlink messages (the
+//! `rtnetlink` crate) from one thread, which binds the new namespace at `/run/netns/<name>` as
+//! `ip netns add` does; the nftables rules go in one `nft -f -` batch for the host and one for
+//! the namespace. Every object
 //! is named `lvm-<slot>` (namespace, host-side veth, host nft table), where the slot is the
 //! environment's /30: its network address over 4, so services with different ranges never
 //! pick the same names, and ones with overlapping ranges never the same link. A slot is claimed by creating `<run dir>/<slot>`, exclusively,
@@ -17,6 +20,9 @@
 //! claim names its owner (pid and start time). An [`EnvNetwork`] removes everything when it
 //! is dropped; [`Networks::sweep`] removes what a service that died left behind.
 
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -25,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 /// The tap device inside every environment's namespace, the VM's network backend.
 pub const TAP: &str = "tap0";
@@ -71,6 +79,12 @@ pub enum NetworkError {
     },
     #[error("every /30 of {0} is in use")]
     Exhausted(Subnet),
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("entering the namespace {}", path.display())]
     Enter {
         path: PathBuf,
@@ -129,21 +143,45 @@ fn link(slot: u32) -> (Ipv4Addr, Ipv4Addr) {
     (Ipv4Addr::from(network + 1), Ipv4Addr::from(network + 2))
 }
 
-/// The service's environment networks: the range, and who claims slots.
+/// The service's environment networks: the range, who claims slots, a few networks made ahead
+/// ([`Networks::keep_ready`]) and the removal of used ones, both on a thread of their own so
+/// that neither is on an environment's way in or out.
 #[derive(Debug)]
 pub struct Networks {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     range: Subnet,
     run_dir: PathBuf,
     owner: Owner,
+    work: Mutex<Work>,
+    changed: Condvar,
+}
+
+/// What the networks' thread has to do.
+#[derive(Debug, Default)]
+struct Work {
+    ready: Vec<EnvNetwork>,
+    /// How many to keep ready.
+    target: usize,
+    /// Networks to remove: their names and claims.
+    removals: VecDeque<(String, PathBuf)>,
+    /// A removal is under way.
+    removing: bool,
+    /// The thread runs.
+    started: bool,
+    /// No more networks are made ahead; the thread ends once its removals are done.
+    closed: bool,
 }
 
 impl Networks {
-    /// Checks that this host can give environments networks (the `ip` and `nft` programs, and
-    /// the right to change the network: CAP_NET_ADMIN), turns on IPv4 forwarding, and sweeps
-    /// what services that are gone left behind. The error says what is missing.
+    /// Checks that this host can give environments networks (the `nft` program, and the right
+    /// to change the network: CAP_NET_ADMIN), turns on IPv4 forwarding, and sweeps what
+    /// services that are gone left behind. The error says what is missing.
     pub fn open(range: Subnet) -> Result<Networks, NetworkError> {
         let run_dir = PathBuf::from(RUN_DIR);
-        run(Command::new("ip").arg("-V"), None).map_err(|e| missing("ip", "iproute2", e))?;
         // Listing tables needs CAP_NET_ADMIN: the cheapest check of the right itself.
         run(Command::new("nft").args(["list", "tables"]), None)
             .map_err(|e| missing("nft", "nftables", e))?;
@@ -153,9 +191,13 @@ impl Networks {
         })?;
         enable_forwarding()?;
         let networks = Networks {
-            range,
-            run_dir,
-            owner: Owner::of_this_process()?,
+            shared: Arc::new(Shared {
+                range,
+                run_dir,
+                owner: Owner::of_this_process()?,
+                work: Mutex::new(Work::default()),
+                changed: Condvar::new(),
+            }),
         };
         let swept = networks.sweep();
         if swept > 0 {
@@ -165,12 +207,127 @@ impl Networks {
     }
 
     pub fn range(&self) -> Subnet {
-        self.range
+        self.shared.range
+    }
+
+    /// Keeps `count` networks made ahead from now on, and removes used ones in the
+    /// background, on a thread of their own; [`Networks::close`] ends it.
+    pub fn keep_ready(&self, count: usize) {
+        let start = {
+            let mut work = self.shared.lock();
+            work.target = count;
+            !std::mem::replace(&mut work.started, true) && !work.closed
+        };
+        self.shared.changed.notify_all();
+        if start {
+            let shared = Arc::clone(&self.shared);
+            let started = std::thread::Builder::new()
+                .name("networks".into())
+                .spawn(move || shared.work());
+            if let Err(e) = started {
+                log::error!("cannot start the networks' thread: {e}");
+                self.shared.lock().started = false;
+            }
+        }
+    }
+
+    /// A network for a new environment: one made ahead if one is ready, else a new one.
+    pub fn create(&self) -> Result<EnvNetwork, NetworkError> {
+        let ready = self.shared.lock().ready.pop();
+        self.shared.changed.notify_all();
+        match ready {
+            Some(network) => Ok(network),
+            None => self.shared.make(),
+        }
+    }
+
+    /// Waits until every network given back so far is removed.
+    pub fn settle(&self) {
+        let mut work = self.shared.lock();
+        while !work.removals.is_empty() || work.removing {
+            work = self
+                .shared
+                .changed
+                .wait(work)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Removes the networks made ahead and waits for every removal: nothing of the service's
+    /// networks is left afterwards (but those of environments still running).
+    pub fn close(&self) {
+        let ready = {
+            let mut work = self.shared.lock();
+            work.closed = true;
+            std::mem::take(&mut work.ready)
+        };
+        self.shared.changed.notify_all();
+        drop(ready);
+        self.settle();
+    }
+
+    /// Removes every `lvm-<slot>` namespace, veth and nft table, and claim, whose owner is not
+    /// running any more (or that has no claim). Returns how many slots were cleaned.
+    pub fn sweep(&self) -> usize {
+        self.shared.sweep()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The networks' thread: removals first, then networks made ahead, until closed.
+    fn work(self: Arc<Self>) {
+        let mut work = self.lock();
+        loop {
+            if let Some((name, claim)) = work.removals.pop_front() {
+                work.removing = true;
+                drop(work);
+                remove_objects(&name);
+                let _ = std::fs::remove_file(&claim);
+                work = self.lock();
+                work.removing = false;
+                self.changed.notify_all();
+                continue;
+            }
+            if work.closed {
+                work.started = false;
+                return;
+            }
+            if work.ready.len() < work.target {
+                drop(work);
+                let made = self.make();
+                work = self.lock();
+                match made {
+                    Ok(network) if !work.closed => work.ready.push(network),
+                    Ok(network) => {
+                        drop(work);
+                        drop(network);
+                        work = self.lock();
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "making an environment network ahead: {}",
+                            vmm::error::Chain(&e)
+                        );
+                        work = self
+                            .changed
+                            .wait_timeout(work, Duration::from_secs(1))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+                continue;
+            }
+            work = self.changed.wait(work).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// A new environment network: claims a free slot, then makes the namespace, tap, veth pair
     /// and rules. On failure whatever was made is removed again.
-    pub fn create(&self) -> Result<EnvNetwork, NetworkError> {
+    fn make(self: &Arc<Self>) -> Result<EnvNetwork, NetworkError> {
         let (slot, claim) = self.claim()?;
         let (host_address, env_address) = link(slot);
         let network = EnvNetwork {
@@ -179,9 +336,23 @@ impl Networks {
             env_address,
             range: self.range,
             claim,
+            remover: Arc::downgrade(self),
         };
         network.build()?;
         Ok(network)
+    }
+
+    /// Takes a used network for the thread to remove; `false` when the thread is not running
+    /// (the caller removes it itself).
+    fn remove_later(&self, name: &str, claim: &Path) -> bool {
+        let mut work = self.lock();
+        if !work.started {
+            return false;
+        }
+        work.removals.push_back((name.to_owned(), claim.to_owned()));
+        drop(work);
+        self.changed.notify_all();
+        true
     }
 
     /// Claims the lowest free slot: `<run dir>/<slot>`, created exclusively, holding the owner.
@@ -226,7 +397,7 @@ impl Networks {
 
     /// Removes every `lvm-<slot>` namespace, veth and nft table, and claim, whose owner is not
     /// running any more (or that has no claim). Returns how many slots were cleaned.
-    pub fn sweep(&self) -> usize {
+    fn sweep(&self) -> usize {
         let mut slots = std::collections::BTreeSet::new();
         // The objects are listed before their claims are read: an object is made only after
         // its claim, so one whose claim is missing after the listing is truly left over.
@@ -298,6 +469,8 @@ pub struct EnvNetwork {
     env_address: Ipv4Addr,
     range: Subnet,
     claim: PathBuf,
+    /// Removes it in the background, while the service's networks live.
+    remover: Weak<Shared>,
 }
 
 /// The VM's network device, on the environment's tap: the same in every environment.
@@ -329,44 +502,130 @@ impl EnvNetwork {
         self.env_address
     }
 
+    /// Makes the namespace, the veth pair, addresses, the tap and the route with netlink
+    /// messages, from one thread that opens a netlink socket on the host, then makes the new
+    /// namespace its own and opens another there; the nftables rules are one batch for the
+    /// host and one for the namespace (`nft -f -`, once each).
     fn build(&self) -> Result<(), NetworkError> {
-        let name = &self.name;
-        let host = format!("{}/{LINK_PREFIX_LEN}", self.host_address);
-        let env = format!("{}/{LINK_PREFIX_LEN}", self.env_address);
-        run(Command::new("ip").args(["netns", "add", name]), None)?;
-        let host_side = format!(
-            "link add {name} type veth peer name {INNER_VETH} netns {name}\n\
-             addr add {host} dev {name}\n\
-             link set {name} up\n"
-        );
-        run(Command::new("ip").args(["-batch", "-"]), Some(&host_side))?;
         run(
             Command::new("nft").args(["-f", "-"]),
             Some(&self.host_rules()),
         )?;
-        let gateway = format!("{GATEWAY_ADDRESS}/{LINK_PREFIX_LEN}");
-        let inside = format!(
-            "link set lo up\n\
-             addr add {env} dev {INNER_VETH}\n\
-             link set {INNER_VETH} up\n\
-             tuntap add dev {TAP} mode tap\n\
-             link set {TAP} address {GATEWAY_MAC}\n\
-             addr add {gateway} dev {TAP}\n\
-             link set {TAP} up\n\
-             route add default via {}\n",
-            self.host_address
-        );
+        let netns = self.netns();
         let rules = self.namespace_rules();
-        in_namespace(&self.netns(), || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
-                NetworkError::Enter {
-                    path: "/proc/sys/net/ipv4/ip_forward".into(),
-                    source,
-                }
-            })?;
-            run(Command::new("ip").args(["-batch", "-"]), Some(&inside))?;
-            run(Command::new("nft").args(["-f", "-"]), Some(&rules))
+        std::thread::scope(|scope| {
+            let made = scope.spawn(|| {
+                let runtime = netlink_runtime()?;
+                runtime.block_on(async {
+                    // Opened before the thread leaves the host's namespace: it stays there.
+                    let host = netlink_connection()?;
+                    let namespace = enter_new_namespace(&netns)?;
+                    let inside = netlink_connection()?;
+                    make_tap()?;
+                    self.link_host_side(&host, &namespace).await?;
+                    self.configure_inside(&inside).await
+                })?;
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+                    NetworkError::Enter {
+                        path: "/proc/sys/net/ipv4/ip_forward".into(),
+                        source,
+                    }
+                })?;
+                run(Command::new("nft").args(["-f", "-"]), Some(&rules))
+            });
+            made.join().unwrap_or_else(|_| {
+                Err(NetworkError::Unavailable(
+                    "a network thread panicked".into(),
+                ))
+            })
         })
+    }
+
+    /// The veth pair, its inner end moved into the namespace as it is made; the host's address
+    /// on the outer end, which goes up.
+    async fn link_host_side(
+        &self,
+        host: &rtnetlink::Handle,
+        namespace: &File,
+    ) -> Result<(), NetworkError> {
+        use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+        use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+        let peer = LinkUnspec::new_with_name(INNER_VETH)
+            .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(namespace))
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(self.name.clone())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        let what = |step: &str| format!("{step} {}", self.name);
+        host.link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| netlink_error(&what("making the veth pair"), e))?;
+        let index = link_index(host, &self.name).await?;
+        host.address()
+            .add(index, self.host_address.into(), LINK_PREFIX_LEN)
+            .execute()
+            .await
+            .map_err(|e| netlink_error(&what("addressing"), e))?;
+        host.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| netlink_error(&what("bringing up"), e))
+    }
+
+    /// In the namespace: loopback up; the environment's address on the inner veth; the tap
+    /// with the gateway's MAC and address; the default route through the host's side.
+    async fn configure_inside(&self, inside: &rtnetlink::Handle) -> Result<(), NetworkError> {
+        use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+        let gateway_mac = parse_mac(GATEWAY_MAC)?;
+        let lo = link_index(inside, "lo").await?;
+        let veth = link_index(inside, INNER_VETH).await?;
+        let tap = link_index(inside, TAP).await?;
+        let fail = |step: &'static str| move |e| netlink_error(step, e);
+        let links = inside.link();
+        links
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .map_err(fail("bringing up lo"))?;
+        let addresses = inside.address();
+        addresses
+            .add(veth, self.env_address.into(), LINK_PREFIX_LEN)
+            .execute()
+            .await
+            .map_err(fail("addressing the inner veth"))?;
+        links
+            .set(LinkUnspec::new_with_index(veth).up().build())
+            .execute()
+            .await
+            .map_err(fail("bringing up the inner veth"))?;
+        links
+            .set(LinkUnspec::new_with_index(tap).address(gateway_mac).build())
+            .execute()
+            .await
+            .map_err(fail("setting the tap's MAC"))?;
+        addresses
+            .add(tap, GATEWAY_ADDRESS.into(), LINK_PREFIX_LEN)
+            .execute()
+            .await
+            .map_err(fail("addressing the tap"))?;
+        links
+            .set(LinkUnspec::new_with_index(tap).up().build())
+            .execute()
+            .await
+            .map_err(fail("bringing up the tap"))?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(self.host_address)
+            .build();
+        inside
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(fail("adding the default route"))
     }
 
     /// Inside the namespace: the guest's address becomes the environment's on the way out;
@@ -426,21 +685,172 @@ impl EnvNetwork {
 
 impl Drop for EnvNetwork {
     fn drop(&mut self) {
-        remove_objects(&self.name);
-        let _ = std::fs::remove_file(&self.claim);
+        let later = self
+            .remover
+            .upgrade()
+            .is_some_and(|shared| shared.remove_later(&self.name, &self.claim));
+        if !later {
+            remove_objects(&self.name);
+            let _ = std::fs::remove_file(&self.claim);
+        }
     }
 }
 
 /// Removes what is named `name`, each part whatever became of the others: the host-side veth
-/// (its peer goes with it), the host table, and the namespace (its tap goes with it once the
-/// last process in it, the `vmm`, is gone).
+/// (its peer goes with it; a netlink message), the host table (`nft`), and the namespace (its
+/// tap goes with it once the last process in it, the `vmm`, is gone).
 fn remove_objects(name: &str) {
-    let _ = run(Command::new("ip").args(["link", "del", name]), None);
+    let deleted = netlink_runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let host = netlink_connection()?;
+            let link = rtnetlink::LinkUnspec::new_with_name(name).build();
+            host.link()
+                .del_with_message(link)
+                .execute()
+                .await
+                .map_err(|e| netlink_error("removing the veth pair", e))
+        })
+    });
+    if let Err(e) = deleted {
+        log::debug!("{name}: {}", vmm::error::Chain(&e));
+    }
     let _ = run(
         Command::new("nft").args(["delete", "table", "ip", name]),
         None,
     );
-    let _ = run(Command::new("ip").args(["netns", "del", name]), None);
+    remove_namespace(&Path::new(NETNS_DIR).join(name));
+}
+
+/// A current-thread runtime for one batch of netlink requests.
+fn netlink_runtime() -> Result<tokio::runtime::Runtime, NetworkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| NetworkError::Netlink {
+            what: "starting a runtime for netlink".into(),
+            source: Box::new(source),
+        })
+}
+
+/// A route netlink connection in this thread's network namespace, driven by the current
+/// runtime.
+fn netlink_connection() -> Result<rtnetlink::Handle, NetworkError> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|source| NetworkError::Netlink {
+            what: "opening a netlink socket".into(),
+            source: Box::new(source),
+        })?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn netlink_error(what: &str, error: rtnetlink::Error) -> NetworkError {
+    NetworkError::Netlink {
+        what: what.to_owned(),
+        source: Box::new(error),
+    }
+}
+
+/// The index of the link `name` in the namespace of `handle`.
+async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Result<u32, NetworkError> {
+    use futures_util::TryStreamExt;
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        Ok(None) => Err(NetworkError::Unavailable(format!("no link {name}"))),
+        Err(e) => Err(netlink_error(&format!("looking up {name}"), e)),
+    }
+}
+
+fn parse_mac(text: &str) -> Result<Vec<u8>, NetworkError> {
+    text.split(':')
+        .map(|byte| u8::from_str_radix(byte, 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .ok()
+        .filter(|mac| mac.len() == 6)
+        .ok_or_else(|| NetworkError::Unavailable(format!("{text:?} is not a MAC address")))
+}
+
+/// Makes `/run/netns` a mount point shared with other mount namespaces, as `ip netns` does, so
+/// that the namespaces bound there are seen by tools in any of them (once per process).
+fn share_netns_dir() -> Result<(), NetworkError> {
+    static SHARED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        let dir = Path::new(NETNS_DIR);
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {NETNS_DIR}: {e}"))?;
+        let share = || {
+            mount(
+                None::<&str>,
+                dir,
+                None::<&str>,
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+                None::<&str>,
+            )
+        };
+        if share() == Err(nix::errno::Errno::EINVAL) {
+            // Not a mount point yet: bind it onto itself first.
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("binding {NETNS_DIR} onto itself: {e}"))?;
+            share().map_err(|e| format!("sharing {NETNS_DIR}: {e}"))?;
+        }
+        Ok(())
+    });
+    shared.clone().map_err(NetworkError::Unavailable)
+}
+
+/// Moves this thread into a new network namespace and binds it at `path` (as `ip netns add`
+/// does), so that it outlives the thread; returns the namespace, opened.
+fn enter_new_namespace(path: &Path) -> Result<File, NetworkError> {
+    share_netns_dir()?;
+    let enter_error = |source: io::Error| NetworkError::Enter {
+        path: path.to_owned(),
+        source,
+    };
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0)
+        .open(path)
+        .map_err(enter_error)?;
+    let bound = unshare(CloneFlags::CLONE_NEWNET).and_then(|()| {
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    });
+    if let Err(errno) = bound {
+        let _ = std::fs::remove_file(path);
+        return Err(enter_error(errno.into()));
+    }
+    File::open(path).map_err(enter_error)
+}
+
+/// Unbinds and removes the namespace file at `path`; the namespace itself goes once no process
+/// is left in it.
+fn remove_namespace(path: &Path) {
+    let _ = umount2(path, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Makes the persistent tap [`TAP`] in this thread's namespace (`ip tuntap add`), with
+/// virtio-net headers, for the VM to attach to later.
+fn make_tap() -> Result<(), NetworkError> {
+    let tap = vmm::devices::virtio::net::tap::Tap::open(
+        TAP,
+        vmm::devices::virtio::net::frame::VNET_HDR_LEN,
+    )
+    .map_err(|e| NetworkError::Unavailable(vmm::error::Chain(&e).to_string()))?;
+    tap.persist()
+        .map_err(|e| NetworkError::Unavailable(format!("making {TAP} persistent: {e}")))
 }
 
 /// The names of the service's namespaces, links and host tables that exist now.

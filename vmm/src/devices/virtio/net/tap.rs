@@ -149,6 +149,23 @@ impl Tap {
         Ok(())
     }
 
+    /// Keeps the tap after its last handle closes (`TUNSETPERSIST`), as `ip tuntap add` does:
+    /// for a tap made ahead of the VMM that attaches to it.
+    pub fn persist(&self) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(1u8),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Lets `uid`/`gid` attach to this (persistent) tap without privileges, as a jailed
     /// `vmm` that opens it after dropping root must.
     pub fn give_to(&self, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
