@@ -146,7 +146,10 @@ impl<I: Invoker> Endpoint<I> {
                     },
                     None => invoke.await,
                 };
-                let log = watch.map(|watch| watch.finish());
+                let log = match watch {
+                    Some(watch) => Some(watch.finish().await),
+                    None => None,
+                };
                 let (body, failed) = match outcome {
                     Ok(Outcome::Success(body)) => (body, false),
                     Ok(Outcome::Failure { body, .. }) => (body, true),

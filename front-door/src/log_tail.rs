@@ -2,20 +2,28 @@
 //! invocation's `START` to its `REPORT`, keeping the last [`LOG_RESULT_MAX`] bytes, as Lambda's
 //! `LogResult` does. It watches the lines on their way to the log, so it works the same whether
 //! the environment runs here (local mode) or in a microVM (its lines arrive over the host link).
+//! An invocation's answer may come before its `END` and `REPORT` (rapid writes them once the
+//! answer has left), so [`TailWatch::finish`] waits a moment for the `REPORT`.
 
 use proto::invoke_api::LOG_RESULT_MAX;
 use proto::log::LogSink;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Most invocations watched at once; a watch beyond it collects nothing.
 const MAX_WATCHES: usize = 1024;
+/// How long [`TailWatch::finish`] waits for a `REPORT` still to come after the answer.
+pub const REPORT_WAIT: Duration = Duration::from_secs(2);
 
 /// The invocations whose log is being collected. Cheap to clone; every clone sees the same
 /// watches.
 #[derive(Clone, Default)]
 pub struct LogTails {
     watches: Arc<Mutex<Vec<Watched>>>,
+    /// Wakes the finishing watches when one is done.
+    done: Arc<Notify>,
 }
 
 struct Watched {
@@ -69,6 +77,9 @@ impl LogTails {
             let excess = watched.tail.len().saturating_sub(LOG_RESULT_MAX);
             watched.tail.drain(..excess);
             watched.done = line.starts_with(&watched.report);
+            if watched.done {
+                self.done.notify_waiters();
+            }
         }
     }
 
@@ -86,8 +97,35 @@ impl LogTails {
 }
 
 impl TailWatch {
-    /// Stops collecting; the last [`LOG_RESULT_MAX`] bytes of the invocation's log.
-    pub fn finish(self) -> Vec<u8> {
+    /// Once the invocation's `REPORT` has come (or [`REPORT_WAIT`] has passed), stops
+    /// collecting; the last [`LOG_RESULT_MAX`] bytes of the invocation's log.
+    pub async fn finish(self) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + REPORT_WAIT;
+        loop {
+            let done = self.tails.done.notified();
+            tokio::pin!(done);
+            // Registered before the look, so a REPORT in between is not missed.
+            done.as_mut().enable();
+            if self.reported() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                break;
+            }
+        }
+        self.take()
+    }
+
+    /// Whether the invocation's `REPORT` was seen (or it is not watched at all).
+    fn reported(&self) -> bool {
+        let watches = self.tails.lock();
+        watches
+            .iter()
+            .find(|w| w.start == self.start)
+            .is_none_or(|w| w.done)
+    }
+
+    fn take(self) -> Vec<u8> {
         let mut watches = self.tails.lock();
         match watches.iter().position(|w| w.start == self.start) {
             Some(i) => watches.swap_remove(i).tail.into(),
@@ -112,8 +150,8 @@ impl LogSink for Tee {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_watch_collects_its_invocation_from_start_to_report_only() {
+    #[tokio::test]
+    async fn a_watch_collects_its_invocation_from_start_to_report_only() {
         let tails = LogTails::default();
         let watch = tails.watch("r1");
         for line in [
@@ -127,7 +165,7 @@ mod tests {
         ] {
             tails.line(line);
         }
-        let tail = String::from_utf8(watch.finish()).unwrap();
+        let tail = String::from_utf8(watch.finish().await).unwrap();
         assert_eq!(
             tail,
             "START RequestId: r1 Version: $LATEST\nhello from the handler\nEND RequestId: r1\nREPORT RequestId: r1\tDuration: 1.00 ms\t\n"
@@ -135,8 +173,8 @@ mod tests {
         assert!(tails.lock().is_empty());
     }
 
-    #[test]
-    fn only_the_last_4_kb_are_kept() {
+    #[tokio::test]
+    async fn only_the_last_4_kb_are_kept() {
         let tails = LogTails::default();
         let watch = tails.watch("r1");
         tails.line("START RequestId: r1 Version: $LATEST");
@@ -144,8 +182,28 @@ mod tests {
             tails.line(&"x".repeat(100));
         }
         tails.line("REPORT RequestId: r1\tDuration: 1.00 ms\t");
-        let tail = watch.finish();
+        let tail = watch.finish().await;
         assert_eq!(tail.len(), LOG_RESULT_MAX);
         assert!(tail.ends_with(b"REPORT RequestId: r1\tDuration: 1.00 ms\t\n"));
+    }
+
+    /// The answer may come first: the watch waits for the REPORT that follows it.
+    #[tokio::test]
+    async fn finishing_waits_for_a_report_still_to_come() {
+        let tails = LogTails::default();
+        let watch = tails.watch("r1");
+        tails.line("START RequestId: r1 Version: $LATEST");
+        let later = tails.clone();
+        let writer = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            later.line("END RequestId: r1");
+            later.line("REPORT RequestId: r1\tDuration: 1.00 ms\t");
+        });
+        let tail = String::from_utf8(watch.finish().await).unwrap();
+        writer.await.unwrap();
+        assert!(
+            tail.ends_with("END RequestId: r1\nREPORT RequestId: r1\tDuration: 1.00 ms\t\n"),
+            "{tail}"
+        );
     }
 }

@@ -181,6 +181,10 @@ fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
     if let Some(init_type) = options.init_type {
         config.init_type = init_type;
     }
+    if options.system {
+        // The VM is the sandbox: its memory in use is the function's.
+        config.memory_source = rapid::config::MemorySource::Machine;
+    }
     Function {
         rapid: config,
         tmp_size_mb: function.tmp_size_mb,

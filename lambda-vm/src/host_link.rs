@@ -3,8 +3,10 @@
 //! The guest init connects to vsock CID 2, port [`PORT`]; with Firecracker-style hybrid vsock that
 //! connection arrives on the Unix socket `<uds>_<port>`. [`Listener`] listens there, and
 //! [`Listener::accept`] returns a [`HostLink`] once the `Hello`s are exchanged. A `HostLink` is
-//! synchronous and serves one caller: [`HostLink::invoke`] sends an `Invoke` and reads frames
-//! until its `Response` or `Error`, passing `Log` lines to the log callback on the way.
+//! synchronous and serves one caller: [`HostLink::invoke`] sends an `Invoke` and waits for its
+//! `Response` or `Error`. A thread of the link's own reads every frame as it arrives, so the
+//! guest's `Log` lines reach the log callback at once, also those that follow an answer (the
+//! guest sends its `END` and `REPORT` after the answer, not before it).
 //!
 //! After any error but [`LinkError::Guest`] the connection's state is unknown: drop the link and
 //! accept the guest's next connection.
@@ -19,6 +21,8 @@ use proto::host_link::{self as wire, FrameError, HandshakeError, Hello, InvokeTi
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use proto::host_link::{Invoke, Reset, PORT};
@@ -179,7 +183,7 @@ impl Dialing {
         self.stream
             .set_read_timeout(None)
             .map_err(LinkError::Timeout)?;
-        Ok(HostLink::new(self.stream, peer))
+        HostLink::new(self.stream, peer)
     }
 }
 
@@ -200,14 +204,39 @@ fn read_line(stream: &mut UnixStream) -> std::io::Result<String> {
 
 type LogFn = Box<dyn FnMut(&str) + Send>;
 
+/// What the reader thread hands the link's caller.
+enum Event {
+    /// A `Response` or `Error`.
+    Answer(Message),
+    InitDone(Duration),
+    /// The guest sent a frame only the host may send.
+    Unexpected(&'static str),
+    /// The connection failed or closed; nothing comes after it.
+    Failed(FrameError),
+}
+
+/// What the reader thread shares with the link.
+struct Shared {
+    /// Where log lines go; until there is one, they wait in `early`.
+    log: Option<LogFn>,
+    early: Vec<String>,
+    /// The guest's timing of the invocation whose answer comes next (timing on only).
+    guest_timing: Option<InvokeTiming>,
+}
+
+/// Most log lines kept before a log callback is set.
+const EARLY_LINES: usize = 1024;
+
 /// One connection to a guest init.
 pub struct HostLink {
     stream: UnixStream,
     peer: Hello,
-    log: LogFn,
-    init_done: Option<Duration>,
-    /// The guest's timing of the invocation whose answer comes next (timing on only).
-    guest_timing: Option<InvokeTiming>,
+    events: Receiver<Event>,
+    shared: Arc<Mutex<Shared>>,
+    /// Bounds each wait for the guest ([`HostLink::set_timeout`]).
+    timeout: Option<Duration>,
+    /// Why the link failed, once it has: every later wait fails the same way.
+    failed: Option<String>,
     /// The guest's timing of the last invocation answered.
     last_timing: Option<InvokeTiming>,
 }
@@ -220,18 +249,32 @@ impl HostLink {
             .map_err(LinkError::Timeout)?;
         let peer = wire::handshake(&mut stream, &hello())?;
         stream.set_read_timeout(None).map_err(LinkError::Timeout)?;
-        Ok(HostLink::new(stream, peer))
+        HostLink::new(stream, peer)
     }
 
-    fn new(stream: UnixStream, peer: Hello) -> HostLink {
-        HostLink {
+    /// The link on `stream`, with its reader thread.
+    fn new(stream: UnixStream, peer: Hello) -> Result<HostLink, LinkError> {
+        let reader = stream.try_clone().map_err(LinkError::Accept)?;
+        let shared = Arc::new(Mutex::new(Shared {
+            log: None,
+            early: Vec::new(),
+            guest_timing: None,
+        }));
+        let (send, events) = mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("host-link".into())
+            .spawn(move || read_frames(reader, &thread_shared, &send))
+            .map_err(LinkError::Accept)?;
+        Ok(HostLink {
             stream,
             peer,
-            log: Box::new(|_| {}),
-            init_done: None,
-            guest_timing: None,
+            events,
+            shared,
+            timeout: None,
+            failed: None,
             last_timing: None,
-        }
+        })
     }
 
     /// Connects to a restored guest's init at `addr` and sends, in one write with the request
@@ -268,33 +311,38 @@ impl HostLink {
         &self.peer
     }
 
-    /// Where the guest's log lines go (by default nowhere).
+    /// Where the guest's log lines go; lines that came before it are passed on first.
     pub fn on_log(&mut self, log: impl FnMut(&str) + Send + 'static) {
-        self.log = Box::new(log);
+        let mut log: LogFn = Box::new(log);
+        let mut shared = self.lock();
+        for line in std::mem::take(&mut shared.early) {
+            log(&line);
+        }
+        shared.log = Some(log);
     }
 
-    /// Bounds every wait for a frame; `None` waits forever. A read that times out leaves the
+    /// Bounds every wait for the guest; `None` waits forever. A wait that times out leaves the
     /// link unusable.
-    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), LinkError> {
-        self.stream
-            .set_read_timeout(timeout)
-            .map_err(LinkError::Timeout)
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), LinkError> {
+        self.timeout = timeout;
+        Ok(())
     }
 
-    /// Runs one invocation and waits for its outcome. Frames for other request ids (answers to
-    /// invokes abandoned after an error) are skipped.
+    /// Runs one invocation and waits for its outcome. Answers for other request ids (to invokes
+    /// abandoned after an error) are skipped.
     pub fn invoke(&mut self, invoke: Invoke) -> Result<Outcome, LinkError> {
         let request_id = invoke.request_id.clone();
         self.send(&Message::Invoke(invoke))?;
         let sent = timing_enabled().then(epoch_us);
         loop {
-            let Some(outcome) = Outcome::from_answer(self.next_frame()?, &request_id) else {
+            let Event::Answer(answer) = self.next_event()? else {
                 continue;
             };
-            self.last_timing = self
-                .guest_timing
-                .take()
-                .filter(|t| t.request_id == request_id);
+            let Some(outcome) = Outcome::from_answer(answer, &request_id) else {
+                continue;
+            };
+            let timing = self.lock().guest_timing.take();
+            self.last_timing = timing.filter(|t| t.request_id == request_id);
             if let Some(sent) = sent {
                 self.log_timing(&request_id, sent, epoch_us());
             }
@@ -326,10 +374,11 @@ impl HostLink {
     /// Waits for `InitDone` (a SnapStart init reaching `restore/next`) and returns the init
     /// duration the guest measured.
     pub fn wait_init_done(&mut self) -> Result<Duration, LinkError> {
-        while self.init_done.is_none() {
-            self.next_frame()?;
+        loop {
+            if let Event::InitDone(duration) = self.next_event()? {
+                return Ok(duration);
+            }
         }
-        Ok(self.init_done.take().unwrap_or_default())
     }
 
     /// Sends `Restore` with fresh entropy and the host's wall-clock time. The guest reseeds its
@@ -348,22 +397,89 @@ impl HostLink {
         Ok(wire::write_frame(&mut self.stream, message)?)
     }
 
-    /// Reads one frame, handling the guest's notifications; returns it too.
-    fn next_frame(&mut self) -> Result<Message, LinkError> {
-        let message = wire::read_frame(&mut self.stream)?;
-        match &message {
-            Message::Log { line } => (self.log)(line),
-            Message::InitDone { init_duration_ms } => {
-                self.init_done = Some(Duration::from_millis(*init_duration_ms));
-            }
-            Message::InvokeTiming(timing) => self.guest_timing = Some(timing.clone()),
-            Message::Response { .. } | Message::Error { .. } => {}
-            other @ (Message::Hello(_)
-            | Message::Invoke(_)
-            | Message::Restore { .. }
-            | Message::Shutdown) => return Err(LinkError::Guest(other.kind())),
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reader thread's next event, within the timeout. After a failure or a timeout the
+    /// link stays failed.
+    fn next_event(&mut self) -> Result<Event, LinkError> {
+        if let Some(why) = &self.failed {
+            return Err(LinkError::Frame(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                why.clone(),
+            ))));
         }
-        Ok(message)
+        let event = match self.timeout {
+            Some(timeout) => self.events.recv_timeout(timeout),
+            None => self
+                .events
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let failed = |link: &mut HostLink, error: FrameError| {
+            link.failed = Some(error.to_string());
+            Err(LinkError::Frame(error))
+        };
+        match event {
+            Ok(Event::Failed(error)) => failed(self, error),
+            Ok(Event::Unexpected(kind)) => Err(LinkError::Guest(kind)),
+            Ok(event) => Ok(event),
+            Err(RecvTimeoutError::Timeout) => {
+                failed(self, FrameError::Io(std::io::ErrorKind::TimedOut.into()))
+            }
+            Err(RecvTimeoutError::Disconnected) => failed(self, FrameError::Closed),
+        }
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        // Ends the reader thread's read.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The reader thread: every frame from the guest, as it comes. Log lines go to the link's log
+/// callback (or wait for one); the rest are events for the link's caller. Ends at the first
+/// failure, which is the last event.
+fn read_frames(mut stream: UnixStream, shared: &Mutex<Shared>, events: &mpsc::Sender<Event>) {
+    let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let event = match wire::read_frame(&mut stream) {
+            Ok(Message::Log { line }) => {
+                let mut shared = lock();
+                if let Some(log) = shared.log.as_mut() {
+                    log(&line);
+                } else if shared.early.len() < EARLY_LINES {
+                    shared.early.push(line);
+                }
+                continue;
+            }
+            Ok(Message::InvokeTiming(timing)) => {
+                lock().guest_timing = Some(timing);
+                continue;
+            }
+            Ok(Message::InitDone { init_duration_ms }) => {
+                Event::InitDone(Duration::from_millis(init_duration_ms))
+            }
+            Ok(answer @ (Message::Response { .. } | Message::Error { .. })) => {
+                Event::Answer(answer)
+            }
+            Ok(
+                other @ (Message::Hello(_)
+                | Message::Invoke(_)
+                | Message::Restore { .. }
+                | Message::Shutdown),
+            ) => Event::Unexpected(other.kind()),
+            Err(error) => {
+                let _ = events.send(Event::Failed(error));
+                return;
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
     }
 }
 

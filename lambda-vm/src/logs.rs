@@ -90,7 +90,11 @@ mod tests {
              greeter[3] REPORT RequestId: r1\tDuration: 1 ms\n\
              lambda-vm: greeter: throttled\n"
         );
-        let tail = String::from_utf8(watch.finish()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let tail = String::from_utf8(runtime.block_on(watch.finish())).unwrap();
         assert!(tail.starts_with("START RequestId: r1 "), "{tail}");
     }
 }

@@ -31,6 +31,20 @@ pub struct EnvironmentConfig {
     /// reaches every descendant). `None` runs it unconfined: inside a microVM, where the VM is
     /// the sandbox.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// Where `Max Memory Used` comes from without a cgroup.
+    pub memory_source: MemorySource,
+}
+
+/// Where a runtime's `Max Memory Used` comes from when it has no cgroup of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemorySource {
+    /// The largest peak resident set among the runtime's processes (`/proc`): a sandbox that
+    /// shares its machine.
+    #[default]
+    Processes,
+    /// The machine's memory in use (`sysinfo(2)`, one system call): the machine is the sandbox,
+    /// as a microVM is, and all of its memory is the function's.
+    Machine,
 }
 
 impl EnvironmentConfig {
@@ -69,6 +83,7 @@ impl EnvironmentConfig {
             environment: function.environment.clone().into_iter().collect(),
             init_type: function.initialization_type,
             cgroups: None,
+            memory_source: MemorySource::Processes,
         }
     }
 

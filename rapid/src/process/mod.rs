@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use tokio::process::{Child, Command};
 
-pub use memory::max_memory_used_mb;
+pub use memory::{machine_memory_used_mb, max_memory_used_mb};
 pub use output::Output;
 
 /// AWS's `LD_LIBRARY_PATH` on `provided.al2023`; directories that do not exist cost nothing.

@@ -2,6 +2,7 @@
 //! or a failed init or restore.
 
 use super::{Handle, Outcome, Phase, Process, Reset, State};
+use crate::config::MemorySource;
 use crate::process;
 use crate::report::{self, Report, Status};
 use bytes::Bytes;
@@ -92,7 +93,7 @@ impl Handle {
         let mut max_memory_used_mb = 0;
         if let Some(process) = state.process.as_mut() {
             process.output.drain();
-            process.sample_memory();
+            process.sample_memory(self.shared.config.memory_source);
             max_memory_used_mb = process.peak_memory_mb;
         }
         let head = state.queue.front().map(|q| q.invocation.request_id.clone());
@@ -369,11 +370,13 @@ impl Handle {
         });
     }
 
-    /// Completes a deferred ending, if there is one.
+    /// Completes a deferred ending, if there is one, and writes a REPORT still to come: what
+    /// the environment does next comes after them in the log.
     pub(super) fn complete_deferred(&self, state: &mut State) {
         if let Some(ending) = state.deferred.take() {
             self.complete(state, ending);
         }
+        self.write_report(state);
     }
 
     /// Marks the current invocation finished and takes what its END, REPORT and answer need.
@@ -397,15 +400,41 @@ impl Handle {
         })
     }
 
+    /// Answers the invocation, then writes its END and REPORT after the answer has left: the
+    /// runtime's last output drained and the memory sampled first, on a task of their own that
+    /// runs after the tasks the answer woke (in a microVM: the answer's way out to the host),
+    /// since the invoker waits for none of it. Whatever the environment does next writes them
+    /// first if the task has not yet ([`Self::complete_deferred`]), so the log keeps its order;
+    /// an invoker that collects the log (`LogType: Tail`) waits for the REPORT.
     fn complete(&self, state: &mut State, ending: Ending) {
         let Ending {
-            mut report,
+            report,
             reply,
             outcome,
         } = ending;
+        if let Some(reply) = reply {
+            // The invoker may have gone; the invocation still counts as done.
+            let _ = reply.send(outcome);
+        }
+        self.write_report(state);
+        state.unreported = Some(report);
+        let handle = self.clone();
+        tokio::spawn(async move {
+            // Once round the scheduler and the reactor: the answer's tasks go first.
+            tokio::task::yield_now().await;
+            let mut state = handle.lock();
+            handle.write_report(&mut state);
+        });
+    }
+
+    /// Writes the END and REPORT of the invocation last answered, if they are still to come.
+    fn write_report(&self, state: &mut State) {
+        let Some(mut report) = state.unreported.take() else {
+            return;
+        };
         if let Some(process) = state.process.as_mut() {
             process.output.drain();
-            process.sample_memory();
+            process.sample_memory(self.shared.config.memory_source);
             report.max_memory_used_mb = process.peak_memory_mb;
             if let Some(refused) = process.new_process_limit_hits() {
                 self.log(&format!(
@@ -417,10 +446,6 @@ impl Handle {
         }
         self.log(&report::end(&report.request_id));
         self.log(&report.line());
-        if let Some(reply) = reply {
-            // The invoker may have gone; the invocation still counts as done.
-            let _ = reply.send(outcome);
-        }
     }
 }
 
@@ -443,11 +468,13 @@ const OUT_OF_MEMORY: &str = "Runtime.OutOfMemory";
 
 impl Process {
     /// Updates the peak, once per invocation: one read of the cgroup's own high-water mark;
-    /// without a cgroup, one pass over the runtime's processes in `/proc`.
-    pub(super) fn sample_memory(&mut self) {
-        let now = match &self.cgroup {
-            Some(cgroup) => cgroup.peak_bytes().unwrap_or(0).div_ceil(1 << 20),
-            None => process::max_memory_used_mb(self.pgid),
+    /// without a cgroup, the machine's memory in use when the machine is the sandbox (one
+    /// `sysinfo(2)`), else one pass over the runtime's processes in `/proc`.
+    pub(super) fn sample_memory(&mut self, source: MemorySource) {
+        let now = match (&self.cgroup, source) {
+            (Some(cgroup), _) => cgroup.peak_bytes().unwrap_or(0).div_ceil(1 << 20),
+            (None, MemorySource::Machine) => process::machine_memory_used_mb(),
+            (None, MemorySource::Processes) => process::max_memory_used_mb(self.pgid),
         };
         self.peak_memory_mb = self.peak_memory_mb.max(now);
     }

@@ -110,6 +110,9 @@ struct State {
     /// An ended invocation whose END, REPORT and answer wait for the runtime's own word on it
     /// (see `Handle::finish_after_runtime_speaks`).
     deferred: Option<lifecycle::Ending>,
+    /// The REPORT of an answered invocation, written (with its END) once the answer has left
+    /// (see `Handle::complete`).
+    unreported: Option<crate::report::Report>,
     shut_down: bool,
 }
 
@@ -157,6 +160,7 @@ impl Handle {
                     pending_restore_duration: None,
                     kept_failure: None,
                     deferred: None,
+                    unreported: None,
                     shut_down: false,
                 }),
                 work: Notify::new(),

@@ -116,7 +116,7 @@ impl Handle {
             timer.abort();
         }
         if let Some(process) = state.process.as_mut() {
-            process.sample_memory();
+            process.sample_memory(self.shared.config.memory_source);
         }
     }
 
@@ -260,7 +260,7 @@ impl Handle {
                 started: Instant::now(),
             };
             if let Some(process) = state.process.as_mut() {
-                process.sample_memory();
+                process.sample_memory(self.shared.config.memory_source);
             }
             state.generation
         };
