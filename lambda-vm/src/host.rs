@@ -2,7 +2,7 @@
 //! name, `name:qualifier`, full or partial ARN; `GetFunction`, `ListFunctions`, the
 //! concurrency operations) are the front door's [`Router`]; each function is served by its own
 //! endpoint over its own pool. Here too: `GET /status`, every function's environments per
-//! state.
+//! state, and its `vmm` processes kept ready for restores.
 
 use crate::pool::HostLimit;
 use crate::service::FunctionService;
@@ -55,6 +55,7 @@ impl FunctionHost {
 
 fn function_status(service: &FunctionService) -> serde_json::Value {
     let counts = service.counts();
+    let ready = service.ready_pids();
     json!({
         "initializing": counts.starting,
         "busy": counts.busy,
@@ -63,5 +64,7 @@ fn function_status(service: &FunctionService) -> serde_json::Value {
         "reserved_concurrency": service.reserved_concurrency(),
         "busy_vmm_pids": counts.busy_pids,
         "idle_vmm_pids": counts.idle_pids,
+        "ready": ready.len(),
+        "ready_vmm_pids": ready,
     })
 }

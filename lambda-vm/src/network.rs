@@ -815,7 +815,7 @@ fn enter_new_namespace(path: &Path) -> Result<File, NetworkError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(path)
         .map_err(enter_error)?;
     let bound = unshare(CloneFlags::CLONE_NEWNET).and_then(|()| {

@@ -122,9 +122,9 @@ impl ReadyPool {
         prepared
     }
 
-    /// How many processes are ready now.
-    pub fn count(&self) -> usize {
-        self.lock().ready.len()
+    /// The ready processes' IDs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.lock().ready.iter().map(Prepared::pid).collect()
     }
 
     /// Drops the ready processes that died (killed while waiting), so that the pool makes

@@ -175,6 +175,11 @@ impl FunctionService {
         self.inner.pool().counts()
     }
 
+    /// The processes of the `vmm`s kept ready for the next restores.
+    pub fn ready_pids(&self) -> Vec<u32> {
+        self.inner.ready.pids()
+    }
+
     /// Starts the function's provisioned environments, all at once, and waits for them; `Err`
     /// says why one did not start. From then on the service replaces any that go.
     pub async fn provision(&self) -> Result<(), String> {

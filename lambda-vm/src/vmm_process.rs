@@ -248,11 +248,14 @@ fn join_netns(command: &mut Command, netns: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How many threads fork `vmm` processes: starts of a burst go in parallel.
+const SPAWNERS: usize = 4;
+
 /// Spawns `command` so that it is killed when this service dies, however it dies
 /// (`PR_SET_PDEATHSIG`); with `pid_namespace`, in a new PID namespace of that jail host. The
-/// signal fires when the *thread* that forked the child ends, so every `vmm` is forked by one
-/// thread that lives as long as the process (and whose PID namespace for children is its own
-/// to change).
+/// signal fires when the *thread* that forked the child ends, so every `vmm` is forked by one of
+/// [`SPAWNERS`] threads that live as long as the process (and whose PID namespace for children
+/// is their own to change).
 fn spawn_dying_with_us(
     mut command: Command,
     pid_namespace: Option<Arc<JailHost>>,
@@ -291,19 +294,26 @@ fn spawn_dying_with_us(
     }
     let spawner = SPAWNER.get_or_init(|| {
         let (requests, incoming) = mpsc::channel::<Request>();
-        let started = std::thread::Builder::new()
-            .name("vmm-spawner".into())
-            .spawn(move || {
-                for (mut command, pid_namespace, reply) in incoming {
+        let incoming = Arc::new(Mutex::new(incoming));
+        for n in 0..SPAWNERS {
+            let incoming = Arc::clone(&incoming);
+            let started = std::thread::Builder::new()
+                .name(format!("vmm-spawner-{n}"))
+                .spawn(move || loop {
+                    // The lock is held only to take a request, not while spawning it.
+                    let next = incoming.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((mut command, pid_namespace, reply)) = next else {
+                        return;
+                    };
                     let spawned = match pid_namespace {
                         Some(host) => host.in_new_pid_namespace(|| command.spawn()),
                         None => command.spawn(),
                     };
                     let _ = reply.send(spawned);
-                }
-            });
-        if let Err(e) = started {
-            log::error!("cannot start the vmm spawner thread: {e}");
+                });
+            if let Err(e) = started {
+                log::error!("cannot start a vmm spawner thread: {e}");
+            }
         }
         Mutex::new(requests)
     });
@@ -313,10 +323,10 @@ fn spawn_dying_with_us(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send((command, pid_namespace, reply));
-    sent.map_err(|_| std::io::Error::other("the vmm spawner thread is gone"))?;
+    sent.map_err(|_| std::io::Error::other("the vmm spawner threads are gone"))?;
     answer
         .recv()
-        .map_err(|_| std::io::Error::other("the vmm spawner thread is gone"))?
+        .map_err(|_| std::io::Error::other("the vmm spawner threads are gone"))?
 }
 
 /// A pipe nobody writes to, whose write end (`alive`) only this process keeps open: a child

@@ -19,7 +19,7 @@ pub fn machine_memory_used_mb() -> u64 {
         return 0;
     }
     let unit = u64::from(info.mem_unit.max(1));
-    let used = u64::from(info.totalram).saturating_sub(u64::from(info.freeram));
+    let used = info.totalram.saturating_sub(info.freeram);
     used.saturating_mul(unit).div_ceil(1 << 20)
 }
 

@@ -80,19 +80,21 @@ impl Function for Echo {
                     .map_err(|_| HandlerError::new("EchoError", "bytes is too large"))?;
                 Value::String("a".repeat(bytes))
             }
-            // For the payload benchmark (scripts/bench-payload.sh): the vsock device's own
-            // rate, without the host link. Connects to the host's vsock port `port`, reads
-            // `bytes` bytes, and sends them back.
+            // For the payload benchmark (scripts/bench-payload.sh) and the cold-start one's
+            // vsock round trips (scripts/bench-coldstart.sh): the vsock device's own rate,
+            // without the host link. Connects to the host's vsock port `port`, then `rounds`
+            // times (1 unless given) reads `bytes` bytes and sends them back.
             Some("vsock") => {
                 let port = payload.get("port").and_then(Value::as_u64).unwrap_or(0);
                 let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+                let rounds = payload.get("rounds").and_then(Value::as_u64).unwrap_or(1);
                 let failed = |e: std::io::Error| HandlerError::new("EchoError", e.to_string());
                 let port = u32::try_from(port)
                     .map_err(|_| HandlerError::new("EchoError", "port is out of range"))?;
                 let bytes = usize::try_from(bytes)
                     .map_err(|_| HandlerError::new("EchoError", "bytes is too large"))?;
-                vsock_echo(port, bytes).map_err(failed)?;
-                json!({ "echoed": bytes })
+                vsock_echo(port, bytes, rounds).map_err(failed)?;
+                json!({ "echoed": bytes, "rounds": rounds })
             }
             Some(other) => {
                 return Err(HandlerError::new(
@@ -115,8 +117,9 @@ impl Function for Echo {
     }
 }
 
-/// Connects to the host (CID 2) on vsock `port`, reads `bytes` bytes and writes them back.
-fn vsock_echo(port: u32, bytes: usize) -> std::io::Result<()> {
+/// Connects to the host (CID 2) on vsock `port`, then `rounds` times reads `bytes` bytes and
+/// writes them back.
+fn vsock_echo(port: u32, bytes: usize, rounds: u64) -> std::io::Result<()> {
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;
     // SAFETY: socket(2) with constant arguments; the descriptor is owned by the File below.
@@ -144,8 +147,11 @@ fn vsock_echo(port: u32, bytes: usize) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     let mut data = vec![0u8; bytes];
-    stream.read_exact(&mut data)?;
-    stream.write_all(&data)
+    for _ in 0..rounds {
+        stream.read_exact(&mut data)?;
+        stream.write_all(&data)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

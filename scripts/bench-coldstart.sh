@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The cold-start benchmark (issue 23; BENCHMARKS.md): everything a cold start costs, in ONE run
+# on one machine, through `lambda-vm` and beside it the bare `vmm` on the same snapshot.
+#
+#   - the bare vmm: a fresh `vmm --api-sock` process, `PUT /snapshot/load` with `resume_vm`,
+#     and the restored guest's first output (its init's hello, through hybrid vsock); one at a
+#     time, then N at once;
+#   - lambda-vm, SnapStart: a request that needs a new environment, to its response; the first
+#     invoke's REPORT (Duration, Restore Duration) and the restore request to the restored
+#     init's answer; then warm invokes of that environment (round trip, Duration, and the round
+#     trip less the Duration); bursts of N first invokes;
+#   - lambda-vm, on-demand: a cold boot to its first response;
+#   - 1-byte vsock round trips between the host and a restored guest's function (the floor).
+#
+# The echo function (tests/functions/bootstrap-echo) is built twice as an ext4 image, `cold`
+# (on-demand) and `snap` (snap-start), both without networking (so the bare vmm restores the
+# very snapshot lambda-vm restores, which then has no network device). Medians and min–max go
+# to stdout, every sample to a JSON file, the bursts to an SVG chart (benches/src/bin/
+# coldstart.rs does the measuring). It replaces bench-microvm.sh and bench-burst.sh;
+# scripts/bench-warm-path.sh still breaks a warm invoke down hop by hop.
+#
+# Usage: scripts/bench-coldstart.sh [--runs N] [--cold-runs N] [--warm N] [--bursts 1,2,4,8]
+#                                   [--ready N] [--json PATH] [--svg PATH]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+
+runs=10
+cold_runs=1
+warm=20
+bursts=1,2,4,8
+ready=2
+json=benches/results/coldstart.json
+svg=benches/results/coldstart.svg
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs="${2:?}"; shift ;;
+        --cold-runs) cold_runs="${2:?}"; shift ;;
+        --warm) warm="${2:?}"; shift ;;
+        --bursts) bursts="${2:?}"; shift ;;
+        --ready) ready="${2:?}"; shift ;;
+        --json) json="${2:?}"; shift ;;
+        --svg) svg="${2:?}"; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+    shift
+done
+[ -e /dev/kvm ] || die "/dev/kvm is missing"
+[ "$(id -u)" -eq 0 ] || die "run as root: lambda-vm jails every vmm"
+ensure_cargo
+kernel="$(scripts/build-kernel.sh | tail -n1)"
+cold_dir="$(stage_rust_echo_function)"
+snap_dir="$(stage_rust_echo_function snap-start)"
+step "building vmm, lambda-vm and the coldstart benchmark (release)"
+cargo build --quiet --release -p vmm -p lambda-vm -p benches --bins
+target="$(cargo_target_dir)"
+work="$(mktemp -d)"
+trap 'stop_server; rm -rf "$work"' EXIT
+
+# The functions dir: one subdirectory per function, its function.json (the staged one, renamed,
+# networking off) and its image.
+for fn in cold snap; do
+    if [ "$fn" = cold ]; then src="$cold_dir"; else src="$snap_dir"; fi
+    mkdir -p "$work/src/$fn" "$work/functions/$fn"
+    cp -r "$src/." "$work/src/$fn/"
+    sed -e "s/\"function_name\": \"[^\"]*\"/\"function_name\": \"$fn\"/" \
+        -e 's/^{/{\n  "networking": false,/' "$src/function.json" >"$work/src/$fn/function.json"
+    grep -q '"networking": false' "$work/src/$fn/function.json" ||
+        die "could not turn networking off in $src/function.json"
+    image="$(scripts/build-rootfs.sh "$work/src/$fn" --ext4 | tail -n1)"
+    cp "$work/src/$fn/function.json" "$work/functions/$fn/function.json"
+    cp "$image" "$work/functions/$fn/$fn.ext4"
+done
+
+# --idle-timeout 1: a run's environment goes soon after it, so the next run starts from none
+# (the benchmark waits for that, and for the ready vmm processes, through GET /status).
+step "starting lambda-vm (--ready-vmms $ready)"
+start_server lambda-vm "$target/release/lambda-vm" --kernel "$kernel" \
+    --functions-dir "$work/functions" --work-dir "$work/host" --state-dir "$work/state" \
+    --listen 127.0.0.1:0 --max-concurrency 16 --idle-timeout 1 --boot-timeout 900 \
+    --ready-vmms "$ready"
+addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$SERVER_LOG")
+[ -n "$addr" ] || die "no address in lambda-vm's listening line: $(cat "$SERVER_LOG")"
+
+step "taking the SnapStart snapshot (a boot: tens of seconds here)"
+curl -sf -d '{"action":"whoami"}' "http://$addr/2015-03-31/functions/snap/invocations" >/dev/null ||
+    { tail -n 40 "$SERVER_LOG" >&2; die "the first invoke of snap failed"; }
+snapshot="$(find "$work/state/snapshots/snap" -name state.manifest.json -printf '%h\n' | head -n1)"
+[ -n "$snapshot" ] || die "no snapshot under $work/state/snapshots/snap"
+
+mkdir -p "$(dirname "$json")" "$(dirname "$svg")"
+step "measuring (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
+"$target/release/coldstart" --addr "$addr" --log "$SERVER_LOG" --vmm "$target/release/vmm" \
+    --snapshot "$snapshot" --work "$work/bench" --json "$json" --svg "$svg" \
+    --runs "$runs" --cold-runs "$cold_runs" --warm "$warm" --bursts "$bursts" --ready "$ready" ||
+    { tail -n 40 "$SERVER_LOG" >&2; die "the benchmark failed (lambda-vm's log above)"; }
+step "results in $json, chart in $svg"
