@@ -20,7 +20,7 @@ use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{AttachedDevice, DeviceSpec, Microvm, Parts, Subscriber};
+use crate::microvm::{AttachedDevice, DeviceSpec, Microvm, Parts, StartError, Subscriber};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use event_manager::MutEventSubscriber;
@@ -92,10 +92,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Bus(#[from] Overlap),
-    #[error("starting the event loop")]
-    EventLoop(#[source] std::io::Error),
-    #[error("starting the event loop")]
-    EventManager(#[source] event_manager::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(
         "machine-config.cpu_template is `Auto`: resolve it for the host \
          (CpuTemplate::resolve with HostCaps::detect) before booting"
@@ -231,7 +229,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     }
     vcpus[0].setup_boot(vm.memory(), loaded.kernel_load.0)?;
 
-    Microvm::start(Parts {
+    Ok(Microvm::start(Parts {
         vm,
         exit,
         pio,
@@ -242,7 +240,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         devices,
         vcpus,
         cmdline: cmdline_text,
-    })
+    })?)
 }
 
 fn load_initrd(

@@ -1,7 +1,6 @@
 //! A running microVM: its vCPU threads and device event loop, and what can be done to it while
 //! it runs: wait for its end, pause and resume it, stop it.
 
-use crate::builder::BuildError;
 use crate::devices::bus::Bus;
 use crate::devices::serial::Serial;
 use crate::devices::virtio::block::persist::BlockState;
@@ -23,6 +22,17 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Why a VM could not start running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("starting the event loop")]
+    EventLoop(#[source] std::io::Error),
+    #[error("starting the event loop")]
+    EventManager(#[source] event_manager::Error),
+}
 
 /// What a virtio device was made from: enough to make it again on restore. Each device's
 /// part is its own `persist` module's.
@@ -74,10 +84,10 @@ pub struct Microvm {
 
 impl Microvm {
     /// Starts the device event loop, then one thread per vCPU.
-    pub fn start(parts: Parts) -> Result<Microvm, BuildError> {
+    pub fn start(parts: Parts) -> Result<Microvm, StartError> {
         let event_loop_stop = Arc::new(AtomicBool::new(false));
-        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
-        let waker = wake_event_loop.try_clone().map_err(BuildError::EventLoop)?;
+        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::EventLoop)?;
+        let waker = wake_event_loop.try_clone().map_err(StartError::EventLoop)?;
         let event_loop = spawn_event_loop(
             parts.subscribers,
             waker,
@@ -196,8 +206,8 @@ fn spawn_event_loop(
     waker: EventFd,
     stop: Arc<AtomicBool>,
     exit: Arc<ExitSignal>,
-) -> Result<JoinHandle<()>, BuildError> {
-    let mut manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+) -> Result<JoinHandle<()>, StartError> {
+    let mut manager = EventManager::<Subscriber>::new().map_err(StartError::EventManager)?;
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
@@ -217,5 +227,5 @@ fn spawn_event_loop(
                 }
             }
         })
-        .map_err(BuildError::EventLoop)
+        .map_err(StartError::EventLoop)
 }

@@ -17,7 +17,7 @@ use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{DeviceSpec, Microvm, Parts};
+use crate::microvm::{DeviceSpec, Microvm, Parts, StartError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::{Vm, VmError};
@@ -69,6 +69,8 @@ pub enum SnapshotError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// Everything but the memory.

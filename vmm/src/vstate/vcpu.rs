@@ -15,7 +15,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::vcpu_state::{self, VcpuState};
+use super::vcpu_state::{self, VcpuState, VcpuStateError};
 use super::vm::{Vm, VmError};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -37,8 +37,8 @@ pub enum VcpuError {
     Vm(#[from] VmError),
     #[error("starting the vCPU thread")]
     Thread(#[source] std::io::Error),
-    #[error("vCPU state, {what}: {why}")]
-    State { what: &'static str, why: String },
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -98,7 +98,7 @@ impl Vcpu {
 
     /// The vCPU's state; call it only while the vCPU is not running.
     pub fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
-        vcpu_state::save(self.id, &self.fd, msr_list)
+        Ok(vcpu_state::save(self.id, &self.fd, msr_list)?)
     }
 
     /// Puts the boot vCPU at a 64-bit kernel's entry point.

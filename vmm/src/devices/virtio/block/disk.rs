@@ -1,6 +1,7 @@
-//! The backing file of a drive and the copies between it and guest memory.
+//! The backing file of a drive, the copies between it and guest memory, and the requests
+//! ([`super::request`]) carried out on it.
 
-use super::request::RequestError;
+use super::request::{Request, RequestError, RequestType, ID_BYTES};
 use crate::devices::virtio::Memory;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -116,5 +117,53 @@ impl Disk {
             return Ok(());
         }
         self.file.sync_data().map_err(RequestError::Io)
+    }
+
+    /// Carries `request` out; returns how many bytes of data it wrote to guest memory.
+    pub fn execute(
+        &mut self,
+        mem: &Memory,
+        request: &Request,
+        id: &[u8; ID_BYTES],
+    ) -> Result<u32, RequestError> {
+        match request.request_type {
+            RequestType::In => {
+                let mut offset = self.check_range(request.sector, request.data_len)?;
+                for &(addr, len) in &request.data {
+                    self.read_to_guest(mem, offset, addr, len)?;
+                    offset += u64::from(len);
+                }
+                // The chain's total length fits u32 (the queue's iterator enforces it).
+                Ok(u32::try_from(request.data_len).unwrap_or(u32::MAX))
+            }
+            RequestType::Out => {
+                if self.read_only() {
+                    return Err(RequestError::ReadOnly);
+                }
+                let mut offset = self.check_range(request.sector, request.data_len)?;
+                for &(addr, len) in &request.data {
+                    self.write_from_guest(mem, offset, addr, len)?;
+                    offset += u64::from(len);
+                }
+                Ok(0)
+            }
+            RequestType::Flush => self.flush().map(|()| 0),
+            RequestType::GetId => {
+                let mut rest: &[u8] = id;
+                let mut written: u32 = 0;
+                for &(addr, len) in &request.data {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let n = len.min(u32::try_from(rest.len()).unwrap_or(u32::MAX));
+                    let (now, later) = rest.split_at(n as usize);
+                    mem.write_slice(now, addr).map_err(RequestError::Memory)?;
+                    rest = later;
+                    written += n;
+                }
+                Ok(written)
+            }
+            RequestType::Unsupported(t) => Err(RequestError::Unsupported(t)),
+        }
     }
 }

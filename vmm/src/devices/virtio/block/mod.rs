@@ -142,7 +142,7 @@ fn handle_chain(
             return 0;
         }
     };
-    let (status, written) = match parsed.request.and_then(|r| r.execute(mem, disk, id)) {
+    let (status, written) = match parsed.request.and_then(|r| disk.execute(mem, &r, id)) {
         Ok(written) => (Status::Ok, written),
         Err(e) => {
             // Unsupported types are routine (drivers probe); everything else is worth a note.
