@@ -13,14 +13,17 @@ use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::persist::BlockState;
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::persist::NetState;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
 use crate::microvm::{AttachedDevice, DeviceSpec, Microvm, Parts, StartError, Subscriber};
+use crate::persist::Persist;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use event_manager::MutEventSubscriber;
@@ -323,13 +326,12 @@ impl<'a> VirtioAttacher<'a> {
     ) -> Result<(u64, u32), BuildError> {
         match &spec {
             DeviceSpec::Block(state) => {
-                let block = state
-                    .build()
+                let block = Block::restore((), state)
                     .map_err(device_error(format!("drive {}", state.drive_id)))?;
                 self.attach_device(Arc::new(Mutex::new(block)), spec, restore)
             }
             DeviceSpec::Vsock(state) => {
-                let vsock = state.build().map_err(device_error(format!(
+                let vsock = Vsock::restore((), state).map_err(device_error(format!(
                     "vsock on {}",
                     state.uds_path.display()
                 )))?;
@@ -338,11 +340,11 @@ impl<'a> VirtioAttacher<'a> {
                 self.attach_device(vsock, spec, restore)
             }
             DeviceSpec::Rng => {
-                let rng = Rng::new().map_err(device_error("entropy device"))?;
+                let rng = Rng::restore((), &()).map_err(device_error("entropy device"))?;
                 self.attach_device(Arc::new(Mutex::new(rng)), spec, restore)
             }
             DeviceSpec::Net(state) => {
-                let net = state.build().map_err(device_error(format!(
+                let net = Net::restore((), state).map_err(device_error(format!(
                     "network interface {} on tap {}",
                     state.iface_id, state.host_dev_name
                 )))?;
@@ -376,7 +378,7 @@ impl<'a> VirtioAttacher<'a> {
         let memory = self.vm.memory().clone();
         let transport = match restore {
             None => MmioTransport::new(memory, device.clone()),
-            Some(state) => MmioTransport::restored(memory, device.clone(), state).map_err(
+            Some(state) => MmioTransport::restore((memory, device.clone()), state).map_err(
                 device_error(format!("restoring virtio device {}", self.next)),
             )?,
         };

@@ -12,6 +12,7 @@ pub mod host_caps;
 pub mod jail;
 pub mod logger;
 pub mod microvm;
+pub mod persist;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vstate;

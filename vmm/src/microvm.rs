@@ -34,8 +34,8 @@ pub enum StartError {
     EventManager(#[source] event_manager::Error),
 }
 
-/// What a virtio device was made from: enough to make it again on restore. Each device's
-/// part is its own `persist` module's.
+/// What a virtio device was made from: enough to make it again on restore. Each variant holds
+/// that device's [`crate::persist::Persist`] state, which never changes while the device lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSpec {
     Block(BlockState),

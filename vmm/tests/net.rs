@@ -26,6 +26,7 @@ use vmm::devices::virtio::mmio::TransportState;
 use vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vmm::host_caps::HostCaps;
 use vmm::microvm::{DeviceSpec, Microvm};
+use vmm::persist::Persist;
 
 const TAP: &str = "tap0";
 const GUEST_MAC: &str = "06:00:ac:10:00:02";
@@ -112,7 +113,10 @@ fn net_transport(microvm: &Microvm) -> TransportState {
         .iter()
         .find(|d| matches!(d.spec, DeviceSpec::Net(_)))
         .expect("no network device");
-    device.transport.lock().unwrap().state()
+    let transport = device.transport.lock().unwrap();
+    let device = transport.device().clone();
+    let Ok(state) = transport.save(&*device.lock().unwrap());
+    state
 }
 
 #[test]

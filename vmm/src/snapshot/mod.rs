@@ -1,6 +1,7 @@
 //! Snapshots: a paused VM written to a directory as `state` (the KVM, vCPU and device state,
 //! see [`file`]) and `memory` (guest RAM, byte for byte), and restored in a fresh process with
 //! the memory file mapped private, so pages load lazily and the guest's writes stay its own.
+//! Each part's state is its [`Persist`] state: saved with `save`, built again with `restore`.
 //!
 //! Virtio devices are saved as what they were made from (a drive's path, the vsock CID) and
 //! their transport and queue state; on restore they are made again and activated on the saved
@@ -18,10 +19,11 @@ use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
 use crate::microvm::{DeviceSpec, Microvm, Parts, StartError};
+use crate::persist::Persist;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::{Vm, VmError};
-use crate::vstate::vm_state::{self, VmState};
+use crate::vstate::vm_state::VmState;
 use file::StateFileError;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -141,21 +143,24 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
     let devices = transports
         .iter()
         .zip(&held)
-        .map(|((spec, transport), device)| DeviceState {
-            spec: (*spec).clone(),
-            transport: transport.state_of(&**device),
+        .map(|((spec, transport), device)| {
+            let Ok(transport) = transport.save(&**device);
+            DeviceState {
+                spec: (*spec).clone(),
+                transport,
+            }
         })
         .collect();
     let vcpus = microvm
         .paused_vcpus()
         .iter()
-        .map(|vcpu| vcpu.save_state(&msr_list))
+        .map(|vcpu| vcpu.save(&msr_list))
         .collect::<Result<Vec<_>, _>>()?;
-    let serial = microvm
+    let Ok(serial) = microvm
         .serial()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .state();
+        .save(());
     let memory = microvm.vm().memory();
     let mem_size_bytes: u64 = vm_memory::GuestMemoryBackend::iter(memory)
         .map(vm_memory::GuestMemoryRegion::len)
@@ -163,7 +168,7 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
     let state = MicrovmState {
         vmm_version: env!("CARGO_PKG_VERSION").to_owned(),
         mem_size_bytes,
-        vm: vm_state::save(microvm.vm())?,
+        vm: microvm.vm().save(())?,
         vcpus,
         serial,
         devices,
@@ -224,10 +229,9 @@ pub fn restore(
     }
     let memory = map_memory(&dir.join(MEMORY_FILE), state.mem_size_bytes)?;
 
-    let vm = Vm::with_memory(memory)?;
-    vm_state::restore(&vm, &state.vm)?;
+    let vm = Vm::restore(memory, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
-    let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
+    let serial = Serial::restore(console, &state.serial).map_err(io_error(dir))?;
     let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
     for device in &state.devices {
@@ -250,7 +254,7 @@ pub fn restore(
     let vcpus = state
         .vcpus
         .iter()
-        .map(|s| Vcpu::restored(&vm, s))
+        .map(|s| Vcpu::restore(&vm, s))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(vsock) = &vsock {
         // Before the vCPUs run: the guest's first look at its sockets sees them reset.

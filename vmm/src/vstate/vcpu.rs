@@ -5,6 +5,7 @@ use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
+use crate::persist::Persist;
 use crate::seccomp::{self, ThreadKind};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -83,22 +84,6 @@ impl Vcpu {
         regs::setup_msrs(&fd)?;
         regs::setup_lint(&fd)?;
         Ok(Vcpu { id, fd })
-    }
-
-    /// Creates vCPU `state.id` with the state a snapshot recorded.
-    pub fn restored(vm: &Vm, state: &VcpuState) -> Result<Vcpu, VcpuError> {
-        let id = state.id;
-        let fd = vm
-            .fd()
-            .create_vcpu(u64::from(id))
-            .map_err(|source| VcpuError::Create { id, source })?;
-        vcpu_state::restore(&fd, state)?;
-        Ok(Vcpu { id, fd })
-    }
-
-    /// The vCPU's state; call it only while the vCPU is not running.
-    pub fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
-        Ok(vcpu_state::save(self.id, &self.fd, msr_list)?)
     }
 
     /// Puts the boot vCPU at a 64-bit kernel's entry point.
@@ -201,6 +186,32 @@ impl Vcpu {
     fn crash(&self, what: &str) -> VmExit {
         let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
         VmExit::GuestCrash(format!("vcpu{}: {what} at rip {rip:#x}", self.id))
+    }
+}
+
+impl<'a> Persist<'a> for Vcpu {
+    type State = VcpuState;
+    /// The MSRs to read: KVM's `KVM_GET_MSR_INDEX_LIST`.
+    type SaveArgs = &'a [u32];
+    /// The VM the vCPU is created in.
+    type RestoreArgs = &'a Vm;
+    type SaveError = VcpuError;
+    type RestoreError = VcpuError;
+
+    /// The vCPU's state; call it only while the vCPU is not running.
+    fn save(&self, msr_list: &'a [u32]) -> Result<VcpuState, VcpuError> {
+        Ok(vcpu_state::save(self.id, &self.fd, msr_list)?)
+    }
+
+    /// Creates vCPU `state.id` in `vm` with the state a snapshot recorded.
+    fn restore(vm: &'a Vm, state: &VcpuState) -> Result<Vcpu, VcpuError> {
+        let id = state.id;
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        vcpu_state::restore(&fd, state)?;
+        Ok(Vcpu { id, fd })
     }
 }
 

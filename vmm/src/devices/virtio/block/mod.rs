@@ -48,6 +48,8 @@ pub struct Block {
     base: DeviceBase,
     disk: Disk,
     id: [u8; ID_BYTES],
+    /// What the drive was made from, which is what a snapshot keeps of it.
+    made_from: persist::BlockState,
 }
 
 impl Block {
@@ -71,6 +73,11 @@ impl Block {
                 .map_err(BlockError::EventFd)?,
             disk,
             id: id_bytes,
+            made_from: persist::BlockState {
+                drive_id: id.to_owned(),
+                path: path.to_owned(),
+                read_only,
+            },
         })
     }
 
@@ -88,7 +95,7 @@ impl Block {
     /// Only the requests available when called are handled: the driver's notification of later
     /// ones calls again, and a guest that keeps adding requests cannot keep the host here.
     pub fn process_queue(&mut self) -> Result<usize, BlockError> {
-        let Block { base, disk, id } = self;
+        let Block { base, disk, id, .. } = self;
         let (Active { mem, queues }, irq) = base.active_mut().ok_or(BlockError::NotActivated)?;
         let [queue] = &mut queues[..] else {
             return Err(BlockError::NotActivated);

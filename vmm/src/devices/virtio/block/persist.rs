@@ -3,7 +3,9 @@
 //! the transport's (`mmio::TransportState`).
 
 use super::{Block, BlockError};
+use crate::persist::Persist;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,9 +15,19 @@ pub struct BlockState {
     pub read_only: bool,
 }
 
-impl BlockState {
-    /// The drive this state describes; its backing file must still be there.
-    pub fn build(&self) -> Result<Block, BlockError> {
-        Block::new(&self.path, self.read_only, &self.drive_id)
+impl Persist<'_> for Block {
+    type State = BlockState;
+    type SaveArgs = ();
+    type RestoreArgs = ();
+    type SaveError = Infallible;
+    type RestoreError = BlockError;
+
+    fn save(&self, (): ()) -> Result<BlockState, Infallible> {
+        Ok(self.made_from.clone())
+    }
+
+    /// The drive `state` describes; its backing file must still be there.
+    fn restore((): (), state: &BlockState) -> Result<Block, BlockError> {
+        Block::new(&state.path, state.read_only, &state.drive_id)
     }
 }

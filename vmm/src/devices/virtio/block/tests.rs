@@ -230,6 +230,30 @@ fn long_id_is_cut() {
 }
 
 #[test]
+fn a_drive_saves_what_it_was_made_from_and_restores_from_it() {
+    use crate::persist::Persist;
+    let file = TempFile::new(&pattern());
+    let state = persist::BlockState {
+        drive_id: "an-id-much-longer-than-twenty-bytes".into(),
+        path: file.0.clone(),
+        read_only: true,
+    };
+    let blk = Block::restore((), &state).unwrap();
+    assert!(blk.read_only());
+    assert_eq!(&blk.id, b"an-id-much-longer-th");
+    let Ok(saved) = blk.save(());
+    assert_eq!(
+        saved, state,
+        "the whole id, not the 20 bytes the guest sees"
+    );
+    std::fs::remove_file(&file.0).unwrap();
+    assert!(matches!(
+        Block::restore((), &state),
+        Err(BlockError::Open { .. })
+    ));
+}
+
+#[test]
 fn read_only_drive_rejects_writes() {
     let file = TempFile::new(&pattern());
     let mem = memory();

@@ -764,6 +764,7 @@ fn drive_transport(transport: &mut MmioTransport, guest: &Guest, features: u64) 
 #[test]
 fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
     use crate::microvm::DeviceSpec;
+    use crate::persist::Persist;
     use crate::snapshot::DeviceState;
     let test = "snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace";
     let (saved_tx, saved_rx) = std::sync::mpsc::channel::<(Vec<u8>, Vec<u8>)>();
@@ -786,7 +787,7 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
             host_dev_name: TAP.into(),
             guest_mac: Some(GUEST_MAC),
         };
-        let net = Arc::new(Mutex::new(state.build().unwrap()));
+        let net = Arc::new(Mutex::new(Net::restore((), &state).unwrap()));
         wait_running();
         let mut transport = MmioTransport::new(mem.clone(), net.clone());
         drive_transport(&mut transport, &guest, accepted);
@@ -801,10 +802,14 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
                 dev.process_rx().unwrap();
             }
         }
+        let dev = net.lock().unwrap();
+        let (Ok(saved), Ok(transport)) = (dev.save(()), transport.save(&*dev));
+        assert_eq!(saved, state);
         let device = DeviceState {
-            spec: DeviceSpec::Net(state),
-            transport: transport.state(),
+            spec: DeviceSpec::Net(saved),
+            transport,
         };
+        drop(dev);
         let encoded = postcard::to_allocvec(&device).unwrap();
         let mut memory_bytes = vec![0u8; usize::try_from(MEM_SIZE).unwrap()];
         mem.read_slice(&mut memory_bytes, GuestAddress(0)).unwrap();
@@ -829,12 +834,13 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
             panic!("{:?}", device.spec);
         };
         assert_eq!(state.guest_mac, Some(GUEST_MAC));
-        let net = Arc::new(Mutex::new(state.build().unwrap()));
+        let net = Arc::new(Mutex::new(Net::restore((), state).unwrap()));
         wait_running();
         let transport =
-            MmioTransport::restored(mem.clone(), net.clone(), &device.transport).unwrap();
-        assert_eq!(transport.state(), device.transport);
+            MmioTransport::restore((mem.clone(), net.clone()), &device.transport).unwrap();
         let dev = net.lock().unwrap();
+        let Ok(restored) = transport.save(&*dev);
+        assert_eq!(restored, device.transport);
         assert!(dev.is_activated());
         assert_eq!(dev.acked_features(), accepted);
         assert_eq!(dev.mac(), Some(GUEST_MAC));

@@ -3,7 +3,9 @@
 //! the guest with a transport reset instead.
 
 use super::{Vsock, VsockError};
+use crate::persist::Persist;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,9 +14,22 @@ pub struct VsockState {
     pub uds_path: PathBuf,
 }
 
-impl VsockState {
-    /// A device for this CID listening on `uds_path`.
-    pub fn build(&self) -> Result<Vsock, VsockError> {
-        Vsock::new(self.guest_cid, &self.uds_path)
+impl Persist<'_> for Vsock {
+    type State = VsockState;
+    type SaveArgs = ();
+    type RestoreArgs = ();
+    type SaveError = Infallible;
+    type RestoreError = VsockError;
+
+    fn save(&self, (): ()) -> Result<VsockState, Infallible> {
+        Ok(VsockState {
+            guest_cid: self.guest_cid(),
+            uds_path: self.uds_path().to_owned(),
+        })
+    }
+
+    /// A device for the state's CID, listening on its `uds_path`.
+    fn restore((): (), state: &VsockState) -> Result<Vsock, VsockError> {
+        Vsock::new(state.guest_cid, &state.uds_path)
     }
 }

@@ -741,6 +741,14 @@ fn config_activation_and_lifecycle() {
     drop(UnixListener::bind(&uds.0).unwrap());
     let mut dev = Vsock::new(0x1234_5678, &uds.0).unwrap();
     assert_eq!(dev.guest_cid(), 0x1234_5678);
+    let Ok(saved) = crate::persist::Persist::save(&dev, ());
+    assert_eq!(
+        saved,
+        persist::VsockState {
+            guest_cid: 0x1234_5678,
+            uds_path: uds.0.clone(),
+        }
+    );
     assert_eq!(dev.device_type(), device_type::VSOCK);
     assert_eq!(dev.queue_max_sizes(), &[QUEUE_SIZE; 3]);
     assert_eq!(dev.queue_events().len(), 3);
