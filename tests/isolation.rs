@@ -44,10 +44,9 @@ fn idle_pids(server: &LocalServer, function: &str) -> Vec<u32> {
 /// A `Key:` line of /proc/<pid>/status, its fields.
 fn status_field(pid: u32, key: &str) -> Vec<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+    proc_info::status_field(&text, key)
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .split_whitespace()
+        .into_iter()
         .map(str::to_owned)
         .collect()
 }

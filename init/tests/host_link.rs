@@ -399,46 +399,22 @@ fn sigterm_is_forwarded_to_the_runtime_and_ends_init() {
     assert!(marker.exists(), "the runtime got SIGTERM");
 }
 
-/// `(pid, state, ppid, command)` of every process.
-fn processes() -> Vec<(u32, String, u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let command = head.split_once('(')?.1.to_owned();
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.to_owned();
-            Some((pid, state, fields.next()?.parse().ok()?, command))
-        })
-        .collect()
-}
-
 /// init's host pid when it runs under `unshare --fork`: the child of the unshare process.
 fn child_of(parent: u32) -> Option<u32> {
-    processes()
-        .into_iter()
-        .find(|(_, _, ppid, _)| *ppid == parent)
-        .map(|(pid, ..)| pid)
+    proc_info::all().find(|p| p.ppid == parent).map(|p| p.pid)
 }
 
 /// Children of `parent` running `command`, zombies included.
 fn children_named(parent: u32, command: &str) -> usize {
-    processes()
-        .iter()
-        .filter(|(_, _, ppid, c)| *ppid == parent && c == command)
+    proc_info::all()
+        .filter(|p| p.ppid == parent && p.command == command)
         .count()
 }
 
 /// Zombie children of `parent`.
 fn zombies_of(parent: u32) -> usize {
-    processes()
-        .iter()
-        .filter(|(_, state, ppid, _)| *ppid == parent && state == "Z")
+    proc_info::all()
+        .filter(|p| p.ppid == parent && p.is_zombie())
         .count()
 }
 

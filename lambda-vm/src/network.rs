@@ -17,6 +17,7 @@
 //! claim names its owner (pid and start time). An [`EnvNetwork`] removes everything when it
 //! is dropped; [`Networks::sweep`] removes what a service that died left behind.
 
+use proc_info::Identity;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -293,7 +294,7 @@ fn draft_owner_gone(name: &str) -> bool {
         .strip_prefix(".draft-")
         .and_then(|rest| rest.split('-').next())
         .and_then(|pid| pid.parse::<u32>().ok());
-    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    pid.is_some_and(|pid| proc_info::Stat::read(pid).is_none())
 }
 
 /// One environment's network; removed when dropped.
@@ -489,46 +490,35 @@ fn slot_of(name: &str) -> Option<u32> {
         .filter(|slot| slot.to_string() == digits)
 }
 
-/// A process, by pid and start time (so a reused pid is not mistaken for the owner).
+/// Who claims a slot: the service's [`Identity`] (so a reused pid is not mistaken for the
+/// owner), written `<pid> <start ticks>` and a newline in the claim file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start_ticks: u64,
-}
+struct Owner(Identity);
 
 impl Owner {
     fn of_this_process() -> Result<Owner, NetworkError> {
-        let pid = std::process::id();
-        start_ticks(pid)
-            .map(|start_ticks| Owner { pid, start_ticks })
-            .ok_or_else(|| NetworkError::Unavailable("cannot read /proc/self/stat".into()))
+        Identity::of_this_process()
+            .map(Owner)
+            .map_err(|e| NetworkError::Unavailable(format!("cannot read /proc/self/stat: {e}")))
     }
 
     fn parse(claim: &str) -> Option<Owner> {
         let (pid, start) = claim.trim().split_once(' ')?;
-        Some(Owner {
+        Some(Owner(Identity {
             pid: pid.parse().ok()?,
             start_ticks: start.parse().ok()?,
-        })
+        }))
     }
 
     fn is_running(&self) -> bool {
-        start_ticks(self.pid) == Some(self.start_ticks)
+        self.0.is_running()
     }
 }
 
 impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} {}", self.pid, self.start_ticks)
+        writeln!(f, "{} {}", self.0.pid, self.0.start_ticks)
     }
-}
-
-/// When process `pid` started (field 22 of /proc/PID/stat, in clock ticks since boot).
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold anything, spaces included.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Turns on IPv4 forwarding on the host, which the environments' outbound traffic needs.
@@ -676,10 +666,10 @@ mod tests {
         let me = Owner::of_this_process().unwrap();
         assert!(me.is_running());
         assert_eq!(Owner::parse(&me.to_string()), Some(me));
-        let restarted = Owner {
-            start_ticks: me.start_ticks + 1,
-            ..me
-        };
+        let restarted = Owner(Identity {
+            start_ticks: me.0.start_ticks + 1,
+            ..me.0
+        });
         assert!(!restarted.is_running());
         assert_eq!(Owner::parse("garbage"), None);
     }
@@ -789,10 +779,10 @@ mod tests {
             [true; 3],
             "a running owner's network was swept"
         );
-        let gone = Owner {
+        let gone = Owner(Identity {
             pid: std::process::id(),
             start_ticks: 0,
-        };
+        });
         std::fs::write(&claim, gone.to_string()).unwrap();
         assert!(networks.sweep() >= 1);
         assert_eq!(exists(&b_name), [false; 3]);

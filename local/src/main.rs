@@ -179,7 +179,7 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
 /// says in one line which protections are in force, or which are off and why (on stdout, with
 /// the function's log, where whoever reads the log sees it).
 fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
-    match Cgroups::detect() {
+    match Cgroups::detect("rapid") {
         Ok(cgroups) => {
             let removed = cgroups.clean_leftovers();
             let leftovers = match removed.len() {
