@@ -61,7 +61,7 @@ impl Reaper {
 pub async fn run() {
     let mut reaper = Reaper::default();
     let Ok(mut sigchld) = signal(SignalKind::child()) else {
-        crate::log::say!("cannot watch SIGCHLD; zombies will not be reaped");
+        log::warn!("cannot watch SIGCHLD; zombies will not be reaped");
         return;
     };
     let mut waiting = reaper.reap(Instant::now());

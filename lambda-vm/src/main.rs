@@ -123,7 +123,7 @@ struct Function {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    vmm::logger::init(args.log_level);
+    logging::init("lambda-vm", args.log_level);
     anyhow::ensure!(
         args.kernel.is_file(),
         "--kernel {}: no such file",
@@ -300,7 +300,7 @@ fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
         Err(e) => {
             let line = format!(
                 "lambda-vm: functions run WITHOUT networking: {}\n",
-                vmm::error::Chain(&e)
+                logging::Chain(&e)
             );
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             None

@@ -283,7 +283,7 @@ fn missing(program: &str, package: &str, error: NetworkError) -> NetworkError {
         }
         other => NetworkError::Unavailable(format!(
             "cannot use `{program}` (root or CAP_NET_ADMIN is needed): {}",
-            vmm::error::Chain(&other)
+            logging::Chain(&other)
         )),
     }
 }
@@ -542,7 +542,7 @@ pub fn give_tap(netns: &Path, uid: u32, gid: u32) -> Result<(), NetworkError> {
             TAP,
             vmm::devices::virtio::net::frame::VNET_HDR_LEN,
         )
-        .map_err(|e| NetworkError::Unavailable(vmm::error::Chain(&e).to_string()))?;
+        .map_err(|e| NetworkError::Unavailable(logging::Chain(&e).to_string()))?;
         tap.give_to(uid, gid).map_err(|source| NetworkError::Enter {
             path: netns.to_owned(),
             source,

@@ -207,6 +207,7 @@ fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    logging::init("lambda-local", log::LevelFilter::Info);
     let args = Args::parse();
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
@@ -270,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
     sandbox.shutdown();
     if let Some(cgroups) = &cgroups {
         for name in cgroups.remove_own() {
-            eprintln!("lambda-local: cannot remove the sandbox cgroup {name}: processes remain");
+            log::warn!("cannot remove the sandbox cgroup {name}: processes remain");
         }
     }
     // A default store with nothing left in it is not worth keeping in the temp directory.

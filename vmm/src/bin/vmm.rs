@@ -7,12 +7,12 @@
 
 use anyhow::Context;
 use clap::Parser;
+use logging::Chain;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vmm::config::{self, VmFlags};
-use vmm::error::Chain;
 use vmm::exit::VmExit;
 use vmm::host_caps::HostCaps;
 use vmm::jail::JailFlags;
@@ -59,7 +59,7 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 
 fn main() {
     let args = Args::parse();
-    vmm::logger::init(args.log_level);
+    logging::init("vmm", args.log_level);
     // Looked at before the jail, which hides /sys.
     let caps = HostCaps::detect();
     let exit = match args.jail.enter() {

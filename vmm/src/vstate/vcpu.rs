@@ -3,12 +3,12 @@
 
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
-use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
 use crate::persist::Persist;
 use crate::seccomp::{self, ThreadKind};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use logging::Chain;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;

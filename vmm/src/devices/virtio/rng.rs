@@ -2,9 +2,9 @@
 //! host entropy from `getrandom(2)`.
 
 use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
 use crate::persist::Persist;
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use logging::Chain;
 use std::convert::Infallible;
 use std::io;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};

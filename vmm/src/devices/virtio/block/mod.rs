@@ -11,9 +11,9 @@ pub use disk::SECTOR_SIZE;
 pub use request::{ChainError, RequestError, RequestType, Status, ID_BYTES};
 
 use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
 use disk::Disk;
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use logging::Chain;
 use std::io;
 use std::path::{Path, PathBuf};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};

@@ -30,8 +30,8 @@ pub use mac::MacAddr;
 pub use tap::{Tap, TapError};
 
 use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
 use frame::RxBuffers;
+use logging::Chain;
 use std::io;
 use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_net::{

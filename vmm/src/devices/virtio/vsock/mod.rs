@@ -20,7 +20,7 @@ pub mod persist;
 mod tests;
 
 use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
+use logging::Chain;
 use muxer::Muxer;
 use packet::{check_header, Header, MAX_PKT_DATA};
 use std::io;
