@@ -276,7 +276,11 @@ async fn main() -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     // Scripts and tests wait for this exact line; with port 0 it is the only way to learn the
     // port. One write, so that a reader never sees half of it (eprintln! may write in pieces).
-    let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
+    let ready = proto::readiness::Listening {
+        invoke: listener.local_addr()?,
+        runtime_api: None,
+    }
+    .line("lambda-vm");
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
     let router = host.clone();
     tokio::spawn(http_server::serve_with(listener, limits, move |request| {
