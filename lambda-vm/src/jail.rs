@@ -139,7 +139,11 @@ impl JailHost {
             jail_uid: Some(id),
             jail_gid: Some(id),
             jail_netns: contents.netns.clone(),
-            jail_cgroup: cgroup.iter().flat_map(Cgroup::dirs).map(Path::to_owned).collect(),
+            jail_cgroup: cgroup
+                .iter()
+                .flat_map(Cgroup::dirs)
+                .map(Path::to_owned)
+                .collect(),
         };
         let jail = EnvJail {
             id,
