@@ -16,7 +16,7 @@
 //! Needs root (the jail), `/dev/kvm` and the guest artefacts (scripts/test.sh builds them).
 
 use integration_tests::server::LocalServer;
-use integration_tests::{guest_artifact, have_kvm, host_binary, skip};
+use integration_tests::{guest_artifact, host_binary, require_kvm, skip_unless};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -132,14 +132,9 @@ fn inject_syscall(pid: u32, nr: libc::c_long) {
 
 #[test]
 fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
-    const TEST: &str = "jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && skip(TEST, "the jail needs root") {
-        return;
-    }
+    skip_unless!(unsafe { libc::geteuid() } == 0, "the jail needs root");
     let (Some(kernel), Some(image), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_SNAPSTART_ROOTFS"),

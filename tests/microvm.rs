@@ -14,7 +14,7 @@
 
 use integration_tests::aws_clients;
 use integration_tests::server::LocalServer;
-use integration_tests::{epoch_ms, guest_artifact, have_kvm, host_binary, require};
+use integration_tests::{epoch_ms, guest_artifact, host_binary, require, require_kvm};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,9 +22,7 @@ use std::time::Duration;
 
 #[test]
 fn a_function_in_a_microvm_answers_fails_and_powers_off() {
-    if !have_kvm("a_function_in_a_microvm_answers_fails_and_powers_off") {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(rootfs), Some(service)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_ROOTFS"),
@@ -87,11 +85,7 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
 
     // The AWS SDK and CLI see Lambda's answers from the microVM too (Tail logs come over the
     // host link).
-    aws_clients::check(
-        "a_function_in_a_microvm_answers_fails_and_powers_off",
-        &server.invoke_addr,
-        "rust-echo",
-    );
+    aws_clients::check(&server.invoke_addr, "rust-echo");
     // (Its `Event` invoke runs beside the others, so it may have scaled out to a second
     // environment.)
 
@@ -187,10 +181,7 @@ fn restored(server: &LocalServer) {
 /// loads is discarded and taken again, and the invoke still succeeds.
 #[test]
 fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
-    const TEST: &str = "snapstart_snapshots_once_and_restores_unique_guests_concurrently";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshots");
     let _ = std::fs::remove_dir_all(&root);
 
@@ -346,10 +337,7 @@ fn pids(status: &serde_json::Value, function: &str, state: &str) -> Vec<u32> {
 /// down without leaving a process, and routing goes by name, `name:$LATEST` and ARN.
 #[test]
 fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
-    const TEST: &str = "a_function_host_scales_out_throttles_provisions_and_tears_down";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(rootfs), Some(config), Some(snap_rootfs), Some(snap_config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_ROOTFS"),

@@ -191,8 +191,9 @@ impl Cgroups {
         self.cpu.is_some()
     }
 
-    /// `cgroup v1 (memory /sys/fs/cgroup/memory/x, pids ..., freezer ..., cpu ...)`, for the
-    /// start line.
+    /// `cgroup v1 (memory /sys/fs/cgroup/memory/x, pids ..., freezer ..., cpu ...)` or
+    /// `cgroup v2 with cpu (/sys/fs/cgroup/x)`, for the start line: the directories in the
+    /// parentheses are where the cgroups are made.
     pub fn describe(&self) -> String {
         let mut places: Vec<String> = match self.version {
             Version::V2 => vec![self.parents[0].display().to_string()],
@@ -205,14 +206,14 @@ impl Cgroups {
         if let Some(freezer) = &self.freezer {
             places.push(format!("freezer {}", freezer.display()));
         }
-        match (&self.cpu, self.version) {
-            (Some(cpu), Version::V1) => places.push(format!("cpu {}", cpu.display())),
-            (Some(_), Version::V2) => places.push("with cpu".to_owned()),
-            (None, _) => {}
-        }
-        let version = match self.version {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
+        let version = match (self.version, &self.cpu) {
+            (Version::V1, Some(cpu)) => {
+                places.push(format!("cpu {}", cpu.display()));
+                "v1"
+            }
+            (Version::V1, None) => "v1",
+            (Version::V2, Some(_)) => "v2 with cpu",
+            (Version::V2, None) => "v2",
         };
         format!("cgroup {version} ({})", places.join(", "))
     }

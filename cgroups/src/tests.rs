@@ -1,29 +1,17 @@
-//! Real cgroups on this host. Where there are none to use, the tests say so and pass, except
-//! under CI, where a test that cannot run fails.
+//! Real cgroups on this host. Where there are none to use, the tests skip with the reason,
+//! except under CI, where a test that cannot run fails.
 
 use super::*;
+use integration_tests::{ok_or_skip, skip};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-
-/// A test that cannot run here: under CI (`CI=true` or `1`) that fails it; elsewhere it is
-/// skipped with the reason printed.
-fn cannot_run(test: &str, why: &str) {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(!ci, "{test}: {why}");
-    eprintln!("SKIPPED {test}: {why}");
-}
 
 /// The kind of server the tests' cgroups are named for.
 const SERVER: &str = "cgroups-test";
 
-fn cgroups(test: &str) -> Option<Cgroups> {
-    match Cgroups::detect(SERVER) {
-        Ok(cgroups) => Some(cgroups),
-        Err(why) => {
-            cannot_run(test, &format!("no cgroup to test with: {why}"));
-            None
-        }
-    }
+/// Where the tests make their cgroups; `Err` says why there is nowhere.
+fn cgroups() -> Result<Cgroups, String> {
+    Cgroups::detect(SERVER).map_err(|why| format!("no cgroup to test with: {why}"))
 }
 
 /// A shell moved into `cgroup`, which runs `script` once it is told (one line on its stdin),
@@ -46,9 +34,7 @@ use proc_info::is_alive as alive;
 
 #[test]
 fn a_setsid_child_dies_with_the_cgroup_and_nothing_is_left() {
-    let Some(cgroups) = cgroups("setsid") else {
-        return;
-    };
+    let cgroups = ok_or_skip!(cgroups());
     let cgroup = cgroups.create(128).unwrap();
     let dirs: Vec<PathBuf> = cgroup.dirs.all().cloned().collect();
     let mut shell = shell_inside(&cgroup, "setsid sleep 120 & echo $!; sleep 120");
@@ -71,9 +57,7 @@ fn a_setsid_child_dies_with_the_cgroup_and_nothing_is_left() {
 
 #[test]
 fn memory_is_limited_and_accounted() {
-    let Some(cgroups) = cgroups("memory") else {
-        return;
-    };
+    let cgroups = ok_or_skip!(cgroups());
     let cgroup = cgroups.create(32).unwrap();
     assert_eq!(cgroup.oom_kills(), 0);
     // `tail` keeps a line without end in memory: 100 MB of zeros is one such line.
@@ -107,9 +91,7 @@ fn leftovers_of_live_servers_are_kept_and_names_we_cannot_read_too() {
 /// or another kind's.
 #[test]
 fn a_dead_servers_cgroups_are_cleaned_up_and_no_others() {
-    let Some(cgroups) = cgroups("a_dead_servers_cgroups_are_cleaned_up_and_no_others") else {
-        return;
-    };
+    let cgroups = ok_or_skip!(cgroups());
     let ours = cgroups.create(64).unwrap();
     let me = Identity::of_this_process().unwrap();
     let dead = Identity {
@@ -140,9 +122,7 @@ fn a_dead_servers_cgroups_are_cleaned_up_and_no_others() {
 /// host has the controller.
 #[test]
 fn a_process_joins_and_cpu_is_limited() {
-    let Some(cgroups) = cgroups("a_process_joins_and_cpu_is_limited") else {
-        return;
-    };
+    let cgroups = ok_or_skip!(cgroups());
     let limits = Limits {
         memory_bytes: 64 << 20,
         max_processes: 8,
@@ -203,19 +183,11 @@ fn a_v2_kill_reaches_a_setsid_child() {
     let mounts = host::mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let (Some(mount), Some(path)) = (host::v2_mount(&mounts), host::own_path(&own, None)) else {
-        cannot_run(
-            "a_v2_kill_reaches_a_setsid_child",
-            "no cgroup v2 hierarchy here",
-        );
-        return;
+        skip!("no cgroup v2 hierarchy here");
     };
     let dir = host::directory(mount, &path).join(format!("{SERVER}-v2-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir(&dir) {
-        cannot_run(
-            "a_v2_kill_reaches_a_setsid_child",
-            &format!("cannot make a v2 cgroup here: {e}"),
-        );
-        return;
+        skip!("cannot make a v2 cgroup here: {e}");
     }
     let dirs = Dirs {
         version: Version::V2,

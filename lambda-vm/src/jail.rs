@@ -250,28 +250,22 @@ fn limits(contents: &JailContents) -> Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use integration_tests::{ok_or_skip, skip_unless};
 
     /// Each `vmm` gets a cgroup of its own with its limits, named in its `--jail-cgroup` flags,
     /// and the cgroup goes with its jail.
     #[test]
     fn each_vmm_gets_a_limited_cgroup_that_goes_with_its_jail() {
-        let test = "each_vmm_gets_a_limited_cgroup_that_goes_with_its_jail";
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        if !nix::unistd::geteuid().is_root() {
-            assert!(!ci, "{test}: needs root (cgroups) under CI");
-            eprintln!("SKIPPED {test}: needs root to make cgroups");
-            return;
-        }
+        skip_unless!(
+            nix::unistd::geteuid().is_root(),
+            "needs root to make cgroups"
+        );
         let work = tempfile::tempdir().unwrap();
         let host = JailHost::detect(work.path()).unwrap();
-        let cgroups = match &host.cgroups {
-            Ok(cgroups) => cgroups,
-            Err(why) => {
-                assert!(!ci, "{test}: no cgroups to test with: {why}");
-                eprintln!("SKIPPED {test}: no cgroups to test with: {why}");
-                return;
-            }
-        };
+        let cgroups = ok_or_skip!(host
+            .cgroups
+            .as_ref()
+            .map_err(|why| format!("no cgroups to test with: {why}")));
         let line = host.describe();
         assert!(line.contains(&cgroups.describe()), "{line}");
         eprintln!("{line}");

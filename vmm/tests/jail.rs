@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{guest, have_kvm, vmm};
-use integration_tests::skip;
+use common::{guest, vmm};
+use integration_tests::{require_kvm, skip_unless};
 use std::path::PathBuf;
 
 /// A fresh, empty jail root for `name`.
@@ -24,10 +24,8 @@ fn is_root() -> bool {
 
 #[test]
 fn a_jailed_vmm_runs_its_guest_to_the_end() {
-    const TEST: &str = "a_jailed_vmm_runs_its_guest_to_the_end";
-    if !have_kvm(TEST) || (!is_root() && skip(TEST, "the jail needs root")) {
-        return;
-    }
+    require_kvm!();
+    skip_unless!(is_root(), "the jail needs root");
     let kernel = guest("reset");
     let root = jail_root("reset");
     let output = vmm(&[

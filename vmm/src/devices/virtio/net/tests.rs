@@ -37,24 +37,28 @@ const HEADERS: usize = 14 + 20 + 8;
 /// Room for any frame the host sends these tests (no segmentation offload is accepted).
 const RX_BUF: u32 = 2048;
 
-/// Runs `body` on a new thread in a new, empty network namespace (root is needed; under CI a
-/// test that cannot get one fails).
-fn in_netns(test: &str, body: impl FnOnce() + Send + 'static) {
-    let test = test.to_owned();
+/// Runs `body` on a new thread in a new, empty network namespace; `Err` says why there is none
+/// (root is needed).
+fn run_in_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let result = std::thread::spawn(move || {
         // SAFETY: unshare(2) takes flags only; CLONE_NEWNET moves this thread alone into a
         // new network namespace, which no Rust invariant depends on.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             let why = std::io::Error::last_os_error();
-            integration_tests::skip(&test, &format!("no network namespace ({why}); run as root"));
-            return;
+            return Err(format!("no network namespace ({why}); run as root"));
         }
-        body();
+        Ok(body())
     })
     .join();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// [`run_in_netns`], its value, or the test skips (under CI, fails) where there is no
+/// namespace to be had.
+macro_rules! in_netns {
+    ($body:expr $(,)?) => {
+        integration_tests::ok_or_skip!(run_in_netns($body))
+    };
 }
 
 /// Runs `ip ARGS` in the calling thread's network namespace.
@@ -302,7 +306,7 @@ fn payload_of(received: &[u8]) -> &[u8] {
 
 #[test]
 fn features_config_space_and_tap_offloads() {
-    in_netns("features_config_space_and_tap_offloads", || {
+    in_netns!(|| {
         host_side();
         let net = Net::new("eth0", TAP, Some(GUEST_MAC)).unwrap();
         assert_eq!(net.device_type(), device_type::NET);
@@ -369,7 +373,7 @@ fn bad_tap_names_are_refused_before_any_system_call() {
 
 #[test]
 fn guest_frames_reach_the_host_stack() {
-    in_netns("guest_frames_reach_the_host_stack", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5000);
         let mem = memory();
@@ -410,65 +414,59 @@ fn guest_frames_reach_the_host_stack() {
 
 #[test]
 fn host_datagrams_land_in_guest_buffers_with_their_header() {
-    in_netns(
-        "host_datagrams_land_in_guest_buffers_with_their_header",
-        || {
-            host_side();
-            let socket = host_socket(5001);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let (head, addr) = guest.rx_buffer(RX_BUF);
-            let mut net = guest.device(VIRTIO_F_VERSION_1);
-            send_to_guest(&socket, 4001, b"hello guest");
-            receive(&mut net, &guest, 1);
-            let (id, len) = guest.used(RX_QUEUE, 0);
-            assert_eq!(id, u32::from(head));
-            let len = usize::try_from(len).unwrap();
-            assert_eq!(len, VNET_HDR_LEN + HEADERS + b"hello guest".len());
-            let received = guest.read(addr, len);
-            // No offloads accepted: flags 0, no segmentation, one buffer.
-            assert_eq!(received[0], 0);
-            assert_eq!(u32::from(received[1]), VIRTIO_NET_HDR_GSO_NONE);
-            assert_eq!(&received[10..12], &1u16.to_le_bytes());
-            let eth = &received[VNET_HDR_LEN..];
-            assert_eq!(&eth[..6], GUEST_MAC.bytes());
-            assert_eq!(&eth[6..12], HOST_MAC.bytes());
-            assert_eq!(&eth[12..14], &0x0800u16.to_be_bytes());
-            assert_eq!(payload_of(&received), b"hello guest");
-            // The UDP checksum was computed by the host (the guest accepted no offload).
-            assert_ne!(&eth[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
-            assert_eq!(net.interrupt().event().read().unwrap(), 1);
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5001);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (head, addr) = guest.rx_buffer(RX_BUF);
+        let mut net = guest.device(VIRTIO_F_VERSION_1);
+        send_to_guest(&socket, 4001, b"hello guest");
+        receive(&mut net, &guest, 1);
+        let (id, len) = guest.used(RX_QUEUE, 0);
+        assert_eq!(id, u32::from(head));
+        let len = usize::try_from(len).unwrap();
+        assert_eq!(len, VNET_HDR_LEN + HEADERS + b"hello guest".len());
+        let received = guest.read(addr, len);
+        // No offloads accepted: flags 0, no segmentation, one buffer.
+        assert_eq!(received[0], 0);
+        assert_eq!(u32::from(received[1]), VIRTIO_NET_HDR_GSO_NONE);
+        assert_eq!(&received[10..12], &1u16.to_le_bytes());
+        let eth = &received[VNET_HDR_LEN..];
+        assert_eq!(&eth[..6], GUEST_MAC.bytes());
+        assert_eq!(&eth[6..12], HOST_MAC.bytes());
+        assert_eq!(&eth[12..14], &0x0800u16.to_be_bytes());
+        assert_eq!(payload_of(&received), b"hello guest");
+        // The UDP checksum was computed by the host (the guest accepted no offload).
+        assert_ne!(&eth[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+        assert_eq!(net.interrupt().event().read().unwrap(), 1);
+    },);
 }
 
 #[test]
 fn a_driver_that_takes_checksum_offload_gets_frames_with_checksums_to_do() {
-    in_netns(
-        "a_driver_that_takes_checksum_offload_gets_frames_with_checksums_to_do",
-        || {
-            host_side();
-            let socket = host_socket(5002);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let (_, addr) = guest.rx_buffer(RX_BUF);
-            let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_GUEST_CSUM));
-            send_to_guest(&socket, 4002, b"checksum left to the guest");
-            receive(&mut net, &guest, 1);
-            let (_, len) = guest.used(RX_QUEUE, 0);
-            let received = guest.read(addr, usize::try_from(len).unwrap());
-            assert_eq!(u32::from(received[0]), VIRTIO_NET_HDR_F_NEEDS_CSUM);
-            // csum_start: the UDP header, after Ethernet and IPv4; csum_offset: its checksum field.
-            assert_eq!(&received[6..8], &34u16.to_le_bytes());
-            assert_eq!(&received[8..10], &6u16.to_le_bytes());
-            assert_eq!(payload_of(&received), b"checksum left to the guest");
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5002);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (_, addr) = guest.rx_buffer(RX_BUF);
+        let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_GUEST_CSUM));
+        send_to_guest(&socket, 4002, b"checksum left to the guest");
+        receive(&mut net, &guest, 1);
+        let (_, len) = guest.used(RX_QUEUE, 0);
+        let received = guest.read(addr, usize::try_from(len).unwrap());
+        assert_eq!(u32::from(received[0]), VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        // csum_start: the UDP header, after Ethernet and IPv4; csum_offset: its checksum field.
+        assert_eq!(&received[6..8], &34u16.to_le_bytes());
+        assert_eq!(&received[8..10], &6u16.to_le_bytes());
+        assert_eq!(payload_of(&received), b"checksum left to the guest");
+    },);
 }
 
 #[test]
 fn frames_wait_in_the_tap_until_the_guest_has_buffers() {
-    in_netns("frames_wait_in_the_tap_until_the_guest_has_buffers", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5003);
         let mem = memory();
@@ -517,148 +515,142 @@ fn frames_wait_in_the_tap_until_the_guest_has_buffers() {
 
 #[test]
 fn hostile_tx_chains_are_dropped_and_the_device_goes_on() {
-    in_netns(
-        "hostile_tx_chains_are_dropped_and_the_device_goes_on",
-        || {
-            host_side();
-            let socket = host_socket(5004);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let good = guest_datagram(4004, 5004, b"still works");
-            let buf = guest.alloc(0x2_0000);
-            mem.write_slice(&good, GuestAddress(buf)).unwrap();
-            let good_len = u32::try_from(good.len()).unwrap();
-            let big = u32::try_from(MAX_BUFFER_LEN).unwrap();
-            let chains: Vec<Vec<(u64, u32, u16)>> = vec![
-                // A device-writable descriptor where the device reads.
-                vec![(buf, 12, 0), (buf + 12, good_len - 12, WRITE)],
-                // Nothing at all, and less than a header.
-                vec![(buf, 0, 0)],
-                vec![(buf, 11, 0)],
-                // More than the largest frame, in one descriptor and in several.
-                vec![(buf, big + 1, 0)],
-                vec![(buf, big / 2, 0), (buf, big / 2, 0), (buf, 2, 0)],
-                // A length of 4 GiB less one.
-                vec![(buf, u32::MAX, 0)],
-                // Outside guest memory, straddling its end, and wrapping the address space.
-                vec![(MEM_SIZE + 0x1000, 64, 0)],
-                vec![(MEM_SIZE - 8, 64, 0)],
-                vec![(u64::MAX - 8, 64, 0)],
-            ];
-            let mut heads: Vec<u16> = chains
-                .iter()
-                .map(|c| guest.push_chain(TX_QUEUE, c))
-                .collect();
-            // A loop: a descriptor that points at itself.
-            let looped = guest.next_desc[TX_QUEUE];
-            guest.vqs[TX_QUEUE]
-                .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(
-                        buf, 64, NEXT, looped,
-                    ))],
-                    looped,
-                )
-                .unwrap();
-            guest.next_desc[TX_QUEUE] += 1;
-            heads.push(looped);
-            // A next index past the table.
-            let bad_next = guest.next_desc[TX_QUEUE];
-            guest.vqs[TX_QUEUE]
-                .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(
-                        buf, 64, NEXT, 1000,
-                    ))],
-                    bad_next,
-                )
-                .unwrap();
-            guest.next_desc[TX_QUEUE] += 1;
-            heads.push(bad_next);
-            // Then a good frame.
-            heads.push(guest.push_chain(TX_QUEUE, &[(buf, good_len, 0)]));
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5004);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let good = guest_datagram(4004, 5004, b"still works");
+        let buf = guest.alloc(0x2_0000);
+        mem.write_slice(&good, GuestAddress(buf)).unwrap();
+        let good_len = u32::try_from(good.len()).unwrap();
+        let big = u32::try_from(MAX_BUFFER_LEN).unwrap();
+        let chains: Vec<Vec<(u64, u32, u16)>> = vec![
+            // A device-writable descriptor where the device reads.
+            vec![(buf, 12, 0), (buf + 12, good_len - 12, WRITE)],
+            // Nothing at all, and less than a header.
+            vec![(buf, 0, 0)],
+            vec![(buf, 11, 0)],
+            // More than the largest frame, in one descriptor and in several.
+            vec![(buf, big + 1, 0)],
+            vec![(buf, big / 2, 0), (buf, big / 2, 0), (buf, 2, 0)],
+            // A length of 4 GiB less one.
+            vec![(buf, u32::MAX, 0)],
+            // Outside guest memory, straddling its end, and wrapping the address space.
+            vec![(MEM_SIZE + 0x1000, 64, 0)],
+            vec![(MEM_SIZE - 8, 64, 0)],
+            vec![(u64::MAX - 8, 64, 0)],
+        ];
+        let mut heads: Vec<u16> = chains
+            .iter()
+            .map(|c| guest.push_chain(TX_QUEUE, c))
+            .collect();
+        // A loop: a descriptor that points at itself.
+        let looped = guest.next_desc[TX_QUEUE];
+        guest.vqs[TX_QUEUE]
+            .add_desc_chains(
+                &[RawDescriptor::from(SplitDescriptor::new(
+                    buf, 64, NEXT, looped,
+                ))],
+                looped,
+            )
+            .unwrap();
+        guest.next_desc[TX_QUEUE] += 1;
+        heads.push(looped);
+        // A next index past the table.
+        let bad_next = guest.next_desc[TX_QUEUE];
+        guest.vqs[TX_QUEUE]
+            .add_desc_chains(
+                &[RawDescriptor::from(SplitDescriptor::new(
+                    buf, 64, NEXT, 1000,
+                ))],
+                bad_next,
+            )
+            .unwrap();
+        guest.next_desc[TX_QUEUE] += 1;
+        heads.push(bad_next);
+        // Then a good frame.
+        heads.push(guest.push_chain(TX_QUEUE, &[(buf, good_len, 0)]));
 
-            let mut net = guest.device(VIRTIO_F_VERSION_1);
-            assert_eq!(net.process_tx().unwrap(), heads.len());
-            for (i, head) in heads.iter().enumerate() {
-                let i = u16::try_from(i).unwrap();
-                assert_eq!(guest.used(TX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
-            }
-            // Only the good frame went out.
-            let mut received = [0u8; 256];
-            let (n, _) = socket.recv_from(&mut received).unwrap();
-            assert_eq!(&received[..n], b"still works");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            assert!(
-                socket.recv_from(&mut received).is_err(),
-                "a bad chain was sent"
-            );
-        },
-    );
+        let mut net = guest.device(VIRTIO_F_VERSION_1);
+        assert_eq!(net.process_tx().unwrap(), heads.len());
+        for (i, head) in heads.iter().enumerate() {
+            let i = u16::try_from(i).unwrap();
+            assert_eq!(guest.used(TX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
+        }
+        // Only the good frame went out.
+        let mut received = [0u8; 256];
+        let (n, _) = socket.recv_from(&mut received).unwrap();
+        assert_eq!(&received[..n], b"still works");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            socket.recv_from(&mut received).is_err(),
+            "a bad chain was sent"
+        );
+    },);
 }
 
 #[test]
 fn hostile_rx_chains_are_returned_empty_and_lose_no_frame() {
-    in_netns(
-        "hostile_rx_chains_are_returned_empty_and_lose_no_frame",
-        || {
-            host_side();
-            let socket = host_socket(5005);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let buf = guest.alloc(RX_BUF);
-            let bad: Vec<Vec<(u64, u32, u16)>> = vec![
-                // Device-readable where the device writes.
-                vec![(buf, RX_BUF, 0)],
-                vec![(buf, 64, WRITE), (buf + 64, RX_BUF - 64, 0)],
-                // Outside guest memory, straddling its end, wrapping.
-                vec![(MEM_SIZE + 0x1000, RX_BUF, WRITE)],
-                vec![(MEM_SIZE - 8, RX_BUF, WRITE)],
-                vec![(u64::MAX - 8, RX_BUF, WRITE)],
-                // No room for a header.
-                vec![(buf, 0, WRITE)],
-                vec![(buf, 11, WRITE)],
-            ];
-            let mut heads: Vec<u16> = bad.iter().map(|c| guest.push_chain(RX_QUEUE, c)).collect();
-            let looped = guest.next_desc[RX_QUEUE];
-            guest.vqs[RX_QUEUE]
-                .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(
-                        buf,
-                        64,
-                        WRITE | NEXT,
-                        looped,
-                    ))],
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5005);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let buf = guest.alloc(RX_BUF);
+        let bad: Vec<Vec<(u64, u32, u16)>> = vec![
+            // Device-readable where the device writes.
+            vec![(buf, RX_BUF, 0)],
+            vec![(buf, 64, WRITE), (buf + 64, RX_BUF - 64, 0)],
+            // Outside guest memory, straddling its end, wrapping.
+            vec![(MEM_SIZE + 0x1000, RX_BUF, WRITE)],
+            vec![(MEM_SIZE - 8, RX_BUF, WRITE)],
+            vec![(u64::MAX - 8, RX_BUF, WRITE)],
+            // No room for a header.
+            vec![(buf, 0, WRITE)],
+            vec![(buf, 11, WRITE)],
+        ];
+        let mut heads: Vec<u16> = bad.iter().map(|c| guest.push_chain(RX_QUEUE, c)).collect();
+        let looped = guest.next_desc[RX_QUEUE];
+        guest.vqs[RX_QUEUE]
+            .add_desc_chains(
+                &[RawDescriptor::from(SplitDescriptor::new(
+                    buf,
+                    64,
+                    WRITE | NEXT,
                     looped,
-                )
-                .unwrap();
-            guest.next_desc[RX_QUEUE] += 1;
-            heads.push(looped);
-            // Room for a header but not for the frame: that frame is dropped, the next one goes
-            // to the next buffer.
-            let small = guest.push_chain(RX_QUEUE, &[(buf, 40, WRITE)]);
-            let (good, good_addr) = guest.rx_buffer(RX_BUF);
+                ))],
+                looped,
+            )
+            .unwrap();
+        guest.next_desc[RX_QUEUE] += 1;
+        heads.push(looped);
+        // Room for a header but not for the frame: that frame is dropped, the next one goes
+        // to the next buffer.
+        let small = guest.push_chain(RX_QUEUE, &[(buf, 40, WRITE)]);
+        let (good, good_addr) = guest.rx_buffer(RX_BUF);
 
-            let mut net = guest.device(VIRTIO_F_VERSION_1);
-            send_to_guest(&socket, 4005, b"too big for 40 bytes");
-            send_to_guest(&socket, 4005, b"second");
-            let total = u16::try_from(heads.len() + 2).unwrap();
-            receive(&mut net, &guest, total);
-            for (i, head) in heads.iter().chain([&small]).enumerate() {
-                let i = u16::try_from(i).unwrap();
-                assert_eq!(guest.used(RX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
-            }
-            let (id, len) = guest.used(RX_QUEUE, total - 1);
-            assert_eq!(id, u32::from(good));
-            let received = guest.read(good_addr, usize::try_from(len).unwrap());
-            assert_eq!(payload_of(&received), b"second");
-        },
-    );
+        let mut net = guest.device(VIRTIO_F_VERSION_1);
+        send_to_guest(&socket, 4005, b"too big for 40 bytes");
+        send_to_guest(&socket, 4005, b"second");
+        let total = u16::try_from(heads.len() + 2).unwrap();
+        receive(&mut net, &guest, total);
+        for (i, head) in heads.iter().chain([&small]).enumerate() {
+            let i = u16::try_from(i).unwrap();
+            assert_eq!(guest.used(RX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
+        }
+        let (id, len) = guest.used(RX_QUEUE, total - 1);
+        assert_eq!(id, u32::from(good));
+        let received = guest.read(good_addr, usize::try_from(len).unwrap());
+        assert_eq!(payload_of(&received), b"second");
+    },);
 }
 
 #[test]
 fn no_interrupt_while_the_driver_asks_for_none() {
-    in_netns("no_interrupt_while_the_driver_asks_for_none", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5006);
         let mem = memory();
@@ -684,40 +676,37 @@ fn no_interrupt_while_the_driver_asks_for_none() {
 #[test]
 fn the_event_loop_delivers_on_tap_readiness_and_queue_kicks() {
     use event_manager::{EventManager, SubscriberOps};
-    in_netns(
-        "the_event_loop_delivers_on_tap_readiness_and_queue_kicks",
-        || {
-            host_side();
-            let socket = host_socket(5007);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let net = Arc::new(Mutex::new(guest.device(VIRTIO_F_VERSION_1)));
-            let mut manager = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
-            manager.add_subscriber(net.clone());
-            // A frame before any buffer: the tap's event finds none; the rx kick delivers it.
-            send_to_guest(&socket, 4007, b"waited");
-            manager.run_with_timeout(1000).unwrap();
-            assert_eq!(guest.used_count(RX_QUEUE), 0);
-            guest.rx_buffer(RX_BUF);
-            guest.rx_buffer(RX_BUF);
-            net.lock().unwrap().queue_events()[RX_QUEUE]
-                .write(1)
-                .unwrap();
-            run_until(&mut manager, &guest, RX_QUEUE, 1);
-            // With a buffer waiting: the tap's readiness alone delivers.
-            send_to_guest(&socket, 4007, b"at once");
-            run_until(&mut manager, &guest, RX_QUEUE, 2);
-            // A tx kick sends.
-            guest.tx_frame(&guest_datagram(4007, 5007, b"kicked"), 4096);
-            net.lock().unwrap().queue_events()[TX_QUEUE]
-                .write(1)
-                .unwrap();
-            run_until(&mut manager, &guest, TX_QUEUE, 1);
-            let mut buf = [0u8; 64];
-            let (n, _) = socket.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"kicked");
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5007);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let net = Arc::new(Mutex::new(guest.device(VIRTIO_F_VERSION_1)));
+        let mut manager = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+        manager.add_subscriber(net.clone());
+        // A frame before any buffer: the tap's event finds none; the rx kick delivers it.
+        send_to_guest(&socket, 4007, b"waited");
+        manager.run_with_timeout(1000).unwrap();
+        assert_eq!(guest.used_count(RX_QUEUE), 0);
+        guest.rx_buffer(RX_BUF);
+        guest.rx_buffer(RX_BUF);
+        net.lock().unwrap().queue_events()[RX_QUEUE]
+            .write(1)
+            .unwrap();
+        run_until(&mut manager, &guest, RX_QUEUE, 1);
+        // With a buffer waiting: the tap's readiness alone delivers.
+        send_to_guest(&socket, 4007, b"at once");
+        run_until(&mut manager, &guest, RX_QUEUE, 2);
+        // A tx kick sends.
+        guest.tx_frame(&guest_datagram(4007, 5007, b"kicked"), 4096);
+        net.lock().unwrap().queue_events()[TX_QUEUE]
+            .write(1)
+            .unwrap();
+        run_until(&mut manager, &guest, TX_QUEUE, 1);
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"kicked");
+    },);
 }
 
 /// Runs the event loop until queue `q` has `count` used entries.
@@ -766,15 +755,13 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
     use crate::microvm::DeviceSpec;
     use crate::persist::Persist;
     use crate::snapshot::DeviceState;
-    let test = "snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace";
-    let (saved_tx, saved_rx) = std::sync::mpsc::channel::<(Vec<u8>, Vec<u8>)>();
     let accepted = VIRTIO_F_VERSION_1
         | (1 << VIRTIO_NET_F_MAC)
         | (1 << VIRTIO_NET_F_GUEST_CSUM)
         | (1 << VIRTIO_NET_F_CSUM);
     // The first environment: a device driven through its transport, with two rx buffers
     // posted, one of them used, then saved as a snapshot saves it.
-    in_netns(test, move || {
+    let (encoded, memory_bytes) = in_netns!(move || {
         host_side();
         let socket = host_socket(5008);
         let mem = memory();
@@ -813,15 +800,12 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
         let encoded = postcard::to_allocvec(&device).unwrap();
         let mut memory_bytes = vec![0u8; usize::try_from(MEM_SIZE).unwrap()];
         mem.read_slice(&mut memory_bytes, GuestAddress(0)).unwrap();
-        saved_tx.send((encoded, memory_bytes)).unwrap();
+        (encoded, memory_bytes)
     });
-    let Ok((encoded, memory_bytes)) = saved_rx.try_recv() else {
-        return; // skipped: no namespace
-    };
     // A second environment, its own namespace with its own tap0: the restored device opens
     // it by the saved name, comes back activated with what the driver accepted, and goes on
     // with the second buffer.
-    in_netns(test, move || {
+    in_netns!(move || {
         host_side();
         let socket = host_socket(5008);
         let mem = memory();
@@ -882,38 +866,35 @@ fn gather(guest: &Guest, buffers: &[(u16, u64)], first: u16) -> Vec<u8> {
 
 #[test]
 fn mergeable_buffers_take_a_frame_in_pieces_and_count_them() {
-    in_netns(
-        "mergeable_buffers_take_a_frame_in_pieces_and_count_them",
-        || {
-            host_side();
-            let socket = host_socket(5009);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let (mut net, buffers) = mergeable(&mut guest, 4, 32);
-            assert_ne!(net.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
-            let payload = [0x5a; 60];
-            send_to_guest(&socket, 4009, &payload);
-            // 12 + 42 + 60 = 114 bytes: four 32-byte buffers, the last one part full.
-            receive(&mut net, &guest, 4);
-            let lens: Vec<u32> = (0..4).map(|i| guest.used(RX_QUEUE, i).1).collect();
-            assert_eq!(lens, [32, 32, 32, 18]);
-            let received = gather(&guest, &buffers[..4], 0);
-            assert_eq!(&received[10..12], &4u16.to_le_bytes());
-            assert_eq!(payload_of(&received), payload);
-            // A buffer large enough takes the next frame whole.
-            let large = guest.rx_buffer(RX_BUF);
-            send_to_guest(&socket, 4009, b"x");
-            receive(&mut net, &guest, 5);
-            let received = gather(&guest, &[large], 4);
-            assert_eq!(payload_of(&received), b"x");
-            assert_eq!(&received[10..12], &1u16.to_le_bytes());
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5009);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (mut net, buffers) = mergeable(&mut guest, 4, 32);
+        assert_ne!(net.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        let payload = [0x5a; 60];
+        send_to_guest(&socket, 4009, &payload);
+        // 12 + 42 + 60 = 114 bytes: four 32-byte buffers, the last one part full.
+        receive(&mut net, &guest, 4);
+        let lens: Vec<u32> = (0..4).map(|i| guest.used(RX_QUEUE, i).1).collect();
+        assert_eq!(lens, [32, 32, 32, 18]);
+        let received = gather(&guest, &buffers[..4], 0);
+        assert_eq!(&received[10..12], &4u16.to_le_bytes());
+        assert_eq!(payload_of(&received), payload);
+        // A buffer large enough takes the next frame whole.
+        let large = guest.rx_buffer(RX_BUF);
+        send_to_guest(&socket, 4009, b"x");
+        receive(&mut net, &guest, 5);
+        let received = gather(&guest, &[large], 4);
+        assert_eq!(payload_of(&received), b"x");
+        assert_eq!(&received[10..12], &1u16.to_le_bytes());
+    },);
 }
 
 #[test]
 fn a_frame_waits_for_enough_mergeable_buffers() {
-    in_netns("a_frame_waits_for_enough_mergeable_buffers", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5010);
         let mem = memory();
@@ -945,56 +926,50 @@ fn a_frame_waits_for_enough_mergeable_buffers() {
 
 #[test]
 fn a_bad_chain_among_mergeable_buffers_costs_one_frame() {
-    in_netns(
-        "a_bad_chain_among_mergeable_buffers_costs_one_frame",
-        || {
-            host_side();
-            let socket = host_socket(5011);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let mut heads = Vec::new();
-            // A bad chain first: returned empty, the frame goes on to the next ones.
-            let bad = guest.alloc(32);
-            heads.push(guest.push_chain(RX_QUEUE, &[(bad, 32, 0)]));
-            // Two good ones, then a bad one amid the frame: all three back empty, frame dropped.
-            heads.push(guest.rx_buffer(32).0);
-            heads.push(guest.rx_buffer(32).0);
-            heads.push(guest.push_chain(RX_QUEUE, &[(MEM_SIZE, 32, WRITE)]));
-            let good = guest.rx_buffer(RX_BUF);
-            let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
-            send_to_guest(&socket, 4011, &[1; 60]);
-            send_to_guest(&socket, 4011, b"after the bad one");
-            receive(&mut net, &guest, 5);
-            let used: Vec<(u32, u32)> = (0..4).map(|i| guest.used(RX_QUEUE, i)).collect();
-            // The bad head first, then the frame's two good ones and the bad one that ended it.
-            assert_eq!(used[0], (u32::from(heads[0]), 0));
-            let mut rest: Vec<u32> = used[1..].iter().map(|u| u.0).collect();
-            rest.sort_unstable();
-            let mut expected: Vec<u32> = heads[1..].iter().map(|h| u32::from(*h)).collect();
-            expected.sort_unstable();
-            assert_eq!(rest, expected);
-            assert!(used[1..].iter().all(|u| u.1 == 0));
-            let received = gather(&guest, &[good], 4);
-            assert_eq!(payload_of(&received), b"after the bad one");
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5011);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let mut heads = Vec::new();
+        // A bad chain first: returned empty, the frame goes on to the next ones.
+        let bad = guest.alloc(32);
+        heads.push(guest.push_chain(RX_QUEUE, &[(bad, 32, 0)]));
+        // Two good ones, then a bad one amid the frame: all three back empty, frame dropped.
+        heads.push(guest.rx_buffer(32).0);
+        heads.push(guest.rx_buffer(32).0);
+        heads.push(guest.push_chain(RX_QUEUE, &[(MEM_SIZE, 32, WRITE)]));
+        let good = guest.rx_buffer(RX_BUF);
+        let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
+        send_to_guest(&socket, 4011, &[1; 60]);
+        send_to_guest(&socket, 4011, b"after the bad one");
+        receive(&mut net, &guest, 5);
+        let used: Vec<(u32, u32)> = (0..4).map(|i| guest.used(RX_QUEUE, i)).collect();
+        // The bad head first, then the frame's two good ones and the bad one that ended it.
+        assert_eq!(used[0], (u32::from(heads[0]), 0));
+        let mut rest: Vec<u32> = used[1..].iter().map(|u| u.0).collect();
+        rest.sort_unstable();
+        let mut expected: Vec<u32> = heads[1..].iter().map(|h| u32::from(*h)).collect();
+        expected.sort_unstable();
+        assert_eq!(rest, expected);
+        assert!(used[1..].iter().all(|u| u.1 == 0));
+        let received = gather(&guest, &[good], 4);
+        assert_eq!(payload_of(&received), b"after the bad one");
+    },);
 }
 
 #[test]
 fn a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for() {
-    in_netns(
-        "a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for",
-        || {
-            host_side();
-            let socket = host_socket(5012);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            // The whole ring, in header-sized buffers: 64 x 12 bytes for a 1054-byte frame.
-            let (mut net, _) = mergeable(&mut guest, usize::from(QLEN), 12);
-            send_to_guest(&socket, 4012, &[2; 1000]);
-            receive(&mut net, &guest, QLEN);
-            assert!((0..QLEN).all(|i| guest.used(RX_QUEUE, i).1 == 0));
-            assert!(net.rx_pending.is_none());
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5012);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        // The whole ring, in header-sized buffers: 64 x 12 bytes for a 1054-byte frame.
+        let (mut net, _) = mergeable(&mut guest, usize::from(QLEN), 12);
+        send_to_guest(&socket, 4012, &[2; 1000]);
+        receive(&mut net, &guest, QLEN);
+        assert!((0..QLEN).all(|i| guest.used(RX_QUEUE, i).1 == 0));
+        assert!(net.rx_pending.is_none());
+    },);
 }
