@@ -282,6 +282,19 @@ fn send_to_guest(socket: &UdpSocket, port: u16, payload: &[u8]) {
         .unwrap();
 }
 
+/// Waits (up to 5 s) until the tap holds a frame for the device: the host stack hands frames to
+/// the tap asynchronously.
+fn wait_for_frame(net: &Net) {
+    let mut tap = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(net.tap()),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll(2) reads and writes the one `pollfd`, which lives across the call.
+    let ready = unsafe { libc::poll(tap.as_mut_ptr(), 1, 5000) };
+    assert_eq!(ready, 1, "no frame reached the tap");
+}
+
 /// Calls `process_rx` (with the tap marked readable, as its event would) until the device has
 /// used `count` rx buffers in all, or 5 s pass: the host stack hands frames to the tap
 /// asynchronously.
@@ -475,8 +488,8 @@ fn frames_wait_in_the_tap_until_the_guest_has_buffers() {
         for payload in [&b"first"[..], b"second", b"third"] {
             send_to_guest(&socket, 4003, payload);
         }
-        // Give the host stack time to queue them on the tap, then find no buffer.
-        std::thread::sleep(Duration::from_millis(200));
+        // Once the host stack has queued them on the tap, the device finds no buffer.
+        wait_for_frame(&net);
         assert_eq!(net.process_rx().unwrap(), 0);
         assert_eq!(guest.used_count(RX_QUEUE), 0);
         assert!(net.tap_readable, "the frames are still waiting");
@@ -902,7 +915,7 @@ fn a_frame_waits_for_enough_mergeable_buffers() {
         let (mut net, mut buffers) = mergeable(&mut guest, 2, 32);
         send_to_guest(&socket, 4010, &[0xa5; 60]);
         send_to_guest(&socket, 4010, b"next");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_for_frame(&net);
         // 64 bytes of buffers for a 114-byte frame: none is used, the frame waits.
         assert_eq!(net.process_rx().unwrap(), 0);
         assert_eq!(guest.used_count(RX_QUEUE), 0);
