@@ -18,6 +18,8 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+mod test_queues;
 pub mod vsock;
 
 pub use base::{Active, DeviceBase};

@@ -9,25 +9,19 @@ use super::persist::NetState;
 use super::*;
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::test_queues::{GuestQueues, BUF_START, NEXT, WRITE};
 use crate::devices::virtio::INTERRUPT_USED_RING;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::ops::{Deref, DerefMut};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_net::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 
 const TAP: &str = "tap0";
 const QLEN: u16 = 64;
 const MEM_SIZE: u64 = 0x40_0000;
-const BUF_START: u64 = 0x10_0000;
-// The descriptor flags are 1 and 2.
-#[allow(clippy::cast_possible_truncation)]
-const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-#[allow(clippy::cast_possible_truncation)]
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const GUEST_MAC: MacAddr = MacAddr([0x06, 0x00, 0xac, 0x10, 0x00, 0x02]);
 const HOST_MAC: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -121,35 +115,28 @@ fn wait_running() {
 }
 
 fn memory() -> Memory {
-    Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
+    crate::devices::virtio::test_queues::memory(MEM_SIZE)
 }
 
 /// The guest driver's side of the two queues.
-struct Guest<'a> {
-    mem: &'a Memory,
-    vqs: [MockSplitQueue<'a, Memory>; 2],
-    next_desc: [u16; 2],
-    next_buf: u64,
+struct Guest<'a>(GuestQueues<'a>);
+
+impl<'a> Deref for Guest<'a> {
+    type Target = GuestQueues<'a>;
+    fn deref(&self) -> &GuestQueues<'a> {
+        &self.0
+    }
+}
+
+impl DerefMut for Guest<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl<'a> Guest<'a> {
     fn new(mem: &'a Memory) -> Guest<'a> {
-        Guest {
-            mem,
-            vqs: [
-                MockSplitQueue::create(mem, GuestAddress(0x1000), QLEN),
-                MockSplitQueue::create(mem, GuestAddress(0x3000), QLEN),
-            ],
-            next_desc: [0; 2],
-            next_buf: BUF_START,
-        }
-    }
-
-    fn queues(&self) -> Vec<Queue> {
-        self.vqs
-            .iter()
-            .map(|vq| vq.create_queue().unwrap())
-            .collect()
+        Guest(GuestQueues::new(mem, 2, QLEN))
     }
 
     /// A device on `tap0` that accepted `features` (of those offered) and has the queues.
@@ -157,39 +144,13 @@ impl<'a> Guest<'a> {
         let mut net = Net::new("eth0", TAP, Some(GUEST_MAC)).unwrap();
         wait_running();
         net.set_acked_features(features);
-        net.activate(self.mem.clone(), self.queues()).unwrap();
+        net.activate(self.mem().clone(), self.queues()).unwrap();
         net
-    }
-
-    fn alloc(&mut self, len: u32) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf += (u64::from(len) + 15) & !15;
-        assert!(self.next_buf < MEM_SIZE, "test guest out of memory");
-        addr
-    }
-
-    /// Makes `descs` (address, length, flags) one chain in queue `q`, available to the device;
-    /// returns its head index.
-    fn push_chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let index = head + u16::try_from(i).unwrap();
-                let last = i == descs.len() - 1;
-                let flags = if last { flags & !NEXT } else { flags | NEXT };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, index + 1))
-            })
-            .collect();
-        self.vqs[q].add_desc_chains(&raw, head).unwrap();
-        self.next_desc[q] = head + u16::try_from(descs.len()).unwrap();
-        head
     }
 
     /// One device-writable buffer of `len` bytes in rx; returns (head, address).
     fn rx_buffer(&mut self, len: u32) -> (u16, u64) {
-        let addr = self.alloc(len);
+        let addr = self.alloc(u64::from(len));
         (self.push_chain(RX_QUEUE, &[(addr, len, WRITE)]), addr)
     }
 
@@ -200,33 +161,12 @@ impl<'a> Guest<'a> {
             .chunks(piece)
             .map(|chunk| {
                 let len = u32::try_from(chunk.len()).unwrap();
-                let addr = self.alloc(len);
-                self.mem.write_slice(chunk, GuestAddress(addr)).unwrap();
+                let addr = self.alloc(u64::from(len));
+                self.mem().write_slice(chunk, GuestAddress(addr)).unwrap();
                 (addr, len, 0)
             })
             .collect();
         self.push_chain(TX_QUEUE, &descs)
-    }
-
-    fn used_count(&self, q: usize) -> u16 {
-        self.vqs[q].used().idx().load()
-    }
-
-    /// The used ring's entry `i` of queue `q`: (head, length).
-    fn used(&self, q: usize, i: u16) -> (u32, u32) {
-        let elem = self.vqs[q]
-            .used()
-            .ring()
-            .ref_at(usize::from(i))
-            .unwrap()
-            .load();
-        (elem.id(), elem.len())
-    }
-
-    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; len];
-        self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
-        bytes
     }
 }
 
@@ -559,29 +499,13 @@ fn hostile_tx_chains_are_dropped_and_the_device_goes_on() {
             .map(|c| guest.push_chain(TX_QUEUE, c))
             .collect();
         // A loop: a descriptor that points at itself.
-        let looped = guest.next_desc[TX_QUEUE];
-        guest.vqs[TX_QUEUE]
-            .add_desc_chains(
-                &[RawDescriptor::from(SplitDescriptor::new(
-                    buf, 64, NEXT, looped,
-                ))],
-                looped,
-            )
-            .unwrap();
-        guest.next_desc[TX_QUEUE] += 1;
-        heads.push(looped);
+        heads.push(guest.push_raw(TX_QUEUE, |looped| {
+            vec![SplitDescriptor::new(buf, 64, NEXT, looped)]
+        }));
         // A next index past the table.
-        let bad_next = guest.next_desc[TX_QUEUE];
-        guest.vqs[TX_QUEUE]
-            .add_desc_chains(
-                &[RawDescriptor::from(SplitDescriptor::new(
-                    buf, 64, NEXT, 1000,
-                ))],
-                bad_next,
-            )
-            .unwrap();
-        guest.next_desc[TX_QUEUE] += 1;
-        heads.push(bad_next);
+        heads.push(guest.push_raw(TX_QUEUE, |_| {
+            vec![SplitDescriptor::new(buf, 64, NEXT, 1000)]
+        }));
         // Then a good frame.
         heads.push(guest.push_chain(TX_QUEUE, &[(buf, good_len, 0)]));
 
@@ -612,7 +536,7 @@ fn hostile_rx_chains_are_returned_empty_and_lose_no_frame() {
         let socket = host_socket(5005);
         let mem = memory();
         let mut guest = Guest::new(&mem);
-        let buf = guest.alloc(RX_BUF);
+        let buf = guest.alloc(u64::from(RX_BUF));
         let bad: Vec<Vec<(u64, u32, u16)>> = vec![
             // Device-readable where the device writes.
             vec![(buf, RX_BUF, 0)],
@@ -626,20 +550,9 @@ fn hostile_rx_chains_are_returned_empty_and_lose_no_frame() {
             vec![(buf, 11, WRITE)],
         ];
         let mut heads: Vec<u16> = bad.iter().map(|c| guest.push_chain(RX_QUEUE, c)).collect();
-        let looped = guest.next_desc[RX_QUEUE];
-        guest.vqs[RX_QUEUE]
-            .add_desc_chains(
-                &[RawDescriptor::from(SplitDescriptor::new(
-                    buf,
-                    64,
-                    WRITE | NEXT,
-                    looped,
-                ))],
-                looped,
-            )
-            .unwrap();
-        guest.next_desc[RX_QUEUE] += 1;
-        heads.push(looped);
+        heads.push(guest.push_raw(RX_QUEUE, |looped| {
+            vec![SplitDescriptor::new(buf, 64, WRITE | NEXT, looped)]
+        }));
         // Room for a header but not for the frame: that frame is dropped, the next one goes
         // to the next buffer.
         let small = guest.push_chain(RX_QUEUE, &[(buf, 40, WRITE)]);
@@ -674,7 +587,7 @@ fn no_interrupt_while_the_driver_asks_for_none() {
         // VRING_AVAIL_F_NO_INTERRUPT, as a driver sets it while it polls.
         #[allow(clippy::cast_possible_truncation)]
         let no_interrupt = VRING_AVAIL_F_NO_INTERRUPT as u16;
-        let flags = guest.vqs[RX_QUEUE].avail_addr();
+        let flags = guest.queue(RX_QUEUE).avail_addr();
         mem.write_obj(no_interrupt.to_le(), flags).unwrap();
         send_to_guest(&socket, 4006, b"polled");
         receive(&mut net, &guest, 1);
@@ -747,7 +660,8 @@ fn drive_transport(transport: &mut MmioTransport, guest: &Guest, features: u64) 
         write(transport, 0x20, u32::try_from(word).unwrap());
     }
     write(transport, 0x70, 1 | 2 | 8);
-    for (index, vq) in guest.vqs.iter().enumerate() {
+    for index in 0..2 {
+        let vq = guest.queue(index);
         write(transport, 0x30, u32::try_from(index).unwrap());
         write(transport, 0x38, u32::from(QLEN));
         for (reg, addr) in [
