@@ -6,7 +6,7 @@
 mod common;
 
 use common::{guest, vmm};
-use integration_tests::{require_kvm, skip_unless};
+use integration_tests::{ok_or_skip, require_kvm, skip_unless};
 use std::path::PathBuf;
 
 /// A fresh, empty jail root for `name`.
@@ -108,4 +108,55 @@ fn bad_jail_flags_are_refused_with_the_reason() {
         assert_eq!(output.status.code(), Some(1), "{flags:?}: {stderr}");
         assert!(stderr.contains(reason), "{flags:?}: {stderr}");
     }
+}
+
+/// A jailed `vmm` joins the cgroup the launcher made for it (`--jail-cgroup`, one flag per
+/// hierarchy), before it builds the VM: the guest's memory is charged there.
+#[test]
+fn a_jailed_vmm_joins_its_cgroup() {
+    require_kvm!();
+    skip_unless!(is_root(), "the jail needs root");
+    let cgroups = ok_or_skip!(cgroups::Cgroups::detect("vmm-jail-test")
+        .map_err(|why| format!("no cgroup to test with: {why}")));
+    // What a run that failed halfway left.
+    cgroups.clean_leftovers();
+    let cgroup = cgroups.create(256).unwrap();
+    let kernel = guest("reset");
+    let root = jail_root("cgroup");
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem-mib",
+        "16",
+        "--boot-args",
+        "x",
+        "--jail-root",
+        root.to_str().unwrap(),
+        "--jail-bind",
+        kernel.to_str().unwrap(),
+        "--jail-dev",
+        "/dev/kvm",
+        "--jail-uid",
+        "1234567",
+        "--jail-gid",
+        "1234567",
+    ];
+    let dirs: Vec<String> = cgroup.dirs().map(|d| d.display().to_string()).collect();
+    for dir in &dirs {
+        args.extend(["--jail-cgroup", dir.as_str()]);
+    }
+    let output = vmm(&args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let peak = cgroup.peak_bytes().unwrap_or(0);
+    assert!(
+        peak > 0,
+        "nothing was charged to {}",
+        cgroup.path().display()
+    );
+    assert!(cgroup.remove_within(std::time::Duration::from_secs(10)));
 }
