@@ -164,6 +164,12 @@ impl HostLink {
         })
     }
 
+    /// A second handle on the connection, with which another thread can end a wait on this
+    /// link at once (`shutdown`): the link then fails with an error.
+    pub fn interrupter(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
     /// The guest's `Hello`.
     pub fn peer(&self) -> &Hello {
         &self.peer

@@ -10,10 +10,13 @@
 //! - [`network`]: one network namespace, tap and veth per environment;
 //! - [`vmm_process`]: a microVM as its own `vmm` process.
 
+pub mod checks;
+pub mod dirs;
 pub mod guest;
 pub mod host;
 pub mod host_link;
 pub mod jail;
+pub mod logs;
 pub mod network;
 pub mod pool;
 pub mod service;

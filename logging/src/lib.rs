@@ -14,7 +14,10 @@
 use log::{LevelFilter, Log, Metadata, Record};
 use std::error::Error;
 use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 /// Displays an error and then each of its causes, `: `-separated. A cause whose text is
 /// already shown is skipped: other crates' errors (linux-loader's, for one) often print their
@@ -37,38 +40,104 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-/// The `log` backend: `<program>: LEVEL message` on stderr.
-struct Stderr {
+/// The `log` backend: `<program>: LEVEL message` lines on stderr, or where [`configure`] says.
+struct Backend {
     program: &'static str,
+    sink: Mutex<Sink>,
 }
 
-impl Log for Stderr {
+struct Sink {
+    /// `None`: stderr.
+    file: Option<File>,
+    show_level: bool,
+    show_origin: bool,
+}
+
+/// The one backend of this process, made by [`init`].
+static BACKEND: OnceLock<Backend> = OnceLock::new();
+
+impl Log for Backend {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &Record) {
-        if self.enabled(record.metadata()) {
-            let line = line(self.program, record);
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        if !self.enabled(record.metadata()) {
+            return;
         }
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let line = line(self.program, &sink, record);
+        // A diagnostic that cannot be written is not worth stopping for.
+        let _ = match &mut sink.file {
+            Some(file) => file.write_all(line.as_bytes()),
+            None => std::io::stderr().lock().write_all(line.as_bytes()),
+        };
     }
 
     fn flush(&self) {}
 }
 
-/// One diagnostic as it is written.
-fn line(program: &str, record: &Record) -> String {
-    format!("{program}: {} {}\n", record.level(), record.args())
+/// One diagnostic as it is written: `program: LEVEL file:line message` (the level and origin
+/// as the sink shows them).
+fn line(program: &str, sink: &Sink, record: &Record) -> String {
+    let mut line = format!("{program}:");
+    if sink.show_level {
+        line.push_str(&format!(" {}", record.level()));
+    }
+    if sink.show_origin {
+        let file = record.file().unwrap_or("?");
+        line.push_str(&format!(" {file}:{}", record.line().unwrap_or(0)));
+    }
+    line.push_str(&format!(" {}\n", record.args()));
+    line
 }
 
 /// Writes this process's diagnostics to stderr as `program`'s, those at `level` and above.
 /// Where a backend is installed already (a program that uses a library of ours and logs its
-/// own way), that one and its level stay.
+/// own way, or a second call), that one and its level stay.
 pub fn init(program: &'static str, level: LevelFilter) {
-    if log::set_boxed_logger(Box::new(Stderr { program })).is_ok() {
+    let backend = BACKEND.get_or_init(|| Backend {
+        program,
+        sink: Mutex::new(Sink {
+            file: None,
+            show_level: true,
+            show_origin: false,
+        }),
+    });
+    if log::set_logger(backend).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// Changes the level, where lines go (a file appended to, or a named pipe), and whether each
+/// shows its level and its source file and line (Firecracker's `PUT /logger`); `None` leaves a
+/// setting as it is. Only for a process whose backend [`init`] installed.
+pub fn configure(
+    level: Option<LevelFilter>,
+    path: Option<&Path>,
+    show_level: Option<bool>,
+    show_origin: Option<bool>,
+) -> std::io::Result<()> {
+    let backend = BACKEND
+        .get()
+        .ok_or_else(|| std::io::Error::other("this process has no log backend of ours"))?;
+    let file = path
+        .map(|path| OpenOptions::new().create(true).append(true).open(path))
+        .transpose()?;
+    let mut sink = backend.sink.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = file {
+        sink.file = Some(file);
+    }
+    if let Some(show) = show_level {
+        sink.show_level = show;
+    }
+    if let Some(show) = show_origin {
+        sink.show_origin = show;
+    }
+    if let Some(level) = level {
+        log::set_max_level(level);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,14 +166,26 @@ mod tests {
 
     #[test]
     fn lines_name_the_program_and_the_level() {
-        let written = line(
-            "vmm",
-            &Record::builder()
-                .level(log::Level::Info)
-                .args(format_args!("restored in {} ms", 12))
-                .build(),
-        );
-        assert_eq!(written, "vmm: INFO restored in 12 ms\n");
+        let mut sink = Sink {
+            file: None,
+            show_level: true,
+            show_origin: false,
+        };
+        let written = |sink: &Sink| {
+            line(
+                "vmm",
+                sink,
+                &Record::builder()
+                    .level(log::Level::Info)
+                    .file(Some("src/x.rs"))
+                    .line(Some(7))
+                    .args(format_args!("restored in {} ms", 12))
+                    .build(),
+            )
+        };
+        assert_eq!(written(&sink), "vmm: INFO restored in 12 ms\n");
+        (sink.show_level, sink.show_origin) = (false, true);
+        assert_eq!(written(&sink), "vmm: src/x.rs:7 restored in 12 ms\n");
         init("logging-test", LevelFilter::Info);
         assert!(log::log_enabled!(log::Level::Warn));
         assert!(!log::log_enabled!(log::Level::Debug));
