@@ -162,7 +162,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     // Legacy devices on the port bus.
     let exit = Arc::new(ExitSignal::default());
     let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
-    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let legacy = LegacyDevices::attach(&vm, serial, &exit)?;
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
     // vsock, entropy and network interfaces (eth0, eth1... in configuration order).
@@ -210,13 +210,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         let (base, irq) = virtio.attach(spec, None)?;
         cmdline.add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)?;
     }
-    let VirtioAttacher {
-        mmio,
-        subscribers,
-        devices,
-        vsock,
-        ..
-    } = virtio;
+    let virtio = virtio.finish();
 
     // Boot protocol: command line, zero page, MP table.
     let cmdline_text = cmdline.as_cstring()?.into_string()?;
@@ -232,7 +226,27 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     }
     vcpus[0].setup_boot(vm.memory(), loaded.kernel_load.0)?;
 
-    Ok(Microvm::start(Parts {
+    let parts = parts(vm, exit, legacy, virtio, vcpus, cmdline_text);
+    Ok(Microvm::start(parts)?)
+}
+
+/// What [`Microvm::start`] takes, from a boot or a restore: the VM, its devices and vCPUs.
+pub(crate) fn parts(
+    vm: Vm,
+    exit: Arc<ExitSignal>,
+    legacy: LegacyDevices,
+    virtio: VirtioDevices,
+    vcpus: Vec<Vcpu>,
+    cmdline: String,
+) -> Parts {
+    let LegacyDevices { pio, serial, i8042 } = legacy;
+    let VirtioDevices {
+        mmio,
+        subscribers,
+        devices,
+        vsock,
+    } = virtio;
+    Parts {
         vm,
         exit,
         pio,
@@ -243,8 +257,8 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         vsock,
         devices,
         vcpus,
-        cmdline: cmdline_text,
-    })?)
+        cmdline,
+    }
 }
 
 fn load_initrd(
@@ -301,24 +315,36 @@ impl LegacyDevices {
 /// device gets window n and IRQ `IRQ_BASE + n`, at boot and again on restore.
 pub(crate) struct VirtioAttacher<'a> {
     vm: &'a Vm,
+    attached: VirtioDevices,
+    next: u32,
+}
+
+/// The virtio devices attached, on their MMIO bus.
+pub(crate) struct VirtioDevices {
     pub mmio: Bus,
     pub subscribers: Vec<Subscriber>,
     pub devices: Vec<AttachedDevice>,
     /// The vsock device, which the function service talks to.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
-    next: u32,
 }
 
 impl<'a> VirtioAttacher<'a> {
     pub fn new(vm: &'a Vm) -> Self {
         VirtioAttacher {
             vm,
-            mmio: Bus::default(),
-            subscribers: Vec::new(),
-            devices: Vec::new(),
-            vsock: None,
+            attached: VirtioDevices {
+                mmio: Bus::default(),
+                subscribers: Vec::new(),
+                devices: Vec::new(),
+                vsock: None,
+            },
             next: 0,
         }
+    }
+
+    /// The devices attached so far.
+    pub fn finish(self) -> VirtioDevices {
+        self.attached
     }
 
     /// Makes the device `spec` describes and attaches it, fresh or (with `restore`) in the
@@ -340,7 +366,7 @@ impl<'a> VirtioAttacher<'a> {
                     state.uds_path.display()
                 )))?;
                 let vsock = Arc::new(Mutex::new(vsock));
-                self.vsock = Some(vsock.clone());
+                self.attached.vsock = Some(vsock.clone());
                 self.attach_device(vsock, spec, restore)
             }
             DeviceSpec::Rng => {
@@ -387,10 +413,13 @@ impl<'a> VirtioAttacher<'a> {
             )?,
         };
         let transport = Arc::new(Mutex::new(transport));
-        self.mmio
+        self.attached
+            .mmio
             .insert(base, MMIO_DEVICE_SIZE, transport.clone())?;
-        self.devices.push(AttachedDevice { spec, transport });
-        self.subscribers.push(device);
+        self.attached
+            .devices
+            .push(AttachedDevice { spec, transport });
+        self.attached.subscribers.push(device);
         self.next += 1;
         Ok((base, irq))
     }

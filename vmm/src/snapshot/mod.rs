@@ -12,14 +12,14 @@ pub mod dir;
 pub mod file;
 pub mod manifest;
 
-use crate::builder::{BuildError, LegacyDevices, VirtioAttacher};
+use crate::builder::{self, BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
 use crate::devices::serial::{Serial, SerialState, SerialStateDef};
 use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{DeviceSpec, Microvm, Parts, StartError};
+use crate::microvm::{DeviceSpec, Microvm, StartError};
 use crate::persist::Persist;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuState;
@@ -343,24 +343,18 @@ pub fn restore_files(
     let vm = Vm::restore(memory, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
     let serial = Serial::restore(console, &state.serial).map_err(io_error(&paths.state))?;
-    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let legacy = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
     for (device, spec) in state.devices.iter().zip(specs) {
         virtio.attach(spec, Some(&device.transport))?;
     }
-    let VirtioAttacher {
-        mmio,
-        subscribers,
-        devices,
-        vsock,
-        ..
-    } = virtio;
+    let virtio = virtio.finish();
     let vcpus = state
         .vcpus
         .iter()
         .map(|s| Vcpu::restore(&vm, s))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(vsock) = &vsock {
+    if let Some(vsock) = &virtio.vsock {
         // Before the vCPUs run: the guest's first look at its sockets sees them reset.
         let mut vsock = vsock.lock().unwrap_or_else(|e| e.into_inner());
         if vsock.is_activated() {
@@ -370,19 +364,7 @@ pub fn restore_files(
             log::debug!("vsock: transport reset sent to the restored guest");
         }
     }
-    let parts = Parts {
-        vm,
-        exit,
-        pio,
-        mmio,
-        subscribers,
-        serial,
-        i8042,
-        vsock,
-        devices,
-        vcpus,
-        cmdline: String::new(),
-    };
+    let parts = builder::parts(vm, exit, legacy, virtio, vcpus, String::new());
     let microvm = if options.paused {
         Microvm::start_paused(parts)?
     } else {

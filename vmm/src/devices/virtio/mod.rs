@@ -27,7 +27,7 @@ pub use base::{Active, DeviceBase};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -101,6 +101,27 @@ impl IrqTrigger {
     /// The eventfd to register as an irqfd (or to read in tests).
     pub fn event(&self) -> &EventFd {
         &self.event
+    }
+}
+
+/// Returns a chain the device is done with to the driver, `len` bytes written: 1 when it went
+/// in the used ring, 0 when its head index is bogus (the driver put an index past the
+/// descriptor table in the available ring: there is no descriptor to return, so the chain is
+/// dropped, and the log says so as `what`, e.g. `virtio-blk: dropping request`).
+pub fn return_chain(
+    queue: &mut Queue,
+    mem: &Memory,
+    head: u16,
+    len: u32,
+    what: &str,
+) -> Result<usize, virtio_queue::Error> {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => Ok(1),
+        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
+            log::warn!("{what} with invalid head index {head}");
+            Ok(0)
+        }
+        Err(e) => Err(e),
     }
 }
 

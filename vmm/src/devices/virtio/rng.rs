@@ -1,7 +1,9 @@
 //! virtio-rng (virtio spec 5.4): one queue of device-writable buffers the device fills with
 //! host entropy from `getrandom(2)`.
 
-use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::persist::Persist;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use logging::Chain;
@@ -68,18 +70,7 @@ impl Rng {
                     written
                 }
             };
-            if let Err(e) = queue.add_used(&*mem, head, written) {
-                match e {
-                    // The driver put a bogus head index in the available ring; there is no
-                    // descriptor to return, so the request is dropped.
-                    virtio_queue::Error::InvalidDescriptorIndex => {
-                        log::warn!("virtio-rng: dropping request with invalid head index {head}");
-                        continue;
-                    }
-                    e => return Err(e.into()),
-                }
-            }
-            completed += 1;
+            completed += return_chain(queue, mem, head, written, "virtio-rng: dropping request")?;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
             irq.signal_used_queue().map_err(RngError::Interrupt)?;

@@ -68,20 +68,10 @@ impl Disk {
         addr: GuestAddress,
         len: u32,
     ) -> Result<(), RequestError> {
-        let mut done: u32 = 0;
-        while done < len {
-            let n = (len - done).min(BOUNCE_BYTES);
-            let chunk = &mut self.bounce[..n as usize];
-            self.file
-                .read_exact_at(chunk, offset + u64::from(done))
-                .map_err(RequestError::Io)?;
-            let at = addr
-                .checked_add(u64::from(done))
-                .ok_or(RequestError::DataOutsideMemory)?;
-            mem.write_slice(chunk, at).map_err(RequestError::Memory)?;
-            done += n;
-        }
-        Ok(())
+        self.in_chunks(offset, addr, len, |file, at, guest, chunk| {
+            file.read_exact_at(chunk, at).map_err(RequestError::Io)?;
+            mem.write_slice(chunk, guest).map_err(RequestError::Memory)
+        })
     }
 
     /// Copies `len` bytes from guest memory at `addr` to file offset `offset`.
@@ -95,17 +85,30 @@ impl Disk {
         if self.read_only {
             return Err(RequestError::ReadOnly);
         }
+        self.in_chunks(offset, addr, len, |file, at, guest, chunk| {
+            mem.read_slice(chunk, guest).map_err(RequestError::Memory)?;
+            file.write_all_at(chunk, at).map_err(RequestError::Io)
+        })
+    }
+
+    /// Moves `len` bytes between file offset `offset` and guest address `addr` through the
+    /// bounce buffer, a buffer's worth at a time: `copy` gets the file, the file offset, the
+    /// guest address and the chunk of each step.
+    fn in_chunks(
+        &mut self,
+        offset: u64,
+        addr: GuestAddress,
+        len: u32,
+        mut copy: impl FnMut(&File, u64, GuestAddress, &mut [u8]) -> Result<(), RequestError>,
+    ) -> Result<(), RequestError> {
         let mut done: u32 = 0;
         while done < len {
             let n = (len - done).min(BOUNCE_BYTES);
-            let chunk = &mut self.bounce[..n as usize];
-            let at = addr
+            let guest = addr
                 .checked_add(u64::from(done))
                 .ok_or(RequestError::DataOutsideMemory)?;
-            mem.read_slice(chunk, at).map_err(RequestError::Memory)?;
-            self.file
-                .write_all_at(chunk, offset + u64::from(done))
-                .map_err(RequestError::Io)?;
+            let chunk = &mut self.bounce[..n as usize];
+            copy(&self.file, offset + u64::from(done), guest, chunk)?;
             done += n;
         }
         Ok(())

@@ -10,7 +10,9 @@ mod tests;
 pub use disk::SECTOR_SIZE;
 pub use request::{ChainError, RequestError, RequestType, Status, ID_BYTES};
 
-use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use disk::Disk;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use logging::Chain;
@@ -105,18 +107,7 @@ impl Block {
         for chain in chains {
             let head = chain.head_index();
             let used_len = handle_chain(mem, chain, disk, id);
-            if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                match e {
-                    // The driver put a bogus head index in the available ring; there is no
-                    // descriptor to return, so the request is dropped.
-                    virtio_queue::Error::InvalidDescriptorIndex => {
-                        log::warn!("virtio-blk: dropping request with invalid head index {head}");
-                        continue;
-                    }
-                    e => return Err(e.into()),
-                }
-            }
-            completed += 1;
+            completed += return_chain(queue, mem, head, used_len, "virtio-blk: dropping request")?;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
             irq.signal_used_queue().map_err(BlockError::Interrupt)?;
