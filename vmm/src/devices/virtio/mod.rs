@@ -125,6 +125,30 @@ pub fn return_chain(
     }
 }
 
+/// [`Persist`](crate::persist::Persist) for a device whose snapshot state is what it was made
+/// from (a drive's path, a tap's name: nothing the guest changes): `save` returns it, through
+/// `$save(&device)`, and cannot fail; `restore` makes the device again, `$make(&state)`.
+macro_rules! persist_as_made {
+    ($device:ty, $state:ty, $error:ty, $save:expr, $make:expr) => {
+        impl $crate::persist::Persist<'_> for $device {
+            type State = $state;
+            type SaveArgs = ();
+            type RestoreArgs = ();
+            type SaveError = std::convert::Infallible;
+            type RestoreError = $error;
+
+            fn save(&self, (): ()) -> Result<$state, std::convert::Infallible> {
+                Ok($save(self))
+            }
+
+            fn restore((): (), state: &$state) -> Result<$device, $error> {
+                $make(state)
+            }
+        }
+    };
+}
+pub(crate) use persist_as_made;
+
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

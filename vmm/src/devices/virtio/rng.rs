@@ -4,10 +4,8 @@
 use super::{
     device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
 };
-use crate::persist::Persist;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use logging::Chain;
-use std::convert::Infallible;
 use std::io;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -139,22 +137,8 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// An entropy device is made from nothing, so a snapshot keeps nothing of it but its transport.
-impl Persist<'_> for Rng {
-    type State = ();
-    type SaveArgs = ();
-    type RestoreArgs = ();
-    type SaveError = Infallible;
-    type RestoreError = io::Error;
-
-    fn save(&self, (): ()) -> Result<(), Infallible> {
-        Ok(())
-    }
-
-    fn restore((): (), (): &()) -> io::Result<Rng> {
-        Rng::new()
-    }
-}
+// An entropy device is made from nothing, so a snapshot keeps nothing of it but its transport.
+super::persist_as_made!(Rng, (), io::Error, |_: &Rng| (), |(): &()| Rng::new());
 
 impl VirtioDevice for Rng {
     fn base(&self) -> &DeviceBase {

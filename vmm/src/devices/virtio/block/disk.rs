@@ -15,6 +15,15 @@ pub const SECTOR_SIZE: u64 = 512;
 /// request in one system call, small enough to allocate once per drive.
 pub const BOUNCE_BYTES: u32 = 64 * 1024;
 
+/// Which way [`Disk::copy`] moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the file to guest memory (a read request).
+    ToGuest,
+    /// From guest memory to the file (a write request).
+    FromGuest,
+}
+
 pub struct Disk {
     file: File,
     read_only: bool,
@@ -60,55 +69,42 @@ impl Disk {
         }
     }
 
-    /// Copies `len` bytes at file offset `offset` to guest memory at `addr`.
-    pub fn read_to_guest(
+    /// Copies `len` bytes between file offset `offset` and guest memory at `addr`, the way
+    /// `direction` says, through the bounce buffer a buffer's worth at a time.
+    pub fn copy(
         &mut self,
         mem: &Memory,
+        direction: Direction,
         offset: u64,
         addr: GuestAddress,
         len: u32,
     ) -> Result<(), RequestError> {
-        self.in_chunks(offset, addr, len, |file, at, guest, chunk| {
-            file.read_exact_at(chunk, at).map_err(RequestError::Io)?;
-            mem.write_slice(chunk, guest).map_err(RequestError::Memory)
-        })
-    }
-
-    /// Copies `len` bytes from guest memory at `addr` to file offset `offset`.
-    pub fn write_from_guest(
-        &mut self,
-        mem: &Memory,
-        offset: u64,
-        addr: GuestAddress,
-        len: u32,
-    ) -> Result<(), RequestError> {
-        if self.read_only {
+        if direction == Direction::FromGuest && self.read_only {
             return Err(RequestError::ReadOnly);
         }
-        self.in_chunks(offset, addr, len, |file, at, guest, chunk| {
-            mem.read_slice(chunk, guest).map_err(RequestError::Memory)?;
-            file.write_all_at(chunk, at).map_err(RequestError::Io)
-        })
-    }
-
-    /// Moves `len` bytes between file offset `offset` and guest address `addr` through the
-    /// bounce buffer, a buffer's worth at a time: `copy` gets the file, the file offset, the
-    /// guest address and the chunk of each step.
-    fn in_chunks(
-        &mut self,
-        offset: u64,
-        addr: GuestAddress,
-        len: u32,
-        mut copy: impl FnMut(&File, u64, GuestAddress, &mut [u8]) -> Result<(), RequestError>,
-    ) -> Result<(), RequestError> {
         let mut done: u32 = 0;
         while done < len {
             let n = (len - done).min(BOUNCE_BYTES);
+            let chunk = &mut self.bounce[..n as usize];
+            let at = offset + u64::from(done);
             let guest = addr
                 .checked_add(u64::from(done))
                 .ok_or(RequestError::DataOutsideMemory)?;
-            let chunk = &mut self.bounce[..n as usize];
-            copy(&self.file, offset + u64::from(done), guest, chunk)?;
+            match direction {
+                Direction::ToGuest => {
+                    self.file
+                        .read_exact_at(chunk, at)
+                        .map_err(RequestError::Io)?;
+                    mem.write_slice(chunk, guest)
+                        .map_err(RequestError::Memory)?;
+                }
+                Direction::FromGuest => {
+                    mem.read_slice(chunk, guest).map_err(RequestError::Memory)?;
+                    self.file
+                        .write_all_at(chunk, at)
+                        .map_err(RequestError::Io)?;
+                }
+            }
             done += n;
         }
         Ok(())
@@ -133,7 +129,7 @@ impl Disk {
             RequestType::In => {
                 let mut offset = self.check_range(request.sector, request.data_len)?;
                 for &(addr, len) in &request.data {
-                    self.read_to_guest(mem, offset, addr, len)?;
+                    self.copy(mem, Direction::ToGuest, offset, addr, len)?;
                     offset += u64::from(len);
                 }
                 // The chain's total length fits u32 (the queue's iterator enforces it).
@@ -145,7 +141,7 @@ impl Disk {
                 }
                 let mut offset = self.check_range(request.sector, request.data_len)?;
                 for &(addr, len) in &request.data {
-                    self.write_from_guest(mem, offset, addr, len)?;
+                    self.copy(mem, Direction::FromGuest, offset, addr, len)?;
                     offset += u64::from(len);
                 }
                 Ok(0)

@@ -3,9 +3,7 @@
 //! the transport's (`mmio::TransportState`).
 
 use super::{Block, BlockError};
-use crate::persist::Persist;
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,19 +13,11 @@ pub struct BlockState {
     pub read_only: bool,
 }
 
-impl Persist<'_> for Block {
-    type State = BlockState;
-    type SaveArgs = ();
-    type RestoreArgs = ();
-    type SaveError = Infallible;
-    type RestoreError = BlockError;
-
-    fn save(&self, (): ()) -> Result<BlockState, Infallible> {
-        Ok(self.made_from.clone())
-    }
-
-    /// The drive `state` describes; its backing file must still be there.
-    fn restore((): (), state: &BlockState) -> Result<Block, BlockError> {
-        Block::new(&state.path, state.read_only, &state.drive_id)
-    }
-}
+// The backing file must still be there.
+crate::devices::virtio::persist_as_made!(
+    Block,
+    BlockState,
+    BlockError,
+    |block: &Block| block.made_from.clone(),
+    |state: &BlockState| Block::new(&state.path, state.read_only, &state.drive_id)
+);

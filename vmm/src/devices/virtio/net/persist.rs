@@ -7,9 +7,7 @@
 //! restores into any of them unchanged, guest MAC and address included.
 
 use super::{MacAddr, Net, NetError};
-use crate::persist::Persist;
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetState {
@@ -18,23 +16,14 @@ pub struct NetState {
     pub guest_mac: Option<MacAddr>,
 }
 
-impl Persist<'_> for Net {
-    type State = NetState;
-    type SaveArgs = ();
-    type RestoreArgs = ();
-    type SaveError = Infallible;
-    type RestoreError = NetError;
-
-    fn save(&self, (): ()) -> Result<NetState, Infallible> {
-        Ok(NetState {
-            iface_id: self.iface_id().to_owned(),
-            host_dev_name: self.tap().name().to_owned(),
-            guest_mac: self.mac(),
-        })
-    }
-
-    /// The device `state` describes, on the tap of that name in the current namespace.
-    fn restore((): (), state: &NetState) -> Result<Net, NetError> {
-        Net::new(&state.iface_id, &state.host_dev_name, state.guest_mac)
-    }
-}
+crate::devices::virtio::persist_as_made!(
+    Net,
+    NetState,
+    NetError,
+    |net: &Net| NetState {
+        iface_id: net.iface_id().to_owned(),
+        host_dev_name: net.tap().name().to_owned(),
+        guest_mac: net.mac(),
+    },
+    |state: &NetState| Net::new(&state.iface_id, &state.host_dev_name, state.guest_mac)
+);
