@@ -149,6 +149,33 @@ macro_rules! persist_as_made {
 }
 pub(crate) use persist_as_made;
 
+/// The event-loop side of a device with one queue and a `process_queue` method that does all
+/// its work (the drive, the entropy device): a notification of the queue of an active device
+/// runs it, and a failure is logged as `$name`'s.
+macro_rules! one_queue_event_handler {
+    ($device:ty, $name:expr) => {
+        impl event_manager::MutEventSubscriber for $device {
+            fn process(
+                &mut self,
+                events: event_manager::Events,
+                _ops: &mut event_manager::EventOps,
+            ) {
+                if self.base.queue_notified(&events, $name).is_none() || !self.base.is_active() {
+                    return;
+                }
+                if let Err(e) = self.process_queue() {
+                    log::error!("{}: {}", $name, logging::Chain(&e));
+                }
+            }
+
+            fn init(&mut self, ops: &mut event_manager::EventOps) {
+                self.base.watch_queues(ops, $name);
+            }
+        }
+    };
+}
+pub(crate) use one_queue_event_handler;
+
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

@@ -14,7 +14,6 @@ use super::{
     device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use disk::Disk;
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use logging::Chain;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -179,17 +178,4 @@ impl VirtioDevice for Block {
     }
 }
 
-impl MutEventSubscriber for Block {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if self.base.queue_notified(&events, NAME).is_none() || !self.base.is_active() {
-            return;
-        }
-        if let Err(e) = self.process_queue() {
-            log::error!("{NAME}: {}", Chain(&e));
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        self.base.watch_queues(ops, NAME);
-    }
-}
+super::one_queue_event_handler!(Block, NAME);
