@@ -13,15 +13,13 @@
 
 use integration_tests::server::LocalServer;
 use integration_tests::{
-    guest_artifact, have_kvm, host_binary, process_gone, says, skip, wait_for, wait_until,
+    guest_artifact, host_binary, process_gone, require_kvm, says, skip_unless, wait_for, wait_until,
 };
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const TEST: &str = "ready_vmms_serve_restores_are_replaced_when_killed_and_go_at_stop";
 
 /// `GET /status`: the function's part.
 fn status(server: &LocalServer) -> serde_json::Value {
@@ -60,13 +58,10 @@ fn claimed_slots(pid: u32) -> Vec<String> {
 
 #[test]
 fn ready_vmms_serve_restores_are_replaced_when_killed_and_go_at_stop() {
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && skip(TEST, "the jail and the networks need root") {
-        return;
-    }
+    let root = unsafe { libc::geteuid() } == 0;
+    skip_unless!(root, "the jail and the networks need root");
     let (Some(kernel), Some(image), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_SNAPSTART_ROOTFS"),

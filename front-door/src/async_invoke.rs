@@ -5,8 +5,8 @@
 
 use crate::event_store::{EventStore, StoreError};
 use crate::invoker::Invoker;
+use logging::Chain;
 use proto::invoke::{Invocation, InvokeError, Outcome};
-use proto::log::error_chain;
 use proto::time;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ impl<I: Invoker> AsyncQueue<I> {
             }
             Err(e) => self.sandbox.log(&format!(
                 "rapid: the stored asynchronous invocations cannot be read: {}",
-                error_chain(&e)
+                Chain(&e)
             )),
         }
     }
@@ -136,7 +136,7 @@ impl<I: Invoker> AsyncQueue<I> {
                 // Left in the store: the next start runs it.
                 Ok(Err(e)) => queue.sandbox.log(&format!(
                     "rapid: a stored asynchronous invocation cannot be read: {}",
-                    error_chain(&e)
+                    Chain(&e)
                 )),
                 Err(e) => queue.sandbox.log(&format!(
                     "rapid: a stored asynchronous invocation cannot be read: {e}"
@@ -163,7 +163,7 @@ impl<I: Invoker> AsyncQueue<I> {
                 if let Ok(Err(e)) = removed {
                     sandbox.log(&format!(
                         "rapid: an asynchronous invocation's outcome could not be stored: {}",
-                        error_chain(&e)
+                        Chain(&e)
                     ));
                 }
             }

@@ -215,7 +215,7 @@ async fn serve_connections<H, F>(
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                eprintln!("rapid: accept failed: {e}");
+                log::error!("accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }

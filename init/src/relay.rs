@@ -6,10 +6,11 @@
 
 use crate::config::{Function, Options};
 use crate::host_link::{self, Conn, LinkAddr, Outbox};
-use crate::log::{say, LinkLog};
+use crate::link_log::LinkLog;
 use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
+use logging::Chain;
 use proto::host_link::Hello;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
@@ -125,7 +126,7 @@ async fn terminated() -> End {
             End::Terminated
         }
         _ => {
-            say!("cannot watch SIGTERM; it will not be forwarded");
+            log::warn!("cannot watch SIGTERM; it will not be forwarded");
             std::future::pending().await
         }
     }
@@ -176,12 +177,12 @@ impl Relay {
             match opened.map_err(|_| format!("no hello within {HANDSHAKE_TIMEOUT:?}")) {
                 Ok(Ok((conn, peer))) => {
                     (backoff, failures, connected) = (BACKOFF.0, 0, true);
-                    say!("host link up ({})", peer.agent);
+                    log::info!("host link up ({})", peer.agent);
                     tokio::select! {
                         ended = self.session(&conn) => match ended {
                             Ok(end) => return end,
-                            Err(FrameError::Closed) => say!("the host closed the link"),
-                            Err(e) => say!("host link lost: {}", crate::log::chain(&e)),
+                            Err(FrameError::Closed) => log::info!("the host closed the link"),
+                            Err(e) => log::warn!("host link lost: {}", Chain(&e)),
                         },
                         newer = self.incoming.next() => {
                             next = Some(newer);
@@ -191,7 +192,7 @@ impl Relay {
                 }
                 Ok(Err(e)) => {
                     failures += 1;
-                    open_failed(addr, failures, &crate::log::chain(&e));
+                    open_failed(addr, failures, &Chain(&e).to_string());
                 }
                 Err(e) => {
                     failures += 1;
@@ -242,7 +243,7 @@ impl Relay {
                     wall_clock_ms,
                 } => self.restore(&entropy.0, wall_clock_ms),
                 Message::Shutdown => return Ok(End::Shutdown),
-                other => say!("ignoring a {} frame from the host", other.kind()),
+                other => log::warn!("ignoring a {} frame from the host", other.kind()),
             }
         }
     }
@@ -289,7 +290,7 @@ impl Relay {
                     let _ = wire::encode_into(&mut bytes, &timing);
                 }
                 if let Err(e) = wire::encode_into(&mut bytes, message) {
-                    say!("dropping a {} frame: {e}", message.kind());
+                    log::warn!("dropping a {} frame: {e}", message.kind());
                 }
                 *end = bytes.len();
                 encoded += 1;
@@ -316,7 +317,7 @@ impl Relay {
         }
         if self.system {
             if let Err(e) = restore::reseed(entropy) {
-                self.warn(&format!("restore: {}", crate::log::chain(&e)));
+                self.warn(&format!("restore: {}", Chain(&e)));
             }
             let since_resume = self
                 .paused
@@ -326,16 +327,16 @@ impl Relay {
                 .unwrap_or_default();
             let now = Duration::from_millis(wall_clock_ms) + since_resume;
             if let Err(e) = restore::set_clock(now) {
-                self.warn(&format!("restore: {}", crate::log::chain(&e)));
+                self.warn(&format!("restore: {}", Chain(&e)));
             }
         } else {
-            say!("restore: not changing the RNG or the clock (not PID 1, or --no-setup)");
+            log::info!("restore: not changing the RNG or the clock (not PID 1, or --no-setup)");
         }
         self.restored.send_modify(|count| *count += 1);
     }
 
     fn warn(&self, message: &str) {
-        say!("{message}");
+        log::warn!("{message}");
         self.outbox.log(&format!("init: {message}"));
     }
 }
@@ -379,7 +380,7 @@ impl Drop for Batch<'_> {
 /// Reports the first failed attempt to open the link and every 100th after it.
 fn open_failed(addr: &LinkAddr, attempt: u64, why: &str) {
     if attempt == 1 || attempt % 100 == 0 {
-        say!("cannot open the host link on {addr} (attempt {attempt}): {why}");
+        log::warn!("cannot open the host link on {addr} (attempt {attempt}): {why}");
     }
 }
 
@@ -440,7 +441,7 @@ impl SnapshotHook for LinkSnapshot {
                     "init: cannot listen for the host on {}: {e}",
                     self.incoming.addr
                 );
-                say!("{line}");
+                log::warn!("{line}");
                 self.outbox.log(&line);
             }
             let mut restored = self.restored.clone();
@@ -503,7 +504,7 @@ impl Incoming {
                 let stream = match accepted {
                     Ok(stream) => stream,
                     Err(e) => {
-                        say!("accepting the host's connection failed: {e}");
+                        log::warn!("accepting the host's connection failed: {e}");
                         continue;
                     }
                 };
@@ -513,11 +514,10 @@ impl Incoming {
                         Ok(Ok(accepted)) => {
                             let _ = sender.send(accepted);
                         }
-                        Ok(Err(e)) => say!(
-                            "the host's connection failed its hello: {}",
-                            crate::log::chain(&e)
-                        ),
-                        Err(_) => say!("the host's connection sent no hello"),
+                        Ok(Err(e)) => {
+                            log::warn!("the host's connection failed its hello: {}", Chain(&e));
+                        }
+                        Err(_) => log::warn!("the host's connection sent no hello"),
                     }
                 });
             }

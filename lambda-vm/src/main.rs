@@ -162,7 +162,7 @@ struct Function {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    vmm::logger::init(args.log_level);
+    logging::init("lambda-vm", args.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -173,7 +173,7 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            say(&format!("lambda-vm: error: {e:#}"));
+            say(&format!("lambda-vm: error: {}", logging::Chain(e.as_ref())));
             ExitCode::FAILURE
         }
     };
@@ -266,10 +266,8 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         (None, "jail off (--no-jail)".to_owned())
     } else {
         match JailHost::detect(scratch.path()) {
+            // Its detection removed the cgroups of every service that is gone.
             Ok(host) => {
-                for leftover in &leftovers {
-                    host.sweep_service(leftover.pid);
-                }
                 let described = host.describe();
                 (Some(Arc::new(host)), described)
             }
@@ -597,7 +595,7 @@ fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
         Err(e) => {
             let line = format!(
                 "lambda-vm: functions run WITHOUT networking: {}\n",
-                vmm::error::Chain(&e)
+                logging::Chain(&e)
             );
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             None

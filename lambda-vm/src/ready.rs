@@ -204,7 +204,7 @@ impl ReadyPool {
                     }
                     log(&format!(
                         "a ready vmm process failed to start: {}",
-                        vmm::error::Chain(&e)
+                        logging::Chain(&e)
                     ));
                     // Waits on the condition, so that a stop ends the wait at once.
                     let state = self.lock();
