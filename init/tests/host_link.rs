@@ -110,8 +110,12 @@ impl Guest {
         link
     }
 
+    /// Whether the guest logged a line with `needle`, waiting for it up to [`WAIT`]: lines
+    /// come on the link's own reader thread, the END and REPORT of an invoke after its answer.
     fn logged(&self, needle: &str) -> bool {
-        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+        wait_until(WAIT, || {
+            self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
     }
 
     fn wait(&mut self) -> ExitStatus {

@@ -435,8 +435,11 @@ impl HostLink {
 
 impl Drop for HostLink {
     fn drop(&mut self) {
-        // Ends the reader thread's read.
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        // The guest sees the link end. Its side stays open for what it still writes (the END
+        // and REPORT behind an answer): shutting the read side too would fail those writes,
+        // and with them the guest's reading of a `Shutdown` just sent. The reader thread ends
+        // when the guest closes its side, or its VM is gone.
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 }
 

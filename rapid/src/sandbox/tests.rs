@@ -63,6 +63,35 @@ async fn invoke(
     task
 }
 
+/// Waits for the REPORT of invocation `id`: it is written once the answer has gone.
+async fn reported(lines: &Lines, id: &str) -> String {
+    let prefix = format!("REPORT RequestId: {id}\t");
+    for _ in 0..1000 {
+        if let Some(line) = lines.all().into_iter().find(|l| l.starts_with(&prefix)) {
+            return line;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("no REPORT for {id}: {:?}", lines.all());
+}
+
+/// The answer goes out before END and REPORT, which follow without anything else in between.
+#[tokio::test]
+async fn the_answer_comes_before_end_and_report() {
+    let (handle, lines) = environment(sleeper());
+    let pending = invoke(&handle, "{}").await;
+    let id = next(&handle).await.invocation.request_id;
+    handle.respond(&id, Bytes::from_static(b"ok"));
+    let outcome = pending.await.unwrap();
+    assert_eq!(outcome, Ok(Outcome::Success("ok".into())));
+    assert_eq!(lines.count("REPORT"), 0, "{:?}", lines.all());
+    reported(&lines, &id).await;
+    let log = lines.all();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[1], format!("END RequestId: {id}"));
+    handle.shutdown();
+}
+
 async fn next(handle: &Handle) -> Delivered {
     match handle.next().await {
         ApiReply::Next(delivered) => *delivered,
@@ -109,6 +138,7 @@ async fn an_invocation_goes_through_and_init_is_reported_once() {
     let id2 = next(&handle).await.invocation.request_id;
     handle.respond(&id2, Bytes::new());
     second.await.unwrap().unwrap();
+    reported(&lines, &id2).await;
 
     let log = lines.all();
     assert_eq!(log[0], format!("START RequestId: {id} Version: $LATEST"));
@@ -191,6 +221,7 @@ async fn a_timeout_resets_and_the_next_invocation_inits_afresh() {
     let id2 = next(&handle).await.invocation.request_id;
     handle.respond(&id2, Bytes::new());
     fresh.await.unwrap().unwrap();
+    reported(&lines, &id2).await;
     let reports: Vec<String> = lines
         .all()
         .into_iter()
@@ -395,11 +426,7 @@ async fn snap_start_reports_the_restore_on_the_first_invocation() {
     let id = next(&handle).await.invocation.request_id;
     handle.respond(&id, Bytes::new());
     pending.await.unwrap().unwrap();
-    let report = lines
-        .all()
-        .into_iter()
-        .find(|l| l.starts_with("REPORT"))
-        .unwrap();
+    let report = reported(&lines, &id).await;
     assert!(report.contains("\tRestore Duration: "), "{report}");
     assert!(report.contains("\tBilled Restore Duration: "), "{report}");
     assert!(!report.contains("Init Duration"), "{report}");
@@ -435,11 +462,7 @@ async fn a_snap_start_runtime_may_skip_restore_next() {
     let id = next(&handle).await.invocation.request_id;
     handle.respond(&id, Bytes::new());
     pending.await.unwrap().unwrap();
-    let report = lines
-        .all()
-        .into_iter()
-        .find(|l| l.starts_with("REPORT"))
-        .unwrap();
+    let report = reported(&lines, &id).await;
     // Its init belonged to no invocation: a line of its own, not the REPORT's Init Duration.
     assert!(!report.contains("Init Duration"), "{report}");
     assert_eq!(lines.count("INIT_REPORT Init Duration: "), 1);
