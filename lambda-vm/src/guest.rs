@@ -34,6 +34,9 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fresh `vmm` may take to serve its API (tens of milliseconds; a loaded host can
 /// take much longer to start processes).
 const API_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a restored guest is dialled before its refusal counts: its first connection
+/// can be caught by the reset of the snapshot's connections.
+const DIAL_ATTEMPTS: u32 = 4;
 /// The vsock device's socket in an environment's directory.
 const VSOCK_SOCKET: &str = "vsock.sock";
 
@@ -517,6 +520,11 @@ impl Prepared {
         }
     }
 
+    /// Whether the service is ending this environment.
+    fn ended(&self) -> bool {
+        self.registration.ended()
+    }
+
     /// What ended a wait on the guest: the service stopping, the VM stopping, or `error`.
     fn failed(&mut self, error: LinkError) -> GuestError {
         if self.registration.ended() {
@@ -614,14 +622,23 @@ impl Guest {
             uds: &vsock,
             port: PORT,
         };
-        let dialing = match HostLink::dial(addr) {
-            Ok(dialing) => dialing,
-            Err(e) => return Err(prepared.failed(e)),
-        };
-        prepared.registration.linked(dialing.interrupter().ok());
-        let link = match dialing.finish(timeout) {
-            Ok(link) => link,
-            Err(e) => return Err(prepared.failed(e)),
+        let mut attempt = 1;
+        let link = loop {
+            let dialed = HostLink::dial(addr).and_then(|dialing| {
+                prepared.registration.linked(dialing.interrupter().ok());
+                dialing.finish(timeout)
+            });
+            match dialed {
+                Ok(link) => break link,
+                // The restored vsock device tells the guest to reset its connections, and a
+                // guest that takes our connection before it gets to that reset resets ours too
+                // (its kernel handles the device's queues in their order, not in the order
+                // they were filled). That reset is done by the time ours is closed: again.
+                Err(e) if e.is_closed() && attempt < DIAL_ATTEMPTS && !prepared.ended() => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(prepared.failed(e)),
+            }
         };
         let mut guest = prepared.into_guest(link, started, log);
         guest.vmm_time = guest.vmm.restore_time();

@@ -73,6 +73,24 @@ pub enum LinkError {
     Timeout(#[source] std::io::Error),
 }
 
+impl LinkError {
+    /// Whether the guest closed or reset the connection (rather than, say, saying something
+    /// wrong or not answering in time).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            LinkError::Frame(FrameError::Closed | FrameError::Truncated { .. }) => true,
+            LinkError::Frame(FrameError::Io(e)) | LinkError::Accept(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            LinkError::Handshake(HandshakeError::Frame(FrameError::Closed)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// How an invocation ended, as the guest reported it.
 pub use proto::invoke::Outcome;
 
@@ -175,6 +193,9 @@ impl Dialing {
             .map_err(LinkError::Timeout)?;
         if self.vsock {
             let line = read_line(&mut self.stream).map_err(LinkError::Accept)?;
+            if line.is_empty() {
+                return Err(LinkError::Frame(FrameError::Closed));
+            }
             if !line.starts_with("OK ") {
                 return Err(LinkError::Refused(line));
             }

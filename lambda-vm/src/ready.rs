@@ -198,9 +198,17 @@ impl ReadyPool {
                 }
                 Err(e) => {
                     let stopped = state.stopped;
+                    let current = state
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|s| s.dir == snapshot.dir);
                     drop(state);
                     if stopped || spec.environments.stopping() {
                         return;
+                    }
+                    if !current {
+                        // Its snapshot went meanwhile (discarded, or replaced): nothing failed.
+                        continue;
                     }
                     log(&format!(
                         "a ready vmm process failed to start: {}",

@@ -20,6 +20,10 @@
 //! Usage: coldstart --addr HOST:PORT --log PATH --vmm PATH --snapshot DIR --work DIR
 //!        --json PATH --svg PATH [--snap NAME] [--cold NAME] [--runs N] [--cold-runs N]
 //!        [--warm N] [--bursts 1,2,4,8] [--ready N]
+//!        coldstart --vmm-only --vmm PATH --snapshot DIR --work DIR --json PATH [--runs N]
+//!        (the bare vmm's restores alone: how a snapshot's age changes them, say)
+//!        coldstart --skip-vmm ... (lambda-vm alone: an older build whose guest does not listen
+//!        for the host, compared with `--ready 0`)
 
 use anyhow::{bail, ensure, Context};
 use lambda_vm::host_link::{GuestAddr, HostLink, Invoke, Outcome, PORT};
@@ -43,6 +47,10 @@ const PING_PORT: u32 = 47_100;
 const PINGS: u64 = 200;
 
 struct Args {
+    /// Only the bare vmm's restores.
+    vmm_only: bool,
+    /// No bare vmm restores (nor vsock round trips, which use one).
+    skip_vmm: bool,
     addr: String,
     log: PathBuf,
     vmm: PathBuf,
@@ -61,8 +69,17 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut named = std::collections::BTreeMap::new();
+    let (mut vmm_only, mut skip_vmm) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--vmm-only" {
+            vmm_only = true;
+            continue;
+        }
+        if flag == "--skip-vmm" {
+            skip_vmm = true;
+            continue;
+        }
         let Some(name) = flag.strip_prefix("--") else {
             bail!("unexpected argument {flag}");
         };
@@ -81,14 +98,24 @@ fn parse_args() -> anyhow::Result<Args> {
             v.parse().with_context(|| format!("--{name} {v}"))
         })
     };
+    let (addr, log) = if vmm_only {
+        (String::new(), PathBuf::new())
+    } else {
+        (
+            take("addr").context("--addr is required")?,
+            path(take("log"), "log")?,
+        )
+    };
     let parsed = Args {
-        addr: take("addr").context("--addr is required")?,
-        log: path(take("log"), "log")?,
+        vmm_only,
+        skip_vmm,
+        addr,
+        log,
         vmm: path(take("vmm"), "vmm")?,
         snapshot: path(take("snapshot"), "snapshot")?,
         work: path(take("work"), "work")?,
         json: path(take("json"), "json")?,
-        svg: path(take("svg"), "svg")?,
+        svg: take("svg").map(PathBuf::from).unwrap_or_default(),
         snap: take("snap").unwrap_or_else(|| "snap".into()),
         cold: take("cold").unwrap_or_else(|| "cold".into()),
         runs: number(take("runs"), 10, "runs")?,
@@ -105,6 +132,10 @@ fn parse_args() -> anyhow::Result<Args> {
     if let Some(unknown) = named.keys().next() {
         bail!("unknown flag --{unknown}");
     }
+    ensure!(
+        parsed.vmm_only || !parsed.svg.as_os_str().is_empty(),
+        "--svg is required"
+    );
     Ok(parsed)
 }
 
@@ -561,12 +592,38 @@ fn main() -> anyhow::Result<()> {
         "load_to_first_output": spread(&vmm.2),
         "spawn_to_first_output": spread(&vmm.3),
     });
+    if args.vmm_only {
+        for (what, value) in [
+            (
+                "process start to API ready",
+                &result["vmm"]["spawn_to_api_ready"],
+            ),
+            (
+                "PUT /snapshot/load (resume_vm)",
+                &result["vmm"]["load_request"],
+            ),
+            (
+                "load done to the guest's first output",
+                &result["vmm"]["load_to_first_output"],
+            ),
+            (
+                "process start to the guest's first output",
+                &result["vmm"]["spawn_to_first_output"],
+            ),
+        ] {
+            println!("{}", row(what, value));
+        }
+        std::fs::write(&args.json, serde_json::to_string_pretty(&result)?)?;
+        return Ok(());
+    }
 
-    eprintln!("coldstart: 1-byte vsock round trips with a restored guest");
-    let mut restored = vmm_restore(&args, 999)?;
-    let pings = vsock_round_trips(&mut restored)?;
-    drop(restored);
-    result["vsock_round_trip"] = spread(&pings);
+    if !args.skip_vmm {
+        eprintln!("coldstart: 1-byte vsock round trips with a restored guest");
+        let mut restored = vmm_restore(&args, 999)?;
+        let pings = vsock_round_trips(&mut restored)?;
+        drop(restored);
+        result["vsock_round_trip"] = spread(&pings);
+    }
 
     eprintln!(
         "coldstart: lambda-vm, {} restores one at a time, each then {} warm invokes",
@@ -619,7 +676,9 @@ fn main() -> anyhow::Result<()> {
         let (mut through, mut bare) = (Vec::new(), Vec::new());
         for _ in 0..args.runs.div_ceil(2).max(1) {
             through.push(burst(&client, &args.snap, size, args.ready)?);
-            bare.push(vmm_burst(&args, size)?);
+            if !args.skip_vmm {
+                bare.push(vmm_burst(&args, size)?);
+            }
         }
         bursts.push((size, spread(&through), spread(&bare)));
     }
