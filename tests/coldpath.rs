@@ -166,7 +166,11 @@ fn ready_vmms_serve_restores_are_replaced_when_killed_and_go_at_stop() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(killed).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     server.wait_for_log(Duration::from_secs(30), |l| {
-        says(l, "snap", "ready vmm process(es) died while waiting")
+        says(
+            l,
+            "snap",
+            &format!("ready vmm process {killed} died while waiting"),
+        )
     });
     let replaced = wait_for(Duration::from_secs(120), || {
         let ready = pids(&status(&server), "ready");

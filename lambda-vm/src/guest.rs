@@ -428,8 +428,6 @@ pub struct Prepared {
     registration: Registration,
     /// The environment's number within its function (in its log lines and file names).
     pub env: u64,
-    /// When its `vmm` was serving.
-    pub since: Instant,
 }
 
 impl Prepared {
@@ -462,7 +460,6 @@ impl Prepared {
             network,
             registration,
             env,
-            since: Instant::now(),
         };
         Ok((prepared, listener))
     }

@@ -128,8 +128,8 @@ impl ReadyPool {
     }
 
     /// Drops the ready processes that died (killed while waiting), so that the pool makes
-    /// others; returns how many.
-    pub fn check(&self) -> usize {
+    /// others; returns their process IDs.
+    pub fn check(&self) -> Vec<u32> {
         let dead = {
             let mut state = self.lock();
             let mut dead = Vec::new();
@@ -143,12 +143,12 @@ impl ReadyPool {
             }
             dead
         };
-        let count = dead.len();
+        let pids: Vec<u32> = dead.iter().map(Prepared::pid).collect();
         drop(dead);
-        if count > 0 {
+        if !pids.is_empty() {
             self.changed.notify_all();
         }
-        count
+        pids
     }
 
     /// Ends the pool: its processes go now, and none is made again.

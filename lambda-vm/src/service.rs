@@ -239,11 +239,10 @@ fn maintain(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let dead = inner.ready.check();
-        if dead > 0 {
+        for pid in inner.ready.check() {
             inner.log.service(
                 None,
-                &format!("{dead} ready vmm process(es) died while waiting; replacing them"),
+                &format!("ready vmm process {pid} died while waiting; it is replaced"),
             );
         }
         let expired = inner.pool().expire(inner.scaling.idle_timeout);

@@ -8,7 +8,7 @@
 
 use crate::snapshots::Snapshot;
 use crate::vmm_process::{Died, SpawnError, VmmProcess};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use vmm::api::client::{ApiClient, ClientError};
 use vmm::api::controller::STOPPED;
@@ -110,11 +110,6 @@ impl Vmm {
     /// Its process ID as the service sees it.
     pub fn pid(&self) -> u32 {
         self.process.pid()
-    }
-
-    /// The user its jail runs it as, if it is jailed.
-    pub fn jail_uid(&self) -> Option<u32> {
-        self.process.jail_uid()
     }
 
     /// Boots `config` (`PUT` of each piece, then `InstanceStart`). The guest console is the
@@ -229,10 +224,5 @@ impl Vmm {
             }
         }
         VmmError::Api { what, source }
-    }
-
-    /// The API socket's path.
-    pub fn api_socket(&self) -> PathBuf {
-        self.process.api_socket().to_owned()
     }
 }

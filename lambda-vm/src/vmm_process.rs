@@ -174,11 +174,6 @@ impl VmmProcess {
         self.child.id()
     }
 
-    /// The user its jail runs it as, if it is jailed.
-    pub fn jail_uid(&self) -> Option<u32> {
-        self.jail.as_ref().map(EnvJail::uid)
-    }
-
     /// How the process ended, if it has (without waiting).
     pub fn died(&mut self) -> Option<Died> {
         match self.child.try_wait() {
