@@ -177,7 +177,13 @@ impl Relay {
             match opened.map_err(|_| format!("no hello within {HANDSHAKE_TIMEOUT:?}")) {
                 Ok(Ok((conn, peer))) => {
                     (backoff, failures, connected) = (BACKOFF.0, 0, true);
-                    log::info!("host link up ({})", peer.agent);
+                    if self.incoming.listening() {
+                        // A restored copy: a console line costs it (the serial port is
+                        // emulated a byte at a time) right when it should answer at once.
+                        log::debug!("host link up ({})", peer.agent);
+                    } else {
+                        log::info!("host link up ({})", peer.agent);
+                    }
                     tokio::select! {
                         ended = self.session(&conn) => match ended {
                             Ok(end) => return end,
