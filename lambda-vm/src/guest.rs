@@ -514,6 +514,7 @@ impl Prepared {
             env,
             vmm_time: None,
             boot_time: started.elapsed(),
+            dial_attempts: 0,
         }
     }
 
@@ -550,6 +551,8 @@ pub struct Guest {
     pub vmm_time: Option<Duration>,
     /// From the boot or restore request to the guest's `Hello`.
     pub boot_time: Duration,
+    /// How many connections a restore took to reach the guest's init (see [`DIAL_ATTEMPTS`]).
+    pub dial_attempts: u32,
 }
 
 impl Guest {
@@ -638,6 +641,7 @@ impl Guest {
             }
         };
         let mut guest = prepared.into_guest(link, started, log);
+        guest.dial_attempts = attempt;
         guest.vmm_time = guest.vmm.restore_time();
         guest.registration.started();
         Ok(guest)

@@ -564,9 +564,10 @@ impl Inner {
         self.log.service(
             Some(env),
             &format!(
-                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init answered after {} ms",
+                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init answered after {} ms ({} connection(s))",
                 guest.vmm.pid(),
-                guest.boot_time.as_millis()
+                guest.boot_time.as_millis(),
+                guest.dial_attempts
             ),
         );
         Ok(guest)
