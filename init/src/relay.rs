@@ -188,6 +188,11 @@ impl Relay {
                         ended = self.session(&conn) => match ended {
                             Ok(end) => return end,
                             Err(FrameError::Closed) => log::info!("the host closed the link"),
+                            // A restored copy's link to the host of its snapshot: reset by the
+                            // restore, as expected, and already replaced or about to be.
+                            Err(e) if self.incoming.listening() => {
+                                log::debug!("host link lost: {}", Chain(&e));
+                            }
                             Err(e) => log::warn!("host link lost: {}", Chain(&e)),
                         },
                         newer = self.incoming.next() => {

@@ -215,6 +215,8 @@ fn vmm_restore(args: &Args, n: usize) -> anyhow::Result<VmmRestore> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", args.vmm.display()))?;
+    // Killed and reaped however this restore ends.
+    let mut child = Reaped(Some(child));
     let mut api = ApiClient::new(&api_socket, REQUEST_TIMEOUT);
     api.wait_ready(Duration::from_secs(30))?;
     let api_ready = started.elapsed();
@@ -249,15 +251,33 @@ fn vmm_restore(args: &Args, n: usize) -> anyhow::Result<VmmRestore> {
     };
     let total = started.elapsed();
     Ok(VmmRestore {
+        child: child.take(),
         attempts,
         api_ready,
         load: loaded - api_ready,
         to_output: total - loaded,
         total,
-        child,
         link,
         dir,
     })
+}
+
+/// A child process killed and reaped when dropped, unless taken.
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    fn take(&mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// 1-byte round trips between the host and the function in a restored guest: the echo

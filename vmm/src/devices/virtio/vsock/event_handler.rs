@@ -41,8 +41,9 @@ impl Vsock {
         let result = match queue {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
-            // The device uses event buffers only when it has an event; nothing to do now.
-            _ => Ok(()),
+            // The device uses event buffers only when it has an event; one given back after
+            // a transport reset says the guest has taken it.
+            _ => self.event_buffer_returned(),
         };
         if let Err(e) = result {
             log::error!("vsock: {}", Chain(&e));

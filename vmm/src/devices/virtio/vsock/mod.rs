@@ -206,7 +206,8 @@ impl Vsock {
     }
 
     /// Tells the guest to drop all its vsock connections (after a snapshot restore, the host
-    /// ends of them are gone) and drops the device's own, closing their host streams.
+    /// ends of them are gone) and drops the device's own, closing their host streams. New host
+    /// connections wait until the guest has taken the reset (it gives the event buffer back).
     pub fn send_transport_reset(&mut self) -> Result<(), VsockError> {
         self.muxer.reset();
         let (Active { mem, queues }, irq) =
@@ -230,10 +231,21 @@ impl Vsock {
             irq.signal_used_queue().map_err(VsockError::Interrupt)?;
         }
         if written {
+            self.muxer.hold_host_connections();
             Ok(())
         } else {
             Err(VsockError::BadEventBuffer)
         }
+    }
+
+    /// The guest gave the event queue a buffer: it has taken the transport reset (a Linux
+    /// guest refills the queue once it has handled the event), so the host connections held
+    /// back meanwhile go through.
+    fn event_buffer_returned(&mut self) -> Result<(), VsockError> {
+        if self.muxer.release_host_connections() {
+            self.process_rx()?;
+        }
+        Ok(())
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Muxer {
     /// Whether an event loop watches the sockets (and so needs `fd_ops`).
     attached: bool,
     fd_ops: Vec<FdOp>,
+    /// While a transport reset is on its way to the guest: the host's new connections, held
+    /// back until the guest has taken the reset (see [`Muxer::hold_host_connections`]).
+    held: Option<Vec<ConnKey>>,
 }
 
 impl Muxer {
@@ -106,7 +109,28 @@ impl Muxer {
             next_local_port: FIRST_LOCAL_PORT,
             attached: false,
             fd_ops: Vec::new(),
+            held: None,
         })
+    }
+
+    /// Holds the host's new connections back from the guest from now on, until
+    /// [`Muxer::release_host_connections`]: for while a transport reset is on its way to the
+    /// guest. A Linux guest handles the device's queues in their order, not in the order the
+    /// device filled them, so a connection request that reached it with the reset could be
+    /// taken first and then reset with the connections the reset is about.
+    pub fn hold_host_connections(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Lets the held connections through; whether there was a hold.
+    pub fn release_host_connections(&mut self) -> bool {
+        let Some(held) = self.held.take() else {
+            return false;
+        };
+        for key in held {
+            self.enqueue_rx(key);
+        }
+        true
     }
 
     pub fn uds_path(&self) -> &Path {
@@ -176,6 +200,9 @@ impl Muxer {
     }
 
     fn enqueue_rx(&mut self, key: ConnKey) {
+        if self.held.as_ref().is_some_and(|held| held.contains(&key)) {
+            return;
+        }
         if let Some(conn) = self.conns.get_mut(&key) {
             if !conn.in_rxq && conn.has_pending_rx() {
                 conn.in_rxq = true;
@@ -220,6 +247,9 @@ impl Muxer {
         }
         self.rxq.clear();
         self.control.clear();
+        if let Some(held) = self.held.as_mut() {
+            held.clear();
+        }
     }
 
     /// Handles a packet from the guest whose header passed `check_header`.
@@ -422,6 +452,9 @@ impl Muxer {
         self.conns.insert(key, conn);
         // Same fd, same registration: only its meaning changes.
         self.fd_owner.insert(fd, FdOwner::Conn(key));
+        if let Some(held) = self.held.as_mut() {
+            held.push(key);
+        }
         self.enqueue_rx(key);
     }
 

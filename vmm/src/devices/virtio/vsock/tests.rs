@@ -515,6 +515,45 @@ fn transport_reset() {
     let _host = g.connect(&mut dev, &listener, 1001, 52);
 }
 
+/// After a transport reset the host's new connections wait until the guest has taken it (gives
+/// the event buffer back): a guest that saw the request first would accept it and then reset
+/// it with the connections the reset is about.
+#[test]
+fn host_connections_wait_until_the_guest_has_taken_a_transport_reset() {
+    let uds = SockPath::new();
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let mut dev = g.device(&uds);
+    g.add_rx(4, 4096);
+    let ea = g.alloc(8);
+    g.push_chain(EVENT_QUEUE, &[(ea, 8, WRITE)]);
+    dev.send_transport_reset().unwrap();
+
+    let mut client = UnixStream::connect(&uds.0).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"CONNECT 52\nearly").unwrap();
+    poll_until(&mut dev, "the host client's connection", |dev| {
+        dev.muxer.connection_count() == 1
+    });
+    dev.poll_backend();
+    assert!(
+        g.recv().is_empty(),
+        "the request went before the reset was taken"
+    );
+
+    // The guest handled the event and gives its buffer back: the request goes, then the rest.
+    g.push_chain(EVENT_QUEUE, &[(ea, 8, WRITE)]);
+    dev.event_buffer_returned().unwrap();
+    let (h, _) = g.recv_one();
+    assert_eq!((h.op, h.dst_port), (OP_REQUEST, 52));
+    g.send(&mut dev, hdr(OP_RESPONSE, 52, FIRST_LOCAL_PORT), &[]);
+    assert_eq!(read_line(&mut client), format!("OK {FIRST_LOCAL_PORT}"));
+    let (h, data) = g.recv_one();
+    assert_eq!((h.op, data.as_slice()), (OP_RW, b"early".as_slice()));
+}
+
 #[test]
 fn hostile_tx_packets_do_not_break_the_device() {
     let uds = SockPath::new();
