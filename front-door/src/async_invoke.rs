@@ -9,7 +9,9 @@ use proto::invoke::{Invocation, InvokeError, Outcome};
 use proto::log::error_chain;
 use proto::time;
 use serde_json::{json, Value};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,28 @@ pub enum EnqueueError {
     Full(usize),
     #[error("the event could not be stored")]
     Store(#[source] StoreError),
+    /// A queue elsewhere (a cluster's replicated stream) did not take the event.
+    #[error("the event could not be queued")]
+    Queue(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where an endpoint's accepted `Event` invokes go: this host's [`AsyncQueue`], or a queue that
+/// other hosts share (the `cluster` crate's stream). `enqueue` returns once the event is kept,
+/// since the `202` promises it will run.
+pub trait EventQueue: Send + Sync + 'static {
+    fn enqueue(
+        &self,
+        invocation: Invocation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), EnqueueError>> + Send + '_>>;
+}
+
+impl<I: Invoker> EventQueue for AsyncQueue<I> {
+    fn enqueue(
+        &self,
+        invocation: Invocation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), EnqueueError>> + Send + '_>> {
+        Box::pin(AsyncQueue::enqueue(self, invocation))
+    }
 }
 
 /// The asynchronous invocations of one environment.
@@ -201,7 +225,9 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
                     InvokeError::Throttled { .. } | InvokeError::QueueFull => {
                         proto::invoke_api::error_type::TOO_MANY_REQUESTS
                     }
-                    InvokeError::ShutDown => proto::invoke_api::error_type::SERVICE,
+                    InvokeError::ShutDown | InvokeError::Lost(_) => {
+                        proto::invoke_api::error_type::SERVICE
+                    }
                 };
                 last = proto::runtime_api::ErrorRequest::new(kind, e.to_string()).to_json();
                 waits = waits.saturating_add(1);
@@ -225,7 +251,7 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
         &time::rfc3339_now(),
         (condition, failures),
     );
-    match write_atomically(dir, &format!("{id}.json"), &record) {
+    match write_record(dir, id, &record) {
         Ok(path) => sandbox.log(&format!(
             "rapid: async invoke {id}: {condition} after {failures} attempt(s); destination record {}",
             path.display()
@@ -240,8 +266,9 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
 /// The longest wait between two tries of a throttled event.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// The record AWS sends to an on-failure destination.
-fn destination_record(
+/// The record AWS sends to an on-failure destination: `response` is the last failure's body,
+/// `condition` `RetriesExhausted` or `EventAgeExceeded`, `invokes` how often the function ran.
+pub fn destination_record(
     invocation: &Invocation,
     function_arn: &str,
     version: &str,
@@ -278,6 +305,12 @@ fn destination_record(
 pub fn check_destination(dir: &Path) -> std::io::Result<()> {
     let probe = write_atomically(dir, ".lambda-destination-check", b"")?;
     std::fs::remove_file(probe)
+}
+
+/// Writes the destination record of event `request_id` into `dir` as `REQUEST_ID.json`, whole
+/// (a reader never sees half of it); returns its path.
+pub fn write_record(dir: &Path, request_id: &str, record: &[u8]) -> std::io::Result<PathBuf> {
+    write_atomically(dir, &format!("{request_id}.json"), record)
 }
 
 /// Writes `name` in `dir` through a temporary file and a rename, so a reader never sees half a

@@ -2,7 +2,7 @@
 //! (`POST /2015-03-31/functions/function/invocations`), with Lambda's `Invoke` semantics: an
 //! invocation source for any [`Invoker`].
 
-use crate::async_invoke::{AsyncQueue, EnqueueError};
+use crate::async_invoke::{AsyncQueue, EnqueueError, EventQueue};
 use crate::event_store::EventStore;
 use crate::function::Function;
 use crate::invoker::Invoker;
@@ -18,12 +18,13 @@ use proto::invoke_api::{
     error_type, header, invocation_type, log_type, FunctionRef, FUNCTION_ERROR_UNHANDLED, LATEST,
 };
 use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
+use std::sync::Arc;
 
 /// The invoke endpoint of one environment. Cheap to clone: one per connection.
 #[derive(Clone)]
 pub struct Endpoint<I: Invoker> {
     sandbox: I,
-    events: AsyncQueue<I>,
+    events: Arc<dyn EventQueue>,
     tails: LogTails,
 }
 
@@ -32,8 +33,15 @@ impl<I: Invoker> Endpoint<I> {
     /// `X-Amz-Log-Type: Tail` to return them; `events` keeps accepted `Event` invokes across
     /// crashes (and the ones it holds from before are started now).
     pub fn new(sandbox: I, tails: LogTails, events: Option<EventStore>) -> Endpoint<I> {
+        let queue = AsyncQueue::new(sandbox.clone(), events);
+        Endpoint::with_queue(sandbox, tails, Arc::new(queue))
+    }
+
+    /// An endpoint whose accepted `Event` invokes go to `events` (a queue other hosts share)
+    /// rather than to a queue of this host's.
+    pub fn with_queue(sandbox: I, tails: LogTails, events: Arc<dyn EventQueue>) -> Endpoint<I> {
         Endpoint {
-            events: AsyncQueue::new(sandbox.clone(), events),
+            events,
             sandbox,
             tails,
         }

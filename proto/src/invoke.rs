@@ -69,4 +69,7 @@ pub enum InvokeError {
     Throttled { reason: &'static str },
     #[error("the environment shut down before the invocation finished")]
     ShutDown,
+    /// The host running it (in a cluster) stopped answering: it may have run, in part or whole.
+    #[error("the invocation was lost: {0}")]
+    Lost(String),
 }

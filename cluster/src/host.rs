@@ -1,0 +1,544 @@
+//! One host in the cluster ([`Node`]): it keeps its record in the registry, watches the others
+//! and the deployed functions, answers invokes forwarded to it, takes asynchronous events from
+//! the stream, and routes every synchronous invoke that reaches it ([`Node::route`]):
+//!
+//! 1. an idle environment of the function here;
+//! 2. else a host with an idle environment of it (most idle first);
+//! 3. else a host holding its snapshot, with room to restore it;
+//! 4. else room for a new environment: here first, then the hosts with the most room;
+//! 5. else whichever host takes it from the queue group (one this host has not heard of yet);
+//! 6. else `429 TooManyRequestsException`: the whole cluster is at its limit.
+//!
+//! A host that refuses (it filled up since its last heartbeat) or is gone (no one listens on
+//! its subject) costs one round trip and the next is tried; a host that took the invoke and
+//! then fell silent fails it ([`forward`](crate::forward)): it may have run, and a synchronous
+//! invoke is never run twice behind its caller's back.
+
+use crate::catalog::{self, Catalog, FunctionRecord};
+use crate::connect::Cluster;
+use crate::forward::{self, Replies, Sent};
+use crate::names;
+use crate::registry::{self, HostRecord, HostView};
+use crate::runner::{RunError, Runner};
+use crate::wire::{Forward, Reply};
+use async_nats::Subscriber;
+use front_door::LogTails;
+use futures_util::StreamExt;
+use proto::invoke::{Invocation, InvokeError, Outcome};
+use proto::invoke_api::throttle_reason;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// What a host is told at start.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    pub id: String,
+    /// Its invoke endpoint, for its record.
+    pub invoke_url: String,
+    /// The region in function ARNs.
+    pub region: String,
+    /// Delay before each retry of a failed asynchronous event.
+    pub retry_delay: Duration,
+    /// Where failure records are also written as files (the stream always gets them).
+    pub on_failure_dir: Option<PathBuf>,
+    /// How many asynchronous events this host runs at once.
+    pub event_workers: usize,
+    /// The name log lines start with (`lambda-local`, `lambda-vm`).
+    pub program: String,
+}
+
+/// This host's part of the cluster.
+pub struct Node {
+    pub settings: HostSettings,
+    pub cluster: Cluster,
+    pub view: HostView,
+    pub catalog: Catalog,
+    pub runner: Arc<dyn Runner>,
+    /// The log tails of this host's environments (its invoke endpoints watch the same).
+    pub tails: LogTails,
+    replies: Arc<Replies>,
+    runs: Vec<String>,
+    accepting: AtomicBool,
+    /// Whether the connection to NATS is up, as its last event said.
+    connected: Arc<AtomicBool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    started_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("subscribing on the cluster: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("writing this host's record in the registry: {0}")]
+    Register(String),
+    #[error("reading the deployed functions: {0}")]
+    Catalog(String),
+    #[error("the event consumer: {0}")]
+    Events(String),
+}
+
+/// A flag the connection's events keep (see [`Cluster::connect`]) and a line for each change.
+pub fn connection_watch(
+    program: &str,
+) -> (
+    Arc<AtomicBool>,
+    impl Fn(async_nats::Event) + Send + Sync + 'static,
+) {
+    let connected = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&connected);
+    let program = program.to_owned();
+    let on_event = move |event: async_nats::Event| {
+        let say = |line: String| {
+            let line = format!("{program}: cluster: {line}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        };
+        match event {
+            async_nats::Event::Disconnected if flag.swap(false, Ordering::SeqCst) => {
+                say("cut off from NATS: this host forwards nothing, takes no forwarded work and no events, and serves only what reaches its own endpoint, until it is back".into());
+            }
+            async_nats::Event::Connected if !flag.swap(true, Ordering::SeqCst) => {
+                say("connected to NATS again".into());
+            }
+            async_nats::Event::ServerError(e) => say(format!("server error: {e}")),
+            async_nats::Event::SlowConsumer(_) => say("slow consumer: messages dropped".into()),
+            _ => {}
+        }
+    };
+    (connected, on_event)
+}
+
+impl Node {
+    /// Joins: subscribes, writes this host's record, and starts its background work.
+    pub async fn start(
+        cluster: Cluster,
+        connected: Arc<AtomicBool>,
+        runner: Arc<dyn Runner>,
+        tails: LogTails,
+        settings: HostSettings,
+    ) -> Result<Arc<Node>, StartError> {
+        let client = cluster.client.clone();
+        let replies = Replies::start(&client).await?;
+        let id = settings.id.clone();
+        let direct = client.subscribe(names::host_invoke_subject(&id)).await?;
+        let ping = client.subscribe(names::host_ping_subject(&id)).await?;
+        let any = client
+            .queue_subscribe(names::INVOKE_ANY, names::HOSTS_QUEUE.into())
+            .await?;
+        let node = Arc::new(Node {
+            runs: runner.runs(),
+            settings,
+            view: HostView::default(),
+            catalog: Catalog::default(),
+            runner,
+            tails,
+            replies,
+            accepting: AtomicBool::new(true),
+            connected,
+            tasks: Mutex::new(Vec::new()),
+            started_ms: proto::time::epoch_ms(),
+            cluster,
+        });
+        node.load_catalog().await?;
+        node.heartbeat_once()
+            .await
+            .map_err(|e| StartError::Register(e.to_string()))?;
+        let consumer = crate::events::consumer(&node.cluster)
+            .await
+            .map_err(|e| StartError::Events(e.to_string()))?;
+        let mut tasks = Vec::new();
+        let log = {
+            let node = Arc::clone(&node);
+            move |line: &str| node.log(line)
+        };
+        tasks.push(tokio::spawn(registry::watch(
+            node.cluster.hosts.clone(),
+            node.view.clone(),
+            log.clone(),
+        )));
+        tasks.push(tokio::spawn(catalog::watch(
+            node.cluster.functions.clone(),
+            node.catalog.clone(),
+            log,
+        )));
+        tasks.push(tokio::spawn(Arc::clone(&node).heartbeat()));
+        tasks.push(tokio::spawn(Arc::clone(&node).serve(direct)));
+        tasks.push(tokio::spawn(Arc::clone(&node).serve(any)));
+        tasks.push(tokio::spawn(Arc::clone(&node).answer_pings(ping)));
+        for _ in 0..node.settings.event_workers.max(1) {
+            let worker = crate::events::work(Arc::clone(&node), consumer.clone());
+            tasks.push(tokio::spawn(worker));
+        }
+        *node.lock_tasks() = tasks;
+        Ok(node)
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.settings.id
+    }
+
+    pub fn log(&self, line: &str) {
+        self.runner
+            .log(&format!("{}: cluster: {line}", self.settings.program));
+    }
+
+    /// Whether this host is connected to NATS now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Whether this host takes forwarded work and events: it is connected and not stopping.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst) && self.connected()
+    }
+
+    async fn load_catalog(&self) -> Result<(), StartError> {
+        let error = |e: &dyn std::fmt::Display| StartError::Catalog(e.to_string());
+        let functions = &self.cluster.functions;
+        let mut keys = functions.keys().await.map_err(|e| error(&e))?;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| error(&e))?;
+            self.catalog
+                .at_least(functions, &key, 0)
+                .await
+                .ok_or_else(|| error(&format!("the record of {key} cannot be read")))?;
+        }
+        Ok(())
+    }
+
+    /// This host's record now.
+    pub fn record(&self) -> HostRecord {
+        let load = self.runner.load();
+        HostRecord {
+            id: self.settings.id.clone(),
+            invoke_url: self.settings.invoke_url.clone(),
+            runs: self.runs.clone(),
+            max_concurrency: load.max_concurrency,
+            in_use: load.in_use,
+            functions: load.functions,
+            accepting: self.accepting.load(Ordering::SeqCst),
+            started_ms: self.started_ms,
+        }
+    }
+
+    async fn heartbeat_once(&self) -> Result<u64, async_nats::jetstream::kv::PutError> {
+        let value = serde_json::to_vec(&self.record()).unwrap_or_default();
+        self.cluster.hosts.put(self.id(), value.into()).await
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let mut failing = false;
+        let mut ticks = tokio::time::interval(registry::HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if !self.connected() {
+                // What this host knew of the others is no longer current.
+                self.view.clear();
+                continue;
+            }
+            match self.heartbeat_once().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    self.log("the registry takes this host's heartbeat again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    self.log(&format!("cannot write this host's heartbeat: {e}"));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Stops taking forwarded work and events, and removes this host's record.
+    pub async fn stop(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        let _ = self.cluster.hosts.delete(self.id()).await;
+        let _ = self.cluster.client.flush().await;
+    }
+
+    /// Routes one synchronous invoke of `function` (see the module's documentation); with
+    /// `tail`, a run elsewhere brings its log tail back.
+    pub async fn route(
+        &self,
+        function: &Arc<FunctionRecord>,
+        invocation: Invocation,
+        tail: bool,
+    ) -> Result<(Outcome, Option<Vec<u8>>), InvokeError> {
+        let name = function.name();
+        let here = function.runs_on(&self.runs);
+        if here {
+            if let Some(done) = self.run_here(function, &invocation, false).await {
+                return done;
+            }
+        }
+        let others: Vec<HostRecord> = if self.connected() {
+            self.view
+                .live(self.id())
+                .into_iter()
+                .filter(|h| function.runs_on(&h.runs))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut skip = HashSet::new();
+        let mut idle: Vec<&HostRecord> = others.iter().filter(|h| h.idle(name) > 0).collect();
+        idle.sort_by_key(|h| std::cmp::Reverse(h.idle(name)));
+        for host in idle {
+            if let Some(done) = self
+                .forward_to(host, function, &invocation, tail, false, &mut skip)
+                .await
+            {
+                return done;
+            }
+        }
+        for host in others
+            .iter()
+            .filter(|h| h.has_snapshot(name) && h.has_capacity())
+        {
+            if let Some(done) = self
+                .forward_to(host, function, &invocation, tail, true, &mut skip)
+                .await
+            {
+                return done;
+            }
+        }
+        if here {
+            if let Some(done) = self.run_here(function, &invocation, true).await {
+                return done;
+            }
+        }
+        let mut roomy: Vec<&HostRecord> = others.iter().filter(|h| h.has_capacity()).collect();
+        roomy.sort_by_key(|h| std::cmp::Reverse(h.max_concurrency - h.in_use));
+        for host in roomy {
+            if let Some(done) = self
+                .forward_to(host, function, &invocation, tail, true, &mut skip)
+                .await
+            {
+                return done;
+            }
+        }
+        if self.connected() {
+            let forward = self.forward(function, &invocation, tail, true);
+            let subject = names::invoke_subject(name);
+            match forward::send(&self.cluster.client, &self.replies, subject, None, &forward).await
+            {
+                Sent::Done { outcome, tail } => return Ok((outcome, tail)),
+                Sent::Failed(error) => return Err(error),
+                Sent::NotRun(_) => {}
+            }
+        }
+        Err(InvokeError::Throttled {
+            reason: throttle_reason::ACCOUNT,
+        })
+    }
+
+    /// Runs the invoke here; `None` when this host cannot start it now.
+    async fn run_here(
+        &self,
+        function: &Arc<FunctionRecord>,
+        invocation: &Invocation,
+        may_start: bool,
+    ) -> Option<Result<(Outcome, Option<Vec<u8>>), InvokeError>> {
+        let run = self
+            .runner
+            .run(Arc::clone(function), invocation.clone(), may_start);
+        match run.await {
+            Ok(outcome) => Some(Ok((outcome, None))),
+            Err(RunError::Busy) => None,
+            Err(RunError::Unavailable(why)) => {
+                self.log(&format!("cannot run {} here: {why}", function.name()));
+                None
+            }
+            Err(RunError::Invoke(error)) => Some(Err(error)),
+        }
+    }
+
+    fn forward(
+        &self,
+        function: &FunctionRecord,
+        invocation: &Invocation,
+        tail: bool,
+        may_start: bool,
+    ) -> Forward {
+        Forward {
+            function: function.name().to_owned(),
+            revision: function.revision,
+            invocation: invocation.clone(),
+            tail,
+            may_start,
+        }
+    }
+
+    /// Forwards the invoke to `host`; `None` when it did not run it there (and the host is not
+    /// asked again for this invoke when it cannot run it at all).
+    async fn forward_to(
+        &self,
+        host: &HostRecord,
+        function: &FunctionRecord,
+        invocation: &Invocation,
+        tail: bool,
+        may_start: bool,
+        skip: &mut HashSet<String>,
+    ) -> Option<Result<(Outcome, Option<Vec<u8>>), InvokeError>> {
+        if skip.contains(&host.id) {
+            return None;
+        }
+        let forward = self.forward(function, invocation, tail, may_start);
+        let subject = names::host_invoke_subject(&host.id);
+        let sent = forward::send(
+            &self.cluster.client,
+            &self.replies,
+            subject,
+            Some(&host.id),
+            &forward,
+        )
+        .await;
+        match sent {
+            Sent::Done { outcome, tail } => Some(Ok((outcome, tail))),
+            Sent::Failed(error) => Some(Err(error)),
+            Sent::NotRun(reason) => {
+                if reason != BUSY {
+                    skip.insert(host.id.clone());
+                }
+                None
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, mut subscription: Subscriber) {
+        while let Some(message) = subscription.next().await {
+            tokio::spawn(Arc::clone(&self).answer(message));
+        }
+    }
+
+    async fn answer_pings(self: Arc<Self>, mut subscription: Subscriber) {
+        while let Some(message) = subscription.next().await {
+            if let Some(reply) = message.reply {
+                let _ = self
+                    .cluster
+                    .client
+                    .publish(reply, bytes::Bytes::new())
+                    .await;
+            }
+        }
+    }
+
+    /// Runs one forwarded invoke and sends its outcome back.
+    async fn answer(self: Arc<Self>, message: async_nats::Message) {
+        let Some(inbox) = message.reply.clone() else {
+            return;
+        };
+        let reply = self.answer_reply(message, &inbox).await;
+        let (headers, body) = reply.encode();
+        let client = &self.cluster.client;
+        if let Err(e) = client.publish_with_headers(inbox, headers, body).await {
+            self.log(&format!(
+                "cannot send a forwarded invoke's outcome back: {e}"
+            ));
+        }
+    }
+
+    async fn answer_reply(
+        &self,
+        message: async_nats::Message,
+        inbox: &async_nats::Subject,
+    ) -> Reply {
+        let forward = match Forward::decode(message.headers.as_ref(), message.payload) {
+            Ok(forward) => forward,
+            Err(e) => return Reply::Failed(InvokeError::Lost(e.to_string())),
+        };
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Reply::Refused(format!("host {} is stopping", self.id()));
+        }
+        let functions = &self.cluster.functions;
+        let Some(function) = self
+            .catalog
+            .at_least(functions, &forward.function, forward.revision)
+            .await
+        else {
+            return Reply::Refused(format!(
+                "host {} does not know {} (revision {})",
+                self.id(),
+                forward.function,
+                forward.revision
+            ));
+        };
+        if !function.runs_on(&self.runs) {
+            return Reply::Refused(format!(
+                "host {} runs none of {}'s artifacts",
+                self.id(),
+                forward.function
+            ));
+        }
+        let request_id = forward.invocation.request_id.clone();
+        let watch = forward.tail.then(|| self.tails.watch(&request_id));
+        let mut run = self
+            .runner
+            .run(function, forward.invocation, forward.may_start);
+        let mut alive = tokio::time::interval(forward::ALIVE_EVERY);
+        alive.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = alive.tick() => {
+                    let (headers, body) = Reply::Alive.encode();
+                    let _ = self
+                        .cluster
+                        .client
+                        .publish_with_headers(inbox.clone(), headers, body)
+                        .await;
+                }
+            }
+        };
+        let tail = watch.map(|w| w.finish());
+        match outcome {
+            Ok(outcome) => Reply::Done { outcome, tail },
+            Err(RunError::Busy) => Reply::Refused(BUSY.into()),
+            Err(RunError::Unavailable(why)) => Reply::Refused(why),
+            Err(RunError::Invoke(error)) => Reply::Failed(error),
+        }
+    }
+
+    /// The status endpoint's answer: this host, what it sees of the others, the functions.
+    pub fn status(&self) -> serde_json::Value {
+        let hosts: Vec<serde_json::Value> = self
+            .view
+            .all()
+            .into_iter()
+            .map(|(record, age)| {
+                serde_json::json!({
+                    "id": record.id,
+                    "invoke_url": record.invoke_url,
+                    "live": age < registry::STALE_AFTER && record.accepting,
+                    "heartbeat_age_ms": u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                    "max_concurrency": record.max_concurrency,
+                    "in_use": record.in_use,
+                    "functions": record.functions,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "host": self.record(),
+            "connected": self.connected(),
+            "accepting": self.accepting(),
+            "hosts": hosts,
+            "functions": self.catalog.names(),
+        })
+    }
+}
+
+/// A refusal that says only that the host is full now (it may take the next invoke).
+const BUSY: &str = "busy";
