@@ -515,6 +515,26 @@ impl Catalog {
         }
     }
 
+    /// Replaces what this view holds with the bucket's every record.
+    pub async fn reload(&self, bucket: &kv::Store) -> Result<(), String> {
+        let mut keys = bucket.keys().await.map_err(|e| e.to_string())?;
+        let mut functions = HashMap::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            let Some(entry) = bucket.entry(&key).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let record =
+                FunctionRecord::decode(&entry).map_err(|e| format!("the record of {key}: {e}"))?;
+            functions.insert(key, Arc::new(record));
+        }
+        *self.lock() = functions;
+        Ok(())
+    }
+
     /// The record of `name` at `revision` or later: from this view, else read from the bucket
     /// now (this host's view may lag a deploy by a moment).
     pub async fn at_least(
@@ -532,21 +552,33 @@ impl Catalog {
     }
 }
 
-/// Keeps `catalog` up to date from the functions bucket, re-watching when the watch ends.
-pub async fn watch(bucket: kv::Store, catalog: Catalog, log: impl Fn(&str)) {
+/// Keeps `catalog` up to date from the functions bucket: read whole, then watched; read whole
+/// again and re-watched when the watch ends or the connection came back (`reconnected`), since
+/// a watch may miss what changed while this host was away.
+pub async fn watch(
+    bucket: kv::Store,
+    catalog: Catalog,
+    reconnected: Arc<tokio::sync::Notify>,
+    log: impl Fn(&str),
+) {
     loop {
+        if let Err(e) = catalog.reload(&bucket).await {
+            log(&format!("reading the functions: {e}"));
+        }
         match bucket.watch_all().await {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    match change {
-                        Ok(entry) => catalog.apply(&entry),
-                        Err(e) => {
+            Ok(mut changes) => loop {
+                tokio::select! {
+                    change = changes.next() => match change {
+                        Some(Ok(entry)) => catalog.apply(&entry),
+                        Some(Err(e)) => {
                             log(&format!("watching the functions: {e}"));
                             break;
                         }
-                    }
+                        None => break,
+                    },
+                    () = reconnected.notified() => break,
                 }
-            }
+            },
             Err(e) => log(&format!("watching the functions: {e}")),
         }
         tokio::time::sleep(crate::registry::HEARTBEAT).await;

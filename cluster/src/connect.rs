@@ -154,6 +154,15 @@ impl Cluster {
                     async move { events(event) }
                 }
             });
+        // The client takes no credentials from the URLs themselves: a `user:password@` or
+        // `token@` there becomes the connection's.
+        if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
+            let user = percent_decoded(addr.username().unwrap_or_default());
+            options = match addr.password() {
+                Some(password) => options.user_and_password(user, percent_decoded(password)),
+                None => options.token(user),
+            };
+        }
         if let Some(path) = &args.cluster_creds {
             options = options.credentials_file(path).await.map_err(|source| {
                 ConnectError::Credentials {
@@ -190,31 +199,84 @@ impl Cluster {
                 max_payload: info.max_payload,
             });
         }
-        let mut jetstream = jetstream::new(client.clone());
-        jetstream.set_timeout(JETSTREAM_TIMEOUT);
-        if jetstream.query_account().await.is_err() {
+        if !info.jetstream {
             return Err(ConnectError::NoJetStream { server });
         }
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(JETSTREAM_TIMEOUT);
         let setup = Setup {
             jetstream: &jetstream,
             replicas: args.cluster_replicas,
         };
+        // A cluster that has just started elects its JetStream leader first: wait for it,
+        // but not for what waiting does not change.
+        let deadline = tokio::time::Instant::now() + JETSTREAM_READY;
+        let parts = loop {
+            match setup.all().await {
+                Ok(parts) => break parts,
+                Err(e) if e.is_final() || tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
         Ok(Cluster {
-            hosts: setup.bucket(names::HOSTS_BUCKET, hosts_bucket()).await?,
-            functions: setup
-                .bucket(names::FUNCTIONS_BUCKET, functions_bucket())
-                .await?,
-            attempts: setup
-                .bucket(names::ATTEMPTS_BUCKET, attempts_bucket())
-                .await?,
-            artifacts: setup.object_store().await?,
-            events: setup.stream(events_stream()).await?,
-            failures: setup.stream(failures_stream()).await?,
+            hosts: parts.hosts,
+            functions: parts.functions,
+            attempts: parts.attempts,
+            artifacts: parts.artifacts,
+            events: parts.events,
+            failures: parts.failures,
             client,
             jetstream,
             urls,
         })
     }
+}
+
+/// How long a program waits at start for the cluster's JetStream to be ready.
+const JETSTREAM_READY: Duration = Duration::from_secs(30);
+
+/// The buckets, object store and streams.
+struct Parts {
+    hosts: kv::Store,
+    functions: kv::Store,
+    attempts: kv::Store,
+    artifacts: object_store::ObjectStore,
+    events: stream::Stream,
+    failures: stream::Stream,
+}
+
+impl ConnectError {
+    /// Whether trying again cannot help.
+    fn is_final(&self) -> bool {
+        match self {
+            ConnectError::Setup { detail, .. } => detail.contains("non-clustered mode"),
+            _ => true,
+        }
+    }
+}
+
+/// A URL's user or password as typed (`%40` is `@`).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn connect_error(urls: &str, e: async_nats::ConnectError) -> ConnectError {
@@ -314,6 +376,25 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
+    async fn all(&self) -> Result<Parts, ConnectError> {
+        self.jetstream
+            .query_account()
+            .await
+            .map_err(|e| self.error("JetStream (it is not ready)", e.to_string()))?;
+        Ok(Parts {
+            hosts: self.bucket(names::HOSTS_BUCKET, hosts_bucket()).await?,
+            functions: self
+                .bucket(names::FUNCTIONS_BUCKET, functions_bucket())
+                .await?,
+            attempts: self
+                .bucket(names::ATTEMPTS_BUCKET, attempts_bucket())
+                .await?,
+            artifacts: self.object_store().await?,
+            events: self.stream(events_stream()).await?,
+            failures: self.stream(failures_stream()).await?,
+        })
+    }
+
     fn error(&self, what: &str, detail: String) -> ConnectError {
         let hint = if detail.contains("insufficient resources") || detail.contains("replicas") {
             ": the cluster has fewer JetStream servers than replicas; lower --cluster-replicas"
@@ -373,6 +454,13 @@ impl Setup<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_percent_decoded() {
+        assert_eq!(percent_decoded("p%40ss%3Aword"), "p@ss:word");
+        assert_eq!(percent_decoded("plain%"), "plain%");
+        assert_eq!(percent_decoded("%zz"), "%zz");
+    }
 
     #[test]
     fn addresses_are_checked_one_by_one() {

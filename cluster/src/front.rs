@@ -121,7 +121,9 @@ impl Front {
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         };
         let catalog = &self.node.catalog;
-        let record = match catalog.get(reference.name) {
+        // A function deployed a moment ago may not have reached this host's view yet.
+        let bucket = &self.node.cluster.functions;
+        let record = match catalog.at_least(bucket, reference.name, 0).await {
             Some(record) => Some(record),
             None if reference.name == "function" => catalog.only(),
             None => None,

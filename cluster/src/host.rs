@@ -63,8 +63,7 @@ pub struct Node {
     replies: Arc<Replies>,
     runs: Vec<String>,
     accepting: AtomicBool,
-    /// Whether the connection to NATS is up, as its last event said.
-    connected: Arc<AtomicBool>,
+    connection: Arc<Connection>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     started_ms: u64,
 }
@@ -81,15 +80,30 @@ pub enum StartError {
     Events(String),
 }
 
-/// A flag the connection's events keep (see [`Cluster::connect`]) and a line for each change.
+/// The state of the connection to NATS, as its events tell it.
+#[derive(Default)]
+pub struct Connection {
+    disconnected: AtomicBool,
+    /// Signalled each time the connection comes back.
+    pub reconnected: Arc<tokio::sync::Notify>,
+}
+
+impl Connection {
+    pub fn is_up(&self) -> bool {
+        !self.disconnected.load(Ordering::SeqCst)
+    }
+}
+
+/// The connection's state, and the event handler for [`Cluster::connect`] that keeps it and
+/// says each change on stderr.
 pub fn connection_watch(
     program: &str,
 ) -> (
-    Arc<AtomicBool>,
+    Arc<Connection>,
     impl Fn(async_nats::Event) + Send + Sync + 'static,
 ) {
-    let connected = Arc::new(AtomicBool::new(true));
-    let flag = Arc::clone(&connected);
+    let connection = Arc::new(Connection::default());
+    let state = Arc::clone(&connection);
     let program = program.to_owned();
     let on_event = move |event: async_nats::Event| {
         let say = |line: String| {
@@ -97,10 +111,11 @@ pub fn connection_watch(
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         };
         match event {
-            async_nats::Event::Disconnected if flag.swap(false, Ordering::SeqCst) => {
-                say("cut off from NATS: this host forwards nothing, takes no forwarded work and no events, and serves only what reaches its own endpoint, until it is back".into());
+            async_nats::Event::Disconnected if !state.disconnected.swap(true, Ordering::SeqCst) => {
+                say("disconnected from NATS, reconnecting: until then this host forwards nothing, takes no forwarded work and no events, and serves only what reaches its own endpoint".into());
             }
-            async_nats::Event::Connected if !flag.swap(true, Ordering::SeqCst) => {
+            async_nats::Event::Connected if state.disconnected.swap(false, Ordering::SeqCst) => {
+                state.reconnected.notify_one();
                 say("connected to NATS again".into());
             }
             async_nats::Event::ServerError(e) => say(format!("server error: {e}")),
@@ -108,14 +123,14 @@ pub fn connection_watch(
             _ => {}
         }
     };
-    (connected, on_event)
+    (connection, on_event)
 }
 
 impl Node {
     /// Joins: subscribes, writes this host's record, and starts its background work.
     pub async fn start(
         cluster: Cluster,
-        connected: Arc<AtomicBool>,
+        connection: Arc<Connection>,
         runner: Arc<dyn Runner>,
         tails: LogTails,
         settings: HostSettings,
@@ -125,6 +140,7 @@ impl Node {
         let id = settings.id.clone();
         let direct = client.subscribe(names::host_invoke_subject(&id)).await?;
         let ping = client.subscribe(names::host_ping_subject(&id)).await?;
+        let heartbeats = client.subscribe(names::HEARTBEATS).await?;
         let any = client
             .queue_subscribe(names::INVOKE_ANY, names::HOSTS_QUEUE.into())
             .await?;
@@ -137,12 +153,15 @@ impl Node {
             tails,
             replies,
             accepting: AtomicBool::new(true),
-            connected,
+            connection,
             tasks: Mutex::new(Vec::new()),
             started_ms: proto::time::epoch_ms(),
             cluster,
         });
-        node.load_catalog().await?;
+        node.catalog
+            .reload(&node.cluster.functions)
+            .await
+            .map_err(StartError::Catalog)?;
         node.heartbeat_once()
             .await
             .map_err(|e| StartError::Register(e.to_string()))?;
@@ -154,14 +173,11 @@ impl Node {
             let node = Arc::clone(&node);
             move |line: &str| node.log(line)
         };
-        tasks.push(tokio::spawn(registry::watch(
-            node.cluster.hosts.clone(),
-            node.view.clone(),
-            log.clone(),
-        )));
+        tasks.push(tokio::spawn(registry::watch(heartbeats, node.view.clone())));
         tasks.push(tokio::spawn(catalog::watch(
             node.cluster.functions.clone(),
             node.catalog.clone(),
+            Arc::clone(&node.connection.reconnected),
             log,
         )));
         tasks.push(tokio::spawn(Arc::clone(&node).heartbeat()));
@@ -191,26 +207,12 @@ impl Node {
 
     /// Whether this host is connected to NATS now.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
+        self.connection.is_up()
     }
 
     /// Whether this host takes forwarded work and events: it is connected and not stopping.
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst) && self.connected()
-    }
-
-    async fn load_catalog(&self) -> Result<(), StartError> {
-        let error = |e: &dyn std::fmt::Display| StartError::Catalog(e.to_string());
-        let functions = &self.cluster.functions;
-        let mut keys = functions.keys().await.map_err(|e| error(&e))?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| error(&e))?;
-            self.catalog
-                .at_least(functions, &key, 0)
-                .await
-                .ok_or_else(|| error(&format!("the record of {key} cannot be read")))?;
-        }
-        Ok(())
     }
 
     /// This host's record now.
@@ -228,9 +230,15 @@ impl Node {
         }
     }
 
+    /// Says this host's record: to the others now, and to the registry.
     async fn heartbeat_once(&self) -> Result<u64, async_nats::jetstream::kv::PutError> {
-        let value = serde_json::to_vec(&self.record()).unwrap_or_default();
-        self.cluster.hosts.put(self.id(), value.into()).await
+        let value = bytes::Bytes::from(serde_json::to_vec(&self.record()).unwrap_or_default());
+        let _ = self
+            .cluster
+            .client
+            .publish(names::HEARTBEATS, value.clone())
+            .await;
+        self.cluster.hosts.put(self.id(), value).await
     }
 
     async fn heartbeat(self: Arc<Self>) {
@@ -265,6 +273,13 @@ impl Node {
         for task in self.lock_tasks().drain(..) {
             task.abort();
         }
+        // The others hear at once that this host takes nothing more.
+        let value = serde_json::to_vec(&self.record()).unwrap_or_default();
+        let _ = self
+            .cluster
+            .client
+            .publish(names::HEARTBEATS, value.into())
+            .await;
         let _ = self.cluster.hosts.delete(self.id()).await;
         let _ = self.cluster.client.flush().await;
     }

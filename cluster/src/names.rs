@@ -7,6 +7,9 @@
 /// at every heartbeat, deleted when the host stops.
 pub const HOSTS_BUCKET: &str = "lambda-hosts";
 
+/// Core subject every host publishes its record on at each heartbeat (the live view).
+pub const HEARTBEATS: &str = "lambda.heartbeat";
+
 /// Key-value bucket of deployed functions: function name → [`crate::catalog::FunctionRecord`].
 pub const FUNCTIONS_BUCKET: &str = "lambda-functions";
 

@@ -1,13 +1,15 @@
 //! The host registry: each host writes its record ([`HostRecord`]: id, invoke address, what it
 //! runs, its capacity and environments per function) into the replicated [`HOSTS_BUCKET`]
-//! every [`HEARTBEAT`], and deletes it when it stops. Every host watches the bucket and keeps a
-//! [`HostView`]: a record that has not been rewritten for [`STALE_AFTER`], as this host's own
-//! clock sees its arrivals, is stale and never routed to (a host that died, hangs, or lost
-//! the cluster), and the bucket itself forgets it a minute later.
+//! every [`HEARTBEAT`], and deletes it when it stops; the bucket forgets a record a minute after
+//! its last write (a host that died). The same record goes out on [`HEARTBEATS`] at each beat,
+//! and every host keeps a [`HostView`] from what arrives there: a host not heard from for
+//! [`STALE_AFTER`], by this host's own clock, is stale and never routed to (it died, hangs, or
+//! lost the cluster). A core subscription is re-made by the client on every reconnect, so the
+//! view survives the loss of a NATS server without a watch to restart.
 //!
 //! [`HOSTS_BUCKET`]: crate::names::HOSTS_BUCKET
+//! [`HEARTBEATS`]: crate::names::HEARTBEATS
 
-use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -113,28 +115,15 @@ impl HostView {
         self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes in one change of the bucket.
-    pub fn apply(&self, entry: &kv::Entry) {
-        match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<HostRecord>(&entry.value) {
-                Ok(record) => {
-                    self.lock().insert(
-                        entry.key.clone(),
-                        Seen {
-                            record,
-                            at: Instant::now(),
-                        },
-                    );
-                }
-                // A record this version cannot read is a host it cannot route to.
-                Err(_) => {
-                    self.lock().remove(&entry.key);
-                }
+    /// Takes in one heartbeat.
+    pub fn apply(&self, record: HostRecord) {
+        self.lock().insert(
+            record.id.clone(),
+            Seen {
+                record,
+                at: Instant::now(),
             },
-            kv::Operation::Delete | kv::Operation::Purge => {
-                self.lock().remove(&entry.key);
-            }
-        }
+        );
     }
 
     /// Forgets every record: what this host knew is no longer current (it lost the cluster).
@@ -170,25 +159,12 @@ impl HostView {
 /// Records older than this are forgotten by the view (the bucket forgets them at a minute).
 const HOST_FORGET: Duration = Duration::from_secs(60);
 
-/// Keeps `view` up to date from the bucket, re-watching when the watch ends (the connection
-/// was lost and came back).
-pub async fn watch(bucket: kv::Store, view: HostView, log: impl Fn(&str)) {
-    loop {
-        match bucket.watch_all().await {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    match change {
-                        Ok(entry) => view.apply(&entry),
-                        Err(e) => {
-                            log(&format!("watching the host registry: {e}"));
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => log(&format!("watching the host registry: {e}")),
+/// Keeps `view` up to date from the heartbeats arriving on `subscription`.
+pub async fn watch(mut subscription: async_nats::Subscriber, view: HostView) {
+    while let Some(message) = subscription.next().await {
+        if let Ok(record) = serde_json::from_slice::<HostRecord>(&message.payload) {
+            view.apply(record);
         }
-        tokio::time::sleep(HEARTBEAT).await;
     }
 }
 

@@ -330,7 +330,7 @@ async fn cluster_host(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     let invoke_addr = invoke_listener.local_addr()?;
-    let (connected, on_event) = cluster::host::connection_watch(PROGRAM);
+    let (connection, on_event) = cluster::host::connection_watch(PROGRAM);
     let joined = Cluster::connect(&args.cluster, &format!("{PROGRAM} {id}"), on_event).await?;
     let default_work_dir = args.work_dir.is_none();
     let work_dir = args
@@ -363,7 +363,7 @@ async fn cluster_host(args: Args) -> anyhow::Result<()> {
     };
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let node = Node::start(joined, connected, Arc::new(pool.clone()), tails, settings)
+    let node = Node::start(joined, connection, Arc::new(pool.clone()), tails, settings)
         .await
         .context("joining the cluster")?;
     let front = Front::new(Arc::clone(&node));

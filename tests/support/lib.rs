@@ -4,6 +4,7 @@
 //! Everything here drives real processes: the real server binary, real runtimes, real HTTP.
 
 pub mod aws_clients;
+pub mod cluster;
 pub mod peers;
 pub mod server;
 

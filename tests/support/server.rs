@@ -360,7 +360,7 @@ impl Drop for LocalServer {
 }
 
 /// One request on `agent`. Any status is a reply; a request that gets no answer fails the test.
-fn send(
+pub fn send(
     agent: &ureq::Agent,
     method: &str,
     url: &str,

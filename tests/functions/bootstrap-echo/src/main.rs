@@ -49,7 +49,27 @@ impl Function for Echo {
             Some("whoami") => {
                 let sleep = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
                 std::thread::sleep(Duration::from_millis(sleep));
-                json!({ "environment": environment_id()?, "tag": payload.get("tag") })
+                // The network namespace tells apart hosts that each run in one of their own
+                // (the cluster tests).
+                let netns = std::fs::read_link("/proc/self/ns/net")
+                    .map(|link| link.to_string_lossy().into_owned())
+                    .ok();
+                json!({ "environment": environment_id()?, "tag": payload.get("tag"), "netns": netns })
+            }
+            // For the cluster tests: leaves a file named by the request id in `dir` (one per
+            // run, so a second run of one event shows as a second file).
+            Some("mark") => {
+                let dir = payload.get("dir").and_then(Value::as_str).unwrap_or(".");
+                let name = format!("{}.{}", ctx.request_id, environment_id()?);
+                let mut path = std::path::PathBuf::from(dir).join(&name);
+                let mut n = 0;
+                while path.exists() {
+                    n += 1;
+                    path = std::path::PathBuf::from(dir).join(format!("{name}.{n}"));
+                }
+                std::fs::write(&path, b"")
+                    .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+                json!({ "marked": name })
             }
             Some("context") => json!({
                 "request_id": ctx.request_id,
