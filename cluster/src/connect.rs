@@ -103,6 +103,8 @@ pub struct Cluster {
     pub attempts: kv::Store,
     pub artifacts: object_store::ObjectStore,
     pub events: stream::Stream,
+    /// The durable consumer every host takes events from.
+    pub events_consumer: jetstream::consumer::PullConsumer,
     pub failures: stream::Stream,
     /// The servers as given, for messages.
     pub urls: String,
@@ -224,6 +226,7 @@ impl Cluster {
             attempts: parts.attempts,
             artifacts: parts.artifacts,
             events: parts.events,
+            events_consumer: parts.events_consumer,
             failures: parts.failures,
             client,
             jetstream,
@@ -242,6 +245,7 @@ struct Parts {
     attempts: kv::Store,
     artifacts: object_store::ObjectStore,
     events: stream::Stream,
+    events_consumer: jetstream::consumer::PullConsumer,
     failures: stream::Stream,
 }
 
@@ -381,16 +385,24 @@ impl Setup<'_> {
             .query_account()
             .await
             .map_err(|e| self.error("JetStream (it is not ready)", e.to_string()))?;
+        let hosts = self.bucket(names::HOSTS_BUCKET, hosts_bucket()).await?;
+        let functions = self
+            .bucket(names::FUNCTIONS_BUCKET, functions_bucket())
+            .await?;
+        let attempts = self
+            .bucket(names::ATTEMPTS_BUCKET, attempts_bucket())
+            .await?;
+        let events = self.stream(events_stream()).await?;
+        let events_consumer = crate::events::consumer(&events)
+            .await
+            .map_err(|e| self.error("the event consumer", e))?;
         Ok(Parts {
-            hosts: self.bucket(names::HOSTS_BUCKET, hosts_bucket()).await?,
-            functions: self
-                .bucket(names::FUNCTIONS_BUCKET, functions_bucket())
-                .await?,
-            attempts: self
-                .bucket(names::ATTEMPTS_BUCKET, attempts_bucket())
-                .await?,
+            hosts,
+            functions,
+            attempts,
             artifacts: self.object_store().await?,
-            events: self.stream(events_stream()).await?,
+            events,
+            events_consumer,
             failures: self.stream(failures_stream()).await?,
         })
     }

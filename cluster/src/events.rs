@@ -16,7 +16,6 @@
 //! [`ATTEMPTS_BUCKET`]: crate::names::ATTEMPTS_BUCKET
 
 use crate::catalog::FunctionRecord;
-use crate::connect::Cluster;
 use crate::host::Node;
 use crate::names;
 use crate::runner::RunError;
@@ -54,24 +53,59 @@ impl EventQueue for StreamQueue {
         invocation: Invocation,
     ) -> Pin<Box<dyn Future<Output = Result<(), EnqueueError>> + Send + '_>> {
         Box::pin(async move {
-            let headers = wire::invocation_headers(&invocation);
             let subject = names::events_subject(&self.function);
+            let headers = wire::invocation_headers(&invocation);
             let queue_error = |e: &dyn std::fmt::Display| {
                 EnqueueError::Queue(format!("the cluster's event stream: {e}").into())
             };
-            let ack = self
-                .jetstream
-                .publish_with_headers(subject, headers, invocation.event)
+            publish_stored(&self.jetstream, subject, headers, invocation.event)
                 .await
-                .map_err(|e| queue_error(&e))?;
-            ack.await.map_err(|e| queue_error(&e))?;
-            Ok(())
+                .map_err(|e| queue_error(&e))
         })
     }
 }
 
+/// How long a publish to a stream is retried while the stream has no leader (one was lost
+/// with its server and the others are electing the next).
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Publishes to a stream and waits until it is stored; retried while the stream has no
+/// leader. The message's `Nats-Msg-Id` makes a retry of one that was stored after all a no-op.
+async fn publish_stored(
+    jetstream: &jetstream::Context,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+) -> Result<(), jetstream::context::PublishError> {
+    use jetstream::context::PublishErrorKind;
+    let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+    loop {
+        let stored = async {
+            jetstream
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await?
+                .await
+        }
+        .await;
+        match stored {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The durable consumer every host pulls events from (made by the first).
-pub async fn consumer(cluster: &Cluster) -> Result<consumer::PullConsumer, String> {
+pub async fn consumer(
+    events: &jetstream::stream::Stream,
+) -> Result<consumer::PullConsumer, String> {
     let config = pull::Config {
         durable_name: Some(names::EVENTS_CONSUMER.into()),
         description: Some("every lambda host".into()),
@@ -80,8 +114,7 @@ pub async fn consumer(cluster: &Cluster) -> Result<consumer::PullConsumer, Strin
         max_deliver: -1,
         ..Default::default()
     };
-    cluster
-        .events
+    events
         .get_or_create_consumer(names::EVENTS_CONSUMER, config)
         .await
         .map_err(|e| e.to_string())
@@ -267,19 +300,12 @@ async fn run_to_outcome(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(names::header::MSG_ID, id.as_str());
     headers.insert(names::header::REQUEST_ID, id.as_str());
-    let published = async {
-        node.cluster
-            .jetstream
-            .publish_with_headers(
-                names::failures_subject(record.name()),
-                headers,
-                Bytes::from(failure.clone()),
-            )
-            .await?
-            .await
-            .map(|_| ())
-            .map_err(async_nats::Error::from)
-    }
+    let published = publish_stored(
+        &node.cluster.jetstream,
+        names::failures_subject(record.name()),
+        headers,
+        Bytes::from(failure.clone()),
+    )
     .await;
     if let Err(e) = published {
         node.log(&format!(

@@ -1,8 +1,10 @@
 //! Request/reply for forwarded invokes, with a liveness watch: a host running a forwarded
 //! invoke says `alive` every [`ALIVE_EVERY`]; a caller that hears nothing for [`PROBE_AFTER`]
-//! asks the host's ping subject, and gives up at once when no one answers there (the host's
-//! connection is gone: `kill -9`), or after [`LOST_AFTER`] of silence (the host hangs or lost
-//! its network). A caller never waits longer than that on a dead host.
+//! asks the host's ping subject about that invoke ([`Probe`]). Running there: it waits on. The
+//! host never got it (the server holding the message was lost): another host may run it. The
+//! host finished it, or no one answers there (the host's connection is gone: `kill -9`): the
+//! invoke is lost, at once. Silence for [`LOST_AFTER`] (the host hangs or lost its network):
+//! lost too. A caller never waits longer than that on a dead host.
 //!
 //! Replies reach one inbox subscription per host ([`Replies`]), each invoke a subject under it.
 
@@ -92,6 +94,10 @@ impl Replies {
     }
 }
 
+/// Why an invoke did not run on a host that is there and may take it if asked again: its
+/// message was lost with a server.
+pub const NEVER_REACHED: &str = "the invoke never reached the host";
+
 /// How a forwarded invoke ended, as the caller sees it.
 #[derive(Debug)]
 pub enum Sent {
@@ -155,34 +161,65 @@ pub async fn send(
                 }
                 probed = true;
                 let Some(host) = host else { continue };
-                match probe(client, host).await {
-                    Probe::Alive => {
+                match probe(client, host, &forward.invocation.request_id).await {
+                    Some(Probe::Running) => {
                         heard = Instant::now();
                         probed = false;
                     }
-                    Probe::Gone => {
+                    Some(Probe::Unknown) => {
+                        return Sent::NotRun(NEVER_REACHED.into());
+                    }
+                    Some(Probe::Finished) => {
+                        return Sent::Failed(InvokeError::Lost(format!(
+                            "host {host} ran it, and its answer was lost"
+                        )));
+                    }
+                    Some(Probe::Gone) => {
                         return Sent::Failed(InvokeError::Lost(format!(
                             "host {host} is gone (its connection to the cluster closed)"
                         )));
                     }
-                    Probe::Silent => {}
+                    None => {}
                 }
             }
         }
     }
 }
 
-enum Probe {
-    Alive,
+/// What a host says of one forwarded invoke when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Running,
+    Finished,
+    /// It never arrived.
+    Unknown,
+    /// No one answers for the host: its connection is gone.
     Gone,
-    Silent,
 }
 
-async fn probe(client: &Client, host: &str) -> Probe {
-    let request = client.request(names::host_ping_subject(host), bytes::Bytes::new());
+impl Probe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Probe::Running => "running",
+            Probe::Finished => "finished",
+            Probe::Unknown | Probe::Gone => "unknown",
+        }
+    }
+}
+
+/// Asks `host` about request `request_id`; `None` when no answer came in time.
+async fn probe(client: &Client, host: &str, request_id: &str) -> Option<Probe> {
+    let request = client.request(
+        names::host_ping_subject(host),
+        bytes::Bytes::from(request_id.to_owned()),
+    );
     match tokio::time::timeout(Duration::from_secs(1), request).await {
-        Ok(Ok(_)) => Probe::Alive,
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Probe::Gone,
-        _ => Probe::Silent,
+        Ok(Ok(answer)) => Some(match answer.payload.as_ref() {
+            b"running" => Probe::Running,
+            b"finished" => Probe::Finished,
+            _ => Probe::Unknown,
+        }),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(Probe::Gone),
+        _ => None,
     }
 }

@@ -18,7 +18,7 @@
 
 use crate::catalog::{self, Catalog, FunctionRecord};
 use crate::connect::Cluster;
-use crate::forward::{self, Replies, Sent};
+use crate::forward::{self, Probe, Replies, Sent};
 use crate::names;
 use crate::registry::{self, HostRecord, HostView};
 use crate::runner::{RunError, Runner};
@@ -68,6 +68,9 @@ pub struct Node {
     connection: Arc<Connection>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     started_ms: u64,
+    /// The forwarded invokes running here, and the last ones that finished (for the callers'
+    /// probes).
+    forwarded: Mutex<Forwarded>,
     /// Signalled when this host's environments changed (one started, went busy or idle), so
     /// the others hear of it before the next heartbeat.
     changed: tokio::sync::Notify,
@@ -81,8 +84,6 @@ pub enum StartError {
     Register(String),
     #[error("reading the deployed functions: {0}")]
     Catalog(String),
-    #[error("the event consumer: {0}")]
-    Events(String),
 }
 
 /// The state of the connection to NATS, as its events tell it.
@@ -159,6 +160,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             started_ms: proto::time::epoch_ms(),
             changed: tokio::sync::Notify::new(),
+            forwarded: Mutex::new(Forwarded::default()),
             cluster,
         });
         node.catalog
@@ -168,9 +170,7 @@ impl Node {
         node.heartbeat_once()
             .await
             .map_err(|e| StartError::Register(e.to_string()))?;
-        let consumer = crate::events::consumer(&node.cluster)
-            .await
-            .map_err(|e| StartError::Events(e.to_string()))?;
+        let consumer = node.cluster.events_consumer.clone();
         let mut tasks = Vec::new();
         let log = {
             let node = Arc::clone(&node);
@@ -260,8 +260,7 @@ impl Node {
                 }
             }
             if !self.connected() {
-                // What this host knew of the others is no longer current.
-                self.view.clear();
+                // The records of the others age out of the view by themselves.
                 continue;
             }
             match self.heartbeat_once().await {
@@ -343,6 +342,12 @@ impl Node {
             if let Some(done) = self.run_here(function, &invocation, false).await {
                 return done;
             }
+        }
+        // A connection that dropped (its server was lost) is usually back within moments:
+        // wait a little for it rather than answer 429.
+        let reconnected = tokio::time::Instant::now() + RECONNECT_WAIT;
+        while !self.connected() && tokio::time::Instant::now() < reconnected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let others: Vec<HostRecord> = if self.connected() {
             self.view
@@ -462,7 +467,8 @@ impl Node {
             Sent::Done { outcome, tail } => Some(Ok((outcome, tail))),
             Sent::Failed(error) => Some(Err(error)),
             Sent::NotRun(reason) => {
-                if reason != BUSY {
+                // Busy now, or the message was lost: it may take the invoke in a later round.
+                if reason != BUSY && reason != forward::NEVER_REACHED {
                     skip.insert(host.id.clone());
                 }
                 None
@@ -476,16 +482,22 @@ impl Node {
         }
     }
 
+    /// Answers the probes of callers waiting on forwarded invokes: what became of the one
+    /// each names.
     async fn answer_pings(self: Arc<Self>, mut subscription: Subscriber) {
         while let Some(message) = subscription.next().await {
-            if let Some(reply) = message.reply {
-                let _ = self
-                    .cluster
-                    .client
-                    .publish(reply, bytes::Bytes::new())
-                    .await;
-            }
+            let Some(reply) = message.reply else {
+                continue;
+            };
+            let request_id = String::from_utf8_lossy(&message.payload);
+            let state = self.lock_forwarded().state(&request_id);
+            let answer = bytes::Bytes::from_static(state.as_str().as_bytes());
+            let _ = self.cluster.client.publish(reply, answer).await;
         }
+    }
+
+    fn lock_forwarded(&self) -> std::sync::MutexGuard<'_, Forwarded> {
+        self.forwarded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs one forwarded invoke and sends its outcome back.
@@ -493,7 +505,25 @@ impl Node {
         let Some(inbox) = message.reply.clone() else {
             return;
         };
-        let reply = self.answer_reply(message, &inbox).await;
+        let reply = match Forward::decode(message.headers.as_ref(), message.payload) {
+            Ok(forward) => {
+                let request_id = forward.invocation.request_id.clone();
+                self.lock_forwarded().running.insert(request_id.clone());
+                // Running until its answer is out, for the caller's probes.
+                let _finish = FinishForwarded {
+                    node: &self,
+                    request_id,
+                };
+                let reply = self.answer_reply(forward, &inbox).await;
+                self.send_reply(inbox, reply).await;
+                return;
+            }
+            Err(e) => Reply::Failed(InvokeError::Lost(e.to_string())),
+        };
+        self.send_reply(inbox, reply).await;
+    }
+
+    async fn send_reply(&self, inbox: async_nats::Subject, reply: Reply) {
         let (headers, body) = reply.encode();
         let client = &self.cluster.client;
         if let Err(e) = client.publish_with_headers(inbox, headers, body).await {
@@ -503,15 +533,7 @@ impl Node {
         }
     }
 
-    async fn answer_reply(
-        &self,
-        message: async_nats::Message,
-        inbox: &async_nats::Subject,
-    ) -> Reply {
-        let forward = match Forward::decode(message.headers.as_ref(), message.payload) {
-            Ok(forward) => forward,
-            Err(e) => return Reply::Failed(InvokeError::Lost(e.to_string())),
-        };
+    async fn answer_reply(&self, forward: Forward, inbox: &async_nats::Subject) -> Reply {
         if !self.accepting.load(Ordering::SeqCst) {
             return Reply::Refused(format!("host {} is stopping", self.id()));
         }
@@ -591,6 +613,10 @@ impl Node {
     }
 }
 
+/// How long an invoke waits for a dropped connection to come back before it is routed
+/// without the other hosts.
+const RECONNECT_WAIT: Duration = Duration::from_secs(2);
+
 /// How many hosts whose last record said they were full are asked anyway before a 429.
 const FULL_HOSTS_ASKED: usize = 2;
 
@@ -598,6 +624,47 @@ const FULL_HOSTS_ASKED: usize = 2;
 fn free(host: &HostRecord) -> i64 {
     let max = i64::try_from(host.max_concurrency).unwrap_or(i64::MAX);
     max - i64::try_from(host.in_use).unwrap_or(i64::MAX)
+}
+
+/// The forwarded invokes of this host, for probes.
+#[derive(Default)]
+struct Forwarded {
+    running: HashSet<String>,
+    finished: std::collections::VecDeque<String>,
+}
+
+/// How many finished forwarded invokes a host remembers.
+const FINISHED_KEPT: usize = 4096;
+
+impl Forwarded {
+    fn state(&self, request_id: &str) -> Probe {
+        if self.running.contains(request_id) {
+            Probe::Running
+        } else if self.finished.iter().any(|id| id == request_id) {
+            Probe::Finished
+        } else {
+            Probe::Unknown
+        }
+    }
+}
+
+/// Moves a forwarded invoke from running to finished when its answer is done.
+struct FinishForwarded<'a> {
+    node: &'a Node,
+    request_id: String,
+}
+
+impl Drop for FinishForwarded<'_> {
+    fn drop(&mut self) {
+        let mut forwarded = self.node.lock_forwarded();
+        forwarded.running.remove(&self.request_id);
+        if forwarded.finished.len() >= FINISHED_KEPT {
+            forwarded.finished.pop_front();
+        }
+        forwarded
+            .finished
+            .push_back(std::mem::take(&mut self.request_id));
+    }
 }
 
 /// The shortest time between two announcements of this host's changes.

@@ -126,11 +126,6 @@ impl HostView {
         );
     }
 
-    /// Forgets every record: what this host knew is no longer current (it lost the cluster).
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-
     /// The records rewritten within [`STALE_AFTER`], but for `except` (this host).
     pub fn live(&self, except: &str) -> Vec<HostRecord> {
         let mut hosts = self.lock();

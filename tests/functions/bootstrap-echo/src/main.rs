@@ -56,9 +56,11 @@ impl Function for Echo {
                     .ok();
                 json!({ "environment": environment_id()?, "tag": payload.get("tag"), "netns": netns })
             }
-            // For the cluster tests: leaves a file named by the request id in `dir` (one per
-            // run, so a second run of one event shows as a second file).
+            // For the cluster tests: sleeps `ms`, then leaves a file named by the request id in
+            // `dir` (one per run, so a second run of one event shows as a second file).
             Some("mark") => {
+                let sleep = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(sleep));
                 let dir = payload.get("dir").and_then(Value::as_str).unwrap_or(".");
                 let name = format!("{}.{}", ctx.request_id, environment_id()?);
                 let mut path = std::path::PathBuf::from(dir).join(&name);
