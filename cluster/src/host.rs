@@ -336,7 +336,6 @@ impl Node {
         invocation: Invocation,
         tail: bool,
     ) -> Result<(Outcome, Option<Vec<u8>>), InvokeError> {
-        let name = function.name();
         let here = function.runs_on(&self.runs);
         if here {
             if let Some(done) = self.run_here(function, &invocation, false).await {
@@ -359,30 +358,52 @@ impl Node {
             Vec::new()
         };
         let mut skip = HashSet::new();
-        let mut idle: Vec<&HostRecord> = others.iter().filter(|h| h.idle(name) > 0).collect();
-        idle.sort_by_key(|h| std::cmp::Reverse(h.idle(name)));
-        for host in idle {
+        // Environments free up while an invoke is routed: one that found every place taken
+        // looks once more before the answer is 429.
+        for _ in 0..ROUTE_PASSES {
             if let Some(done) = self
-                .forward_to(host, function, &invocation, tail, false, &mut skip)
+                .route_once(function, &invocation, tail, here, &others, &mut skip)
                 .await
             {
                 return done;
+            }
+        }
+        Err(InvokeError::Throttled {
+            reason: throttle_reason::ACCOUNT,
+        })
+    }
+
+    /// One pass of the routing order after this host's idle environments.
+    async fn route_once(
+        &self,
+        function: &Arc<FunctionRecord>,
+        invocation: &Invocation,
+        tail: bool,
+        here: bool,
+        others: &[HostRecord],
+        skip: &mut HashSet<String>,
+    ) -> Option<Result<(Outcome, Option<Vec<u8>>), InvokeError>> {
+        let name = function.name();
+        let mut idle: Vec<&HostRecord> = others.iter().filter(|h| h.idle(name) > 0).collect();
+        idle.sort_by_key(|h| std::cmp::Reverse(h.idle(name)));
+        for host in idle {
+            let forwarded = self.forward_to(host, function, invocation, tail, false, skip);
+            if let Some(done) = forwarded.await {
+                return Some(done);
             }
         }
         for host in others
             .iter()
             .filter(|h| h.has_snapshot(name) && h.has_capacity())
         {
-            if let Some(done) = self
-                .forward_to(host, function, &invocation, tail, true, &mut skip)
-                .await
-            {
-                return done;
+            let forwarded = self.forward_to(host, function, invocation, tail, true, skip);
+            if let Some(done) = forwarded.await {
+                return Some(done);
             }
         }
         if here {
-            if let Some(done) = self.run_here(function, &invocation, true).await {
-                return done;
+            if let Some(done) = self.run_here(function, invocation, true).await {
+                return Some(done);
             }
         }
         // Room elsewhere: the hosts with the most first. Records are up to a heartbeat old,
@@ -392,16 +413,12 @@ impl Node {
         let said_full = roomy.iter().filter(|h| !h.has_capacity()).count();
         let asked = roomy.len() - said_full.saturating_sub(FULL_HOSTS_ASKED);
         for host in roomy.into_iter().take(asked) {
-            if let Some(done) = self
-                .forward_to(host, function, &invocation, tail, true, &mut skip)
-                .await
-            {
-                return done;
+            let forwarded = self.forward_to(host, function, invocation, tail, true, skip);
+            if let Some(done) = forwarded.await {
+                return Some(done);
             }
         }
-        Err(InvokeError::Throttled {
-            reason: throttle_reason::ACCOUNT,
-        })
+        None
     }
 
     /// Runs the invoke here; `None` when this host cannot start it now.
@@ -616,6 +633,9 @@ impl Node {
 /// How long an invoke waits for a dropped connection to come back before it is routed
 /// without the other hosts.
 const RECONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// How often the routing order is gone through before a 429.
+const ROUTE_PASSES: usize = 2;
 
 /// How many hosts whose last record said they were full are asked anyway before a 429.
 const FULL_HOSTS_ASKED: usize = 2;

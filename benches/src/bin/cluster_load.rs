@@ -78,11 +78,18 @@ fn main() -> anyhow::Result<()> {
                         .post(url)
                         .send(event.as_bytes())
                         .with_context(|| format!("POST {url}"))?;
-                    response.body_mut().read_to_vec()?;
+                    let body = response.body_mut().read_to_vec()?;
                     if measuring.load(Ordering::Relaxed) {
                         if response.status() == 200 {
                             seen.latencies.push(started.elapsed());
                         } else {
+                            if seen.others == 0 {
+                                eprintln!(
+                                    "cluster_load: {}: {}",
+                                    response.status(),
+                                    String::from_utf8_lossy(&body)
+                                );
+                            }
                             seen.others += 1;
                         }
                     }
