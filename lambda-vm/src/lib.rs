@@ -8,8 +8,10 @@
 //! - [`snapshots`]: where SnapStart snapshots live, keyed to what they were made from;
 //! - [`host_link`]: the host end of the host link;
 //! - [`network`]: one network namespace, tap and veth per environment;
-//! - [`vmm_process`]: a microVM as its own `vmm` process.
+//! - [`vmm_process`]: a microVM as its own `vmm` process;
+//! - [`cluster_host`]: the host's microVMs as environments of a cluster (`--cluster`).
 
+pub mod cluster_host;
 pub mod guest;
 pub mod host;
 pub mod host_link;

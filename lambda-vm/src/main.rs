@@ -3,6 +3,8 @@
 //! environment a microVM in its own `vmm` process, booted from a guest kernel and the
 //! function's image (`scripts/build-rootfs.sh`), or restored from its SnapStart snapshot.
 
+mod cluster_serve;
+
 use anyhow::Context;
 use clap::Parser;
 use front_door::event_store::EventStore;
@@ -14,7 +16,6 @@ use lambda_vm::host::FunctionHost;
 use lambda_vm::jail::JailHost;
 use lambda_vm::network::{self, Networks};
 use lambda_vm::pool::HostLimit;
-use lambda_vm::snapshots::Snapshots;
 use lambda_vm::{FunctionService, Scaling};
 use proto::InitializationType;
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ struct Args {
     function_config: Option<PathBuf>,
     /// Serve every function in DIR: one subdirectory each, holding its function.json and its
     /// image (one `.ext4` or `.cpio` file).
-    #[arg(long, value_name = "DIR", required_unless_present = "rootfs")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["rootfs", "cluster"])]
     functions_dir: Option<PathBuf>,
     /// Most environments in use (busy or starting) at once, over all functions; a request
     /// beyond it gets 429 TooManyRequestsException.
@@ -112,6 +113,13 @@ struct Args {
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
+    /// Join a cluster (see the cluster crate): serve every function deployed there with an
+    /// ext4 or cpio image, instead of --functions-dir or --rootfs.
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
+    /// With --cluster: this host's id in the registry [default: the host name and a suffix].
+    #[arg(long, requires = "cluster")]
+    host_id: Option<String>,
 }
 
 /// One function to host: its configuration, where it came from, and its image.
@@ -147,7 +155,15 @@ async fn main() -> anyhow::Result<()> {
         max_connections: Some(args.max_connections),
         header_read_timeout: Some(header_timeout),
     };
-    let functions = functions(&args)?;
+    let functions = if args.cluster.enabled() {
+        anyhow::ensure!(
+            args.rootfs.is_none() && args.functions_dir.is_none(),
+            "--cluster serves the functions deployed to the cluster: give no --rootfs or --functions-dir"
+        );
+        Vec::new()
+    } else {
+        functions(&args)?
+    };
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
@@ -202,6 +218,28 @@ async fn main() -> anyhow::Result<()> {
     };
     let host = HostLimit::new(args.max_concurrency);
     let tails = LogTails::default();
+    // --cluster: a host of a cluster, serving what is deployed there (lambda_vm::cluster_host).
+    if args.cluster.enabled() {
+        let settings = lambda_vm::cluster_host::VmSettings {
+            vmm,
+            kernel: args.kernel.clone(),
+            boot_args: args.boot_args.clone(),
+            cpu_template,
+            networks: (!args.no_network)
+                .then(|| open_networks(args.network_range))
+                .flatten(),
+            console: args.console.clone(),
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            idle_timeout,
+            work_dir,
+            snapshot_dir: args.snapshot_dir.clone(),
+            on_failure_dir: args.on_failure_dir.clone(),
+            host,
+            tails,
+        };
+        let id = args.host_id.as_deref();
+        return cluster_serve::serve(&args.cluster, id, settings, args.listen, limits).await;
+    }
     let single = args.functions_dir.is_none();
     let mut hosted = Vec::new();
     for Function {
@@ -238,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
                     (Some(root), false) => root.join(&name),
                     (None, _) => function_dir.join("snapshots"),
                 };
-                snapshots_of(&spec, &function, root)
+                lambda_vm::snapshots::for_function(&spec, &function, root)
             });
         let provisioned = usize::try_from(function.provisioned_concurrency)?;
         let scaling = Scaling {
@@ -374,24 +412,4 @@ fn image_in(dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!("{}: no image (an .ext4 or .cpio file)", dir.display())
-}
-
-/// Where `function`'s snapshots live and what they are keyed to: the kernel, the image (which
-/// holds the function.json the guest reads), the guest-relevant host configuration and the
-/// VM's command line and memory. How many environments the host runs is not part of it.
-fn snapshots_of(spec: &GuestSpec, function: &proto::FunctionConfig, root: PathBuf) -> Snapshots {
-    let mut guest_relevant = function.clone();
-    guest_relevant.reserved_concurrency = None;
-    guest_relevant.provisioned_concurrency = 0;
-    // Whether the guest has a network device depends on the host too (--no-network, a host
-    // that cannot), not on function.json alone.
-    let settings = format!(
-        "{}\n{} mem_mib={} network={}",
-        String::from_utf8_lossy(&guest_relevant.to_canonical_json()),
-        spec.boot_args(),
-        spec.mem_size_mib,
-        spec.network.is_some()
-    );
-    let inputs = vec![spec.kernel.clone(), spec.rootfs.path().to_owned()];
-    Snapshots::new(root, inputs, settings)
 }

@@ -138,6 +138,15 @@ impl FunctionService {
         self.inner.scaling.reserved
     }
 
+    /// Whether its SnapStart snapshot is taken, ready to restore.
+    pub fn has_snapshot(&self) -> bool {
+        self.inner
+            .snapshots
+            .as_ref()
+            .and_then(|snapshots| snapshots.current().ok())
+            .is_some_and(|dir| dir.join(vmm::snapshot::STATE_FILE).exists())
+    }
+
     /// Environments per state.
     pub fn counts(&self) -> Counts {
         self.inner.pool().counts()
