@@ -7,13 +7,18 @@
 # `scripts/cluster.sh down` from another shell.
 #
 #   scripts/cluster.sh [up] [--hosts N] [--function DIR|ZIP]... [--max-concurrency N]
-#                      [--name NAME] [--subnet A.B.C] [--state DIR] [--bin-dir DIR] [--detach]
+#                      [--vm-host KERNEL] [--name NAME] [--subnet A.B.C] [--state DIR]
+#                      [--bin-dir DIR] [--detach]
 #   scripts/cluster.sh down [--name NAME] [--state DIR]
 #
 #   --hosts N            hosts to start (default 3)
 #   --function SRC       deploy SRC (lambda-cluster deploy: a directory with function.json and a
 #                        .zip package, or a package carrying its function.json); repeatable
 #   --max-concurrency N  environments per host (default 2)
+#   --vm-host KERNEL     also start one microVM host (lambda-vm --cluster, booting KERNEL from
+#                        scripts/build-kernel.sh; needs /dev/kvm): it runs the functions deployed
+#                        with an .ext4 or .cpio image, the local-mode hosts those with a .zip
+#                        package; its namespace is NAME-v1, its state STATE/hosts/v1
 #   --name NAME          names the namespaces NAME-h1..., the bridge NAME-br (default lcl; at
 #                        most 8 characters), so two clusters can run side by side
 #   --subnet A.B.C       the /24 the bridge (A.B.C.1, where the NATS servers listen) and the
@@ -36,11 +41,13 @@ case "${1:-}" in
     up | down) command=$1; shift ;;
 esac
 hosts=3 functions=() max_concurrency=2 name=lcl subnet=10.77.0 state="" bin_dir="" detach=false
+vm_kernel=""
 while [ $# -gt 0 ]; do
     case $1 in
         --hosts) hosts=${2:?"--hosts needs a number"}; shift 2 ;;
         --function) functions+=("$(realpath "${2:?"--function needs a path"}")"); shift 2 ;;
         --max-concurrency) max_concurrency=${2:?"--max-concurrency needs a number"}; shift 2 ;;
+        --vm-host) vm_kernel="$(realpath "${2:?"--vm-host needs a kernel"}")"; shift 2 ;;
         --name) name=${2:?"--name needs a name"}; shift 2 ;;
         --subnet) subnet=${2:?"--subnet needs A.B.C"}; shift 2 ;;
         --state) state=${2:?"--state needs a directory"}; shift 2 ;;
@@ -73,7 +80,7 @@ down() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
-    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$name-h[0-9]+$" || true); do
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$name-[hv][0-9]+$" || true); do
         # What a killed host left running in its namespace (its functions' runtimes).
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
         ip netns del "$ns"
@@ -93,10 +100,11 @@ ensure_nats_server
 if [ -z "$bin_dir" ]; then
     ensure_cargo
     step "building lambda-local and lambda-cluster"
-    cargo build --quiet --release -p lambda-local -p cluster
+    cargo build --quiet --release -p lambda-local -p cluster ${vm_kernel:+-p lambda-vm -p vmm}
     bin_dir="$(cargo_target_dir)/release"
 fi
-for bin in lambda-local lambda-cluster; do
+[ -z "$vm_kernel" ] || [ -e /dev/kvm ] || die "--vm-host needs /dev/kvm"
+for bin in lambda-local lambda-cluster ${vm_kernel:+lambda-vm vmm}; do
     [ -x "$bin_dir/$bin" ] || die "$bin_dir/$bin: no such program"
 done
 if [ -d "$state" ] || ip link show "$bridge" >/dev/null 2>&1; then
@@ -163,15 +171,32 @@ for source in "${functions[@]}"; do
     "$bin_dir/lambda-cluster" --cluster "$urls" deploy "$source"
 done
 
+# Makes namespace $1 with address $2 on the bridge.
+make_namespace() {
+    ip netns add "$1"
+    ip link add "$1" type veth peer name eth0 netns "$1"
+    ip link set "$1" master "$bridge" up
+    ip -n "$1" addr add "$2/24" dev eth0
+    ip -n "$1" link set eth0 up
+    ip -n "$1" link set lo up
+}
+
+# Waits for host $1's (a state directory) listening line; $2 names its program.
+wait_host() {
+    local _
+    for _ in $(seq 300); do
+        grep -q "$2: listening" "$1/log" && return 0
+        kill -0 "$(cat "$1/pid")" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$1/log" >&2
+    die "host $(basename "$1") did not start"
+}
+
 for i in $(seq "$hosts"); do
     ns="$name-h$i" address="$subnet.$((10 + i))" dir="$state/hosts/h$i"
     mkdir -p "$dir"
-    ip netns add "$ns"
-    ip link add "$ns" type veth peer name eth0 netns "$ns"
-    ip link set "$ns" master "$bridge" up
-    ip -n "$ns" addr add "$address/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
+    make_namespace "$ns" "$address"
     # nsenter, not `ip netns exec`: only the network changes, so the host still sees the
     # cgroup hierarchy its sandboxes are made in.
     nsenter --net="/run/netns/$ns" "$bin_dir/lambda-local" --cluster "$urls" --host-id "$ns" \
@@ -180,15 +205,22 @@ for i in $(seq "$hosts"); do
     echo $! >"$dir/pid"
     echo "http://$address:8080" >"$dir/url"
 done
+if [ -n "$vm_kernel" ]; then
+    ns="$name-v1" address="$subnet.10" dir="$state/hosts/v1"
+    mkdir -p "$dir"
+    make_namespace "$ns" "$address"
+    # The functions' own networking is off: a jailed environment's network needs the host's
+    # nftables and forwarding, which this demo leaves alone.
+    nsenter --net="/run/netns/$ns" "$bin_dir/lambda-vm" --cluster "$urls" --host-id "$ns" \
+        --kernel "$vm_kernel" --listen "$address:8080" --max-concurrency "$max_concurrency" \
+        --no-network --work-dir "$dir/work" >"$dir/log" 2>&1 &
+    echo $! >"$dir/pid"
+    echo "http://$address:8080" >"$dir/url"
+fi
 for i in $(seq "$hosts"); do
-    dir="$state/hosts/h$i"
-    for _ in $(seq 300); do
-        grep -q "lambda-local: listening" "$dir/log" && break
-        kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q "lambda-local: listening" "$dir/log" || { cat "$dir/log" >&2; die "host $i did not start"; }
+    wait_host "$state/hosts/h$i" lambda-local
 done
+[ -z "$vm_kernel" ] || wait_host "$state/hosts/v1" lambda-vm
 
 trap - EXIT
 echo
@@ -196,6 +228,7 @@ echo "NATS cluster: $urls"
 for i in $(seq "$hosts"); do
     echo "host $name-h$i: $(cat "$state/hosts/h$i/url")   (log: $state/hosts/h$i/log)"
 done
+[ -z "$vm_kernel" ] || echo "microVM host $name-v1: $(cat "$state/hosts/v1/url")   (log: $state/hosts/v1/log)"
 echo
 echo "deployed: $("$bin_dir/lambda-cluster" --cluster "$urls" functions | cut -f1 | tr '\n' ' ')"
 echo "invoke through any host, e.g.:"

@@ -9,7 +9,7 @@
 
 use integration_tests::cluster::{can_make_namespaces, echo_function, nats_server, TestCluster};
 use integration_tests::server::Reply;
-use integration_tests::{host_binary, wait_for, wait_until};
+use integration_tests::{guest_artifact, have_kvm, host_binary, wait_for, wait_until};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -61,7 +61,15 @@ fn start(test: &str, n: u32, hosts: usize, max_concurrency: usize) -> Option<Set
     let dir = tempfile::tempdir().unwrap();
     let function = echo_function(dir.path(), &function_config());
     let (name, subnet) = name_and_subnet(n);
-    let cluster = TestCluster::start(&name, &subnet, hosts, max_concurrency, &function, &nats);
+    let cluster = TestCluster::start(
+        &name,
+        &subnet,
+        hosts,
+        max_concurrency,
+        &[&function],
+        None,
+        &nats,
+    );
     // Every host has heard every other's heartbeat.
     let all_live = || (1..=hosts).all(|i| (1..=hosts).all(|j| i == j || cluster.sees_live(i, j)));
     assert!(
@@ -459,6 +467,72 @@ fn sync_invokes_go_on_when_a_nats_server_is_killed() {
         std::fs::read_dir(&marks).map_or(0, |d| d.count()) >= 5
     }));
     assert_eq!(busy.join().unwrap().status, 200);
+}
+
+#[test]
+fn a_microvm_host_and_local_hosts_serve_one_cluster() {
+    let test = "a_microvm_host_and_local_hosts_serve_one_cluster";
+    if !have_kvm(test) {
+        return;
+    }
+    let (Some(kernel), Some(image), Some(config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_ROOTFS"),
+        guest_artifact("GUEST_FUNCTION_CONFIG"),
+    ) else {
+        return;
+    };
+    let Some(nats) = nats_server(test) else {
+        return;
+    };
+    if !can_make_namespaces(test) {
+        return;
+    }
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    // A zip package for the local-mode hosts, an ext4 image for the microVM host.
+    let package = echo_function(dir.path(), &function_config());
+    let vm_function = dir.path().join("vm-function");
+    std::fs::create_dir(&vm_function).unwrap();
+    std::fs::copy(&config, vm_function.join("function.json")).unwrap();
+    std::fs::copy(&image, vm_function.join("image.ext4")).unwrap();
+    let vm_name: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let vm_name = vm_name["function_name"].as_str().unwrap().to_owned();
+    let (name, subnet) = name_and_subnet(5);
+    let cluster = TestCluster::start(
+        &name,
+        &subnet,
+        2,
+        1,
+        &[&package, &vm_function],
+        Some(&kernel),
+        &nats,
+    );
+    let hosts = [0, 1, 2];
+    let all_live = || {
+        hosts
+            .iter()
+            .all(|&i| hosts.iter().all(|&j| i == j || cluster.sees_live(i, j)))
+    };
+    assert!(wait_until(Duration::from_secs(60), all_live));
+    // The package only local-mode hosts run, through the microVM host.
+    let reply = cluster.invoke(0, FUNCTION, &json!({"action": "whoami"}));
+    let ran = ran_in(&reply);
+    assert!(
+        ran == cluster.host_netns(1) || ran == cluster.host_netns(2),
+        "{ran}"
+    );
+    // The image only the microVM host runs, through every host: the first boots a microVM.
+    for i in [1, 2, 0] {
+        let event = json!({"through": i});
+        let reply = cluster.invoke(i, &vm_name, &event);
+        assert_eq!(reply.status, 200, "through host {i}: {}", reply.text());
+        assert_eq!(reply.json(), event);
+    }
+    assert!(
+        cluster.host_log(0).contains("REPORT RequestId"),
+        "the microVM host ran them"
+    );
 }
 
 /// `lambda-local --cluster ARGS`: its exit status and stderr, or the listening line it printed

@@ -66,15 +66,16 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts `hosts` local-mode hosts (`max_concurrency` environments each) and 3 NATS
-    /// servers on the /24 `subnet` (A.B.C), names starting with `name`, with `function`
-    /// deployed.
+    /// Starts `hosts` local-mode hosts (`max_concurrency` environments each), with `vm_kernel`
+    /// a microVM host too (host 0), and 3 NATS servers on the /24 `subnet` (A.B.C), names
+    /// starting with `name`, with `functions` deployed.
     pub fn start(
         name: &str,
         subnet: &str,
         hosts: usize,
         max_concurrency: usize,
-        function: &Path,
+        functions: &[&Path],
+        vm_kernel: Option<&Path>,
         nats_server: &Path,
     ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
@@ -89,13 +90,21 @@ impl TestCluster {
             hosts,
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(60)))
+                // A microVM's first boot takes a minute on this project's emulated KVM.
+                .timeout_global(Some(Duration::from_secs(300)))
                 .build()
                 .new_agent(),
             _dir: dir,
         };
-        let output = Command::new(workspace_root().join("scripts/cluster.sh"))
-            .arg("up")
+        let mut command = Command::new(workspace_root().join("scripts/cluster.sh"));
+        command.arg("up");
+        for function in functions {
+            command.arg("--function").arg(function);
+        }
+        if let Some(kernel) = vm_kernel {
+            command.arg("--vm-host").arg(kernel);
+        }
+        let output = command
             .args(["--name", name, "--subnet", subnet])
             .args(["--hosts", &hosts.to_string()])
             .args(["--max-concurrency", &max_concurrency.to_string()])
@@ -103,8 +112,6 @@ impl TestCluster {
             .arg(&state)
             .arg("--bin-dir")
             .arg(&bin_dir)
-            .arg("--function")
-            .arg(function)
             .arg("--detach")
             .env("NATS_SERVER", nats_server)
             .output()
@@ -130,14 +137,27 @@ impl TestCluster {
         self.read("urls")
     }
 
-    /// Host `i` (1-based): its process id.
+    /// Where host `i` keeps its state: local-mode hosts are 1, 2, ..., the microVM host 0.
+    fn host_dir(i: usize) -> String {
+        match i {
+            0 => "hosts/v1".into(),
+            i => format!("hosts/h{i}"),
+        }
+    }
+
+    /// Host `i` (see [`TestCluster::host_dir`]): its process id.
     pub fn host_pid(&self, i: usize) -> u32 {
-        self.read(&format!("hosts/h{i}/pid")).parse().unwrap()
+        self.read(&format!("{}/pid", Self::host_dir(i)))
+            .parse()
+            .unwrap()
     }
 
     /// Host `i`'s id in the registry.
     pub fn host_id(&self, i: usize) -> String {
-        format!("{}-h{i}", self.name)
+        match i {
+            0 => format!("{}-v1", self.name),
+            i => format!("{}-h{i}", self.name),
+        }
     }
 
     /// Host `i`'s network namespace, as `/proc/PID/ns/net` names it.
@@ -148,7 +168,8 @@ impl TestCluster {
 
     /// Host `i`'s log so far.
     pub fn host_log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.state.join(format!("hosts/h{i}/log"))).unwrap_or_default()
+        std::fs::read_to_string(self.state.join(format!("{}/log", Self::host_dir(i))))
+            .unwrap_or_default()
     }
 
     /// NATS server `i` (1 to 3): its process id.
@@ -158,7 +179,8 @@ impl TestCluster {
 
     /// The NATS server (1 to 3) host `i` is connected to, by the servers' own account.
     pub fn nats_of_host(&self, i: usize) -> Option<usize> {
-        let wanted = format!("lambda-local {}", self.host_id(i));
+        let program = if i == 0 { "lambda-vm" } else { "lambda-local" };
+        let wanted = format!("{program} {}", self.host_id(i));
         (1..=3).find(|&n| {
             let url = format!("{}/connz", self.read(&format!("nats/n{n}/monitor")));
             let reply = send(&self.agent, "GET", &url, &[], b"");
@@ -173,7 +195,7 @@ impl TestCluster {
     pub fn invoke_url(&self, i: usize, function: &str) -> String {
         format!(
             "{}/2015-03-31/functions/{function}/invocations",
-            self.read(&format!("hosts/h{i}/url"))
+            self.read(&format!("{}/url", Self::host_dir(i)))
         )
     }
 
@@ -211,7 +233,10 @@ impl TestCluster {
 
     /// What host `i` says of the cluster (`GET /cluster`).
     pub fn status(&self, i: usize) -> serde_json::Value {
-        let url = format!("{}/cluster", self.read(&format!("hosts/h{i}/url")));
+        let url = format!(
+            "{}/cluster",
+            self.read(&format!("{}/url", Self::host_dir(i)))
+        );
         let reply = send(&self.agent, "GET", &url, &[], b"");
         serde_json::from_slice(&reply.body).unwrap_or_default()
     }
@@ -260,7 +285,8 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for i in 1..=self.hosts {
+            let vm_host = self.state.join(Self::host_dir(0)).exists();
+            for i in (if vm_host { 0 } else { 1 })..=self.hosts {
                 let log = self.host_log(i);
                 let cluster_lines: Vec<&str> = log
                     .lines()
