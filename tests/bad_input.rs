@@ -365,13 +365,21 @@ fn idle_connections_are_bounded_and_timed_out() {
         .collect();
     let reply = server.invoke(&json!({"after": "idlers"}));
     assert_eq!(reply.status, 200, "{}", reply.text());
-    // The idle ones were closed by the server.
+    // The idle ones were closed by the server: timed out, or closed for a newer client at the
+    // cap (a reset, when the server closed with their bytes unread).
     for mut stream in idle.into_iter().take(8) {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut rest = Vec::new();
-        assert!(stream.read_to_end(&mut rest).is_ok());
+        let read = stream.read_to_end(&mut rest);
+        assert!(
+            read.is_ok()
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
     }
     still_serves(&mut server);
 }

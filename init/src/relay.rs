@@ -10,6 +10,7 @@ use crate::log::{say, LinkLog};
 use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
+use http_server::ConnectionLimits;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
 };
@@ -69,6 +70,8 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         restored: restored_rx,
         started: Instant::now(),
     };
+    let rapid = &function.rapid;
+    let api_limits = ConnectionLimits::runtime_api(rapid.timeout.max(rapid.init_timeout));
     let handle = Handle::new(
         function.rapid,
         api.local_addr()?,
@@ -76,7 +79,7 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         Some(Arc::new(snapshot)),
     );
     let api_handle = handle.clone();
-    tokio::spawn(http_server::serve(api, move |request| {
+    tokio::spawn(http_server::serve(api, api_limits, move |request| {
         rapid::runtime_api::handle(api_handle.clone(), request)
     }));
     if options.pid1 {

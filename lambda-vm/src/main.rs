@@ -94,6 +94,14 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// Seconds a request body may take before --min-body-rate applies: a body that sends
+    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// The slowest a request body may arrive, in bytes a second on average, after
+    /// --body-timeout.
+    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
+    min_body_rate: u32,
     /// The IPv4 range each environment's host link (a /30) is cut from: the host side of
     /// the link is the one host address a function reaches, and the function's traffic leaves
     /// the host translated from the environment's side.
@@ -135,18 +143,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
         .context("--idle-timeout must be a number of seconds")?;
-    anyhow::ensure!(
-        args.max_connections > 0,
-        "--max-connections must be at least 1"
-    );
-    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--header-timeout must be a positive number of seconds")?;
-    let limits = ConnectionLimits {
-        max_connections: Some(args.max_connections),
-        header_read_timeout: Some(header_timeout),
-    };
+    let limits = ConnectionLimits::from_flags(
+        args.max_connections,
+        args.header_timeout,
+        args.body_timeout,
+        args.min_body_rate,
+    )?;
     let functions = functions(&args)?;
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
