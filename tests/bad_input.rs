@@ -204,7 +204,7 @@ fn accepted_events_survive_a_sigterm() {
 
 fn events_survive(signal: nix::sys::signal::Signal) {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("events.redb");
+    let store = dir.path().join("events");
     let store_arg = store.to_str().unwrap();
     let args = ["--event-store", store_arg, "--async-retry-delay", "0.1"];
     let Some(mut first) = start(&args) else {
@@ -260,7 +260,7 @@ fn events_survive(signal: nix::sys::signal::Signal) {
 #[test]
 fn more_events_than_places_in_memory_are_accepted_and_all_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("events.redb");
+    let store = dir.path().join("events");
     let args = ["--event-store", store.to_str().unwrap()];
     let Some(mut server) = start(&args) else {
         return;

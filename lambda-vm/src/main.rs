@@ -263,8 +263,15 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
         };
-        let events = EventStore::open(&function_dir.join("events.redb"))
-            .with_context(|| format!("the event store of {name}"))?;
+        let store_dir = function_dir.join("events");
+        let (events, recovery) =
+            EventStore::open(&store_dir).with_context(|| format!("the event store of {name}"))?;
+        if let Some(damage) = recovery.describe() {
+            eprintln!(
+                "lambda-vm: the event store {} was damaged: {damage}",
+                store_dir.display()
+            );
+        }
         let service = FunctionService::new(served, function, spec, snapshots, scaling, log);
         let endpoint = Endpoint::new(service.clone(), tails.clone(), Some(events));
         hosted.push((service, endpoint));

@@ -80,9 +80,9 @@ struct Args {
     /// --body-timeout.
     #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
     min_body_rate: u32,
-    /// Where accepted asynchronous invokes are kept until they have an outcome (a crash-safe
-    /// store; a restarted server runs what it holds) [default:
-    /// $TMPDIR/lambda-local-ADDR-PORT/events.redb, for the invoke endpoint's address].
+    /// The directory where accepted asynchronous invokes are kept until they have an outcome
+    /// (a crash-safe store; a restarted server runs what it holds) [default:
+    /// $TMPDIR/lambda-local-ADDR-PORT/events, for the invoke endpoint's address].
     #[arg(long)]
     event_store: Option<PathBuf>,
     /// How often a failed asynchronous invoke is retried (0 to 2), as Lambda's
@@ -244,9 +244,15 @@ async fn main() -> anyhow::Result<()> {
     let default_store = event_store.is_none();
     let store_path = event_store.unwrap_or_else(|| {
         let name = format!("lambda-local-{}-{}", invoke_addr.ip(), invoke_addr.port());
-        std::env::temp_dir().join(name).join("events.redb")
+        std::env::temp_dir().join(name).join("events")
     });
-    let events = EventStore::open(&store_path).context("--event-store")?;
+    let (events, recovery) = EventStore::open(&store_path).context("--event-store")?;
+    if let Some(damage) = recovery.describe() {
+        eprintln!(
+            "lambda-local: the event store {} was damaged: {damage}",
+            store_path.display()
+        );
+    }
     let store = events.clone();
     // Watch the signals before anything starts, so none is missed.
     let mut terminate = signal(SignalKind::terminate())?;
@@ -290,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // A default store with nothing left in it is not worth keeping in the temp directory.
-    if default_store && store.pending().is_ok_and(|pending| pending.is_empty()) {
+    if default_store && store.is_empty() {
         drop(store);
         if let Some(dir) = store_path.parent() {
             let _ = std::fs::remove_dir_all(dir);
