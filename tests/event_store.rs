@@ -373,3 +373,93 @@ fn a_thousand_stored_1_mib_events_keep_memory_bounded_at_restart() {
         "{most} KiB resident while the stored events ran"
     );
 }
+
+/// Records for a failure destination on a full disk are not lost: each event stays stored and
+/// its record is tried again, with a log line, until space returns; no temporary file is left.
+#[test]
+fn a_full_failure_destination_keeps_every_record_until_space_returns() {
+    let Some(tmpfs) = Tmpfs::mount("a full failure destination", "1m") else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let destination = tmpfs.path().join("failed");
+    let args = [
+        "--on-failure-dir",
+        destination.to_str().unwrap(),
+        "--async-retry-delay",
+        "0.1",
+        "--maximum-retry-attempts",
+        "0",
+    ];
+    let Some(server) = start(&store.path().join("events"), &args) else {
+        return;
+    };
+    let filler = tmpfs.fill();
+    let ids: Vec<String> = (0..20)
+        .map(|n| {
+            let body = format!(r#"{{"action":"error","message":"full {n}"}}"#);
+            let reply = server.invoke_raw(body.as_bytes(), &[EVENT]);
+            assert_eq!(reply.status, 202, "{}", reply.text());
+            reply.id()
+        })
+        .collect();
+    let refused = |logs: &[String], id: &str| {
+        logs.iter().any(|l| {
+            l.starts_with(&format!(
+                "rapid: async invoke {id}: RetriesExhausted; cannot write"
+            )) && l.contains("trying again")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let logs = server.logs();
+            ids.iter().all(|id| refused(&logs, id))
+        }),
+        "not every record was refused and kept: {:#?}",
+        server.logs()
+    );
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !names(&destination).iter().any(|n| n.ends_with(".tmp")),
+        "{:?}",
+        names(&destination)
+    );
+    std::fs::remove_file(filler).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || ids
+            .iter()
+            .all(|id| destination.join(format!("{id}.json")).exists())),
+        "records missing after space returned: {:?}",
+        names(&destination)
+    );
+    for id in &ids {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(destination.join(format!("{id}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(record["requestContext"]["requestId"], id.as_str());
+        assert_eq!(started(&server.logs(), id), 1, "{id} ran once");
+    }
+    assert_eq!(
+        names(&destination).len(),
+        ids.len(),
+        "{:?}",
+        names(&destination)
+    );
+    println!(
+        "refused writes logged: {}",
+        server
+            .logs()
+            .iter()
+            .filter(|l| l.contains("cannot write"))
+            .count()
+    );
+}

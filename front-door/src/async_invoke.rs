@@ -305,15 +305,27 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
         &time::rfc3339_now(),
         (condition, failures),
     );
-    match write_atomically(dir, &format!("{id}.json"), &record) {
-        Ok(path) => sandbox.log(&format!(
-            "rapid: async invoke {id}: {condition} after {failures} attempt(s); destination record {}",
-            path.display()
-        )),
-        Err(e) => sandbox.log(&format!(
-            "rapid: async invoke {id}: {condition}; cannot write its record in {}: {e}",
-            dir.display()
-        )),
+    // Until the record is written the event stays in the store (a restart runs it again): a
+    // full or failing destination delays records, never loses them.
+    let mut wait = config.retry_delay.max(Duration::from_millis(100));
+    loop {
+        match write_atomically(dir, &format!("{id}.json"), &record) {
+            Ok(path) => {
+                sandbox.log(&format!(
+                    "rapid: async invoke {id}: {condition} after {failures} attempt(s); destination record {}",
+                    path.display()
+                ));
+                return;
+            }
+            Err(e) => sandbox.log(&format!(
+                "rapid: async invoke {id}: {condition}; cannot write its record in {}: {e}; \
+                 the event stays stored, trying again in {:.1} s",
+                dir.display(),
+                wait.as_secs_f64()
+            )),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_WAIT);
     }
 }
 
@@ -354,20 +366,42 @@ fn destination_record(
 }
 
 /// Checks, at start, that failure records can be written to `dir` (created if missing): a
-/// misconfigured destination is found before any event depends on it.
+/// misconfigured destination is found before any event depends on it. Temporary files a
+/// killed server left there are removed.
 pub fn check_destination(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let probe = write_atomically(dir, ".lambda-destination-check", b"")?;
     std::fs::remove_file(probe)
 }
 
-/// Writes `name` in `dir` through a temporary file and a rename, so a reader never sees half a
-/// record.
+/// Ends the name of a record being written (`.NAME.tmp`).
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Writes `name` in `dir` through a temporary file, synced, and a rename, so a reader never
+/// sees half a record, and a record is on disk before its event is forgotten. On an error the
+/// temporary file is removed: nothing is left behind.
 fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
-    let temp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&temp, contents)?;
-    std::fs::rename(&temp, &path)?;
+    let temp = dir.join(format!(".{name}{TEMP_SUFFIX}"));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
     Ok(path)
 }
 
