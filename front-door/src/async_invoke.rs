@@ -266,7 +266,9 @@ async fn run<I: Invoker>(sandbox: &I, invocation: Invocation, accepted_ms: u64) 
         if age() >= config.maximum_event_age {
             break "EventAgeExceeded";
         }
-        let delay = match sandbox.invoke(invocation.clone()).await {
+        // Waiting for an environment ends when the event would be too old.
+        let deadline = tokio::time::Instant::now() + config.maximum_event_age.saturating_sub(age());
+        let delay = match sandbox.invoke_event(invocation.clone(), deadline).await {
             Ok(Outcome::Success(_)) => return,
             Ok(Outcome::Failure { body, .. }) => {
                 last = body.to_vec();

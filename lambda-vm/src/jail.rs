@@ -5,6 +5,7 @@
 //! What the host allows is found once, at start ([`JailHost::detect`]), and said in the
 //! service's first lines ([`JailHost::describe`]).
 
+use crate::owner::Owner;
 use nix::sched::{setns, unshare, CloneFlags};
 use std::ffi::OsString;
 use std::fs::File;
@@ -15,7 +16,9 @@ use std::sync::OnceLock;
 
 /// Jail users and groups are `BASE + service slot * 65536 + environment number`: unused by
 /// distributions (which stay below 65536, and below 1 000 000 for subordinate ranges), and
-/// different for every environment of every service running at once.
+/// different for every environment of every service running at once. A service claims its slot
+/// in [`CLAIMS_DIR`] (the claim names it, by pid and start time), so no two running services
+/// share one, and the next start can tell a dead service's cgroups from a live one's.
 const ID_BASE: u32 = 1_000_000;
 const IDS_PER_SERVICE: u32 = 65_536;
 const SERVICE_SLOTS: u32 = 4096;
@@ -29,6 +32,10 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// The cgroup v1 controllers used, each mounted at /sys/fs/cgroup/<name>.
 const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where services claim their slots: one place for every service on the host.
+const CLAIMS_DIR: &str = "/run/lambda-vm/jail";
+/// How long the sweep waits for what is left in a dead service's cgroup to die.
+const SWEEP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 const V2_ROOT: &str = "/sys/fs/cgroup/unified";
 
 /// Devices a VM may use, when the host has them: KVM always; the tap device of a network
@@ -47,6 +54,8 @@ pub struct JailHost {
     /// Why cgroup limits are partly or wholly off, if they are.
     cgroup_note: Option<String>,
     slot: u32,
+    /// This service's claim on `slot`, removed when the service ends normally.
+    claim: PathBuf,
 }
 
 static HOST: OnceLock<JailHost> = OnceLock::new();
@@ -60,6 +69,13 @@ pub fn enable(host: JailHost) {
 /// The jail settings, if jails are on.
 pub fn host() -> Option<&'static JailHost> {
     HOST.get()
+}
+
+/// Gives up this service's jail slot, when it stops with every `vmm` gone.
+pub fn release() {
+    if let Some(host) = HOST.get() {
+        let _ = std::fs::remove_file(&host.claim);
+    }
 }
 
 impl JailHost {
@@ -76,37 +92,28 @@ impl JailHost {
         let own_pid_ns = File::open("/proc/self/ns/pid")
             .map_err(|e| format!("opening /proc/self/ns/pid: {e}"))?;
         let (cgroups, cgroup_note) = detect_cgroups();
-        let host = JailHost {
+        let claims = Path::new(CLAIMS_DIR);
+        std::fs::create_dir_all(claims)
+            .map_err(|e| format!("creating {}: {e}", claims.display()))?;
+        let swept = sweep(claims, &cgroups);
+        if swept > 0 {
+            log::info!("removed {swept} cgroups left by services that are gone");
+        }
+        let owner = Owner::of_this_process().ok_or("cannot read /proc/self/stat")?;
+        // The pid's own slot first, as before claims, then the others in turn.
+        let first = std::process::id() % SERVICE_SLOTS;
+        let candidates = (0..SERVICE_SLOTS).map(|n| (first + n) % SERVICE_SLOTS);
+        let (slot, claim) = crate::owner::claim(claims, candidates, owner)
+            .map_err(|e| format!("claiming a jail slot in {}: {e}", claims.display()))?
+            .ok_or_else(|| format!("every jail slot in {} is claimed", claims.display()))?;
+        Ok(JailHost {
             root,
             own_pid_ns,
             cgroups,
             cgroup_note,
-            slot: std::process::id() % SERVICE_SLOTS,
-        };
-        host.sweep_cgroups();
-        Ok(host)
-    }
-
-    /// Removes the cgroups a dead service with this slot left (it was killed before it could
-    /// remove them): they are named by ids only this slot hands out, and a cgroup that still
-    /// has a process is not removed (`rmdir` refuses it).
-    fn sweep_cgroups(&self) {
-        let ours =
-            ID_BASE + self.slot * IDS_PER_SERVICE..ID_BASE + (self.slot + 1) * IDS_PER_SERVICE;
-        for parent in &self.cgroups {
-            let Ok(entries) = std::fs::read_dir(parent) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let id = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok());
-                if id.is_some_and(|id| ours.contains(&id)) {
-                    let _ = std::fs::remove_dir(entry.path());
-                }
-            }
-        }
+            slot,
+            claim,
+        })
     }
 
     /// One line: which protections are on, and which are off and why.
@@ -192,6 +199,111 @@ impl JailHost {
         let spawned = spawn();
         setns(&self.own_pid_ns, CloneFlags::CLONE_NEWPID)?;
         spawned
+    }
+}
+
+impl Drop for JailHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.claim);
+    }
+}
+
+/// The slot a jail id belongs to.
+fn slot_of_id(id: u32) -> Option<u32> {
+    id.checked_sub(ID_BASE)
+        .map(|n| n / IDS_PER_SERVICE)
+        .filter(|&slot| slot < SERVICE_SLOTS)
+}
+
+/// Removes what services that are gone left (they were killed before they could remove it):
+/// every cgroup of a slot whose claim names an owner that is not running, with any process
+/// still in it killed first, then those claims; and every empty cgroup of a slot with no claim
+/// (left by a service from before claims: one with a process in it may be a running service's,
+/// and `rmdir` leaves it). A running service's cgroups are never touched. Returns how many
+/// cgroups were removed.
+fn sweep(claims: &Path, parents: &[PathBuf]) -> usize {
+    // The cgroups are listed before the claims are read: a service claims its slot before it
+    // makes any cgroup, so one whose slot has no live claim after the listing is left over.
+    let mut groups = Vec::new();
+    for parent in parents {
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(slot) = id.and_then(slot_of_id) {
+                groups.push((slot, entry.path()));
+            }
+        }
+    }
+    let mut live = std::collections::BTreeSet::new();
+    let mut dead = Vec::new();
+    for entry in std::fs::read_dir(claims).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match name.parse::<u32>() {
+            Ok(slot) => match Owner::of_claim(&entry.path()) {
+                Some(owner) if owner.is_running() => {
+                    live.insert(slot);
+                }
+                _ => dead.push((slot, entry.path())),
+            },
+            Err(_) if crate::owner::draft_owner_gone(&name) => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            Err(_) => {}
+        }
+    }
+    let mut left = std::collections::BTreeSet::new();
+    let mut removed = 0;
+    let claimed: std::collections::BTreeSet<u32> = dead.iter().map(|(slot, _)| *slot).collect();
+    for (slot, group) in groups {
+        if live.contains(&slot) {
+            continue;
+        }
+        if !claimed.contains(&slot) {
+            if std::fs::remove_dir(&group).is_ok() {
+                removed += 1;
+            }
+            continue;
+        }
+        if remove_cgroup(&group) {
+            removed += 1;
+        } else {
+            log::warn!(
+                "cannot remove {}, left by a service that is gone: processes remain",
+                group.display()
+            );
+            left.insert(slot);
+        }
+    }
+    for (slot, claim) in dead {
+        // A slot whose cgroups are not all gone stays claimed, for the next start to try.
+        if !left.contains(&slot) {
+            let _ = std::fs::remove_file(claim);
+        }
+    }
+    removed
+}
+
+/// Kills what is in the v1 cgroup `group` and removes it; false if that did not happen within
+/// [`SWEEP_PATIENCE`].
+fn remove_cgroup(group: &Path) -> bool {
+    let deadline = std::time::Instant::now() + SWEEP_PATIENCE;
+    loop {
+        if std::fs::remove_dir(group).is_ok() || !group.exists() {
+            return true;
+        }
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -308,36 +420,55 @@ fn detect_cgroups() -> (Vec<PathBuf>, Option<String>) {
 mod tests {
     use super::*;
 
-    /// A cgroup left by a dead service of this slot (empty: its vmm is gone) is removed at
-    /// start; one of another slot is not this service's to remove.
+    /// The cgroups of a service that is gone are swept at start, whatever its slot: those of
+    /// a slot whose claim names a dead owner, or that has no claim; those of a running
+    /// service's slot are left alone, and each service claims a slot no running one has.
     #[test]
-    fn a_dead_services_cgroups_of_this_slot_are_swept_at_start() {
+    fn a_dead_services_cgroups_are_swept_by_owner_whatever_its_slot() {
         if !nix::unistd::geteuid().is_root() {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             assert!(!ci, "this test needs root (cgroups) under CI");
-            eprintln!("SKIPPED a_dead_services_cgroups_of_this_slot_are_swept_at_start: needs root to make cgroups");
+            eprintln!("SKIPPED a_dead_services_cgroups_are_swept_by_owner_whatever_its_slot: needs root to make cgroups");
             return;
         }
         let work = tempfile::tempdir().unwrap();
-        let host = JailHost::detect(work.path()).unwrap();
-        let Some(parent) = host.cgroups.first().cloned() else {
+        let first = JailHost::detect(work.path()).unwrap();
+        let Some(parent) = first.cgroups.first().cloned() else {
             panic!(
                 "no v1 cgroup hierarchy to test with: {:?}",
-                host.cgroup_note
+                first.cgroup_note
             );
         };
-        let slot = std::process::id() % SERVICE_SLOTS;
-        let ours =
-            parent.join((ID_BASE + slot * IDS_PER_SERVICE + IDS_PER_SERVICE - 1).to_string());
-        let other_slot = (slot + 1) % SERVICE_SLOTS;
-        let theirs =
-            parent.join((ID_BASE + other_slot * IDS_PER_SERVICE + IDS_PER_SERVICE - 1).to_string());
-        std::fs::create_dir_all(&ours).unwrap();
-        std::fs::create_dir_all(&theirs).unwrap();
-        let _again = JailHost::detect(work.path()).unwrap();
-        let (ours_left, theirs_left) = (ours.exists(), theirs.exists());
-        let _ = std::fs::remove_dir(&theirs);
-        assert!(!ours_left, "{} was not swept", ours.display());
-        assert!(theirs_left, "{} belongs to another slot", theirs.display());
+        let second = JailHost::detect(work.path()).unwrap();
+        assert_ne!(
+            first.slot, second.slot,
+            "two running services share no slot"
+        );
+        let group = |slot: u32| parent.join((ID_BASE + slot * IDS_PER_SERVICE + 7).to_string());
+        let (dead, alive) = (group(first.slot), group(second.slot));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&alive).unwrap();
+        // The first service dies without cleaning up: its claim names an owner that is gone.
+        let gone = Owner {
+            pid: std::process::id(),
+            start_ticks: 0,
+        };
+        std::fs::write(&first.claim, gone.to_string()).unwrap();
+        let dead_claim = first.claim.clone();
+        std::mem::forget(first);
+        let third = JailHost::detect(work.path()).unwrap();
+        let (dead_left, alive_left) = (dead.exists(), alive.exists());
+        let _ = std::fs::remove_dir(&alive);
+        assert!(!dead_left, "{} was not swept", dead.display());
+        assert!(
+            alive_left,
+            "{} belongs to a running service",
+            alive.display()
+        );
+        assert!(
+            third.claim == dead_claim || !dead_claim.exists(),
+            "the dead service's claim was not removed (or taken over)"
+        );
+        drop((second, third));
     }
 }

@@ -298,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
     for service in host.services() {
         service.shutdown().await;
     }
+    lambda_vm::jail::release();
     Ok(())
 }
 

@@ -17,14 +17,13 @@
 //! claim names its owner (pid and start time). An [`EnvNetwork`] removes everything when it
 //! is dropped; [`Networks::sweep`] removes what a service that died left behind.
 
-use std::fs::{File, OpenOptions};
+use crate::owner::Owner;
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The tap device inside every environment's namespace, the VM's network backend.
 pub const TAP: &str = "tap0";
@@ -162,7 +161,8 @@ impl Networks {
         let networks = Networks {
             range,
             run_dir,
-            owner: Owner::of_this_process()?,
+            owner: Owner::of_this_process()
+                .ok_or_else(|| NetworkError::Unavailable("cannot read /proc/self/stat".into()))?,
         };
         let swept = networks.sweep();
         if swept > 0 {
@@ -193,42 +193,12 @@ impl Networks {
 
     /// Claims the lowest free slot: `<run dir>/<slot>`, created exclusively, holding the owner.
     fn claim(&self) -> Result<(u32, PathBuf), NetworkError> {
-        let claim_error = |source| NetworkError::Claim {
-            dir: self.run_dir.clone(),
-            source,
-        };
-        // The claim appears whole, owner written, or not at all: it is written under a private
-        // name and linked to the slot's (which fails if the slot is taken). A sweep never sees
-        // an empty claim, which it would take for an abandoned one.
-        static CLAIMS: AtomicU64 = AtomicU64::new(0);
-        let n = CLAIMS.fetch_add(1, Ordering::Relaxed);
-        let draft = self
-            .run_dir
-            .join(format!(".draft-{}-{n}", std::process::id()));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&draft)
-            .and_then(|mut file| file.write_all(self.owner.to_string().as_bytes()))
-            .map_err(claim_error)?;
-        let mut claimed = Err(NetworkError::Exhausted(self.range));
-        for slot in self.range.slots() {
-            let path = self.run_dir.join(slot.to_string());
-            match std::fs::hard_link(&draft, &path) {
-                Ok(()) => {
-                    claimed = Ok((slot, path));
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    claimed = Err(claim_error(e));
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&draft);
-        claimed
+        crate::owner::claim(&self.run_dir, self.range.slots(), self.owner)
+            .map_err(|source| NetworkError::Claim {
+                dir: self.run_dir.clone(),
+                source,
+            })?
+            .ok_or(NetworkError::Exhausted(self.range))
     }
 
     /// Removes every `lvm-<slot>` namespace, veth and nft table, and claim, whose owner is not
@@ -246,7 +216,7 @@ impl Networks {
             for name in claims {
                 if let Ok(slot) = name.parse::<u32>() {
                     slots.insert(slot);
-                } else if draft_owner_gone(&name) {
+                } else if crate::owner::draft_owner_gone(&name) {
                     let _ = std::fs::remove_file(self.run_dir.join(&name));
                 }
             }
@@ -285,15 +255,6 @@ fn missing(program: &str, package: &str, error: NetworkError) -> NetworkError {
             vmm::error::Chain(&other)
         )),
     }
-}
-
-/// Whether `name` is a claim's draft (`.draft-<pid>-<n>`) whose writer has exited.
-fn draft_owner_gone(name: &str) -> bool {
-    let pid = name
-        .strip_prefix(".draft-")
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|pid| pid.parse::<u32>().ok());
-    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// One environment's network; removed when dropped.
@@ -489,48 +450,6 @@ fn slot_of(name: &str) -> Option<u32> {
         .filter(|slot| slot.to_string() == digits)
 }
 
-/// A process, by pid and start time (so a reused pid is not mistaken for the owner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start_ticks: u64,
-}
-
-impl Owner {
-    fn of_this_process() -> Result<Owner, NetworkError> {
-        let pid = std::process::id();
-        start_ticks(pid)
-            .map(|start_ticks| Owner { pid, start_ticks })
-            .ok_or_else(|| NetworkError::Unavailable("cannot read /proc/self/stat".into()))
-    }
-
-    fn parse(claim: &str) -> Option<Owner> {
-        let (pid, start) = claim.trim().split_once(' ')?;
-        Some(Owner {
-            pid: pid.parse().ok()?,
-            start_ticks: start.parse().ok()?,
-        })
-    }
-
-    fn is_running(&self) -> bool {
-        start_ticks(self.pid) == Some(self.start_ticks)
-    }
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} {}", self.pid, self.start_ticks)
-    }
-}
-
-/// When process `pid` started (field 22 of /proc/PID/stat, in clock ticks since boot).
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold anything, spaces included.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Turns on IPv4 forwarding on the host, which the environments' outbound traffic needs.
 fn enable_forwarding() -> Result<(), NetworkError> {
     let path = "/proc/sys/net/ipv4/ip_forward";
@@ -669,19 +588,6 @@ mod tests {
         for other in ["lvm-", "lvm-01", "lvm-+1", "lvm-1a", "eth0", "xlvm-1"] {
             assert_eq!(slot_of(other), None, "{other}");
         }
-    }
-
-    #[test]
-    fn owners_are_recognised_by_pid_and_start_time() {
-        let me = Owner::of_this_process().unwrap();
-        assert!(me.is_running());
-        assert_eq!(Owner::parse(&me.to_string()), Some(me));
-        let restarted = Owner {
-            start_ticks: me.start_ticks + 1,
-            ..me
-        };
-        assert!(!restarted.is_running());
-        assert_eq!(Owner::parse("garbage"), None);
     }
 
     /// The real thing, on this host: needs root and nftables; under CI it must run.

@@ -480,27 +480,65 @@ impl Invoker for FunctionService {
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
         let lease = self.inner.pool().checkout();
-        let lease = match lease {
-            Ok(lease) => lease,
-            Err(refusal) => {
-                let reason = match refusal {
-                    Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
-                    Refusal::Host => throttle_reason::ACCOUNT,
-                    Refusal::ShutDown => return Err(InvokeError::ShutDown),
-                };
-                self.inner.log(&format!(
-                    "lambda-vm: {}: throttled ({reason})",
-                    self.inner.name()
-                ));
-                return Err(InvokeError::Throttled { reason });
+        match lease {
+            Ok(lease) => self.serve(lease, invocation).await,
+            Err(refusal) => Err(self.refused(refusal)),
+        }
+    }
+
+    /// An event waits for an environment instead of being throttled: it tries again each time
+    /// one of this host's environments stops being in use.
+    async fn invoke_event(
+        &self,
+        invocation: Invocation,
+        deadline: tokio::time::Instant,
+    ) -> Result<Outcome, InvokeError> {
+        let freed = self.inner.scaling.host.freed();
+        loop {
+            let released = freed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let lease = self.inner.pool().checkout();
+            match lease {
+                Ok(lease) => return self.serve(lease, invocation).await,
+                Err(Refusal::ShutDown) => return Err(InvokeError::ShutDown),
+                Err(refusal) => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(self.refused(refusal));
+                    }
+                }
             }
-        };
+        }
+    }
+}
+
+impl FunctionService {
+    /// Runs `invocation` in the environment of `lease`.
+    async fn serve(
+        &self,
+        lease: Lease<Guest>,
+        invocation: Invocation,
+    ) -> Result<Outcome, InvokeError> {
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.serve(lease, invocation))
             .await
             .map_err(|_| InvokeError::ShutDown)
+    }
+
+    /// The error for a request that got no environment, logged.
+    fn refused(&self, refusal: Refusal) -> InvokeError {
+        let reason = match refusal {
+            Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
+            Refusal::Host => throttle_reason::ACCOUNT,
+            Refusal::ShutDown => return InvokeError::ShutDown,
+        };
+        self.inner.log(&format!(
+            "lambda-vm: {}: throttled ({reason})",
+            self.inner.name()
+        ));
+        InvokeError::Throttled { reason }
     }
 }
 
