@@ -70,10 +70,15 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         restored: restored_rx,
         started: Instant::now(),
     };
-    let rapid = &function.rapid;
+    let mut rapid = function.rapid;
     let api_limits = ConnectionLimits::runtime_api(rapid.timeout.max(rapid.init_timeout));
+    // The VM is the sandbox: every OOM kill in it is the function's.
+    match rapid::process::oom::KernelOomLog::open() {
+        Ok(log) => rapid.oom_log = Some(log),
+        Err(e) => say!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError"),
+    }
     let handle = Handle::new(
-        function.rapid,
+        rapid,
         api.local_addr()?,
         Arc::new(LinkLog::new(outbox.clone())),
         Some(Arc::new(snapshot)),

@@ -74,6 +74,18 @@ impl Function for Echo {
                 let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 json!({ "random": hex, "time_ms": now })
             }
+            // For the memory tests: more memory than the function has.
+            Some("alloc") => {
+                let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
+                let bytes = usize::try_from(mb << 20)
+                    .map_err(|_| HandlerError::new("EchoError", "mb is too large"))?;
+                let mut held = vec![0u8; bytes];
+                // Touched, page by page, so that it is really taken.
+                for page in held.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                json!({ "allocated": mb, "touched": held.iter().filter(|b| **b == 1).count() })
+            }
             // For the flood tests: what a hostile function can do to its own Runtime API.
             Some("flood") => {
                 let connections = payload.get("connections").and_then(Value::as_u64);
