@@ -435,6 +435,11 @@ fn a_failed_event_without_retries_runs_once() {
     assert!(wait_until(Duration::from_secs(30), || record_path.exists()));
     let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
     assert_eq!(record["requestContext"]["approximateInvokeCount"], 1);
+    // The record can be written before the server's stdout reader has seen the lines of the
+    // run; START comes before REPORT on that pipe, so once REPORT is there START is counted.
+    assert!(wait_until(Duration::from_secs(30), || server
+        .count_logs("REPORT")
+        >= 1));
     assert_eq!(server.count_logs("START"), 1);
     still_serves(&mut server);
 }
