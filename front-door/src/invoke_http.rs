@@ -108,6 +108,10 @@ impl<I: Invoker> Endpoint<I> {
                 let refusal = http::service_error(413, error_type::REQUEST_TOO_LARGE, &message);
                 return http::close(refusal);
             }
+            Err(e @ BodyError::TooSlow { .. }) => {
+                let refusal = http::service_error(408, error_type::REQUEST_TIMEOUT, &e.to_string());
+                return http::close(refusal);
+            }
             Err(e) => {
                 let message = e.to_string();
                 return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);

@@ -10,6 +10,7 @@ use crate::link_log::LinkLog;
 use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
+use http_server::ConnectionLimits;
 use logging::Chain;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
@@ -70,14 +71,21 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         restored: restored_rx,
         started: Instant::now(),
     };
+    let mut rapid = function.rapid;
+    let api_limits = ConnectionLimits::runtime_api(rapid.timeout.max(rapid.init_timeout));
+    // The VM is the sandbox: every OOM kill in it is the function's.
+    match rapid::process::oom::KernelOomLog::open() {
+        Ok(log) => rapid.oom_log = Some(log),
+        Err(e) => log::warn!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError"),
+    }
     let handle = Handle::new(
-        function.rapid,
+        rapid,
         api.local_addr()?,
         Arc::new(LinkLog::new(outbox.clone())),
         Some(Arc::new(snapshot)),
     );
     let api_handle = handle.clone();
-    tokio::spawn(http_server::serve(api, move |request| {
+    tokio::spawn(http_server::serve(api, api_limits, move |request| {
         rapid::runtime_api::handle(api_handle.clone(), request)
     }));
     if options.pid1 {

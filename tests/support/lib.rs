@@ -171,6 +171,24 @@ pub fn guest_artifact(var: &str) -> Option<PathBuf> {
     }
 }
 
+/// How many descriptors process `pid` has open (0 once it is gone).
+pub fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+/// The resident memory of process `pid`, in KiB (0 once it is gone).
+pub fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A guest's line as `lambda-vm` logs it (`NAME[N] line`), without that prefix; any other line
 /// (`lambda-local` logs the runtime's lines as they are) unchanged.
 pub fn guest_line(line: &str) -> &str {
