@@ -7,9 +7,10 @@
 //! reaches one outcome across a host's `kill -9`; sync invokes go on across a NATS server's
 //! `kill -9`; bad URLs and credentials fail at start.
 
-use integration_tests::cluster::{can_make_namespaces, echo_function, nats_server, TestCluster};
+use integration_tests::cluster::{echo_function, is_root, nats_server, TestCluster};
 use integration_tests::server::Reply;
-use integration_tests::{guest_artifact, have_kvm, host_binary, wait_for, wait_until};
+use integration_tests::{guest_artifact, host_binary, wait_for, wait_until};
+use integration_tests::{require_kvm, skip, skip_unless};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -52,10 +53,10 @@ struct Setup {
     _one: MutexGuard<'static, ()>,
 }
 
-fn start(test: &str, n: u32, hosts: usize, max_concurrency: usize) -> Option<Setup> {
-    let nats = nats_server(test)?;
-    if !can_make_namespaces(test) {
-        return None;
+fn start(n: u32, hosts: usize, max_concurrency: usize) -> Option<Setup> {
+    let nats = nats_server()?;
+    if !is_root() {
+        skip!(return None; "network namespaces need root");
     }
     let one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -130,8 +131,7 @@ fn decoded_tail(reply: &Reply) -> String {
 
 #[test]
 fn any_host_serves_a_function_deployed_once_and_forwards_when_busy() {
-    let test = "any_host_serves_a_function_deployed_once_and_forwards_when_busy";
-    let Some(setup) = start(test, 1, 3, 1) else {
+    let Some(setup) = start(1, 3, 1) else {
         return;
     };
     let cluster = &setup.cluster;
@@ -225,8 +225,7 @@ fn any_host_serves_a_function_deployed_once_and_forwards_when_busy() {
 
 #[test]
 fn stale_cut_off_and_killed_hosts_get_no_work_and_a_kill_fails_only_its_invoke() {
-    let test = "stale_cut_off_and_killed_hosts_get_no_work_and_a_kill_fails_only_its_invoke";
-    let Some(setup) = start(test, 2, 3, 1) else {
+    let Some(setup) = start(2, 3, 1) else {
         return;
     };
     let cluster = &setup.cluster;
@@ -318,8 +317,7 @@ fn stale_cut_off_and_killed_hosts_get_no_work_and_a_kill_fails_only_its_invoke()
 
 #[test]
 fn every_accepted_event_has_one_outcome_when_a_host_is_killed() {
-    let test = "every_accepted_event_has_one_outcome_when_a_host_is_killed";
-    let Some(setup) = start(test, 3, 3, 2) else {
+    let Some(setup) = start(3, 3, 2) else {
         return;
     };
     let (cluster, dir) = (&setup.cluster, &setup.dir);
@@ -423,8 +421,7 @@ fn every_accepted_event_has_one_outcome_when_a_host_is_killed() {
 
 #[test]
 fn sync_invokes_go_on_when_a_nats_server_is_killed() {
-    let test = "sync_invokes_go_on_when_a_nats_server_is_killed";
-    let Some(setup) = start(test, 4, 2, 1) else {
+    let Some(setup) = start(4, 2, 1) else {
         return;
     };
     let (cluster, dir) = (&setup.cluster, &setup.dir);
@@ -471,10 +468,7 @@ fn sync_invokes_go_on_when_a_nats_server_is_killed() {
 
 #[test]
 fn a_microvm_host_and_local_hosts_serve_one_cluster() {
-    let test = "a_microvm_host_and_local_hosts_serve_one_cluster";
-    if !have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(image), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_ROOTFS"),
@@ -482,12 +476,10 @@ fn a_microvm_host_and_local_hosts_serve_one_cluster() {
     ) else {
         return;
     };
-    let Some(nats) = nats_server(test) else {
+    let Some(nats) = nats_server() else {
         return;
     };
-    if !can_make_namespaces(test) {
-        return;
-    }
+    skip_unless!(is_root(), "network namespaces need root");
     let _one = one_cluster();
     let dir = tempfile::tempdir().unwrap();
     // A zip package for the local-mode hosts, an ext4 image for the microVM host.
@@ -614,8 +606,7 @@ impl Drop for Nats {
 
 #[test]
 fn bad_cluster_urls_and_credentials_fail_at_start_with_a_clear_message() {
-    let test = "bad_cluster_urls_and_credentials_fail_at_start_with_a_clear_message";
-    let Some(binary) = nats_server(test) else {
+    let Some(binary) = nats_server() else {
         return;
     };
     let expect_error = |args: &[&str], message: &str| {

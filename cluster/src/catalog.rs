@@ -476,6 +476,8 @@ impl ModeForUnix for std::fs::OpenOptions {
 #[derive(Clone, Default)]
 pub struct Catalog {
     functions: Arc<Mutex<HashMap<String, Arc<FunctionRecord>>>>,
+    /// Counts the changes, so a view made from the records knows when it is old.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Catalog {
@@ -496,6 +498,21 @@ impl Catalog {
         }
     }
 
+    /// Goes up with every change of the records.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every record.
+    pub fn records(&self) -> Vec<Arc<FunctionRecord>> {
+        self.lock().values().cloned().collect()
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();
         names.sort();
@@ -513,6 +530,7 @@ impl Catalog {
                 self.lock().remove(&entry.key);
             }
         }
+        self.changed();
     }
 
     /// Replaces what this view holds with the bucket's every record.
@@ -532,6 +550,7 @@ impl Catalog {
             functions.insert(key, Arc::new(record));
         }
         *self.lock() = functions;
+        self.changed();
         Ok(())
     }
 

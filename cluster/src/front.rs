@@ -1,23 +1,23 @@
-//! A host's invoke endpoint in a cluster: Lambda's invoke API for every function deployed to the
-//! cluster (`/2015-03-31/functions/{name}/invocations`, the name also as `name:$LATEST` or its
-//! ARN; `function` when only one is deployed), each behind the front door's [`Endpoint`] with
-//! the cluster as its [`Invoker`] and the event stream as its queue; and `GET /cluster`, what
-//! this host sees of the cluster.
+//! A host's invoke endpoint in a cluster: the front door's Lambda API ([`Router`]) over every
+//! function deployed to the cluster, each behind an [`Endpoint`] with the cluster as its
+//! [`Invoker`] and the event stream as its queue; and `GET /cluster`, what this host sees of the
+//! cluster.
 
 use crate::catalog::FunctionRecord;
 use crate::events::StreamQueue;
 use crate::host::Node;
 use bytes::Bytes;
-use front_door::invoke_http::{function_arn, Endpoint};
-use front_door::{AsyncPolicy, Function, Invoker};
+use front_door::invoke_http::Endpoint;
+use front_door::{Code, Function, Invoker, Router};
 use http_server::{self as http, Reply};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use proto::invoke::{Invocation, InvokeError, Outcome};
-use proto::invoke_api::{error_type, FunctionRef, LATEST};
+use proto::invoke_api::ApiRequest;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// One deployed function as the invoke endpoint sees it: run wherever the cluster routes it.
 #[derive(Clone)]
@@ -61,6 +61,8 @@ type Endpoints = HashMap<String, (u64, Endpoint<ClusterFunction>)>;
 pub struct Front {
     node: Arc<Node>,
     endpoints: Arc<Mutex<Endpoints>>,
+    /// The Lambda API over the deployed functions, for the catalog generation it was made for.
+    router: Arc<Mutex<(u64, Option<Router<ClusterFunction>>)>>,
 }
 
 impl Front {
@@ -68,37 +70,33 @@ impl Front {
         Front {
             node,
             endpoints: Arc::default(),
+            router: Arc::default(),
         }
     }
 
-    fn endpoint(&self, record: Arc<FunctionRecord>) -> Endpoint<ClusterFunction> {
+    fn endpoint(&self, record: &Arc<FunctionRecord>) -> Endpoint<ClusterFunction> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((revision, endpoint)) = endpoints.get(record.name()) {
             if *revision == record.revision {
                 return endpoint.clone();
             }
         }
-        let config = &record.config;
-        let function = Function {
-            name: config.function_name.clone(),
-            version: LATEST.into(),
-            region: self.node.settings.region.clone(),
-            events: AsyncPolicy {
-                retry_delay: self.node.settings.retry_delay,
-                maximum_retry_attempts: config.maximum_retry_attempts,
-                maximum_event_age: std::time::Duration::from_secs(u64::from(
-                    config.maximum_event_age_secs,
-                )),
-                on_failure_dir: self.node.settings.on_failure_dir.clone(),
-            },
-        };
+        let settings = &self.node.settings;
+        let mut function = Function::new(&record.config);
+        function.region = settings.region.clone();
+        function.events.retry_delay = settings.retry_delay;
+        function.events.on_failure_dir = settings.on_failure_dir.clone();
+        function.code = record.artifacts.first().map(|artifact| Code {
+            size: artifact.size,
+            last_modified: UNIX_EPOCH + Duration::from_millis(record.deployed_ms),
+        });
         let queue = StreamQueue {
             jetstream: self.node.cluster.jetstream.clone(),
             function: function.name.clone(),
         };
         let invoker = ClusterFunction {
             function,
-            record: Arc::clone(&record),
+            record: Arc::clone(record),
             node: Arc::clone(&self.node),
         };
         let endpoint = Endpoint::with_queue(invoker, self.node.tails.clone(), Arc::new(queue));
@@ -109,45 +107,47 @@ impl Front {
         endpoint
     }
 
-    /// Answers one HTTP request.
+    /// The Lambda API over the functions deployed now.
+    fn router(&self) -> Router<ClusterFunction> {
+        let catalog = &self.node.catalog;
+        let generation = catalog.generation();
+        let mut router = self.router.lock().unwrap_or_else(|e| e.into_inner());
+        if let (seen, Some(current)) = &*router {
+            if *seen == generation {
+                return current.clone();
+            }
+        }
+        let endpoints: Vec<_> = catalog
+            .records()
+            .iter()
+            .map(|record| self.endpoint(record))
+            .collect();
+        let current = Router::new(endpoints);
+        *router = (generation, Some(current.clone()));
+        current
+    }
+
+    /// Answers one HTTP request: the Lambda API (`Invoke`, `GetFunction`, `ListFunctions`,
+    /// ...) over every deployed function, and `GET /cluster`.
     pub async fn handle(self, request: Request<Incoming>) -> Reply {
-        let path = request.uri().path().to_owned();
-        if request.method() == Method::GET && path == "/cluster" {
+        if request.method() == Method::GET && request.uri().path() == "/cluster" {
             let body = serde_json::to_vec(&self.node.status()).unwrap_or_default();
             return http::json(200, Bytes::from(body));
         }
-        let Some(reference) = FunctionRef::from_invoke_path(&path) else {
-            let message = format!("No such API: {path}");
-            return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
-        };
-        let catalog = &self.node.catalog;
         // A function deployed a moment ago may not have reached this host's view yet.
-        let bucket = &self.node.cluster.functions;
-        let record = match catalog.at_least(bucket, reference.name, 0).await {
-            Some(record) => Some(record),
-            None if reference.name == "function" => catalog.only(),
-            None => None,
-        };
-        match record.filter(|_| reference.is_latest()) {
-            Some(record) => self.endpoint(record).handle_invoke(request).await,
-            None => {
-                let function = Function {
-                    name: reference.name.to_owned(),
-                    version: LATEST.into(),
-                    region: self.node.settings.region.clone(),
-                    events: AsyncPolicy {
-                        retry_delay: self.node.settings.retry_delay,
-                        maximum_retry_attempts: 0,
-                        maximum_event_age: std::time::Duration::ZERO,
-                        on_failure_dir: None,
-                    },
-                };
-                let message = format!(
-                    "Function not found: {}",
-                    function_arn(&function, &reference)
-                );
-                http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message)
-            }
+        let routed = ApiRequest::route(
+            request.method().as_str(),
+            request.uri().path(),
+            request.uri().query(),
+        );
+        if let Ok(ApiRequest {
+            function: Some(reference),
+            ..
+        }) = routed
+        {
+            let bucket = &self.node.cluster.functions;
+            let _ = self.node.catalog.at_least(bucket, &reference.name, 0).await;
         }
+        self.router().handle(request).await
     }
 }

@@ -4,7 +4,8 @@
 //! [`FunctionService`] made for it; every function shares the host's `--max-concurrency`. A
 //! redeploy (a new image) gets a new service; the old one's environments are stopped.
 
-use crate::guest::{GuestSpec, Rootfs};
+use crate::guest::{Console, Environments, GuestSpec, Rootfs};
+use crate::logs::FunctionLog;
 use crate::network::Networks;
 use crate::pool::HostLimit;
 use crate::service::{FunctionService, Scaling};
@@ -30,16 +31,21 @@ pub struct VmSettings {
     pub cpu_template: CpuTemplate,
     /// Where environments get their networks; `None`: no function has networking here.
     pub networks: Option<Arc<Networks>>,
+    /// `--log-dir`: each function's log and each environment's console there.
+    pub log_dir: Option<PathBuf>,
+    /// `--console`: every console appended to one file (without --log-dir).
     pub console: Option<PathBuf>,
     pub boot_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Holds the fetched images and each function's environments.
+    /// Holds the fetched images and each function's environments (the scratch directory).
     pub work_dir: PathBuf,
-    /// Where SnapStart snapshots go, one subdirectory per function [default: in the work dir].
-    pub snapshot_dir: Option<PathBuf>,
+    /// Where SnapStart snapshots go, one subdirectory per function.
+    pub snapshot_dir: PathBuf,
     pub on_failure_dir: Option<PathBuf>,
     pub host: HostLimit,
     pub tails: LogTails,
+    /// Every environment of the host, for the stop.
+    pub environments: Arc<Environments>,
 }
 
 /// The microVM environments of one cluster host. Cheap to clone.
@@ -119,9 +125,8 @@ impl VmHost {
         }
         let config = function.config.clone();
         let name = config.function_name.clone();
-        let function_dir = settings
-            .work_dir
-            .join(format!("{name}-{}", &image.sha256[..12]));
+        // Short, not named: a socket's path under it must stay short (108 bytes).
+        let function_dir = settings.work_dir.join(&image.sha256[..12]);
         std::fs::create_dir_all(&function_dir)
             .map_err(|e| format!("{}: {e}", function_dir.display()))?;
         let spec = GuestSpec {
@@ -131,18 +136,21 @@ impl VmHost {
             boot_args: settings.boot_args.clone(),
             mem_size_mib: config.memory_mb,
             work_dir: function_dir.clone(),
-            console: settings.console.clone(),
+            console: match (&settings.log_dir, &settings.console) {
+                (Some(dir), _) => Console::PerEnvironment {
+                    dir: dir.clone(),
+                    function: name.clone(),
+                },
+                (None, Some(file)) => Console::Shared(file.clone()),
+                (None, None) => Console::Discard,
+            },
             boot_timeout: settings.boot_timeout,
             cpu_template: settings.cpu_template,
             network: settings.networks.clone().filter(|_| config.networking),
+            environments: Arc::clone(&settings.environments),
         };
-        let snapshots = (config.initialization_type == InitializationType::SnapStart).then(|| {
-            let root = match &settings.snapshot_dir {
-                Some(root) => root.join(&name),
-                None => function_dir.join("snapshots"),
-            };
-            snapshots::for_function(&spec, &config, root)
-        });
+        let snapshots = (config.initialization_type == InitializationType::SnapStart)
+            .then(|| snapshots::for_function(&spec, &config, settings.snapshot_dir.join(&name)));
         let scaling = Scaling {
             reserved: config
                 .reserved_concurrency
@@ -153,13 +161,9 @@ impl VmHost {
         };
         let mut served = front_door::Function::new(&config);
         served.events.on_failure_dir = settings.on_failure_dir.clone();
-        let log = {
-            let tails = settings.tails.clone();
-            move |line: &str| {
-                tails.line(line);
-                println!("{line}");
-            }
-        };
+        served.code = front_door::Code::of(&spec_image(&spec)).ok();
+        let log = FunctionLog::new(&name, settings.tails.clone(), settings.log_dir.as_deref())
+            .map_err(|e| format!("the log of {name}: {e}"))?;
         let service = FunctionService::new(served, config, spec, snapshots, scaling, log);
         let replaced = self
             .lock()
@@ -169,6 +173,11 @@ impl VmHost {
         }
         Ok(service)
     }
+}
+
+/// The image file a spec boots.
+fn spec_image(spec: &GuestSpec) -> PathBuf {
+    spec.rootfs.path().to_owned()
 }
 
 impl Runner for VmHost {

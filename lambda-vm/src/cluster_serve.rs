@@ -5,17 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs this host in the cluster until SIGTERM or SIGINT: joins, serves the invoke endpoint on
-/// `listen` (every deployed function, and `GET /cluster`), then leaves and stops every
-/// environment.
+/// `listen` (every deployed function, and `GET /cluster`), then leaves the cluster and stops as
+/// the single-host form does (busy environments get `stop_grace`).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     args: &cluster::ClusterArgs,
     host_id: Option<&str>,
     settings: lambda_vm::cluster_host::VmSettings,
     listen: std::net::SocketAddr,
     limits: http_server::ConnectionLimits,
-) -> anyhow::Result<()> {
+    mut signals: crate::Signals,
+    stop_grace: Duration,
+    scratch: lambda_vm::dirs::Scratch,
+) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
-    use tokio::signal::unix::{signal, SignalKind};
     const PROGRAM: &str = "lambda-vm";
     let id = cluster::registry::host_id(host_id).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -25,6 +28,7 @@ pub async fn serve(
     let (connection, on_event) = cluster::host::connection_watch(PROGRAM);
     let joined = cluster::Cluster::connect(args, &format!("{PROGRAM} {id}"), on_event).await?;
     let tails = settings.tails.clone();
+    let environments = Arc::clone(&settings.environments);
     let host_settings = cluster::HostSettings {
         id: id.clone(),
         invoke_url: format!("http://{invoke_addr}"),
@@ -35,34 +39,44 @@ pub async fn serve(
         program: PROGRAM.into(),
     };
     let host = lambda_vm::cluster_host::VmHost::new(settings, joined.artifacts.clone());
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let node = cluster::Node::start(
-        joined,
-        connection,
-        Arc::new(host.clone()),
-        tails,
-        host_settings,
-    )
-    .await
-    .context("joining the cluster")?;
+    let runner = Arc::new(host.clone());
+    let node = cluster::Node::start(joined, connection, runner, tails, host_settings)
+        .await
+        .context("joining the cluster")?;
     let front = cluster::front::Front::new(Arc::clone(&node));
-    tokio::spawn(http_server::serve_with(listener, limits, move |request| {
+    let accepting = tokio::spawn(http_server::serve_with(listener, limits, move |request| {
         front.clone().handle(request)
     }));
     // Scripts and tests wait for this line, as for the single-host form.
-    let ready = format!(
-        "lambda-vm: listening invoke={invoke_addr} cluster-host={id} cluster={}\n",
+    crate::say(&format!(
+        "lambda-vm: listening invoke={invoke_addr} cluster-host={id} cluster={}",
         args.cluster.join(",")
-    );
-    std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    ));
+    let signal = signals.next().await;
     node.stop().await;
+    accepting.abort();
+    environments.end_starts();
+    crate::say(&format!(
+        "lambda-vm: stopping ({signal}): left the cluster; {} environment(s), busy ones get {:.0} s",
+        environments.count(),
+        stop_grace.as_secs_f64()
+    ));
     for service in host.services() {
         service.shutdown().await;
     }
-    Ok(())
+    let waiting = Arc::clone(&environments);
+    let gone = tokio::task::spawn_blocking(move || waiting.wait_gone(stop_grace))
+        .await
+        .unwrap_or(false);
+    if !gone {
+        environments.end_all();
+        let waiting = Arc::clone(&environments);
+        let _ =
+            tokio::task::spawn_blocking(move || waiting.wait_gone(Duration::from_secs(30))).await;
+    }
+    if let Err(e) = scratch.remove() {
+        crate::say(&format!("lambda-vm: removing the scratch directory: {e}"));
+    }
+    crate::say("lambda-vm: stopped");
+    Ok(std::process::ExitCode::SUCCESS)
 }

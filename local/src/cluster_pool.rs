@@ -195,9 +195,11 @@ impl LocalPool {
         let mut config = EnvironmentConfig::from_function(&function.config, runtime, task_root);
         config.region = self.shared.region.clone();
         config.cgroups = self.shared.cgroups.clone();
+        let limits =
+            http_server::ConnectionLimits::runtime_api(config.timeout.max(config.init_timeout));
         let handle = Handle::new(config, api_addr, Arc::clone(&self.shared.log), None);
         let api = handle.clone();
-        let runtime_api = tokio::spawn(http_server::serve(listener, move |request| {
+        let runtime_api = tokio::spawn(http_server::serve(listener, limits, move |request| {
             rapid::runtime_api::handle(api.clone(), request)
         }));
         let env = Env {

@@ -7,11 +7,11 @@ use cluster::front::Front;
 use cluster::{Cluster, ClusterArgs, HostSettings, Node};
 use front_door::event_store::EventStore;
 use front_door::invoke_http::Endpoint;
-use front_door::{AsyncPolicy, Function, LogTails};
+use front_door::{AsyncPolicy, Function, LogTails, Router};
 use http_server::ConnectionLimits;
 use lambda_local::cluster_pool::LocalPool;
 use lambda_local::LocalSandbox;
-use proto::function_config::MEMORY_MB;
+use proto::function_config::{FunctionConfig, MEMORY_MB};
 use rapid::cgroup::Cgroups;
 use rapid::{EnvironmentConfig, Handle, InitializationType, StdoutLog};
 use std::net::SocketAddr;
@@ -75,9 +75,17 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
-    /// Where accepted asynchronous invokes are kept until they have an outcome (a crash-safe
-    /// store; a restarted server runs what it holds) [default:
-    /// $TMPDIR/lambda-local-ADDR-PORT/events.redb, for the invoke endpoint's address].
+    /// Seconds a request body may take before --min-body-rate applies: a body that sends
+    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// The slowest a request body may arrive, in bytes a second on average, after
+    /// --body-timeout.
+    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
+    min_body_rate: u32,
+    /// The directory where accepted asynchronous invokes are kept until they have an outcome
+    /// (a crash-safe store; a restarted server runs what it holds) [default:
+    /// $TMPDIR/lambda-local-ADDR-PORT/events, for the invoke endpoint's address].
     #[arg(long, conflicts_with = "cluster")]
     event_store: Option<PathBuf>,
     /// How often a failed asynchronous invoke is retried (0 to 2), as Lambda's
@@ -190,6 +198,19 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
     config.region = args.region;
     config.init_type = args.init_type;
     config.environment = args.env;
+    // What GetFunction describes: the flags in function.json's terms (Lambda's timeout is
+    // whole seconds).
+    let mut described = FunctionConfig::with_handler(config.handler.clone());
+    described.function_name = config.function_name.clone();
+    described.memory_mb = config.memory_mb;
+    // Within 1..=900 (the flag's range), so the cast loses nothing.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let timeout_secs = args.timeout.ceil() as u32;
+    described.timeout_secs = timeout_secs;
+    described.initialization_type = config.init_type;
+    described.environment = config.environment.iter().cloned().collect();
+    described.maximum_retry_attempts = args.maximum_retry_attempts;
+    described.maximum_event_age_secs = args.maximum_event_age;
     let function = Function {
         name: config.function_name.clone(),
         version: config.function_version.clone(),
@@ -200,6 +221,8 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
             maximum_event_age: Duration::from_secs(u64::from(args.maximum_event_age)),
             on_failure_dir: args.on_failure_dir,
         },
+        config: described,
+        code: None,
     };
     (config, function)
 }
@@ -208,7 +231,7 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
 /// says in one line which protections are in force, or which are off and why (on stdout, with
 /// the function's log, where whoever reads the log sees it).
 fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
-    match Cgroups::detect() {
+    match Cgroups::detect("rapid") {
         Ok(cgroups) => {
             let removed = cgroups.clean_leftovers();
             let leftovers = match removed.len() {
@@ -236,18 +259,25 @@ fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    logging::init("lambda-local", log::LevelFilter::Info);
     let args = Args::parse();
     if args.cluster.enabled() {
         return cluster_host(args).await;
     }
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
-    let limits = ConnectionLimits::from_flags(args.max_connections, args.header_timeout)?;
+    let limits = ConnectionLimits::from_flags(
+        args.max_connections,
+        args.header_timeout,
+        args.body_timeout,
+        args.min_body_rate,
+    )?;
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
     }
     let (mut config, function) = config(args);
+    let api_limits = ConnectionLimits::runtime_api(config.timeout.max(config.init_timeout));
     let cgroups = confine_sandboxes(config.memory_mb);
     config.cgroups = cgroups.clone();
 
@@ -262,36 +292,45 @@ async fn main() -> anyhow::Result<()> {
     let default_store = event_store.is_none();
     let store_path = event_store.unwrap_or_else(|| {
         let name = format!("lambda-local-{}-{}", invoke_addr.ip(), invoke_addr.port());
-        std::env::temp_dir().join(name).join("events.redb")
+        std::env::temp_dir().join(name).join("events")
     });
-    let events = EventStore::open(&store_path).context("--event-store")?;
+    let (events, recovery) = EventStore::open(&store_path).context("--event-store")?;
+    if let Some(damage) = recovery.describe() {
+        eprintln!(
+            "lambda-local: the event store {} was damaged: {damage}",
+            store_path.display()
+        );
+    }
     let store = events.clone();
     // Watch the signals before anything starts, so none is missed.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     // Tests and scripts wait for this exact line; with port 0 it is the only way to learn the
     // ports. One write, so that a reader never sees half of it (eprintln! may write in pieces).
-    let ready = format!(
-        "lambda-local: listening invoke={} runtime-api={api_addr}\n",
-        invoke_listener.local_addr()?
-    );
+    let ready = proto::readiness::Listening {
+        invoke: invoke_addr,
+        runtime_api: Some(api_addr),
+    }
+    .line("lambda-local");
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
 
     let tails = LogTails::default();
     let sandbox = Handle::new(config, api_addr, tails.around(Arc::new(StdoutLog)), None);
     let api = sandbox.clone();
-    tokio::spawn(http_server::serve(api_listener, move |request| {
-        rapid::runtime_api::handle(api.clone(), request)
-    }));
+    tokio::spawn(http_server::serve(
+        api_listener,
+        api_limits,
+        move |request| rapid::runtime_api::handle(api.clone(), request),
+    ));
     let local = LocalSandbox {
         handle: sandbox.clone(),
         function,
     };
-    let endpoint = Endpoint::new(local, tails, Some(events));
+    let router = Router::new([Endpoint::new(local, tails, Some(events))]);
     tokio::spawn(http_server::serve_with(
         invoke_listener,
         limits,
-        move |request| endpoint.clone().handle(request),
+        move |request| router.clone().handle(request),
     ));
     sandbox.start();
 
@@ -302,11 +341,11 @@ async fn main() -> anyhow::Result<()> {
     sandbox.shutdown();
     if let Some(cgroups) = &cgroups {
         for name in cgroups.remove_own() {
-            eprintln!("lambda-local: cannot remove the sandbox cgroup {name}: processes remain");
+            log::warn!("cannot remove the sandbox cgroup {name}: processes remain");
         }
     }
     // A default store with nothing left in it is not worth keeping in the temp directory.
-    if default_store && store.pending().is_ok_and(|pending| pending.is_empty()) {
+    if default_store && store.is_empty() {
         drop(store);
         if let Some(dir) = store_path.parent() {
             let _ = std::fs::remove_dir_all(dir);
@@ -319,7 +358,12 @@ async fn main() -> anyhow::Result<()> {
 /// environments of its own, and routing invokes to the other hosts.
 async fn cluster_host(args: Args) -> anyhow::Result<()> {
     const PROGRAM: &str = "lambda-local";
-    let limits = ConnectionLimits::from_flags(args.max_connections, args.header_timeout)?;
+    let limits = ConnectionLimits::from_flags(
+        args.max_connections,
+        args.header_timeout,
+        args.body_timeout,
+        args.min_body_rate,
+    )?;
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
@@ -398,7 +442,7 @@ async fn cluster_host(args: Args) -> anyhow::Result<()> {
 /// The cgroups of a cluster host's environments, said as for one (each function's own memory
 /// size applies to its environments).
 fn confine_sandboxes_of_many() -> Option<Arc<Cgroups>> {
-    match Cgroups::detect() {
+    match Cgroups::detect("rapid") {
         Ok(cgroups) => {
             let removed = cgroups.clean_leftovers();
             println!(

