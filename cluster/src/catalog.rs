@@ -489,15 +489,6 @@ impl Catalog {
         self.lock().get(name).cloned()
     }
 
-    /// The function, when exactly one is deployed (the emulator's path names `function`).
-    pub fn only(&self) -> Option<Arc<FunctionRecord>> {
-        let functions = self.lock();
-        match functions.len() {
-            1 => functions.values().next().cloned(),
-            _ => None,
-        }
-    }
-
     /// Goes up with every change of the records.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
