@@ -8,7 +8,9 @@
 //! (`GUEST_VMLINUX`, `GUEST_ROOTFS`, `GUEST_FUNCTION_CONFIG`; scripts/test.sh builds them).
 
 use integration_tests::server::LocalServer;
-use integration_tests::{guest_artifact, have_kvm, host_binary, process_gone, skip, wait_until};
+use integration_tests::{
+    guest_artifact, host_binary, process_gone, require_kvm, skip_unless, wait_until,
+};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,15 +94,10 @@ fn vmm_pids(server: &LocalServer) -> Vec<u32> {
 
 #[test]
 fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
-    const TEST: &str = "a_killed_service_leaves_nothing_and_its_events_run_in_the_next";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     // SAFETY: geteuid(2) has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(TEST, "the jail, its cgroups and the networks need root");
-        return;
-    }
+    let root = unsafe { libc::geteuid() } == 0;
+    skip_unless!(root, "the jail, its cgroups and the networks need root");
     let (Some(kernel), Some(rootfs), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_ROOTFS"),

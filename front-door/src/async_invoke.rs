@@ -9,8 +9,8 @@
 
 use crate::event_store::{EventStore, StoreError};
 use crate::invoker::Invoker;
-use proto::invoke::{Invocation, InvokeError, Outcome};
 use logging::Chain;
+use proto::invoke::{Invocation, InvokeError, Outcome};
 use proto::time;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

@@ -76,7 +76,9 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
     // The VM is the sandbox: every OOM kill in it is the function's.
     match rapid::process::oom::KernelOomLog::open() {
         Ok(log) => rapid.oom_log = Some(log),
-        Err(e) => log::warn!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError"),
+        Err(e) => {
+            log::warn!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError")
+        }
     }
     let handle = Handle::new(
         rapid,
