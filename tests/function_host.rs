@@ -393,7 +393,7 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
     assert_eq!(left_by(pid, &scratch), Vec::<String>::new());
 
     // 3. A restart on the same state directory restores the snapshot: no boot. A 5 MB request
-    // is echoed well within a 10 s client timeout.
+    // is echoed whole (how long it takes is measured by scripts/bench-payload.sh).
     let mut third = start(&[]);
     let scratch = scratch_of(&third);
     third.assert_echo(&json!({"after": "a restart"}));
@@ -410,23 +410,10 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
         "{logs:#?}"
     );
     let big = json!({ "pad": "x".repeat(5 * 1024 * 1024) }).to_string();
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    let mut reply = agent
-        .post(third.function_url("burst"))
-        .send(big.as_bytes())
-        .expect("a 5 MB echo within 10 s");
-    assert_eq!(reply.status(), 200);
-    let body = reply
-        .body_mut()
-        .with_config()
-        .limit(16 << 20)
-        .read_to_vec()
-        .unwrap();
-    assert!(body == big.as_bytes(), "the 5 MB echo came back changed");
+    let reply = third.request("POST", &third.function_url("burst"), &[], big.as_bytes());
+    assert_eq!(reply.status, 200, "{}", &reply.text()[..reply.body.len().min(300)]);
+    assert!(reply.function_error.is_none());
+    assert!(reply.body == big.as_bytes(), "the 5 MB echo came back changed");
 
     // 4. kill -9: the service cleans up nothing; its vmm dies with it; the next start removes
     // its scratch directory, its cgroups and its networks.
