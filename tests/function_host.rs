@@ -411,9 +411,17 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
     );
     let big = json!({ "pad": "x".repeat(5 * 1024 * 1024) }).to_string();
     let reply = third.request("POST", &third.function_url("burst"), &[], big.as_bytes());
-    assert_eq!(reply.status, 200, "{}", &reply.text()[..reply.body.len().min(300)]);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        &reply.text()[..reply.body.len().min(300)]
+    );
     assert!(reply.function_error.is_none());
-    assert!(reply.body == big.as_bytes(), "the 5 MB echo came back changed");
+    assert!(
+        reply.body == big.as_bytes(),
+        "the 5 MB echo came back changed"
+    );
 
     // 4. kill -9: the service cleans up nothing; its vmm dies with it; the next start removes
     // its scratch directory, its cgroups and its networks.

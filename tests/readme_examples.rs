@@ -129,8 +129,10 @@ fn the_vmm_readme_config_file_boots_our_init_and_snapshots_and_restores() {
     assert!(dir.join("snap/state").is_file() && dir.join("snap/memory").is_file());
 
     // The restored guest goes on: its init, still trying, reaches a host listening on the new
-    // socket (hybrid vsock: the guest's connections to port 1024 arrive on `v2.sock_1024`).
-    let listener = std::os::unix::net::UnixListener::bind(dir.join("v2.sock_1024")).unwrap();
+    // socket (hybrid vsock: the guest's connections to port P arrive on `v2.sock_P`).
+    let port = proto::host_link::PORT;
+    let listener =
+        std::os::unix::net::UnixListener::bind(dir.join(format!("v2.sock_{port}"))).unwrap();
     listener.set_nonblocking(true).unwrap();
     let restored = Vmm::start(&dir, &["--restore-from", "snap", "--vsock-uds", "v2.sock"]);
     let connected = integration_tests::wait_for(Duration::from_secs(120), || {
