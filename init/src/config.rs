@@ -132,7 +132,7 @@ impl Options {
                     value: api.clone(),
                     reason: e.to_string(),
                 })?;
-        let init_type = match env("INIT_INITIALIZATION_TYPE") {
+        let init_type = match env(proto::guest::cmdline::INITIALIZATION_TYPE) {
             Some(v) => Some(v.parse().map_err(|reason| OptionsError::BadValue {
                 flag: "INIT_INITIALIZATION_TYPE",
                 value: v,
@@ -153,7 +153,7 @@ impl Options {
                 .into(),
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
-            timing: flag_on("INIT_TIMING"),
+            timing: flag_on(proto::guest::cmdline::TIMING),
             ignored,
         })
     }

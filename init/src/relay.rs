@@ -340,7 +340,7 @@ async fn relay_invoke(
     invoke: Invoke,
     received: Option<(Arc<Timing>, Instant)>,
 ) {
-    let request_id = invoke.request_id;
+    let request_id = invoke.request_id.clone();
     let failure = |error_type: &str, message: String| {
         Bytes::from(ErrorRequest::new(error_type, message).to_json())
     };
@@ -348,14 +348,7 @@ async fn relay_invoke(
         let message = format!("the event is larger than {MAX_PAYLOAD_LEN} bytes");
         Outcome::failure(failure(error_type::REQUEST_TOO_LARGE, message))
     } else {
-        let invocation = rapid::Invocation {
-            request_id: request_id.clone(),
-            event: Bytes::from(invoke.event.0),
-            trace_id: invoke.trace_id,
-            client_context: invoke.client_context,
-            cognito_identity: invoke.cognito_identity,
-        };
-        match handle.invoke(invocation).await {
+        match handle.invoke(invoke.into()).await {
             Ok(outcome) => outcome,
             Err(e @ InvokeError::QueueFull) => {
                 Outcome::failure(failure(error_type::TOO_MANY_REQUESTS, e.to_string()))
@@ -371,18 +364,7 @@ async fn relay_invoke(
         };
         timing.record(&request_id, stamps);
     }
-    let message = match outcome {
-        Outcome::Success(body) => Message::Response {
-            request_id,
-            body: body.to_vec().into(),
-        },
-        Outcome::Failure { body, reset } => Message::Error {
-            request_id,
-            body: body.to_vec().into(),
-            reset,
-        },
-    };
-    outbox.send(message);
+    outbox.send(outcome.into_answer(request_id));
 }
 
 /// rapid's snapshot hook: tells the host init is done (the moment to snapshot), then waits for

@@ -95,7 +95,7 @@ impl GuestSpec {
             }
         });
         if crate::host_link::timing_enabled() {
-            format!("{args} INIT_TIMING=1")
+            format!("{args} {}=1", proto::guest::cmdline::TIMING)
         } else {
             args
         }

@@ -62,14 +62,7 @@ pub enum LinkError {
 }
 
 /// How an invocation ended, as the guest reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The runtime's response body.
-    Success(Vec<u8>),
-    /// Lambda's error JSON: the function's error, or the environment's; `reset` says whether
-    /// the failure reset the environment (a timeout, a runtime exit).
-    Failure { body: Vec<u8>, reset: Option<Reset> },
-}
+pub use proto::invoke::Outcome;
 
 /// Listens for the guest's connection on `<uds>_<port>`.
 pub struct Listener {
@@ -202,20 +195,8 @@ impl HostLink {
         self.send(&Message::Invoke(invoke))?;
         let sent = timing_enabled().then(epoch_us);
         loop {
-            let outcome = match self.next_frame()? {
-                Message::Response {
-                    request_id: id,
-                    body,
-                } if id == request_id => Outcome::Success(body.0),
-                Message::Error {
-                    request_id: id,
-                    body,
-                    reset,
-                } if id == request_id => Outcome::Failure {
-                    body: body.0,
-                    reset,
-                },
-                _ => continue,
+            let Some(outcome) = Outcome::from_answer(self.next_frame()?, &request_id) else {
+                continue;
             };
             self.last_timing = self
                 .guest_timing
@@ -386,7 +367,7 @@ mod tests {
         assert_eq!(
             link.invoke(invoke("r1")).unwrap(),
             Outcome::Failure {
-                body: b"{\"errorType\":\"E\"}".to_vec(),
+                body: b"{\"errorType\":\"E\"}".to_vec().into(),
                 reset: Some(Reset::Timeout)
             }
         );

@@ -161,30 +161,21 @@ impl JailHost {
             jail.cgroups.push(group.clone());
             limit(&group, contents)?;
         }
-        let mut arg = |flag: &str, value: OsString| {
-            jail.args.push(flag.into());
-            jail.args.push(value);
+        let flags = vmm::jail::JailFlags {
+            jail_root: Some(self.root.clone()),
+            jail_bind: contents.read.clone(),
+            jail_bind_rw: contents.write.clone(),
+            jail_dev: DEVICES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.file_type().is_char_device()))
+                .collect(),
+            jail_uid: Some(id),
+            jail_gid: Some(id),
+            jail_netns: contents.netns.clone(),
+            jail_cgroup: jail.cgroups.clone(),
         };
-        arg("--jail-root", self.root.clone().into());
-        arg("--jail-uid", id.to_string().into());
-        arg("--jail-gid", id.to_string().into());
-        for path in &contents.read {
-            arg("--jail-bind", path.clone().into());
-        }
-        for path in &contents.write {
-            arg("--jail-bind-rw", path.clone().into());
-        }
-        for device in DEVICES.iter().map(Path::new) {
-            if std::fs::metadata(device).is_ok_and(|m| m.file_type().is_char_device()) {
-                arg("--jail-dev", device.into());
-            }
-        }
-        if let Some(netns) = &contents.netns {
-            arg("--jail-netns", netns.clone().into());
-        }
-        for group in &jail.cgroups {
-            arg("--jail-cgroup", group.clone().into());
-        }
+        jail.args = flags.to_args();
         Ok(jail)
     }
 

@@ -1,6 +1,6 @@
 //! The host-side function service behind `lambda-vm`: a Lambda function runs in a microVM (the
 //! `vmm` crate), its guest init serves the Runtime API inside, and invocations reach it over the
-//! host link. The invoke endpoint is `rapid`'s, the same code as local mode.
+//! host link. The invoke endpoint is `front-door`'s, the same code as local mode.
 //!
 //! - [`service`]: the [`FunctionService`], an `Invoker` that boots or restores microVMs;
 //! - [`pool`]: one function's environments and the concurrency limits;

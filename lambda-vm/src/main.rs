@@ -381,10 +381,11 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--listen {}", args.listen))?;
     // Scripts and tests wait for this exact line; with port 0 it is the only way to learn the
     // port.
-    say(&format!(
-        "lambda-vm: listening invoke={}",
-        listener.local_addr()?
-    ));
+    let listening = proto::readiness::Listening {
+        invoke: listener.local_addr()?,
+        runtime_api: None,
+    };
+    say(listening.line("lambda-vm").trim_end());
     let router = host.clone();
     let accepting = tokio::spawn(http_server::serve_with(listener, limits, move |request| {
         router.clone().handle(request)

@@ -12,13 +12,12 @@
 //! environment and gives it back itself, so a client that hangs up mid-invoke leaks nothing.
 
 use crate::guest::{Guest, GuestError, GuestSpec};
-use crate::host_link::{self, Invoke, LinkError};
+use crate::host_link::{self, LinkError};
 use crate::logs::FunctionLog;
 use crate::pool::{Checkout, Counts, Environment, Handoff, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
 use front_door::{ConcurrencyError, Function, Invoker};
 use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
-use proto::host_link::Blob;
 use proto::invoke::{Invocation, InvokeError, Outcome};
 use proto::invoke_api::throttle_reason;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
@@ -365,8 +364,9 @@ impl Inner {
                     let mut spec = self.spec.clone();
                     let init_type = InitializationType::ProvisionedConcurrency;
                     spec.boot_args = Some(format!(
-                        "{} INIT_INITIALIZATION_TYPE={init_type}",
-                        spec.boot_args()
+                        "{} {}={init_type}",
+                        spec.boot_args(),
+                        proto::guest::cmdline::INITIALIZATION_TYPE
                     ));
                     Guest::boot(&spec, env, None, log)?
                 } else {
@@ -478,10 +478,10 @@ impl Inner {
         let result = guest
             .link
             .set_timeout(Some(deadline))
-            .and_then(|()| guest.link.invoke(invoke_frame(invocation)));
+            .and_then(|()| guest.link.invoke(invocation.into()));
         match result {
-            Ok(host_link::Outcome::Success(body)) => (Some(guest), Outcome::Success(body.into())),
-            Ok(host_link::Outcome::Failure { body, reset }) => {
+            Ok(Outcome::Success(body)) => (Some(guest), Outcome::Success(body)),
+            Ok(Outcome::Failure { body, reset }) => {
                 let keep = match &reset {
                     None => Some(guest),
                     Some(why) => {
@@ -496,7 +496,6 @@ impl Inner {
                         None
                     }
                 };
-                let body = body.into();
                 (keep, Outcome::Failure { body, reset })
             }
             Err(_) if guest.ended() => {
@@ -532,16 +531,6 @@ impl Inner {
                 (None, failure(error_type::RUNTIME_EXIT, &message))
             }
         }
-    }
-}
-
-fn invoke_frame(invocation: Invocation) -> Invoke {
-    Invoke {
-        request_id: invocation.request_id,
-        event: Blob(invocation.event.to_vec()),
-        trace_id: invocation.trace_id,
-        client_context: invocation.client_context,
-        cognito_identity: invocation.cognito_identity,
     }
 }
 

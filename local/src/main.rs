@@ -254,10 +254,11 @@ async fn main() -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     // Tests and scripts wait for this exact line; with port 0 it is the only way to learn the
     // ports. One write, so that a reader never sees half of it (eprintln! may write in pieces).
-    let ready = format!(
-        "lambda-local: listening invoke={} runtime-api={api_addr}\n",
-        invoke_listener.local_addr()?
-    );
+    let ready = proto::readiness::Listening {
+        invoke: invoke_addr,
+        runtime_api: Some(api_addr),
+    }
+    .line("lambda-local");
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
 
     let tails = LogTails::default();

@@ -4,6 +4,7 @@
 
 use crate::peers::Launch;
 use crate::{host_binary, require, wait_for};
+use proto::readiness::Listening;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -142,8 +143,8 @@ impl LocalServer {
                 if echo {
                     eprintln!("[{tag} stderr] {line}");
                 }
-                if let Some(rest) = line.strip_prefix(&format!("{tag}: listening ")) {
-                    let _ = addr_tx.send(rest.to_owned());
+                if let Some(listening) = Listening::parse(&tag, &line) {
+                    let _ = addr_tx.send(listening);
                 }
                 err_sink.lock().unwrap().push(line);
             }
@@ -151,21 +152,17 @@ impl LocalServer {
         let listening = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("{name} printed its listening line"));
-        let field = |name: &str| {
-            listening
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name))
-                .unwrap_or_default()
-                .to_owned()
-        };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
             .build()
             .new_agent();
         LocalServer {
-            invoke_addr: field("invoke="),
-            runtime_api_addr: field("runtime-api="),
+            invoke_addr: listening.invoke.to_string(),
+            runtime_api_addr: listening
+                .runtime_api
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             child,
             stdout,
             stderr,
