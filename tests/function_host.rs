@@ -196,31 +196,8 @@ fn left_by(pid: u32, scratch: &Path) -> Vec<String> {
             ));
         }
     }
-    // Jail cgroups are `lambda-vm-<pid>-<start time>-<n>`, made under the service's own
-    // cgroup in each hierarchy, which is this test's (the service is its child).
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let prefix = format!("lambda-vm-{pid}-");
-    for line in own.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-        let (Some(controllers), Some(path)) = (controllers, path) else {
-            continue;
-        };
-        let mounts = if controllers.is_empty() {
-            vec!["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        } else {
-            vec![controllers]
-        };
-        for mount in mounts {
-            let parent = Path::new("/sys/fs/cgroup")
-                .join(mount)
-                .join(path.trim_start_matches('/'));
-            for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    left.push(format!("cgroup {}", entry.path().display()));
-                }
-            }
-        }
+    for cgroup in integration_tests::jail_cgroups_of(pid) {
+        left.push(format!("cgroup {}", cgroup.display()));
     }
     for entry in std::fs::read_dir("/run/lambda-vm/net")
         .into_iter()
