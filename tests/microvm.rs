@@ -202,8 +202,10 @@ fn restored(server: &LocalServer) {
 #[test]
 fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
     require_kvm!();
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshots");
-    let _ = std::fs::remove_dir_all(&root);
+    let snapshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshots");
+    let _ = std::fs::remove_dir_all(&snapshot_dir);
+    // One subdirectory per function.
+    let root = snapshot_dir.join("rust-echo-snap-start");
 
     // The first service boots, lets init run to restore/next, snapshots, and serves from a
     // restored copy.

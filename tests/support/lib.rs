@@ -227,3 +227,35 @@ fn is_environment(prefix: &str) -> bool {
             !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
         })
 }
+
+/// The jail cgroups `lambda-vm` process `pid` made and that still exist. They are named
+/// `lambda-vm-<pid>-<start time>-<n>` and made under the service's own cgroup in each
+/// hierarchy, which is the test's own (the service is the test's child).
+pub fn jail_cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let prefix = format!("lambda-vm-{pid}-");
+    let mut found = Vec::new();
+    for line in own.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        let mounts = if controllers.is_empty() {
+            vec!["unified", ""]
+        } else {
+            vec![controllers]
+        };
+        for mount in mounts {
+            let parent = Path::new("/sys/fs/cgroup")
+                .join(mount)
+                .join(path.trim_start_matches('/'));
+            for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    found
+}
