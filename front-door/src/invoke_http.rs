@@ -22,9 +22,9 @@ use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
 /// The invoke endpoint of one environment. Cheap to clone: one per connection.
 #[derive(Clone)]
 pub struct Endpoint<I: Invoker> {
-    sandbox: I,
+    pub(crate) sandbox: I,
     events: AsyncQueue<I>,
-    tails: LogTails,
+    pub(crate) tails: LogTails,
 }
 
 impl<I: Invoker> Endpoint<I> {
@@ -43,7 +43,11 @@ impl<I: Invoker> Endpoint<I> {
     /// `function`, its name, `name:$LATEST` or its ARN).
     pub async fn handle(self, request: Request<Incoming>) -> Reply {
         let path = request.uri().path();
-        let Some(function) = FunctionRef::from_invoke_path(path) else {
+        let streaming = FunctionRef::from_stream_path(path);
+        let Some(function) = streaming
+            .clone()
+            .or_else(|| FunctionRef::from_invoke_path(path))
+        else {
             let message = format!("No such API: {path}");
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         };
@@ -52,6 +56,9 @@ impl<I: Invoker> Endpoint<I> {
         if !named || !function.is_latest() {
             let message = format!("Function not found: {}", function_arn(served, &function));
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
+        }
+        if streaming.is_some() {
+            return self.handle_stream(request).await;
         }
         self.handle_invoke(request).await
     }
@@ -206,7 +213,7 @@ pub fn function_arn(function: &Function, reference: &FunctionRef) -> String {
 
 /// The event of an invoke body: JSON, as Lambda's Invoke API requires (the emulator does not
 /// check); an empty body is `{}`.
-fn event(body: Bytes) -> Result<Bytes, String> {
+pub(crate) fn event(body: Bytes) -> Result<Bytes, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -218,7 +225,7 @@ fn event(body: Bytes) -> Result<Bytes, String> {
 
 /// Decodes `X-Amz-Client-Context` into the value of `Lambda-Runtime-Client-Context`. JSON is
 /// re-written compactly, since a pretty-printed context holds newlines a header cannot carry.
-fn client_context(encoded: &str) -> Option<String> {
+pub(crate) fn client_context(encoded: &str) -> Option<String> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;

@@ -2,8 +2,12 @@
 //! invoke endpoint, the function host's front door): the accept loop with connection limits,
 //! bounded body reads, the watch for a caller who hung up, and JSON and Lambda error replies.
 
+pub mod body;
+
+pub use body::{Body, BodyClosed, BodySender};
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -12,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-pub type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Body>;
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,7 @@ async fn discard(body: &mut Incoming) {
 
 /// A reply with a JSON body.
 pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
-    let mut reply = Response::new(Full::new(body.into()));
+    let mut reply = Response::new(Body::full(body));
     *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     reply.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -68,11 +68,18 @@ impl FunctionHost {
         if request.method() == Method::GET {
             return self.status(&path);
         }
-        let Some(reference) = FunctionRef::from_invoke_path(&path) else {
+        let streaming = FunctionRef::from_stream_path(&path);
+        let Some(reference) = streaming
+            .clone()
+            .or_else(|| FunctionRef::from_invoke_path(&path))
+        else {
             let message = format!("No such API: {path}");
             return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
         };
         match self.find(&reference) {
+            Some((_, endpoint)) if streaming.is_some() => {
+                endpoint.clone().handle_stream(request).await
+            }
             Some((_, endpoint)) => endpoint.clone().handle_invoke(request).await,
             None => self.not_found(&reference),
         }

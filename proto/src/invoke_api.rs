@@ -89,6 +89,15 @@ impl<'a> FunctionRef<'a> {
         FunctionRef::parse(reference)
     }
 
+    /// The function an `InvokeWithResponseStream` path
+    /// (`/2021-11-15/functions/{ref}/response-streaming-invocations`) names.
+    pub fn from_stream_path(path: &'a str) -> Option<FunctionRef<'a>> {
+        let reference = path
+            .strip_prefix("/2021-11-15/functions/")?
+            .strip_suffix("/response-streaming-invocations")?;
+        FunctionRef::parse(reference)
+    }
+
     /// Parses a function name, `name:qualifier` or function ARN.
     pub fn parse(reference: &'a str) -> Option<FunctionRef<'a>> {
         if reference.is_empty() || reference.contains('/') {
@@ -156,6 +165,16 @@ mod tests {
         }
         assert_eq!(
             FunctionRef::from_invoke_path("/2015-03-31/functions/x"),
+            None
+        );
+        assert_eq!(
+            FunctionRef::from_stream_path(
+                "/2021-11-15/functions/echo/response-streaming-invocations"
+            ),
+            Some(latest("echo"))
+        );
+        assert_eq!(
+            FunctionRef::from_stream_path("/2015-03-31/functions/echo/invocations"),
             None
         );
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod hooks;
 pub mod process;
 pub mod report;
+pub mod response_stream;
 pub mod runtime_api;
 pub mod sandbox;
 
@@ -22,4 +23,4 @@ pub use config::EnvironmentConfig;
 pub use hooks::{NoSnapshot, SnapshotHook};
 pub use proto::log::{error_chain, LogSink, StdoutLog};
 pub use proto::InitializationType;
-pub use sandbox::{Handle, Invocation, InvokeError, Outcome};
+pub use sandbox::{Answer, Handle, Invocation, InvokeError, Outcome};

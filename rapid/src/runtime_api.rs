@@ -6,7 +6,10 @@ use http_server::{self as http, BodyError, Reply};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::Request;
-use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SYNC_PAYLOAD_LIMIT};
+use proto::runtime_api::{
+    error_type, header, ErrorRequest, Route, RouteError, RESPONSE_MODE_STREAMING,
+    SYNC_PAYLOAD_LIMIT,
+};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +46,24 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
         Route::Response(id) => {
             if let Err(reply) = sandbox.precheck(&id) {
                 return to_http(reply);
+            }
+            let mode = request.headers().get(header::RESPONSE_MODE);
+            if let Some(mode) = mode {
+                if !mode
+                    .as_bytes()
+                    .eq_ignore_ascii_case(RESPONSE_MODE_STREAMING.as_bytes())
+                {
+                    let message = format!(
+                        "{} must be {RESPONSE_MODE_STREAMING:?}, got {mode:?}",
+                        header::RESPONSE_MODE
+                    );
+                    return to_http(bad_request(&message));
+                }
+                let reply = crate::response_stream::respond(&sandbox, &id, request).await;
+                let refused = matches!(reply, ApiReply::Rejected(413, ..));
+                let reply = to_http(answered_first(reply).await);
+                // A refused upload was not read to its end.
+                return if refused { http::close(reply) } else { reply };
             }
             match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
                 Ok(body) => answered_first(sandbox.respond(&id, body)).await,

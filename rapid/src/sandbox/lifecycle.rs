@@ -1,7 +1,7 @@
 //! Starting and resetting the runtime, and ending invocations: normally, or by timeout, crash,
 //! or a failed init or restore.
 
-use super::{Handle, Outcome, Phase, Process, Reset, State};
+use super::{Answer, Handle, Outcome, Phase, Process, Reset, State, StreamEnd, StreamSender};
 use crate::process;
 use crate::report::{self, Report, Status};
 use bytes::Bytes;
@@ -120,7 +120,7 @@ impl Handle {
     /// Fails the oldest waiting invocation: the one whose arrival started the failed init.
     pub(super) fn fail_head(&self, state: &mut State, outcome: Outcome) {
         if let Some(queued) = state.queue.pop_front() {
-            let _ = queued.reply.send(outcome);
+            let _ = queued.reply.send(Answer::Whole(outcome));
         }
     }
 
@@ -393,6 +393,7 @@ impl Handle {
         Some(Ending {
             report,
             reply: current.reply.take(),
+            stream: current.stream.take(),
             outcome,
         })
     }
@@ -401,6 +402,7 @@ impl Handle {
         let Ending {
             mut report,
             reply,
+            stream,
             outcome,
         } = ending;
         if let Some(process) = state.process.as_mut() {
@@ -419,7 +421,14 @@ impl Handle {
         self.log(&report.line());
         if let Some(reply) = reply {
             // The invoker may have gone; the invocation still counts as done.
-            let _ = reply.send(outcome);
+            let _ = reply.send(Answer::Whole(outcome));
+        } else if let Some(stream) = stream {
+            // Behind the chunks already passed on; a slow invoker must not hold the state.
+            let end = match outcome {
+                Outcome::Success(_) => StreamEnd::Complete,
+                Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
+            };
+            tokio::spawn(async move { stream.end(end).await });
         }
     }
 }
@@ -427,7 +436,9 @@ impl Handle {
 /// An ended invocation's END, REPORT and answer.
 pub(super) struct Ending {
     report: Report,
-    reply: Option<tokio::sync::oneshot::Sender<Outcome>>,
+    reply: Option<tokio::sync::oneshot::Sender<Answer>>,
+    /// The response stream, when the runtime streamed its response: it ends with the outcome.
+    stream: Option<StreamSender>,
     outcome: Outcome,
 }
 

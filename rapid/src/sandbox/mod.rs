@@ -13,15 +13,19 @@
 
 mod lifecycle;
 mod runtime_calls;
+mod streaming;
 
 pub use crate::hooks::{NoSnapshot, SnapshotHook};
 pub use proto::log::{LogSink, StdoutLog};
 pub use runtime_calls::too_large;
+pub use streaming::StreamUpload;
 
 use crate::config::EnvironmentConfig;
 use crate::process::Output;
 pub use proto::host_link::Reset;
-pub use proto::invoke::{Invocation, InvokeError, Outcome, MAX_QUEUED};
+pub use proto::invoke::{
+    Answer, Invocation, InvokeError, Outcome, ResponseStream, StreamEnd, StreamSender, MAX_QUEUED,
+};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,7 +57,7 @@ pub struct Delivered {
 
 struct Queued {
     invocation: Invocation,
-    reply: oneshot::Sender<Outcome>,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// The invocation last delivered to the runtime. It stays after it finished, so that a second
@@ -61,8 +65,10 @@ struct Queued {
 struct Current {
     request_id: String,
     started: Instant,
-    /// `None` once the outcome was sent.
-    reply: Option<oneshot::Sender<Outcome>>,
+    /// `None` once the answer was sent (for a streamed response, when its stream began).
+    reply: Option<oneshot::Sender<Answer>>,
+    /// The response stream, while the runtime streams its response.
+    stream: Option<StreamSender>,
     finished: bool,
     init_duration: Option<Duration>,
     restore_duration: Option<Duration>,
@@ -192,15 +198,23 @@ impl Handle {
 
     /// Runs one invocation and waits for its outcome: queued behind the others (one runs at a
     /// time), the runtime started first if none is up. Dropping the future does not cancel the
-    /// invocation: it still runs, and its outcome is discarded.
+    /// invocation: it still runs, and its outcome is discarded. A streamed response is gathered
+    /// (up to the synchronous payload limit, as a buffered `Invoke` of a streaming function).
     pub async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
+        let answer = self.invoke_streaming(invocation).await?;
+        Ok(answer.gather(proto::runtime_api::SYNC_PAYLOAD_LIMIT).await)
+    }
+
+    /// Like [`Handle::invoke`], but a response the runtime streams is handed over as a stream as
+    /// soon as it begins, each chunk as the runtime writes it.
+    pub async fn invoke_streaming(&self, invocation: Invocation) -> Result<Answer, InvokeError> {
         let receiver = {
             let mut state = self.lock();
             if state.shut_down {
                 return Err(InvokeError::ShutDown);
             }
             if let Some(failure) = state.kept_failure.take() {
-                return Ok(failure);
+                return Ok(Answer::Whole(failure));
             }
             // Callers that hung up while waiting hold no place in the queue.
             state.queue.retain(|queued| !queued.reply.is_closed());

@@ -129,6 +129,7 @@ impl Handle {
             request_id,
             started: Instant::now(),
             reply: Some(queued.reply),
+            stream: None,
             finished: false,
             init_duration: state.pending_init_duration.take(),
             restore_duration: state.pending_restore_duration.take(),
@@ -151,10 +152,10 @@ impl Handle {
         (current.request_id == request_id).then_some(current.started)
     }
 
-    /// Checks that `request_id` names the invocation in progress.
-    fn check_current(&self, state: &State, request_id: &str) -> Result<(), ApiReply> {
+    /// Checks that `request_id` names the invocation in progress, and that it has no answer yet.
+    pub(super) fn check_current(&self, state: &State, request_id: &str) -> Result<(), ApiReply> {
         match &state.current {
-            Some(c) if c.request_id == request_id && !c.finished => Ok(()),
+            Some(c) if c.request_id == request_id && !c.finished && c.stream.is_none() => Ok(()),
             Some(c) if c.request_id == request_id => Err(invalid_transition(
                 "the invocation already has a response or error",
             )),
