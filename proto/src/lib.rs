@@ -17,6 +17,7 @@
 //! - [`time`]: epoch milliseconds and RFC 3339 timestamps.
 
 pub mod env;
+pub mod extensions_api;
 pub mod function_config;
 pub mod host_link;
 pub mod invoke;

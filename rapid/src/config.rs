@@ -31,6 +31,9 @@ pub struct EnvironmentConfig {
     /// reaches every descendant). `None` runs it unconfined: inside a microVM, where the VM is
     /// the sandbox.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// Where the external extensions are (`/opt/extensions` on Lambda): every executable file
+    /// in it is started before the runtime. `None`: no external extensions.
+    pub extensions_dir: Option<PathBuf>,
 }
 
 impl EnvironmentConfig {
@@ -69,6 +72,7 @@ impl EnvironmentConfig {
             environment: function.environment.clone().into_iter().collect(),
             init_type: function.initialization_type,
             cgroups: None,
+            extensions_dir: None,
         }
     }
 

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod extensions;
 pub mod hooks;
 pub mod process;
 pub mod report;

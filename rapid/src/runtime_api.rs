@@ -23,6 +23,10 @@ const RESTORE_ERROR: &str = proto::runtime_api::function_error_type::RESTORE_ERR
 /// Answers one Runtime API request. `/next` and `restore/next` long-poll; bodies are read with
 /// hard limits, and a connection whose body was refused unread is closed.
 pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
+    // The Extensions API (and the Telemetry API) share the runtime's address.
+    if crate::extensions::api::serves(request.uri().path()) {
+        return crate::extensions::api::handle(sandbox, request).await;
+    }
     let route = match Route::parse(request.method().as_str(), request.uri().path()) {
         Ok(route) => route,
         Err(RouteError::NotFound) => {
@@ -201,7 +205,7 @@ fn bad_request(message: &str) -> ApiReply {
     ApiReply::Rejected(400, error_type::INVALID_REQUEST, message.to_owned())
 }
 
-fn to_http(reply: ApiReply) -> Reply {
+pub(crate) fn to_http(reply: ApiReply) -> Reply {
     match reply {
         ApiReply::Accepted => http::json(202, r#"{"status":"OK"}"#),
         ApiReply::Empty => http::json(200, Bytes::new()),
@@ -241,7 +245,7 @@ fn to_http(reply: ApiReply) -> Reply {
 /// An X-Ray trace header for an invoke that came without one: 96 random bits for the root, 64
 /// for the parent, drawn in one system call (each is one more trip through the emulator in a
 /// guest).
-fn new_trace_id() -> String {
+pub(crate) fn new_trace_id() -> String {
     let mut random = [0u8; 20];
     fill_random(&mut random);
     let (root, parent) = random.split_at(12);

@@ -5,6 +5,7 @@
 use super::{ApiReply, Current, Delivered, Handle, Outcome, Phase, Queued, State};
 use crate::report::{self, Status};
 use bytes::Bytes;
+use proto::extensions_api::{Event, ShutdownReason, Tracing};
 use proto::runtime_api::{error_type, function_error_type, ErrorRequest, SYNC_PAYLOAD_LIMIT};
 use proto::InitializationType;
 use std::time::Instant;
@@ -32,13 +33,14 @@ pub fn too_large() -> ApiReply {
 
 impl Handle {
     /// `GET /invocation/next`: long-polls for the next invocation. The first call after a spawn
-    /// ends init; the first after `restore/next` ends the restore.
+    /// ends init (once every extension waits for its next event too); the first after
+    /// `restore/next` ends the restore.
     ///
     /// A SnapStart runtime that skips `restore/next` and goes straight to `/next` is tolerated:
     /// the snapshot is taken while it waits here (as valid a point as `restore/next`), and it
     /// simply has no after-restore hooks.
     pub async fn next(&self) -> ApiReply {
-        let (generation, snapshot_here) = {
+        let generation = {
             let mut state = self.lock();
             // The runtime has had its say about the invocation the server ended.
             self.complete_deferred(&mut state);
@@ -48,19 +50,10 @@ impl Handle {
                 );
             }
             state.current = None;
-            let mut snapshot_here = false;
             match state.phase {
-                Phase::Initializing { started } => {
-                    // Lambda puts an on-demand init in the first invocation's REPORT; a
-                    // provisioned environment's init was nobody's invocation, so it gets a line
-                    // of its own.
-                    if self.shared.config.init_type == InitializationType::OnDemand {
-                        state.pending_init_duration = Some(started.elapsed());
-                    } else {
-                        self.log(&report::init_report(started.elapsed()));
-                    }
-                    self.end_phase(&mut state);
-                    snapshot_here = self.shared.config.init_type == InitializationType::SnapStart;
+                Phase::Initializing { .. } => {
+                    state.runtime_ready = true;
+                    self.maybe_end_init(&mut state);
                 }
                 Phase::Restoring { started } => {
                     state.pending_restore_duration = Some(started.elapsed());
@@ -70,26 +63,28 @@ impl Handle {
                 // No runtime is served: this is a killed one whose request was still on its way.
                 Phase::Down => return environment_reset(),
             }
-            (state.generation, snapshot_here)
+            state.generation
         };
-        if snapshot_here {
-            if let Err(e) = self.shared.snapshot.snapshot().await {
-                self.log(&format!("rapid: snapshot failed: {e}"));
-            }
-        }
         loop {
             let notified = self.shared.work.notified();
             tokio::pin!(notified);
             // Registered before the state is checked, so a wake-up in between is not lost.
             notified.as_mut().enable();
-            {
+            let snapshot = {
                 let mut state = self.lock();
                 if state.generation != generation {
                     return environment_reset();
                 }
+                let snapshot = std::mem::take(&mut state.snapshot_due);
                 // Another `/next` of the same runtime may have taken an invocation meanwhile:
-                // the environment runs one at a time.
-                if self.unfinished_current(&state).is_none() {
+                // the environment runs one at a time, and the next waits for the extensions to
+                // be done with the last.
+                let free = matches!(state.phase, Phase::Ready)
+                    && !snapshot
+                    && self.unfinished_current(&state).is_none()
+                    && state.post_invoke.is_none()
+                    && state.extensions.all_idle();
+                if free {
                     while let Some(queued) = state.queue.pop_front() {
                         // A caller that hung up before its invocation started does not get it
                         // run: nobody would see the answer, and a retrying client would run it
@@ -104,41 +99,55 @@ impl Handle {
                         return ApiReply::Next(Box::new(self.deliver(&mut state, queued)));
                     }
                 }
+                snapshot
+            };
+            if snapshot {
+                if let Err(e) = self.shared.snapshot.snapshot().await {
+                    self.log(&format!("rapid: snapshot failed: {e}"));
+                }
+                continue;
             }
             notified.await;
         }
     }
 
-    /// Init or restore is over: the runtime is ready for invocations.
-    fn end_phase(&self, state: &mut State) {
-        state.phase = Phase::Ready;
-        if let Some(timer) = state.phase_timer.take() {
-            timer.abort();
-        }
-        if let Some(process) = state.process.as_mut() {
-            process.sample_memory();
-        }
-    }
-
-    fn deliver(&self, state: &mut State, queued: Queued) -> Delivered {
+    fn deliver(&self, state: &mut State, mut queued: Queued) -> Delivered {
         let config = &self.shared.config;
         let request_id = queued.invocation.request_id.clone();
         self.log(&report::start(&request_id, &config.function_version));
         let timer = self.arm_timeout(state.generation, request_id.clone());
         state.current = Some(Current {
-            request_id,
+            request_id: request_id.clone(),
             started: Instant::now(),
             reply: Some(queued.reply),
             stream: None,
             finished: false,
             init_duration: state.pending_init_duration.take(),
             restore_duration: state.pending_restore_duration.take(),
-            timer,
+            timer: Some(timer),
         });
         let timeout_ms = u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = proto::time::epoch_ms().saturating_add(timeout_ms);
+        // One trace for the runtime and the extensions.
+        let trace = queued
+            .invocation
+            .trace_id
+            .get_or_insert_with(crate::runtime_api::new_trace_id)
+            .clone();
+        let event = Event::Invoke {
+            deadline_ms,
+            request_id,
+            invoked_function_arn: config.function_arn(),
+            tracing: Some(Tracing {
+                kind: "X-Amzn-Trace-Id".into(),
+                value: trace,
+            }),
+        };
+        self.invoke_extensions(state, &event);
+        self.shared.work.notify_waiters();
         Delivered {
             invocation: queued.invocation,
-            deadline_ms: proto::time::epoch_ms().saturating_add(timeout_ms),
+            deadline_ms,
             function_arn: config.function_arn(),
         }
     }
@@ -235,7 +244,7 @@ impl Handle {
             error_type,
             Outcome::failure(body),
         );
-        self.reset(&mut state);
+        self.reset(&mut state, ShutdownReason::Failure);
         ApiReply::Accepted
     }
 
@@ -260,9 +269,7 @@ impl Handle {
             state.phase = Phase::Restoring {
                 started: Instant::now(),
             };
-            if let Some(process) = state.process.as_mut() {
-                process.sample_memory();
-            }
+            self.sample_memory(&mut state);
             state.generation
         };
         if let Err(e) = self.shared.snapshot.snapshot().await {
@@ -290,7 +297,7 @@ impl Handle {
         };
         self.log(&report::restore_report_error(started.elapsed(), error_type));
         self.fail_restore(&mut state, Outcome::failure(body));
-        self.reset(&mut state);
+        self.reset(&mut state, ShutdownReason::Failure);
         ApiReply::Accepted
     }
 }
