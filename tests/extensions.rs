@@ -1,0 +1,273 @@
+//! Lambda extensions in local mode, with real extension processes: a shell extension on curl
+//! and a Python one (`tests/extensions/`), next to the conformance function on the unmodified
+//! `lambda_runtime` crate, served by `lambda-local --extensions-dir`.
+
+use integration_tests::peers::Peer;
+use integration_tests::server::LocalServer;
+use integration_tests::{wait_for, wait_until, workspace_root};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a line may take to follow what caused it.
+const LOG_WAIT: Duration = Duration::from_secs(30);
+
+/// A function environment with the named extensions of `tests/extensions/` in its extensions
+/// directory, and `env` for the function and its extensions.
+struct Setup {
+    server: LocalServer,
+    /// Holds the extensions directory for the server's life.
+    _dir: tempfile::TempDir,
+}
+
+fn start(extensions: &[&str], env: &[(&str, String)], extra: &[&str]) -> Option<Setup> {
+    let mut launch = Peer::LambdaRuntimeCrate.launch()?;
+    let dir = tempfile::tempdir().unwrap();
+    let opt = dir.path().join("extensions");
+    std::fs::create_dir(&opt).unwrap();
+    for name in extensions {
+        let source = workspace_root().join("tests/extensions").join(name);
+        std::fs::copy(&source, opt.join(name)).unwrap();
+    }
+    launch
+        .env
+        .extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    let opt_arg = opt.display().to_string();
+    let mut args = vec!["--extensions-dir", &opt_arg, "--timeout", "20"];
+    args.extend_from_slice(extra);
+    let server = LocalServer::start(&launch, &args)?;
+    Some(Setup { server, _dir: dir })
+}
+
+/// The events an extension printed, parsed (`NAME: {json}` lines).
+fn events(server: &LocalServer, name: &str) -> Vec<Value> {
+    let prefix = format!("{name}: {{");
+    server
+        .logs()
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix[..prefix.len() - 1]))
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect()
+}
+
+fn position(logs: &[String], predicate: impl Fn(&str) -> bool) -> Option<usize> {
+    logs.iter().position(|l| predicate(l))
+}
+
+#[test]
+fn shell_and_python_extensions_get_every_invoke_and_shutdown() {
+    let Some(mut setup) = start(&["ext-sh", "ext-py"], &[], &[]) else {
+        return;
+    };
+    let server = &setup.server;
+    let first = server.assert_echo(&json!({"n": 1}));
+    let second = server.assert_echo(&json!({"n": 2}));
+    let ids = [first.id(), second.id()];
+    for name in ["ext-sh", "ext-py"] {
+        let got = wait_for(LOG_WAIT, || {
+            let invokes: Vec<Value> = events(server, name)
+                .into_iter()
+                .filter(|e| e["eventType"] == "INVOKE")
+                .collect();
+            (invokes.len() == 2).then_some(invokes)
+        })
+        .unwrap_or_else(|| panic!("{name} got both invokes: {:#?}", server.logs()));
+        for (event, id) in got.iter().zip(&ids) {
+            assert_eq!(event["requestId"], id.as_str(), "{event}");
+            assert_eq!(
+                event["invokedFunctionArn"],
+                "arn:aws:lambda:us-east-1:012345678912:function:function"
+            );
+            assert!(event["deadlineMs"].as_u64().unwrap() > integration_tests::epoch_ms());
+            assert_eq!(event["tracing"]["type"], "X-Amzn-Trace-Id", "{event}");
+            assert!(event["tracing"]["value"]
+                .as_str()
+                .unwrap()
+                .starts_with("Root=1-"));
+        }
+    }
+    // The runtime saw the same trace as the extensions.
+    let context = server.invoke(&json!({"action": "context"})).json();
+    let logs = server.wait_for_logs(LOG_WAIT, 3, |l| l.starts_with("ext-py: {\"deadlineMs\""));
+    assert!(
+        logs[2].contains(context["trace_id"].as_str().unwrap()),
+        "{logs:?} {context}"
+    );
+    // Registration answered with the function and, as asked, the account.
+    let registered = server.wait_for_log(LOG_WAIT, |l| l.starts_with("ext-py: registered "));
+    let body: Value = serde_json::from_str(&registered["ext-py: registered ".len()..]).unwrap();
+    assert_eq!(body["functionName"], "function");
+    assert_eq!(body["functionVersion"], "$LATEST");
+    assert_eq!(body["handler"], "echo");
+    assert_eq!(body["accountId"], "012345678912");
+    // Init waited for both, so it covers them: the first REPORT has it.
+    let report = server.report_for(&ids[0]);
+    assert!(report.contains("\tInit Duration: "), "{report}");
+
+    let status = setup
+        .server
+        .terminate(LOG_WAIT)
+        .expect("lambda-local stopped");
+    assert!(status.success(), "{status:?}");
+    for name in ["ext-sh", "ext-py"] {
+        let shutdown = events(&setup.server, name)
+            .into_iter()
+            .find(|e| e["eventType"] == "SHUTDOWN")
+            .unwrap_or_else(|| panic!("{name} got SHUTDOWN: {:#?}", setup.server.logs()));
+        assert_eq!(shutdown["shutdownReason"], "spindown", "{shutdown}");
+        assert!(shutdown["deadlineMs"].as_u64().is_some(), "{shutdown}");
+    }
+}
+
+#[test]
+fn an_invoke_is_over_only_when_every_extension_asked_for_its_next_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let env = [
+        ("EXT_MODE", "post-invoke".to_owned()),
+        ("EXT_GATE", gate.display().to_string()),
+    ];
+    let Some(setup) = start(&["ext-py"], &env, &[]) else {
+        return;
+    };
+    let server = &setup.server;
+    // The answer comes as soon as the runtime gives it, while the extension still works.
+    let reply = server.assert_echo(&json!({"n": 1}));
+    let id = reply.id();
+    let end = format!("END RequestId: {id}");
+    assert!(
+        !server.logs().contains(&end),
+        "END before the extension was done: {:#?}",
+        server.logs()
+    );
+    let second = server.invoke_in_background(b"{\"n\":2}", &[]);
+    std::fs::File::create(&gate).unwrap();
+    server.wait_for_log(LOG_WAIT, |l| l == end);
+    let logs = server.logs();
+    let done = position(&logs, |l| l == format!("ext-py: done with {id}")).expect("done");
+    let end_at = position(&logs, |l| l == end).unwrap();
+    let report_at = position(&logs, |l| l.starts_with(&format!("REPORT RequestId: {id}"))).unwrap();
+    assert!(done < end_at && end_at < report_at, "{logs:#?}");
+    // The next invocation started only after that.
+    let second = second.join().unwrap();
+    assert_eq!(second.json(), json!({"n": 2}));
+    let logs = server.logs();
+    let started = position(&logs, |l| {
+        l.starts_with(&format!("START RequestId: {}", second.id()))
+    });
+    assert!(started.unwrap() > report_at, "{logs:#?}");
+}
+
+#[test]
+fn an_extension_that_never_registers_fails_init_with_a_clear_error() {
+    let env = [("EXT_MODE", "never-register".to_owned())];
+    let Some(mut setup) = start(&["ext-py"], &env, &["--init-timeout", "2"]) else {
+        return;
+    };
+    for _ in 0..2 {
+        let error = setup.server.invoke(&json!({})).unhandled_error();
+        assert_eq!(error["errorType"], "Runtime.InitTimeout", "{error}");
+        let message = error["errorMessage"].as_str().unwrap();
+        assert!(message.contains("ext-py did not register"), "{message}");
+    }
+    let init = setup
+        .server
+        .wait_for_log(LOG_WAIT, |l| l.starts_with("INIT_REPORT"));
+    assert!(init.ends_with("Error Type: Runtime.InitTimeout"), "{init}");
+    setup.server.assert_serving();
+}
+
+#[test]
+fn an_extension_that_crashes_mid_invoke_fails_it_and_the_next_invoke_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("EXT_MODE", "crash-on-invoke".to_owned()),
+        ("EXT_GATE", dir.path().join("crashed").display().to_string()),
+    ];
+    let Some(mut setup) = start(&["ext-py"], &env, &[]) else {
+        return;
+    };
+    // The function is still sleeping when the extension dies.
+    let reply = setup.server.invoke(&json!({"action": "sleep", "ms": 5000}));
+    let error = reply.unhandled_error();
+    assert_eq!(error["errorType"], "Extension.Crash", "{error}");
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Extension ext-py exited: exit status 7"),
+        "{error}"
+    );
+    let report = setup.server.report_for(&reply.id());
+    assert!(
+        report.ends_with("Status: error\tError Type: Extension.Crash\t"),
+        "{report}"
+    );
+    // A fresh environment, extension and all.
+    let again = setup.server.assert_echo(&json!({"again": true}));
+    let report = setup.server.report_for(&again.id());
+    assert!(report.contains("Init Duration"), "{report}");
+    setup.server.assert_serving();
+}
+
+#[test]
+fn an_extension_that_ignores_shutdown_is_killed_at_the_deadline() {
+    let env = [("EXT_MODE", "ignore-shutdown".to_owned())];
+    let Some(mut setup) = start(&["ext-py"], &env, &[]) else {
+        return;
+    };
+    setup.server.assert_echo(&json!({"n": 1}));
+    let status = setup
+        .server
+        .terminate(LOG_WAIT)
+        .expect("lambda-local stopped");
+    assert!(status.success(), "{status:?}");
+    let logs = setup.server.logs();
+    let ignored = position(&logs, |l| l == "ext-py: ignoring SHUTDOWN").expect("SHUTDOWN seen");
+    let killed = position(&logs, |l| {
+        l == "rapid: ext-py did not exit by the shutdown deadline; killed"
+    })
+    .expect("killed at the deadline");
+    assert!(ignored < killed, "{logs:#?}");
+}
+
+#[test]
+fn init_and_exit_errors_fail_with_the_extensions_error_type() {
+    let env = [("EXT_MODE", "init-error".to_owned())];
+    let Some(setup) = start(&["ext-py"], &env, &[]) else {
+        return;
+    };
+    let error = setup.server.invoke(&json!({})).unhandled_error();
+    assert_eq!(error["errorType"], "Extension.ConfigInvalid", "{error}");
+    assert!(error["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("the configuration is invalid"));
+    let init = setup
+        .server
+        .wait_for_log(LOG_WAIT, |l| l.starts_with("INIT_REPORT"));
+    assert!(
+        init.ends_with("Error Type: Extension.ConfigInvalid"),
+        "{init}"
+    );
+    drop(setup);
+
+    let env = [("EXT_MODE", "exit-error".to_owned())];
+    let Some(setup) = start(&["ext-py"], &env, &[]) else {
+        return;
+    };
+    let reply = setup.server.invoke(&json!({"action": "sleep", "ms": 5000}));
+    let error = reply.unhandled_error();
+    assert_eq!(error["errorType"], "Extension.Broken", "{error}");
+    assert!(error["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("lost its backend"));
+}
+
+/// Waits until `path` holds at least one line satisfying `predicate`.
+pub fn wait_for_line(path: &Path, predicate: impl Fn(&str) -> bool) -> bool {
+    wait_until(LOG_WAIT, || {
+        std::fs::read_to_string(path).is_ok_and(|text| text.lines().any(&predicate))
+    })
+}
