@@ -271,3 +271,123 @@ pub fn wait_for_line(path: &Path, predicate: impl Fn(&str) -> bool) -> bool {
         std::fs::read_to_string(path).is_ok_and(|text| text.lines().any(&predicate))
     })
 }
+
+/// A free port on the loopback (bound and let go: the extension binds it next).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The telemetry events the Python extension received, in order.
+fn received(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn the_telemetry_api_delivers_platform_records_and_function_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records");
+    let env = [
+        ("EXT_MODE", "telemetry".to_owned()),
+        ("EXT_PORT", free_port().to_string()),
+        ("EXT_RECORDS", records.display().to_string()),
+        ("EXT_TYPES", "platform,function,extension".to_owned()),
+    ];
+    let Some(setup) = start(&["ext-py"], &env, &[]) else {
+        return;
+    };
+    let server = &setup.server;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let message = format!("hello telemetry {n}");
+        let reply = server.invoke(&json!({"action": "log", "message": message}));
+        assert_eq!(reply.json()["logged"], message.as_str());
+        ids.push(reply.id());
+    }
+    // Every invoke's platform.report arrives (and the lines before it).
+    let all = wait_for(LOG_WAIT, || {
+        let all = received(&records);
+        let reports = all
+            .iter()
+            .filter(|e| e["type"] == "platform.report")
+            .count();
+        (reports == ids.len()).then_some(all)
+    })
+    .unwrap_or_else(|| panic!("three reports: {:#?}", received(&records)));
+    let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for kind in [
+        "platform.initStart",
+        "platform.telemetrySubscription",
+        "platform.extension",
+        "platform.initRuntimeDone",
+        "platform.initReport",
+        "extension",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let at = |kind: &str, id: &str| {
+        all.iter()
+            .position(|e| e["type"] == kind && e["record"]["requestId"] == id)
+            .unwrap_or_else(|| panic!("{kind} of {id}: {all:#?}"))
+    };
+    for (n, id) in ids.iter().enumerate() {
+        let (start, done, report) = (
+            at("platform.start", id),
+            at("platform.runtimeDone", id),
+            at("platform.report", id),
+        );
+        let line = all
+            .iter()
+            .position(|e| e["type"] == "function" && e["record"] == format!("hello telemetry {n}"))
+            .unwrap_or_else(|| panic!("the function's line {n}: {all:#?}"));
+        assert!(
+            start < line && line < report && start < done && done < report,
+            "{kinds:?}"
+        );
+        let done = &all[done]["record"];
+        assert_eq!(done["status"], "success", "{done}");
+        assert!(done["metrics"]["durationMs"].as_f64().is_some(), "{done}");
+        assert!(
+            done["metrics"]["producedBytes"].as_u64().unwrap() > 0,
+            "{done}"
+        );
+        let spans: Vec<&str> = done["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(spans, ["responseLatency", "responseDuration"], "{done}");
+        let report = &all[report]["record"];
+        assert_eq!(report["status"], "success", "{report}");
+        let metrics = &report["metrics"];
+        assert_eq!(metrics["memorySizeMB"], 128, "{report}");
+        assert!(
+            metrics["billedDurationMs"].as_u64().unwrap() >= 1,
+            "{report}"
+        );
+        assert!(metrics["maxMemoryUsedMB"].as_u64().is_some(), "{report}");
+        assert_eq!(metrics.get("initDurationMs").is_some(), n == 0, "{report}");
+        assert_eq!(report["tracing"]["type"], "X-Amzn-Trace-Id", "{report}");
+        for event in &all {
+            let time = event["time"].as_str().unwrap();
+            assert!(time.len() == 24 && time.ends_with('Z'), "{event}");
+        }
+    }
+    let init = &all[kinds
+        .iter()
+        .position(|k| *k == "platform.initStart")
+        .unwrap()]["record"];
+    assert_eq!(init["initializationType"], "on-demand", "{init}");
+    assert_eq!(init["phase"], "init", "{init}");
+    let extension = &all[kinds
+        .iter()
+        .position(|k| *k == "platform.extension")
+        .unwrap()]["record"];
+    assert_eq!(extension["name"], "ext-py", "{extension}");
+    assert_eq!(extension["state"], "Ready", "{extension}");
+}

@@ -25,6 +25,7 @@ pub mod invoke_api;
 pub mod layout;
 pub mod log;
 pub mod runtime_api;
+pub mod telemetry_api;
 pub mod time;
 
 pub use function_config::{FunctionConfig, InitializationType};

@@ -19,6 +19,7 @@ pub mod report;
 pub mod response_stream;
 pub mod runtime_api;
 pub mod sandbox;
+pub mod telemetry;
 
 pub use config::EnvironmentConfig;
 pub use hooks::{NoSnapshot, SnapshotHook};

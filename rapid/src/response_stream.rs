@@ -54,7 +54,7 @@ pub async fn respond(sandbox: &Handle, request_id: &str, request: Request<Incomi
             };
         }
     };
-    sandbox.finish_stream(request_id, upload)
+    sandbox.finish_stream(request_id, upload, produced as u64)
 }
 
 /// The error JSON the trailers of a failed stream carry, if they say it failed. The body is

@@ -27,6 +27,9 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
     if crate::extensions::api::serves(request.uri().path()) {
         return crate::extensions::api::handle(sandbox, request).await;
     }
+    if crate::telemetry::api::serves(request.uri().path()) {
+        return crate::telemetry::api::handle(sandbox, request).await;
+    }
     let route = match Route::parse(request.method().as_str(), request.uri().path()) {
         Ok(route) => route,
         Err(RouteError::NotFound) => {

@@ -5,9 +5,11 @@
 use super::{ApiReply, Handle, Phase, Reset, ShutdownReason, State};
 use crate::extensions::{Agent, AgentState};
 use crate::report::Status;
+use crate::telemetry::Flavour;
 use bytes::Bytes;
 use proto::extensions_api::{error_type, Event, EventType, RegisterResponse, MAX_EXTENSIONS};
 use proto::runtime_api::ErrorRequest;
+use proto::telemetry_api::{Subscription, Target};
 
 fn forbidden(error_type: &'static str, message: impl Into<String>) -> ApiReply {
     ApiReply::Rejected(403, error_type, message.into())
@@ -213,6 +215,43 @@ impl Handle {
         ApiReply::Accepted
     }
 }
+
+impl Handle {
+    /// A Telemetry (or Logs) API subscription of extension `id`: open during init.
+    pub fn subscribe_telemetry(
+        &self,
+        id: &str,
+        subscription: Subscription,
+        target: Target,
+        flavour: Flavour,
+    ) -> Result<(), ApiReply> {
+        let mut state = self.lock();
+        let generation = state.generation;
+        let initializing = matches!(state.phase, Phase::Initializing { .. });
+        let Some(agent) = state.extensions.by_id(id) else {
+            return Err(unknown(id));
+        };
+        if !initializing {
+            return Err(forbidden(
+                SUBSCRIPTION_CLOSED,
+                "Telemetry API subscription is closed: subscribe during init",
+            ));
+        }
+        let name = agent.name.clone();
+        self.shared.telemetry.subscribe(
+            generation,
+            &name,
+            subscription.types,
+            subscription.buffering,
+            target,
+            flavour,
+        );
+        Ok(())
+    }
+}
+
+/// The error type of a subscription after init, as Lambda names it.
+const SUBSCRIPTION_CLOSED: &str = "Telemetry.SubscriptionClosed";
 
 /// The agent `id` names: of this generation, or of one being shut down.
 fn find<'a>(state: &'a mut State, id: &str) -> Option<&'a mut Agent> {

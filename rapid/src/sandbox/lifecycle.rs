@@ -7,9 +7,12 @@ use super::{
 use crate::extensions::{self, Agent, AgentState};
 use crate::process;
 use crate::report::{self, Report, Status};
+use crate::telemetry::records;
 use bytes::Bytes;
 use proto::extensions_api::{failure_type, Event, EventType, MAX_EXTENSIONS};
 use proto::runtime_api::{function_error_type, ErrorRequest};
+use proto::telemetry_api::Category;
+use serde_json::Value;
 use std::future::Future;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -71,6 +74,14 @@ impl Handle {
         state.extensions = Default::default();
         let config = &self.shared.config;
         let generation = state.generation;
+        self.shared.telemetry.begin_init();
+        self.platform("platform.initStart", || {
+            records::init_start(
+                config.init_type,
+                &config.function_name,
+                &config.function_version,
+            )
+        });
         let handle = self.clone();
         state.phase_timer = Some(after(config.init_timeout, async move {
             handle.on_init_timeout(generation);
@@ -98,12 +109,13 @@ impl Handle {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let log = (self.shared.telemetry).tee(Category::Extension, self.shared.log.clone());
             let spawned = process::spawn(
                 config,
                 &path,
                 &[],
                 self.shared.runtime_api,
-                self.shared.log.clone(),
+                log,
                 state.cgroup.as_ref(),
             )
             .map_err(|e| {
@@ -131,12 +143,13 @@ impl Handle {
     /// Starts the runtime of the current generation (its extensions have registered).
     fn start_runtime_process(&self, state: &mut State) -> Result<(), StartFailure> {
         let config = &self.shared.config;
+        let log = (self.shared.telemetry).tee(Category::Function, self.shared.log.clone());
         let runtime = process::spawn(
             config,
             &config.runtime,
             &config.runtime_args,
             self.shared.runtime_api,
-            self.shared.log.clone(),
+            log,
             state.cgroup.as_ref(),
         )
         .map_err(|e| StartFailure(function_error_type::INVALID_ENTRYPOINT, e.to_string()))?;
@@ -214,9 +227,33 @@ impl Handle {
         } else {
             self.log(&report::init_report(started.elapsed()));
         }
+        self.init_over(state, started);
         self.end_phase(state);
         state.snapshot_due = self.shared.config.init_type == proto::InitializationType::SnapStart;
         self.shared.work.notify_waiters();
+    }
+
+    /// Init has succeeded (the runtime and every extension are ready): its records, and
+    /// nothing registers or subscribes from now on.
+    pub(super) fn init_over(&self, state: &mut State, started: Instant) {
+        state.extensions.closed = true;
+        if let Some(timer) = state.phase_timer.take() {
+            timer.abort();
+        }
+        self.sample_memory(state);
+        let init_type = self.shared.config.init_type;
+        for agent in &state.extensions.agents {
+            self.platform("platform.extension", || {
+                records::extension(&agent.name, "Ready", agent.event_names())
+            });
+        }
+        self.platform("platform.initRuntimeDone", || {
+            records::init_runtime_done(init_type, "success", None)
+        });
+        self.platform("platform.initReport", || {
+            records::init_report(init_type, started.elapsed(), "success", None)
+        });
+        self.shared.telemetry.end_init();
     }
 
     /// Init or restore is over: the runtime is ready for invocations, and nothing registers
@@ -260,6 +297,17 @@ impl Handle {
             self.log(&report::start(id, version));
         }
         self.log(&report::init_report_error(init_time, error_type));
+        let (init_type, status) = (
+            self.shared.config.init_type,
+            records::failed_phase(error_type),
+        );
+        self.platform("platform.initRuntimeDone", || {
+            records::init_runtime_done(init_type, status, Some(error_type.into()))
+        });
+        self.platform("platform.initReport", || {
+            records::init_report(init_type, init_time, status, Some(error_type.into()))
+        });
+        self.shared.telemetry.end_init();
         if let Some(request_id) = head {
             self.log(&report::end(&request_id));
             let report = Report {
@@ -374,12 +422,15 @@ impl Handle {
         state.runtime_ready = false;
         state.snapshot_due = false;
         let cgroup = state.cgroup.take();
+        // What the subscribers hold goes out now: the environment is ending.
+        self.shared.telemetry.flush();
         if state.retiring.iter().any(Agent::is_running) {
             state.tearing_down = true;
             let handle = self.clone();
             tokio::spawn(async move { handle.teardown(deadline, cgroup).await });
         } else {
             state.retiring.clear();
+            self.shared.telemetry.retire_before(state.generation);
             self.remove_cgroup(cgroup);
             if !state.queue.is_empty() && !state.shut_down && !state.tearing_down {
                 self.spawn_runtime(state);
@@ -415,6 +466,7 @@ impl Handle {
             }
         }
         self.remove_cgroup(cgroup);
+        self.shared.telemetry.retire_before(state.generation);
         state.tearing_down = false;
         if !state.queue.is_empty() && !state.shut_down && matches!(state.phase, Phase::Down) {
             self.spawn_runtime(&mut state);
@@ -545,6 +597,7 @@ impl Handle {
             }
             Phase::Restoring { started } => {
                 self.log(&report::restore_report_error(started.elapsed(), error_type));
+                self.restore_failed_records(started.elapsed(), error_type);
                 let message = format!("{}{message}", self.head_prefix(state));
                 self.fail_restore(state, outcome(message));
             }
@@ -608,6 +661,7 @@ impl Handle {
         }
         let error_type = function_error_type::INIT_TIMEOUT;
         self.log(&report::restore_report_error(started.elapsed(), error_type));
+        self.restore_failed_records(started.elapsed(), error_type);
         let seconds = self.shared.config.init_timeout.as_secs_f64();
         let message = format!(
             "{}Restore timed out after {seconds:.2} seconds",
@@ -755,6 +809,25 @@ impl Handle {
     fn end_current(&self, state: &mut State, outcome: Outcome, status: Status) -> Option<Ending> {
         let current = state.current.as_mut().filter(|c| !c.finished)?;
         current.finished = true;
+        let function_error = matches!(outcome, Outcome::Failure { .. });
+        let telemetry = &self.shared.telemetry;
+        if telemetry.listened() {
+            let (status_name, error_type) = records::status(&status, function_error);
+            let done = std::time::SystemTime::now();
+            telemetry.platform(
+                "platform.runtimeDone",
+                records::runtime_done(records::RuntimeDone {
+                    request_id: &current.request_id,
+                    trace: &current.trace,
+                    status: status_name,
+                    error_type,
+                    delivered: current.delivered_at,
+                    first_byte: current.first_byte.unwrap_or(done),
+                    done,
+                    produced_bytes: current.produced_bytes,
+                }),
+            );
+        }
         let report = Report {
             request_id: current.request_id.clone(),
             duration: current.started.elapsed(),
@@ -766,6 +839,8 @@ impl Handle {
         };
         Some(Ending {
             report,
+            trace: current.trace.clone(),
+            function_error,
             started: current.started,
             timer: current.timer.take(),
             reply: current.reply.take(),
@@ -818,7 +893,29 @@ impl Handle {
         }
         self.log(&report::end(&ending.report.request_id));
         self.log(&ending.report.line());
+        self.platform("platform.report", || {
+            records::report(&ending.report, Some(&ending.trace), ending.function_error)
+        });
         self.answer(&mut ending);
+    }
+
+    /// A platform record for the Telemetry API's subscribers, built only if anybody listens.
+    pub(super) fn platform(&self, kind: &str, record: impl FnOnce() -> Value) {
+        let telemetry = &self.shared.telemetry;
+        if telemetry.listened() {
+            telemetry.platform(kind, record());
+        }
+    }
+
+    /// The records of a failed restore.
+    pub(super) fn restore_failed_records(&self, duration: Duration, error_type: &str) {
+        let status = records::failed_phase(error_type);
+        self.platform("platform.restoreRuntimeDone", || {
+            records::restore_runtime_done(status, Some(error_type.into()))
+        });
+        self.platform("platform.restoreReport", || {
+            records::restore_report(duration, status, Some(error_type.into()))
+        });
     }
 
     /// Updates the peak, once per invocation: one read of the cgroup's own high-water mark;
@@ -852,6 +949,9 @@ impl Handle {
 /// An ended invocation's END, REPORT and answer.
 pub(super) struct Ending {
     pub(super) report: Report,
+    trace: String,
+    /// The runtime reported a function error (its `error` post).
+    function_error: bool,
     started: Instant,
     /// The function timeout, still armed while the extensions work on the invocation.
     timer: Option<AbortHandle>,

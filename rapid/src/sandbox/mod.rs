@@ -24,6 +24,7 @@ pub use streaming::StreamUpload;
 use crate::config::EnvironmentConfig;
 use crate::extensions::{Agent, Registry};
 use crate::process::Output;
+use crate::telemetry::Telemetry;
 use proto::extensions_api::ShutdownReason;
 pub use proto::host_link::Reset;
 pub use proto::invoke::{
@@ -77,6 +78,14 @@ struct Current {
     restore_duration: Option<Duration>,
     /// The function timeout; it also bounds the extensions' work on the invocation.
     timer: Option<AbortHandle>,
+    /// Its X-Ray trace header, as the runtime and the extensions got it.
+    trace: String,
+    /// When it was delivered, and when the runtime's answer began, on the wall clock (for the
+    /// Telemetry API's spans).
+    delivered_at: std::time::SystemTime,
+    first_byte: Option<std::time::SystemTime>,
+    /// The size of the runtime's answer.
+    produced_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +164,8 @@ struct Shared {
     work: Notify,
     /// Wakes those waiting for a teardown to end.
     teardown_done: Notify,
+    /// The Telemetry API's subscribers and what they get.
+    telemetry: Telemetry,
 }
 
 /// A cloneable handle on the environment, for invocation sources and the Runtime API routes.
@@ -203,6 +214,7 @@ impl Handle {
                 }),
                 work: Notify::new(),
                 teardown_done: Notify::new(),
+                telemetry: Telemetry::default(),
             }),
         }
     }

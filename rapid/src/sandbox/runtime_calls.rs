@@ -4,6 +4,7 @@
 
 use super::{ApiReply, Current, Delivered, Handle, Outcome, Phase, Queued, State};
 use crate::report::{self, Status};
+use crate::telemetry::records;
 use bytes::Bytes;
 use proto::extensions_api::{Event, ShutdownReason, Tracing};
 use proto::runtime_api::{error_type, function_error_type, ErrorRequest, SYNC_PAYLOAD_LIMIT};
@@ -57,6 +58,12 @@ impl Handle {
                 }
                 Phase::Restoring { started } => {
                     state.pending_restore_duration = Some(started.elapsed());
+                    self.platform("platform.restoreRuntimeDone", || {
+                        records::restore_runtime_done("success", None)
+                    });
+                    self.platform("platform.restoreReport", || {
+                        records::restore_report(started.elapsed(), "success", None)
+                    });
                     self.end_phase(&mut state);
                 }
                 Phase::Ready => {}
@@ -116,6 +123,15 @@ impl Handle {
         let request_id = queued.invocation.request_id.clone();
         self.log(&report::start(&request_id, &config.function_version));
         let timer = self.arm_timeout(state.generation, request_id.clone());
+        // One trace for the runtime and the extensions.
+        let trace = queued
+            .invocation
+            .trace_id
+            .get_or_insert_with(crate::runtime_api::new_trace_id)
+            .clone();
+        self.platform("platform.start", || {
+            records::start(&request_id, &config.function_version, &trace)
+        });
         state.current = Some(Current {
             request_id: request_id.clone(),
             started: Instant::now(),
@@ -125,15 +141,13 @@ impl Handle {
             init_duration: state.pending_init_duration.take(),
             restore_duration: state.pending_restore_duration.take(),
             timer: Some(timer),
+            trace: trace.clone(),
+            delivered_at: std::time::SystemTime::now(),
+            first_byte: None,
+            produced_bytes: 0,
         });
         let timeout_ms = u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline_ms = proto::time::epoch_ms().saturating_add(timeout_ms);
-        // One trace for the runtime and the extensions.
-        let trace = queued
-            .invocation
-            .trace_id
-            .get_or_insert_with(crate::runtime_api::new_trace_id)
-            .clone();
         let event = Event::Invoke {
             deadline_ms,
             request_id,
@@ -187,6 +201,10 @@ impl Handle {
         let mut state = self.lock();
         if let Err(reply) = self.check_current(&state, request_id) {
             return reply;
+        }
+        if let Some(current) = state.current.as_mut() {
+            current.first_byte = Some(std::time::SystemTime::now());
+            current.produced_bytes = body.len() as u64;
         }
         self.finish(&mut state, Outcome::Success(body), Status::Success);
         self.shared.work.notify_waiters();
@@ -251,26 +269,38 @@ impl Handle {
     /// `GET /restore/next`: SnapStart's end of init. Runs the snapshot hook, then answers: the
     /// answer is the restore, and the runtime's after-restore hooks run next.
     pub async fn restore_next(&self) -> ApiReply {
-        let generation = {
-            let mut state = self.lock();
+        {
+            let state = self.lock();
             if self.shared.config.init_type != InitializationType::SnapStart {
                 return invalid_transition(
                     "restore/next is only valid when AWS_LAMBDA_INITIALIZATION_TYPE is snap-start",
                 );
             }
-            let Phase::Initializing { .. } = state.phase else {
+            if !matches!(state.phase, Phase::Initializing { .. }) {
                 return invalid_transition("restore/next is only valid once, at the end of init");
-            };
-            // Init is over; the restore timeout starts once the snapshot hook is done, since a
-            // snapshot may sit on disk for any length of time.
-            if let Some(timer) = state.phase_timer.take() {
-                timer.abort();
             }
-            state.phase = Phase::Restoring {
-                started: Instant::now(),
-            };
-            self.sample_memory(&mut state);
-            state.generation
+        }
+        // The snapshot holds the extensions ready too: they must all wait for their next event.
+        let generation = loop {
+            let notified = self.shared.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                let Phase::Initializing { started } = state.phase else {
+                    return environment_reset();
+                };
+                if state.extensions.externals_registered() && state.extensions.all_idle() {
+                    // Init is over; the restore timeout starts once the snapshot hook is done,
+                    // since a snapshot may sit on disk for any length of time.
+                    self.init_over(&mut state, started);
+                    state.phase = Phase::Restoring {
+                        started: Instant::now(),
+                    };
+                    break state.generation;
+                }
+            }
+            notified.await;
         };
         if let Err(e) = self.shared.snapshot.snapshot().await {
             self.log(&format!("rapid: snapshot failed: {e}"));
@@ -284,6 +314,10 @@ impl Handle {
                 started: Instant::now(),
             };
             self.arm_restore_timeout(&mut state);
+            let config = &self.shared.config;
+            self.platform("platform.restoreStart", || {
+                records::restore_start(&config.function_name, &config.function_version)
+            });
         }
         ApiReply::Empty
     }
@@ -296,6 +330,7 @@ impl Handle {
             return invalid_transition("restore/error is only valid after restore/next");
         };
         self.log(&report::restore_report_error(started.elapsed(), error_type));
+        self.restore_failed_records(started.elapsed(), error_type);
         self.fail_restore(&mut state, Outcome::failure(body));
         self.reset(&mut state, ShutdownReason::Failure);
         ApiReply::Accepted

@@ -37,21 +37,23 @@ impl Handle {
                 let _ = reply.send(Answer::Stream(stream));
             }
             current.stream = Some(sender.clone());
+            current.first_byte = Some(std::time::SystemTime::now());
         }
         Ok(sender)
     }
 
-    /// Ends a streamed response as its upload ended. A stream the server already ended (a
-    /// timeout, a crash) is left as it is.
-    pub fn finish_stream(&self, request_id: &str, upload: StreamUpload) -> ApiReply {
+    /// Ends a streamed response as its upload ended (`produced` bytes). A stream the server
+    /// already ended (a timeout, a crash) is left as it is.
+    pub fn finish_stream(&self, request_id: &str, upload: StreamUpload, produced: u64) -> ApiReply {
         let mut state = self.lock();
-        let streaming = state
+        let current = state
             .current
-            .as_ref()
-            .is_some_and(|c| c.request_id == request_id && !c.finished && c.stream.is_some());
-        if !streaming {
+            .as_mut()
+            .filter(|c| c.request_id == request_id && !c.finished && c.stream.is_some());
+        let Some(current) = current else {
             return ApiReply::Accepted;
-        }
+        };
+        current.produced_bytes = produced;
         let failure = |error_type: &str, message: String| {
             let body = ErrorRequest::new(error_type, message).to_json();
             (Outcome::failure(body), Status::Error(error_type.into()))

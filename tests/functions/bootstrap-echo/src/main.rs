@@ -44,6 +44,11 @@ impl Function for Echo {
                 json!({ "slept": ms })
             }
             Some("crash") => std::process::exit(3),
+            Some("log") => {
+                let message = payload.get("message").and_then(Value::as_str).unwrap_or("");
+                println!("{message}");
+                json!({ "logged": message })
+            }
             // For the function-host tests: which execution environment answered. The id is
             // drawn on first use, after any SnapStart restore, so restored copies differ.
             Some("whoami") => {
