@@ -4,7 +4,7 @@
 
 use integration_tests::peers::Peer;
 use integration_tests::server::LocalServer;
-use integration_tests::{wait_for, wait_until, workspace_root};
+use integration_tests::{host_binary, require, wait_for, wait_until, workspace_root};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -26,7 +26,11 @@ fn start(extensions: &[&str], env: &[(&str, String)], extra: &[&str]) -> Option<
     let opt = dir.path().join("extensions");
     std::fs::create_dir(&opt).unwrap();
     for name in extensions {
-        let source = workspace_root().join("tests/extensions").join(name);
+        // The scripts live in tests/extensions; the lambda-extension peer is built.
+        let source = match *name {
+            "rust-extension" => require(host_binary("rust-extension"), "rust-extension")?,
+            _ => workspace_root().join("tests/extensions").join(name),
+        };
         std::fs::copy(&source, opt.join(name)).unwrap();
     }
     launch
@@ -390,4 +394,48 @@ fn the_telemetry_api_delivers_platform_records_and_function_lines() {
         .unwrap()]["record"];
     assert_eq!(extension["name"], "ext-py", "{extension}");
     assert_eq!(extension["state"], "Ready", "{extension}");
+}
+
+#[test]
+fn the_lambda_extension_crate_runs_unmodified_with_its_telemetry_processor() {
+    let env = [("RUST_EXTENSION_TELEMETRY_PORT", free_port().to_string())];
+    let Some(mut setup) = start(&["rust-extension"], &env, &[]) else {
+        return;
+    };
+    let server = &setup.server;
+    let reply = server.invoke(&json!({"action": "log", "message": "to the crate"}));
+    let id = reply.id();
+    assert_eq!(reply.json()["logged"], "to the crate");
+    let context = server.invoke(&json!({"action": "context"}));
+    let trace = context.json()["trace_id"].as_str().unwrap().to_owned();
+    for expected in [
+        format!("rust-extension: INVOKE {id} "),
+        format!("rust-extension: INVOKE {} {trace}", context.id()),
+        "rust-extension: telemetry platform.initStart OnDemand".to_owned(),
+        "rust-extension: telemetry platform.initReport true".to_owned(),
+        format!("rust-extension: telemetry platform.start {id}"),
+        "rust-extension: telemetry function to the crate".to_owned(),
+        format!(
+            "rust-extension: telemetry platform.runtimeDone {id} Success {}",
+            reply.body.len()
+        ),
+        format!("rust-extension: telemetry platform.report {id} Success 128 MB"),
+    ] {
+        server.wait_for_log(LOG_WAIT, |l| l.starts_with(&expected));
+    }
+    // The crate refuses a whole batch it cannot parse into its types: the records above got
+    // through, so each kind parsed.
+    let status = setup
+        .server
+        .terminate(LOG_WAIT)
+        .expect("lambda-local stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        setup
+            .server
+            .logs()
+            .contains(&"rust-extension: SHUTDOWN spindown".to_owned()),
+        "{:#?}",
+        setup.server.logs()
+    );
 }
