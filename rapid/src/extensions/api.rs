@@ -35,9 +35,8 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
     match route {
         Route::Register => register(sandbox, request).await,
         Route::Next => {
-            let id = match identifier(&request) {
-                Ok(id) => id,
-                Err(reply) => return reply,
+            let Some(id) = text(&request, header::IDENTIFIER) else {
+                return missing_identifier();
             };
             match sandbox.extension_next(&id).await {
                 Ok(event) => {
@@ -55,9 +54,8 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
             }
         }
         Route::InitError | Route::ExitError => {
-            let id = match identifier(&request) {
-                Ok(id) => id,
-                Err(reply) => return reply,
+            let Some(id) = text(&request, header::IDENTIFIER) else {
+                return missing_identifier();
             };
             let Some(error_type) = text(&request, header::FUNCTION_ERROR_TYPE) else {
                 let message = format!("{} not found", header::FUNCTION_ERROR_TYPE);
@@ -65,7 +63,7 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
             };
             let body = match read(request).await {
                 Ok(body) => body,
-                Err(reply) => return reply,
+                Err(reply) => return *reply,
             };
             let reply = if route == Route::InitError {
                 sandbox.extension_init_error(&id, &error_type, body)
@@ -83,7 +81,7 @@ async fn register(sandbox: Handle, request: Request<Incoming>) -> Reply {
         .is_some_and(|f| f.split(',').any(|f| f.trim() == "accountId"));
     let body = match read(request).await {
         Ok(body) => body,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let events = match events(&body) {
         Ok(events) => events,
@@ -113,32 +111,29 @@ fn text(request: &Request<Incoming>, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The `Lambda-Extension-Identifier` every call but `register` carries.
-fn identifier(request: &Request<Incoming>) -> Result<String, Reply> {
-    text(request, header::IDENTIFIER).ok_or_else(|| {
-        let message = format!("{} header not found", header::IDENTIFIER);
-        to_http(forbidden(error_type::MISSING_IDENTIFIER, message))
-    })
+/// The refusal of a call without the `Lambda-Extension-Identifier` every call but `register`
+/// carries.
+fn missing_identifier() -> Reply {
+    let message = format!("{} header not found", header::IDENTIFIER);
+    to_http(forbidden(error_type::MISSING_IDENTIFIER, message))
 }
 
 fn forbidden(error_type: &'static str, message: String) -> ApiReply {
     ApiReply::Rejected(403, error_type, message)
 }
 
-async fn read(request: Request<Incoming>) -> Result<Bytes, Reply> {
-    match http::read_body(request, BODY_LIMIT).await {
-        Ok(body) => Ok(body),
-        Err(http_server::BodyError::TooLarge { .. }) => Err(http::close(http::error(
+/// The body of a call, or the refusal of one too large or broken.
+async fn read(request: Request<Incoming>) -> Result<Bytes, Box<Reply>> {
+    let refusal = match http::read_body(request, BODY_LIMIT).await {
+        Ok(body) => return Ok(body),
+        Err(http_server::BodyError::TooLarge { .. }) => http::close(http::error(
             413,
             runtime_error::REQUEST_TOO_LARGE,
             &format!("the body is larger than {BODY_LIMIT} bytes"),
-        ))),
-        Err(e) => Err(http::error(
-            400,
-            runtime_error::INVALID_REQUEST,
-            &e.to_string(),
         )),
-    }
+        Err(e) => http::error(400, runtime_error::INVALID_REQUEST, &e.to_string()),
+    };
+    Err(Box::new(refusal))
 }
 
 /// The events of a `register` body: `{"events": ["INVOKE", "SHUTDOWN"]}`.

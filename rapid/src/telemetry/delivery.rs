@@ -229,7 +229,7 @@ impl Delivery {
                 self.http.insert(sender)
             }
         };
-        sender.ready().await.map_err(|e| std::io::Error::other(e))?;
+        sender.ready().await.map_err(std::io::Error::other)?;
         let request = hyper::Request::post(path)
             .header(hyper::header::HOST, "sandbox.localdomain")
             .header(hyper::header::CONTENT_TYPE, "application/json")
