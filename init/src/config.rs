@@ -15,11 +15,13 @@ pub const RUNTIME_API: &str = "127.0.0.1:9001";
 
 pub const USAGE: &str = "\
 usage: init [--config PATH] [--host-link unix:PATH|vsock:CID:PORT] [--runtime-api ADDR]
-            [--task-root DIR] [--no-setup] [--reconnect]
+            [--task-root DIR] [--extensions-dir DIR] [--no-setup] [--reconnect]
   --config      function.json (env INIT_CONFIG; default /etc/lambda/function.json)
   --host-link   the host link (env INIT_HOST_LINK; default vsock:2:9999 as PID 1, required otherwise)
   --runtime-api where to serve the Runtime API (env INIT_RUNTIME_API; default 127.0.0.1:9001)
   --task-root   LAMBDA_TASK_ROOT and the runtime's directory (env INIT_TASK_ROOT; default /var/task)
+  --extensions-dir  the external extensions, started before the runtime (env INIT_EXTENSIONS_DIR;
+                default /opt/extensions as PID 1, none otherwise)
   --no-setup    as PID 1, change nothing machine-wide: no mounts, loopback, hostname, RNG reseed,
                 clock or reboot (env INIT_NO_SETUP=1; for tests in a PID namespace)
   --reconnect   reconnect when the host link drops (env INIT_RECONNECT=1; always on as PID 1)
@@ -36,6 +38,8 @@ pub struct Options {
     pub host_link: LinkAddr,
     pub runtime_api: SocketAddr,
     pub task_root: PathBuf,
+    /// Where the external extensions are (`/opt/extensions` in the guest).
+    pub extensions_dir: Option<PathBuf>,
     /// Whether to change the machine: mounts, loopback, hostname, RNG, clock, reboot. Only ever
     /// true as PID 1.
     pub system: bool,
@@ -94,6 +98,7 @@ impl Options {
                 "--host-link" => "--host-link",
                 "--runtime-api" => "--runtime-api",
                 "--task-root" => "--task-root",
+                "--extensions-dir" => "--extensions-dir",
                 _ if pid1 => {
                     ignored.push(arg);
                     continue;
@@ -151,6 +156,9 @@ impl Options {
             task_root: value("--task-root", "INIT_TASK_ROOT")
                 .unwrap_or(proto::layout::TASK_ROOT.into())
                 .into(),
+            extensions_dir: value("--extensions-dir", "INIT_EXTENSIONS_DIR")
+                .or_else(|| pid1.then(|| proto::layout::EXTENSIONS.into()))
+                .map(PathBuf::from),
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
             timing: flag_on("INIT_TIMING"),
@@ -181,6 +189,7 @@ fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
     if let Some(init_type) = options.init_type {
         config.init_type = init_type;
     }
+    config.extensions_dir = options.extensions_dir.clone();
     Function {
         rapid: config,
         tmp_size_mb: function.tmp_size_mb,

@@ -10,13 +10,15 @@
 //! a client that hangs up leaks nothing.
 
 use crate::guest::{Guest, GuestError, GuestSpec};
-use crate::host_link::{self, Invoke, LinkError};
+use crate::host_link::{self, Invoke, LinkError, Streamed};
 use crate::pool::{Counts, Environment, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
 use front_door::{Function, Invoker};
 use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
 use proto::host_link::Blob;
-use proto::invoke::{Invocation, InvokeError, Outcome};
+use proto::invoke::{
+    Answer, Invocation, InvokeError, Outcome, ResponseStream, StreamEnd, StreamSender,
+};
 use proto::invoke_api::throttle_reason;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
 use proto::InitializationType;
@@ -277,7 +279,12 @@ impl Inner {
 
     /// Serves one invocation with `lease`'s environment (starting one if the lease says so),
     /// then gives the environment back.
-    fn serve(&self, lease: Lease<Guest>, invocation: Invocation) -> Outcome {
+    fn serve(
+        &self,
+        lease: Lease<Guest>,
+        invocation: Invocation,
+        stream: &mut dyn FnMut(Streamed),
+    ) -> Outcome {
         let (id, guest, provisioned) = match lease {
             Lease::Warm {
                 id,
@@ -297,7 +304,7 @@ impl Inner {
                 }
             },
         };
-        let (kept, outcome) = self.run(guest, invocation);
+        let (kept, outcome) = self.run(guest, invocation, stream);
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
         }
@@ -400,13 +407,19 @@ impl Inner {
     }
 
     /// Runs `invocation` in `guest`; returns the guest if it may serve the next invocation.
-    fn run(&self, mut guest: Guest, invocation: Invocation) -> (Option<Guest>, Outcome) {
+    fn run(
+        &self,
+        mut guest: Guest,
+        invocation: Invocation,
+        stream: &mut dyn FnMut(Streamed),
+    ) -> (Option<Guest>, Outcome) {
         let timeout = Duration::from_secs(u64::from(self.config.timeout_secs));
         let deadline = INIT_TIMEOUT + timeout + HOST_DEADLINE_SLACK;
-        let result = guest
-            .link
-            .set_timeout(Some(deadline))
-            .and_then(|()| guest.link.invoke(invoke_frame(invocation)));
+        let result = guest.link.set_timeout(Some(deadline)).and_then(|()| {
+            guest
+                .link
+                .invoke_streaming(invoke_frame(invocation), stream)
+        });
         match result {
             Ok(host_link::Outcome::Success(body)) => (Some(guest), Outcome::Success(body.into())),
             Ok(host_link::Outcome::Failure { body, reset }) => {
@@ -479,6 +492,13 @@ impl Invoker for FunctionService {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
+        let answer = self.invoke_streaming(invocation).await?;
+        Ok(answer.gather(proto::runtime_api::SYNC_PAYLOAD_LIMIT).await)
+    }
+
+    /// The blocking task that serves the invocation passes a streamed response's chunks on as
+    /// the guest sends them.
+    async fn invoke_streaming(&self, invocation: Invocation) -> Result<Answer, InvokeError> {
         let lease = self.inner.pool().checkout();
         let lease = match lease {
             Ok(lease) => lease,
@@ -498,9 +518,38 @@ impl Invoker for FunctionService {
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.serve(lease, invocation))
-            .await
-            .map_err(|_| InvokeError::ShutDown)
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut answer = Some(answer);
+            let mut streaming: Option<StreamSender> = None;
+            let mut on_stream = |part: Streamed| match part {
+                Streamed::Start { content_type } => {
+                    let (sender, stream) = ResponseStream::channel(content_type);
+                    if let Some(answer) = answer.take() {
+                        let _ = answer.send(Answer::Stream(stream));
+                    }
+                    streaming = Some(sender);
+                }
+                Streamed::Chunk(chunk) => {
+                    if let Some(sender) = &streaming {
+                        // An invoker that has gone drops the rest.
+                        sender.blocking_chunk(chunk.into());
+                    }
+                }
+            };
+            let outcome = inner.serve(lease, invocation, &mut on_stream);
+            match (streaming, answer) {
+                (Some(sender), _) => sender.blocking_end(match outcome {
+                    Outcome::Success(_) => StreamEnd::Complete,
+                    Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
+                }),
+                (None, Some(answer)) => {
+                    let _ = answer.send(Answer::Whole(outcome));
+                }
+                (None, None) => {}
+            }
+        });
+        answered.await.map_err(|_| InvokeError::ShutDown)
     }
 }
 

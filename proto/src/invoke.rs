@@ -232,6 +232,16 @@ mod stream {
         pub fn is_closed(&self) -> bool {
             self.events.is_closed()
         }
+
+        /// [`StreamSender::chunk`] from a thread outside the async runtime.
+        pub fn blocking_chunk(&self, chunk: Bytes) -> bool {
+            chunk.is_empty() || self.events.blocking_send(StreamEvent::Chunk(chunk)).is_ok()
+        }
+
+        /// [`StreamSender::end`] from a thread outside the async runtime.
+        pub fn blocking_end(&self, end: StreamEnd) {
+            let _ = self.events.blocking_send(StreamEvent::End(end));
+        }
     }
 
     #[cfg(test)]
