@@ -27,7 +27,8 @@ usage: init [--config PATH] [--host-link unix:PATH|vsock:CID:PORT] [--runtime-ap
   --reconnect   reconnect when the host link drops (env INIT_RECONNECT=1; always on as PID 1)
 The environment variable INIT_INITIALIZATION_TYPE (on-demand, provisioned-concurrency or
 snap-start) overrides function.json's initialization_type; INIT_TIMING=1 sends the host the
-guest's timing of every invoke (an invoke_timing frame before each answer).";
+guest's timing of every invoke (an invoke_timing frame before each answer); INIT_INIT_TIMEOUT_MS
+sets how long the function's init may take (default 10000).";
 
 /// init's own options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,9 @@ pub struct Options {
     pub init_type: Option<proto::InitializationType>,
     /// `INIT_TIMING=1`: time each invocation for the host (see `timing.rs`).
     pub timing: bool,
+    /// `INIT_INIT_TIMEOUT_MS`: how long the function's init may take, over Lambda's 10 s (the
+    /// host sets it when told to).
+    pub init_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -162,6 +166,20 @@ impl Options {
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
             timing: flag_on("INIT_TIMING"),
+            init_timeout: match env("INIT_INIT_TIMEOUT_MS") {
+                Some(v) => Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&ms: &u64| ms > 0)
+                        .map(std::time::Duration::from_millis)
+                        .ok_or_else(|| OptionsError::BadValue {
+                            flag: "INIT_INIT_TIMEOUT_MS",
+                            value: v,
+                            reason: "not a positive number of milliseconds".into(),
+                        })?,
+                ),
+                None => None,
+            },
             ignored,
         })
     }
@@ -190,6 +208,9 @@ fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
         config.init_type = init_type;
     }
     config.extensions_dir = options.extensions_dir.clone();
+    if let Some(init_timeout) = options.init_timeout {
+        config.init_timeout = init_timeout;
+    }
     Function {
         rapid: config,
         tmp_size_mb: function.tmp_size_mb,

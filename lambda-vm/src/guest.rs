@@ -43,6 +43,8 @@ pub struct GuestSpec {
     pub console: Option<PathBuf>,
     /// How long the guest may take to boot and connect.
     pub boot_timeout: Duration,
+    /// How long the function's init may take in the guest (Lambda's 10 s by default).
+    pub init_timeout: Duration,
     /// The CPU template, resolved for this host (`CpuTemplate::Auto.resolve`, once, at the top).
     pub cpu_template: CpuTemplate,
     /// Where each environment gets its own network from; `None`: the guest has no network
@@ -64,11 +66,14 @@ impl GuestSpec {
                 Rootfs::Ext4(_) => format!("{defaults} init=/init"),
             }
         });
-        if crate::host_link::timing_enabled() {
-            format!("{args} INIT_TIMING=1")
-        } else {
-            args
+        let mut args = args;
+        if self.init_timeout != proto::function_config::INIT_TIMEOUT {
+            args += &format!(" INIT_INIT_TIMEOUT_MS={}", self.init_timeout.as_millis());
         }
+        if crate::host_link::timing_enabled() {
+            args += " INIT_TIMING=1";
+        }
+        args
     }
 
     /// The Firecracker-style configuration of a VM whose vsock device is on `uds_path`.

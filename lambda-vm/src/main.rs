@@ -70,6 +70,11 @@ struct Args {
     /// Seconds the guest may take to boot and connect.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
+    /// Seconds a function's init may take in its microVM (Lambda's 10 s by default; on an
+    /// emulated KVM, where each process start in the guest costs seconds, a function with
+    /// extensions may need more).
+    #[arg(long, default_value_t = 10.0)]
+    init_timeout: f64,
     /// Where SnapStart functions' snapshots go [default: WORK_DIR/snapshots]; with
     /// --functions-dir, one subdirectory per function. Each snapshot is kept in a directory
     /// named by a hash of the kernel, image, function configuration, command line and
@@ -135,6 +140,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
         .context("--idle-timeout must be a number of seconds")?;
+    let init_timeout = Duration::try_from_secs_f64(args.init_timeout)
+        .ok()
+        .filter(|t| (Duration::from_millis(1)..=Duration::from_secs(900)).contains(t))
+        .context("--init-timeout must be between 0.001 and 900 seconds")?;
     anyhow::ensure!(
         args.max_connections > 0,
         "--max-connections must be at least 1"
@@ -228,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             work_dir: function_dir.clone(),
             console: args.console.clone(),
             boot_timeout: Duration::from_secs(args.boot_timeout),
+            init_timeout,
             cpu_template,
             network: networks.clone().filter(|_| function.networking),
         };

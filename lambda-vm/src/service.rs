@@ -14,7 +14,7 @@ use crate::host_link::{self, Invoke, LinkError, Streamed};
 use crate::pool::{Counts, Environment, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
 use front_door::{Function, Invoker};
-use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
+use proto::function_config::FunctionConfig;
 use proto::host_link::Blob;
 use proto::invoke::{
     Answer, Invocation, InvokeError, Outcome, ResponseStream, StreamEnd, StreamSender,
@@ -381,7 +381,7 @@ impl Inner {
     fn take_snapshot(&self, dir: &Path) -> Result<(), StartError> {
         let started = std::time::Instant::now();
         let guest = Guest::boot(&self.spec, Some(dir), |_| {})?;
-        let limit = INIT_TIMEOUT + HOST_DEADLINE_SLACK;
+        let limit = self.spec.init_timeout + HOST_DEADLINE_SLACK;
         let init = guest.snapshot_after_init(limit)?;
         self.log(&format!(
             "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms: {}",
@@ -414,7 +414,7 @@ impl Inner {
         stream: &mut dyn FnMut(Streamed),
     ) -> (Option<Guest>, Outcome) {
         let timeout = Duration::from_secs(u64::from(self.config.timeout_secs));
-        let deadline = INIT_TIMEOUT + timeout + HOST_DEADLINE_SLACK;
+        let deadline = self.spec.init_timeout + timeout + HOST_DEADLINE_SLACK;
         let result = guest.link.set_timeout(Some(deadline)).and_then(|()| {
             guest
                 .link

@@ -33,6 +33,7 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Response<Body>, Error> {
         .map(PathBuf::from);
     let bytes = payload.get("bytes").and_then(Value::as_u64);
     let crash = payload.get("action").and_then(Value::as_str) == Some("crash_midway");
+    let delay = Duration::from_millis(payload.get("delay_ms").and_then(Value::as_u64).unwrap_or(0));
     tokio::spawn(async move {
         if let Some(total) = bytes {
             let block = vec![b'a'; 64 * 1024];
@@ -47,6 +48,9 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Response<Body>, Error> {
             return;
         }
         for (i, chunk) in chunks.into_iter().enumerate() {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if sender.send_data(chunk.into()).await.is_err() {
                 return;
             }
