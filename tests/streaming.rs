@@ -14,21 +14,27 @@ use serde_json::{json, Value};
 /// and eight NUL bytes); Lambda passes it on as the first bytes of the stream.
 const PRELUDE_END: &[u8] = b"\0\0\0\0\0\0\0\0";
 
-fn stream_function() -> Option<Launch> {
-    let runtime = require(host_binary("rust-stream"), "rust-stream")?;
+/// A streaming function: `rust-stream` (the `lambda_runtime` crate) or `bootstrap-stream` (our
+/// library's streaming handler).
+fn stream_function(binary: &str) -> Option<Launch> {
+    let runtime = require(host_binary(binary), binary)?;
     Some(Launch {
         runtime,
         handler: "stream".into(),
-        task_root: workspace_root().join("tests/functions/rust-stream"),
+        task_root: workspace_root().join("tests/functions"),
         env: Vec::new(),
     })
 }
 
 fn server(test: &str) -> Option<LocalServer> {
+    server_of(test, "rust-stream")
+}
+
+fn server_of(test: &str, binary: &str) -> Option<LocalServer> {
     if !have_boto3(test) {
         return None;
     }
-    LocalServer::start(&stream_function()?, &["--timeout", "30"])
+    LocalServer::start(&stream_function(binary)?, &["--timeout", "30"])
 }
 
 /// The chunks of a boto3 summary, decoded, with the prelude's two chunks dropped.
@@ -157,4 +163,56 @@ fn a_stream_past_20_mib_or_a_crash_midway_ends_with_an_error_and_the_next_invoke
         &[],
     );
     assert_eq!(chunks(&summary).concat(), "again", "{summary}");
+}
+
+#[test]
+fn the_bootstrap_librarys_streaming_handler_streams_and_fails_midway_with_trailers() {
+    let test = "the_bootstrap_librarys_streaming_handler_streams_and_fails_midway_with_trailers";
+    let Some(server) = server_of(test, "bootstrap-stream") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let gate_arg = gate.display().to_string();
+    let event = json!({"chunks": ["first", "second"], "gate": gate_arg});
+    let summary = read_stream(
+        &server.invoke_addr,
+        "function",
+        &event,
+        &["--gate", &gate_arg],
+    );
+    assert_eq!(summary["content_type"], "text/plain", "{summary}");
+    // No prelude here: the chunks are the body.
+    let got: Vec<String> = summary["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(c.as_str().unwrap())
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect();
+    assert_eq!(got.first().map(String::as_str), Some("first"), "{summary}");
+    assert_eq!(got.concat(), "firstsecond", "{summary}");
+
+    // A failure after the first chunk: the chunk arrived, then Lambda's error trailers.
+    let failing = json!({"action": "fail_midway", "chunks": ["partial", "never"]});
+    let summary = read_stream(&server.invoke_addr, "function", &failing, &[]);
+    assert_eq!(summary["chunks"].as_array().unwrap().len(), 1, "{summary}");
+    let complete = &summary["complete"];
+    assert_eq!(complete["ErrorCode"], "UpstreamError", "{summary}");
+    assert_eq!(
+        complete["ErrorDetails"], "the upstream went away",
+        "{summary}"
+    );
+    let error = server.invoke(&failing).unhandled_error();
+    assert_eq!(error["errorType"], "UpstreamError", "{error}");
+
+    // 8 MiB streams whole; a buffered invoke of it is too large.
+    let big = json!({"bytes": 8 * 1024 * 1024});
+    let summary = read_stream(&server.invoke_addr, "function", &big, &["--count"]);
+    assert_eq!(summary["bytes"], 8 * 1024 * 1024, "{summary}");
+    assert!(summary["complete"].get("ErrorCode").is_none(), "{summary}");
 }
