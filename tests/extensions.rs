@@ -28,7 +28,7 @@ fn start(extensions: &[&str], env: &[(&str, String)], extra: &[&str]) -> Option<
     for name in extensions {
         // The scripts live in tests/extensions; the lambda-extension peer is built.
         let source = match *name {
-            "rust-extension" => require(host_binary("rust-extension"), "rust-extension")?,
+            "rust-extension" | "bootstrap-extension" => require(host_binary(name), name)?,
             _ => workspace_root().join("tests/extensions").join(name),
         };
         std::fs::copy(&source, opt.join(name)).unwrap();
@@ -437,5 +437,40 @@ fn the_lambda_extension_crate_runs_unmodified_with_its_telemetry_processor() {
             .contains(&"rust-extension: SHUTDOWN spindown".to_owned()),
         "{:#?}",
         setup.server.logs()
+    );
+}
+
+#[test]
+fn an_extension_on_the_bootstrap_library_gets_events_and_telemetry() {
+    let Some(mut setup) = start(&["bootstrap-extension"], &[], &[]) else {
+        return;
+    };
+    let server = &setup.server;
+    let reply = server.invoke(&json!({"action": "log", "message": "to our extension"}));
+    let id = reply.id();
+    for expected in [
+        format!("bootstrap-extension: INVOKE {id}"),
+        "bootstrap-extension: telemetry platform.initStart ".to_owned(),
+        format!("bootstrap-extension: telemetry platform.start {id}"),
+        "bootstrap-extension: telemetry function to our extension".to_owned(),
+        format!("bootstrap-extension: telemetry platform.runtimeDone {id}"),
+        format!("bootstrap-extension: telemetry platform.report {id}"),
+    ] {
+        server.wait_for_log(LOG_WAIT, |l| l == expected);
+    }
+    let status = setup
+        .server
+        .terminate(LOG_WAIT)
+        .expect("lambda-local stopped");
+    assert!(status.success(), "{status:?}");
+    let logs = setup.server.logs();
+    assert!(
+        logs.contains(&"bootstrap-extension: SHUTDOWN Spindown".to_owned()),
+        "{logs:#?}"
+    );
+    // It exits on SHUTDOWN by itself: nothing had to be killed.
+    assert!(
+        !logs.iter().any(|l| l.contains("did not exit")),
+        "{logs:#?}"
     );
 }

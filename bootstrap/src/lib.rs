@@ -21,6 +21,7 @@ mod client;
 mod config;
 mod context;
 mod error;
+pub mod extension;
 mod handler;
 mod runtime;
 mod streaming;
