@@ -474,3 +474,71 @@ fn an_extension_on_the_bootstrap_library_gets_events_and_telemetry() {
         "{logs:#?}"
     );
 }
+
+/// An example of `bootstrap/examples/`, built with the workspace (`--all-targets`).
+fn example(name: &str) -> Option<std::path::PathBuf> {
+    let profile = std::env::var("TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = integration_tests::target_dir()
+        .join(profile)
+        .join("examples")
+        .join(name);
+    require(path, &format!("the bootstrap example {name}"))
+}
+
+#[test]
+fn the_bootstrap_readme_examples_stream_and_extend() {
+    let test = "the_bootstrap_readme_examples_stream_and_extend";
+    let (Some(streaming), Some(extension)) = (example("streaming"), example("extension")) else {
+        return;
+    };
+    if !integration_tests::aws_clients::have_boto3(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let opt = dir.path().join("extensions");
+    std::fs::create_dir(&opt).unwrap();
+    std::fs::copy(&extension, opt.join("extension")).unwrap();
+    let launch = integration_tests::peers::Launch {
+        runtime: streaming,
+        handler: "count".into(),
+        task_root: dir.path().to_owned(),
+        env: Vec::new(),
+    };
+    let opt_arg = opt.display().to_string();
+    let Some(mut server) = LocalServer::start(&launch, &["--extensions-dir", &opt_arg]) else {
+        return;
+    };
+    let summary = integration_tests::aws_clients::read_stream(
+        &server.invoke_addr,
+        "function",
+        &json!({"lines": 3}),
+        &[],
+    );
+    let chunks: Vec<String> = summary["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(c.as_str().unwrap())
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        chunks.concat(),
+        "line 1 of 3\nline 2 of 3\nline 3 of 3\n",
+        "{summary}"
+    );
+    assert_eq!(summary["content_type"], "text/plain", "{summary}");
+    server.wait_for_log(LOG_WAIT, |l| l.starts_with("extension: invoke 1: "));
+    server.wait_for_log(LOG_WAIT, |l| l.starts_with("extension: report {"));
+    let status = server.terminate(LOG_WAIT).expect("lambda-local stopped");
+    assert!(status.success(), "{status:?}");
+    let logs = server.logs();
+    assert!(
+        logs.contains(&"extension: shutdown (Spindown) after 1 invokes, 1 reports".to_owned()),
+        "{logs:#?}"
+    );
+}

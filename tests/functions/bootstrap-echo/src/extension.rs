@@ -1,7 +1,8 @@
 //! An external extension on our `bootstrap` library's extension helper: it prints each event it
 //! gets (`bootstrap-extension: INVOKE <request id>`, `bootstrap-extension: SHUTDOWN <reason>`)
 //! and each telemetry event it receives (`bootstrap-extension: telemetry <type> <request id or
-//! line>`) on its stdout, which is the function's log.
+//! line>`) on its stdout, which is the function's log. With `EXTENSION_TELEMETRY=off` it does
+//! not subscribe to telemetry (events only).
 
 use bootstrap::extension::{Buffering, Category, Event, EventType, Extension};
 use std::process::ExitCode;
@@ -19,8 +20,13 @@ fn main() -> ExitCode {
         max_bytes: 262_144,
         timeout_ms: 25,
     };
-    match extension.subscribe_telemetry(&[Category::Platform, Category::Function], buffering) {
-        Ok(listener) => {
+    let telemetry = std::env::var("EXTENSION_TELEMETRY").map_or(true, |v| v != "off");
+    let subscribed = telemetry.then(|| {
+        extension.subscribe_telemetry(&[Category::Platform, Category::Function], buffering)
+    });
+    match subscribed {
+        None => {}
+        Some(Ok(listener)) => {
             std::thread::spawn(move || {
                 listener.serve(|batch| {
                     for event in batch {
@@ -33,7 +39,7 @@ fn main() -> ExitCode {
                 })
             });
         }
-        Err(e) => eprintln!("bootstrap-extension: no telemetry: {e}"),
+        Some(Err(e)) => eprintln!("bootstrap-extension: no telemetry: {e}"),
     }
     extension.run(|event| {
         match event {
