@@ -9,7 +9,8 @@ fn count(event: &[u8], _ctx: &Context, out: &mut ResponseWriter) -> Result<(), H
     let lines = event["lines"].as_u64().unwrap_or(3);
     out.set_content_type("text/plain");
     for n in 1..=lines {
-        writeln!(out, "line {n} of {lines}")?;
+        // One write, one chunk: `write!` would send each piece of the format as its own.
+        out.write_all(format!("line {n} of {lines}\n").as_bytes())?;
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
