@@ -636,19 +636,24 @@ fn a_streaming_function_with_an_extension_layer_in_a_microvm() {
     assert!(reply.body.ends_with(b"whole"), "{}", reply.text());
     let id = reply.id();
 
-    // The extension saw the invoke and got its platform.report through the Telemetry API. The
-    // extension prints the record after the invoke has answered, and a guest's lines between
-    // invokes reach the host with the next one: invoke once more.
-    server.invoke(&json!({"chunks": ["next"]}));
-    let wait = Duration::from_secs(60);
-    server.wait_for_log(wait, |l| {
-        l.starts_with(&format!("rust-extension: INVOKE {id} "))
-    });
-    server.wait_for_log(wait, |l| {
-        l.starts_with(&format!(
-            "rust-extension: telemetry platform.report {id} Success"
-        ))
-    });
+    // The extension saw the invoke and got its platform.report through the Telemetry API. It
+    // prints the record after the invoke has answered, and a guest's lines between invokes reach
+    // the host with the next one: invoke until it shows (each invoke brings what is pending).
+    let expected = format!("rust-extension: telemetry platform.report {id} Success");
+    let seen = |server: &LocalServer| server.logs().iter().any(|l| l.starts_with(&expected));
+    for _ in 0..10 {
+        if seen(&server) {
+            break;
+        }
+        server.invoke(&json!({"chunks": ["next"]}));
+    }
+    assert!(seen(&server), "{:#?}", server.logs());
+    let invoked = format!("rust-extension: INVOKE {id} ");
+    assert!(
+        server.logs().iter().any(|l| l.starts_with(&invoked)),
+        "{:#?}",
+        server.logs()
+    );
     let report = server.report_for(&id);
     assert!(report.contains("Memory Size: 128 MB"), "{report}");
 

@@ -26,7 +26,9 @@ client = boto3.client(
     region_name="us-east-1",
     aws_access_key_id="test",
     aws_secret_access_key="test",
-    config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=300),
+    # One attempt (no retry: a retried invoke would run twice), and room for a microVM's first boot
+    # on a loaded emulated host.
+    config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=900),
 )
 kwargs = {"FunctionName": name, "Payload": payload.encode()}
 if "--tail" in flags:
