@@ -18,5 +18,6 @@ fn boto3_and_the_aws_cli_get_lambdas_answers_from_lambda_local() {
         "boto3_and_the_aws_cli_get_lambdas_answers_from_lambda_local",
         &server.invoke_addr,
         "function",
+        aws_clients::Service::Local,
     );
 }

@@ -168,6 +168,8 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
         .arg(tmp.join("functions"))
         .arg("--work-dir")
         .arg(tmp.join("work"))
+        .arg("--state-dir")
+        .arg(tmp.join("state"))
         .args(["--listen", "127.0.0.1:0"]);
     let server = LocalServer::from_command(command, "lambda-vm", true);
     let start = server.wait_for_log(Duration::from_secs(10), |l| {
@@ -178,7 +180,7 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
         "{start}"
     );
     server.wait_for_logs(Duration::from_secs(300), 2, |l| {
-        l.starts_with("lambda-vm: snap: provisioned environment ready")
+        integration_tests::says(l, "snap", "provisioned environment ready")
     });
     let vmms = idle_pids(&server, "snap");
     assert_eq!(vmms.len(), 2, "{}", status(&server));
@@ -187,7 +189,7 @@ fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
         .map(|&pid| vsock_uds(pid).parent().unwrap().to_owned())
         .collect();
     assert_ne!(envs[0], envs[1]);
-    let snapshots = tmp.join("work").join("snap").join("snapshots");
+    let snapshots = tmp.join("state").join("snapshots").join("snap");
 
     for (i, &pid) in vmms.iter().enumerate() {
         // Its own user, never root; no way to gain privileges; a seccomp filter.

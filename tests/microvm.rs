@@ -14,7 +14,9 @@
 
 use integration_tests::aws_clients;
 use integration_tests::server::LocalServer;
-use integration_tests::{epoch_ms, guest_artifact, have_kvm, host_binary, require};
+use integration_tests::{
+    epoch_ms, guest_artifact, guest_line, have_kvm, host_binary, require, says,
+};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,6 +38,8 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
         return;
     };
     let console = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microvm-console.log");
+    let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microvm-state");
+    let _ = std::fs::remove_dir_all(&state);
     let mut command = Command::new(service);
     command
         .arg("--kernel")
@@ -46,6 +50,8 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
         .arg(function_config)
         .arg("--console")
         .arg(&console)
+        .arg("--state-dir")
+        .arg(&state)
         .args(["--listen", "127.0.0.1:0"]);
     let mut server = LocalServer::from_command(command, "lambda-vm", true);
 
@@ -54,17 +60,20 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
     let reply = server.assert_echo(&event);
     assert!(reply.request_id.is_some());
     let report = server.wait_for_log(Duration::from_secs(30), |l| {
-        l.starts_with("REPORT RequestId:")
+        guest_line(l).starts_with("REPORT RequestId:")
     });
+    assert!(report.starts_with("rust-echo[1] REPORT"), "{report}");
     assert!(report.contains("Init Duration:"), "{report}");
     assert!(report.contains("Memory Size: 128 MB"), "{report}");
     let logs = server.logs();
     assert!(
-        logs.iter().any(|l| l.starts_with("START RequestId:")),
+        logs.iter()
+            .any(|l| guest_line(l).starts_with("START RequestId:")),
         "{logs:?}"
     );
     assert!(
-        logs.iter().any(|l| l.starts_with("END RequestId:")),
+        logs.iter()
+            .any(|l| guest_line(l).starts_with("END RequestId:")),
         "{logs:?}"
     );
 
@@ -80,7 +89,7 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
         server
             .logs()
             .iter()
-            .filter(|l| l.contains(": scaled out: microVM booted"))
+            .filter(|l| says(l, "rust-echo", "scaled out: microVM booted"))
             .count()
     };
     assert_eq!(boots(&server), 1);
@@ -91,6 +100,7 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
         "a_function_in_a_microvm_answers_fails_and_powers_off",
         &server.invoke_addr,
         "rust-echo",
+        aws_clients::Service::Host,
     );
     // (Its `Event` invoke runs beside the others, so it may have scaled out to a second
     // environment.)
@@ -147,6 +157,8 @@ fn snapstart_service(snapshots: &str, name: &str) -> Option<LocalServer> {
         .arg(tmp.join(snapshots))
         .arg("--work-dir")
         .arg(&work)
+        .arg("--state-dir")
+        .arg(work.join("state"))
         .arg("--console")
         .arg(work.join("console.log"))
         .args(["--listen", "127.0.0.1:0", "--eager"]);
@@ -176,7 +188,7 @@ fn snapshots_in(root: &std::path::Path) -> Vec<PathBuf> {
 
 fn restored(server: &LocalServer) {
     server.wait_for_log(Duration::from_secs(300), |l| {
-        l.starts_with("lambda-vm: microVM restored")
+        says(l, "rust-echo-snap-start", "microVM restored")
     });
 }
 
@@ -203,7 +215,7 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
     let logs = first.logs();
     assert!(
         logs.iter()
-            .any(|l| l.starts_with("lambda-vm: SnapStart snapshot taken")),
+            .any(|l| says(l, "rust-echo-snap-start", "SnapStart snapshot taken")),
         "{logs:?}"
     );
     let snapshots = snapshots_in(&root);
@@ -239,7 +251,7 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
         );
         randoms.push(random);
         let report = server.wait_for_log(Duration::from_secs(30), |l| {
-            l.starts_with("REPORT RequestId:")
+            guest_line(l).starts_with("REPORT RequestId:")
         });
         assert!(report.contains("Restore Duration:"), "{report}");
         assert!(!report.contains("Init Duration:"), "{report}");
@@ -277,13 +289,16 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
     restored(&fourth);
     let logs = fourth.logs();
     assert!(
-        logs.iter()
-            .any(|l| l.starts_with("lambda-vm: discarding the SnapStart snapshot")),
+        logs.iter().any(|l| says(
+            l,
+            "rust-echo-snap-start",
+            "discarding the SnapStart snapshot"
+        )),
         "{logs:?}"
     );
     assert!(
         logs.iter()
-            .any(|l| l.starts_with("lambda-vm: SnapStart snapshot taken")),
+            .any(|l| says(l, "rust-echo-snap-start", "SnapStart snapshot taken")),
         "{logs:?}"
     );
     fourth.assert_echo(&json!({"after": "a bad snapshot"}));
@@ -385,6 +400,8 @@ fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
         .arg(&functions)
         .arg("--work-dir")
         .arg(tmp.join("work"))
+        .arg("--state-dir")
+        .arg(tmp.join("state"))
         .arg("--console")
         .arg(tmp.join("console.log"))
         .args([
@@ -399,7 +416,7 @@ fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
 
     // Provisioned: ready before any invoke, and its first invoke shows no Init Duration.
     server.wait_for_log(Duration::from_secs(300), |l| {
-        l.starts_with("lambda-vm: provisioned: provisioned environment ready")
+        says(l, "provisioned", "provisioned environment ready")
     });
     let reply = server.request(
         "POST",
@@ -412,7 +429,7 @@ fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
         (200, r#"{"to":"provisioned"}"#.to_owned())
     );
     let report = server.wait_for_log(Duration::from_secs(30), |l| {
-        l.starts_with(&format!("REPORT RequestId: {}", reply.id()))
+        guest_line(l).starts_with(&format!("REPORT RequestId: {}", reply.id()))
     });
     assert!(!report.contains("Init Duration"), "{report}");
 
@@ -457,12 +474,12 @@ fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
     environments.sort();
     environments.dedup();
     assert_eq!(environments.len(), 4, "{environments:?}");
-    assert_eq!(
-        server.count_logs("lambda-vm: SnapStart snapshot taken"),
-        1,
-        "{:?}",
-        server.logs()
-    );
+    let snapshots_taken = server
+        .logs()
+        .iter()
+        .filter(|l| says(l, "snap", "SnapStart snapshot taken"))
+        .count();
+    assert_eq!(snapshots_taken, 1, "{:?}", server.logs());
     let now = status(&server);
     assert_eq!(pids(&now, "snap", "idle").len(), 4, "{now}");
 

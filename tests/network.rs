@@ -106,6 +106,8 @@ fn start_service(
         .arg(config)
         .arg("--work-dir")
         .arg(&work)
+        .arg("--state-dir")
+        .arg(work.join("state"))
         .arg("--snapshot-dir")
         .arg(work.join("snapshots"))
         .arg("--console")

@@ -1,10 +1,10 @@
-//! A function as the invoke API sees it: its identity (name, version, region, ARN) and what
-//! happens to its asynchronous events.
+//! A function as the invoke API sees it: its identity (name, version, region, ARN), its
+//! configuration (what `GetFunction` describes) and what happens to its asynchronous events.
 
 use proto::function_config::FunctionConfig;
 use proto::invoke_api::{ACCOUNT_ID, LATEST};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// One function behind the invoke API.
 #[derive(Debug, Clone)]
@@ -14,6 +14,29 @@ pub struct Function {
     pub version: String,
     pub region: String,
     pub events: AsyncPolicy,
+    /// Its `function.json` (or, in local mode, the flags' equivalent).
+    pub config: FunctionConfig,
+    /// Its code, where there is one file of it (a microVM image).
+    pub code: Option<Code>,
+}
+
+/// A function's code as `GetFunction` describes it.
+#[derive(Debug, Clone)]
+pub struct Code {
+    /// Bytes.
+    pub size: u64,
+    pub last_modified: SystemTime,
+}
+
+impl Code {
+    /// The code in the file at `path`.
+    pub fn of(path: &std::path::Path) -> std::io::Result<Code> {
+        let metadata = std::fs::metadata(path)?;
+        Ok(Code {
+            size: metadata.len(),
+            last_modified: metadata.modified()?,
+        })
+    }
 }
 
 /// What happens to a function's asynchronous (`Event`) invokes.
@@ -43,6 +66,8 @@ impl Function {
                 maximum_event_age: Duration::from_secs(u64::from(config.maximum_event_age_secs)),
                 on_failure_dir: None,
             },
+            config: config.clone(),
+            code: None,
         }
     }
 

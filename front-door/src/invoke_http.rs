@@ -1,10 +1,10 @@
-//! The invoke endpoint of the AWS Runtime Interface Emulator
-//! (`POST /2015-03-31/functions/function/invocations`), with Lambda's `Invoke` semantics: an
-//! invocation source for any [`Invoker`].
+//! One function's `Invoke` (`POST /2015-03-31/functions/{name}/invocations`, the AWS Runtime
+//! Interface Emulator's endpoint with `function` as the name), with Lambda's semantics: an
+//! invocation source for any [`Invoker`]. Which function a request names is the
+//! [`crate::api::Router`]'s business.
 
 use crate::async_invoke::{AsyncQueue, EnqueueError};
 use crate::event_store::EventStore;
-use crate::function::Function;
 use crate::invoker::Invoker;
 use crate::log_tail::LogTails;
 use base64::Engine;
@@ -15,7 +15,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request};
 use proto::invoke::{Invocation, InvokeError, Outcome};
 use proto::invoke_api::{
-    error_type, header, invocation_type, log_type, FunctionRef, FUNCTION_ERROR_UNHANDLED, LATEST,
+    error_type, header, invocation_type, log_type, FUNCTION_ERROR_UNHANDLED, LATEST,
 };
 use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
 
@@ -39,28 +39,9 @@ impl<I: Invoker> Endpoint<I> {
         }
     }
 
-    /// Answers one HTTP request for this function: the invoke path must name it (as
-    /// `function`, its name, `name:$LATEST` or its ARN).
-    pub async fn handle(self, request: Request<Incoming>) -> Reply {
-        let path = request.uri().path();
-        let streaming = FunctionRef::from_stream_path(path);
-        let Some(function) = streaming
-            .clone()
-            .or_else(|| FunctionRef::from_invoke_path(path))
-        else {
-            let message = format!("No such API: {path}");
-            return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
-        };
-        let served = self.sandbox.function();
-        let named = function.name == "function" || function.name == served.name;
-        if !named || !function.is_latest() {
-            let message = format!("Function not found: {}", function_arn(served, &function));
-            return http::service_error(404, error_type::RESOURCE_NOT_FOUND, &message);
-        }
-        if streaming.is_some() {
-            return self.handle_stream(request).await;
-        }
-        self.handle_invoke(request).await
+    /// What runs this function's invocations.
+    pub fn invoker(&self) -> &I {
+        &self.sandbox
     }
 
     /// Answers an invoke already routed to this function. Every answer carries
@@ -195,20 +176,6 @@ impl<I: Invoker> Endpoint<I> {
             }
         }
     }
-}
-
-/// The ARN of the function `reference` names, in this environment's region and account.
-pub fn function_arn(function: &Function, reference: &FunctionRef) -> String {
-    let qualifier = reference
-        .qualifier
-        .map(|q| format!(":{q}"))
-        .unwrap_or_default();
-    format!(
-        "arn:aws:lambda:{}:{}:function:{}{qualifier}",
-        function.region,
-        proto::invoke_api::ACCOUNT_ID,
-        reference.name
-    )
 }
 
 /// The event of an invoke body: JSON, as Lambda's Invoke API requires (the emulator does not

@@ -6,6 +6,17 @@ use crate::function::Function;
 use proto::invoke::{Answer, Invocation, InvokeError, Outcome};
 use std::future::Future;
 
+/// Why a function's reserved concurrency cannot be set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConcurrencyError {
+    /// The host has no such limit (local mode runs one environment).
+    #[error("Reserved concurrency does not apply here: {0}")]
+    NotApplicable(&'static str),
+    /// More than the host can run at once.
+    #[error("ReservedConcurrentExecutions {asked} is more than the {max} environments this host runs at once (--max-concurrency)")]
+    TooHigh { asked: u32, max: usize },
+}
+
 pub trait Invoker: Clone + Send + Sync + 'static {
     /// The function: its name, timeout, async retry settings.
     fn function(&self) -> &Function;
@@ -28,5 +39,19 @@ pub trait Invoker: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Answer, InvokeError>> + Send {
         let invoke = self.invoke(invocation);
         async move { invoke.await.map(Answer::Whole) }
+    }
+
+    /// The function's reserved concurrency, if it has one (`GetFunctionConcurrency`).
+    fn reserved_concurrency(&self) -> Option<u32> {
+        None
+    }
+
+    /// Reserves `reserved` environments for the function, or (`None`) removes the reservation
+    /// (`PutFunctionConcurrency`, `DeleteFunctionConcurrency`).
+    fn set_reserved_concurrency(&self, reserved: Option<u32>) -> Result<(), ConcurrencyError> {
+        let _ = reserved;
+        Err(ConcurrencyError::NotApplicable(
+            "this server runs one environment",
+        ))
     }
 }

@@ -134,3 +134,39 @@ write("vmm_config", "flags", "\0".join([
     "--entropy", "--cpu-template", "none"]))
 write("vmm_config", "file-and-flags", json.dumps(config) + "\0--vcpus\0" + "4\0--drive\0path=/etc/passwd")
 write("vmm_config", "unsupported", '{"boot-source":{"kernel_image_path":"k"},"balloon":{}}')
+
+# vmm API requests: raw bytes of one connection, requests back to back (fuzz_targets/vmm_api.rs).
+def api_request(method, path, body=None, extra=b""):
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n".encode() + extra
+    if body is None:
+        return head + b"\r\n"
+    data = json.dumps(body).encode()
+    return head + f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+write("vmm_api", "boot", b"".join([
+    api_request("GET", "/"),
+    api_request("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}),
+    api_request("PATCH", "/machine-config", {"mem_size_mib": 256}),
+    api_request("PUT", "/boot-source", {"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0"}),
+    api_request("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "r.ext4",
+                                          "is_root_device": True, "is_read_only": True}),
+    api_request("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0",
+                                                    "guest_mac": "06:00:ac:10:00:02"}),
+    api_request("PUT", "/vsock", {"guest_cid": 3, "uds_path": "v.sock"}),
+    api_request("PUT", "/entropy", {}),
+    api_request("PUT", "/logger", {"level": "Info", "log_path": "log", "show_level": True}),
+    api_request("PUT", "/metrics", {"metrics_path": "metrics"}),
+    api_request("PUT", "/actions", {"action_type": "InstanceStart"}),
+]))
+write("vmm_api", "snapshot", b"".join([
+    api_request("PATCH", "/vm", {"state": "Paused"}),
+    api_request("PUT", "/snapshot/create", {"snapshot_type": "Full", "snapshot_path": "s", "mem_file_path": "m"}),
+    api_request("GET", "/ext/status"),
+    api_request("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"},
+                                          "resume_vm": True, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}],
+                                          "vsock_override": {"uds_path": "v2.sock"}}),
+    api_request("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}),
+]))
+write("vmm_api", "continue", api_request("PUT", "/actions", {"action_type": "FlushMetrics"}, b"Expect: 100-continue\r\n"))
+write("vmm_api", "bad", b"GET /vm/config HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}PUT /drives/a-b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")

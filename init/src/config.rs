@@ -141,7 +141,7 @@ impl Options {
                     value: api.clone(),
                     reason: e.to_string(),
                 })?;
-        let init_type = match env("INIT_INITIALIZATION_TYPE") {
+        let init_type = match env(proto::guest::cmdline::INITIALIZATION_TYPE) {
             Some(v) => Some(v.parse().map_err(|reason| OptionsError::BadValue {
                 flag: "INIT_INITIALIZATION_TYPE",
                 value: v,
@@ -165,8 +165,8 @@ impl Options {
                 .map(PathBuf::from),
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
-            timing: flag_on("INIT_TIMING"),
-            init_timeout: match env("INIT_INIT_TIMEOUT_MS") {
+            timing: flag_on(proto::guest::cmdline::TIMING),
+            init_timeout: match env(proto::guest::cmdline::INIT_TIMEOUT_MS) {
                 Some(v) => Some(
                     v.parse()
                         .ok()

@@ -211,7 +211,7 @@ impl Conn {
     ///
     /// Waits for errors as well as data: after a snapshot restore the guest kernel resets the
     /// vsock connection and then reports `EPOLLOUT|EPOLLERR` only, never `EPOLLIN` or a hang-up
-    /// (shared/ENVIRONMENT.md, item 9), so a wait for read readiness alone would sleep for ever
+    /// (guest kernel 6.1 behaviour, on hardware KVM too), so a wait for read readiness alone would sleep for ever
     /// and init would never reconnect. The `read` then returns the error.
     async fn read_some(&self, buf: &mut [u8]) -> Result<usize, FrameError> {
         loop {

@@ -2,25 +2,17 @@
 //! the hostname, and, for a function with networking, `eth0` (the virtio-net device the host
 //! gives it) with the fixed address every environment's guest has.
 //!
-//! The guest's address, gateway and MAC are the same in every environment: the host gives each
-//! environment its own network namespace and translates this address to one of its own
-//! (lambda-vm/src/network.rs, whose constants these must match). So a snapshot's restored
-//! copies all come up with a working, already configured, interface.
+//! The guest's address, gateway and MAC are the same in every environment
+//! ([`proto::guest::net`]): the host gives each environment its own network namespace and
+//! translates this address to one of its own. So a snapshot's restored copies all come up with a
+//! working, already configured, interface.
 
 use crate::sys;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
-/// The hostname PID 1 sets.
-pub const HOSTNAME: &str = "localhost";
-/// The function's network interface: the first (only) virtio-net device.
-pub const INTERFACE: &str = "eth0";
-/// The guest's address on [`INTERFACE`], /30 ([`NETMASK`]).
-pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
-pub const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
-/// The host end of the guest's link (the tap in the environment's namespace).
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+pub use proto::guest::net::{ADDRESS, GATEWAY, HOSTNAME, INTERFACE, NETMASK};
 
 nix::ioctl_write_ptr_bad!(siocsifaddr, libc::SIOCSIFADDR, libc::ifreq);
 nix::ioctl_write_ptr_bad!(siocsifnetmask, libc::SIOCSIFNETMASK, libc::ifreq);

@@ -341,7 +341,7 @@ async fn relay_invoke(
     invoke: Invoke,
     received: Option<(Arc<Timing>, Instant)>,
 ) {
-    let request_id = invoke.request_id;
+    let request_id = invoke.request_id.clone();
     let failure = |error_type: &str, message: String| {
         Bytes::from(ErrorRequest::new(error_type, message).to_json())
     };
@@ -349,14 +349,7 @@ async fn relay_invoke(
         let message = format!("the event is larger than {MAX_PAYLOAD_LEN} bytes");
         Outcome::failure(failure(error_type::REQUEST_TOO_LARGE, message))
     } else {
-        let invocation = rapid::Invocation {
-            request_id: request_id.clone(),
-            event: Bytes::from(invoke.event.0),
-            trace_id: invoke.trace_id,
-            client_context: invoke.client_context,
-            cognito_identity: invoke.cognito_identity,
-        };
-        match handle.invoke_streaming(invocation).await {
+        match handle.invoke_streaming(invoke.into()).await {
             Ok(Answer::Whole(outcome)) => outcome,
             Ok(Answer::Stream(stream)) => relay_stream(&outbox, &request_id, stream).await,
             Err(e @ InvokeError::QueueFull) => {
@@ -373,18 +366,7 @@ async fn relay_invoke(
         };
         timing.record(&request_id, stamps);
     }
-    let message = match outcome {
-        Outcome::Success(body) => Message::Response {
-            request_id,
-            body: body.to_vec().into(),
-        },
-        Outcome::Failure { body, reset } => Message::Error {
-            request_id,
-            body: body.to_vec().into(),
-            reset,
-        },
-    };
-    outbox.send(message);
+    outbox.send(outcome.into_answer(request_id));
 }
 
 /// Passes a streamed response to the host as the runtime writes it: `ResponseStart`, a

@@ -170,7 +170,7 @@ fn invokes_succeed_fail_and_survive_a_runtime_crash() {
     let event = r#"{"hello": "world"}"#;
     assert_eq!(
         link.invoke(invoke("r1", event)).unwrap(),
-        Outcome::Success(event.as_bytes().to_vec())
+        Outcome::Success(event.as_bytes().to_vec().into())
     );
     assert!(guest.logged("START RequestId: r1"));
     assert!(guest.logged("REPORT RequestId: r1"));
@@ -209,7 +209,7 @@ fn invokes_succeed_fail_and_survive_a_runtime_crash() {
     );
     assert_eq!(
         link.invoke(invoke("r5", "[1]")).unwrap(),
-        Outcome::Success(b"[1]".to_vec()),
+        Outcome::Success(b"[1]".to_vec().into()),
         "a fresh runtime serves the next invoke"
     );
 
@@ -227,7 +227,7 @@ fn with_timing_on_each_answer_comes_with_the_guests_intervals() {
     for id in ["t1", "t2"] {
         assert_eq!(
             link.invoke(invoke(id, "{}")).unwrap(),
-            Outcome::Success(b"{}".to_vec())
+            Outcome::Success(b"{}".to_vec().into())
         );
         let timing = link.last_timing().expect("an invoke_timing frame").clone();
         assert_eq!(timing.request_id, id);
@@ -271,7 +271,7 @@ fn a_timed_out_invoke_is_reported_and_a_fresh_runtime_serves_the_next() {
         .contains("Task timed out after 1.00 seconds"));
     assert_eq!(
         link.invoke(invoke("t2", "[2]")).unwrap(),
-        Outcome::Success(b"[2]".to_vec())
+        Outcome::Success(b"[2]".to_vec().into())
     );
     link.shutdown().unwrap();
     assert!(guest.wait().success());
@@ -363,7 +363,7 @@ fn snap_start_waits_for_restore_on_a_new_connection() {
     link.restore().unwrap();
     assert_eq!(
         link.invoke(invoke("r1", r#"{"after":"restore"}"#)).unwrap(),
-        Outcome::Success(br#"{"after":"restore"}"#.to_vec())
+        Outcome::Success(br#"{"after":"restore"}"#.to_vec().into())
     );
     assert!(guest.logged("conformance: after_restore"));
     link.shutdown().unwrap();
@@ -474,7 +474,7 @@ fn as_pid_1_of_a_pid_namespace_it_serves_and_reaps_orphans() {
     let mut link = guest.accept();
     assert_eq!(
         link.invoke(invoke("r1", "{}")).unwrap(),
-        Outcome::Success(b"{}".to_vec())
+        Outcome::Success(b"{}".to_vec().into())
     );
     assert!(guest.logged("REPORT RequestId: r1"));
     let init = child_of(guest.child.id()).expect("init runs under unshare");
@@ -542,7 +542,7 @@ fn as_pid_1_in_namespaces_it_sets_up_the_machine_and_reboots() {
     // starts down: init brought it up.
     assert_eq!(
         link.invoke(invoke("r1", "[2]")).unwrap(),
-        Outcome::Success(b"[2]".to_vec())
+        Outcome::Success(b"[2]".to_vec().into())
     );
     let init = child_of(guest.child.id()).expect("init runs under unshare");
     let mounts = std::fs::read_to_string(format!("/proc/{init}/mountinfo")).unwrap();

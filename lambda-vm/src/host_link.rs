@@ -62,14 +62,7 @@ pub enum LinkError {
 }
 
 /// How an invocation ended, as the guest reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The runtime's response body.
-    Success(Vec<u8>),
-    /// Lambda's error JSON: the function's error, or the environment's; `reset` says whether
-    /// the failure reset the environment (a timeout, a runtime exit).
-    Failure { body: Vec<u8>, reset: Option<Reset> },
-}
+pub use proto::invoke::Outcome;
 
 /// A part of a streamed response, as it arrives from the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +174,12 @@ impl HostLink {
         })
     }
 
+    /// A second handle on the connection, with which another thread can end a wait on this
+    /// link at once (`shutdown`): the link then fails with an error.
+    pub fn interrupter(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
     /// The guest's `Hello`.
     pub fn peer(&self) -> &Hello {
         &self.peer
@@ -218,19 +217,7 @@ impl HostLink {
         self.send(&Message::Invoke(invoke))?;
         let sent = timing_enabled().then(epoch_us);
         loop {
-            let outcome = match self.next_frame()? {
-                Message::Response {
-                    request_id: id,
-                    body,
-                } if id == request_id => Outcome::Success(body.0),
-                Message::Error {
-                    request_id: id,
-                    body,
-                    reset,
-                } if id == request_id => Outcome::Failure {
-                    body: body.0,
-                    reset,
-                },
+            let message = match self.next_frame()? {
                 Message::ResponseStart {
                     request_id: id,
                     content_type,
@@ -245,7 +232,10 @@ impl HostLink {
                     stream(Streamed::Chunk(body.0));
                     continue;
                 }
-                _ => continue,
+                message => message,
+            };
+            let Some(outcome) = Outcome::from_answer(message, &request_id) else {
+                continue;
             };
             self.last_timing = self
                 .guest_timing
@@ -419,7 +409,7 @@ mod tests {
         assert_eq!(
             link.invoke(invoke("r1")).unwrap(),
             Outcome::Failure {
-                body: b"{\"errorType\":\"E\"}".to_vec(),
+                body: b"{\"errorType\":\"E\"}".to_vec().into(),
                 reset: Some(Reset::Timeout)
             }
         );

@@ -87,12 +87,22 @@ impl JailHost {
         Ok(host)
     }
 
+    /// Removes the cgroups the dead service `pid` left (it was killed before it could remove
+    /// them).
+    pub fn sweep_service(&self, pid: u32) {
+        self.sweep_slot(pid % SERVICE_SLOTS);
+    }
+
     /// Removes the cgroups a dead service with this slot left (it was killed before it could
-    /// remove them): they are named by ids only this slot hands out, and a cgroup that still
-    /// has a process is not removed (`rmdir` refuses it).
+    /// remove them).
     fn sweep_cgroups(&self) {
-        let ours =
-            ID_BASE + self.slot * IDS_PER_SERVICE..ID_BASE + (self.slot + 1) * IDS_PER_SERVICE;
+        self.sweep_slot(self.slot);
+    }
+
+    /// Removes the empty cgroups of `slot`: they are named by ids only that slot hands out,
+    /// and a cgroup that still has a process is not removed (`rmdir` refuses it).
+    fn sweep_slot(&self, slot: u32) {
+        let ours = ID_BASE + slot * IDS_PER_SERVICE..ID_BASE + (slot + 1) * IDS_PER_SERVICE;
         for parent in &self.cgroups {
             let Ok(entries) = std::fs::read_dir(parent) else {
                 continue;
@@ -151,30 +161,21 @@ impl JailHost {
             jail.cgroups.push(group.clone());
             limit(&group, contents)?;
         }
-        let mut arg = |flag: &str, value: OsString| {
-            jail.args.push(flag.into());
-            jail.args.push(value);
+        let flags = vmm::jail::JailFlags {
+            jail_root: Some(self.root.clone()),
+            jail_bind: contents.read.clone(),
+            jail_bind_rw: contents.write.clone(),
+            jail_dev: DEVICES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.file_type().is_char_device()))
+                .collect(),
+            jail_uid: Some(id),
+            jail_gid: Some(id),
+            jail_netns: contents.netns.clone(),
+            jail_cgroup: jail.cgroups.clone(),
         };
-        arg("--jail-root", self.root.clone().into());
-        arg("--jail-uid", id.to_string().into());
-        arg("--jail-gid", id.to_string().into());
-        for path in &contents.read {
-            arg("--jail-bind", path.clone().into());
-        }
-        for path in &contents.write {
-            arg("--jail-bind-rw", path.clone().into());
-        }
-        for device in DEVICES.iter().map(Path::new) {
-            if std::fs::metadata(device).is_ok_and(|m| m.file_type().is_char_device()) {
-                arg("--jail-dev", device.into());
-            }
-        }
-        if let Some(netns) = &contents.netns {
-            arg("--jail-netns", netns.clone().into());
-        }
-        for group in &jail.cgroups {
-            arg("--jail-cgroup", group.clone().into());
-        }
+        jail.args = flags.to_args();
         Ok(jail)
     }
 

@@ -1,6 +1,6 @@
 //! The host-side function service behind `lambda-vm`: a Lambda function runs in a microVM (the
 //! `vmm` crate), its guest init serves the Runtime API inside, and invocations reach it over the
-//! host link. The invoke endpoint is `rapid`'s, the same code as local mode.
+//! host link. The invoke endpoint is `front-door`'s, the same code as local mode.
 //!
 //! - [`service`]: the [`FunctionService`], an `Invoker` that boots or restores microVMs;
 //! - [`pool`]: one function's environments and the concurrency limits;
@@ -10,10 +10,13 @@
 //! - [`network`]: one network namespace, tap and veth per environment;
 //! - [`vmm_process`]: a microVM as its own `vmm` process.
 
+pub mod checks;
+pub mod dirs;
 pub mod guest;
 pub mod host;
 pub mod host_link;
 pub mod jail;
+pub mod logs;
 pub mod network;
 pub mod pool;
 pub mod service;

@@ -1,17 +1,26 @@
-//! `lambda-vm`: the function host. Serves Lambda's invoke API (and the AWS Runtime Interface
-//! Emulator's path) for one function or for every function in a directory, each execution
-//! environment a microVM in its own `vmm` process, booted from a guest kernel and the
-//! function's image (`scripts/build-rootfs.sh`), or restored from its SnapStart snapshot.
+//! `lambda-vm`: the function host. Serves Lambda's API (invoke, and the function reads the SDKs
+//! make) for one function or for every function in a directory, each execution environment a
+//! microVM in its own `vmm` process, booted from a guest kernel and the function's image
+//! (`scripts/build-rootfs.sh`), or restored from its SnapStart snapshot.
+//!
+//! At start it checks the host and every function and says what it found, one line each, then
+//! prints `lambda-vm: listening invoke=ADDR` (stderr) once it accepts requests, and
+//! `lambda-vm: ready` (stderr) once the provisioned environments are up. SIGTERM or SIGINT
+//! stops it: starting environments end at once, busy ones get `--stop-grace` seconds, and it
+//! exits with nothing of theirs left; a second signal ends the busy ones at once.
 
 use anyhow::Context;
 use clap::Parser;
 use front_door::event_store::EventStore;
 use front_door::invoke_http::Endpoint;
-use front_door::LogTails;
+use front_door::{LogTails, Router};
 use http_server::ConnectionLimits;
-use lambda_vm::guest::{GuestSpec, Rootfs};
+use lambda_vm::checks;
+use lambda_vm::dirs::{self, Scratch};
+use lambda_vm::guest::{Console, Environments, GuestSpec};
 use lambda_vm::host::FunctionHost;
 use lambda_vm::jail::JailHost;
+use lambda_vm::logs::FunctionLog;
 use lambda_vm::network::{self, Networks};
 use lambda_vm::pool::HostLimit;
 use lambda_vm::snapshots::Snapshots;
@@ -19,10 +28,11 @@ use lambda_vm::{FunctionService, Scaling};
 use proto::InitializationType;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use vmm::config::CpuTemplate;
 use vmm::host_caps::HostCaps;
 
@@ -44,7 +54,8 @@ struct Args {
     #[arg(long, requires = "rootfs")]
     function_config: Option<PathBuf>,
     /// Serve every function in DIR: one subdirectory each, holding its function.json and its
-    /// image (one `.ext4` or `.cpio` file).
+    /// image (one `.ext4` or `.cpio` file). A function is invoked by its function.json's
+    /// `function_name`, whatever its directory is called.
     #[arg(long, value_name = "DIR", required_unless_present = "rootfs")]
     functions_dir: Option<PathBuf>,
     /// Most environments in use (busy or starting) at once, over all functions; a request
@@ -60,11 +71,30 @@ struct Args {
     /// Address of the invoke endpoint (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for the environments' sockets and configurations [default: a new directory
-    /// under the system temp dir].
-    #[arg(long)]
+    /// What is kept across runs: SnapStart snapshots (`snapshots/NAME/`) and each function's
+    /// accepted asynchronous events (`events/NAME.redb`) [default: /var/lib/lambda-vm for root,
+    /// else $XDG_STATE_HOME/lambda-vm].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Where this run's scratch directory (`lambda-vm-PID`: the environments' sockets and VM
+    /// configurations) is made; it is removed at exit, and one a killed service left is
+    /// removed by the next start [default: the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
-    /// File the guest consoles (kernel messages) are appended to [default: discarded].
+    /// Where SnapStart snapshots go [default: STATE_DIR/snapshots]; one subdirectory per
+    /// function. Each snapshot is kept in a directory named by a hash of the kernel, image,
+    /// function configuration, command line and snapshot format, and reused by later runs
+    /// (and by other services on the same directory); a change to any of them takes a new one,
+    /// and the old one is removed.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// Write each function's log to DIR/NAME.log and each environment's console (kernel
+    /// messages) to DIR/NAME.N.console (N: the environment's number in the log lines), besides
+    /// the log on stdout.
+    #[arg(long, value_name = "DIR", conflicts_with = "console")]
+    log_dir: Option<PathBuf>,
+    /// File every guest console (kernel messages) is appended to [default: discarded, or
+    /// per environment with --log-dir].
     #[arg(long)]
     console: Option<PathBuf>,
     /// Seconds the guest may take to boot and connect.
@@ -75,12 +105,10 @@ struct Args {
     /// extensions may need more).
     #[arg(long, default_value_t = 10.0)]
     init_timeout: f64,
-    /// Where SnapStart functions' snapshots go [default: WORK_DIR/snapshots]; with
-    /// --functions-dir, one subdirectory per function. Each snapshot is kept in a directory
-    /// named by a hash of the kernel, image, function configuration, command line and
-    /// snapshot format, and reused by later runs; a change to any of them takes a new one.
-    #[arg(long)]
-    snapshot_dir: Option<PathBuf>,
+    /// Seconds busy environments get to finish their invocations after SIGTERM or SIGINT
+    /// before they are ended; a second signal ends them at once.
+    #[arg(long, default_value_t = 5.0)]
+    stop_grace: f64,
     /// Keep one environment of each function ready from the start (provisioned concurrency
     /// of at least 1).
     #[arg(long)]
@@ -88,6 +116,9 @@ struct Args {
     /// The `vmm` binary [default: the one beside this program].
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// The KVM device checked at start (the `vmm` opens /dev/kvm).
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
@@ -122,18 +153,42 @@ struct Args {
 /// One function to host: its configuration, where it came from, and its image.
 struct Function {
     config: proto::FunctionConfig,
+    /// Its function.json.
+    source: PathBuf,
     image: PathBuf,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     vmm::logger::init(args.log_level);
-    anyhow::ensure!(
-        args.kernel.is_file(),
-        "--kernel {}: no such file",
-        args.kernel.display()
-    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = runtime
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(args)));
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            say(&format!("lambda-vm: error: {e:#}"));
+            ExitCode::FAILURE
+        }
+    };
+    // Environments' threads may still be winding down; everything of theirs is gone (the
+    // stop waited for that), so the process need not wait for the threads.
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
+}
+
+/// One line on stderr, in one write (eprintln! may write in pieces, and scripts wait for whole
+/// lines).
+fn say(line: &str) {
+    let line = format!("{line}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
+    resolve_paths(&mut args)?;
     anyhow::ensure!(
         args.max_concurrency > 0,
         "--max-concurrency must be at least 1"
@@ -144,6 +199,8 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|t| (Duration::from_millis(1)..=Duration::from_secs(900)).contains(t))
         .context("--init-timeout must be between 0.001 and 900 seconds")?;
+    let stop_grace = Duration::try_from_secs_f64(args.stop_grace)
+        .context("--stop-grace must be a number of seconds")?;
     anyhow::ensure!(
         args.max_connections > 0,
         "--max-connections must be at least 1"
@@ -156,44 +213,31 @@ async fn main() -> anyhow::Result<()> {
         max_connections: Some(args.max_connections),
         header_read_timeout: Some(header_timeout),
     };
+    // Watched from the start, so a signal during the checks or a boot is not missed.
+    let mut signals = Signals::new()?;
+
+    // What the host and each function need, checked before anything starts: one line each.
+    let check = |line: String| println!("lambda-vm: check: {line}");
+    check(checks::kvm(&args.kvm_device)?);
+    check(checks::kernel(&args.kernel)?);
     let functions = functions(&args)?;
+    let mut images = Vec::new();
+    for function in &functions {
+        let name = &function.config.function_name;
+        let (rootfs, described) = checks::image(&function.image)
+            .with_context(|| format!("function {name} ({})", function.source.display()))?;
+        checks::memory(name, function.config.memory_mb)?;
+        check(format!(
+            "function {name} (invoked by that name; {}): {described}; {} MB of memory",
+            function.source.display(),
+            function.config.memory_mb
+        ));
+        images.push(rootfs);
+    }
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
     }
-    for function in &functions {
-        let mb = function.config.memory_mb;
-        anyhow::ensure!(
-            mb <= vmm::config::MAX_MEM_MIB,
-            "function {}: memory_mb {mb} is more than the {} MiB a microVM can have here",
-            function.config.function_name,
-            vmm::config::MAX_MEM_MIB
-        );
-    }
-    let work_dir = match &args.work_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("lambda-vm-{}", std::process::id())),
-    };
-    // Before any environment starts: every vmm from here on is jailed, or none is.
-    let jail = if args.no_jail {
-        "jail off (--no-jail)".to_owned()
-    } else {
-        match JailHost::detect(&work_dir) {
-            Ok(host) => {
-                let described = host.describe();
-                lambda_vm::jail::enable(host);
-                described
-            }
-            Err(why) => format!("jail off: {why}"),
-        }
-    };
-    let seccomp = if args.no_seccomp {
-        lambda_vm::vmm_process::disable_seccomp();
-        "seccomp off (--no-seccomp)"
-    } else {
-        "seccomp on in every vmm (a filter per thread kind)"
-    };
-    println!("lambda-vm: isolation: {seccomp}; {jail}");
     let vmm = match &args.vmm {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("vmm"),
@@ -203,53 +247,116 @@ async fn main() -> anyhow::Result<()> {
         "the vmm binary {}: no such file (build it, or pass --vmm)",
         vmm.display()
     );
+
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(dirs::default_state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("--state-dir {}", state_dir.display()))?;
+    let work_parent = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (scratch, leftovers) = Scratch::create(&work_parent)
+        .with_context(|| format!("the scratch directory in {}", work_parent.display()))?;
+    println!(
+        "lambda-vm: state in {} (kept), scratch in {} (removed at exit)",
+        state_dir.display(),
+        scratch.path().display()
+    );
+
+    // Before any environment starts: every vmm from here on is jailed, or none is.
+    let jail = if args.no_jail {
+        "jail off (--no-jail)".to_owned()
+    } else {
+        match JailHost::detect(scratch.path()) {
+            Ok(host) => {
+                for leftover in &leftovers {
+                    host.sweep_service(leftover.pid);
+                }
+                let described = host.describe();
+                lambda_vm::jail::enable(host);
+                described
+            }
+            Err(why) => format!("jail off: {why}"),
+        }
+    };
+    for leftover in &leftovers {
+        println!(
+            "lambda-vm: removed {}, left by a service that is gone",
+            leftover.dir.display()
+        );
+    }
+    let seccomp = if args.no_seccomp {
+        lambda_vm::vmm_process::disable_seccomp();
+        "seccomp off (--no-seccomp)"
+    } else {
+        "seccomp on in every vmm (a filter per thread kind)"
+    };
+    println!("lambda-vm: isolation: {seccomp}; {jail}");
     let cpu_template = CpuTemplate::Auto.resolve(&HostCaps::detect());
     let networks = if !args.no_network && functions.iter().any(|f| f.config.networking) {
         open_networks(args.network_range)
     } else {
         None
     };
+    if let Some(dir) = &args.log_dir {
+        println!(
+            "lambda-vm: logs in {}: NAME.log per function, NAME.N.console per environment",
+            dir.display()
+        );
+    }
+
     let host = HostLimit::new(args.max_concurrency);
     let tails = LogTails::default();
-    let single = args.functions_dir.is_none();
+    let environments = Arc::new(Environments::default());
+    let snapshot_root = args
+        .snapshot_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("snapshots"));
+    let events_dir = state_dir.join("events");
+    std::fs::create_dir_all(&events_dir)
+        .with_context(|| format!("creating {}", events_dir.display()))?;
     let mut hosted = Vec::new();
-    for Function {
-        config: function,
-        image,
-    } in functions
-    {
+    for (index, (function, rootfs)) in functions.into_iter().zip(images).enumerate() {
+        let Function {
+            config: function,
+            image,
+            ..
+        } = function;
         let name = function.function_name.clone();
         let mut served = front_door::Function::new(&function);
         served.events.on_failure_dir = args.on_failure_dir.clone();
-        let function_dir = if single {
-            work_dir.clone()
-        } else {
-            work_dir.join(&name)
-        };
+        served.code = Some(
+            front_door::Code::of(&image)
+                .with_context(|| format!("function {name}: {}", image.display()))?,
+        );
+        // Numbered, not named: a socket's path must stay short (108 bytes).
+        let function_dir = scratch.path().join(index.to_string());
         std::fs::create_dir_all(&function_dir)
             .with_context(|| format!("creating {}", function_dir.display()))?;
+        let console = match (&args.log_dir, &args.console) {
+            (Some(dir), _) => Console::PerEnvironment {
+                dir: dir.clone(),
+                function: name.clone(),
+            },
+            (None, Some(file)) => Console::Shared(file.clone()),
+            (None, None) => Console::Discard,
+        };
         let spec = GuestSpec {
             vmm: vmm.clone(),
             kernel: args.kernel.clone(),
-            rootfs: Rootfs::from_path(image),
+            rootfs,
             boot_args: args.boot_args.clone(),
             mem_size_mib: function.memory_mb,
-            work_dir: function_dir.clone(),
-            console: args.console.clone(),
+            work_dir: function_dir,
+            console,
             boot_timeout: Duration::from_secs(args.boot_timeout),
             init_timeout,
             cpu_template,
             network: networks.clone().filter(|_| function.networking),
+            environments: environments.clone(),
         };
-        let snapshots =
-            (function.initialization_type == InitializationType::SnapStart).then(|| {
-                let root = match (&args.snapshot_dir, single) {
-                    (Some(root), true) => root.clone(),
-                    (Some(root), false) => root.join(&name),
-                    (None, _) => function_dir.join("snapshots"),
-                };
-                snapshots_of(&spec, &function, root)
-            });
+        let snapshots = (function.initialization_type == InitializationType::SnapStart)
+            .then(|| snapshots_of(&spec, &function, snapshot_root.join(&name)));
         let provisioned = usize::try_from(function.provisioned_concurrency)?;
         let scaling = Scaling {
             reserved: function
@@ -264,40 +371,192 @@ async fn main() -> anyhow::Result<()> {
             idle_timeout,
             host: host.clone(),
         };
-        let log = {
-            let tails = tails.clone();
-            move |line: &str| {
-                tails.line(line);
-                println!("{line}");
-            }
-        };
-        let events = EventStore::open(&function_dir.join("events.redb"))
-            .with_context(|| format!("the event store of {name}"))?;
+        let log = FunctionLog::new(&name, tails.clone(), args.log_dir.as_deref())
+            .with_context(|| format!("--log-dir: the log of {name}"))?;
+        let store = events_dir.join(format!("{name}.redb"));
+        let events = EventStore::open(&store).with_context(|| {
+            format!(
+                "the event store of {name}, {} (is another lambda-vm using --state-dir {}? give each its own)",
+                store.display(),
+                state_dir.display()
+            )
+        })?;
         let service = FunctionService::new(served, function, spec, snapshots, scaling, log);
-        let endpoint = Endpoint::new(service.clone(), tails.clone(), Some(events));
-        hosted.push((service, endpoint));
+        hosted.push(Endpoint::new(service, tails.clone(), Some(events)));
     }
-    let host = FunctionHost::new(hosted, host);
+    let host = FunctionHost::new(Router::new(hosted), host);
 
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     // Scripts and tests wait for this exact line; with port 0 it is the only way to learn the
-    // port. One write, so that a reader never sees half of it (eprintln! may write in pieces).
-    let ready = format!("lambda-vm: listening invoke={}\n", listener.local_addr()?);
-    std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
+    // port.
+    let listening = proto::readiness::Listening {
+        invoke: listener.local_addr()?,
+        runtime_api: None,
+    };
+    say(listening.line("lambda-vm").trim_end());
     let router = host.clone();
-    tokio::spawn(http_server::serve_with(listener, limits, move |request| {
+    let accepting = tokio::spawn(http_server::serve_with(listener, limits, move |request| {
         router.clone().handle(request)
     }));
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+
+    // The provisioned environments, all at once; `ready` once they are up.
+    let provisioning = {
+        let services: Vec<FunctionService> = host.services().cloned().collect();
+        async move {
+            let mut failed = Vec::new();
+            for service in &services {
+                if let Err(why) = service.provision().await {
+                    failed.push(format!("{}: {why}", service.name()));
+                }
+            }
+            failed
+        }
+    };
+    let mut outcome = Ok(ExitCode::SUCCESS);
+    let stopped_by = tokio::select! {
+        failed = provisioning => {
+            if failed.is_empty() {
+                say("lambda-vm: ready");
+                signals.next().await
+            } else {
+                outcome = Err(anyhow::anyhow!(
+                    "provisioned environments did not start: {}",
+                    failed.join("; ")
+                ));
+                "a failed start"
+            }
+        }
+        signal = signals.next() => signal,
+    };
+
+    // Stopping: no new connections, no new environments; starting ones end now, busy ones get
+    // the grace time, idle ones power off.
+    accepting.abort();
+    environments.end_starts();
+    say(&format!(
+        "lambda-vm: stopping ({stopped_by}): {} environment(s); busy ones get {:.0} s to finish (a second SIGTERM or SIGINT ends them now)",
+        environments.count(),
+        stop_grace.as_secs_f64()
+    ));
+    let shutdowns: Vec<_> = host
+        .services()
+        .cloned()
+        .map(|service| tokio::spawn(async move { service.shutdown().await }))
+        .collect();
+    let waiting = environments.clone();
+    let mut gone = tokio::task::spawn_blocking(move || waiting.wait_gone(stop_grace));
+    let finished = tokio::select! {
+        gone = &mut gone => gone.unwrap_or(false),
+        signal = signals.next() => {
+            say(&format!("lambda-vm: {signal} again: ending every environment now"));
+            false
+        }
+    };
+    if !finished {
+        environments.end_all();
+        let waiting = environments.clone();
+        let gone = tokio::task::spawn_blocking(move || waiting.wait_gone(Duration::from_secs(30)))
+            .await
+            .unwrap_or(false);
+        if !gone {
+            say(&format!(
+                "lambda-vm: {} environment(s) did not end",
+                environments.count()
+            ));
+        }
     }
-    for service in host.services() {
-        service.shutdown().await;
+    for shutdown in shutdowns {
+        let _ = shutdown.await;
+    }
+    drop(host);
+    if let Err(e) = scratch.remove() {
+        say(&format!("lambda-vm: removing the scratch directory: {e}"));
+    }
+    say("lambda-vm: stopped");
+    outcome
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("watching SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("watching SIGINT")?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Makes every path the user gave absolute, once, here: each `vmm` runs in a jail with another
+/// root and working directory, and every path handed to it must mean the same there. Files
+/// that must exist are resolved to their real path (a missing one is named now); directories
+/// the service writes are made first.
+fn resolve_paths(args: &mut Args) -> anyhow::Result<()> {
+    let existing = |flag: &str, path: &mut PathBuf| -> anyhow::Result<()> {
+        *path =
+            std::fs::canonicalize(&*path).with_context(|| format!("{flag} {}", path.display()))?;
+        Ok(())
+    };
+    existing("--kernel", &mut args.kernel)?;
+    if let Some(path) = &mut args.function_config {
+        existing("--function-config", path)?;
+    }
+    if let Some(path) = &mut args.functions_dir {
+        existing("--functions-dir", path)?;
+    }
+    if let Some(path) = &mut args.vmm {
+        existing("--vmm", path)?;
+    }
+    args.kvm_device = std::path::absolute(&args.kvm_device)
+        .with_context(|| format!("--kvm-device {}", args.kvm_device.display()))?;
+    // An image keeps the name it was given (its extension says what kind it is), made absolute.
+    if let Some(path) = &mut args.rootfs {
+        *path =
+            std::path::absolute(&*path).with_context(|| format!("--rootfs {}", path.display()))?;
+    }
+    let directory = |flag: &str, path: &mut PathBuf| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&*path)
+            .and_then(|()| std::fs::canonicalize(&*path))
+            .map(|real| *path = real)
+            .with_context(|| format!("{flag} {}", path.display()))
+    };
+    for (flag, path) in [
+        ("--work-dir", &mut args.work_dir),
+        ("--state-dir", &mut args.state_dir),
+        ("--snapshot-dir", &mut args.snapshot_dir),
+        ("--log-dir", &mut args.log_dir),
+        ("--on-failure-dir", &mut args.on_failure_dir),
+    ] {
+        if let Some(path) = path {
+            directory(flag, path)?;
+        }
+    }
+    if let Some(console) = &mut args.console {
+        let name = console
+            .file_name()
+            .map(ToOwned::to_owned)
+            .with_context(|| format!("--console {}: not a file name", console.display()))?;
+        let mut parent = console
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        directory("--console", &mut parent)?;
+        *console = parent.join(name);
     }
     Ok(())
 }
@@ -327,10 +586,12 @@ fn functions(args: &Args) -> anyhow::Result<Vec<Function>> {
             "--rootfs {}: no such file",
             image.display()
         );
+        let source = config.clone();
         let config = proto::FunctionConfig::load(config)
             .with_context(|| format!("--function-config {}", config.display()))?;
         return Ok(vec![Function {
             config,
+            source,
             image: image.clone(),
         }]);
     }
@@ -359,7 +620,11 @@ fn functions(args: &Args) -> anyhow::Result<Vec<Function>> {
             config_path.display(),
             config.function_name
         );
-        functions.push(Function { config, image });
+        functions.push(Function {
+            config,
+            source: config_path,
+            image,
+        });
     }
     anyhow::ensure!(!functions.is_empty(), "--functions-dir {}: no function in it (one subdirectory each, with function.json and an image)", dir.display());
     Ok(functions)

@@ -28,19 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The tap device inside every environment's namespace, the VM's network backend.
 pub const TAP: &str = "tap0";
-/// The guest's MAC address, the same in every environment (locally administered; the last
-/// four bytes spell the guest's address).
-pub const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
-/// The guest's address, the same in every environment (guest init sets it: init net.rs).
-pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
-/// The tap's MAC address, the same in every environment: a restored guest's ARP cache holds
-/// the gateway's MAC from snapshot time, and a tap with another one would ignore the guest's
-/// frames until that entry went stale (tens of seconds).
-pub const GATEWAY_MAC: &str = "06:00:ac:10:00:01";
-/// The tap's address in the namespace: the guest's gateway.
-pub const GATEWAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+/// The guest's network identity, the same in every environment, which init sets up.
+pub use proto::guest::net::{
+    ADDRESS as GUEST_ADDRESS, GATEWAY as GATEWAY_ADDRESS, GATEWAY_MAC, MAC as GUEST_MAC,
+};
 /// The prefix length of the guest's link and of each environment's host link.
-const LINK_PREFIX_LEN: u8 = 30;
+const LINK_PREFIX_LEN: u8 = proto::guest::net::PREFIX_LEN;
 /// What the service's objects are named with; nothing else on the host may use it.
 pub const NAME_PREFIX: &str = "lvm-";
 /// Where `ip netns` keeps its namespaces.

@@ -1,21 +1,23 @@
 //! One function's execution environments: a pool of microVMs, each its own `vmm` process
 //! serving one invocation at a time, as Lambda's execution environments do.
 //!
-//! A request with no idle environment starts one (a restore of the SnapStart snapshot, or a
-//! boot) while the function is under its reserved concurrency and the host under its cap;
-//! beyond them it is refused at once ([`InvokeError::Throttled`], a 429). Provisioned
-//! environments are started up front and kept; others are torn down after idling. An
-//! environment that timed out, crashed or lost its link is dropped, never reused. Each
-//! invocation runs on a blocking thread that owns its environment and gives it back itself, so
-//! a client that hangs up leaks nothing.
+//! A request with no idle environment waits for one: for a start nobody waits for (its caller
+//! left), or for a new start (a restore of the SnapStart snapshot, or a boot) while the
+//! function is under its reserved concurrency and the host under its cap; beyond them it is
+//! refused at once ([`InvokeError::Throttled`], a 429). Starts run on threads of their own and
+//! belong to the function, not to the request: a caller that hangs up leaves its environment
+//! to the next request ([`crate::pool`]). Provisioned environments are started up front and
+//! kept; others are torn down after idling. An environment that timed out, crashed or lost its
+//! link is dropped, never reused. Each invocation runs on a blocking thread that owns its
+//! environment and gives it back itself, so a client that hangs up mid-invoke leaks nothing.
 
 use crate::guest::{Guest, GuestError, GuestSpec};
-use crate::host_link::{self, Invoke, LinkError, Streamed};
-use crate::pool::{Counts, Environment, HostLimit, Lease, Pool, Refusal};
+use crate::host_link::{self, LinkError, Streamed};
+use crate::logs::FunctionLog;
+use crate::pool::{Checkout, Counts, Environment, Handoff, HostLimit, Lease, Pool, Refusal};
 use crate::snapshots::{KeyError, Snapshots};
-use front_door::{Function, Invoker};
+use front_door::{ConcurrencyError, Function, Invoker};
 use proto::function_config::FunctionConfig;
-use proto::host_link::Blob;
 use proto::invoke::{
     Answer, Invocation, InvokeError, Outcome, ResponseStream, StreamEnd, StreamSender,
 };
@@ -23,8 +25,10 @@ use proto::invoke_api::throttle_reason;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
 use proto::InitializationType;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Slack on top of the function's timeout before the host gives up on the guest: the guest
 /// enforces the timeout itself and reports it; the host's limit only catches a stuck guest.
@@ -33,9 +37,6 @@ const HOST_DEADLINE_SLACK: Duration = Duration::from_secs(10);
 const MAINTENANCE_EVERY: Duration = Duration::from_millis(250);
 /// How long a torn-down guest gets to power off before its `vmm` is killed.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// Where the function's log lines go (shared with the guests' host-link readers).
-type LogFn = Arc<Mutex<dyn FnMut(&str) + Send>>;
 
 /// Why an environment could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,7 @@ pub enum StartError {
     },
 }
 
-/// An error with its causes, `: `-separated, for log lines ([`vmm::error::Chain`]).
+/// An error with its causes, `: `-separated, for log lines and clients ([`vmm::error::Chain`]).
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     vmm::error::Chain(error).to_string()
 }
@@ -96,21 +97,25 @@ struct Inner {
     pool: Mutex<Pool<Guest>>,
     /// One snapshot is taken at a time: a burst of first invokes takes one, then restores it.
     snapshotting: Mutex<()>,
-    log: LogFn,
+    log: FunctionLog,
+    /// The number of the next environment (in log lines and file names).
+    next_env: AtomicU64,
+    /// Whether the provisioned environments were started once ([`FunctionService::provision`]);
+    /// after that the maintenance thread replaces any that go.
+    provisioned_once: AtomicBool,
 }
 
 impl FunctionService {
-    /// `log` receives the function's log: the runtime's output and the START/END/REPORT lines
-    /// from the guests, and the service's own lines about environments. `snapshots` is where a
-    /// SnapStart function's snapshots live (`None` for other functions). Provisioned
-    /// environments start at once, in the background.
+    /// `log` is the function's log ([`FunctionLog`]). `snapshots` is where a SnapStart
+    /// function's snapshots live (`None` for other functions). Provisioned environments start
+    /// with [`FunctionService::provision`].
     pub fn new(
         function: Function,
         config: FunctionConfig,
         spec: GuestSpec,
         snapshots: Option<Snapshots>,
         scaling: Scaling,
-        log: impl FnMut(&str) + Send + 'static,
+        log: FunctionLog,
     ) -> FunctionService {
         let pool = Pool::new(scaling.reserved, scaling.host.clone());
         let inner = Arc::new(Inner {
@@ -121,7 +126,9 @@ impl FunctionService {
             scaling,
             pool: Mutex::new(pool),
             snapshotting: Mutex::new(()),
-            log: Arc::new(Mutex::new(log)),
+            log,
+            next_env: AtomicU64::new(1),
+            provisioned_once: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -135,18 +142,38 @@ impl FunctionService {
         &self.inner.config.function_name
     }
 
-    /// The function's reserved concurrency, if it has one.
-    pub fn reserved_concurrency(&self) -> Option<usize> {
-        self.inner.scaling.reserved
-    }
-
     /// Environments per state.
     pub fn counts(&self) -> Counts {
         self.inner.pool().counts()
     }
 
-    /// Stops every environment: idle ones now (asked to power off, then killed), busy ones when
-    /// their invocation ends.
+    /// Starts the function's provisioned environments, all at once, and waits for them; `Err`
+    /// says why one did not start. From then on the service replaces any that go.
+    pub async fn provision(&self) -> Result<(), String> {
+        let wanted = self
+            .inner
+            .pool()
+            .provisioned_missing(self.inner.scaling.provisioned);
+        let starts: Vec<_> = (0..wanted)
+            .map(|_| {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || inner.provision_one())
+            })
+            .collect();
+        let mut failed = None;
+        for start in starts {
+            match start.await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => failed = failed.or(Some(why)),
+                Err(e) => failed = failed.or(Some(e.to_string())),
+            }
+        }
+        self.inner.provisioned_once.store(true, Ordering::Release);
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Stops handing out environments: requests waiting for one are told, idle ones are torn
+    /// down now, starting and busy ones as they come back.
     pub async fn shutdown(&self) {
         let idle = self.inner.pool().shut_down();
         let inner = self.inner.clone();
@@ -178,12 +205,12 @@ fn maintain(inner: Weak<Inner>) {
             let idle = inner.scaling.idle_timeout.as_secs_f64();
             inner.teardown(guest, &format!("idle for {idle:.0} s"));
         }
-        if !provisioning.due() {
+        if !inner.provisioned_once.load(Ordering::Acquire) || !provisioning.due() {
             continue;
         }
         let missing = inner.pool().provisioned_missing(inner.scaling.provisioned);
         for _ in 0..missing {
-            let started = inner.provision();
+            let started = inner.provision_one().is_ok();
             provisioning.record(started);
             if !started {
                 break;
@@ -222,10 +249,6 @@ impl Backoff {
 }
 
 impl Inner {
-    fn log(&self, line: &str) {
-        (self.log.lock().unwrap_or_else(|e| e.into_inner()))(line);
-    }
-
     fn pool(&self) -> MutexGuard<'_, Pool<Guest>> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -234,34 +257,73 @@ impl Inner {
         &self.config.function_name
     }
 
-    fn log_sink(&self) -> impl FnMut(&str) + Send + 'static {
-        let log = self.log.clone();
-        move |line| (log.lock().unwrap_or_else(|e| e.into_inner()))(line)
+    /// A number for a new environment.
+    fn new_env(&self) -> u64 {
+        self.next_env.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Starts one provisioned environment and adds it to the pool, idle; false if it failed.
-    fn provision(&self) -> bool {
+    /// Where environment `env`'s guest lines go.
+    fn guest_log(self: &Arc<Self>, env: u64) -> impl FnMut(&str) + Send + 'static {
+        let inner = Arc::downgrade(self);
+        move |line| {
+            if let Some(inner) = inner.upgrade() {
+                inner.log.guest(env, line);
+            }
+        }
+    }
+
+    /// Starts one provisioned environment and adds it to the pool; `Err` says why it failed.
+    fn provision_one(self: &Arc<Self>) -> Result<(), String> {
         let id = self.pool().begin_provisioning();
         match self.start_environment(true) {
             Ok(guest) => {
-                self.log(&format!(
-                    "lambda-vm: {}: provisioned environment ready (vmm pid {})",
-                    self.name(),
-                    guest.vmm.pid()
-                ));
-                if let Some(guest) = self.pool().provisioned_up(id, guest) {
+                let env = guest.env;
+                self.log.service(
+                    Some(env),
+                    &format!(
+                        "provisioned environment ready (vmm pid {})",
+                        guest.vmm.pid()
+                    ),
+                );
+                if let Some(guest) = self.pool().ready(id, guest, true) {
                     self.teardown(guest, "the service is stopping");
                 }
-                true
+                Ok(())
             }
             Err(e) => {
-                self.pool().provisioning_failed(id);
-                self.log(&format!(
-                    "lambda-vm: {}: a provisioned environment failed to start: {}",
-                    self.name(),
-                    chain(&e)
-                ));
-                false
+                let message = chain(&e);
+                self.pool().start_failed(id, true, &message);
+                self.log.service(
+                    None,
+                    &format!("a provisioned environment failed to start: {message}"),
+                );
+                Err(message)
+            }
+        }
+    }
+
+    /// Starts an environment for start `id` of the pool, and hands it to the pool (which gives
+    /// it to the longest-waiting request, or keeps it idle).
+    fn start_for_pool(self: &Arc<Self>, id: u64) {
+        match self.start_environment(false) {
+            Ok(guest) => {
+                if let Some(guest) = self.pool().ready(id, guest, false) {
+                    self.teardown(guest, "the service is stopping");
+                }
+            }
+            Err(StartError::Guest(GuestError::Stopping)) => {
+                let message = "the service is stopping";
+                self.log.service(
+                    None,
+                    "an environment starting was ended: the service is stopping",
+                );
+                self.pool().start_failed(id, false, message);
+            }
+            Err(e) => {
+                let message = chain(&e);
+                self.log
+                    .service(None, &format!("an environment failed to start: {message}"));
+                self.pool().start_failed(id, false, &message);
             }
         }
     }
@@ -269,41 +331,26 @@ impl Inner {
     /// Asks the guest to power off, gives it a moment, then kills its `vmm`; its directory
     /// goes with it.
     fn teardown(&self, guest: Guest, why: &str) {
-        let pid = guest.vmm.pid();
+        let (pid, env) = (guest.vmm.pid(), guest.env);
         guest.shutdown(TEARDOWN_GRACE);
-        self.log(&format!(
-            "lambda-vm: {}: tore down the environment of vmm pid {pid} ({why})",
-            self.name()
-        ));
+        self.log.service(
+            Some(env),
+            &format!("tore down the environment (vmm pid {pid}; {why})"),
+        );
     }
 
-    /// Serves one invocation with `lease`'s environment (starting one if the lease says so),
-    /// then gives the environment back.
+    /// Serves one invocation with `lease`'s environment, then gives the environment back.
     fn serve(
         &self,
         lease: Lease<Guest>,
         invocation: Invocation,
         stream: &mut dyn FnMut(Streamed),
     ) -> Outcome {
-        let (id, guest, provisioned) = match lease {
-            Lease::Warm {
-                id,
-                env,
-                provisioned,
-            } => (id, env, provisioned),
-            Lease::Start { id } => match self.start_environment(false) {
-                Ok(guest) => {
-                    self.pool().started(id, guest.vmm.pid());
-                    (id, guest, false)
-                }
-                Err(e) => {
-                    self.pool().start_failed(id);
-                    let message = chain(&e);
-                    self.log(&format!("lambda-vm: {}: {message}", self.name()));
-                    return failure(error_type::RUNTIME_EXIT, &message);
-                }
-            },
-        };
+        let Lease {
+            id,
+            env: guest,
+            provisioned,
+        } = lease;
         let (kept, outcome) = self.run(guest, invocation, stream);
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
@@ -315,32 +362,38 @@ impl Inner {
     /// (taking the snapshot first when there is none for the current kernel, image and
     /// configuration), otherwise a boot. A provisioned environment of an on-demand function
     /// runs its init at once, as Lambda's do.
-    fn start_environment(&self, provisioned: bool) -> Result<Guest, StartError> {
+    fn start_environment(self: &Arc<Self>, provisioned: bool) -> Result<Guest, StartError> {
         let Some(snapshots) = &self.snapshots else {
+            let env = self.new_env();
+            let log = self.guest_log(env);
             let guest =
                 if provisioned && self.config.initialization_type == InitializationType::OnDemand {
                     let mut spec = self.spec.clone();
                     let init_type = InitializationType::ProvisionedConcurrency;
                     spec.boot_args = Some(format!(
-                        "{} INIT_INITIALIZATION_TYPE={init_type}",
-                        spec.boot_args()
+                        "{} {}={init_type}",
+                        spec.boot_args(),
+                        proto::guest::cmdline::INITIALIZATION_TYPE
                     ));
-                    Guest::boot(&spec, None, self.log_sink())?
+                    Guest::boot(&spec, env, None, log)?
                 } else {
-                    Guest::boot(&self.spec, None, self.log_sink())?
+                    Guest::boot(&self.spec, env, None, log)?
                 };
-            self.log(&format!(
-                "lambda-vm: {}: scaled out: microVM booted (vmm pid {}), init connected after {} ms",
-                self.name(),
-                guest.vmm.pid(),
-                guest.boot_time.as_millis()
-            ));
+            self.log.service(
+                Some(env),
+                &format!(
+                    "scaled out: microVM booted (vmm pid {}), init connected after {} ms",
+                    guest.vmm.pid(),
+                    guest.boot_time.as_millis()
+                ),
+            );
             return Ok(guest);
         };
         let dir = snapshots.current()?;
         if dir.join(vmm::snapshot::STATE_FILE).exists() {
             match self.restore(&dir) {
                 Ok(guest) => return Ok(guest),
+                Err(GuestError::Stopping) => return Err(GuestError::Stopping.into()),
                 Err(e) => self.discard(&dir, &e),
             }
         }
@@ -351,58 +404,76 @@ impl Inner {
                 self.take_snapshot(&dir)?;
                 let removed = snapshots.remove_stale(&dir);
                 if removed > 0 {
-                    self.log(&format!(
-                        "lambda-vm: removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
-                        snapshots.root().display()
-                    ));
+                    self.log.service(
+                        None,
+                        &format!(
+                            "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
+                            snapshots.root().display()
+                        ),
+                    );
                 }
             }
         }
-        self.restore(&dir).map_err(|e| StartError::FreshSnapshot {
-            dir: dir.clone(),
-            source: Box::new(e),
+        self.restore(&dir).map_err(|e| match e {
+            GuestError::Stopping => StartError::Guest(e),
+            e => StartError::FreshSnapshot {
+                dir: dir.clone(),
+                source: Box::new(e),
+            },
         })
     }
 
     /// Logs and removes a snapshot that did not restore.
     fn discard(&self, dir: &Path, error: &GuestError) {
-        self.log(&format!(
-            "lambda-vm: discarding the SnapStart snapshot {}: it did not restore: {}; taking a new one",
-            dir.display(),
-            chain(error)
-        ));
+        self.log.service(
+            None,
+            &format!(
+                "discarding the SnapStart snapshot {}: it did not restore: {}; taking a new one",
+                dir.display(),
+                chain(error)
+            ),
+        );
         let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = std::fs::remove_dir_all(dir) {
-            self.log(&format!("lambda-vm: removing {}: {e}", dir.display()));
+            self.log
+                .service(None, &format!("removing {}: {e}", dir.display()));
         }
     }
 
     /// SnapStart's first step: boots, waits for the runtime's init to finish, and snapshots.
-    fn take_snapshot(&self, dir: &Path) -> Result<(), StartError> {
+    fn take_snapshot(self: &Arc<Self>, dir: &Path) -> Result<(), StartError> {
         let started = std::time::Instant::now();
-        let guest = Guest::boot(&self.spec, Some(dir), |_| {})?;
+        let env = self.new_env();
+        let guest = Guest::boot(&self.spec, env, Some(dir), self.guest_log(env))?;
         let limit = self.spec.init_timeout + HOST_DEADLINE_SLACK;
         let init = guest.snapshot_after_init(limit)?;
-        self.log(&format!(
-            "lambda-vm: SnapStart snapshot taken after init (Init Duration {} ms) in {} ms: {}",
-            init.as_millis(),
-            started.elapsed().as_millis(),
-            dir.display()
-        ));
+        self.log.service(
+            Some(env),
+            &format!(
+                "SnapStart snapshot taken after init (Init Duration {} ms) in {} ms: {}",
+                init.as_millis(),
+                started.elapsed().as_millis(),
+                dir.display()
+            ),
+        );
         Ok(())
     }
 
-    fn restore(&self, dir: &Path) -> Result<Guest, GuestError> {
-        let guest = Guest::restore(&self.spec, dir, self.log_sink())?;
+    fn restore(self: &Arc<Self>, dir: &Path) -> Result<Guest, GuestError> {
+        let env = self.new_env();
+        let guest = Guest::restore(&self.spec, env, dir, self.guest_log(env))?;
         let vmm_ms = guest.vmm_time.map_or_else(
             || "?".to_owned(),
             |t| format!("{:.1}", t.as_secs_f64() * 1000.0),
         );
-        self.log(&format!(
-            "lambda-vm: microVM restored in {vmm_ms} ms (VMM side, vmm pid {}), init reconnected after {} ms",
-            guest.vmm.pid(),
-            guest.boot_time.as_millis()
-        ));
+        self.log.service(
+            Some(env),
+            &format!(
+                "microVM restored in {vmm_ms} ms (VMM side, vmm pid {}), init reconnected after {} ms",
+                guest.vmm.pid(),
+                guest.boot_time.as_millis()
+            ),
+        );
         Ok(guest)
     }
 
@@ -413,32 +484,36 @@ impl Inner {
         invocation: Invocation,
         stream: &mut dyn FnMut(Streamed),
     ) -> (Option<Guest>, Outcome) {
+        let env = Some(guest.env);
         let timeout = Duration::from_secs(u64::from(self.config.timeout_secs));
         let deadline = self.spec.init_timeout + timeout + HOST_DEADLINE_SLACK;
-        let result = guest.link.set_timeout(Some(deadline)).and_then(|()| {
-            guest
-                .link
-                .invoke_streaming(invoke_frame(invocation), stream)
-        });
+        let result = guest
+            .link
+            .set_timeout(Some(deadline))
+            .and_then(|()| guest.link.invoke_streaming(invocation.into(), stream));
         match result {
-            Ok(host_link::Outcome::Success(body)) => (Some(guest), Outcome::Success(body.into())),
-            Ok(host_link::Outcome::Failure { body, reset }) => {
+            Ok(Outcome::Success(body)) => (Some(guest), Outcome::Success(body)),
+            Ok(Outcome::Failure { body, reset }) => {
                 let keep = match &reset {
                     None => Some(guest),
                     Some(why) => {
-                        self.log(&format!(
-                            "lambda-vm: {}: the environment was reset ({}); it is replaced",
-                            self.config.function_name,
-                            match why {
-                                host_link::Reset::Timeout => "the function timed out".to_owned(),
-                                host_link::Reset::RuntimeExit { reason } => reason.clone(),
-                            }
-                        ));
+                        let why = match why {
+                            host_link::Reset::Timeout => "the function timed out".to_owned(),
+                            host_link::Reset::RuntimeExit { reason } => reason.clone(),
+                        };
+                        self.log.service(
+                            env,
+                            &format!("the environment was reset ({why}); it is replaced"),
+                        );
                         None
                     }
                 };
-                let body = body.into();
                 (keep, Outcome::Failure { body, reset })
+            }
+            Err(_) if guest.ended() => {
+                let message = "the service stopped before the invocation finished";
+                self.log.service(env, message);
+                (None, failure(error_type::RUNTIME_EXIT, message))
             }
             Err(e) => {
                 // A lost link usually means the vmm is dying: give its exit status a moment
@@ -457,29 +532,60 @@ impl Inner {
                         Duration::from_millis(500),
                     ),
                 };
-                let exit = guest.vmm.exited(grace);
-                self.log(&format!(
-                    "lambda-vm: {}: {message} (vmm exit: {exit:?}); the environment is replaced",
-                    self.config.function_name
-                ));
+                let exit = guest
+                    .vmm
+                    .exited(grace)
+                    .map_or_else(|| "still running, killed".to_owned(), |e| e.to_string());
+                self.log.service(
+                    env,
+                    &format!("{message} (vmm: {exit}); the environment is replaced"),
+                );
                 (None, failure(error_type::RUNTIME_EXIT, &message))
             }
         }
     }
 }
 
-fn invoke_frame(invocation: Invocation) -> Invoke {
-    Invoke {
-        request_id: invocation.request_id,
-        event: Blob(invocation.event.to_vec()),
-        trace_id: invocation.trace_id,
-        client_context: invocation.client_context,
-        cognito_identity: invocation.cognito_identity,
+fn failure(kind: &str, message: &str) -> Outcome {
+    Outcome::failure(ErrorRequest::new(kind, message).to_json())
+}
+
+/// A request waiting for an environment. Dropped before it got one (its caller left), it
+/// leaves the queue, and an environment handed to it in the meantime goes back to the pool.
+struct Waiting {
+    inner: Arc<Inner>,
+    waiter: u64,
+    receive: Option<oneshot::Receiver<Handoff<Guest>>>,
+}
+
+impl Waiting {
+    async fn handoff(mut self) -> Handoff<Guest> {
+        let Some(receive) = self.receive.as_mut() else {
+            return Handoff::ShutDown;
+        };
+        let handoff = receive.await.unwrap_or(Handoff::ShutDown);
+        self.receive = None;
+        handoff
     }
 }
 
-fn failure(kind: &str, message: &str) -> Outcome {
-    Outcome::failure(ErrorRequest::new(kind, message).to_json())
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(mut receive) = self.receive.take() else {
+            return;
+        };
+        self.inner.pool().leave(self.waiter);
+        receive.close();
+        if let Ok(Handoff::Ready(lease)) = receive.try_recv() {
+            let back = self
+                .inner
+                .pool()
+                .checkin(lease.id, Some(lease.env), lease.provisioned);
+            if let Some(guest) = back {
+                self.inner.teardown(guest, "the service is stopping");
+            }
+        }
+    }
 }
 
 impl Invoker for FunctionService {
@@ -488,7 +594,24 @@ impl Invoker for FunctionService {
     }
 
     fn log(&self, line: &str) {
-        self.inner.log(line);
+        self.inner.log.service(None, line);
+    }
+
+    fn reserved_concurrency(&self) -> Option<u32> {
+        let reserved = self.inner.pool().reserved();
+        reserved.map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    fn set_reserved_concurrency(&self, reserved: Option<u32>) -> Result<(), ConcurrencyError> {
+        let max = self.inner.scaling.host.max();
+        let asked = reserved.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        if let (Some(asked), Some(n)) = (reserved, asked) {
+            if n > max {
+                return Err(ConcurrencyError::TooHigh { asked, max });
+            }
+        }
+        self.inner.pool().set_reserved(asked);
+        Ok(())
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
@@ -499,26 +622,54 @@ impl Invoker for FunctionService {
     /// The blocking task that serves the invocation passes a streamed response's chunks on as
     /// the guest sends them.
     async fn invoke_streaming(&self, invocation: Invocation) -> Result<Answer, InvokeError> {
-        let lease = self.inner.pool().checkout();
-        let lease = match lease {
-            Ok(lease) => lease,
-            Err(refusal) => {
-                let reason = match refusal {
-                    Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
-                    Refusal::Host => throttle_reason::ACCOUNT,
-                    Refusal::ShutDown => return Err(InvokeError::ShutDown),
+        let checkout = self.inner.pool().checkout();
+        let refused = |refusal| {
+            let reason = match refusal {
+                Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
+                Refusal::Host => throttle_reason::ACCOUNT,
+                Refusal::ShutDown => return InvokeError::ShutDown,
+            };
+            self.inner
+                .log
+                .service(None, &format!("throttled ({reason})"));
+            InvokeError::Throttled { reason }
+        };
+        let lease = match checkout.map_err(refused)? {
+            Checkout::Warm(lease) => lease,
+            Checkout::Wait {
+                waiter,
+                receive,
+                start,
+            } => {
+                let waiting = Waiting {
+                    inner: self.inner.clone(),
+                    waiter,
+                    receive: Some(receive),
                 };
-                self.inner.log(&format!(
-                    "lambda-vm: {}: throttled ({reason})",
-                    self.inner.name()
-                ));
-                return Err(InvokeError::Throttled { reason });
+                if let Some(id) = start {
+                    let inner = self.inner.clone();
+                    let started = std::thread::Builder::new()
+                        .name(format!("start-{}", self.inner.name()))
+                        .spawn(move || inner.start_for_pool(id));
+                    if let Err(e) = started {
+                        let message = format!("cannot start a thread for the environment: {e}");
+                        self.inner.pool().start_failed(id, false, &message);
+                    }
+                }
+                match waiting.handoff().await {
+                    Handoff::Ready(lease) => lease,
+                    Handoff::Failed(message) => {
+                        return Ok(Answer::Whole(failure(error_type::RUNTIME_EXIT, &message)))
+                    }
+                    Handoff::Refused(refusal) => return Err(refused(refusal)),
+                    Handoff::ShutDown => return Err(InvokeError::ShutDown),
+                }
             }
         };
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
-        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (answer, answered) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let mut answer = Some(answer);
             let mut streaming: Option<StreamSender> = None;

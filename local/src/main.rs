@@ -5,10 +5,10 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use front_door::event_store::EventStore;
 use front_door::invoke_http::Endpoint;
-use front_door::{AsyncPolicy, Function, LogTails};
+use front_door::{AsyncPolicy, Function, LogTails, Router};
 use http_server::ConnectionLimits;
 use lambda_local::LocalSandbox;
-use proto::function_config::MEMORY_MB;
+use proto::function_config::{FunctionConfig, MEMORY_MB};
 use rapid::cgroup::Cgroups;
 use rapid::{EnvironmentConfig, Handle, InitializationType, StdoutLog};
 use std::net::SocketAddr;
@@ -170,6 +170,19 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
         .extensions_dir
         .as_deref()
         .map(|dir| existing("--extensions-dir <EXTENSIONS_DIR>", dir));
+    // What GetFunction describes: the flags in function.json's terms (Lambda's timeout is
+    // whole seconds).
+    let mut described = FunctionConfig::with_handler(config.handler.clone());
+    described.function_name = config.function_name.clone();
+    described.memory_mb = config.memory_mb;
+    // Within 1..=900 (the flag's range), so the cast loses nothing.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let timeout_secs = args.timeout.ceil() as u32;
+    described.timeout_secs = timeout_secs;
+    described.initialization_type = config.init_type;
+    described.environment = config.environment.iter().cloned().collect();
+    described.maximum_retry_attempts = args.maximum_retry_attempts;
+    described.maximum_event_age_secs = args.maximum_event_age;
     let function = Function {
         name: config.function_name.clone(),
         version: config.function_version.clone(),
@@ -180,6 +193,8 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
             maximum_event_age: Duration::from_secs(u64::from(args.maximum_event_age)),
             on_failure_dir: args.on_failure_dir,
         },
+        config: described,
+        code: None,
     };
     (config, function)
 }
@@ -248,10 +263,11 @@ async fn main() -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     // Tests and scripts wait for this exact line; with port 0 it is the only way to learn the
     // ports. One write, so that a reader never sees half of it (eprintln! may write in pieces).
-    let ready = format!(
-        "lambda-local: listening invoke={} runtime-api={api_addr}\n",
-        invoke_listener.local_addr()?
-    );
+    let ready = proto::readiness::Listening {
+        invoke: invoke_addr,
+        runtime_api: Some(api_addr),
+    }
+    .line("lambda-local");
     std::io::Write::write_all(&mut std::io::stderr(), ready.as_bytes())?;
 
     let tails = LogTails::default();
@@ -264,11 +280,11 @@ async fn main() -> anyhow::Result<()> {
         handle: sandbox.clone(),
         function,
     };
-    let endpoint = Endpoint::new(local, tails, Some(events));
+    let router = Router::new([Endpoint::new(local, tails, Some(events))]);
     tokio::spawn(http_server::serve_with(
         invoke_listener,
         limits,
-        move |request| endpoint.clone().handle(request),
+        move |request| router.clone().handle(request),
     ));
     sandbox.start();
 

@@ -10,7 +10,10 @@
 //! - [`function_config`]: `function.json`, the per-function settings (handler, memory, timeout,
 //!   initialization type, environment), with its defaults and ranges; read by the image builder,
 //!   the guest init and the host.
+//! - [`guest`]: what host and guest agree on without a message: the guest's network identity and
+//!   the kernel command-line keys for init.
 //! - [`layout`]: where things live inside the guest image (written by the builder, read by init).
+//! - [`readiness`]: the line a server prints once it serves, which scripts and tests wait for.
 //! - [`invoke`]: one invocation and its outcome, as invocation sources and environments exchange
 //!   them in process.
 //! - [`log`]: where log lines go, and the one error-chain printer.
@@ -19,11 +22,13 @@
 pub mod env;
 pub mod extensions_api;
 pub mod function_config;
+pub mod guest;
 pub mod host_link;
 pub mod invoke;
 pub mod invoke_api;
 pub mod layout;
 pub mod log;
+pub mod readiness;
 pub mod runtime_api;
 pub mod telemetry_api;
 pub mod time;

@@ -110,6 +110,16 @@ pub enum BuildError {
         problem: &'static str,
     },
     #[error(
+        "{worker} needs {needs}, which the image lacks (its first line is `{line}`): ship the \
+         interpreter in a layer (--layer), or write the worker in sh (busybox is in the image) \
+         or as a Rust function"
+    )]
+    Interpreter {
+        worker: String,
+        needs: String,
+        line: String,
+    },
+    #[error(
         "output {} is inside the input directory {}: the next build would pack it",
         output.display(),
         input.display()
@@ -266,6 +276,7 @@ pub fn assemble(options: &BuildOptions) -> Result<(FunctionConfig, Tree), BuildE
     tree.insert(layout::CONFIG, config_node)
         .map_err(BuildError::Layout)?;
     check_runtime(&tree, &config.runtime)?;
+    check_worker(&tree, &config.handler)?;
     Ok((config, tree))
 }
 
@@ -312,8 +323,77 @@ fn add_busybox(tree: &mut Tree, busybox: &Path) -> Result<(), BuildError> {
         };
         tree.insert(&format!("/bin/{applet}"), link)
             .map_err(BuildError::Layout)?;
+        // Scripts name env by this path (`#!/usr/bin/env sh`), as on Lambda's images.
+        if applet == "env" {
+            let link = Node::Symlink {
+                target: layout::BUSYBOX.to_owned(),
+            };
+            tree.insert("/usr/bin/env", link)
+                .map_err(BuildError::Layout)?;
+        }
     }
     Ok(())
+}
+
+/// Where a worker's `#!/usr/bin/env NAME` looks for NAME: the `PATH` a runtime is started with.
+const WORKER_PATH: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/opt/bin"];
+
+/// A worker (the handler, when it names a script in the task root, which the `bootstrap`
+/// binary starts) must find its interpreter in the image; otherwise every cold start would
+/// fail with "No such file or directory". A handler that is no file there is not checked (a
+/// Rust function's handler is only a name).
+fn check_worker(tree: &Tree, handler: &str) -> Result<(), BuildError> {
+    let worker = format!("{}/{handler}", layout::TASK_ROOT);
+    let Some((_, Node::File { source, .. })) = tree.resolve(&worker) else {
+        return Ok(());
+    };
+    let Some(line) = shebang(source) else {
+        return Ok(());
+    };
+    let mut words = line.trim_start_matches("#!").split_whitespace();
+    let Some(interpreter) = words.next() else {
+        return Ok(());
+    };
+    let executable = |path: &str| matches!(tree.resolve(path), Some((_, Node::File { perm, .. })) if perm & 0o111 != 0);
+    let needs = if !executable(interpreter) {
+        interpreter.to_owned()
+    } else if interpreter.rsplit('/').next() == Some("env") {
+        match words.find(|w| !w.starts_with('-')) {
+            Some(name)
+                if !WORKER_PATH
+                    .iter()
+                    .any(|dir| executable(&format!("{dir}/{name}"))) =>
+            {
+                format!("{name} in {}", WORKER_PATH.join(", "))
+            }
+            _ => return Ok(()),
+        }
+    } else {
+        return Ok(());
+    };
+    Err(BuildError::Interpreter {
+        worker: handler.to_owned(),
+        needs,
+        line,
+    })
+}
+
+/// The `#!` line of a script, if the file is one.
+fn shebang(source: &Source) -> Option<String> {
+    let head: Vec<u8> = match source {
+        Source::Bytes(bytes) => bytes.iter().take(256).copied().collect(),
+        Source::Host(path) => {
+            let mut head = Vec::new();
+            let file = fs::File::open(path).ok()?;
+            io::Read::read_to_end(&mut io::Read::take(file, 256), &mut head).ok()?;
+            head
+        }
+    };
+    if !head.starts_with(b"#!") {
+        return None;
+    }
+    let line = head.split(|&b| b == b'\n').next()?;
+    Some(String::from_utf8_lossy(line).trim_end().to_owned())
 }
 
 /// Init execs the runtime; a typo in `runtime` should fail the build, not every cold start.

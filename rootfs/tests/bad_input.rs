@@ -310,6 +310,48 @@ fn invalid_configs() {
     );
 }
 
+/// A worker script whose `#!` interpreter is not in the image would fail every cold start
+/// ("No such file or directory"): the build refuses it, naming what is missing. A worker whose
+/// interpreter is there builds.
+#[test]
+fn workers_without_their_interpreter() {
+    let test = "workers_without_their_interpreter";
+    let Some(bins) = binaries(test) else { return };
+    let exe = &bins.static_exe;
+    let worker = |name: &'static str, first_line: &'static str| {
+        move |f: &Fixture| {
+            write(
+                &f.function.join(name),
+                format!("{first_line}\nrest of the worker\n").as_bytes(),
+                0o755,
+            );
+            set_config(f, &format!(r#"{{"handler": "{name}"}}"#));
+        }
+    };
+    case(
+        "env without env",
+        exe,
+        worker("worker.py", "#!/usr/bin/env python3"),
+        no_args,
+        &[
+            "worker.py needs /usr/bin/env, which the image lacks",
+            "`#!/usr/bin/env python3`",
+        ],
+    );
+    case(
+        "sh without sh",
+        exe,
+        worker("worker.sh", "#!/bin/sh -eu"),
+        no_args,
+        &["worker.sh needs /bin/sh, which the image lacks"],
+    );
+    // The fixture's static executable as the interpreter: there, so the image builds.
+    let fixture = fixture(exe);
+    worker("worker.x", "#!/var/task/run --flag")(&fixture);
+    let mut command = build_command(&fixture, exe, "image.cpio");
+    run_ok(&mut command);
+}
+
 #[test]
 fn bad_outputs() {
     let test = "bad_outputs";

@@ -108,14 +108,16 @@ cargo_target_dir() {
     echo "${CARGO_TARGET_DIR:-$(pwd)/target}"
 }
 
-# Creates .venv (if needed) with the Python test peers of tests/requirements.txt, and exports
+# Creates .venv (if needed) with the Python test peers of tests/requirements.txt and
+# vmm/api/requirements.txt (the OpenAPI validator and a Firecracker API client), and exports
 # TEST_PYTHON for the test suites.
 ensure_test_venv() {
-    step "python virtualenv with awslambdaric (tests/requirements.txt)"
+    step "python virtualenv with the test peers (tests/requirements.txt, vmm/api/requirements.txt)"
     if [ ! -x .venv/bin/python3 ]; then
         python3 -m venv .venv 2>/dev/null || { ensure_apt_packages python3-venv; python3 -m venv .venv; }
     fi
-    .venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    .venv/bin/python3 -m pip install --quiet --disable-pip-version-check \
+        -r tests/requirements.txt -r vmm/api/requirements.txt
     export TEST_PYTHON="$PWD/.venv/bin/python3"
 }
 

@@ -5,10 +5,19 @@ use crate::peers::venv_python;
 use crate::{skip, workspace_root};
 use std::process::Command;
 
+/// What the service under test can do beyond invoking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `lambda-local`: one environment, no reserved concurrency.
+    Local,
+    /// `lambda-vm`: pools of environments, reserved concurrency settable.
+    Host,
+}
+
 /// Runs every client check against the invoke endpoint at `invoke_addr`, serving the echo
 /// function as `function_name`; panics with the checker's output when one fails. Returns false
 /// (after [`skip`]) when the clients are not installed.
-pub fn check(test: &str, invoke_addr: &str, function_name: &str) -> bool {
+pub fn check(test: &str, invoke_addr: &str, function_name: &str, service: Service) -> bool {
     let python = venv_python();
     let aws = python.with_file_name("aws");
     let installed = aws.exists()
@@ -31,6 +40,7 @@ pub fn check(test: &str, invoke_addr: &str, function_name: &str) -> bool {
         .arg(format!("http://{invoke_addr}"))
         .arg(function_name)
         .arg(&aws)
+        .args((service == Service::Host).then_some("--reserved-concurrency"))
         .output()
         .expect("running the AWS client checks");
     let text = format!(

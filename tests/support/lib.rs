@@ -131,3 +131,41 @@ pub fn guest_artifact(var: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// A guest's line as `lambda-vm` logs it (`NAME[N] line`), without that prefix; any other line
+/// (`lambda-local` logs the runtime's lines as they are) unchanged.
+pub fn guest_line(line: &str) -> &str {
+    match line.split_once(' ') {
+        Some((prefix, rest)) if is_environment(prefix) => rest,
+        _ => line,
+    }
+}
+
+/// `lambda-vm`'s own line about a function (`lambda-vm: NAME[N]: message` or
+/// `lambda-vm: NAME: message`): the function's name and the message.
+pub fn service_line(line: &str) -> Option<(&str, &str)> {
+    let (prefix, message) = line.strip_prefix("lambda-vm: ")?.split_once(": ")?;
+    let name = prefix.split_once('[').map_or(prefix, |(name, _)| name);
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (plain(name) && (prefix == name || is_environment(prefix))).then_some((name, message))
+}
+
+/// Whether `line` is `lambda-vm`'s line about function `name` whose message starts with
+/// `message`.
+pub fn says(line: &str, name: &str, message: &str) -> bool {
+    service_line(line).is_some_and(|(n, m)| n == name && m.starts_with(message))
+}
+
+/// `NAME[N]`.
+fn is_environment(prefix: &str) -> bool {
+    prefix
+        .strip_suffix(']')
+        .and_then(|p| p.split_once('['))
+        .is_some_and(|(name, n)| {
+            !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
+}

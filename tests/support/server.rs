@@ -4,6 +4,7 @@
 
 use crate::peers::Launch;
 use crate::{host_binary, require, wait_for};
+use proto::readiness::Listening;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -75,6 +76,7 @@ pub struct LocalServer {
     pub invoke_addr: String,
     pub runtime_api_addr: String,
     stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
     agent: ureq::Agent,
 }
 
@@ -134,36 +136,36 @@ impl LocalServer {
         let err = child.stderr.take().expect("piped stderr");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let tag = name.to_owned();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err_sink = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("[{tag} stderr] {line}");
                 }
-                if let Some(rest) = line.strip_prefix(&format!("{tag}: listening ")) {
-                    let _ = addr_tx.send(rest.to_owned());
+                if let Some(listening) = Listening::parse(&tag, &line) {
+                    let _ = addr_tx.send(listening);
                 }
+                err_sink.lock().unwrap().push(line);
             }
         });
         let listening = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("{name} printed its listening line"));
-        let field = |name: &str| {
-            listening
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name))
-                .unwrap_or_default()
-                .to_owned()
-        };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
             .build()
             .new_agent();
         LocalServer {
-            invoke_addr: field("invoke="),
-            runtime_api_addr: field("runtime-api="),
+            invoke_addr: listening.invoke.to_string(),
+            runtime_api_addr: listening
+                .runtime_api
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             child,
             stdout,
+            stderr,
             agent,
         }
     }
@@ -270,6 +272,27 @@ impl LocalServer {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The stderr lines so far (the service's own lines: listening, ready, stopping).
+    pub fn errors(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until a stderr line satisfies `predicate`, and returns it.
+    pub fn wait_for_error_line(
+        &self,
+        timeout: Duration,
+        predicate: impl Fn(&str) -> bool,
+    ) -> String {
+        wait_for(timeout, || self.errors().into_iter().find(|l| predicate(l))).unwrap_or_else(
+            || {
+                panic!(
+                    "no matching stderr line within {timeout:?}; stderr: {:#?}",
+                    self.errors()
+                )
+            },
+        )
+    }
+
     /// How many stdout lines so far start with `prefix`.
     pub fn count_logs(&self, prefix: &str) -> usize {
         self.logs().iter().filter(|l| l.starts_with(prefix)).count()
@@ -350,6 +373,22 @@ impl LocalServer {
             let _ = self.child.wait();
         }
         status
+    }
+}
+
+impl LocalServer {
+    /// Kills the server with SIGKILL, as a crash would, and reaps it: it cleans up nothing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` and leaves the server running (to be waited for with
+    /// [`LocalServer::terminate`]).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
     }
 }
 

@@ -161,7 +161,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     // Legacy devices on the port bus.
     let exit = Arc::new(ExitSignal::default());
     let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
-    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
     // vsock, entropy and network interfaces (eth0, eth1... in configuration order).
@@ -238,6 +238,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         mmio,
         subscribers,
         serial,
+        i8042,
         vsock,
         devices,
         vcpus,
@@ -273,6 +274,7 @@ fn load_initrd(
 pub(crate) struct LegacyDevices {
     pub pio: Bus,
     pub serial: Arc<Mutex<Serial>>,
+    pub i8042: Arc<Mutex<I8042>>,
 }
 
 impl LegacyDevices {
@@ -286,9 +288,11 @@ impl LegacyDevices {
         vm.register_irqfd(serial.irq(), SERIAL_IRQ)?;
         let serial = Arc::new(Mutex::new(serial));
         pio.insert(serial::BASE_PORT, serial::PORT_COUNT, serial.clone())?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
-        pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042)?;
-        Ok(LegacyDevices { pio, serial })
+        let i8042 = I8042::new(exit.clone()).map_err(device_error("creating the i8042"))?;
+        vm.register_irqfd(i8042.irq(), i8042::KEYBOARD_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(i8042));
+        pio.insert(i8042::BASE_PORT, i8042::PORT_COUNT, i8042.clone())?;
+        Ok(LegacyDevices { pio, serial, i8042 })
     }
 }
 

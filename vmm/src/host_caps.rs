@@ -7,7 +7,7 @@ use std::path::Path;
 /// The facts about the host that change how a VM is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostCaps {
-    /// `/dev/kvm` is the nested, emulated `kvm_pvm` (shared/ENVIRONMENT.md): a guest must be
+    /// `/dev/kvm` is the nested, emulated `kvm_pvm`: a guest must be
     /// kept off the instructions its emulator cannot run (the `pvm` CPU template).
     pub kvm_pvm: bool,
 }

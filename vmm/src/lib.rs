@@ -2,6 +2,7 @@
 //! snapshot and restore. It knows nothing of Lambda; the function service (`lambda-vm`) is a
 //! crate of its own that uses it.
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;

@@ -3,6 +3,7 @@
 
 use crate::builder::BuildError;
 use crate::devices::bus::Bus;
+use crate::devices::i8042::I8042;
 use crate::devices::serial::Serial;
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -12,7 +13,8 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
 use crate::seccomp::{self, ThreadKind};
-use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuThreads};
+use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,7 @@ pub struct Parts {
     pub mmio: Bus,
     pub subscribers: Vec<Subscriber>,
     pub serial: Arc<Mutex<Serial>>,
+    pub i8042: Arc<Mutex<I8042>>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     pub devices: Vec<AttachedDevice>,
     pub vcpus: Vec<Vcpu>,
@@ -59,10 +62,10 @@ pub struct Parts {
 pub struct Microvm {
     vm: Vm,
     exit: Arc<ExitSignal>,
-    context: VcpuContext,
-    running: Vec<JoinHandle<Vcpu>>,
-    paused: Vec<Vcpu>,
+    vcpus: VcpuThreads,
+    vcpu_count: u8,
     serial: Arc<Mutex<Serial>>,
+    i8042: Arc<Mutex<I8042>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
     devices: Vec<AttachedDevice>,
     event_loop_stop: Arc<AtomicBool>,
@@ -73,39 +76,57 @@ pub struct Microvm {
 }
 
 impl Microvm {
-    /// Starts the device event loop, then one thread per vCPU.
+    /// Starts the device event loop, then one thread per vCPU, running.
     pub fn start(parts: Parts) -> Result<Microvm, BuildError> {
+        Self::start_as(parts, false)
+    }
+
+    /// [`Microvm::start`] with the vCPUs parked until [`Microvm::resume`].
+    pub fn start_paused(parts: Parts) -> Result<Microvm, BuildError> {
+        Self::start_as(parts, true)
+    }
+
+    fn start_as(parts: Parts, paused: bool) -> Result<Microvm, BuildError> {
         let event_loop_stop = Arc::new(AtomicBool::new(false));
         let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
         let waker = wake_event_loop.try_clone().map_err(BuildError::EventLoop)?;
-        let event_loop = spawn_event_loop(
+        let mut event_loop = Some(spawn_event_loop(
             parts.subscribers,
             waker,
             event_loop_stop.clone(),
             parts.exit.clone(),
-        )?;
+        )?);
         let context = VcpuContext {
             pio: Arc::new(parts.pio),
             mmio: Arc::new(parts.mmio),
             exit: parts.exit.clone(),
-            stop: Arc::new(AtomicBool::new(false)),
         };
-        let mut microvm = Microvm {
+        let vcpu_count = u8::try_from(parts.vcpus.len()).unwrap_or(u8::MAX);
+        let vcpus = match VcpuThreads::start(parts.vcpus, context, paused) {
+            Ok(vcpus) => vcpus,
+            Err(e) => {
+                event_loop_stop.store(true, Ordering::Release);
+                let _ = wake_event_loop.write(1);
+                if let Some(thread) = event_loop.take() {
+                    let _ = thread.join();
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(Microvm {
             vm: parts.vm,
             exit: parts.exit,
-            context,
-            running: Vec::new(),
-            paused: parts.vcpus,
+            vcpus,
+            vcpu_count,
             serial: parts.serial,
+            i8042: parts.i8042,
             vsock: parts.vsock,
             devices: parts.devices,
             event_loop_stop,
             wake_event_loop,
-            event_loop: Some(event_loop),
+            event_loop,
             cmdline: parts.cmdline,
-        };
-        microvm.resume()?;
-        Ok(microvm)
+        })
     }
 
     /// Waits for the VM to stop, up to `timeout` (`None`: forever).
@@ -134,25 +155,41 @@ impl Microvm {
         &self.devices
     }
 
-    /// Stops the vCPUs, each after completing the instruction it was in; devices keep running.
-    pub fn pause(&mut self) {
-        let threads = std::mem::take(&mut self.running);
-        self.paused
-            .extend(vcpu::stop_all(&self.context.stop, threads));
+    /// Why the VM stopped, once it has.
+    pub fn exit_signal(&self) -> &Arc<ExitSignal> {
+        &self.exit
     }
 
-    /// The vCPUs of a paused VM (empty while it runs).
-    pub fn paused_vcpus(&self) -> &[Vcpu] {
-        &self.paused
+    /// Stops the vCPUs, each after completing the instruction it was in; devices keep running.
+    pub fn pause(&mut self) {
+        self.vcpus.pause();
+    }
+
+    /// Whether the vCPUs are stopped (paused, or the VM has ended).
+    pub fn is_paused(&self) -> bool {
+        self.vcpus.is_paused()
+    }
+
+    /// Every vCPU's state, in id order; the VM must be paused.
+    pub fn vcpu_states(&self, msr_list: &[u32]) -> Result<Vec<VcpuState>, VcpuError> {
+        self.vcpus.save_states(msr_list)
+    }
+
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpu_count
+    }
+
+    /// Presses Ctrl+Alt+Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) {
+        self.i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_ctrl_alt_del();
     }
 
     /// Runs the vCPUs again.
-    pub fn resume(&mut self) -> Result<(), VcpuError> {
-        self.context.stop.store(false, Ordering::Release);
-        for vcpu in std::mem::take(&mut self.paused) {
-            self.running.push(vcpu.spawn(self.context.clone())?);
-        }
-        Ok(())
+    pub fn resume(&mut self) {
+        self.vcpus.resume();
     }
 
     /// Stops the vCPUs and the event loop and frees the VM.
@@ -161,7 +198,7 @@ impl Microvm {
     }
 
     fn shut_down(&mut self) {
-        self.pause();
+        self.vcpus.end();
         self.event_loop_stop.store(true, Ordering::Release);
         let _ = self.wake_event_loop.write(1);
         if let Some(event_loop) = self.event_loop.take() {

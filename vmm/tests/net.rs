@@ -7,7 +7,7 @@
 //! - a guest whose init (`guests/net_probe.c`) brings eth0 up exchanges UDP datagrams and
 //!   256 KiB each way over TCP with the host side of its tap.
 //!
-//! Needs `GUEST_VMLINUX` and `GUEST_INITRAMFS` (`. /work/env.sh` or scripts/test.sh build them),
+//! Needs `GUEST_VMLINUX` and `GUEST_INITRAMFS` (scripts/test.sh builds them),
 //! root (network namespaces, taps), `ip` (iproute2) and gcc with a static libc.
 
 use std::io::{Read, Write};
@@ -57,7 +57,7 @@ fn artifact(test: &str, variable: &str) -> Option<PathBuf> {
     match std::env::var_os(variable).map(PathBuf::from) {
         Some(path) if path.exists() => Some(path),
         _ => {
-            let reason = format!("{variable} is not set or missing: `. /work/env.sh` builds it");
+            let reason = format!("{variable} is not set or missing: scripts/test.sh builds it");
             integration_tests::skip(test, &reason);
             None
         }

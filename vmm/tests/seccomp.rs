@@ -114,6 +114,19 @@ fn argument_filters_tell_allowed_from_forbidden_uses_of_one_call() {
         Ended::Signal(libc::SIGSYS),
         "a socket on a vCPU thread"
     );
+    // The API thread reads clients' bytes: it may neither make sockets nor open files.
+    assert_eq!(
+        in_child(&filters, ThreadKind::Api, || socket(libc::AF_UNIX)),
+        Ended::Signal(libc::SIGSYS),
+        "a socket on the API thread"
+    );
+    assert_eq!(
+        in_child(&filters, ThreadKind::Api, || {
+            let _ = std::fs::File::open("/etc/hostname");
+        }),
+        Ended::Signal(libc::SIGSYS),
+        "opening a file on the API thread"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! `vmm`: boots one microVM from flags or a Firecracker-style `--config-file`, or restores one
-//! from a snapshot, and runs it until the guest stops. The exit code says how it ended: 0 guest
-//! shutdown (i8042 reset) or snapshot taken, 1 VMM error (bad configuration or snapshot
-//! included), 2 usage error, 3 guest crash. Every thread runs under its seccomp filter
+//! from a snapshot, and runs it until the guest stops; with `--api-sock`, serves Firecracker's
+//! API on that socket (after applying any configuration flags, as Firecracker does with
+//! `--config-file`). The exit code says how it ended: 0 guest shutdown (i8042 reset) or
+//! snapshot taken, 1 VMM error (bad configuration or snapshot included), 2 usage error, 3
+//! guest crash. Every thread runs under its seccomp filter
 //! (`--no-seccomp` turns them off), and the `--jail-*` flags, which the function service
 //! passes, confine the process first (vmm/README.md, "Seccomp and the jail").
 
@@ -11,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use vmm::api::controller::{Controller, ControllerOptions, StartedFrom};
 use vmm::config::{self, VmFlags};
 use vmm::error::Chain;
 use vmm::exit::VmExit;
@@ -36,11 +39,23 @@ struct Args {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config_file", "kernel", "initrd", "boot_args", "vcpus", "mem_mib", "cpu_template", "drives", "entropy", "nets"])]
     restore_from: Option<PathBuf>,
     /// On SIGUSR1, pause the VM, write a snapshot to DIR, and exit 0.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "api_sock")]
     snapshot_dir: Option<PathBuf>,
     /// Validate the configuration, print what it resolves to, and exit without booting.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "api_sock")]
     dry_run: bool,
+    /// Serve Firecracker's HTTP API on this Unix socket (created 0600; a stale socket there
+    /// is replaced, any other file is not). Without a configuration the VM waits for
+    /// `InstanceStart` or `PUT /snapshot/load`.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// The instance ID `GET /` reports.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// With --api-sock: when the guest stops, keep serving (`GET /ext/status` says why it
+    /// stopped) instead of exiting; the client ends the process.
+    #[arg(long, requires = "api_sock")]
+    serve_after_stop: bool,
     /// Run without the seccomp filters (for debugging: a system call outside a thread's list
     /// otherwise kills the process with SIGSYS).
     #[arg(long)]
@@ -58,12 +73,22 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     vmm::logger::init(args.log_level);
+    // Relative paths are taken from where the vmm was started, resolved now: the jail moves
+    // the process to another root.
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => {
+            eprintln!("vmm: error: cannot read the current directory: {e}");
+            std::process::exit(1);
+        }
+    };
+    args.make_paths_absolute(&cwd);
     // Looked at before the jail, which hides /sys.
     let caps = HostCaps::detect();
     let exit = match args.jail.enter() {
-        Ok(()) => run(&args, &caps),
+        Ok(()) => run(&args, &caps, &cwd),
         Err(e) => VmExit::VmmError(Chain(&e).to_string()),
     };
     match &exit {
@@ -74,7 +99,40 @@ fn main() {
     std::process::exit(exit.code());
 }
 
-fn run(args: &Args, caps: &HostCaps) -> VmExit {
+impl Args {
+    /// Every path flag made absolute against `cwd` (paths inside a `--config-file` are made
+    /// absolute when it is loaded, [`config::load`]).
+    fn make_paths_absolute(&mut self, cwd: &Path) {
+        let absolute = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = cwd.join(&*path);
+            }
+        };
+        let jail = &mut self.jail;
+        let single = [&mut jail.jail_root, &mut jail.jail_netns];
+        let many = [
+            &mut jail.jail_bind,
+            &mut jail.jail_bind_rw,
+            &mut jail.jail_dev,
+            &mut jail.jail_cgroup,
+        ];
+        single.into_iter().flatten().for_each(absolute);
+        many.into_iter().flatten().for_each(absolute);
+        let vm = &mut self.vm;
+        [
+            &mut vm.vsock_uds,
+            &mut vm.serial_out,
+            &mut self.restore_from,
+            &mut self.snapshot_dir,
+            &mut self.api_sock,
+        ]
+        .into_iter()
+        .flatten()
+        .for_each(absolute);
+    }
+}
+
+fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
     // Compiled before anything is built, so a bad filter stops us before a guest exists; the
     // threads install theirs as they start.
     if !args.no_seccomp {
@@ -83,7 +141,10 @@ fn run(args: &Args, caps: &HostCaps) -> VmExit {
             Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
         }
     }
-    let microvm = match start(args, caps) {
+    if let Some(socket) = &args.api_sock {
+        return serve_api(args, caps, socket, cwd);
+    }
+    let microvm = match start(args, caps, cwd) {
         Ok(Some(microvm)) => microvm,
         Ok(None) => return VmExit::Shutdown,
         Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
@@ -116,10 +177,61 @@ fn run(args: &Args, caps: &HostCaps) -> VmExit {
     exit
 }
 
+/// `--api-sock`: the socket first (while this is the only thread), then the API thread, then
+/// any VM the flags describe, then requests until the VM stops.
+fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit {
+    let listener = match vmm::api::socket::bind(socket) {
+        Ok(listener) => listener,
+        Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
+    };
+    let (events, incoming) = std::sync::mpsc::channel();
+    let options = ControllerOptions {
+        id: args.id.clone(),
+        serve_after_stop: args.serve_after_stop,
+        caps: *caps,
+        serial_out: args.vm.serial_out.clone(),
+    };
+    let mut controller = Controller::new(options, events.clone());
+    if let Err(e) = vmm::api::server::spawn(listener, events) {
+        let _ = std::fs::remove_file(socket);
+        return VmExit::VmmError(format!("starting the API thread: {e}"));
+    }
+    let configured = args.vm.config_file.is_some() || args.vm.kernel.is_some();
+    if configured || args.restore_from.is_some() {
+        let started = std::time::Instant::now();
+        let from = match args.restore_from {
+            Some(_) => StartedFrom::Snapshot,
+            None => StartedFrom::Boot,
+        };
+        let config = match configured {
+            true => match config::load(&args.vm, caps, cwd) {
+                Ok(config) => Some(config),
+                Err(e) => return VmExit::VmmError(format!("configuration: {}", Chain(&e))),
+            },
+            false => None,
+        };
+        let adopted = match start(args, caps, cwd) {
+            Ok(Some(microvm)) => {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                controller.adopt(microvm, from, config.as_ref(), ms)
+            }
+            Ok(None) => Ok(()),
+            Err(why) => Err(Chain(why.as_ref()).to_string()),
+        };
+        if let Err(why) = adopted {
+            let _ = std::fs::remove_file(socket);
+            return VmExit::VmmError(why);
+        }
+    }
+    let exit = controller.run(incoming);
+    let _ = std::fs::remove_file(socket);
+    exit
+}
+
 fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
     let started = std::time::Instant::now();
     match vmm::snapshot::create(&mut microvm, dir) {
-        Ok(()) => {
+        Ok(_) => {
             eprintln!(
                 "vmm: snapshot written to {} in {:.1} ms",
                 dir.display(),
@@ -133,25 +245,19 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
 }
 
 /// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
+fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Microvm>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
-        match path {
-            // Appended to, so several VMs (a function's environments) can share one console
-            // file, and a restored VM's output follows its original's.
-            Some(path) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map(|f| Box::new(f) as Box<dyn Write + Send>)
-                .with_context(|| format!("serial.serial_out_path {}", path.display())),
-            None => Ok(Box::new(std::io::stdout())),
-        }
+        vmm::api::controller::open_console(path.map(PathBuf::as_path)).with_context(|| {
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+            format!("serial.serial_out_path {path}")
+        })
     };
     if let Some(dir) = &args.restore_from {
         let console = serial_out(args.vm.serial_out.as_ref())?;
         let started = std::time::Instant::now();
         let options = vmm::snapshot::RestoreOptions {
             vsock_uds: args.vm.vsock_uds.clone(),
+            ..Default::default()
         };
         let microvm = vmm::snapshot::restore(dir, console, &options)
             .with_context(|| format!("restoring {}", dir.display()))?;
@@ -161,7 +267,7 @@ fn start(args: &Args, caps: &HostCaps) -> anyhow::Result<Option<Microvm>> {
         );
         return Ok(Some(microvm));
     }
-    let config = config::load(&args.vm, caps).context("configuration")?;
+    let config = config::load(&args.vm, caps, cwd).context("configuration")?;
     if args.dry_run {
         println!("{config:#?}");
         return Ok(None);

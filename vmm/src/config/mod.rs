@@ -217,12 +217,34 @@ impl VmConfig {
 
     /// Checks ranges, files and the relations between entries.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let boot = &self.boot_source;
-        require_file("boot-source.kernel_image_path", &boot.kernel_image_path)?;
-        if let Some(initrd) = &boot.initrd_path {
+        self.boot_source.validate()?;
+        self.machine_config.validate()?;
+        self.validate_devices()
+    }
+
+    /// Checks the drives, vsock and network interfaces, and the relations between them.
+    pub fn validate_devices(&self) -> Result<(), ConfigError> {
+        self.validate_drives()?;
+        self.validate_vsock()?;
+        self.validate_network_interfaces()
+    }
+}
+
+impl BootSource {
+    /// The kernel and initrd are files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_file("boot-source.kernel_image_path", &self.kernel_image_path)?;
+        if let Some(initrd) = &self.initrd_path {
             require_file("boot-source.initrd_path", initrd)?;
         }
-        let machine = &self.machine_config;
+        Ok(())
+    }
+}
+
+impl MachineConfig {
+    /// Ranges, and no feature this VMM lacks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let machine = self;
         if !(1..=MAX_VCPUS).contains(&machine.vcpu_count) {
             let message = format!("{} is out of range 1..={MAX_VCPUS}", machine.vcpu_count);
             return Err(invalid("machine-config.vcpu_count", message));
@@ -243,6 +265,12 @@ impl VmConfig {
                 "true is not supported",
             ));
         }
+        Ok(())
+    }
+}
+
+impl VmConfig {
+    fn validate_drives(&self) -> Result<(), ConfigError> {
         let mut ids = HashSet::new();
         let mut roots = 0;
         for (index, drive) in self.drives.iter().enumerate() {
@@ -257,6 +285,10 @@ impl VmConfig {
                 return Err(invalid(key("is_root_device"), "only one drive can be root"));
             }
         }
+        Ok(())
+    }
+
+    fn validate_vsock(&self) -> Result<(), ConfigError> {
         if let Some(vsock) = &self.vsock {
             if vsock.guest_cid < MIN_GUEST_CID {
                 let message = format!(
@@ -273,7 +305,7 @@ impl VmConfig {
                 return Err(invalid("vsock.uds_path", "its directory does not exist"));
             }
         }
-        self.validate_network_interfaces()
+        Ok(())
     }
 
     fn validate_network_interfaces(&self) -> Result<(), ConfigError> {
@@ -321,15 +353,48 @@ fn require_file(key: &str, path: &Path) -> Result<(), ConfigError> {
     }
 }
 
+impl VmConfig {
+    /// Makes every host path absolute, relative ones taken from `base` (the directory the
+    /// `vmm` was started in, as Firecracker reads them): a path then means the same after the
+    /// jail's `pivot_root`, and in a snapshot restored from another directory.
+    pub fn make_paths_absolute(&mut self, base: &Path) {
+        let absolute = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        absolute(&mut self.boot_source.kernel_image_path);
+        if let Some(initrd) = &mut self.boot_source.initrd_path {
+            absolute(initrd);
+        }
+        for drive in &mut self.drives {
+            absolute(&mut drive.path_on_host);
+        }
+        if let Some(vsock) = &mut self.vsock {
+            absolute(&mut vsock.uds_path);
+        }
+        if let Some(out) = self
+            .serial
+            .as_mut()
+            .and_then(|s| s.serial_out_path.as_mut())
+        {
+            absolute(out);
+        }
+    }
+}
+
 /// The configuration the flags describe: a `--config-file`, with any other flags
 /// overriding or adding to it, validated, its CPU template resolved for a host with `caps`.
-pub fn load(flags: &VmFlags, caps: &HostCaps) -> Result<VmConfig, ConfigError> {
+/// Relative paths, in the file or the flags, are taken from `base` (see
+/// [`VmConfig::make_paths_absolute`]).
+pub fn load(flags: &VmFlags, caps: &HostCaps, base: &Path) -> Result<VmConfig, ConfigError> {
     let file = flags
         .config_file
         .as_deref()
-        .map(VmConfig::from_file)
+        .map(|path| VmConfig::from_file(&base.join(path)))
         .transpose()?;
     let mut config = flags.apply(file)?;
+    config.make_paths_absolute(base);
     config.validate()?;
     let template = &mut config.machine_config.cpu_template;
     *template = template.resolve(caps);

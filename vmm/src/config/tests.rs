@@ -11,7 +11,7 @@ fn kernel() -> tempfile::NamedTempFile {
 
 /// `config::load` on a host without `kvm_pvm`.
 fn load(flags: &VmFlags) -> Result<VmConfig, ConfigError> {
-    super::load(flags, &HostCaps::default())
+    super::load(flags, &HostCaps::default(), Path::new("/"))
 }
 
 fn parse_err(json: &str) -> String {
@@ -396,7 +396,7 @@ fn auto_resolves_from_the_host_caps_and_the_others_stay() {
 
     let kernel = kernel();
     let k = kernel.path().to_str().unwrap();
-    let on_pvm = super::load(&flags(&["--kernel", k]), &pvm).unwrap();
+    let on_pvm = super::load(&flags(&["--kernel", k]), &pvm, Path::new("/")).unwrap();
     assert_eq!(on_pvm.machine_config.cpu_template, CpuTemplate::Pvm);
     assert_eq!(
         load(&flags(&["--kernel", k]))
@@ -405,4 +405,26 @@ fn auto_resolves_from_the_host_caps_and_the_others_stay() {
             .cpu_template,
         CpuTemplate::None
     );
+}
+
+#[test]
+fn relative_paths_in_the_file_and_the_flags_are_taken_from_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vmlinux"), b"\x7fELF").unwrap();
+    std::fs::write(dir.path().join("rootfs.ext4"), b"").unwrap();
+    let json = r#"{
+        "boot-source": {"kernel_image_path": "vmlinux"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "drives": [{"drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true}],
+        "vsock": {"guest_cid": 3, "uds_path": "v.sock"}
+    }"#;
+    std::fs::write(dir.path().join("vm.json"), json).unwrap();
+    let flags = flags(&["--config-file", "vm.json", "--serial-out", "console.log"]);
+    let config = super::load(&flags, &HostCaps::default(), dir.path()).unwrap();
+    let base = dir.path();
+    assert_eq!(config.boot_source.kernel_image_path, base.join("vmlinux"));
+    assert_eq!(config.drives[0].path_on_host, base.join("rootfs.ext4"));
+    assert_eq!(config.vsock.unwrap().uds_path, base.join("v.sock"));
+    let serial = config.serial.and_then(|s| s.serial_out_path);
+    assert_eq!(serial, Some(base.join("console.log")));
 }

@@ -63,6 +63,43 @@ pub struct JailFlags {
     pub jail_cgroup: Vec<PathBuf>,
 }
 
+impl JailFlags {
+    /// The command-line arguments that give a `vmm` these flags: how a launcher (the function
+    /// host) passes a jail it prepared, built from the same type the `vmm` parses them into.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        let mut arg = |flag: &str, value: &dyn AsRef<std::ffi::OsStr>| {
+            args.push(flag.into());
+            args.push(value.as_ref().to_owned());
+        };
+        if let Some(root) = &self.jail_root {
+            arg("--jail-root", root);
+        }
+        for path in &self.jail_bind {
+            arg("--jail-bind", path);
+        }
+        for path in &self.jail_bind_rw {
+            arg("--jail-bind-rw", path);
+        }
+        for path in &self.jail_dev {
+            arg("--jail-dev", path);
+        }
+        if let Some(uid) = self.jail_uid {
+            arg("--jail-uid", &uid.to_string());
+        }
+        if let Some(gid) = self.jail_gid {
+            arg("--jail-gid", &gid.to_string());
+        }
+        if let Some(netns) = &self.jail_netns {
+            arg("--jail-netns", netns);
+        }
+        for group in &self.jail_cgroup {
+            arg("--jail-cgroup", group);
+        }
+        args
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
     #[error("jail: {what}")]
@@ -299,4 +336,35 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::JailFlags;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        jail: JailFlags,
+    }
+
+    #[test]
+    fn to_args_parses_back_to_the_same_flags() {
+        let flags = JailFlags {
+            jail_root: Some("/run/jail/1".into()),
+            jail_bind: vec!["/k/vmlinux".into(), "/f/image.ext4".into()],
+            jail_bind_rw: vec!["/w/env-1".into()],
+            jail_dev: vec!["/dev/kvm".into()],
+            jail_uid: Some(1000),
+            jail_gid: Some(1001),
+            jail_netns: Some("/run/netns/lvm-1".into()),
+            jail_cgroup: vec!["/sys/fs/cgroup/memory/x".into()],
+        };
+        let mut argv = vec![std::ffi::OsString::from("vmm")];
+        argv.extend(flags.to_args());
+        let parsed = Cli::try_parse_from(argv).unwrap().jail;
+        assert_eq!(format!("{parsed:?}"), format!("{flags:?}"));
+        assert!(JailFlags::default().to_args().is_empty());
+    }
 }

@@ -6,9 +6,10 @@
 //!
 //! The `vmm` binary compiles the filters at start ([`Filters::compile`]) and [`enable`]s them;
 //! from then on each vCPU thread and the device thread install theirs ([`install`]) first thing,
-//! before they run any guest code or touch a guest-filled queue. The main thread installs its
-//! own once the VM is built and running: it does all the setup (files, KVM, memory) first and
-//! afterwards only waits, takes a snapshot, and exits. A library user that never calls
+//! before they run any guest code or touch a guest-filled queue; so does the API thread before it
+//! reads a client's byte. The main thread installs its own once the VM is built and running: it
+//! does all the setup (files, KVM, memory) first and afterwards only waits, answers the API's
+//! typed requests (pause, resume, snapshot), and exits. A library user that never calls
 //! [`enable`] (tests, benches) runs unfiltered.
 
 mod rules;
@@ -27,16 +28,24 @@ pub enum ThreadKind {
     EventLoop,
     /// A vCPU: `KVM_RUN`, port I/O and MMIO exits.
     Vcpu,
+    /// The API thread (`--api-sock`): accepts clients, reads and answers their requests.
+    Api,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::EventLoop, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Main,
+        ThreadKind::EventLoop,
+        ThreadKind::Vcpu,
+        ThreadKind::Api,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Main => "main",
             ThreadKind::EventLoop => "event loop",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Api => "api",
         }
     }
 }
@@ -56,6 +65,7 @@ pub struct Filters {
     main: BpfProgram,
     event_loop: BpfProgram,
     vcpu: BpfProgram,
+    api: BpfProgram,
 }
 
 impl Filters {
@@ -64,6 +74,7 @@ impl Filters {
             main: compile(ThreadKind::Main)?,
             event_loop: compile(ThreadKind::EventLoop)?,
             vcpu: compile(ThreadKind::Vcpu)?,
+            api: compile(ThreadKind::Api)?,
         })
     }
 
@@ -72,6 +83,7 @@ impl Filters {
             ThreadKind::Main => &self.main,
             ThreadKind::EventLoop => &self.event_loop,
             ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Api => &self.api,
         }
     }
 

@@ -74,9 +74,11 @@ const COMMON: &[i64] = &[
 ];
 
 /// The main thread after the VM started: stop the vCPUs (signal them), read their and the VM's
-/// state, write the snapshot directory atomically, exit.
+/// state, write the snapshot (a directory or the API's two files) atomically, append metrics,
+/// exit.
 const MAIN: &[i64] = &[
     libc::SYS_openat,
+    libc::SYS_renameat,
     libc::SYS_read,
     libc::SYS_lseek,
     libc::SYS_fsync,
@@ -117,6 +119,18 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_sendmsg,
     libc::SYS_shutdown,
     libc::SYS_getrandom,
+];
+
+/// The API thread: poll its socket, connections and eventfd; accept, read, write, close.
+const API: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_read,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_writev,
+    libc::SYS_shutdown,
 ];
 
 /// Equality of argument `arg` (a 32-bit value) with `value`.
@@ -173,6 +187,11 @@ pub(super) fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
                 vec![arg_is(0, u64::from(libc::AF_UNIX.unsigned_abs()))?],
             );
             // Accepted host clients are made non-blocking.
+            rules.insert(libc::SYS_ioctl, any_of(1, &[libc::FIONBIO])?);
+        }
+        ThreadKind::Api => {
+            rules.extend(API.iter().map(|&nr| (nr, Vec::new())));
+            // Accepted clients are made non-blocking (std's set_nonblocking).
             rules.insert(libc::SYS_ioctl, any_of(1, &[libc::FIONBIO])?);
         }
         ThreadKind::Vcpu => {

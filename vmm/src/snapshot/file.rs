@@ -79,9 +79,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StateFileError + '_ {
     }
 }
 
-/// Writes `state` to `path` and syncs it. Atomicity is the snapshot directory's
-/// (`super::dir`): the file is written inside a staging directory.
-pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> {
+/// Writes `state` to `path` and syncs it; returns the payload's CRC-32 (the header's). Atomicity
+/// is the caller's: a staging directory (`super::dir`) or a temporary name renamed into place.
+pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<u32, StateFileError> {
     let payload = postcard::to_stdvec(state).map_err(StateFileError::Encode)?;
     let len = u64::try_from(payload.len())
         .ok()
@@ -90,7 +90,8 @@ pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> 
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    let checksum = crc32fast::hash(&payload);
+    header.extend_from_slice(&checksum.to_le_bytes());
     header.extend_from_slice(&len.to_le_bytes());
     let written = (|| {
         let mut file = File::create(path)?;
@@ -98,7 +99,8 @@ pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), StateFileError> 
         file.write_all(&payload)?;
         file.sync_all()
     })();
-    written.map_err(io_error(path))
+    written.map_err(io_error(path))?;
+    Ok(checksum)
 }
 
 /// Reads and checks a state file written by [`save`].

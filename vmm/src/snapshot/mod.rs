@@ -9,6 +9,7 @@
 
 pub mod dir;
 pub mod file;
+pub mod manifest;
 
 use crate::builder::{BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
@@ -23,6 +24,7 @@ use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::vm_state::{self, VmState};
 use file::StateFileError;
+use manifest::{manifest_path, ManifestError, SnapshotManifest};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
@@ -69,6 +71,12 @@ pub enum SnapshotError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("network_overrides: the snapshot has no network interface {0:?}")]
+    UnknownInterface(String),
+    #[error("vsock_override: the snapshot has no vsock device")]
+    NoVsock,
 }
 
 /// Everything but the memory.
@@ -97,6 +105,10 @@ pub struct RestoreOptions {
     /// A new host socket for the vsock device, so that several restores of one snapshot can
     /// run at once. `None`: the path in the snapshot.
     pub vsock_uds: Option<PathBuf>,
+    /// New taps for network interfaces, by interface id: `(iface_id, host_dev_name)`.
+    pub net_overrides: Vec<(String, String)>,
+    /// Leave the vCPUs paused (the API's `resume_vm: false`); they run at once otherwise.
+    pub paused: bool,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -107,9 +119,105 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 }
 
 /// Pauses `microvm` (it stays paused: resume or stop it after) and writes its snapshot to
-/// `dir`, replacing what was there. Both files land together or not at all ([`dir`]), synced
-/// to disk.
-pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
+/// `dir`, replacing what was there: `state`, `memory` and the manifest `state.manifest.json`.
+/// All land together or not at all ([`dir`]), synced to disk.
+pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<SnapshotManifest, SnapshotError> {
+    let staging = dir::stage(dir).map_err(io_error(dir))?;
+    let paths = SnapshotPaths::in_dir(&staging);
+    let named = SnapshotPaths::in_dir(dir);
+    let written = write_snapshot(microvm, &paths, &named);
+    if written.is_err() {
+        dir::discard(&staging);
+    }
+    let manifest = written.and_then(|manifest| {
+        manifest.write(&manifest_path(&paths.state))?;
+        Ok(manifest)
+    });
+    if manifest.is_err() {
+        dir::discard(&staging);
+    }
+    let manifest = manifest?;
+    dir::publish(&staging, dir).map_err(io_error(dir))?;
+    Ok(manifest)
+}
+
+/// Where a snapshot's two files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPaths {
+    /// The state file (the API's `snapshot_path`).
+    pub state: PathBuf,
+    /// Guest memory (the API's `mem_file_path`).
+    pub memory: PathBuf,
+}
+
+impl SnapshotPaths {
+    /// The files of a snapshot directory.
+    pub fn in_dir(dir: &Path) -> SnapshotPaths {
+        SnapshotPaths {
+            state: dir.join(STATE_FILE),
+            memory: dir.join(MEMORY_FILE),
+        }
+    }
+}
+
+/// Writes the snapshot of the paused `microvm` to the two files of `paths`, as Firecracker's
+/// `PUT /snapshot/create` does, and then its manifest beside the state file. Each file is
+/// written under a temporary name and renamed over its final one once synced, so a file at
+/// either path is always whole; the manifest comes last and names the state it describes.
+pub fn create_files(
+    microvm: &mut Microvm,
+    paths: &SnapshotPaths,
+) -> Result<SnapshotManifest, SnapshotError> {
+    let temporary = SnapshotPaths {
+        state: temporary_name(&paths.state),
+        memory: temporary_name(&paths.memory),
+    };
+    let manifest_temporary = temporary_name(&manifest_path(&paths.state));
+    let discard = || {
+        for path in [&temporary.state, &temporary.memory, &manifest_temporary] {
+            let _ = std::fs::remove_file(path);
+        }
+    };
+    let written = write_snapshot(microvm, &temporary, paths).and_then(|manifest| {
+        manifest.write(&manifest_temporary)?;
+        Ok(manifest)
+    });
+    let manifest = match written {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            discard();
+            return Err(e);
+        }
+    };
+    let renamed = (|| {
+        std::fs::rename(&temporary.memory, &paths.memory).map_err(io_error(&paths.memory))?;
+        std::fs::rename(&temporary.state, &paths.state).map_err(io_error(&paths.state))?;
+        let final_manifest = manifest_path(&paths.state);
+        std::fs::rename(&manifest_temporary, &final_manifest).map_err(io_error(&final_manifest))
+    })();
+    if renamed.is_err() {
+        discard();
+    }
+    renamed?;
+    Ok(manifest)
+}
+
+/// `DIR/.NAME.tmp-PID`, beside `path`.
+fn temporary_name(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Pauses `microvm`, reads its state and writes memory and state to `paths`, each synced;
+/// returns the manifest (for the caller to write last), which records `named`, where the files
+/// will be once the caller moves them into place.
+fn write_snapshot(
+    microvm: &mut Microvm,
+    paths: &SnapshotPaths,
+    named: &SnapshotPaths,
+) -> Result<SnapshotManifest, SnapshotError> {
     microvm.pause();
     let msr_list = microvm
         .vm()
@@ -144,11 +252,7 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
             transport: transport.state_of(&**device),
         })
         .collect();
-    let vcpus = microvm
-        .paused_vcpus()
-        .iter()
-        .map(|vcpu| vcpu.save_state(&msr_list))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = microvm.vcpu_states(&msr_list)?;
     let serial = microvm
         .serial()
         .lock()
@@ -166,41 +270,38 @@ pub fn create(microvm: &mut Microvm, dir: &Path) -> Result<(), SnapshotError> {
         serial,
         devices,
     };
-
-    let staging = dir::stage(dir).map_err(io_error(dir))?;
-    let written = write_files(&staging, memory, mem_size_bytes, &state, held);
-    if written.is_err() {
-        dir::discard(&staging);
-    }
-    written?;
-    dir::publish(&staging, dir).map_err(io_error(dir))?;
-    Ok(())
+    let checksum = write_files(paths, memory, mem_size_bytes, &state, held)?;
+    Ok(SnapshotManifest::describe(
+        &state,
+        &named.state,
+        &named.memory,
+        checksum,
+    ))
 }
 
-/// Writes guest memory and then the state into `staging`, each synced. The device locks in
-/// `held` are released once memory is written.
+/// Writes guest memory and then the state to `paths`, each synced; returns the state's
+/// checksum. The device locks in `held` are released once memory is written.
 fn write_files<T>(
-    staging: &Path,
+    paths: &SnapshotPaths,
     memory: &GuestMemoryMmap,
     mem_size_bytes: u64,
     state: &MicrovmState,
     held: T,
-) -> Result<(), SnapshotError> {
-    let memory_path = staging.join(MEMORY_FILE);
+) -> Result<u32, SnapshotError> {
+    let memory_path = &paths.memory;
     let mem_len = usize::try_from(mem_size_bytes)
         .map_err(|_| SnapshotError::Invalid(format!("{mem_size_bytes} bytes of memory")))?;
     let written = (|| {
-        let mut out = File::create(&memory_path)?;
+        let mut out = File::create(memory_path)?;
         memory
             .write_all_volatile_to(GuestAddress(0), &mut out, mem_len)
             .map_err(std::io::Error::other)?;
         out.flush()?;
         out.sync_all()
     })();
-    written.map_err(io_error(&memory_path))?;
+    written.map_err(io_error(memory_path))?;
     drop(held);
-    file::save(&staging.join(STATE_FILE), state)?;
-    Ok(())
+    Ok(file::save(&paths.state, state)?)
 }
 
 /// Builds a VM from the snapshot in `dir` and runs it, its console going to `console`. Every
@@ -210,7 +311,16 @@ pub fn restore(
     console: Box<dyn Write + Send>,
     options: &RestoreOptions,
 ) -> Result<Microvm, SnapshotError> {
-    let state: MicrovmState = file::load(&dir.join(STATE_FILE))?;
+    restore_files(&SnapshotPaths::in_dir(dir), console, options)
+}
+
+/// [`restore`] from a state file and a memory file (Firecracker's `PUT /snapshot/load`).
+pub fn restore_files(
+    paths: &SnapshotPaths,
+    console: Box<dyn Write + Send>,
+    options: &RestoreOptions,
+) -> Result<Microvm, SnapshotError> {
+    let state: MicrovmState = file::load(&paths.state)?;
     if state.vcpus.is_empty() || state.vcpus.len() > usize::from(MAX_VCPUS) {
         let count = state.vcpus.len();
         return Err(SnapshotError::Invalid(format!("{count} vCPUs")));
@@ -220,22 +330,16 @@ pub fn restore(
         let bytes = state.mem_size_bytes;
         return Err(SnapshotError::Invalid(format!("{bytes} bytes of memory")));
     }
-    let memory = map_memory(&dir.join(MEMORY_FILE), state.mem_size_bytes)?;
+    let specs = overridden_specs(&state, options)?;
+    let memory = map_memory(&paths.memory, state.mem_size_bytes)?;
 
     let vm = Vm::with_memory(memory)?;
     vm_state::restore(&vm, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
-    let serial = Serial::from_state(console, &state.serial).map_err(io_error(dir))?;
-    let LegacyDevices { pio, serial } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let serial = Serial::from_state(console, &state.serial).map_err(io_error(&paths.state))?;
+    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
-    for device in &state.devices {
-        let spec = match (&device.spec, &options.vsock_uds) {
-            (DeviceSpec::Vsock(state), Some(uds_path)) => DeviceSpec::Vsock(VsockState {
-                uds_path: uds_path.clone(),
-                ..state.clone()
-            }),
-            (spec, _) => spec.clone(),
-        };
+    for (device, spec) in state.devices.iter().zip(specs) {
         virtio.attach(spec, Some(&device.transport))?;
     }
     let VirtioAttacher {
@@ -260,19 +364,60 @@ pub fn restore(
             log::debug!("vsock: transport reset sent to the restored guest");
         }
     }
-    let microvm = Microvm::start(Parts {
+    let parts = Parts {
         vm,
         exit,
         pio,
         mmio,
         subscribers,
         serial,
+        i8042,
         vsock,
         devices,
         vcpus,
         cmdline: String::new(),
-    })?;
+    };
+    let microvm = if options.paused {
+        Microvm::start_paused(parts)?
+    } else {
+        Microvm::start(parts)?
+    };
     Ok(microvm)
+}
+
+/// The snapshot's devices with `options`' new vsock socket and taps; an override for a device
+/// the snapshot does not have is refused.
+fn overridden_specs(
+    state: &MicrovmState,
+    options: &RestoreOptions,
+) -> Result<Vec<DeviceSpec>, SnapshotError> {
+    let mut specs: Vec<DeviceSpec> = state.devices.iter().map(|d| d.spec.clone()).collect();
+    if let Some(uds_path) = &options.vsock_uds {
+        let vsock = specs.iter_mut().find_map(|spec| match spec {
+            DeviceSpec::Vsock(vsock) => Some(vsock),
+            _ => None,
+        });
+        match vsock {
+            Some(vsock) => {
+                *vsock = VsockState {
+                    uds_path: uds_path.clone(),
+                    ..vsock.clone()
+                }
+            }
+            None => return Err(SnapshotError::NoVsock),
+        }
+    }
+    for (iface_id, host_dev_name) in &options.net_overrides {
+        let net = specs.iter_mut().find_map(|spec| match spec {
+            DeviceSpec::Net(net) if &net.iface_id == iface_id => Some(net),
+            _ => None,
+        });
+        match net {
+            Some(net) => net.host_dev_name = host_dev_name.clone(),
+            None => return Err(SnapshotError::UnknownInterface(iface_id.clone())),
+        }
+    }
+    Ok(specs)
 }
 
 /// Maps the memory file private and writable: reads fault pages in from the file on first

@@ -9,7 +9,7 @@ use crate::seccomp::{self, ThreadKind};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
@@ -47,7 +47,6 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
-    pub stop: Arc<AtomicBool>,
 }
 
 pub struct Vcpu {
@@ -109,35 +108,6 @@ impl Vcpu {
 
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
-    }
-
-    /// Runs the vCPU on its own thread until the VM exits or `context.stop` is set; the thread
-    /// hands the vCPU back, so a paused VM can be saved or resumed.
-    pub fn spawn(self, context: VcpuContext) -> Result<JoinHandle<Vcpu>, VcpuError> {
-        install_kick_handler();
-        std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
-            .spawn(move || self.run(context))
-            .map_err(VcpuError::Thread)
-    }
-
-    fn run(mut self, context: VcpuContext) -> Vcpu {
-        // Before the first KVM_RUN: no guest code runs in an unfiltered thread.
-        if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
-            let why = Chain(&e).to_string();
-            context
-                .exit
-                .post(VmExit::VmmError(format!("vcpu{}: {why}", self.id)));
-            return self;
-        }
-        while !context.stop.load(Ordering::Acquire) && context.exit.get().is_none() {
-            if let Some(exit) = self.run_once(&context) {
-                context.exit.post(exit);
-                return self;
-            }
-        }
-        self.complete_pending_io();
-        self
     }
 
     /// An I/O exit the VMM just handled is completed by the next KVM_RUN; with `immediate_exit`
@@ -220,21 +190,239 @@ fn install_kick_handler() {
     });
 }
 
-/// Stops vCPU threads: sets `stop`, then signals each thread until it returns (a signal sent
-/// just before a thread enters KVM_RUN would be missed, so keep sending).
-pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
-    stop.store(true, Ordering::Release);
-    let mut vcpus = Vec::with_capacity(threads.len());
-    for thread in threads {
-        while !thread.is_finished() {
-            if thread.kill(kick_signal()).is_err() {
-                break;
+/// What the VMM wants the vCPU threads to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Run,
+    Pause,
+    Exit,
+}
+
+struct Gate {
+    command: Command,
+    /// Per vCPU: its thread is waiting for a command, with its vCPU unlocked.
+    parked: Vec<bool>,
+}
+
+/// The vCPU threads of a VM, one per vCPU, for the VM's whole life. Pausing parks them (out of
+/// `KVM_RUN`, the vCPU unlocked so its state can be read) and resuming wakes the same threads:
+/// a thread started later would be a child of the main thread and inherit its seccomp filter,
+/// which does not allow `KVM_RUN`.
+pub struct VcpuThreads {
+    vcpus: Vec<Arc<Mutex<Vcpu>>>,
+    gate: Arc<(Mutex<Gate>, Condvar)>,
+    /// Read by the run loop on every exit, so it does not take the gate's lock each time.
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl VcpuThreads {
+    /// Starts one thread per vCPU, running at once or (`paused`) parked until [`resume`].
+    ///
+    /// [`resume`]: VcpuThreads::resume
+    pub fn start(
+        vcpus: Vec<Vcpu>,
+        context: VcpuContext,
+        paused: bool,
+    ) -> Result<VcpuThreads, VcpuError> {
+        install_kick_handler();
+        let command = if paused { Command::Pause } else { Command::Run };
+        let mut threads = VcpuThreads {
+            gate: Arc::new((
+                Mutex::new(Gate {
+                    command,
+                    parked: vec![false; vcpus.len()],
+                }),
+                Condvar::new(),
+            )),
+            stop: Arc::new(AtomicBool::new(paused)),
+            vcpus: vcpus
+                .into_iter()
+                .map(|vcpu| Arc::new(Mutex::new(vcpu)))
+                .collect(),
+            threads: Vec::new(),
+        };
+        for (index, vcpu) in threads.vcpus.iter().enumerate() {
+            let id = lock(vcpu).id;
+            let worker = VcpuWorker {
+                index,
+                vcpu: vcpu.clone(),
+                gate: threads.gate.clone(),
+                stop: threads.stop.clone(),
+                context: context.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => threads.threads.push(handle),
+                Err(e) => {
+                    threads.end();
+                    return Err(VcpuError::Thread(e));
+                }
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
-        if let Ok(vcpu) = thread.join() {
-            vcpus.push(vcpu);
+        Ok(threads)
+    }
+
+    /// Stops every vCPU after the instruction it is in, and returns once all are parked.
+    pub fn pause(&self) {
+        {
+            let mut gate = lock(&self.gate.0);
+            if gate.command == Command::Exit {
+                return;
+            }
+            gate.command = Command::Pause;
+            self.stop.store(true, Ordering::Release);
+        }
+        self.wait_parked();
+    }
+
+    /// Runs the parked vCPUs again.
+    pub fn resume(&self) {
+        let mut gate = lock(&self.gate.0);
+        if gate.command == Command::Exit {
+            return;
+        }
+        // Cleared before the threads can see `Run`, so none leaves again at once.
+        self.stop.store(false, Ordering::Release);
+        gate.command = Command::Run;
+        self.gate.1.notify_all();
+    }
+
+    /// Whether the vCPUs are paused (or stopped for good).
+    pub fn is_paused(&self) -> bool {
+        lock(&self.gate.0).command != Command::Run
+    }
+
+    /// Every vCPU's state, in id order; the vCPUs must be paused.
+    pub fn save_states(&self, msr_list: &[u32]) -> Result<Vec<VcpuState>, VcpuError> {
+        if !self.is_paused() {
+            return Err(VcpuError::State {
+                what: "saving",
+                why: "the vCPUs are running; pause them first".into(),
+            });
+        }
+        self.vcpus
+            .iter()
+            .map(|vcpu| lock(vcpu).save_state(msr_list))
+            .collect()
+    }
+
+    /// Ends the threads (each after the instruction it is in) and waits for them.
+    pub fn end(&mut self) {
+        {
+            let mut gate = lock(&self.gate.0);
+            gate.command = Command::Exit;
+            self.stop.store(true, Ordering::Release);
+            self.gate.1.notify_all();
+        }
+        for thread in std::mem::take(&mut self.threads) {
+            while !thread.is_finished() {
+                if thread.kill(kick_signal()).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = thread.join();
         }
     }
-    vcpus
+
+    /// Kicks the threads still in `KVM_RUN` until every one is parked. A signal sent just
+    /// before a thread enters `KVM_RUN` would be missed, so the kick is repeated.
+    fn wait_parked(&self) {
+        let (gate, parked) = &*self.gate;
+        let mut state = lock(gate);
+        loop {
+            let running: Vec<usize> = (0..state.parked.len())
+                .filter(|&i| !state.parked[i])
+                .collect();
+            if running.is_empty() {
+                return;
+            }
+            for index in running {
+                if let Some(thread) = self.threads.get(index) {
+                    if thread.is_finished() {
+                        // A thread that ended (it cannot start its filter) has nothing to park.
+                        state.parked[index] = true;
+                    } else {
+                        let _ = thread.kill(kick_signal());
+                    }
+                }
+            }
+            state = parked
+                .wait_timeout(state, Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One vCPU thread's share of [`VcpuThreads`].
+struct VcpuWorker {
+    index: usize,
+    vcpu: Arc<Mutex<Vcpu>>,
+    gate: Arc<(Mutex<Gate>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    context: VcpuContext,
+}
+
+impl VcpuWorker {
+    fn run(self) {
+        // Before the first KVM_RUN: no guest code runs in an unfiltered thread.
+        if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+            let id = lock(&self.vcpu).id;
+            let why = Chain(&e).to_string();
+            self.context
+                .exit
+                .post(VmExit::VmmError(format!("vcpu{id}: {why}")));
+            return;
+        }
+        while self.wait_for_run() {
+            let mut vcpu = lock(&self.vcpu);
+            let mut exited = false;
+            while !self.stop.load(Ordering::Acquire) && self.context.exit.get().is_none() {
+                if let Some(exit) = vcpu.run_once(&self.context) {
+                    self.context.exit.post(exit);
+                    exited = true;
+                    break;
+                }
+            }
+            if !exited {
+                vcpu.complete_pending_io();
+            }
+        }
+    }
+
+    /// Parks until told to run (true) or to end (false). A VM that has stopped never runs
+    /// again: its threads stay parked until they are ended.
+    fn wait_for_run(&self) -> bool {
+        let (gate, changed) = &*self.gate;
+        let mut state = lock(gate);
+        loop {
+            match state.command {
+                Command::Exit => return false,
+                Command::Run if self.context.exit.get().is_none() => {
+                    state.parked[self.index] = false;
+                    return true;
+                }
+                Command::Run | Command::Pause => {}
+            }
+            if !state.parked[self.index] {
+                state.parked[self.index] = true;
+                changed.notify_all();
+            }
+            state = changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }

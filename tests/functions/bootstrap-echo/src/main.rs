@@ -85,6 +85,20 @@ impl Function for Echo {
                     .map_err(|_| HandlerError::new("EchoError", "bytes is too large"))?;
                 Value::String("a".repeat(bytes))
             }
+            // For the payload benchmark (scripts/bench-payload.sh): the vsock device's own
+            // rate, without the host link. Connects to the host's vsock port `port`, reads
+            // `bytes` bytes, and sends them back.
+            Some("vsock") => {
+                let port = payload.get("port").and_then(Value::as_u64).unwrap_or(0);
+                let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+                let failed = |e: std::io::Error| HandlerError::new("EchoError", e.to_string());
+                let port = u32::try_from(port)
+                    .map_err(|_| HandlerError::new("EchoError", "port is out of range"))?;
+                let bytes = usize::try_from(bytes)
+                    .map_err(|_| HandlerError::new("EchoError", "bytes is too large"))?;
+                vsock_echo(port, bytes).map_err(failed)?;
+                json!({ "echoed": bytes })
+            }
             Some(other) => {
                 return Err(HandlerError::new(
                     "EchoError",
@@ -104,6 +118,39 @@ impl Function for Echo {
         eprintln!("conformance: after_restore");
         Ok(())
     }
+}
+
+/// Connects to the host (CID 2) on vsock `port`, reads `bytes` bytes and writes them back.
+fn vsock_echo(port: u32, bytes: usize) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by the File below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let mut stream = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value to fill in.
+    let mut address: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    address.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or(40);
+    address.svm_cid = 2;
+    address.svm_port = port;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_vm>()).unwrap_or(16);
+    // SAFETY: connect(2) reads `len` bytes of the sockaddr_vm it is given, which lives here.
+    let connected = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(address).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if connected != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut data = vec![0u8; bytes];
+    stream.read_exact(&mut data)?;
+    stream.write_all(&data)
 }
 
 fn main() -> ExitCode {
