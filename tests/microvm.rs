@@ -657,7 +657,12 @@ fn a_streaming_function_with_an_extension_layer_in_a_microvm() {
     // prints the record after the invoke has answered, and a guest's lines between invokes reach
     // the host with the next one: invoke until it shows (each invoke brings what is pending).
     let expected = format!("rust-extension: telemetry platform.report {id} Success");
-    let seen = |server: &LocalServer| server.logs().iter().any(|l| l.starts_with(&expected));
+    let seen = |server: &LocalServer| {
+        server
+            .logs()
+            .iter()
+            .any(|l| guest_line(l).starts_with(&expected))
+    };
     for _ in 0..10 {
         if seen(&server) {
             break;
@@ -667,11 +672,16 @@ fn a_streaming_function_with_an_extension_layer_in_a_microvm() {
     assert!(seen(&server), "{:#?}", server.logs());
     let invoked = format!("rust-extension: INVOKE {id} ");
     assert!(
-        server.logs().iter().any(|l| l.starts_with(&invoked)),
+        server
+            .logs()
+            .iter()
+            .any(|l| guest_line(l).starts_with(&invoked)),
         "{:#?}",
         server.logs()
     );
-    let report = server.report_for(&id);
+    let report = server.wait_for_log(Duration::from_secs(60), |l| {
+        guest_line(l).starts_with(&format!("REPORT RequestId: {id}"))
+    });
     assert!(report.contains("Memory Size: 128 MB"), "{report}");
 
     let status = server
