@@ -331,6 +331,31 @@ mod tests {
     }
 
     #[test]
+    fn extensions_and_the_init_timeout_come_from_the_image_and_the_host() {
+        let pid1 = parse(&[], &[], true).unwrap();
+        assert_eq!(pid1.extensions_dir, Some(PathBuf::from("/opt/extensions")));
+        assert_eq!(pid1.init_timeout, None);
+        let process = parse(&["--host-link", "unix:/l"], &[], false).unwrap();
+        assert_eq!(process.extensions_dir, None);
+        let given = parse(
+            &["--host-link", "unix:/l", "--extensions-dir", "/x"],
+            &[("INIT_INIT_TIMEOUT_MS", "30000")],
+            false,
+        )
+        .unwrap();
+        assert_eq!(given.extensions_dir, Some(PathBuf::from("/x")));
+        assert_eq!(given.init_timeout, Some(std::time::Duration::from_secs(30)));
+        let bad = parse(&[], &[("INIT_INIT_TIMEOUT_MS", "soon")], true).unwrap_err();
+        assert!(matches!(
+            bad,
+            OptionsError::BadValue {
+                flag: "INIT_INIT_TIMEOUT_MS",
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn the_host_can_override_the_initialization_type() {
         let function = FunctionConfig::from_json(br#"{"handler": "h"}"#).unwrap();
         let env = [("INIT_INITIALIZATION_TYPE", "provisioned-concurrency")];

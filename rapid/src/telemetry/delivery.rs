@@ -273,3 +273,109 @@ impl Delivery {
         written
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A destination that keeps each batch it gets.
+    async fn destination() -> (u16, Arc<Mutex<Vec<Vec<serde_json::Value>>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&batches);
+        tokio::spawn(http_server::serve(listener, move |request| {
+            let kept = Arc::clone(&kept);
+            async move {
+                let body = http_server::read_body(request, 4 << 20).await.unwrap();
+                kept.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                http_server::json(200, Bytes::new())
+            }
+        }));
+        (port, batches)
+    }
+
+    fn event(n: usize, size: usize) -> Event {
+        Event {
+            time: "2024-05-01T12:34:56.789Z".into(),
+            kind: "function".into(),
+            record: serde_json::Value::String(format!("{n} {}", "x".repeat(size))),
+        }
+    }
+
+    async fn batches_of(
+        buffering: Buffering,
+        events: usize,
+        size: usize,
+    ) -> Vec<Vec<serde_json::Value>> {
+        let (port, batches) = destination().await;
+        let target = Target::Http {
+            port,
+            path: "/".into(),
+        };
+        let queue = Queue::start("test".into(), buffering, target);
+        for n in 0..events {
+            queue.push(event(n, size));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got: usize = batches.lock().unwrap().iter().map(Vec::len).sum();
+            if got == events || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let batches = batches.lock().unwrap().clone();
+        batches
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn batches_are_cut_at_max_items_and_nothing_is_lost_or_reordered() {
+        let buffering = Buffering {
+            max_items: 1000,
+            max_bytes: 1_048_576,
+            timeout_ms: 25,
+        };
+        let batches = batches_of(buffering, 2500, 10).await;
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        // Queued faster than the first batch goes out, the events fill it; later batches may
+        // be cut by the timeout as well.
+        assert_eq!(sizes.first(), Some(&1000), "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 1000), "{sizes:?}");
+        // In order, none lost.
+        let first: Vec<String> = batches
+            .iter()
+            .flatten()
+            .map(|e| {
+                e["record"]
+                    .as_str()
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let expected: Vec<String> = (0..2500).map(|n| n.to_string()).collect();
+        assert_eq!(first, expected);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn batches_stay_within_max_bytes() {
+        let buffering = Buffering {
+            max_items: 10_000,
+            max_bytes: 262_144,
+            timeout_ms: 25,
+        };
+        let batches = batches_of(buffering, 1000, 1000).await;
+        assert!(batches.len() >= 4, "{} batches", batches.len());
+        for batch in &batches {
+            let bytes: usize = batch.iter().map(|e| e.to_string().len()).sum();
+            assert!(bytes <= 262_144, "a batch of {bytes} bytes");
+        }
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 1000);
+    }
+}
