@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Response streaming and extensions, measured side by side in one run:
-#  1. time to first byte of a streamed response (lambda_runtime's streaming function, two
-#     chunks 1 s apart) read with boto3's invoke_with_response_stream, in local mode and, with
-#     --microvm, through a microVM (lambda-vm, its chunks over the host link);
+#  1. time to first byte of a streamed response (two chunks 1 s apart, from the lambda_runtime
+#     crate's streaming function and from our bootstrap's) read with boto3's
+#     invoke_with_response_stream, in local mode and, with --microvm, through a microVM
+#     (lambda-vm, the lambda_runtime function, its chunks over the host link);
 #  2. the per-invoke cost of one registered extension in local mode: sequential invokes of the
 #     echo function (lambda_runtime) with no extension, with one on our bootstrap library
 #     registered for INVOKE, and with the same one subscribed to the Telemetry API.
@@ -60,7 +61,9 @@ local_server() {
 
 step "time to first byte, local mode"
 addr="$(local_server stream "$target/rust-stream")"
-echo "local: $("$TEST_PYTHON" tests/streaming/ttfb.py "http://$addr" function 20 1000)"
+echo "local, lambda_runtime: $("$TEST_PYTHON" tests/streaming/ttfb.py "http://$addr" function 20 1000)"
+addr="$(local_server bootstrap-stream "$target/bootstrap-stream")"
+echo "local, bootstrap: $("$TEST_PYTHON" tests/streaming/ttfb.py "http://$addr" function 20 1000)"
 
 step "per-invoke cost of one extension, local mode ($invokes invokes each)"
 mkdir -p "$work/ext"
