@@ -542,3 +542,60 @@ fn the_bootstrap_readme_examples_stream_and_extend() {
         "{logs:#?}"
     );
 }
+
+#[test]
+fn a_snap_start_environment_reports_its_restore_through_the_telemetry_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records");
+    let env = [
+        ("EXT_MODE", "telemetry".to_owned()),
+        ("EXT_PORT", free_port().to_string()),
+        ("EXT_RECORDS", records.display().to_string()),
+    ];
+    let Some(setup) = start(&["ext-py"], &env, &["--init-type", "snap-start"]) else {
+        return;
+    };
+    let reply = setup.server.assert_echo(&json!({"restored": true}));
+    let report = setup.server.report_for(&reply.id());
+    assert!(report.contains("\tRestore Duration: "), "{report}");
+    let all = wait_for(LOG_WAIT, || {
+        let all = received(&records);
+        all.iter()
+            .any(|e| e["type"] == "platform.report")
+            .then_some(all)
+    })
+    .unwrap_or_else(|| panic!("a platform.report: {:#?}", received(&records)));
+    let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let at = |kind: &str| {
+        kinds
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_else(|| panic!("{kind} in {kinds:?}"))
+    };
+    assert!(
+        at("platform.initReport") < at("platform.restoreStart"),
+        "{kinds:?}"
+    );
+    assert!(
+        at("platform.restoreStart") < at("platform.restoreRuntimeDone"),
+        "{kinds:?}"
+    );
+    assert!(
+        at("platform.restoreRuntimeDone") < at("platform.restoreReport"),
+        "{kinds:?}"
+    );
+    assert!(
+        at("platform.restoreReport") < at("platform.start"),
+        "{kinds:?}"
+    );
+    let init = &all[at("platform.initStart")]["record"];
+    assert_eq!(init["initializationType"], "snap-start", "{init}");
+    let restored = &all[at("platform.restoreReport")]["record"];
+    assert_eq!(restored["status"], "success", "{restored}");
+    assert!(
+        restored["metrics"]["durationMs"].as_f64().is_some(),
+        "{restored}"
+    );
+    let metrics = &all[at("platform.report")]["record"]["metrics"];
+    assert!(metrics["restoreDurationMs"].as_f64().is_some(), "{metrics}");
+}
