@@ -487,11 +487,10 @@ fn example(name: &str) -> Option<std::path::PathBuf> {
 
 #[test]
 fn the_bootstrap_readme_examples_stream_and_extend() {
-    let test = "the_bootstrap_readme_examples_stream_and_extend";
     let (Some(streaming), Some(extension)) = (example("streaming"), example("extension")) else {
         return;
     };
-    if !integration_tests::aws_clients::have_boto3(test) {
+    if !integration_tests::aws_clients::have_boto3() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -26,12 +26,12 @@ fn stream_function(binary: &str) -> Option<Launch> {
     })
 }
 
-fn server(test: &str) -> Option<LocalServer> {
-    server_of(test, "rust-stream")
+fn server() -> Option<LocalServer> {
+    server_of("rust-stream")
 }
 
-fn server_of(test: &str, binary: &str) -> Option<LocalServer> {
-    if !have_boto3(test) {
+fn server_of(binary: &str) -> Option<LocalServer> {
+    if !have_boto3() {
         return None;
     }
     LocalServer::start(&stream_function(binary)?, &["--timeout", "30"])
@@ -61,8 +61,7 @@ fn chunks(summary: &Value) -> Vec<String> {
 
 #[test]
 fn boto3_gets_each_chunk_while_the_function_is_still_writing() {
-    let test = "boto3_gets_each_chunk_while_the_function_is_still_writing";
-    let Some(server) = server(test) else {
+    let Some(server) = server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -102,8 +101,7 @@ fn boto3_gets_each_chunk_while_the_function_is_still_writing() {
 
 #[test]
 fn a_buffered_invoke_of_a_streaming_function_gets_the_whole_body() {
-    let test = "a_buffered_invoke_of_a_streaming_function_gets_the_whole_body";
-    let Some(server) = server(test) else {
+    let Some(server) = server() else {
         return;
     };
     let reply = server.invoke(&json!({"chunks": ["a", "b", "c"]}));
@@ -130,8 +128,7 @@ fn a_buffered_invoke_of_a_streaming_function_gets_the_whole_body() {
 
 #[test]
 fn a_stream_past_20_mib_or_a_crash_midway_ends_with_an_error_and_the_next_invoke_runs() {
-    let test = "a_stream_past_20_mib_or_a_crash_midway_ends_with_an_error_and_the_next_invoke_runs";
-    let Some(server) = server(test) else {
+    let Some(server) = server() else {
         return;
     };
     let too_big = json!({"bytes": 21 * 1024 * 1024});
@@ -167,8 +164,7 @@ fn a_stream_past_20_mib_or_a_crash_midway_ends_with_an_error_and_the_next_invoke
 
 #[test]
 fn the_bootstrap_librarys_streaming_handler_streams_and_fails_midway_with_trailers() {
-    let test = "the_bootstrap_librarys_streaming_handler_streams_and_fails_midway_with_trailers";
-    let Some(server) = server_of(test, "bootstrap-stream") else {
+    let Some(server) = server_of("bootstrap-stream") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

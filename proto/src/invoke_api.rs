@@ -441,4 +441,7 @@ pub mod error_type {
     pub const RESOURCE_NOT_FOUND: &str = "ResourceNotFoundException";
     pub const SERVICE: &str = "ServiceException";
     pub const TOO_MANY_REQUESTS: &str = "TooManyRequestsException";
+    /// A request whose body came too slowly (not in Lambda's model, whose front end never
+    /// hands a service half a body; the name follows the AWS SDKs' retryable timeout).
+    pub const REQUEST_TIMEOUT: &str = "RequestTimeoutException";
 }

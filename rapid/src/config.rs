@@ -34,6 +34,9 @@ pub struct EnvironmentConfig {
     /// Where the external extensions are (`/opt/extensions` on Lambda): every executable file
     /// in it is started before the runtime. `None`: no external extensions.
     pub extensions_dir: Option<PathBuf>,
+    /// Where OOM kills are counted when there is no cgroup: the kernel's log, for an
+    /// environment that is the whole machine (inside a microVM).
+    pub oom_log: Option<Arc<crate::process::oom::KernelOomLog>>,
 }
 
 impl EnvironmentConfig {
@@ -73,6 +76,7 @@ impl EnvironmentConfig {
             init_type: function.initialization_type,
             cgroups: None,
             extensions_dir: None,
+            oom_log: None,
         }
     }
 

@@ -23,6 +23,6 @@ pub mod telemetry;
 
 pub use config::EnvironmentConfig;
 pub use hooks::{NoSnapshot, SnapshotHook};
-pub use proto::log::{error_chain, LogSink, StdoutLog};
+pub use proto::log::{LogSink, StdoutLog};
 pub use proto::InitializationType;
 pub use sandbox::{Answer, Handle, Invocation, InvokeError, Outcome};

@@ -16,8 +16,8 @@ pub enum Service {
 
 /// Runs every client check against the invoke endpoint at `invoke_addr`, serving the echo
 /// function as `function_name`; panics with the checker's output when one fails. Returns false
-/// (after [`skip`]) when the clients are not installed.
-pub fn check(test: &str, invoke_addr: &str, function_name: &str, service: Service) -> bool {
+/// (after [`skip!`]) when the clients are not installed.
+pub fn check(invoke_addr: &str, function_name: &str, service: Service) -> bool {
     let python = venv_python();
     let aws = python.with_file_name("aws");
     let installed = aws.exists()
@@ -26,12 +26,9 @@ pub fn check(test: &str, invoke_addr: &str, function_name: &str, service: Servic
             .status()
             .is_ok_and(|s| s.success());
     if !installed {
-        return skip(
-            test,
-            &format!(
-                "boto3 or the AWS CLI is not installed next to {}; scripts/test.sh installs them",
-                python.display()
-            ),
+        skip!(return false;
+            "boto3 or the AWS CLI is not installed next to {}; scripts/test.sh installs them",
+            python.display()
         );
     }
     let script = workspace_root().join("tests/aws_clients/check.py");
@@ -56,21 +53,21 @@ pub fn check(test: &str, invoke_addr: &str, function_name: &str, service: Servic
     true
 }
 
-/// Whether boto3 is installed in the test virtualenv; otherwise [`skip`]s `test`.
-pub fn have_boto3(test: &str) -> bool {
+/// Whether boto3 is installed in the test virtualenv; otherwise the calling test is skipped
+/// ([`skip!`]: a failure under CI) and false returned.
+pub fn have_boto3() -> bool {
     let python = venv_python();
     let installed = Command::new(&python)
         .args(["-c", "import boto3"])
         .status()
         .is_ok_and(|s| s.success());
-    installed
-        || skip(
-            test,
-            &format!(
-                "boto3 is not installed next to {}; scripts/test.sh installs it",
-                python.display()
-            ),
-        )
+    if !installed {
+        skip!(return false;
+            "boto3 is not installed next to {}; scripts/test.sh installs it",
+            python.display()
+        );
+    }
+    true
 }
 
 /// Reads one `InvokeWithResponseStream` answer of `function_name` at `invoke_addr` with boto3

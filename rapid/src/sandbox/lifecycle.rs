@@ -71,6 +71,8 @@ impl Handle {
         state.runtime_ready = false;
         state.snapshot_due = false;
         state.usage = Default::default();
+        let oom_log = self.shared.config.oom_log.as_ref();
+        state.usage.oom_kills_before = oom_log.map_or(0, |log| log.kills_by_now());
         state.extensions = Default::default();
         let config = &self.shared.config;
         let generation = state.generation;
@@ -520,7 +522,7 @@ impl Handle {
             .map(process::describe_exit)
             .unwrap_or_else(|| "unknown status".into());
         // Killed for memory: Lambda names the cause rather than the signal.
-        let out_of_memory = self.ran_out_of_memory(&state);
+        let out_of_memory = self.ran_out_of_memory(&state, true);
         let error_type = if out_of_memory {
             OUT_OF_MEMORY
         } else {
@@ -722,7 +724,7 @@ impl Handle {
     /// the invocation fails with `Runtime.OutOfMemory` instead and the environment is reset,
     /// as on Lambda: whatever the function was doing is lost with that process.
     pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
-        let out_of_memory = self.ran_out_of_memory(state);
+        let out_of_memory = self.ran_out_of_memory(state, false);
         let Some(id) = self.unfinished_current(state).filter(|_| out_of_memory) else {
             return self.end_invocation(state, outcome, status);
         };
@@ -929,10 +931,20 @@ impl Handle {
         state.usage.peak_memory_mb = state.usage.peak_memory_mb.max(now);
     }
 
-    /// Whether the kernel killed a process of this environment's cgroup for memory (each
-    /// generation has a fresh cgroup, so any kill counts).
-    fn ran_out_of_memory(&self, state: &State) -> bool {
-        state.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
+    /// Whether the kernel killed a process of this environment for memory: in its cgroup (each
+    /// generation has a fresh one, so any kill counts), or, for an environment that is the
+    /// whole machine, any kill in the kernel's log since it started (`fresh`: the log is read
+    /// now, in case the kill's record has not been yet).
+    fn ran_out_of_memory(&self, state: &State, fresh: bool) -> bool {
+        let logged = self.shared.config.oom_log.as_ref().is_some_and(|log| {
+            let kills = if fresh {
+                log.kills_by_now()
+            } else {
+                log.kills()
+            };
+            kills > state.usage.oom_kills_before
+        });
+        logged || state.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
     }
 
     /// Forks refused by the process limit since the last look, if any.

@@ -113,6 +113,8 @@ struct Usage {
     peak_memory_mb: u64,
     /// Forks refused by the cgroup's process limit, as of the last look.
     process_limit_hits: u64,
+    /// The kernel log's OOM kills before it started (`EnvironmentConfig::oom_log`).
+    oom_kills_before: u64,
 }
 
 struct State {

@@ -285,7 +285,8 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let batches = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&batches);
-        tokio::spawn(http_server::serve(listener, move |request| {
+        let limits = http_server::ConnectionLimits::NONE;
+        tokio::spawn(http_server::serve(listener, limits, move |request| {
             let kept = Arc::clone(&kept);
             async move {
                 let body = http_server::read_body(request, 4 << 20).await.unwrap();

@@ -79,6 +79,24 @@ impl Function for Echo {
                 let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 json!({ "random": hex, "time_ms": now })
             }
+            // For the memory tests: more memory than the function has.
+            Some("alloc") => {
+                let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
+                let bytes = usize::try_from(mb << 20)
+                    .map_err(|_| HandlerError::new("EchoError", "mb is too large"))?;
+                let mut held = vec![0u8; bytes];
+                // Touched, page by page, so that it is really taken.
+                for page in held.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                json!({ "allocated": mb, "touched": held.iter().filter(|b| **b == 1).count() })
+            }
+            // For the flood tests: what a hostile function can do to its own Runtime API.
+            Some("flood") => {
+                let connections = payload.get("connections").and_then(Value::as_u64);
+                let hold = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                flood(connections.unwrap_or(0), Duration::from_millis(hold))?
+            }
             Some("big") => {
                 let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 let bytes = usize::try_from(bytes)
@@ -118,6 +136,46 @@ impl Function for Echo {
         eprintln!("conformance: after_restore");
         Ok(())
     }
+}
+
+/// Opens `connections` connections to the Runtime API, sends each a request cut short (half
+/// of them inside the headers, half inside a body), holds them all for `hold`, and says how
+/// many connected and how many the server had closed by then.
+fn flood(connections: u64, hold: Duration) -> Result<Value, HandlerError> {
+    use std::io::{Read, Write};
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+    let addr: std::net::SocketAddr = api
+        .parse()
+        .map_err(|e| HandlerError::new("EchoError", format!("{api}: {e}")))?;
+    let mut open = Vec::new();
+    let mut refused = 0u64;
+    for n in 0..connections {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        else {
+            refused += 1;
+            continue;
+        };
+        let partial: &[u8] = if n % 2 == 0 {
+            b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n"
+        } else {
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"
+        };
+        if stream.write_all(partial).is_ok() {
+            open.push(stream);
+        }
+    }
+    std::thread::sleep(hold);
+    let mut closed = 0u64;
+    for stream in &mut open {
+        let _ = stream.set_nonblocking(true);
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    Ok(json!({ "connected": open.len(), "refused": refused, "closed": closed }))
 }
 
 /// Connects to the host (CID 2) on vsock `port`, reads `bytes` bytes and writes them back.
