@@ -347,7 +347,11 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
         .iter()
         .map(|k| count(&status, k))
         .sum::<u64>();
-    assert!(environments <= 10, "{environments} environments: {status}");
+    // A resend can reach the service before it has seen its first attempt's connection close
+    // (the watch for a caller who hung up takes up to a second): for that moment the request is
+    // outstanding twice. One such overlap was seen once, at load average 15; more would mean
+    // starts are tied to callers again.
+    assert!(environments <= 11, "{environments} environments: {status}");
     let logs = second.logs();
     let snapshots = logs
         .iter()
