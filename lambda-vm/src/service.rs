@@ -101,6 +101,9 @@ struct Inner {
     /// Whether the provisioned environments were started once ([`FunctionService::provision`]);
     /// after that the maintenance thread replaces any that go.
     provisioned_once: AtomicBool,
+    /// Invocations that were still running when their caller hung up (they ran to the end, as
+    /// on Lambda; a caller that retries then needs another environment).
+    abandoned: AtomicU64,
 }
 
 impl FunctionService {
@@ -127,6 +130,7 @@ impl FunctionService {
             log,
             next_env: AtomicU64::new(1),
             provisioned_once: AtomicBool::new(false),
+            abandoned: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -143,6 +147,11 @@ impl FunctionService {
     /// Environments per state.
     pub fn counts(&self) -> Counts {
         self.inner.pool().counts()
+    }
+
+    /// How many invocations were still running when their caller hung up.
+    pub fn abandoned_invocations(&self) -> u64 {
+        self.inner.abandoned.load(Ordering::Relaxed)
     }
 
     /// Starts the function's provisioned environments, all at once, and waits for them; `Err`
@@ -338,13 +347,22 @@ impl Inner {
     }
 
     /// Serves one invocation with `lease`'s environment, then gives the environment back.
-    fn serve(&self, lease: Lease<Guest>, invocation: Invocation) -> Outcome {
+    /// `caller_gone` says, at the end, whether the caller hung up meanwhile.
+    fn serve(
+        &self,
+        lease: Lease<Guest>,
+        invocation: Invocation,
+        caller_gone: &AtomicBool,
+    ) -> Outcome {
         let Lease {
             id,
             env: guest,
             provisioned,
         } = lease;
         let (kept, outcome) = self.run(guest, invocation);
+        if caller_gone.load(Ordering::Acquire) {
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
         }
@@ -576,6 +594,28 @@ impl Drop for Waiting {
     }
 }
 
+/// Marks, when dropped before [`CallerWatch::answered`], that the caller hung up (the future
+/// that waits for the invocation was dropped).
+#[derive(Default)]
+struct CallerWatch {
+    gone: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl CallerWatch {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for CallerWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gone.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl Invoker for FunctionService {
     fn function(&self) -> &Function {
         &self.inner.function
@@ -650,9 +690,13 @@ impl Invoker for FunctionService {
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.serve(lease, invocation))
+        let watch = CallerWatch::default();
+        let gone = watch.gone.clone();
+        let outcome = tokio::task::spawn_blocking(move || inner.serve(lease, invocation, &gone))
             .await
-            .map_err(|_| InvokeError::ShutDown)
+            .map_err(|_| InvokeError::ShutDown);
+        watch.answered();
+        outcome
     }
 }
 
