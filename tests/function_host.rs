@@ -347,14 +347,14 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
     );
     assert_eq!(left_by(pid, &scratch), Vec::<String>::new());
 
-    // 2. A burst of 10 boto3 callers whose read timeout (20 s) is shorter than the boot and
+    // 2. A burst of 10 boto3 callers whose read timeout (10 s) is shorter than the boot and
     // snapshot: they time out and resend while it runs, and every one is answered, by no more
     // environments than callers (each start serves whichever request waits). Only a caller
     // whose invocation itself outlasted its timeout (a loaded machine) may have needed another:
     // its invocation ran on, as on Lambda, and its retry is a request of its own.
     let mut second = start(&[]);
     let scratch = scratch_of(&second);
-    let answers = boto3_burst(&second, "burst", 10, 20, 20);
+    let answers = boto3_burst(&second, "burst", 10, 10, 40);
     for (caller, answer) in answers.iter().enumerate() {
         assert_eq!(answer["status"], 200, "caller {caller}: {answer}");
         assert_eq!(answer["payload"], json!({ "caller": caller }), "{answer}");
