@@ -149,13 +149,19 @@ impl FunctionService {
         self.inner.pool().counts()
     }
 
+    /// Whether every provisioned environment is up.
+    pub fn provisioned_ready(&self) -> bool {
+        self.counts().provisioned_ready >= self.inner.scaling.provisioned
+    }
+
     /// How many invocations were still running when their caller hung up.
     pub fn abandoned_invocations(&self) -> u64 {
         self.inner.abandoned.load(Ordering::Relaxed)
     }
 
     /// Starts the function's provisioned environments, all at once, and waits for them; `Err`
-    /// says why one did not start. From then on the service replaces any that go.
+    /// says why one did not start. From then on the service replaces any that go (one that
+    /// failed here too, after a pause).
     pub async fn provision(&self) -> Result<(), String> {
         let wanted = self
             .inner
