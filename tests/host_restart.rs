@@ -9,8 +9,8 @@
 
 use integration_tests::server::LocalServer;
 use integration_tests::{
-    guest_artifact, host_binary, jail_cgroups_of, process_gone, require_kvm, skip_unless,
-    wait_until,
+    guest_artifact, guest_line, host_binary, jail_cgroups_of, process_gone, require_kvm,
+    skip_unless, wait_until,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -119,7 +119,9 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
             reply.id()
         })
         .collect();
-    first.wait_for_log(Duration::from_secs(120), |l| l.starts_with("START"));
+    first.wait_for_log(Duration::from_secs(120), |l| {
+        guest_line(l).starts_with("START")
+    });
     let pid = first.pid();
     let vmms = vmm_pids(&first);
     let net_slots = claims_of(NET_CLAIMS, pid);
@@ -157,7 +159,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     // concurrency 1), each as the one before frees it: none is throttled.
     let finished = |logs: &[String], id: &str| {
         logs.iter()
-            .any(|l| l.starts_with(&format!("REPORT RequestId: {id}")))
+            .any(|l| guest_line(l).starts_with(&format!("REPORT RequestId: {id}")))
     };
     let all_ran = wait_until(Duration::from_secs(900), || {
         let logs = second.logs();
@@ -167,7 +169,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     let logs = second.logs();
     assert!(all_ran, "accepted events did not run: {logs:#?}");
     assert!(
-        logs.iter().any(|l| l.starts_with("rapid: resuming")),
+        logs.iter().any(|l| l.contains("rapid: resuming")),
         "{logs:#?}"
     );
     let throttles: Vec<&String> = logs.iter().filter(|l| l.contains("throttled")).collect();
