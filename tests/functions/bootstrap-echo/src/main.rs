@@ -79,12 +79,22 @@ impl Function for Echo {
                 let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
                 let bytes = usize::try_from(mb << 20)
                     .map_err(|_| HandlerError::new("EchoError", "mb is too large"))?;
-                let mut held = vec![0u8; bytes];
-                // Touched, page by page, so that it is really taken.
-                for page in held.chunks_mut(4096) {
-                    page[0] = 1;
+                // In 1 MiB pieces, each touched page by page, so that memory is really taken
+                // and running out ends in the kernel's OOM killer (as on Lambda), not in one
+                // allocation larger than the machine that the kernel refuses outright.
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..bytes.div_ceil(1 << 20) {
+                    let mut piece = vec![0u8; 1 << 20];
+                    for page in piece.chunks_mut(4096) {
+                        page[0] = 1;
+                    }
+                    held.push(piece);
                 }
-                json!({ "allocated": mb, "touched": held.iter().filter(|b| **b == 1).count() })
+                let touched: usize = held
+                    .iter()
+                    .map(|p| p.iter().filter(|b| **b == 1).count())
+                    .sum();
+                json!({ "allocated": mb, "touched": touched })
             }
             // For the flood tests: what a hostile function can do to its own Runtime API.
             Some("flood") => {
