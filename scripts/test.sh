@@ -51,6 +51,9 @@ export GUEST_NET_SNAPSTART_ROOTFS GUEST_NET_SNAPSTART_FUNCTION_CONFIG
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "no import circles between the vmm's files (scripts/import-cycles.py)"
+scripts/import-cycles.py vmm/src
+
 step "tests"
 cargo test --workspace
 

@@ -8,7 +8,7 @@
 
 use integration_tests::server::LocalServer;
 use integration_tests::{
-    guest_artifact, have_kvm, host_binary, require, wait_until, workspace_root,
+    guest_artifact, host_binary, require, require_kvm, wait_until, workspace_root,
 };
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -94,10 +94,7 @@ impl Drop for Vmm {
 /// in a fresh process goes on where it stopped (init tries again).
 #[test]
 fn the_vmm_readme_config_file_boots_our_init_and_snapshots_and_restores() {
-    const TEST: &str = "the_vmm_readme_config_file_boots_our_init_and_snapshots_and_restores";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(initramfs), Some(_)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_INITRAMFS"),
@@ -149,10 +146,7 @@ fn the_vmm_readme_config_file_boots_our_init_and_snapshots_and_restores() {
 /// own function.json, from the repository root, answers the README's curl.
 #[test]
 fn the_shell_worker_example_answers_in_a_microvm() {
-    const TEST: &str = "the_shell_worker_example_answers_in_a_microvm";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(rootfs)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_SHELL_ROOTFS"),

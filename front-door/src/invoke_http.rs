@@ -108,6 +108,10 @@ impl<I: Invoker> Endpoint<I> {
                 let refusal = http::service_error(413, error_type::REQUEST_TOO_LARGE, &message);
                 return http::close(refusal);
             }
+            Err(e @ BodyError::TooSlow { .. }) => {
+                let refusal = http::service_error(408, error_type::REQUEST_TIMEOUT, &e.to_string());
+                return http::close(refusal);
+            }
             Err(e) => {
                 let message = e.to_string();
                 return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
@@ -127,7 +131,7 @@ impl<I: Invoker> Endpoint<I> {
                     http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string())
                 }
                 Err(e) => {
-                    let message = proto::log::error_chain(&e);
+                    let message = logging::Chain(&e).to_string();
                     self.sandbox.log(&format!("rapid: {message}"));
                     http::service_error(500, error_type::SERVICE, &message)
                 }

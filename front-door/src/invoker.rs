@@ -30,6 +30,19 @@ pub trait Invoker: Clone + Send + Sync + 'static {
         invocation: Invocation,
     ) -> impl Future<Output = Result<Outcome, InvokeError>> + Send;
 
+    /// Runs one asynchronous event: as [`Invoker::invoke`], except that where that would
+    /// refuse it at once for want of an environment (a throttle), this waits for one to free,
+    /// until `deadline` (then it is throttled). By default the same as `invoke`, for invokers
+    /// that queue rather than refuse.
+    fn invoke_event(
+        &self,
+        invocation: Invocation,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<Outcome, InvokeError>> + Send {
+        let _ = deadline;
+        self.invoke(invocation)
+    }
+
     /// The function's reserved concurrency, if it has one (`GetFunctionConcurrency`).
     fn reserved_concurrency(&self) -> Option<u32> {
         None

@@ -2,14 +2,14 @@
 //!
 //! - The **state directory** (`--state-dir`) is kept across runs: SnapStart snapshots
 //!   (`snapshots/NAME/<key>`) and each function's store of accepted asynchronous events
-//!   (`events/NAME.redb`). Its default is `/var/lib/lambda-vm` for root, else
+//!   (`events/NAME/`). Its default is `/var/lib/lambda-vm` for root, else
 //!   `$XDG_STATE_HOME/lambda-vm` (`~/.local/state/lambda-vm`).
 //! - The **scratch directory** of one run, `lambda-vm-<pid>` under `--work-dir` (default: the
 //!   system's temporary directory), holds what lives only while the service runs: each
 //!   environment's sockets and VM configuration, the jail's mount point. It is removed at exit.
 //!   The service holds a lock on it while it runs; a scratch directory whose lock nobody holds
 //!   was left by a service that died (`kill -9`), and the next service to start there removes
-//!   it, after its cgroups ([`crate::jail::JailHost::sweep_service`]).
+//!   it (its cgroups go when the jail starts: [`crate::jail::JailHost::detect`]).
 
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;

@@ -1,10 +1,12 @@
 //! The launcher's half of each `vmm`'s jail (the `vmm` does the rest to itself, see
-//! `vmm::jail`): a user and group of its own, cgroups with memory, process and CPU limits,
-//! the `--jail-*` flags that say what the VM may see, and a new PID namespace to start it in.
+//! `vmm::jail`): a user and group of its own, a cgroup with memory, process and CPU limits
+//! (the `cgroups` crate: v2 where the service's cgroup is delegated, v1 otherwise), the
+//! `--jail-*` flags that say what the VM may see, and a new PID namespace to start it in.
 //!
 //! What the host allows is found once, at start ([`JailHost::detect`]), and said in the
 //! service's first lines ([`JailHost::describe`]).
 
+use cgroups::{Cgroup, Cgroups, CpuQuota, Limits};
 use nix::sched::{setns, unshare, CloneFlags};
 use std::ffi::OsString;
 use std::fs::File;
@@ -26,10 +28,8 @@ const VMM_OVERHEAD_MIB: u64 = 256;
 const MAX_PIDS: u32 = 64;
 /// The CFS period; a `vmm` gets one period of CPU time per vCPU plus one for its devices.
 const CPU_PERIOD_US: u64 = 100_000;
-/// The cgroup v1 controllers used, each mounted at /sys/fs/cgroup/<name>.
-const V1_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const V2_ROOT: &str = "/sys/fs/cgroup/unified";
+/// The first part of the names of the service's cgroups (`lambda-vm-<pid>-<start>-<n>`).
+const CGROUP_SERVER: &str = "lambda-vm";
 
 /// Devices a VM may use, when the host has them: KVM always; the tap device of a network
 /// interface.
@@ -42,10 +42,8 @@ pub struct JailHost {
     root: PathBuf,
     /// The service's own PID namespace, to go back to between two new ones.
     own_pid_ns: File,
-    /// The cgroup v1 controllers usable here, under which each `vmm` gets a group.
-    cgroups: Vec<PathBuf>,
-    /// Why cgroup limits are partly or wholly off, if they are.
-    cgroup_note: Option<String>,
+    /// Where each `vmm` gets a cgroup; `Err`: why there are no cgroup limits.
+    cgroups: Result<Cgroups, String>,
     slot: u32,
 }
 
@@ -75,92 +73,60 @@ impl JailHost {
         std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
         let own_pid_ns = File::open("/proc/self/ns/pid")
             .map_err(|e| format!("opening /proc/self/ns/pid: {e}"))?;
-        let (cgroups, cgroup_note) = detect_cgroups();
-        let host = JailHost {
+        let cgroups = Cgroups::detect(CGROUP_SERVER);
+        if let Ok(cgroups) = &cgroups {
+            // A service that was killed leaves its `vmm`s' cgroups (and any `vmm` that outlived
+            // it) behind: they go now.
+            let removed = cgroups.clean_leftovers();
+            if !removed.is_empty() {
+                log::info!(
+                    "removed {} cgroups left by a service that is gone",
+                    removed.len()
+                );
+            }
+        }
+        Ok(JailHost {
             root,
             own_pid_ns,
             cgroups,
-            cgroup_note,
             slot: std::process::id() % SERVICE_SLOTS,
-        };
-        host.sweep_cgroups();
-        Ok(host)
-    }
-
-    /// Removes the cgroups the dead service `pid` left (it was killed before it could remove
-    /// them).
-    pub fn sweep_service(&self, pid: u32) {
-        self.sweep_slot(pid % SERVICE_SLOTS);
-    }
-
-    /// Removes the cgroups a dead service with this slot left (it was killed before it could
-    /// remove them).
-    fn sweep_cgroups(&self) {
-        self.sweep_slot(self.slot);
-    }
-
-    /// Removes the empty cgroups of `slot`: they are named by ids only that slot hands out,
-    /// and a cgroup that still has a process is not removed (`rmdir` refuses it).
-    fn sweep_slot(&self, slot: u32) {
-        let ours = ID_BASE + slot * IDS_PER_SERVICE..ID_BASE + (slot + 1) * IDS_PER_SERVICE;
-        for parent in &self.cgroups {
-            let Ok(entries) = std::fs::read_dir(parent) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let id = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok());
-                if id.is_some_and(|id| ours.contains(&id)) {
-                    let _ = std::fs::remove_dir(entry.path());
-                }
-            }
-        }
+        })
     }
 
     /// One line: which protections are on, and which are off and why.
     pub fn describe(&self) -> String {
-        let cgroups = if self.cgroups.is_empty() {
-            "no cgroup limits".to_owned()
-        } else {
-            let names: Vec<_> = self
-                .cgroups
-                .iter()
-                .filter_map(|p| p.parent()?.file_name()?.to_str())
-                .collect();
-            format!("cgroup v1 limits ({})", names.join(", "))
+        let cgroups = match &self.cgroups {
+            Ok(cgroups) if cgroups.has_cpu() => {
+                format!("memory, pids and cpu limits in {}", cgroups.describe())
+            }
+            Ok(cgroups) => format!(
+                "memory and pids limits in {} [no cpu controller: no CPU limit]",
+                cgroups.describe()
+            ),
+            Err(why) => format!("no cgroup limits [{why}]"),
         };
-        let note = self
-            .cgroup_note
-            .as_ref()
-            .map(|n| format!(" [{n}]"))
-            .unwrap_or_default();
         format!(
             "jail on: PID, mount, IPC, UTS and network namespaces, pivot_root to the VM's files, \
-             a user per environment, no_new_privs, closed descriptors, rlimits, {cgroups}{note}"
+             a user per environment, no_new_privs, closed descriptors, rlimits, {cgroups}"
         )
     }
 
-    /// Sets up the jail of one `vmm`: its user, its cgroups, and the flags that tell it what it
+    /// Sets up the jail of one `vmm`: its user, its cgroup, and the flags that tell it what it
     /// may see. `contents.write` directories (and what is in them) become the jail user's.
     pub fn prepare(&self, contents: &JailContents) -> std::io::Result<EnvJail> {
         let n = ENVIRONMENTS.fetch_add(1, Ordering::Relaxed) % IDS_PER_SERVICE;
         let id = ID_BASE + self.slot * IDS_PER_SERVICE + n;
-        let mut jail = EnvJail {
-            id,
-            cgroups: Vec::new(),
-            args: Vec::new(),
-        };
         for dir in &contents.write {
             own_dir(dir, id)?;
         }
-        for controller in &self.cgroups {
-            let group = controller.join(id.to_string());
-            std::fs::create_dir_all(&group)?;
-            jail.cgroups.push(group.clone());
-            limit(&group, contents)?;
-        }
+        let cgroup = match &self.cgroups {
+            Ok(cgroups) => Some(
+                cgroups
+                    .create_with(&limits(contents))
+                    .map_err(std::io::Error::other)?,
+            ),
+            Err(_) => None,
+        };
         let flags = vmm::jail::JailFlags {
             jail_root: Some(self.root.clone()),
             jail_bind: contents.read.clone(),
@@ -173,9 +139,17 @@ impl JailHost {
             jail_uid: Some(id),
             jail_gid: Some(id),
             jail_netns: contents.netns.clone(),
-            jail_cgroup: jail.cgroups.clone(),
+            jail_cgroup: cgroup
+                .iter()
+                .flat_map(Cgroup::dirs)
+                .map(Path::to_owned)
+                .collect(),
         };
-        jail.args = flags.to_args();
+        let jail = EnvJail {
+            id,
+            cgroup,
+            args: flags.to_args(),
+        };
         Ok(jail)
     }
 
@@ -209,12 +183,12 @@ pub struct JailContents {
     pub vcpus: u8,
 }
 
-/// One `vmm`'s user and cgroups; the cgroups are removed when it is dropped (after the `vmm`
-/// was reaped).
+/// One `vmm`'s user and cgroup; the cgroup is removed when it is dropped (after the `vmm` was
+/// reaped: anything it left there is killed).
 #[derive(Debug)]
 pub struct EnvJail {
     id: u32,
-    cgroups: Vec<PathBuf>,
+    cgroup: Option<Cgroup>,
     args: Vec<OsString>,
 }
 
@@ -231,8 +205,13 @@ impl EnvJail {
 
 impl Drop for EnvJail {
     fn drop(&mut self) {
-        for group in &self.cgroups {
-            let _ = std::fs::remove_dir(group);
+        if let Some(cgroup) = &self.cgroup {
+            if !cgroup.try_remove() {
+                log::warn!(
+                    "the cgroup {} is not empty yet; the next start removes it",
+                    cgroup.path().display()
+                );
+            }
         }
     }
 }
@@ -254,91 +233,67 @@ fn own_dir(dir: &Path, id: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn limit(group: &Path, contents: &JailContents) -> std::io::Result<()> {
-    let write = |file: &str, value: String| std::fs::write(group.join(file), value);
-    match group
-        .parent()
-        .and_then(|c| c.parent())
-        .and_then(Path::file_name)
-    {
-        Some(c) if c == "memory" => {
-            let mib = u64::from(contents.mem_mib) + VMM_OVERHEAD_MIB;
-            write("memory.limit_in_bytes", (mib << 20).to_string())
-        }
-        Some(c) if c == "pids" => write("pids.max", MAX_PIDS.to_string()),
-        Some(c) if c == "cpu" => {
-            let quota = CPU_PERIOD_US * (u64::from(contents.vcpus.max(1)) + 1);
-            write("cpu.cfs_period_us", CPU_PERIOD_US.to_string())?;
-            write("cpu.cfs_quota_us", quota.to_string())
-        }
-        _ => Ok(()),
+/// A `vmm`'s cgroup limits: its guest's memory and its own, a few threads, and one CPU's time
+/// per vCPU plus one for its devices.
+fn limits(contents: &JailContents) -> Limits {
+    let mib = u64::from(contents.mem_mib) + VMM_OVERHEAD_MIB;
+    Limits {
+        memory_bytes: mib << 20,
+        max_processes: MAX_PIDS,
+        cpu: Some(CpuQuota {
+            quota_us: CPU_PERIOD_US * (u64::from(contents.vcpus.max(1)) + 1),
+            period_us: CPU_PERIOD_US,
+        }),
     }
-}
-
-/// The service's parent group in each usable v1 controller, and a note when v2 could not be
-/// used or a controller is missing. v2 is preferred where it has the controllers delegated.
-fn detect_cgroups() -> (Vec<PathBuf>, Option<String>) {
-    let v2 = std::fs::read_to_string(Path::new(V2_ROOT).join("cgroup.controllers"));
-    let v2_note = match v2 {
-        Ok(list) if list.split_whitespace().any(|c| c == "memory") => {
-            // A v2 hierarchy with controllers: not how this project's hosts are set up, and not
-            // used yet.
-            format!("cgroup v2 at {V2_ROOT} has controllers ({}) but v2 limits are not implemented; using v1", list.trim())
-        }
-        Ok(_) => format!("cgroup v2 at {V2_ROOT} has no controllers to delegate; using v1"),
-        Err(_) => "no cgroup v2 hierarchy; using v1".to_owned(),
-    };
-    let mut groups = Vec::new();
-    let mut missing = Vec::new();
-    for controller in V1_CONTROLLERS {
-        let parent = Path::new(CGROUP_ROOT).join(controller).join("lambda-vm");
-        match std::fs::create_dir_all(&parent) {
-            Ok(()) => groups.push(parent),
-            Err(e) => missing.push(format!("{controller}: {e}")),
-        }
-    }
-    let note = if missing.is_empty() {
-        v2_note
-    } else {
-        format!("{v2_note}; off: {}", missing.join(", "))
-    };
-    (groups, Some(note))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use integration_tests::{ok_or_skip, skip_unless};
 
-    /// A cgroup left by a dead service of this slot (empty: its vmm is gone) is removed at
-    /// start; one of another slot is not this service's to remove.
+    /// Each `vmm` gets a cgroup of its own with its limits, named in its `--jail-cgroup` flags,
+    /// and the cgroup goes with its jail.
     #[test]
-    fn a_dead_services_cgroups_of_this_slot_are_swept_at_start() {
-        if !nix::unistd::geteuid().is_root() {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "this test needs root (cgroups) under CI");
-            eprintln!("SKIPPED a_dead_services_cgroups_of_this_slot_are_swept_at_start: needs root to make cgroups");
-            return;
-        }
+    fn each_vmm_gets_a_limited_cgroup_that_goes_with_its_jail() {
+        skip_unless!(
+            nix::unistd::geteuid().is_root(),
+            "needs root to make cgroups"
+        );
         let work = tempfile::tempdir().unwrap();
         let host = JailHost::detect(work.path()).unwrap();
-        let Some(parent) = host.cgroups.first().cloned() else {
-            panic!(
-                "no v1 cgroup hierarchy to test with: {:?}",
-                host.cgroup_note
-            );
+        let cgroups = ok_or_skip!(host
+            .cgroups
+            .as_ref()
+            .map_err(|why| format!("no cgroups to test with: {why}")));
+        let line = host.describe();
+        assert!(line.contains(&cgroups.describe()), "{line}");
+        eprintln!("{line}");
+        let contents = JailContents {
+            mem_mib: 128,
+            vcpus: 2,
+            ..JailContents::default()
         };
-        let slot = std::process::id() % SERVICE_SLOTS;
-        let ours =
-            parent.join((ID_BASE + slot * IDS_PER_SERVICE + IDS_PER_SERVICE - 1).to_string());
-        let other_slot = (slot + 1) % SERVICE_SLOTS;
-        let theirs =
-            parent.join((ID_BASE + other_slot * IDS_PER_SERVICE + IDS_PER_SERVICE - 1).to_string());
-        std::fs::create_dir_all(&ours).unwrap();
-        std::fs::create_dir_all(&theirs).unwrap();
-        let _again = JailHost::detect(work.path()).unwrap();
-        let (ours_left, theirs_left) = (ours.exists(), theirs.exists());
-        let _ = std::fs::remove_dir(&theirs);
-        assert!(!ours_left, "{} was not swept", ours.display());
-        assert!(theirs_left, "{} belongs to another slot", theirs.display());
+        let jail = host.prepare(&contents).unwrap();
+        let flagged: Vec<PathBuf> = jail
+            .args()
+            .windows(2)
+            .filter(|pair| pair[0] == "--jail-cgroup")
+            .map(|pair| PathBuf::from(&pair[1]))
+            .collect();
+        let cgroup = jail.cgroup.as_ref().unwrap();
+        assert_eq!(
+            flagged,
+            cgroup.dirs().map(Path::to_owned).collect::<Vec<_>>()
+        );
+        let memory = ["memory.max", "memory.limit_in_bytes"]
+            .iter()
+            .find_map(|file| std::fs::read_to_string(cgroup.path().join(file)).ok())
+            .unwrap();
+        assert_eq!(memory.trim(), ((128 + VMM_OVERHEAD_MIB) << 20).to_string());
+        drop(jail);
+        for dir in &flagged {
+            assert!(!dir.exists(), "{} is left", dir.display());
+        }
     }
 }

@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// What is kept across runs: SnapStart snapshots (`snapshots/NAME/`) and each function's
-    /// accepted asynchronous events (`events/NAME.redb`) [default: /var/lib/lambda-vm for root,
+    /// accepted asynchronous events (`events/NAME/`) [default: /var/lib/lambda-vm for root,
     /// else $XDG_STATE_HOME/lambda-vm].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -125,6 +125,14 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// Seconds a request body may take before --min-body-rate applies: a body that sends
+    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// The slowest a request body may arrive, in bytes a second on average, after
+    /// --body-timeout.
+    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
+    min_body_rate: u32,
     /// The IPv4 range each environment's host link (a /30) is cut from: the host side of
     /// the link is the one host address a function reaches, and the function's traffic leaves
     /// the host translated from the environment's side.
@@ -155,7 +163,7 @@ struct Function {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    vmm::logger::init(args.log_level);
+    logging::init("lambda-vm", args.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,7 +174,7 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            say(&format!("lambda-vm: error: {e:#}"));
+            say(&format!("lambda-vm: error: {}", logging::Chain(e.as_ref())));
             ExitCode::FAILURE
         }
     };
@@ -192,18 +200,12 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         .context("--idle-timeout must be a number of seconds")?;
     let stop_grace = Duration::try_from_secs_f64(args.stop_grace)
         .context("--stop-grace must be a number of seconds")?;
-    anyhow::ensure!(
-        args.max_connections > 0,
-        "--max-connections must be at least 1"
-    );
-    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--header-timeout must be a positive number of seconds")?;
-    let limits = ConnectionLimits {
-        max_connections: Some(args.max_connections),
-        header_read_timeout: Some(header_timeout),
-    };
+    let limits = ConnectionLimits::from_flags(
+        args.max_connections,
+        args.header_timeout,
+        args.body_timeout,
+        args.min_body_rate,
+    )?;
     // Watched from the start, so a signal during the checks or a boot is not missed.
     let mut signals = Signals::new()?;
 
@@ -259,10 +261,8 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         "jail off (--no-jail)".to_owned()
     } else {
         match JailHost::detect(scratch.path()) {
+            // Its detection removed the cgroups of every service that is gone.
             Ok(host) => {
-                for leftover in &leftovers {
-                    host.sweep_service(leftover.pid);
-                }
                 let described = host.describe();
                 lambda_vm::jail::enable(host);
                 described
@@ -363,14 +363,20 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         };
         let log = FunctionLog::new(&name, tails.clone(), args.log_dir.as_deref())
             .with_context(|| format!("--log-dir: the log of {name}"))?;
-        let store = events_dir.join(format!("{name}.redb"));
-        let events = EventStore::open(&store).with_context(|| {
+        let store = events_dir.join(&name);
+        let (events, recovery) = EventStore::open(&store).with_context(|| {
             format!(
                 "the event store of {name}, {} (is another lambda-vm using --state-dir {}? give each its own)",
                 store.display(),
                 state_dir.display()
             )
         })?;
+        if let Some(damage) = recovery.describe() {
+            say(&format!(
+                "lambda-vm: the event store {} was damaged: {damage}",
+                store.display()
+            ));
+        }
         let service = FunctionService::new(served, function, spec, snapshots, scaling, log);
         hosted.push(Endpoint::new(service, tails.clone(), Some(events)));
     }
@@ -564,7 +570,7 @@ fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
         Err(e) => {
             let line = format!(
                 "lambda-vm: functions run WITHOUT networking: {}\n",
-                vmm::error::Chain(&e)
+                logging::Chain(&e)
             );
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             None

@@ -17,6 +17,7 @@
 //! claim names its owner (pid and start time). An [`EnvNetwork`] removes everything when it
 //! is dropped; [`Networks::sweep`] removes what a service that died left behind.
 
+use proc_info::Identity;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -275,7 +276,7 @@ fn missing(program: &str, package: &str, error: NetworkError) -> NetworkError {
         }
         other => NetworkError::Unavailable(format!(
             "cannot use `{program}` (root or CAP_NET_ADMIN is needed): {}",
-            vmm::error::Chain(&other)
+            logging::Chain(&other)
         )),
     }
 }
@@ -286,7 +287,7 @@ fn draft_owner_gone(name: &str) -> bool {
         .strip_prefix(".draft-")
         .and_then(|rest| rest.split('-').next())
         .and_then(|pid| pid.parse::<u32>().ok());
-    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    pid.is_some_and(|pid| proc_info::Stat::read(pid).is_none())
 }
 
 /// One environment's network; removed when dropped.
@@ -482,46 +483,35 @@ fn slot_of(name: &str) -> Option<u32> {
         .filter(|slot| slot.to_string() == digits)
 }
 
-/// A process, by pid and start time (so a reused pid is not mistaken for the owner).
+/// Who claims a slot: the service's [`Identity`] (so a reused pid is not mistaken for the
+/// owner), written `<pid> <start ticks>` and a newline in the claim file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start_ticks: u64,
-}
+struct Owner(Identity);
 
 impl Owner {
     fn of_this_process() -> Result<Owner, NetworkError> {
-        let pid = std::process::id();
-        start_ticks(pid)
-            .map(|start_ticks| Owner { pid, start_ticks })
-            .ok_or_else(|| NetworkError::Unavailable("cannot read /proc/self/stat".into()))
+        Identity::of_this_process()
+            .map(Owner)
+            .map_err(|e| NetworkError::Unavailable(format!("cannot read /proc/self/stat: {e}")))
     }
 
     fn parse(claim: &str) -> Option<Owner> {
         let (pid, start) = claim.trim().split_once(' ')?;
-        Some(Owner {
+        Some(Owner(Identity {
             pid: pid.parse().ok()?,
             start_ticks: start.parse().ok()?,
-        })
+        }))
     }
 
     fn is_running(&self) -> bool {
-        start_ticks(self.pid) == Some(self.start_ticks)
+        self.0.is_running()
     }
 }
 
 impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} {}", self.pid, self.start_ticks)
+        writeln!(f, "{} {}", self.0.pid, self.0.start_ticks)
     }
-}
-
-/// When process `pid` started (field 22 of /proc/PID/stat, in clock ticks since boot).
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold anything, spaces included.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Turns on IPv4 forwarding on the host, which the environments' outbound traffic needs.
@@ -545,7 +535,7 @@ pub fn give_tap(netns: &Path, uid: u32, gid: u32) -> Result<(), NetworkError> {
             TAP,
             vmm::devices::virtio::net::frame::VNET_HDR_LEN,
         )
-        .map_err(|e| NetworkError::Unavailable(vmm::error::Chain(&e).to_string()))?;
+        .map_err(|e| NetworkError::Unavailable(logging::Chain(&e).to_string()))?;
         tap.give_to(uid, gid).map_err(|source| NetworkError::Enter {
             path: netns.to_owned(),
             source,
@@ -625,6 +615,7 @@ fn finish(command: &mut Command, input: Option<&str>) -> Result<String, NetworkE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use integration_tests::ok_or_skip;
 
     #[test]
     fn ranges_parse_and_cut_into_links() {
@@ -669,26 +660,19 @@ mod tests {
         let me = Owner::of_this_process().unwrap();
         assert!(me.is_running());
         assert_eq!(Owner::parse(&me.to_string()), Some(me));
-        let restarted = Owner {
-            start_ticks: me.start_ticks + 1,
-            ..me
-        };
+        let restarted = Owner(Identity {
+            start_ticks: me.0.start_ticks + 1,
+            ..me.0
+        });
         assert!(!restarted.is_running());
         assert_eq!(Owner::parse("garbage"), None);
     }
 
-    /// The real thing, on this host: needs root and nftables; under CI it must run.
-    fn networks(test: &str) -> Option<Networks> {
-        match Networks::open(DEFAULT_RANGE.parse().unwrap()) {
-            Ok(networks) => Some(networks),
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("{test}: no environment networks here: {e}")
-            }
-            Err(e) => {
-                eprintln!("{test}: skipped, no environment networks here: {e}");
-                None
-            }
-        }
+    /// The real thing, on this host: needs root and nftables (the test skips without them,
+    /// and fails under CI).
+    fn networks() -> Result<Networks, String> {
+        Networks::open(DEFAULT_RANGE.parse().unwrap())
+            .map_err(|e| format!("no environment networks here: {e}"))
     }
 
     fn exists(name: &str) -> [bool; 3] {
@@ -713,9 +697,7 @@ mod tests {
 
     #[test]
     fn environments_get_isolated_networks_that_go_when_dropped_or_swept() {
-        let Some(networks) = networks("environment networks") else {
-            return;
-        };
+        let networks = ok_or_skip!(networks());
         let started = std::time::Instant::now();
         let a = networks.create().unwrap();
         let made = started.elapsed();
@@ -782,10 +764,10 @@ mod tests {
             [true; 3],
             "a running owner's network was swept"
         );
-        let gone = Owner {
+        let gone = Owner(Identity {
             pid: std::process::id(),
             start_ticks: 0,
-        };
+        });
         std::fs::write(&claim, gone.to_string()).unwrap();
         assert!(networks.sweep() >= 1);
         assert_eq!(exists(&b_name), [false; 3]);

@@ -21,6 +21,9 @@ pub trait Environment {
 pub struct HostLimit {
     max: usize,
     in_use: Arc<AtomicUsize>,
+    /// Told whenever an environment stops being in use, of any function: whoever waits for
+    /// one (an asynchronous event) tries again.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl HostLimit {
@@ -28,7 +31,14 @@ impl HostLimit {
         HostLimit {
             max,
             in_use: Arc::new(AtomicUsize::new(0)),
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified each time an environment stops being in use (register before trying, so
+    /// that a release in between is not missed).
+    pub fn freed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.freed)
     }
 
     pub fn max(&self) -> usize {
@@ -51,6 +61,7 @@ impl HostLimit {
         let _ = self
             .in_use
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.freed.notify_waiters();
     }
 }
 
@@ -662,6 +673,44 @@ mod tests {
         assert_eq!(second.checkin(lease.id, None, false), None);
         assert_eq!(host.in_use(), 0);
         assert!(second.is_empty());
+    }
+
+    /// Whoever waits for an environment is told when one stops being in use, of any function
+    /// sharing the host limit, on every path that frees one.
+    #[test]
+    fn a_freed_environment_wakes_those_waiting_for_one() {
+        use std::pin::Pin;
+        use tokio::sync::futures::Notified;
+        let host = HostLimit::new(1);
+        let mut first: Pool<Env> = Pool::new(None, host.clone());
+        let mut second: Pool<Env> = Pool::new(None, host.clone());
+        let freed = host.freed();
+        fn waiting(freed: &tokio::sync::Notify) -> Pin<Box<Notified<'_>>> {
+            let mut wait = Box::pin(freed.notified());
+            wait.as_mut().enable();
+            wait
+        }
+        let ready = |wait: &mut Pin<Box<Notified<'_>>>| {
+            let waker = std::task::Waker::noop();
+            std::future::Future::poll(wait.as_mut(), &mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        let (id, _, _r) = start(&mut first);
+        assert_eq!(second.checkout().err(), Some(Refusal::Host));
+        let mut wait = waiting(&freed);
+        assert!(!ready(&mut wait));
+        first.start_failed(id, false, "gone");
+        assert!(ready(&mut wait), "a failed start frees its place");
+        let (id, _, mut receive) = start(&mut second);
+        assert_eq!(second.ready(id, Env(9), false), None);
+        let lease = handed(&mut receive);
+        let mut wait = waiting(&freed);
+        assert_eq!(second.checkin(lease.id, None, false), None);
+        assert!(
+            ready(&mut wait),
+            "an environment given back frees its place"
+        );
+        assert!(first.checkout().is_ok());
     }
 
     #[test]

@@ -53,9 +53,9 @@ pub enum StartError {
     },
 }
 
-/// An error with its causes, `: `-separated, for log lines and clients ([`vmm::error::Chain`]).
+/// An error with its causes, `: `-separated, for log lines ([`logging::Chain`]).
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    vmm::error::Chain(error).to_string()
+    logging::Chain(error).to_string()
 }
 
 impl Environment for Guest {
@@ -650,18 +650,46 @@ impl Invoker for FunctionService {
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
         let checkout = self.inner.pool().checkout();
-        let refused = |refusal| {
-            let reason = match refusal {
-                Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
-                Refusal::Host => throttle_reason::ACCOUNT,
-                Refusal::ShutDown => return InvokeError::ShutDown,
-            };
-            self.inner
-                .log
-                .service(None, &format!("throttled ({reason})"));
-            InvokeError::Throttled { reason }
-        };
-        let lease = match checkout.map_err(refused)? {
+        match checkout {
+            Ok(checkout) => self.run(checkout, invocation).await,
+            Err(refusal) => Err(self.refused(refusal)),
+        }
+    }
+
+    /// An event waits for an environment instead of being throttled: it tries again each time
+    /// one of this host's environments stops being in use.
+    async fn invoke_event(
+        &self,
+        invocation: Invocation,
+        deadline: tokio::time::Instant,
+    ) -> Result<Outcome, InvokeError> {
+        let freed = self.inner.scaling.host.freed();
+        loop {
+            let released = freed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let checkout = self.inner.pool().checkout();
+            match checkout {
+                Ok(checkout) => return self.run(checkout, invocation).await,
+                Err(Refusal::ShutDown) => return Err(InvokeError::ShutDown),
+                Err(refusal) => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(self.refused(refusal));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FunctionService {
+    /// Runs `invocation` once `checkout` has an environment for it.
+    async fn run(
+        &self,
+        checkout: Checkout<Guest>,
+        invocation: Invocation,
+    ) -> Result<Outcome, InvokeError> {
+        let lease = match checkout {
             Checkout::Warm(lease) => lease,
             Checkout::Wait {
                 waiter,
@@ -688,11 +716,20 @@ impl Invoker for FunctionService {
                     Handoff::Failed(message) => {
                         return Ok(failure(error_type::RUNTIME_EXIT, &message))
                     }
-                    Handoff::Refused(refusal) => return Err(refused(refusal)),
+                    Handoff::Refused(refusal) => return Err(self.refused(refusal)),
                     Handoff::ShutDown => return Err(InvokeError::ShutDown),
                 }
             }
         };
+        self.serve(lease, invocation).await
+    }
+
+    /// Runs `invocation` in the environment of `lease`.
+    async fn serve(
+        &self,
+        lease: Lease<Guest>,
+        invocation: Invocation,
+    ) -> Result<Outcome, InvokeError> {
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
@@ -703,6 +740,19 @@ impl Invoker for FunctionService {
             .map_err(|_| InvokeError::ShutDown);
         watch.answered();
         outcome
+    }
+
+    /// The error for a request that got no environment, logged.
+    fn refused(&self, refusal: Refusal) -> InvokeError {
+        let reason = match refusal {
+            Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
+            Refusal::Host => throttle_reason::ACCOUNT,
+            Refusal::ShutDown => return InvokeError::ShutDown,
+        };
+        self.inner
+            .log
+            .service(None, &format!("throttled ({reason})"));
+        InvokeError::Throttled { reason }
     }
 }
 

@@ -72,9 +72,17 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
-    /// Where accepted asynchronous invokes are kept until they have an outcome (a crash-safe
-    /// store; a restarted server runs what it holds) [default:
-    /// $TMPDIR/lambda-local-ADDR-PORT/events.redb, for the invoke endpoint's address].
+    /// Seconds a request body may take before --min-body-rate applies: a body that sends
+    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// The slowest a request body may arrive, in bytes a second on average, after
+    /// --body-timeout.
+    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
+    min_body_rate: u32,
+    /// The directory where accepted asynchronous invokes are kept until they have an outcome
+    /// (a crash-safe store; a restarted server runs what it holds) [default:
+    /// $TMPDIR/lambda-local-ADDR-PORT/events, for the invoke endpoint's address].
     #[arg(long)]
     event_store: Option<PathBuf>,
     /// How often a failed asynchronous invoke is retried (0 to 2), as Lambda's
@@ -194,7 +202,7 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
 /// says in one line which protections are in force, or which are off and why (on stdout, with
 /// the function's log, where whoever reads the log sees it).
 fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
-    match Cgroups::detect() {
+    match Cgroups::detect("rapid") {
         Ok(cgroups) => {
             let removed = cgroups.clean_leftovers();
             let leftovers = match removed.len() {
@@ -222,15 +230,22 @@ fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    logging::init("lambda-local", log::LevelFilter::Info);
     let args = Args::parse();
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
-    let limits = ConnectionLimits::from_flags(args.max_connections, args.header_timeout)?;
+    let limits = ConnectionLimits::from_flags(
+        args.max_connections,
+        args.header_timeout,
+        args.body_timeout,
+        args.min_body_rate,
+    )?;
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
     }
     let (mut config, function) = config(args);
+    let api_limits = ConnectionLimits::runtime_api(config.timeout.max(config.init_timeout));
     let cgroups = confine_sandboxes(config.memory_mb);
     config.cgroups = cgroups.clone();
 
@@ -245,9 +260,15 @@ async fn main() -> anyhow::Result<()> {
     let default_store = event_store.is_none();
     let store_path = event_store.unwrap_or_else(|| {
         let name = format!("lambda-local-{}-{}", invoke_addr.ip(), invoke_addr.port());
-        std::env::temp_dir().join(name).join("events.redb")
+        std::env::temp_dir().join(name).join("events")
     });
-    let events = EventStore::open(&store_path).context("--event-store")?;
+    let (events, recovery) = EventStore::open(&store_path).context("--event-store")?;
+    if let Some(damage) = recovery.describe() {
+        eprintln!(
+            "lambda-local: the event store {} was damaged: {damage}",
+            store_path.display()
+        );
+    }
     let store = events.clone();
     // Watch the signals before anything starts, so none is missed.
     let mut terminate = signal(SignalKind::terminate())?;
@@ -264,9 +285,11 @@ async fn main() -> anyhow::Result<()> {
     let tails = LogTails::default();
     let sandbox = Handle::new(config, api_addr, tails.around(Arc::new(StdoutLog)), None);
     let api = sandbox.clone();
-    tokio::spawn(http_server::serve(api_listener, move |request| {
-        rapid::runtime_api::handle(api.clone(), request)
-    }));
+    tokio::spawn(http_server::serve(
+        api_listener,
+        api_limits,
+        move |request| rapid::runtime_api::handle(api.clone(), request),
+    ));
     let local = LocalSandbox {
         handle: sandbox.clone(),
         function,
@@ -286,11 +309,11 @@ async fn main() -> anyhow::Result<()> {
     sandbox.shutdown();
     if let Some(cgroups) = &cgroups {
         for name in cgroups.remove_own() {
-            eprintln!("lambda-local: cannot remove the sandbox cgroup {name}: processes remain");
+            log::warn!("cannot remove the sandbox cgroup {name}: processes remain");
         }
     }
     // A default store with nothing left in it is not worth keeping in the temp directory.
-    if default_store && store.pending().is_ok_and(|pending| pending.is_empty()) {
+    if default_store && store.is_empty() {
         drop(store);
         if let Some(dir) = store_path.parent() {
             let _ = std::fs::remove_dir_all(dir);

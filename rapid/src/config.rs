@@ -31,6 +31,9 @@ pub struct EnvironmentConfig {
     /// reaches every descendant). `None` runs it unconfined: inside a microVM, where the VM is
     /// the sandbox.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// Where OOM kills are counted when there is no cgroup: the kernel's log, for an
+    /// environment that is the whole machine (inside a microVM).
+    pub oom_log: Option<Arc<crate::process::oom::KernelOomLog>>,
 }
 
 impl EnvironmentConfig {
@@ -69,6 +72,7 @@ impl EnvironmentConfig {
             environment: function.environment.clone().into_iter().collect(),
             init_type: function.initialization_type,
             cgroups: None,
+            oom_log: None,
         }
     }
 

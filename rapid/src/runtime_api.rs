@@ -49,7 +49,7 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
                 Err(BodyError::TooLarge { declared, .. }) => {
                     return http::close(to_http(sandbox.respond_too_large(&id, declared)))
                 }
-                Err(e) => bad_request(&e.to_string()),
+                Err(e) => return refused(&e),
             }
         }
         Route::Error(id) => {
@@ -150,7 +150,7 @@ async fn error_body(
     let body = match http::read_body(request, ERROR_BODY_LIMIT).await {
         Ok(body) => body,
         Err(BodyError::TooLarge { .. }) => return Err(http::close(to_http(too_large()))),
-        Err(e) => return Err(to_http(bad_request(&e.to_string()))),
+        Err(e) => return Err(refused(&e)),
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         let error_type = header_type.unwrap_or_else(|| default_type.into());
@@ -176,8 +176,14 @@ async fn error_body(
     }
 }
 
-fn bad_request(message: &str) -> ApiReply {
-    ApiReply::Rejected(400, error_type::INVALID_REQUEST, message.to_owned())
+/// A body that could not be read (cut short, or too slow): the connection is closed, since
+/// what is left of the body on it was not read.
+fn refused(error: &BodyError) -> Reply {
+    http::close(http::error(
+        error.status(),
+        error_type::INVALID_REQUEST,
+        &error.to_string(),
+    ))
 }
 
 fn to_http(reply: ApiReply) -> Reply {

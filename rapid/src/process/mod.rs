@@ -4,6 +4,7 @@
 //! account for it.
 
 pub mod memory;
+pub mod oom;
 pub mod output;
 
 use crate::cgroup::{Cgroup, CgroupError};

@@ -39,6 +39,7 @@ impl Handle {
                         peak_memory_mb: 0,
                         cgroup: runtime.cgroup,
                         process_limit_hits: 0,
+                        oom_kills_before: config.oom_log.as_ref().map_or(0, |l| l.kills_by_now()),
                     });
                     state.phase = Phase::Initializing {
                         started: Instant::now(),
@@ -194,11 +195,13 @@ impl Handle {
         let how = status
             .map(process::describe_exit)
             .unwrap_or_else(|| "unknown status".into());
-        // Killed for memory: Lambda names the cause rather than the signal.
-        let out_of_memory = state
-            .process
-            .as_ref()
-            .is_some_and(Process::ran_out_of_memory);
+        // Killed for memory: Lambda names the cause rather than the signal. (The kernel's
+        // log is read now, in case its record of the kill has not been yet.)
+        let oom_log = self.shared.config.oom_log.as_ref();
+        let out_of_memory = state.process.as_ref().is_some_and(|process| {
+            process.ran_out_of_memory()
+                || oom_log.is_some_and(|log| log.kills_by_now() > process.oom_kills_before)
+        });
         let error_type = if out_of_memory {
             OUT_OF_MEMORY
         } else {
@@ -317,10 +320,11 @@ impl Handle {
     /// the invocation fails with `Runtime.OutOfMemory` instead and the environment is reset,
     /// as on Lambda: whatever the function was doing is lost with that process.
     pub(super) fn finish(&self, state: &mut State, outcome: Outcome, status: Status) {
-        let out_of_memory = state
-            .process
-            .as_ref()
-            .is_some_and(Process::ran_out_of_memory);
+        let oom_log = self.shared.config.oom_log.as_ref();
+        let out_of_memory = state.process.as_ref().is_some_and(|process| {
+            process.ran_out_of_memory()
+                || oom_log.is_some_and(|log| log.kills() > process.oom_kills_before)
+        });
         let Some(id) = self.unfinished_current(state).filter(|_| out_of_memory) else {
             return self.end_invocation(state, outcome, status);
         };

@@ -91,6 +91,8 @@ struct Process {
     cgroup: Option<crate::cgroup::Cgroup>,
     /// Forks refused by the cgroup's process limit, as of the last look.
     process_limit_hits: u64,
+    /// The kernel log's OOM kills before it started (`EnvironmentConfig::oom_log`).
+    oom_kills_before: u64,
 }
 
 struct State {

@@ -74,6 +74,34 @@ impl Function for Echo {
                 let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 json!({ "random": hex, "time_ms": now })
             }
+            // For the memory tests: more memory than the function has.
+            Some("alloc") => {
+                let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
+                let bytes = usize::try_from(mb << 20)
+                    .map_err(|_| HandlerError::new("EchoError", "mb is too large"))?;
+                // In 1 MiB pieces, each touched page by page, so that memory is really taken
+                // and running out ends in the kernel's OOM killer (as on Lambda), not in one
+                // allocation larger than the machine that the kernel refuses outright.
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..bytes.div_ceil(1 << 20) {
+                    let mut piece = vec![0u8; 1 << 20];
+                    for page in piece.chunks_mut(4096) {
+                        page[0] = 1;
+                    }
+                    held.push(piece);
+                }
+                let touched: usize = held
+                    .iter()
+                    .map(|p| p.iter().filter(|b| **b == 1).count())
+                    .sum();
+                json!({ "allocated": mb, "touched": touched })
+            }
+            // For the flood tests: what a hostile function can do to its own Runtime API.
+            Some("flood") => {
+                let connections = payload.get("connections").and_then(Value::as_u64);
+                let hold = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                flood(connections.unwrap_or(0), Duration::from_millis(hold))?
+            }
             Some("big") => {
                 let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 let bytes = usize::try_from(bytes)
@@ -113,6 +141,46 @@ impl Function for Echo {
         eprintln!("conformance: after_restore");
         Ok(())
     }
+}
+
+/// Opens `connections` connections to the Runtime API, sends each a request cut short (half
+/// of them inside the headers, half inside a body), holds them all for `hold`, and says how
+/// many connected and how many the server had closed by then.
+fn flood(connections: u64, hold: Duration) -> Result<Value, HandlerError> {
+    use std::io::{Read, Write};
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+    let addr: std::net::SocketAddr = api
+        .parse()
+        .map_err(|e| HandlerError::new("EchoError", format!("{api}: {e}")))?;
+    let mut open = Vec::new();
+    let mut refused = 0u64;
+    for n in 0..connections {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        else {
+            refused += 1;
+            continue;
+        };
+        let partial: &[u8] = if n % 2 == 0 {
+            b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n"
+        } else {
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"
+        };
+        if stream.write_all(partial).is_ok() {
+            open.push(stream);
+        }
+    }
+    std::thread::sleep(hold);
+    let mut closed = 0u64;
+    for stream in &mut open {
+        let _ = stream.set_nonblocking(true);
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    Ok(json!({ "connected": open.len(), "refused": refused, "closed": closed }))
 }
 
 /// Connects to the host (CID 2) on vsock `port`, reads `bytes` bytes and writes them back.
