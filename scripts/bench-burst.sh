@@ -53,7 +53,7 @@ done
 # emulated CPUs here, which can outlast the default 300 s.
 step "starting lambda-vm with the functions cold and snap"
 start_server lambda-vm "$target/release/lambda-vm" --kernel "$kernel" \
-    --functions-dir "$work/functions" --work-dir "$work/host" --listen 127.0.0.1:0 \
+    --functions-dir "$work/functions" --work-dir "$work/host" --state-dir "$work/host/state" --listen 127.0.0.1:0 \
     --max-concurrency 8 --idle-timeout 1 --boot-timeout 900
 addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$SERVER_LOG")
 [ -n "$addr" ] || die "no address in lambda-vm's listening line: $(cat "$SERVER_LOG")"
@@ -63,5 +63,5 @@ step "bursts of $sizes (the SnapStart snapshot is taken first)"
 "$target/release/burst" --addr "$addr" --lambda-vm-pid "$SERVER_PID" --svg "$svg" \
     --sizes "$sizes" --cold cold --snap snap ||
     { tail -n 40 "$SERVER_LOG" >&2; die "the burst benchmark failed (lambda-vm's log above)"; }
-grep -E "^lambda-vm: SnapStart" "$SERVER_LOG" | sed 's/^/   /' >&2 || true
+grep -E "^lambda-vm: [^ ]+: SnapStart" "$SERVER_LOG" | sed 's/^/   /' >&2 || true
 step "chart written to $svg"

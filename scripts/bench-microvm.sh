@@ -74,7 +74,7 @@ log="$work/service.log"
 t0=$(now_us)
 "$target/release/lambda-vm" --kernel "$kernel" --rootfs "$rootfs" \
     --function-config "$function_dir/function.json" --listen 127.0.0.1:0 \
-    --console "$console" --eager >"$log" 2>&1 &
+    --state-dir "$work/state-boot" --console "$console" --eager >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 t_init=""
@@ -101,7 +101,7 @@ echo "   boot to the init's host-link connection:      $(( (t_link - t0) / 1000 
 echo "   first invoke (init already ran: provisioned): $(( t_first / 1000 )) ms"
 echo "   warm invoke round trip, median of $invokes:     $(( $(median <"$work/warm.txt") / 1000 )) ms"
 echo "   lambda-vm VmRSS with the booted guest:        ${rss_service} kB"
-grep -E "^(REPORT|lambda-vm:)" "$log" | head -3 | sed 's/^/   /'
+grep -E "(] REPORT|^lambda-vm: [^ ]+: )" "$log" | head -3 | sed 's/^/   /'
 kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
 
 # Starts lambda-vm on ROOTFS with CONFIG (plus any further flags), invokes it once, and prints
@@ -111,7 +111,7 @@ first_response() {
     shift 3
     t0=$(now_us)
     "$target/release/lambda-vm" --kernel "$kernel" --rootfs "$image" \
-        --function-config "$config" --listen 127.0.0.1:0 --work-dir "$work" \
+        --function-config "$config" --listen 127.0.0.1:0 --work-dir "$work" --state-dir "$work/state" \
         --console "$work/first-response-console.log" "$@" >"$log" 2>&1 &
     pid=$!
     until grep -q "lambda-vm: listening" "$log" 2>/dev/null; do sleep 0.01; done
@@ -145,7 +145,7 @@ echo "   vmm restore, load call to vCPUs running, median of 5: $(median <"$work/
 step "5b. cold boot vs SnapStart restore to first response, fresh lambda-vm processes, $pairs of each, alternating"
 snapstart=(--snapshot-dir "$work/snapshots")
 t_snap=$(first_response "$work/snapstart-first.log" "$snapstart_rootfs" "$snapstart_dir/function.json" "${snapstart[@]}")
-grep -E "^lambda-vm: SnapStart" "$work/snapstart-first.log" | sed 's/^/   /'
+grep -E "^lambda-vm: [^ ]+: SnapStart" "$work/snapstart-first.log" | sed 's/^/   /'
 echo "   first SnapStart cold start (boot, init, snapshot, restore, invoke): $(( t_snap / 1000 )) ms"
 : >"$work/cold.txt"; : >"$work/restored.txt"; : >"$work/vmm-restore.txt"
 for _ in $(seq "$pairs"); do
@@ -153,7 +153,7 @@ for _ in $(seq "$pairs"); do
     first_response "$work/restored.log" "$snapstart_rootfs" "$snapstart_dir/function.json" \
         "${snapstart[@]}" >>"$work/restored.txt"
     grep -q "SnapStart snapshot taken" "$work/restored.log" && die "a restore run took a new snapshot"
-    sed -n 's/^lambda-vm: microVM restored in \([0-9.]*\) ms (VMM side.*/\1/p' "$work/restored.log" >>"$work/vmm-restore.txt"
+    sed -n 's/^lambda-vm: [^ ]*: microVM restored in \([0-9.]*\) ms (VMM side.*/\1/p' "$work/restored.log" >>"$work/vmm-restore.txt"
 done
 read -r cold_med cold_min cold_max < <(summary_ms <"$work/cold.txt")
 read -r rest_med rest_min rest_max < <(summary_ms <"$work/restored.txt")
@@ -161,4 +161,4 @@ echo "   cold boot to first response:            median $cold_med ms (min $cold_
 echo "   restore (fresh process) to first response: median $rest_med ms (min $rest_min, max $rest_max)"
 awk -v c="$cold_med" -v r="$rest_med" 'BEGIN {printf "   ratio of medians: %.1fx\n", c / r}'
 echo "   lambda-vm VMM-side restore (load call to vCPUs running), median: $(median <"$work/vmm-restore.txt") ms"
-grep -E "^(REPORT|lambda-vm: microVM restored)" "$work/restored.log" | head -2 | sed 's/^/   /'
+grep -E "(] REPORT|^lambda-vm: [^ ]+: microVM restored)" "$work/restored.log" | head -2 | sed 's/^/   /'

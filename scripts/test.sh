@@ -23,8 +23,11 @@ export BOOTSTRAP_BIN
 
 step "guest kernel (scripts/build-kernel.sh; cached after the first build)"
 GUEST_VMLINUX="$(scripts/build-kernel.sh | tail -n1)"
-step "example initramfs (scripts/build-rootfs.sh)"
-GUEST_INITRAMFS="$(scripts/build-rootfs.sh bootstrap/examples/shell-worker | tail -n1)"
+step "the shell worker example's images (scripts/build-rootfs.sh; vmm/README.md's examples)"
+shell_images="$(scripts/build-rootfs.sh bootstrap/examples/shell-worker --ext4)"
+GUEST_INITRAMFS="$(head -n1 <<<"$shell_images")"
+GUEST_SHELL_ROOTFS="$(tail -n1 <<<"$shell_images")"
+export GUEST_SHELL_ROOTFS
 step "the echo function's ext4 image, for the microVM tests"
 echo_function="$(stage_rust_echo_function)"
 GUEST_ROOTFS="$(scripts/build-rootfs.sh "$echo_function" --ext4 | tail -n1)"
@@ -47,6 +50,9 @@ export GUEST_NET_SNAPSTART_ROOTFS GUEST_NET_SNAPSTART_FUNCTION_CONFIG
 
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "no import circles between the vmm's files (scripts/import-cycles.py)"
+scripts/import-cycles.py vmm/src
 
 step "tests"
 cargo test --workspace

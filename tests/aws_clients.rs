@@ -14,10 +14,5 @@ fn boto3_and_the_aws_cli_get_lambdas_answers_from_lambda_local() {
     let Some(server) = LocalServer::start(&launch, &[]) else {
         return;
     };
-    aws_clients::check(
-        "boto3_and_the_aws_cli_get_lambdas_answers_from_lambda_local",
-        &server.invoke_addr,
-        "function",
-        aws_clients::Service::Local,
-    );
+    aws_clients::check(&server.invoke_addr, "function", aws_clients::Service::Local);
 }

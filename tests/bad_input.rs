@@ -341,9 +341,13 @@ fn callers_that_hung_up_neither_run_nor_hold_a_place() {
     assert_eq!(real.status, 200, "{}", real.text());
     assert_eq!(real.text(), r#"{"real":"caller"}"#);
     assert_eq!(busy.join().unwrap().status, 200);
-    // Had any of the 140 been queued, it would start after the real caller's invocation.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(server.count_logs("START"), 2, "{:#?}", server.logs());
+    // Had any of the 140 been queued, it would start before a caller that comes after them all:
+    // by the time that caller is answered, only its own invocation has been added.
+    let last = server.invoke(&json!({"last": "caller"}));
+    assert_eq!(last.status, 200, "{}", last.text());
+    // Its REPORT follows its START (and any earlier START) in the server's output.
+    server.report_for(&last.id());
+    assert_eq!(server.count_logs("START"), 3, "{:#?}", server.logs());
     still_serves(&mut server);
 }
 

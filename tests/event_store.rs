@@ -39,8 +39,7 @@ impl Tmpfs {
     fn mount(test: &str, size: &str) -> Option<Tmpfs> {
         // SAFETY: geteuid(2) has no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
-            skip(test, "mounting a small tmpfs to fill needs root");
-            return None;
+            skip!(return None; "{test}: mounting a small tmpfs to fill needs root");
         }
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("mount")

@@ -1,6 +1,7 @@
 //! `lambda-vm` killed with SIGKILL, then started again (another process, another pid) on the
-//! same state directory, on real KVM (one boot, for the SnapStart snapshot; then restores): the second start removes everything the dead service left
-//! on the host (its jail slot's cgroups, its environments' networks, its claims; its `vmm`s die
+//! same state and work directories, on real KVM (one boot, for the SnapStart snapshot; then
+//! restores): the second start removes everything the dead service left
+//! on the host (its jail cgroups, its environments' networks, its claims; its `vmm`s die
 //! with it), and the asynchronous events the dead service had accepted run in the new one's
 //! environments as they free, without a throttle.
 //!
@@ -10,23 +11,15 @@
 
 use integration_tests::server::LocalServer;
 use integration_tests::{
-    guest_artifact, guest_line, have_kvm, host_binary, process_gone, skip, wait_until,
+    guest_artifact, guest_line, host_binary, jail_cgroups_of, process_gone, require_kvm,
+    skip_unless, wait_until,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const JAIL_CLAIMS: &str = "/run/lambda-vm/jail";
 const NET_CLAIMS: &str = "/run/lambda-vm/net";
-const CGROUP_PARENTS: [&str; 3] = [
-    "/sys/fs/cgroup/memory/lambda-vm",
-    "/sys/fs/cgroup/pids/lambda-vm",
-    "/sys/fs/cgroup/cpu/lambda-vm",
-];
-/// As `lambda-vm`'s jail numbers its users and cgroups.
-const ID_BASE: u32 = 1_000_000;
-const IDS_PER_SERVICE: u32 = 65_536;
 
 /// The slots claimed in `dir` by process `pid`.
 fn claims_of(dir: &str, pid: u32) -> Vec<u32> {
@@ -39,22 +32,6 @@ fn claims_of(dir: &str, pid: u32) -> Vec<u32> {
                 .is_ok_and(|owner| owner.split_whitespace().next() == Some(&pid.to_string()))
         })
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// The cgroups of jail slot `slot`.
-fn cgroups_of(slot: u32) -> Vec<PathBuf> {
-    let ids = ID_BASE + slot * IDS_PER_SERVICE..ID_BASE + (slot + 1) * IDS_PER_SERVICE;
-    CGROUP_PARENTS
-        .iter()
-        .flat_map(|parent| std::fs::read_dir(parent).into_iter().flatten().flatten())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|id| ids.contains(&id))
-        })
-        .map(|e| e.path())
         .collect()
 }
 
@@ -95,15 +72,10 @@ fn vmm_pids(server: &LocalServer) -> Vec<u32> {
 
 #[test]
 fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
-    const TEST: &str = "a_killed_service_leaves_nothing_and_its_events_run_in_the_next";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     // SAFETY: geteuid(2) has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(TEST, "the jail, its cgroups and the networks need root");
-        return;
-    }
+    let root = unsafe { libc::geteuid() } == 0;
+    skip_unless!(root, "the jail, its cgroups and the networks need root");
     let (Some(kernel), Some(rootfs), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_SNAPSTART_ROOTFS"),
@@ -154,11 +126,9 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     });
     let pid = first.pid();
     let vmms = vmm_pids(&first);
-    let jail_slots = claims_of(JAIL_CLAIMS, pid);
     let net_slots = claims_of(NET_CLAIMS, pid);
-    assert_eq!(jail_slots.len(), 1, "the service claims one jail slot");
     assert!(!vmms.is_empty());
-    assert!(!cgroups_of(jail_slots[0]).is_empty(), "its vmm has cgroups");
+    assert!(!jail_cgroups_of(pid).is_empty(), "its vmm has cgroups");
     for slot in &net_slots {
         assert_eq!(network_of(*slot).len(), 3, "slot {slot}");
     }
@@ -182,11 +152,10 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     second.wait_for_error_line(Duration::from_secs(60), |l| l == "lambda-vm: ready");
     assert_ne!(second.pid(), pid);
     // Before it listens, the second has removed what the first left.
-    assert_eq!(cgroups_of(jail_slots[0]), Vec::<PathBuf>::new());
+    assert_eq!(jail_cgroups_of(pid), Vec::<PathBuf>::new());
     for slot in &net_slots {
         assert_eq!(network_of(*slot), Vec::<String>::new(), "slot {slot}");
     }
-    assert_eq!(claims_of(JAIL_CLAIMS, pid), Vec::<u32>::new());
     assert_eq!(claims_of(NET_CLAIMS, pid), Vec::<u32>::new());
 
     // The events the first had not run wait for the second's one environment (reserved
@@ -208,15 +177,11 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
 
     // A stop leaves nothing either: no claim, no cgroup, no network.
     let second_pid = second.pid();
-    let second_slots = claims_of(JAIL_CLAIMS, second_pid);
     let second_nets = claims_of(NET_CLAIMS, second_pid);
     let status = second.terminate(Duration::from_secs(120)).expect("stopped");
     assert!(status.success(), "{status:?}");
-    assert_eq!(claims_of(JAIL_CLAIMS, second_pid), Vec::<u32>::new());
     assert_eq!(claims_of(NET_CLAIMS, second_pid), Vec::<u32>::new());
-    for slot in second_slots {
-        assert_eq!(cgroups_of(slot), Vec::<PathBuf>::new());
-    }
+    assert_eq!(jail_cgroups_of(second_pid), Vec::<PathBuf>::new());
     for slot in second_nets {
         assert_eq!(network_of(slot), Vec::<String>::new());
     }

@@ -16,7 +16,7 @@
 //! Needs root (the jail), `/dev/kvm` and the guest artefacts (scripts/test.sh builds them).
 
 use integration_tests::server::LocalServer;
-use integration_tests::{guest_artifact, have_kvm, host_binary, skip};
+use integration_tests::{guest_artifact, host_binary, require_kvm, skip_unless};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -44,10 +44,9 @@ fn idle_pids(server: &LocalServer, function: &str) -> Vec<u32> {
 /// A `Key:` line of /proc/<pid>/status, its fields.
 fn status_field(pid: u32, key: &str) -> Vec<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+    proc_info::status_field(&text, key)
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .split_whitespace()
+        .into_iter()
         .map(str::to_owned)
         .collect()
 }
@@ -133,14 +132,9 @@ fn inject_syscall(pid: u32, nr: libc::c_long) {
 
 #[test]
 fn jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter() {
-    const TEST: &str = "jailed_vmms_see_only_their_files_and_die_by_sigsys_outside_their_filter";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && skip(TEST, "the jail needs root") {
-        return;
-    }
+    skip_unless!(unsafe { libc::geteuid() } == 0, "the jail needs root");
     let (Some(kernel), Some(image), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_SNAPSTART_ROOTFS"),

@@ -15,7 +15,7 @@
 use integration_tests::aws_clients;
 use integration_tests::server::LocalServer;
 use integration_tests::{
-    epoch_ms, guest_artifact, guest_line, have_kvm, host_binary, require, says,
+    epoch_ms, guest_artifact, guest_line, host_binary, require, require_kvm, says,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -26,9 +26,7 @@ use std::time::Duration;
 /// environment replaced), runs out of memory (`Runtime.OutOfMemory`), and powers off.
 #[test]
 fn a_function_in_a_microvm_answers_fails_and_powers_off() {
-    if !have_kvm("a_function_in_a_microvm_answers_fails_and_powers_off") {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(rootfs), Some(service)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_ROOTFS"),
@@ -98,12 +96,7 @@ fn a_function_in_a_microvm_answers_fails_and_powers_off() {
 
     // The AWS SDK and CLI see Lambda's answers from the microVM too (Tail logs come over the
     // host link).
-    aws_clients::check(
-        "a_function_in_a_microvm_answers_fails_and_powers_off",
-        &server.invoke_addr,
-        "rust-echo",
-        aws_clients::Service::Host,
-    );
+    aws_clients::check(&server.invoke_addr, "rust-echo", aws_clients::Service::Host);
     // (Its `Event` invoke runs beside the others, so it may have scaled out to a second
     // environment.)
 
@@ -208,12 +201,11 @@ fn restored(server: &LocalServer) {
 /// loads is discarded and taken again, and the invoke still succeeds.
 #[test]
 fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
-    const TEST: &str = "snapstart_snapshots_once_and_restores_unique_guests_concurrently";
-    if !have_kvm(TEST) {
-        return;
-    }
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshots");
-    let _ = std::fs::remove_dir_all(&root);
+    require_kvm!();
+    let snapshot_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("snapstart-snapshots");
+    let _ = std::fs::remove_dir_all(&snapshot_dir);
+    // One subdirectory per function.
+    let root = snapshot_dir.join("rust-echo-snap-start");
 
     // The first service boots, lets init run to restore/next, snapshots, and serves from a
     // restored copy.
@@ -370,10 +362,7 @@ fn pids(status: &serde_json::Value, function: &str, state: &str) -> Vec<u32> {
 /// down without leaving a process, and routing goes by name, `name:$LATEST` and ARN.
 #[test]
 fn a_function_host_scales_out_throttles_provisions_and_tears_down() {
-    const TEST: &str = "a_function_host_scales_out_throttles_provisions_and_tears_down";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(rootfs), Some(config), Some(snap_rootfs), Some(snap_config)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_ROOTFS"),

@@ -13,7 +13,9 @@
 //! the reason printed, only where /dev/kvm is absent; under CI that fails.
 
 use integration_tests::server::LocalServer;
-use integration_tests::{guest_artifact, have_kvm, host_binary, process_gone, require, wait_until};
+use integration_tests::{
+    guest_artifact, host_binary, process_gone, require, require_kvm, wait_until,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -229,11 +231,7 @@ fn assert_refused(result: &Value) {
 /// removes it.
 #[test]
 fn a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swept() {
-    const TEST: &str =
-        "a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swept";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let (Some(rootfs), Some(config)) = (
         guest_artifact("GUEST_NET_ROOTFS"),
         guest_artifact("GUEST_NET_FUNCTION_CONFIG"),
@@ -304,11 +302,7 @@ fn a_booted_function_fetches_from_the_host_and_a_killed_services_network_is_swep
 /// of the networks is left.
 #[test]
 fn restored_environments_each_fetch_cannot_reach_each_other_and_stale_connections_fail_fast() {
-    const TEST: &str =
-        "restored_environments_each_fetch_cannot_reach_each_other_and_stale_connections_fail_fast";
-    if !have_kvm(TEST) {
-        return;
-    }
+    require_kvm!();
     let (Some(rootfs), Some(config)) = (
         guest_artifact("GUEST_NET_SNAPSTART_ROOTFS"),
         guest_artifact("GUEST_NET_SNAPSTART_FUNCTION_CONFIG"),

@@ -6,7 +6,7 @@
 
 use integration_tests::peers::Launch;
 use integration_tests::server::LocalServer;
-use integration_tests::{skip, target_dir, workspace_root};
+use integration_tests::{ok_or_skip, target_dir, workspace_root};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::Read;
@@ -22,21 +22,21 @@ const RUST_HANDLER: &str = "bootstrap/examples/rust-handler";
 /// Lambda's limit for a zip uploaded directly, as the script enforces it by default.
 const MAX_ZIPPED: u64 = 50 * 1024 * 1024;
 
-/// Whether the tools the packager and these tests use are installed; otherwise [`skip`]s.
-fn have_tools(test: &str) -> bool {
+/// Whether the tools the packager and these tests use are installed; `Err` names one that is
+/// not.
+fn tools() -> Result<(), String> {
     for tool in ["python3", "unzip", "strip"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            return skip(
-                test,
-                &format!("{tool} is not installed (scripts/test.sh installs it)"),
-            );
+            return Err(format!(
+                "{tool} is not installed (scripts/test.sh installs it)"
+            ));
         }
     }
-    true
+    Ok(())
 }
 
 fn example(relative: &str) -> PathBuf {
@@ -136,10 +136,8 @@ fn assert_context(context: &Value, reply_id: Option<&str>, function_name: &str) 
     );
 }
 
-fn worker_package_serves(test: &str, example_dir: &str, error_type: &str) {
-    if !have_tools(test) {
-        return;
-    }
+fn worker_package_serves(example_dir: &str, error_type: &str) {
+    ok_or_skip!(tools());
     let out = TempDir::new().unwrap();
     let zip = package(&example(example_dir), &out.path().join("function.zip"));
     let unpacked = Unpacked::new(&zip);
@@ -174,16 +172,12 @@ fn worker_package_serves(test: &str, example_dir: &str, error_type: &str) {
 
 #[test]
 fn shell_worker_package_runs_as_on_lambda() {
-    let test = "shell_worker_package_runs_as_on_lambda";
-    worker_package_serves(test, SHELL_WORKER, "ShellError");
+    worker_package_serves(SHELL_WORKER, "ShellError");
 }
 
 #[test]
 fn shell_worker_sees_the_task_root_and_handler_of_the_package() {
-    let test = "shell_worker_sees_the_task_root_and_handler_of_the_package";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     let out = TempDir::new().unwrap();
     let zip = package(&example(SHELL_WORKER), &out.path().join("shell.zip"));
     let unpacked = Unpacked::new(&zip);
@@ -200,16 +194,12 @@ fn shell_worker_sees_the_task_root_and_handler_of_the_package() {
 
 #[test]
 fn python_worker_package_runs_as_on_lambda() {
-    let test = "python_worker_package_runs_as_on_lambda";
-    worker_package_serves(test, PYTHON_WORKER, "RuntimeError");
+    worker_package_serves(PYTHON_WORKER, "RuntimeError");
 }
 
 #[test]
 fn rust_handler_package_serves_typed_events() {
-    let test = "rust_handler_package_serves_typed_events";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     let out = TempDir::new().unwrap();
     let zip = package(&example(RUST_HANDLER), &out.path().join("rust.zip"));
     let unpacked = Unpacked::new(&zip);
@@ -270,10 +260,7 @@ fn zip_listing(zip: &Path) -> String {
 
 #[test]
 fn packages_are_byte_identical_across_builds() {
-    let test = "packages_are_byte_identical_across_builds";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     let out = TempDir::new().unwrap();
     for dir in [SHELL_WORKER, PYTHON_WORKER, RUST_HANDLER] {
         let source = example(dir);
@@ -332,10 +319,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 
 #[test]
 fn an_oversized_package_is_refused_and_leaves_no_zip() {
-    let test = "an_oversized_package_is_refused_and_leaves_no_zip";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     let out = TempDir::new().unwrap();
     let zip = out.path().join("function.zip");
     let ok = package(&example(SHELL_WORKER), &zip);
@@ -370,10 +354,7 @@ fn an_oversized_package_is_refused_and_leaves_no_zip() {
 
 #[test]
 fn a_package_over_lambdas_50_mb_is_refused() {
-    let test = "a_package_over_lambdas_50_mb_is_refused";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     let function = TempDir::new().unwrap();
     copy_reversed(&example(SHELL_WORKER), function.path());
     // Random bytes do not compress, so the zip is as large as the file.
@@ -397,10 +378,7 @@ fn a_package_over_lambdas_50_mb_is_refused() {
 
 #[test]
 fn a_worker_package_needs_its_handler_as_an_executable() {
-    let test = "a_worker_package_needs_its_handler_as_an_executable";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     let function = TempDir::new().unwrap();
     copy_reversed(&example(SHELL_WORKER), function.path());
     let out = TempDir::new().unwrap();
@@ -437,10 +415,7 @@ fn a_worker_package_needs_its_handler_as_an_executable() {
 
 #[test]
 fn a_dynamically_linked_bootstrap_is_refused() {
-    let test = "a_dynamically_linked_bootstrap_is_refused";
-    if !have_tools(test) {
-        return;
-    }
+    ok_or_skip!(tools());
     // The test profile's `bootstrap` links glibc dynamically: it would not start on an image
     // with another glibc, so it must never reach a package.
     let Some(dynamic) = integration_tests::require(

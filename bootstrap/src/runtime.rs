@@ -33,8 +33,10 @@ enum Stop {
 ///
 /// `init` runs once; its failure is reported to `init/error`. Then the loop serves invocations
 /// until the Runtime API is unreachable, and the returned code is always a failure: a runtime has
-/// no reason to stop on its own.
+/// no reason to stop on its own. The runtime's own diagnostics are `log` lines, written to
+/// stderr as `bootstrap: LEVEL message` unless the program installed a `log` backend first.
 pub fn run<F: Function>(init: impl FnOnce() -> Result<F, HandlerError>) -> ExitCode {
+    logging::init("bootstrap", log::LevelFilter::Info);
     match Client::from_env() {
         Ok(client) => run_with_client(&client, init),
         Err(e) => {
@@ -49,6 +51,7 @@ pub fn run_with_client<F: Function>(
     client: &Client,
     init: impl FnOnce() -> Result<F, HandlerError>,
 ) -> ExitCode {
+    logging::init("bootstrap", log::LevelFilter::Info);
     match serve(client, init) {
         Ok(never) => match never {},
         Err(stop) => {
@@ -164,5 +167,5 @@ fn report(result: Result<(), Error>, what: &str) {
 }
 
 fn log(message: std::fmt::Arguments<'_>) {
-    eprintln!("bootstrap: {message}");
+    log::warn!("{message}");
 }

@@ -115,15 +115,6 @@ pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// A process's start time (clock ticks after boot) from its `/proc/<pid>/stat` text: with the
-/// pid, it names a process for good, where a pid alone may be reused.
-pub fn start_time(stat: &str) -> Option<u64> {
-    // The command name may hold spaces and parentheses; the fields after its last `)` are
-    // fixed, and the start time is the 22nd field of the line (the 20th after the name).
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,14 +183,5 @@ mod tests {
         assert_eq!(keyed_value(text, "max"), None);
         assert_eq!(keyed_value("max 12\n", "max"), Some(12));
         assert_eq!(keyed_value("max lots\n", "max"), None);
-    }
-
-    #[test]
-    fn start_time_survives_odd_command_names() {
-        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
-        assert_eq!(start_time(stat), Some(987_654));
-        assert_eq!(start_time("42 (short) S 1"), None);
-        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-        assert!(start_time(&own).is_some(), "{own}");
     }
 }

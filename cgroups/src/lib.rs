@@ -1,18 +1,25 @@
-//! A cgroup per confined process tree (a local sandbox's runtime): its memory and process limits, its own memory accounting, and a
-//! kill that reaches every process it holds, `setsid()` or not.
+//! A cgroup per confined process tree: its memory, process and CPU limits, its own memory
+//! accounting, and a kill that reaches every process it holds, `setsid()` or not.
 //!
-//! On Lambda each execution environment is a cgroup; on a host, `lambda-local` gives each
-//! runtime process (each generation of the environment) a fresh one, made as a child of the
-//! server's own cgroup, so that the host's accounting of the server still covers its
-//! functions. cgroup v2 is used where the server's cgroup can hand `memory` and `pids` to
-//! children; otherwise the v1 `memory` and `pids` hierarchies (and `freezer`, when mounted, to
-//! stop forks during a kill). Inside a microVM the VM is the sandbox and none of this is used.
+//! On Lambda each execution environment is a cgroup. On a host, `lambda-local` gives each
+//! runtime process (each generation of a local sandbox) a fresh one, and `lambda-vm` gives one
+//! to each jailed `vmm`. Each is made as a child of the server's own cgroup, so that the host's
+//! accounting of the server still covers what it runs. cgroup v2 is used where the server's
+//! cgroup can hand `memory` and `pids` (and `cpu`, when it has it) to children; otherwise the
+//! v1 `memory` and `pids` hierarchies, `cpu` when mounted, and `freezer` when mounted, to stop
+//! forks during a kill.
 //!
-//! A cgroup's name says which server made it, `rapid-<pid>-<start time>-<n>`, so that a server
-//! starting up can tell the leftovers of one that crashed from the live cgroups of its peers.
+//! A process joins a cgroup by writing to each of its directories' `cgroup.procs`: a child the
+//! server starts does it itself, between fork and exec ([`Cgroup::procs_files`]) or first thing
+//! ([`join`]), so that everything it starts is born inside.
+//!
+//! A cgroup's name says which server made it, `<server>-<pid>-<start time>-<n>` (the server's
+//! [`proc_info::Identity`]), so that a server starting up can tell the leftovers of one that
+//! crashed from the live cgroups of its peers.
 
 mod host;
 
+use proc_info::Identity;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -23,8 +30,35 @@ use std::time::{Duration, Instant};
 /// Lambda's limit on processes and threads in one execution environment.
 pub const MAX_PROCESSES: u32 = 1024;
 
-/// The prefix of every cgroup this module makes.
-const PREFIX: &str = "rapid-";
+/// What one cgroup may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory, in bytes; nothing may be swapped out beyond it.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub max_processes: u32,
+    /// CPU time, where the host has the `cpu` controller ([`Cgroups::has_cpu`]); `None`: as
+    /// much as the host gives.
+    pub cpu: Option<CpuQuota>,
+}
+
+/// `quota_us` of CPU time in every `period_us` (so `quota_us / period_us` CPUs' worth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+impl Limits {
+    /// A Lambda execution environment's: `memory_mb` MiB and [`MAX_PROCESSES`].
+    pub fn sandbox(memory_mb: u32) -> Limits {
+        Limits {
+            memory_bytes: u64::from(memory_mb) << 20,
+            max_processes: MAX_PROCESSES,
+            cpu: None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {action} {}: {source}", path.display())]
@@ -76,7 +110,7 @@ const V2_FILES: Files = Files {
     oom_key: "oom_kill",
 };
 
-/// Where this server makes its sandboxes' cgroups. Made once, at start ([`Cgroups::detect`]).
+/// Where this server makes its cgroups. Made once, at start ([`Cgroups::detect`]).
 #[derive(Debug)]
 pub struct Cgroups {
     version: Version,
@@ -84,7 +118,12 @@ pub struct Cgroups {
     parents: Vec<PathBuf>,
     /// The v1 `freezer` parent, when that hierarchy is mounted.
     freezer: Option<PathBuf>,
-    /// `rapid-<pid>-<start time>-`: this server's names.
+    /// Where the CPU limits go, when the host has the controller: the v1 `cpu` parent, or
+    /// (v2) the one parent.
+    cpu: Option<PathBuf>,
+    /// `<server>-`: the names of every server of this kind.
+    prefix: String,
+    /// `<server>-<pid>-<start time>-`: this server's names.
     own_prefix: String,
 }
 
@@ -93,21 +132,24 @@ pub struct Cgroups {
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 impl Cgroups {
-    /// Finds where sandboxes can be confined on this host: v2 first, then v1. The error says
-    /// why neither can be used.
-    pub fn detect() -> Result<Cgroups, String> {
+    /// Finds where processes can be confined on this host: v2 first, then v1. `server` names
+    /// the kind of server (`rapid`, `lambda-vm`), the first part of its cgroups' names. The
+    /// error says why neither version can be used.
+    pub fn detect(server: &str) -> Result<Cgroups, String> {
         let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
         let mounts = host::mounts(&read("/proc/self/mountinfo")?);
         let own = read("/proc/self/cgroup")?;
-        let stat = read("/proc/self/stat")?;
-        let start = host::start_time(&stat).ok_or("/proc/self/stat has no start time")?;
-        let own_prefix = format!("{PREFIX}{}-{start}-", std::process::id());
+        let identity = Identity::of_this_process().map_err(|e| e.to_string())?;
+        let prefix = format!("{server}-");
+        let own_prefix = format!("{prefix}{identity}-");
         let v2 = match v2_parent(&mounts, &own) {
-            Ok(parent) => {
+            Ok((parent, has_cpu)) => {
                 return Ok(Cgroups {
                     version: Version::V2,
+                    cpu: has_cpu.then(|| parent.clone()),
                     parents: vec![parent],
                     freezer: None,
+                    prefix,
                     own_prefix,
                 })
             }
@@ -126,6 +168,8 @@ impl Cgroups {
                 version: Version::V1,
                 parents: vec![memory, pids],
                 freezer: v1("freezer").ok(),
+                cpu: v1("cpu").ok(),
+                prefix,
                 own_prefix,
             }),
             (memory, pids) => {
@@ -142,7 +186,14 @@ impl Cgroups {
         self.version
     }
 
-    /// `cgroup v1 (memory /sys/fs/cgroup/memory/x, pids ..., freezer ...)`, for the start line.
+    /// Whether [`Limits::cpu`] is applied here.
+    pub fn has_cpu(&self) -> bool {
+        self.cpu.is_some()
+    }
+
+    /// `cgroup v1 (memory /sys/fs/cgroup/memory/x, pids ..., freezer ..., cpu ...)` or
+    /// `cgroup v2 with cpu (/sys/fs/cgroup/x)`, for the start line: the directories in the
+    /// parentheses are where the cgroups are made.
     pub fn describe(&self) -> String {
         let mut places: Vec<String> = match self.version {
             Version::V2 => vec![self.parents[0].display().to_string()],
@@ -155,22 +206,31 @@ impl Cgroups {
         if let Some(freezer) = &self.freezer {
             places.push(format!("freezer {}", freezer.display()));
         }
-        let version = match self.version {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
+        let version = match (self.version, &self.cpu) {
+            (Version::V1, Some(cpu)) => {
+                places.push(format!("cpu {}", cpu.display()));
+                "v1"
+            }
+            (Version::V1, None) => "v1",
+            (Version::V2, Some(_)) => "v2 with cpu",
+            (Version::V2, None) => "v2",
         };
         format!("cgroup {version} ({})", places.join(", "))
     }
 
-    /// A new, empty cgroup limited to `memory_mb` MiB (no swap) and [`MAX_PROCESSES`]. On
-    /// failure, nothing of it is left.
+    /// A new, empty cgroup for a sandbox: [`Limits::sandbox`].
     pub fn create(&self, memory_mb: u32) -> Result<Cgroup, CgroupError> {
+        self.create_with(&Limits::sandbox(memory_mb))
+    }
+
+    /// A new, empty cgroup with `limits`. On failure, nothing of it is left.
+    pub fn create_with(&self, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dirs = self.dirs(&format!("{}{n}", self.own_prefix));
         let made = dirs
             .all()
             .try_for_each(|dir| std::fs::create_dir(dir).map_err(error("create", dir)))
-            .and_then(|()| limit_and_open(&dirs, memory_mb));
+            .and_then(|()| limit_and_open(&dirs, limits));
         match made {
             Ok(counters) => Ok(Cgroup { dirs, counters }),
             Err(e) => {
@@ -185,14 +245,15 @@ impl Cgroups {
             version: self.version,
             list: self.parents.iter().map(|p| p.join(name)).collect(),
             freezer: self.freezer.as_ref().map(|p| p.join(name)),
+            cpu: self.cpu.as_ref().map(|p| p.join(name)),
         }
     }
 
-    /// Kills and removes the cgroups left by servers that are gone (crashed, killed): their
-    /// functions' orphans (a `setsid` child survives its runtime) die with them. Returns the
-    /// names removed. The cgroups of live servers are left alone.
+    /// Kills and removes the cgroups left by servers of this kind that are gone (crashed,
+    /// killed): what they started (a `setsid` child survives its runtime) dies with them.
+    /// Returns the names removed. The cgroups of live servers are left alone.
     pub fn clean_leftovers(&self) -> Vec<String> {
-        self.remove_where(|name| !owner_alive(name))
+        self.remove_where(|name| !owner_alive(&name[self.prefix.len()..]))
     }
 
     /// Kills and removes every cgroup this server made, for when it stops: a reset's cgroup
@@ -206,14 +267,15 @@ impl Cgroups {
             .collect()
     }
 
-    /// The names of the `rapid-` cgroups under the parent (this server's and its peers').
-    fn names(&self) -> impl Iterator<Item = String> {
+    /// The names of the cgroups of servers of this kind under the parent (this server's and
+    /// its peers').
+    fn names(&self) -> impl Iterator<Item = String> + '_ {
         std::fs::read_dir(&self.parents[0])
             .into_iter()
             .flatten()
             .flatten()
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(PREFIX))
+            .filter(|name| name.starts_with(&self.prefix))
     }
 
     fn remove_where(&self, remove: impl Fn(&str) -> bool) -> Vec<String> {
@@ -225,8 +287,9 @@ impl Cgroups {
 }
 
 /// The v2 parent: the server's own cgroup, if it has `memory` and `pids` and can hand them to
-/// children (which v2 allows only to a cgroup with no processes of its own, or the root).
-fn v2_parent(mounts: &[host::Mount], own: &str) -> Result<PathBuf, String> {
+/// children (which v2 allows only to a cgroup with no processes of its own, or the root); and
+/// whether it hands `cpu` to them too (where it has that controller).
+fn v2_parent(mounts: &[host::Mount], own: &str) -> Result<(PathBuf, bool), String> {
     let mount = host::v2_mount(mounts).ok_or("no v2 hierarchy is mounted")?;
     let path = host::own_path(own, None).ok_or("/proc/self/cgroup names no v2 cgroup")?;
     let dir = host::directory(mount, &path);
@@ -244,22 +307,24 @@ fn v2_parent(mounts: &[host::Mount], own: &str) -> Result<PathBuf, String> {
             }
         ));
     }
-    let enabled = read("cgroup.subtree_control");
-    if has(&enabled, "memory") && has(&enabled, "pids") {
-        return Ok(dir);
-    }
     let control = dir.join("cgroup.subtree_control");
-    write(&control, "+memory +pids")
-        .map(|()| dir)
-        .map_err(|e| format!("{e} (run the server in a cgroup of its own, delegated to it)"))
+    let enabled = read("cgroup.subtree_control");
+    if !has(&enabled, "memory") || !has(&enabled, "pids") {
+        write(&control, "+memory +pids")
+            .map_err(|e| format!("{e} (run the server in a cgroup of its own, delegated to it)"))?;
+    }
+    // CPU limits are a bonus: a host that cannot hand `cpu` down still confines memory.
+    let has_cpu =
+        has(&enabled, "cpu") || (has(&available, "cpu") && write(&control, "+cpu").is_ok());
+    Ok((dir, has_cpu))
 }
 
 /// Sets a new cgroup's limits and opens the counters read once per invocation.
-fn limit_and_open(dirs: &Dirs, memory_mb: u32) -> Result<Counters, CgroupError> {
+fn limit_and_open(dirs: &Dirs, limits: &Limits) -> Result<Counters, CgroupError> {
     let files = dirs.files();
     let memory = &dirs.list[0];
     let pids = dirs.list.last().unwrap_or(memory);
-    let bytes = (u64::from(memory_mb) << 20).to_string();
+    let bytes = limits.memory_bytes.to_string();
     write(&memory.join(files.memory_limit), &bytes)?;
     let swap = memory.join(files.swap_limit);
     // Without swap accounting the file is absent, and there is no swap to limit. v1's limit
@@ -271,7 +336,19 @@ fn limit_and_open(dirs: &Dirs, memory_mb: u32) -> Result<Counters, CgroupError> 
         };
         write(&swap, swap_value)?;
     }
-    write(&pids.join("pids.max"), &MAX_PROCESSES.to_string())?;
+    write(&pids.join("pids.max"), &limits.max_processes.to_string())?;
+    if let (Some(cpu), Some(quota)) = (&dirs.cpu, limits.cpu) {
+        match dirs.version {
+            Version::V1 => {
+                write(&cpu.join("cpu.cfs_period_us"), &quota.period_us.to_string())?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.quota_us.to_string())?;
+            }
+            Version::V2 => {
+                let max = format!("{} {}", quota.quota_us, quota.period_us);
+                write(&cpu.join("cpu.max"), &max)?;
+            }
+        }
+    }
     let open = |path: PathBuf| File::open(&path).map_err(error("open", &path));
     Ok(Counters {
         peak: open(memory.join(files.peak))?,
@@ -294,21 +371,23 @@ fn writable(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Whether the server that made cgroup `name` (`rapid-<pid>-<start>-<n>`) is still running.
-/// A name that is not ours to parse is treated as alive: never remove what we cannot account
-/// for.
-fn owner_alive(name: &str) -> bool {
-    let mut parts = name.trim_start_matches(PREFIX).split('-');
-    let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+/// Whether the server that made a cgroup is still running, from the name's part after the
+/// server's kind: `<pid>-<start>-<n>`. A name that is not ours to parse is treated as alive:
+/// never remove what we cannot account for.
+fn owner_alive(identity_and_n: &str) -> bool {
+    let Some((identity, n)) = identity_and_n.rsplit_once('-') else {
         return true;
     };
-    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
-        return true;
-    };
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => host::start_time(&stat) == Some(start),
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    match (identity.parse::<Identity>(), n.parse::<u64>()) {
+        (Ok(owner), Ok(_)) => owner.is_running(),
+        _ => true,
     }
+}
+
+/// Moves the calling process into the cgroup directory `dir` (one of [`Cgroup::dirs`]).
+pub fn join(dir: &Path) -> Result<(), CgroupError> {
+    // `0` is the writer itself, whatever its pid is in the namespace it is in.
+    write(&dir.join("cgroup.procs"), "0")
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -322,11 +401,15 @@ struct Dirs {
     /// v2: the cgroup; v1: `memory`, then `pids`.
     list: Vec<PathBuf>,
     freezer: Option<PathBuf>,
+    /// Where the CPU limits are: v1, a directory of its own; v2, the cgroup.
+    cpu: Option<PathBuf>,
 }
 
 impl Dirs {
+    /// Every directory of the cgroup, each once.
     fn all(&self) -> impl Iterator<Item = &PathBuf> {
-        self.list.iter().chain(&self.freezer)
+        let v1_cpu = self.cpu.iter().filter(|_| self.version == Version::V1);
+        self.list.iter().chain(&self.freezer).chain(v1_cpu)
     }
 
     fn files(&self) -> &'static Files {
@@ -427,7 +510,8 @@ struct Counters {
 }
 
 /// One sandbox's cgroup: made empty by [`Cgroups::create`], joined by the runtime as it
-/// starts ([`Cgroup::procs_files`]), killed and removed as a whole when the sandbox is reset.
+/// starts ([`Cgroup::procs_files`], [`join`]), killed and removed as a whole when the sandbox
+/// is reset.
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Dirs,
@@ -438,6 +522,12 @@ impl Cgroup {
     /// The main directory (v1: the `memory` one), for messages.
     pub fn path(&self) -> &Path {
         &self.dirs.list[0]
+    }
+
+    /// Every directory of the cgroup (one per hierarchy): a process joins the cgroup by
+    /// joining each ([`join`]).
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.dirs.all().map(PathBuf::as_path)
     }
 
     /// Every `cgroup.procs` of the cgroup, opened for writing: a process that writes `0` to

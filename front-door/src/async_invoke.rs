@@ -9,8 +9,8 @@
 
 use crate::event_store::{EventStore, StoreError};
 use crate::invoker::Invoker;
+use logging::Chain;
 use proto::invoke::{Invocation, InvokeError, Outcome};
-use proto::log::error_chain;
 use proto::time;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -218,7 +218,7 @@ impl<I: Invoker> AsyncQueue<I> {
             // Left in the store: the next start tries again.
             Err(e) => self.sandbox.log(&format!(
                 "rapid: the stored asynchronous invocation {request_id} cannot be read: {}",
-                error_chain(&e)
+                Chain(&e)
             )),
         }
     }
@@ -243,7 +243,7 @@ impl<I: Invoker> AsyncQueue<I> {
                 if let Err(e) = removed {
                     queue.sandbox.log(&format!(
                         "rapid: an asynchronous invocation's outcome could not be stored: {}",
-                        error_chain(&e)
+                        Chain(&e)
                     ));
                 }
             }

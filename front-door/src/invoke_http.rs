@@ -131,7 +131,7 @@ impl<I: Invoker> Endpoint<I> {
                     http::service_error(429, error_type::TOO_MANY_REQUESTS, &e.to_string())
                 }
                 Err(e) => {
-                    let message = proto::log::error_chain(&e);
+                    let message = logging::Chain(&e).to_string();
                     self.sandbox.log(&format!("rapid: {message}"));
                     http::service_error(500, error_type::SERVICE, &message)
                 }

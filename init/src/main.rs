@@ -5,7 +5,7 @@
 
 mod config;
 mod host_link;
-mod log;
+mod link_log;
 mod mounts;
 mod net;
 mod power;
@@ -16,9 +16,10 @@ mod sys;
 mod timing;
 
 use config::{Options, OptionsError};
-use log::{chain, say};
+use logging::Chain;
 
 fn main() {
+    logging::init("init", log::LevelFilter::Info);
     let pid1 = std::process::id() == 1;
     let options = match Options::parse(std::env::args().skip(1), |k| std::env::var(k).ok(), pid1) {
         Ok(options) => options,
@@ -29,10 +30,10 @@ fn main() {
         Err(e) => fatal(pid1, &format!("{e}\n{}", config::USAGE)),
     };
     for ignored in &options.ignored {
-        say!("ignoring argument {ignored:?}");
+        log::warn!("ignoring argument {ignored:?}");
     }
-    let function =
-        config::load_function(&options).unwrap_or_else(|e| fatal(options.system, &chain(&e)));
+    let function = config::load_function(&options)
+        .unwrap_or_else(|e| fatal(options.system, &Chain(&e).to_string()));
     if options.system {
         setup(function.tmp_size_mb, function.networking);
     }
@@ -47,7 +48,7 @@ fn main() {
     // scripts/bench-init-syscalls.sh).
     match runtime.block_on(async move { tokio::spawn(relay::run(options, function)).await }) {
         Ok(Ok(end)) => {
-            say!("stopping: {end:?}");
+            log::info!("stopping: {end:?}");
             power::off(system, end.code())
         }
         Ok(Err(e)) => fatal(system, &format!("Runtime API on {runtime_api}: {e}")),
@@ -59,25 +60,25 @@ fn main() {
 /// are reported and init goes on: the host hears about what breaks as a result.
 fn setup(tmp_size_mb: u32, networking: bool) {
     if let Err(e) = mounts::mount_all(tmp_size_mb) {
-        say!("{}", chain(&e));
+        log::error!("{}", Chain(&e));
     }
     if let Err(e) = net::loopback_up() {
-        say!("cannot bring up lo: {e}");
+        log::warn!("cannot bring up lo: {e}");
     }
     if let Err(e) = net::set_hostname(net::HOSTNAME) {
-        say!("cannot set the hostname: {e}");
+        log::warn!("cannot set the hostname: {e}");
     }
     // No device: the host could not give this function networking and has said why.
     if networking && net::has_interface() {
         let started = std::time::Instant::now();
         match net::interface_up() {
-            Ok(()) => say!("{} up in {:?}", net::INTERFACE, started.elapsed()),
-            Err(e) => say!("cannot set up {}: {e}", net::INTERFACE),
+            Ok(()) => log::info!("{} up in {:?}", net::INTERFACE, started.elapsed()),
+            Err(e) => log::warn!("cannot set up {}: {e}", net::INTERFACE),
         }
     }
 }
 
 fn fatal(system: bool, message: &str) -> ! {
-    say!("{message}");
+    log::error!("{message}");
     power::off(system, 1)
 }

@@ -3,7 +3,6 @@
 //! command line is an i8042 reset the VMM sees as the guest's end (a plain `RB_POWER_OFF` only
 //! halts the vCPU). As an ordinary process, or with `--no-setup`, it just exits.
 
-use crate::log::say;
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{sync, Pid};
@@ -17,7 +16,7 @@ pub fn off(system: bool, code: i32) -> ! {
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     sync();
     let Err(e) = reboot(RebootMode::RB_AUTOBOOT);
-    say!("reboot failed: {e}; halting here");
+    log::error!("reboot failed: {e}; halting here");
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }

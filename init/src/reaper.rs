@@ -8,7 +8,8 @@
 
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::{getpid, Pid};
+use nix::unistd::Pid;
+use proc_info::Stat;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,59 +17,21 @@ use tokio::signal::unix::{signal, SignalKind};
 /// How long a zombie group leader is left for tokio before the reaper takes it.
 pub const LEADER_GRACE: Duration = Duration::from_secs(5);
 
-/// The fields of `/proc/<pid>/stat` the reaper needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
-    pub pid: i32,
-    pub state: char,
-    pub ppid: i32,
-    pub pgrp: i32,
-}
-
-impl Stat {
-    pub fn is_zombie(&self) -> bool {
-        self.state == 'Z'
-    }
-    pub fn leads_its_group(&self) -> bool {
-        self.pid == self.pgrp
-    }
-}
-
-/// Parses `/proc/<pid>/stat`. The command name may hold spaces and parentheses, so fields are
-/// read after its last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    let (head, rest) = text.rsplit_once(')')?;
-    let pid = head.split_once(" (")?.0.trim().parse().ok()?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some(Stat {
-        pid,
-        state,
-        ppid,
-        pgrp,
-    })
-}
-
 /// init's children, from /proc.
 pub fn children() -> Vec<Stat> {
-    let me = getpid().as_raw();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
-        .filter(|s| s.ppid == me)
-        .collect()
+    let me = std::process::id();
+    proc_info::all().filter(|s| s.ppid == me).collect()
+}
+
+/// `pid` as nix takes it; every pid the kernel gives fits.
+fn nix_pid(pid: u32) -> Option<Pid> {
+    i32::try_from(pid).ok().map(Pid::from_raw)
 }
 
 /// Reaps zombie children, remembering leaders it leaves for tokio.
 #[derive(Default)]
 pub struct Reaper {
-    leaders: HashMap<i32, Instant>,
+    leaders: HashMap<u32, Instant>,
 }
 
 impl Reaper {
@@ -86,7 +49,9 @@ impl Reaper {
                 self.leaders.remove(&zombie.pid);
             }
             // The status is not wanted, and a zombie that vanished meanwhile is no error.
-            let _ = waitpid(Pid::from_raw(zombie.pid), Some(WaitPidFlag::WNOHANG));
+            if let Some(pid) = nix_pid(zombie.pid) {
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            }
         }
         !self.leaders.is_empty()
     }
@@ -96,7 +61,7 @@ impl Reaper {
 pub async fn run() {
     let mut reaper = Reaper::default();
     let Ok(mut sigchld) = signal(SignalKind::child()) else {
-        crate::log::say!("cannot watch SIGCHLD; zombies will not be reaped");
+        log::warn!("cannot watch SIGCHLD; zombies will not be reaped");
         return;
     };
     let mut waiting = reaper.reap(Instant::now());
@@ -110,11 +75,11 @@ pub async fn run() {
 }
 
 /// The process groups of init's live children that lead their own group: the runtime's.
-pub fn runtime_groups() -> Vec<i32> {
+pub fn runtime_groups() -> Vec<Pid> {
     children()
         .into_iter()
         .filter(|s| s.leads_its_group() && !s.is_zombie())
-        .map(|s| s.pid)
+        .filter_map(|s| nix_pid(s.pid))
         .collect()
 }
 
@@ -127,7 +92,7 @@ pub fn signal_runtime(signal: libc::c_int) -> usize {
     let groups = runtime_groups();
     for &pgid in &groups {
         // A group that just vanished gives ESRCH: it needs no signal any more.
-        let _ = killpg(Pid::from_raw(pgid), signal);
+        let _ = killpg(pgid, signal);
     }
     groups.len()
 }
@@ -135,24 +100,6 @@ pub fn signal_runtime(signal: libc::c_int) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_lines_parse_even_with_odd_command_names() {
-        let stat = parse_stat("42 (my (weird) cmd) Z 1 42 42 0 -1 4194560 0").unwrap();
-        assert_eq!(
-            stat,
-            Stat {
-                pid: 42,
-                state: 'Z',
-                ppid: 1,
-                pgrp: 42
-            }
-        );
-        assert!(stat.is_zombie() && stat.leads_its_group());
-        for bad in ["", "42 (x", "x (y) S 1 2", "42 (y) S", "42 (y) S 1 nope"] {
-            assert_eq!(parse_stat(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     // The point is that the reaper, not `Child::wait`, reaps them.
@@ -165,14 +112,8 @@ mod tests {
             .process_group(0)
             .spawn()
             .unwrap();
-        let pid = |child: std::process::Child| i32::try_from(child.id()).unwrap();
-        let (plain, leader) = (pid(plain), pid(leader));
-        let zombie = |pid: i32| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|t| parse_stat(&t))
-                .is_some_and(|s| s.is_zombie())
-        };
+        let (plain, leader) = (plain.id(), leader.id());
+        let zombie = |pid: u32| Stat::read(pid).is_some_and(|s| s.is_zombie());
         let start = Instant::now();
         while !(zombie(plain) && zombie(leader)) {
             assert!(

@@ -6,11 +6,12 @@
 
 use crate::config::{Function, Options};
 use crate::host_link::{Conn, LinkAddr, Outbox};
-use crate::log::{say, LinkLog};
+use crate::link_log::LinkLog;
 use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
 use http_server::ConnectionLimits;
+use logging::Chain;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
 };
@@ -75,7 +76,9 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
     // The VM is the sandbox: every OOM kill in it is the function's.
     match rapid::process::oom::KernelOomLog::open() {
         Ok(log) => rapid.oom_log = Some(log),
-        Err(e) => say!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError"),
+        Err(e) => {
+            log::warn!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError")
+        }
     }
     let handle = Handle::new(
         rapid,
@@ -125,7 +128,7 @@ async fn terminated() -> End {
             End::Terminated
         }
         _ => {
-            say!("cannot watch SIGTERM; it will not be forwarded");
+            log::warn!("cannot watch SIGTERM; it will not be forwarded");
             std::future::pending().await
         }
     }
@@ -149,16 +152,16 @@ impl Relay {
             match opened.map_err(|_| format!("no hello within {HANDSHAKE_TIMEOUT:?}")) {
                 Ok(Ok((conn, peer))) => {
                     (backoff, failures, connected) = (BACKOFF.0, 0, true);
-                    say!("host link up on {addr} ({})", peer.agent);
+                    log::info!("host link up on {addr} ({})", peer.agent);
                     match self.session(&conn).await {
                         Ok(end) => return end,
-                        Err(FrameError::Closed) => say!("the host closed the link"),
-                        Err(e) => say!("host link lost: {}", crate::log::chain(&e)),
+                        Err(FrameError::Closed) => log::info!("the host closed the link"),
+                        Err(e) => log::warn!("host link lost: {}", Chain(&e)),
                     }
                 }
                 Ok(Err(e)) => {
                     failures += 1;
-                    open_failed(addr, failures, &crate::log::chain(&e));
+                    open_failed(addr, failures, &Chain(&e).to_string());
                 }
                 Err(e) => {
                     failures += 1;
@@ -206,7 +209,7 @@ impl Relay {
                     wall_clock_ms,
                 } => self.restore(&entropy.0, wall_clock_ms),
                 Message::Shutdown => return Ok(End::Shutdown),
-                other => say!("ignoring a {} frame from the host", other.kind()),
+                other => log::warn!("ignoring a {} frame from the host", other.kind()),
             }
         }
     }
@@ -253,7 +256,7 @@ impl Relay {
                     let _ = wire::encode_into(&mut bytes, &timing);
                 }
                 if let Err(e) = wire::encode_into(&mut bytes, message) {
-                    say!("dropping a {} frame: {e}", message.kind());
+                    log::warn!("dropping a {} frame: {e}", message.kind());
                 }
                 *end = bytes.len();
                 encoded += 1;
@@ -280,19 +283,19 @@ impl Relay {
         }
         if self.system {
             if let Err(e) = restore::reseed(entropy) {
-                self.warn(&format!("restore: {}", crate::log::chain(&e)));
+                self.warn(&format!("restore: {}", Chain(&e)));
             }
             if let Err(e) = restore::set_clock(Duration::from_millis(wall_clock_ms)) {
-                self.warn(&format!("restore: {}", crate::log::chain(&e)));
+                self.warn(&format!("restore: {}", Chain(&e)));
             }
         } else {
-            say!("restore: not changing the RNG or the clock (not PID 1, or --no-setup)");
+            log::info!("restore: not changing the RNG or the clock (not PID 1, or --no-setup)");
         }
         self.restored.send_modify(|count| *count += 1);
     }
 
     fn warn(&self, message: &str) {
-        say!("{message}");
+        log::warn!("{message}");
         self.outbox.log(&format!("init: {message}"));
     }
 }
@@ -336,7 +339,7 @@ impl Drop for Batch<'_> {
 /// Reports the first failed attempt to open the link and every 100th after it.
 fn open_failed(addr: &LinkAddr, attempt: u64, why: &str) {
     if attempt == 1 || attempt % 100 == 0 {
-        say!("cannot open the host link on {addr} (attempt {attempt}): {why}");
+        log::warn!("cannot open the host link on {addr} (attempt {attempt}): {why}");
     }
 }
 

@@ -2,7 +2,7 @@
 //! the conformance function on our `bootstrap` library (`bootstrap-echo`) as the runtime: as an
 //! ordinary process, and as PID 1 of a PID namespace (`unshare`, with `--no-setup`).
 
-use integration_tests::{skip, wait_for, wait_until};
+use integration_tests::{skip, skip_unless, wait_for, wait_until};
 use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, Reset, PORT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,17 +14,13 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `bootstrap-echo`, built beside `init` (scripts/test.sh builds the whole workspace first).
 fn bootstrap_echo() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_BIN_EXE_init")).with_file_name("bootstrap-echo");
-    if path.exists() {
-        return Some(path);
-    }
-    skip(
-        "bootstrap-echo",
-        &format!(
+    if !path.exists() {
+        skip!(return None;
             "{} not found; run `cargo build -p bootstrap-echo` (scripts/test.sh builds it)",
             path.display()
-        ),
-    );
-    None
+        );
+    }
+    Some(path)
 }
 
 /// A running init and the host's end of its link.
@@ -282,17 +278,13 @@ fn venv_python() -> Option<PathBuf> {
     let path = std::env::var_os("TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3"));
-    if path.exists() {
-        return Some(path);
-    }
-    skip(
-        "awslambdaric",
-        &format!(
+    if !path.exists() {
+        skip!(return None;
             "{} not found; scripts/test.sh creates the virtualenv with awslambdaric",
             path.display()
-        ),
-    );
-    None
+        );
+    }
+    Some(path)
 }
 
 #[test]
@@ -399,46 +391,22 @@ fn sigterm_is_forwarded_to_the_runtime_and_ends_init() {
     assert!(marker.exists(), "the runtime got SIGTERM");
 }
 
-/// `(pid, state, ppid, command)` of every process.
-fn processes() -> Vec<(u32, String, u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let command = head.split_once('(')?.1.to_owned();
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.to_owned();
-            Some((pid, state, fields.next()?.parse().ok()?, command))
-        })
-        .collect()
-}
-
 /// init's host pid when it runs under `unshare --fork`: the child of the unshare process.
 fn child_of(parent: u32) -> Option<u32> {
-    processes()
-        .into_iter()
-        .find(|(_, _, ppid, _)| *ppid == parent)
-        .map(|(pid, ..)| pid)
+    proc_info::all().find(|p| p.ppid == parent).map(|p| p.pid)
 }
 
 /// Children of `parent` running `command`, zombies included.
 fn children_named(parent: u32, command: &str) -> usize {
-    processes()
-        .iter()
-        .filter(|(_, _, ppid, c)| *ppid == parent && c == command)
+    proc_info::all()
+        .filter(|p| p.ppid == parent && p.command == command)
         .count()
 }
 
 /// Zombie children of `parent`.
 fn zombies_of(parent: u32) -> usize {
-    processes()
-        .iter()
-        .filter(|(_, state, ppid, _)| *ppid == parent && state == "Z")
+    proc_info::all()
+        .filter(|p| p.ppid == parent && p.is_zombie())
         .count()
 }
 
@@ -454,13 +422,10 @@ fn as_pid_1_of_a_pid_namespace_it_serves_and_reaps_orphans() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !works {
-        skip(
-            "init as PID 1",
-            "`unshare --fork --pid --mount-proc` does not work here (needs root)",
-        );
-        return;
-    }
+    skip_unless!(
+        works,
+        "`unshare --fork --pid --mount-proc` does not work here (needs root)"
+    );
     // The runtime leaves an orphan behind: a background `sleep` whose parent exits at once, so
     // it is re-parented to init (PID 1 of the namespace), which must reap it when it exits.
     let dir = tempfile::tempdir().unwrap();
@@ -529,13 +494,10 @@ fn as_pid_1_in_namespaces_it_sets_up_the_machine_and_reboots() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !works {
-        skip(
-            "init as PID 1 with machine setup",
-            "`unshare --fork --pid --mount-proc --uts --net` does not work here (needs root)",
-        );
-        return;
-    }
+    skip_unless!(
+        works,
+        "`unshare --fork --pid --mount-proc --uts --net` does not work here (needs root)"
+    );
     let mut guest = Guest::start(&runtime, r#", "tmp_size_mb": 16"#, &unshare, &[]);
     let mut link = guest.accept();
     // The runtime reaches the Runtime API on 127.0.0.1 in a fresh network namespace, whose `lo`

@@ -9,7 +9,7 @@
 //!   environment's sockets and VM configuration, the jail's mount point. It is removed at exit.
 //!   The service holds a lock on it while it runs; a scratch directory whose lock nobody holds
 //!   was left by a service that died (`kill -9`), and the next service to start there removes
-//!   it, after its cgroups ([`crate::jail::JailHost::sweep_service`]).
+//!   it (its cgroups go when the jail starts: [`crate::jail::JailHost::detect`]).
 
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;

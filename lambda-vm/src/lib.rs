@@ -8,7 +8,6 @@
 //! - [`snapshots`]: where SnapStart snapshots live, keyed to what they were made from;
 //! - [`host_link`]: the host end of the host link;
 //! - [`network`]: one network namespace, tap and veth per environment;
-//! - [`owner`]: claims on host-wide objects, by owner, for sweeping what a dead service left;
 //! - [`vmm_process`]: a microVM as its own `vmm` process.
 
 pub mod checks;
@@ -19,7 +18,6 @@ pub mod host_link;
 pub mod jail;
 pub mod logs;
 pub mod network;
-pub mod owner;
 pub mod pool;
 pub mod service;
 pub mod snapshots;

@@ -163,7 +163,7 @@ struct Function {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    vmm::logger::init(args.log_level);
+    logging::init("lambda-vm", args.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            say(&format!("lambda-vm: error: {e:#}"));
+            say(&format!("lambda-vm: error: {}", logging::Chain(e.as_ref())));
             ExitCode::FAILURE
         }
     };
@@ -261,7 +261,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         "jail off (--no-jail)".to_owned()
     } else {
         match JailHost::detect(scratch.path()) {
-            // (It removes the cgroups of every service that is gone, whatever its directory.)
+            // Its detection removed the cgroups of every service that is gone.
             Ok(host) => {
                 let described = host.describe();
                 lambda_vm::jail::enable(host);
@@ -467,7 +467,6 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         let _ = shutdown.await;
     }
     drop(host);
-    lambda_vm::jail::release();
     if let Err(e) = scratch.remove() {
         say(&format!("lambda-vm: removing the scratch directory: {e}"));
     }
@@ -566,7 +565,7 @@ fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
         Err(e) => {
             let line = format!(
                 "lambda-vm: functions run WITHOUT networking: {}\n",
-                vmm::error::Chain(&e)
+                logging::Chain(&e)
             );
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             None

@@ -17,13 +17,15 @@
 //! claim names its owner (pid and start time). An [`EnvNetwork`] removes everything when it
 //! is dropped; [`Networks::sweep`] removes what a service that died left behind.
 
-use crate::owner::Owner;
-use std::fs::File;
+use proc_info::Identity;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The tap device inside every environment's namespace, the VM's network backend.
 pub const TAP: &str = "tap0";
@@ -154,8 +156,7 @@ impl Networks {
         let networks = Networks {
             range,
             run_dir,
-            owner: Owner::of_this_process()
-                .ok_or_else(|| NetworkError::Unavailable("cannot read /proc/self/stat".into()))?,
+            owner: Owner::of_this_process()?,
         };
         let swept = networks.sweep();
         if swept > 0 {
@@ -186,12 +187,42 @@ impl Networks {
 
     /// Claims the lowest free slot: `<run dir>/<slot>`, created exclusively, holding the owner.
     fn claim(&self) -> Result<(u32, PathBuf), NetworkError> {
-        crate::owner::claim(&self.run_dir, self.range.slots(), self.owner)
-            .map_err(|source| NetworkError::Claim {
-                dir: self.run_dir.clone(),
-                source,
-            })?
-            .ok_or(NetworkError::Exhausted(self.range))
+        let claim_error = |source| NetworkError::Claim {
+            dir: self.run_dir.clone(),
+            source,
+        };
+        // The claim appears whole, owner written, or not at all: it is written under a private
+        // name and linked to the slot's (which fails if the slot is taken). A sweep never sees
+        // an empty claim, which it would take for an abandoned one.
+        static CLAIMS: AtomicU64 = AtomicU64::new(0);
+        let n = CLAIMS.fetch_add(1, Ordering::Relaxed);
+        let draft = self
+            .run_dir
+            .join(format!(".draft-{}-{n}", std::process::id()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&draft)
+            .and_then(|mut file| file.write_all(self.owner.to_string().as_bytes()))
+            .map_err(claim_error)?;
+        let mut claimed = Err(NetworkError::Exhausted(self.range));
+        for slot in self.range.slots() {
+            let path = self.run_dir.join(slot.to_string());
+            match std::fs::hard_link(&draft, &path) {
+                Ok(()) => {
+                    claimed = Ok((slot, path));
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    claimed = Err(claim_error(e));
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&draft);
+        claimed
     }
 
     /// Removes every `lvm-<slot>` namespace, veth and nft table, and claim, whose owner is not
@@ -209,7 +240,7 @@ impl Networks {
             for name in claims {
                 if let Ok(slot) = name.parse::<u32>() {
                     slots.insert(slot);
-                } else if crate::owner::draft_owner_gone(&name) {
+                } else if draft_owner_gone(&name) {
                     let _ = std::fs::remove_file(self.run_dir.join(&name));
                 }
             }
@@ -245,9 +276,18 @@ fn missing(program: &str, package: &str, error: NetworkError) -> NetworkError {
         }
         other => NetworkError::Unavailable(format!(
             "cannot use `{program}` (root or CAP_NET_ADMIN is needed): {}",
-            vmm::error::Chain(&other)
+            logging::Chain(&other)
         )),
     }
+}
+
+/// Whether `name` is a claim's draft (`.draft-<pid>-<n>`) whose writer has exited.
+fn draft_owner_gone(name: &str) -> bool {
+    let pid = name
+        .strip_prefix(".draft-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| proc_info::Stat::read(pid).is_none())
 }
 
 /// One environment's network; removed when dropped.
@@ -443,6 +483,37 @@ fn slot_of(name: &str) -> Option<u32> {
         .filter(|slot| slot.to_string() == digits)
 }
 
+/// Who claims a slot: the service's [`Identity`] (so a reused pid is not mistaken for the
+/// owner), written `<pid> <start ticks>` and a newline in the claim file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner(Identity);
+
+impl Owner {
+    fn of_this_process() -> Result<Owner, NetworkError> {
+        Identity::of_this_process()
+            .map(Owner)
+            .map_err(|e| NetworkError::Unavailable(format!("cannot read /proc/self/stat: {e}")))
+    }
+
+    fn parse(claim: &str) -> Option<Owner> {
+        let (pid, start) = claim.trim().split_once(' ')?;
+        Some(Owner(Identity {
+            pid: pid.parse().ok()?,
+            start_ticks: start.parse().ok()?,
+        }))
+    }
+
+    fn is_running(&self) -> bool {
+        self.0.is_running()
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} {}", self.0.pid, self.0.start_ticks)
+    }
+}
+
 /// Turns on IPv4 forwarding on the host, which the environments' outbound traffic needs.
 fn enable_forwarding() -> Result<(), NetworkError> {
     let path = "/proc/sys/net/ipv4/ip_forward";
@@ -464,7 +535,7 @@ pub fn give_tap(netns: &Path, uid: u32, gid: u32) -> Result<(), NetworkError> {
             TAP,
             vmm::devices::virtio::net::frame::VNET_HDR_LEN,
         )
-        .map_err(|e| NetworkError::Unavailable(vmm::error::Chain(&e).to_string()))?;
+        .map_err(|e| NetworkError::Unavailable(logging::Chain(&e).to_string()))?;
         tap.give_to(uid, gid).map_err(|source| NetworkError::Enter {
             path: netns.to_owned(),
             source,
@@ -544,6 +615,7 @@ fn finish(command: &mut Command, input: Option<&str>) -> Result<String, NetworkE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use integration_tests::ok_or_skip;
 
     #[test]
     fn ranges_parse_and_cut_into_links() {
@@ -583,18 +655,24 @@ mod tests {
         }
     }
 
-    /// The real thing, on this host: needs root and nftables; under CI it must run.
-    fn networks(test: &str) -> Option<Networks> {
-        match Networks::open(DEFAULT_RANGE.parse().unwrap()) {
-            Ok(networks) => Some(networks),
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("{test}: no environment networks here: {e}")
-            }
-            Err(e) => {
-                eprintln!("{test}: skipped, no environment networks here: {e}");
-                None
-            }
-        }
+    #[test]
+    fn owners_are_recognised_by_pid_and_start_time() {
+        let me = Owner::of_this_process().unwrap();
+        assert!(me.is_running());
+        assert_eq!(Owner::parse(&me.to_string()), Some(me));
+        let restarted = Owner(Identity {
+            start_ticks: me.0.start_ticks + 1,
+            ..me.0
+        });
+        assert!(!restarted.is_running());
+        assert_eq!(Owner::parse("garbage"), None);
+    }
+
+    /// The real thing, on this host: needs root and nftables (the test skips without them,
+    /// and fails under CI).
+    fn networks() -> Result<Networks, String> {
+        Networks::open(DEFAULT_RANGE.parse().unwrap())
+            .map_err(|e| format!("no environment networks here: {e}"))
     }
 
     fn exists(name: &str) -> [bool; 3] {
@@ -619,9 +697,7 @@ mod tests {
 
     #[test]
     fn environments_get_isolated_networks_that_go_when_dropped_or_swept() {
-        let Some(networks) = networks("environment networks") else {
-            return;
-        };
+        let networks = ok_or_skip!(networks());
         let started = std::time::Instant::now();
         let a = networks.create().unwrap();
         let made = started.elapsed();
@@ -688,10 +764,10 @@ mod tests {
             [true; 3],
             "a running owner's network was swept"
         );
-        let gone = Owner {
+        let gone = Owner(Identity {
             pid: std::process::id(),
             start_ticks: 0,
-        };
+        });
         std::fs::write(&claim, gone.to_string()).unwrap();
         assert!(networks.sweep() >= 1);
         assert_eq!(exists(&b_name), [false; 3]);

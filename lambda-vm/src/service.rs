@@ -53,9 +53,9 @@ pub enum StartError {
     },
 }
 
-/// An error with its causes, `: `-separated, for log lines and clients ([`vmm::error::Chain`]).
+/// An error with its causes, `: `-separated, for log lines ([`logging::Chain`]).
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    vmm::error::Chain(error).to_string()
+    logging::Chain(error).to_string()
 }
 
 impl Environment for Guest {

@@ -64,7 +64,7 @@ pub enum VmmError {
     Signal(#[source] std::io::Error),
     #[error("the vmm did not finish its snapshot within {0:?}")]
     SnapshotTimeout(Duration),
-    #[error("the vmm failed: {0:?}")]
+    #[error("the vmm failed: {0}")]
     Exited(VmmExit),
 }
 

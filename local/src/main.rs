@@ -202,7 +202,7 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
 /// says in one line which protections are in force, or which are off and why (on stdout, with
 /// the function's log, where whoever reads the log sees it).
 fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
-    match Cgroups::detect() {
+    match Cgroups::detect("rapid") {
         Ok(cgroups) => {
             let removed = cgroups.clean_leftovers();
             let leftovers = match removed.len() {
@@ -230,6 +230,7 @@ fn confine_sandboxes(memory_mb: u32) -> Option<Arc<Cgroups>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    logging::init("lambda-local", log::LevelFilter::Info);
     let args = Args::parse();
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
@@ -308,7 +309,7 @@ async fn main() -> anyhow::Result<()> {
     sandbox.shutdown();
     if let Some(cgroups) = &cgroups {
         for name in cgroups.remove_own() {
-            eprintln!("lambda-local: cannot remove the sandbox cgroup {name}: processes remain");
+            log::warn!("cannot remove the sandbox cgroup {name}: processes remain");
         }
     }
     // A default store with nothing left in it is not worth keeping in the temp directory.

@@ -7,7 +7,7 @@
 //! under CI (`CI=true`) they fail instead.
 
 use integration_tests::server::LocalServer;
-use integration_tests::{process_gone, skip, wait_until};
+use integration_tests::{ok_or_skip, process_gone, wait_until};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,25 +40,21 @@ fn sandbox_line(server: &LocalServer) -> String {
     })
 }
 
-/// The parent directories the server makes its cgroups in, from its start line, or `None`
-/// (the test is skipped, or fails under CI) when it has none.
-fn cgroup_parents(test: &str, server: &LocalServer) -> Option<Vec<PathBuf>> {
+/// The parent directories the server makes its cgroups in, from its start line; `Err`, the
+/// line, when it has none (the test then skips, or fails under CI).
+fn cgroup_parents(server: &LocalServer) -> Result<Vec<PathBuf>, String> {
     let line = sandbox_line(server);
     let Some((_, places)) = line.split_once(" (") else {
-        skip(test, &line);
-        return None;
+        return Err(line);
     };
     if line.contains("sandbox: no cgroup") {
-        skip(test, &line);
-        return None;
+        return Err(line);
     }
     let places = places.split_once(')').map(|(p, _)| p).unwrap_or_default();
-    Some(
-        places
-            .split(", ")
-            .map(|place| PathBuf::from(place.rsplit(' ').next().unwrap_or(place)))
-            .collect(),
-    )
+    Ok(places
+        .split(", ")
+        .map(|place| PathBuf::from(place.rsplit(' ').next().unwrap_or(place)))
+        .collect())
 }
 
 /// The cgroups of server `pid` under `parents`.
@@ -79,9 +75,7 @@ fn invoke(server: &LocalServer, body: &str) -> integration_tests::server::Reply 
 #[test]
 fn running_out_of_memory_is_runtime_out_of_memory_and_the_next_invoke_inits_afresh() {
     let mut server = start(&["--memory", "128"]);
-    if cgroup_parents("out of memory", &server).is_none() {
-        return;
-    }
+    ok_or_skip!(cgroup_parents(&server));
     // A child of the runtime takes 300 MB: it is killed, and the invocation with it.
     let reply = invoke(&server, r#"{"action":"alloc","mb":300}"#);
     let error = reply.unhandled_error();
@@ -112,9 +106,7 @@ fn running_out_of_memory_is_runtime_out_of_memory_and_the_next_invoke_inits_afre
 #[test]
 fn max_memory_used_is_the_sandbox_peak_even_of_a_child_that_exited() {
     let mut server = start(&["--memory", "512"]);
-    if cgroup_parents("max memory used", &server).is_none() {
-        return;
-    }
+    ok_or_skip!(cgroup_parents(&server));
     let reply = invoke(&server, r#"{"action":"alloc","mb":100}"#);
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), r#"{"allocated":100}"#);
@@ -131,9 +123,7 @@ fn max_memory_used_is_the_sandbox_peak_even_of_a_child_that_exited() {
 #[test]
 fn a_setsid_child_does_not_survive_the_reset() {
     let mut server = start(&[]);
-    if cgroup_parents("setsid", &server).is_none() {
-        return;
-    }
+    ok_or_skip!(cgroup_parents(&server));
     let reply = invoke(&server, r#"{"action":"setsid"}"#);
     let orphan: Value = reply.json();
     let orphan = u32::try_from(orphan["orphan"].as_u64().expect("a pid")).unwrap();
@@ -152,9 +142,7 @@ fn a_setsid_child_does_not_survive_the_reset() {
 #[test]
 fn a_fork_bomb_is_bounded_by_the_process_limit_and_reported() {
     let mut server = start(&["--timeout", "60", "--memory", "2048"]);
-    if cgroup_parents("fork bomb", &server).is_none() {
-        return;
-    }
+    ok_or_skip!(cgroup_parents(&server));
     let reply = invoke(&server, r#"{"action":"forks","n":3000}"#);
     assert_eq!(reply.text(), r#"{"forks":"done"}"#);
     let id = reply.id();
@@ -168,9 +156,7 @@ fn a_fork_bomb_is_bounded_by_the_process_limit_and_reported() {
 #[test]
 fn no_cgroup_is_left_after_a_stop_or_a_crash() {
     let mut first = start(&[]);
-    let Some(parents) = cgroup_parents("leftovers", &first) else {
-        return;
-    };
+    let parents = ok_or_skip!(cgroup_parents(&first));
     let orphan = invoke(&first, r#"{"action":"setsid"}"#).json()["orphan"]
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())

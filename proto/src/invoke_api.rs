@@ -168,6 +168,9 @@ pub enum RouteError {
     /// The path's function name is not a name, `name:qualifier` or a function ARN.
     #[error("Function not found: {0}")]
     BadName(String),
+    /// The invoke path with another method than POST.
+    #[error("invoke with POST")]
+    InvokeNotPost,
     /// The name's qualifier and the `Qualifier` parameter differ.
     #[error(
         "The derived qualifier from the function name does not match the specified qualifier."
@@ -183,6 +186,7 @@ impl RouteError {
                 (404, error_type::RESOURCE_NOT_FOUND)
             }
             RouteError::QualifierMismatch => (400, error_type::INVALID_PARAMETER),
+            RouteError::InvokeNotPost => (405, error_type::INVALID_PARAMETER),
         }
     }
 }
@@ -209,6 +213,9 @@ impl ApiRequest {
                 });
             }
             ("POST", ["2015-03-31", "functions", name, "invocations"]) => (Operation::Invoke, name),
+            (_, ["2015-03-31", "functions", _, "invocations"]) => {
+                return Err(RouteError::InvokeNotPost)
+            }
             ("GET", ["2015-03-31", "functions", name]) => (Operation::GetFunction, name),
             ("GET", ["2015-03-31", "functions", name, "configuration"]) => {
                 (Operation::GetFunctionConfiguration, name)
@@ -381,8 +388,12 @@ mod tests {
             op("POST", "/2015-03-31/functions/f/invocations"),
             Ok(Operation::Invoke)
         );
+        assert_eq!(
+            op("GET", "/2015-03-31/functions/f/invocations"),
+            Err(RouteError::InvokeNotPost)
+        );
+        assert_eq!(RouteError::InvokeNotPost.status().0, 405);
         for (method, path) in [
-            ("GET", "/2015-03-31/functions/f/invocations"),
             ("POST", "/2015-03-31/functions/f"),
             ("PATCH", "/2019-09-30/functions/f/concurrency"),
             ("GET", "/2020-01-01/functions/f/concurrency"),

@@ -20,15 +20,3 @@ impl LogSink for StdoutLog {
         let _ = out.flush();
     }
 }
-
-/// An error and its causes, `: `-separated, for log lines and one-line messages.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}

@@ -20,6 +20,6 @@ pub mod sandbox;
 
 pub use config::EnvironmentConfig;
 pub use hooks::{NoSnapshot, SnapshotHook};
-pub use proto::log::{error_chain, LogSink, StdoutLog};
+pub use proto::log::{LogSink, StdoutLog};
 pub use proto::InitializationType;
 pub use sandbox::{Handle, Invocation, InvokeError, Outcome};

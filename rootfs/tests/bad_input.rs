@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use integration_tests::{ok_or_skip, skip};
 
 /// Runs `command`, expects failure with every one of `needles` in stderr and an empty `out_dir`.
 fn expect_failure(case: &str, mut command: Command, out_dir: &Path, needles: &[&str]) {
@@ -71,8 +72,7 @@ fn set_config(fixture: &Fixture, json: &str) {
 
 #[test]
 fn bad_function_directories() {
-    let test = "bad_function_directories";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let exe = &bins.static_exe;
     let with_function = |path: &'static str| {
         move |f: &Fixture, c: &mut Command| {
@@ -107,8 +107,7 @@ fn bad_function_directories() {
 
 #[test]
 fn non_static_binaries() {
-    let test = "non_static_binaries";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let exe = &bins.static_exe;
     let with = |init: &Path, bootstrap: &Path| {
         let (init, bootstrap) = (init.to_owned(), bootstrap.to_owned());
@@ -161,8 +160,7 @@ fn non_static_binaries() {
 
 #[test]
 fn escaping_and_unsupported_entries() {
-    let test = "escaping_and_unsupported_entries";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let exe = &bins.static_exe;
     case(
         "symlink escaping /var/task",
@@ -239,8 +237,7 @@ fn escaping_and_unsupported_entries() {
 
 #[test]
 fn invalid_configs() {
-    let test = "invalid_configs";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let exe = &bins.static_exe;
     let cases: &[(&str, &str, &[&str])] = &[
         (
@@ -315,8 +312,7 @@ fn invalid_configs() {
 /// interpreter is there builds.
 #[test]
 fn workers_without_their_interpreter() {
-    let test = "workers_without_their_interpreter";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let exe = &bins.static_exe;
     let worker = |name: &'static str, first_line: &'static str| {
         move |f: &Fixture| {
@@ -354,8 +350,7 @@ fn workers_without_their_interpreter() {
 
 #[test]
 fn bad_outputs() {
-    let test = "bad_outputs";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let exe = &bins.static_exe;
     case(
         "output inside the function directory",
@@ -395,10 +390,7 @@ fn bad_outputs() {
             &["mkfs.ext4 failed", "is 1 MiB big enough?"],
         );
     } else {
-        skip(
-            "bad_outputs/ext4",
-            "mkfs.ext4 not found (apt-get install e2fsprogs)",
-        );
+        skip!("mkfs.ext4 not found (apt-get install e2fsprogs)");
     }
 }
 

@@ -5,27 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-fn artifact(test: &str, variable: &str) -> Option<PathBuf> {
-    match std::env::var_os(variable).map(PathBuf::from) {
-        Some(path) if path.exists() => Some(path),
-        Some(path) => {
-            common::skip(
-                test,
-                &format!("{variable}={} does not exist", path.display()),
-            );
-            None
-        }
-        None => {
-            common::skip(
-                test,
-                &format!("{variable} is not set: run scripts/test.sh, which builds it"),
-            );
-            None
-        }
-    }
-}
+use integration_tests::guest_artifact;
 
 /// Options the guest cannot boot or serve a function without, on this machine's emulated KVM.
 const REQUIRED: &[&str] = &[
@@ -59,7 +39,7 @@ const REQUIRED: &[&str] = &[
     "CONFIG_HZ=50",
 ];
 
-/// Options that make the boot very slow under emulation (ENVIRONMENT.md) or are not wanted.
+/// Options that make the boot very slow under emulation (rootfs/kernel/README.md) or are not wanted.
 const ABSENT: &[&str] = &[
     "CONFIG_MODULES",
     "CONFIG_LEGACY_PTYS",
@@ -73,8 +53,7 @@ const ABSENT: &[&str] = &[
 
 #[test]
 fn the_guest_kernel_has_the_microvm_options() {
-    let test = "the_guest_kernel_has_the_microvm_options";
-    let Some(vmlinux) = artifact(test, "GUEST_VMLINUX") else {
+    let Some(vmlinux) = guest_artifact("GUEST_VMLINUX") else {
         return;
     };
     let vmlinux = vmlinux.canonicalize().unwrap();
@@ -100,8 +79,7 @@ fn the_guest_kernel_has_the_microvm_options() {
 
 #[test]
 fn the_example_initramfs_holds_init_runtime_and_function() {
-    let test = "the_example_initramfs_holds_init_runtime_and_function";
-    let Some(path) = artifact(test, "GUEST_INITRAMFS") else {
+    let Some(path) = guest_artifact("GUEST_INITRAMFS") else {
         return;
     };
     let entries = rootfs::cpio::read_archive(&std::fs::read(&path).unwrap()).unwrap();

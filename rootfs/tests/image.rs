@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
+use integration_tests::ok_or_skip;
 use integration_tests::wait_until;
 use proto::FunctionConfig;
 use rootfs::cpio::{self, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
@@ -23,11 +24,8 @@ fn canonical_config() -> Vec<u8> {
 
 #[test]
 fn cpio_lists_and_extracts_as_expected() {
-    let test = "cpio_lists_and_extracts_as_expected";
-    let Some(bins) = binaries(test) else { return };
-    if !require(test, &[("cpio", "cpio")]) {
-        return;
-    }
+    let bins = ok_or_skip!(binaries());
+    ok_or_skip!(tools(&[("cpio", "cpio")]));
     let fixture = fixture(&bins.static_exe);
     let output = run_ok(&mut build_command(&fixture, &bins.static_exe, "echo.cpio"));
     let image = fixture.out_dir.join("echo.cpio");
@@ -181,8 +179,7 @@ fn wait_for_a_later_mtime(fixture: &Fixture) {
 
 #[test]
 fn builds_are_byte_identical() {
-    let test = "builds_are_byte_identical";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let first = fixture_with_order(&bins.static_exe, false);
     // Same inputs written in the opposite order, later, in another directory: other inode
     // numbers, readdir order and times.
@@ -212,8 +209,7 @@ fn builds_are_byte_identical() {
 
 #[test]
 fn library_entry_point_reports_what_it_built() {
-    let test = "library_entry_point_reports_what_it_built";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let fixture = fixture(&bins.static_exe);
     let out = fixture.out_dir.join("lib.cpio");
     let report = rootfs::build(&rootfs::BuildOptions {
@@ -238,8 +234,7 @@ fn library_entry_point_reports_what_it_built() {
 
 #[test]
 fn print_config_shows_the_canonical_form() {
-    let test = "print_config_shows_the_canonical_form";
-    let Some(bins) = binaries(test) else { return };
+    let bins = ok_or_skip!(binaries());
     let fixture = fixture(&bins.static_exe);
     let output = run_ok(
         build_rootfs()
@@ -264,18 +259,12 @@ fn debugfs(image: &Path, request: &str) -> String {
 
 #[test]
 fn ext4_image_matches_the_tree_and_is_reproducible() {
-    let test = "ext4_image_matches_the_tree_and_is_reproducible";
-    let Some(bins) = binaries(test) else { return };
-    if !require(
-        test,
-        &[
-            ("mkfs.ext4", "e2fsprogs"),
-            ("debugfs", "e2fsprogs"),
-            ("fsck.ext4", "e2fsprogs"),
-        ],
-    ) {
-        return;
-    }
+    let bins = ok_or_skip!(binaries());
+    ok_or_skip!(tools(&[
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("fsck.ext4", "e2fsprogs"),
+    ]));
     let first = fixture_with_order(&bins.static_exe, false);
     wait_for_a_later_mtime(&first);
     let second = fixture_with_order(&bins.static_exe, true);
@@ -384,11 +373,8 @@ fn ext4_image_matches_the_tree_and_is_reproducible() {
 
 #[test]
 fn busybox_gives_the_image_a_shell_and_core_tools() {
-    let test = "busybox_gives_the_image_a_shell_and_core_tools";
-    let Some(bins) = binaries(test) else { return };
-    if !require(test, &[("busybox", "busybox-static")]) {
-        return;
-    }
+    let bins = ok_or_skip!(binaries());
+    ok_or_skip!(tools(&[("busybox", "busybox-static")]));
     let busybox = find_tool("busybox").unwrap();
     let fixture = fixture(&bins.static_exe);
     let out = fixture.out_dir.join("shell.cpio");

@@ -50,7 +50,8 @@ build_static_bootstrap() {
 # function.json. Prints the directory. The microVM scripts and tests use it because it runs
 # without a shell: under this machine's emulated KVM every fork+exec in the guest costs about
 # 2 s, so a shell worker (several per invoke) outlasts Lambda's timeouts. With `snap-start`, the
-# function is a SnapStart one (rust-echo-snap-start).
+# function is a SnapStart one (rust-echo-snap-start). Its timeout leaves room for the largest
+# payloads, which the emulated guest kernel copies slowly (BENCHMARKS.md, "Large payloads").
 stage_rust_echo_function() {
     local init_type="${1:-on-demand}" name=rust-echo
     [ "$init_type" = on-demand ] || name="rust-echo-$init_type"
@@ -67,7 +68,7 @@ stage_rust_echo_function() {
   "handler": "echo",
   "runtime": "/var/task/bootstrap-echo",
   "memory_mb": 128,
-  "timeout_secs": 10,
+  "timeout_secs": 300,
   "initialization_type": "$init_type"
 }
 JSON

@@ -16,8 +16,8 @@ pub enum Service {
 
 /// Runs every client check against the invoke endpoint at `invoke_addr`, serving the echo
 /// function as `function_name`; panics with the checker's output when one fails. Returns false
-/// (after [`skip`]) when the clients are not installed.
-pub fn check(test: &str, invoke_addr: &str, function_name: &str, service: Service) -> bool {
+/// (after [`skip!`]) when the clients are not installed.
+pub fn check(invoke_addr: &str, function_name: &str, service: Service) -> bool {
     let python = venv_python();
     let aws = python.with_file_name("aws");
     let installed = aws.exists()
@@ -26,12 +26,9 @@ pub fn check(test: &str, invoke_addr: &str, function_name: &str, service: Servic
             .status()
             .is_ok_and(|s| s.success());
     if !installed {
-        return skip(
-            test,
-            &format!(
-                "boto3 or the AWS CLI is not installed next to {}; scripts/test.sh installs them",
-                python.display()
-            ),
+        skip!(return false;
+            "boto3 or the AWS CLI is not installed next to {}; scripts/test.sh installs them",
+            python.display()
         );
     }
     let script = workspace_root().join("tests/aws_clients/check.py");

@@ -88,36 +88,78 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// The one way a test of this workspace skips: prints `SKIPPED test: reason` and returns false
-/// (for `if !have_x() { return }` checks). Under CI a test that cannot run fails instead, with
-/// the reason.
-pub fn skip(test: &str, reason: &str) -> bool {
+/// Ends the calling test as skipped, with the reason: prints `SKIPPED <test>: <reason>` and
+/// returns from the function it is written in. Under CI (`CI=true` or `1`), where nothing may be
+/// skipped, the test fails with the reason instead. The one way a test of this workspace skips.
+///
+/// `skip!("no /dev/kvm")` returns `()`, for a test itself; `skip!(return None; "...")` returns
+/// that value, for a helper whose caller then returns (`let Some(x) = helper() else { return }`).
+#[macro_export]
+macro_rules! skip {
+    (return $value:expr; $($reason:tt)+) => {{
+        $crate::skipped(&format!($($reason)+));
+        return $value;
+    }};
+    ($($reason:tt)+) => {{
+        $crate::skipped(&format!($($reason)+));
+        return;
+    }};
+}
+
+/// [`skip!`] unless `condition` holds: `skip_unless!(is_root(), "the jail needs root")`.
+#[macro_export]
+macro_rules! skip_unless {
+    ($condition:expr, $($reason:tt)+) => {
+        if !$condition {
+            $crate::skip!($($reason)+);
+        }
+    };
+}
+
+/// The value of a `Result<T, String>`, or [`skip!`] with the error as the reason.
+#[macro_export]
+macro_rules! ok_or_skip {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(reason) => $crate::skip!("{reason}"),
+        }
+    };
+}
+
+/// Skips the calling test where there is no `/dev/kvm`.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        $crate::skip_unless!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "/dev/kvm is absent on this machine, so no VM can run"
+        )
+    };
+}
+
+/// What [`skip!`] does before it returns: fails the test under CI, prints the skip elsewhere.
+/// The test is named by its thread, which the test harness names after it.
+pub fn skipped(reason: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
     assert!(
         !in_ci(),
         "{test}: {reason} (under CI a test that cannot run is a failure)"
     );
     eprintln!("SKIPPED {test}: {reason}");
-    false
-}
-
-/// Whether `/dev/kvm` is here; otherwise [`skip`]s.
-pub fn have_kvm(test: &str) -> bool {
-    std::path::Path::new("/dev/kvm").exists()
-        || skip(test, "/dev/kvm is absent on this machine, so no VM can run")
 }
 
 /// Returns `path` if it exists. Otherwise the test cannot run: under CI that is a failure, and
 /// on a developer machine the test is skipped with the reason and the fix printed.
 pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
+    if !path.exists() {
+        skip!(return None;
+            "{what} not found at {}; run scripts/test.sh, which builds and installs every test peer",
+            path.display()
+        );
     }
-    let reason = format!(
-        "{what} not found at {}; run scripts/test.sh, which builds and installs every test peer",
-        path.display()
-    );
-    skip(what, &reason);
-    None
+    Some(path)
 }
 
 /// The guest artefact (kernel, image, function.json) whose path scripts/test.sh puts in `var`;
@@ -125,10 +167,7 @@ pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
 pub fn guest_artifact(var: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
         Some(path) => require(PathBuf::from(path), var),
-        None => {
-            skip(var, "not set; run scripts/test.sh, which builds the guest");
-            None
-        }
+        None => skip!(return None; "{var} is not set; run scripts/test.sh, which builds the guest"),
     }
 }
 
@@ -186,4 +225,36 @@ fn is_environment(prefix: &str) -> bool {
         .is_some_and(|(name, n)| {
             !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
         })
+}
+
+/// The jail cgroups `lambda-vm` process `pid` made and that still exist. They are named
+/// `lambda-vm-<pid>-<start time>-<n>` and made under the service's own cgroup in each
+/// hierarchy, which is the test's own (the service is the test's child).
+pub fn jail_cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let prefix = format!("lambda-vm-{pid}-");
+    let mut found = Vec::new();
+    for line in own.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        let mounts = if controllers.is_empty() {
+            vec!["unified", ""]
+        } else {
+            vec![controllers]
+        };
+        for mount in mounts {
+            let parent = Path::new("/sys/fs/cgroup")
+                .join(mount)
+                .join(path.trim_start_matches('/'));
+            for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    found
 }

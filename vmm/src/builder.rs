@@ -13,14 +13,17 @@ use crate::devices::bus::{Bus, Overlap};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::persist::BlockState;
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, TransportState, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::persist::NetState;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{AttachedDevice, DeviceSpec, Microvm, Parts, Subscriber};
+use crate::microvm::{AttachedDevice, DeviceSpec, Microvm, Parts, StartError, Subscriber};
+use crate::persist::Persist;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use event_manager::MutEventSubscriber;
@@ -92,10 +95,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Bus(#[from] Overlap),
-    #[error("starting the event loop")]
-    EventLoop(#[source] std::io::Error),
-    #[error("starting the event loop")]
-    EventManager(#[source] event_manager::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(
         "machine-config.cpu_template is `Auto`: resolve it for the host \
          (CpuTemplate::resolve with HostCaps::detect) before booting"
@@ -161,7 +162,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     // Legacy devices on the port bus.
     let exit = Arc::new(ExitSignal::default());
     let serial = Serial::new(console).map_err(device_error("creating the serial console"))?;
-    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let legacy = LegacyDevices::attach(&vm, serial, &exit)?;
 
     // Virtio devices: drives first (the root drive first of all, so it is /dev/vda), then
     // vsock, entropy and network interfaces (eth0, eth1... in configuration order).
@@ -209,13 +210,7 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         let (base, irq) = virtio.attach(spec, None)?;
         cmdline.add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)?;
     }
-    let VirtioAttacher {
-        mmio,
-        subscribers,
-        devices,
-        vsock,
-        ..
-    } = virtio;
+    let virtio = virtio.finish();
 
     // Boot protocol: command line, zero page, MP table.
     let cmdline_text = cmdline.as_cstring()?.into_string()?;
@@ -231,7 +226,27 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
     }
     vcpus[0].setup_boot(vm.memory(), loaded.kernel_load.0)?;
 
-    Microvm::start(Parts {
+    let parts = parts(vm, exit, legacy, virtio, vcpus, cmdline_text);
+    Ok(Microvm::start(parts)?)
+}
+
+/// What [`Microvm::start`] takes, from a boot or a restore: the VM, its devices and vCPUs.
+pub(crate) fn parts(
+    vm: Vm,
+    exit: Arc<ExitSignal>,
+    legacy: LegacyDevices,
+    virtio: VirtioDevices,
+    vcpus: Vec<Vcpu>,
+    cmdline: String,
+) -> Parts {
+    let LegacyDevices { pio, serial, i8042 } = legacy;
+    let VirtioDevices {
+        mmio,
+        subscribers,
+        devices,
+        vsock,
+    } = virtio;
+    Parts {
         vm,
         exit,
         pio,
@@ -242,8 +257,8 @@ pub fn boot(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Microvm
         vsock,
         devices,
         vcpus,
-        cmdline: cmdline_text,
-    })
+        cmdline,
+    }
 }
 
 fn load_initrd(
@@ -300,24 +315,36 @@ impl LegacyDevices {
 /// device gets window n and IRQ `IRQ_BASE + n`, at boot and again on restore.
 pub(crate) struct VirtioAttacher<'a> {
     vm: &'a Vm,
+    attached: VirtioDevices,
+    next: u32,
+}
+
+/// The virtio devices attached, on their MMIO bus.
+pub(crate) struct VirtioDevices {
     pub mmio: Bus,
     pub subscribers: Vec<Subscriber>,
     pub devices: Vec<AttachedDevice>,
     /// The vsock device, which the function service talks to.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
-    next: u32,
 }
 
 impl<'a> VirtioAttacher<'a> {
     pub fn new(vm: &'a Vm) -> Self {
         VirtioAttacher {
             vm,
-            mmio: Bus::default(),
-            subscribers: Vec::new(),
-            devices: Vec::new(),
-            vsock: None,
+            attached: VirtioDevices {
+                mmio: Bus::default(),
+                subscribers: Vec::new(),
+                devices: Vec::new(),
+                vsock: None,
+            },
             next: 0,
         }
+    }
+
+    /// The devices attached so far.
+    pub fn finish(self) -> VirtioDevices {
+        self.attached
     }
 
     /// Makes the device `spec` describes and attaches it, fresh or (with `restore`) in the
@@ -329,26 +356,25 @@ impl<'a> VirtioAttacher<'a> {
     ) -> Result<(u64, u32), BuildError> {
         match &spec {
             DeviceSpec::Block(state) => {
-                let block = state
-                    .build()
+                let block = Block::restore((), state)
                     .map_err(device_error(format!("drive {}", state.drive_id)))?;
                 self.attach_device(Arc::new(Mutex::new(block)), spec, restore)
             }
             DeviceSpec::Vsock(state) => {
-                let vsock = state.build().map_err(device_error(format!(
+                let vsock = Vsock::restore((), state).map_err(device_error(format!(
                     "vsock on {}",
                     state.uds_path.display()
                 )))?;
                 let vsock = Arc::new(Mutex::new(vsock));
-                self.vsock = Some(vsock.clone());
+                self.attached.vsock = Some(vsock.clone());
                 self.attach_device(vsock, spec, restore)
             }
             DeviceSpec::Rng => {
-                let rng = Rng::new().map_err(device_error("entropy device"))?;
+                let rng = Rng::restore((), &()).map_err(device_error("entropy device"))?;
                 self.attach_device(Arc::new(Mutex::new(rng)), spec, restore)
             }
             DeviceSpec::Net(state) => {
-                let net = state.build().map_err(device_error(format!(
+                let net = Net::restore((), state).map_err(device_error(format!(
                     "network interface {} on tap {}",
                     state.iface_id, state.host_dev_name
                 )))?;
@@ -382,15 +408,18 @@ impl<'a> VirtioAttacher<'a> {
         let memory = self.vm.memory().clone();
         let transport = match restore {
             None => MmioTransport::new(memory, device.clone()),
-            Some(state) => MmioTransport::restored(memory, device.clone(), state).map_err(
+            Some(state) => MmioTransport::restore((memory, device.clone()), state).map_err(
                 device_error(format!("restoring virtio device {}", self.next)),
             )?,
         };
         let transport = Arc::new(Mutex::new(transport));
-        self.mmio
+        self.attached
+            .mmio
             .insert(base, MMIO_DEVICE_SIZE, transport.clone())?;
-        self.devices.push(AttachedDevice { spec, transport });
-        self.subscribers.push(device);
+        self.attached
+            .devices
+            .push(AttachedDevice { spec, transport });
+        self.attached.subscribers.push(device);
         self.next += 1;
         Ok((base, irq))
     }

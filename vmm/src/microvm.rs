@@ -1,7 +1,6 @@
 //! A running microVM: its vCPU threads and device event loop, and what can be done to it while
 //! it runs: wait for its end, pause and resume it, stop it.
 
-use crate::builder::BuildError;
 use crate::devices::bus::Bus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::Serial;
@@ -10,13 +9,13 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::persist::NetState;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::vsock::Vsock;
-use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
 use crate::seccomp::{self, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuThreads};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::Vm;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use logging::Chain;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,8 +25,19 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// What a virtio device was made from: enough to make it again on restore. Each device's
-/// part is its own `persist` module's.
+/// Why a VM could not start running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("starting the event loop")]
+    EventLoop(#[source] std::io::Error),
+    #[error("starting the event loop")]
+    EventManager(#[source] event_manager::Error),
+}
+
+/// What a virtio device was made from: enough to make it again on restore. Each variant holds
+/// that device's [`crate::persist::Persist`] state, which never changes while the device lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSpec {
     Block(BlockState),
@@ -77,19 +87,19 @@ pub struct Microvm {
 
 impl Microvm {
     /// Starts the device event loop, then one thread per vCPU, running.
-    pub fn start(parts: Parts) -> Result<Microvm, BuildError> {
+    pub fn start(parts: Parts) -> Result<Microvm, StartError> {
         Self::start_as(parts, false)
     }
 
     /// [`Microvm::start`] with the vCPUs parked until [`Microvm::resume`].
-    pub fn start_paused(parts: Parts) -> Result<Microvm, BuildError> {
+    pub fn start_paused(parts: Parts) -> Result<Microvm, StartError> {
         Self::start_as(parts, true)
     }
 
-    fn start_as(parts: Parts, paused: bool) -> Result<Microvm, BuildError> {
+    fn start_as(parts: Parts, paused: bool) -> Result<Microvm, StartError> {
         let event_loop_stop = Arc::new(AtomicBool::new(false));
-        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
-        let waker = wake_event_loop.try_clone().map_err(BuildError::EventLoop)?;
+        let wake_event_loop = EventFd::new(libc::EFD_NONBLOCK).map_err(StartError::EventLoop)?;
+        let waker = wake_event_loop.try_clone().map_err(StartError::EventLoop)?;
         let mut event_loop = Some(spawn_event_loop(
             parts.subscribers,
             waker,
@@ -233,8 +243,8 @@ fn spawn_event_loop(
     waker: EventFd,
     stop: Arc<AtomicBool>,
     exit: Arc<ExitSignal>,
-) -> Result<JoinHandle<()>, BuildError> {
-    let mut manager = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+) -> Result<JoinHandle<()>, StartError> {
+    let mut manager = EventManager::<Subscriber>::new().map_err(StartError::EventManager)?;
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
@@ -254,5 +264,5 @@ fn spawn_event_loop(
                 }
             }
         })
-        .map_err(BuildError::EventLoop)
+        .map_err(StartError::EventLoop)
 }

@@ -9,7 +9,8 @@ mod api_support;
 mod common;
 
 use api_support::{ticks, ApiVmm, WAIT};
-use common::{guest, have_kvm};
+use common::guest;
+use integration_tests::require_kvm;
 use integration_tests::wait_until;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -25,10 +26,7 @@ fn boot_source(kernel: &std::path::Path) -> String {
 
 #[test]
 fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
-    let test = "every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process";
-    if !have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     let kernel = guest("counter");
     let mut vm = ApiVmm::start("endpoints", &["--id", "api_test"]);
     let dir = vm.dir.clone();
@@ -335,17 +333,14 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
         "boot-specific",
     );
 
-    assert!(vm.check_contract(test));
-    assert!(restored.check_contract(test));
-    assert!(third.check_contract(test));
+    assert!(vm.check_contract());
+    assert!(restored.check_contract());
+    assert!(third.check_contract());
 }
 
 #[test]
 fn garbage_hang_ups_and_floods_never_stop_the_vm() {
-    let test = "garbage_hang_ups_and_floods_never_stop_the_vm";
-    if !have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     let kernel = guest("counter");
     let mut vm = ApiVmm::start("abuse", &[]);
     vm.ok("PUT", "/machine-config", Some(&machine(32)));
@@ -417,15 +412,12 @@ fn garbage_hang_ups_and_floods_never_stop_the_vm() {
     let closed = answer(&mut stalled);
     assert_eq!(closed, "", "a stalled request got an answer: {closed}");
     assert!(vm.child.try_wait().unwrap().is_none(), "the vmm died");
-    assert!(vm.check_contract(test));
+    assert!(vm.check_contract());
 }
 
 #[test]
 fn a_crashed_guest_s_reason_is_reported_and_a_shut_down_one_ends_the_process() {
-    let test = "a_crashed_guest_s_reason_is_reported_and_a_shut_down_one_ends_the_process";
-    if !have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     // With --serve-after-stop the API says why the guest stopped.
     let mut vm = ApiVmm::start("crash", &["--serve-after-stop"]);
     vm.ok("PUT", "/machine-config", Some(&machine(32)));
@@ -454,7 +446,7 @@ fn a_crashed_guest_s_reason_is_reported_and_a_shut_down_one_ends_the_process() {
         Some(r#"{"state": "Paused"}"#),
         "has stopped",
     );
-    assert!(vm.check_contract(test));
+    assert!(vm.check_contract());
 
     // Without it the process ends with the guest, as Firecracker's does, and says how by its
     // exit code.
@@ -468,15 +460,12 @@ fn a_crashed_guest_s_reason_is_reported_and_a_shut_down_one_ends_the_process() {
     );
     assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.stderr());
     assert!(!vm.socket.exists(), "the socket outlived the vmm");
-    assert!(vm.check_contract(test));
+    assert!(vm.check_contract());
 }
 
 #[test]
 fn a_config_file_boots_before_the_api_serves_and_the_socket_never_clobbers_a_file() {
-    let test = "a_config_file_boots_before_the_api_serves_and_the_socket_never_clobbers_a_file";
-    if !have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("api/config-file");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -499,7 +488,7 @@ fn a_config_file_boots_before_the_api_serves_and_the_socket_never_clobbers_a_fil
         Some(&machine(64)),
         "after starting",
     );
-    assert!(vm.check_contract(test));
+    assert!(vm.check_contract());
     drop(vm);
 
     // A regular file where the socket should go is left alone.

@@ -7,8 +7,10 @@ mod api_support;
 mod common;
 
 use api_support::check_contract;
-use common::{guest, have_kvm};
-use integration_tests::{guest_artifact, peers::venv_python, skip, workspace_root};
+use common::guest;
+use integration_tests::{
+    guest_artifact, ok_or_skip, peers::venv_python, require_kvm, skip, workspace_root,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,9 +23,12 @@ fn work_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn have_curl(test: &str) -> bool {
-    Command::new("curl").arg("--version").output().is_ok()
-        || skip(test, "curl is not installed (scripts/test.sh installs it)")
+/// Whether curl is installed; `Err` says it is not.
+fn curl() -> Result<(), String> {
+    match Command::new("curl").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("curl is not installed (scripts/test.sh installs it)".into()),
+    }
 }
 
 /// Runs the demo script on `kernel` (and `initrd`), waiting for `wait_for` on the console;
@@ -61,19 +66,17 @@ fn run_demo(
 #[test]
 fn curl_boots_pauses_snapshots_and_restores_the_tiny_guest() {
     let test = "curl_boots_pauses_snapshots_and_restores_the_tiny_guest";
-    if !have_kvm(test) || !have_curl(test) {
-        return;
-    }
+    require_kvm!();
+    ok_or_skip!(curl());
     let exchanges = run_demo(test, &guest("counter"), None, "32", "^tick ");
-    check_contract(test, &[&exchanges]);
+    check_contract(&[&exchanges]);
 }
 
 #[test]
 fn curl_boots_pauses_snapshots_and_restores_the_linux_guest() {
     let test = "curl_boots_pauses_snapshots_and_restores_the_linux_guest";
-    if !have_kvm(test) || !have_curl(test) {
-        return;
-    }
+    require_kvm!();
+    ok_or_skip!(curl());
     let (Some(kernel), Some(initrd)) = (
         guest_artifact("GUEST_VMLINUX"),
         guest_artifact("GUEST_INITRAMFS"),
@@ -82,30 +85,24 @@ fn curl_boots_pauses_snapshots_and_restores_the_linux_guest() {
     };
     // The guest's init is up: it runs in user space and prints its first line.
     let exchanges = run_demo(test, &kernel, Some(&initrd), "128", "^init: ");
-    check_contract(test, &[&exchanges]);
+    check_contract(&[&exchanges]);
 }
 
 #[test]
 fn a_published_firecracker_client_drives_the_vmm() {
     let test = "a_published_firecracker_client_drives_the_vmm";
-    if !have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     let python = venv_python();
     let installed = Command::new(&python)
         .args(["-c", "import firecracker.api"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !installed {
-        skip(
-            test,
-            &format!(
-                "firecracker-python is not installed next to {}; scripts/test.sh installs it \
-                 (vmm/api/requirements.txt)",
-                python.display()
-            ),
+        skip!(
+            "firecracker-python is not installed next to {}; scripts/test.sh installs it \
+             (vmm/api/requirements.txt)",
+            python.display()
         );
-        return;
     }
     let output = Command::new(&python)
         .arg(workspace_root().join("vmm/api/firecracker_peer.py"))
@@ -140,9 +137,8 @@ fn readme_example() -> String {
 #[test]
 fn the_readme_example_runs_as_written() {
     let test = "the_readme_example_runs_as_written";
-    if !have_kvm(test) || !have_curl(test) {
-        return;
-    }
+    require_kvm!();
+    ok_or_skip!(curl());
     let work = work_dir(test);
     std::os::unix::fs::symlink(guest("counter"), work.join("vmlinux")).unwrap();
     // The tiny guest ignores its initrd; the loader still places it.

@@ -10,6 +10,7 @@
 //! Needs `GUEST_VMLINUX` and `GUEST_INITRAMFS` (scripts/test.sh builds them),
 //! root (network namespaces, taps), `ip` (iproute2) and gcc with a static libc.
 
+use integration_tests::{guest_artifact, ok_or_skip, require_kvm};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use vmm::devices::virtio::mmio::TransportState;
 use vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vmm::host_caps::HostCaps;
 use vmm::microvm::{DeviceSpec, Microvm};
+use vmm::persist::Persist;
 
 const TAP: &str = "tap0";
 const GUEST_MAC: &str = "06:00:ac:10:00:02";
@@ -53,29 +55,16 @@ impl Console {
     }
 }
 
-fn artifact(test: &str, variable: &str) -> Option<PathBuf> {
-    match std::env::var_os(variable).map(PathBuf::from) {
-        Some(path) if path.exists() => Some(path),
-        _ => {
-            let reason = format!("{variable} is not set or missing: scripts/test.sh builds it");
-            integration_tests::skip(test, &reason);
-            None
-        }
-    }
-}
-
-/// Runs `body` on a thread of its own in a new network namespace.
-fn in_netns<T: Send + 'static>(test: &str, body: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let test = test.to_owned();
+/// Runs `body` on a thread of its own in a new network namespace; `Err` says why there is none.
+fn in_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let result = std::thread::spawn(move || {
         // SAFETY: unshare(2) takes flags only; CLONE_NEWNET moves this thread alone into a
         // new network namespace, which no Rust invariant depends on.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             let why = std::io::Error::last_os_error();
-            integration_tests::skip(&test, &format!("no network namespace ({why}); run as root"));
-            return None;
+            return Err(format!("no network namespace ({why}); run as root"));
         }
-        Some(body())
+        Ok(body())
     })
     .join();
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -112,25 +101,25 @@ fn net_transport(microvm: &Microvm) -> TransportState {
         .iter()
         .find(|d| matches!(d.spec, DeviceSpec::Net(_)))
         .expect("no network device");
-    device.transport.lock().unwrap().state()
+    let transport = device.transport.lock().unwrap();
+    let device = transport.device().clone();
+    let Ok(state) = transport.save(&*device.lock().unwrap());
+    state
 }
 
 #[test]
 fn the_guest_driver_starts_the_device_and_a_snapshot_restores_in_another_namespace() {
-    let test = "the_guest_driver_starts_the_device_and_a_snapshot_restores_in_another_namespace";
-    if !integration_tests::have_kvm(test) {
-        return;
-    }
+    require_kvm!();
     let (Some(kernel), Some(initrd)) = (
-        artifact(test, "GUEST_VMLINUX"),
-        artifact(test, "GUEST_INITRAMFS"),
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_INITRAMFS"),
     ) else {
         return;
     };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("net-snapshot");
     let _ = std::fs::remove_dir_all(&dir);
     let snapshot = dir.clone();
-    let booted = in_netns(test, move || {
+    let booted = in_netns(move || {
         host_side();
         assert!(!tap_attached());
         let mut config = VmConfig {
@@ -194,14 +183,12 @@ fn the_guest_driver_starts_the_device_and_a_snapshot_restores_in_another_namespa
         microvm.stop();
         (state, console.text())
     });
-    let Some((saved, console_before)) = booted else {
-        return;
-    };
+    let (saved, console_before) = ok_or_skip!(booted);
     assert!(console_before.contains("Linux version"), "{console_before}");
 
     // Another environment: its own namespace and its own tap0. The restore opens that tap by
     // the saved name and starts the device again as the driver left it; the guest runs on.
-    let restored = in_netns(test, move || {
+    let restored = in_netns(move || {
         host_side();
         let console = Console::default();
         let options = vmm::snapshot::RestoreOptions::default();
@@ -225,9 +212,7 @@ fn the_guest_driver_starts_the_device_and_a_snapshot_restores_in_another_namespa
         microvm.stop();
         (state, console.text())
     });
-    let Some((state, console_after)) = restored else {
-        return;
-    };
+    let (state, console_after) = ok_or_skip!(restored);
     assert_eq!(state.device_status, saved.device_status);
     assert_eq!(state.acked_features, saved.acked_features);
     assert_eq!(state.queues, saved.queues);
@@ -348,15 +333,12 @@ fn tcp_peer(listener: TcpListener) -> usize {
 
 #[test]
 fn a_guest_talks_udp_and_tcp_with_the_host_side_of_its_tap() {
-    let test = "a_guest_talks_udp_and_tcp_with_the_host_side_of_its_tap";
-    if !integration_tests::have_kvm(test) {
-        return;
-    }
-    let Some(kernel) = artifact(test, "GUEST_VMLINUX") else {
+    require_kvm!();
+    let Some(kernel) = guest_artifact("GUEST_VMLINUX") else {
         return;
     };
     let initrd = net_probe_initramfs();
-    let result = in_netns(test, move || {
+    let result = in_netns(move || {
         host_side();
         let udp = UdpSocket::bind("172.16.0.1:5000").unwrap();
         udp.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
@@ -393,9 +375,7 @@ fn a_guest_talks_udp_and_tcp_with_the_host_side_of_its_tap() {
         let bytes = tcp_peer.join().unwrap();
         (console, pings, bytes)
     });
-    let Some((console, pings, bytes)) = result else {
-        return;
-    };
+    let (console, pings, bytes) = ok_or_skip!(result);
     assert!(
         console.contains(&format!("eth0 mac {GUEST_MAC}")),
         "{console}"

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{guest, have_kvm, vmm, vmm_command};
+use common::{guest, vmm, vmm_command};
+use integration_tests::require_kvm;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -125,9 +126,7 @@ fn counted_snapshot(name: &str) -> (PathBuf, String) {
 
 #[test]
 fn a_restored_guest_goes_on_counting_in_a_new_process() {
-    if !have_kvm("a_restored_guest_goes_on_counting_in_a_new_process") {
-        return;
-    }
+    require_kvm!();
     let (dir, before) = counted_snapshot("snapshot-counter");
     assert_eq!(
         std::fs::metadata(dir.join("memory")).unwrap().len(),
@@ -152,9 +151,7 @@ fn a_restored_guest_goes_on_counting_in_a_new_process() {
 
 #[test]
 fn corrupt_truncated_and_foreign_snapshots_are_refused() {
-    if !have_kvm("corrupt_truncated_and_foreign_snapshots_are_refused") {
-        return;
-    }
+    require_kvm!();
     let (dir, _) = counted_snapshot("snapshot-bad");
     let state = std::fs::read(dir.join("state")).unwrap();
     let variant = |name: &str, state: &[u8], memory_len: Option<u64>| {
@@ -229,9 +226,7 @@ fn snapshot_after(args: &[&str], dir: &Path, lines: usize) {
 
 #[test]
 fn user_mode_and_its_exceptions_go_on_after_a_restore() {
-    if !have_kvm("user_mode_and_its_exceptions_go_on_after_a_restore") {
-        return;
-    }
+    require_kvm!();
     let kernel = guest("user_mode");
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let (first, second) = (tmp.join("snapshot-user-1"), tmp.join("snapshot-user-2"));

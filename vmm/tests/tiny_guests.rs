@@ -4,14 +4,13 @@
 
 mod common;
 
-use common::{guest, have_kvm, stdout, vmm};
+use common::{guest, stdout, vmm};
+use integration_tests::require_kvm;
 use std::path::Path;
 
 #[test]
 fn boot_protocol_state_serial_and_i8042_reset() {
-    if !have_kvm("boot_protocol_state_serial_and_i8042_reset") {
-        return;
-    }
+    require_kvm!();
     let kernel = guest("boot_params");
     let initrd = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-initrd");
     std::fs::write(&initrd, vec![0x5a; 5000]).unwrap();
@@ -64,9 +63,7 @@ fn boot_protocol_state_serial_and_i8042_reset() {
 
 #[test]
 fn virtio_mmio_registers_and_command_line_entries() {
-    if !have_kvm("virtio_mmio_registers_and_command_line_entries") {
-        return;
-    }
+    require_kvm!();
     let kernel = guest("mmio");
     let output = vmm(&[
         "--kernel",
@@ -113,9 +110,7 @@ fn virtio_mmio_registers_and_command_line_entries() {
 
 #[test]
 fn triple_fault_is_a_guest_crash() {
-    if !have_kvm("triple_fault_is_a_guest_crash") {
-        return;
-    }
+    require_kvm!();
     let kernel = guest("triple_fault");
     let output = vmm(&["--kernel", kernel.to_str().unwrap(), "--boot-args", "x"]);
     assert_eq!(stdout(&output), "tiny guest: about to fault\n");

@@ -179,13 +179,7 @@ fn wait_drained(client: &Client, function: &str) -> anyhow::Result<()> {
     }
 }
 
-/// A field of /proc/PID/status in kB; None once the process is gone.
-fn proc_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
+use proc_info::read_status_kb as proc_kb;
 
 /// The memory of one `vmm` process: (VmRSS, RssAnon) in kB, and whether it was read while the
 /// environment was idle (after its invoke, the state the table reports).

@@ -81,7 +81,7 @@ impl Worker {
                 ready: false,
             },
             Err(e) => {
-                eprintln!("bootstrap: restarting the worker failed: {e}");
+                log::error!("restarting the worker failed: {e}");
                 State::Down(e)
             }
         };
@@ -132,7 +132,7 @@ impl Worker {
             ),
             Err(e) => protocol_failure(e),
         };
-        eprintln!("bootstrap: {failure}; restarting the worker");
+        log::warn!("{failure}; restarting the worker");
         self.restart();
         Err(failure)
     }

@@ -5,7 +5,7 @@ fn invocation(body: &'static [u8]) -> Invocation {
 }
 
 fn open(dir: &Path) -> (EventStore, Recovery) {
-    EventStore::open(dir).unwrap_or_else(|e| panic!("{}", proto::log::error_chain(&e)))
+    EventStore::open(dir).unwrap_or_else(|e| panic!("{}", logging::Chain(&e)))
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {

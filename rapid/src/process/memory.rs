@@ -13,7 +13,10 @@ const MAX_PROCESSES: usize = 256;
 /// The largest `VmHWM` among `root` and its descendants, in MB (rounded up); 0 when none is
 /// left.
 pub fn max_memory_used_mb(root: i32) -> u64 {
-    if root <= 0 {
+    let Ok(root) = u32::try_from(root) else {
+        return 0;
+    };
+    if root == 0 {
         return 0;
     }
     let (mut peak_kb, mut pending, mut looked) = (0, vec![root], 0);
@@ -22,38 +25,12 @@ pub fn max_memory_used_mb(root: i32) -> u64 {
             break;
         }
         looked += 1;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
-        if let Some(kb) = status.ok().as_deref().and_then(vm_hwm_kb) {
+        if let Some(kb) = proc_info::read_status_kb(pid, "VmHWM") {
             peak_kb = peak_kb.max(kb);
         }
-        pending.extend(children(pid));
+        pending.extend(proc_info::children(pid));
     }
     peak_kb.div_ceil(1024)
-}
-
-/// The children of every thread of `pid` (a kernel without `CONFIG_PROC_CHILDREN` has none to
-/// show, and then only the root is measured).
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
-}
-
-/// The `VmHWM` field of a `/proc/<pid>/status` text, in kB.
-fn vm_hwm_kb(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -85,6 +62,7 @@ mod tests {
 
     #[test]
     fn vm_hwm_is_parsed_and_absent_for_kernel_threads() {
+        let vm_hwm_kb = |status| proc_info::status_kb(status, "VmHWM");
         assert_eq!(
             vm_hwm_kb("Name:\tx\nVmHWM:\t   40960 kB\nVmRSS:\t1 kB\n"),
             Some(40960)

@@ -329,17 +329,18 @@ async fn one_invocation_at_a_time_even_with_two_polls() {
         let handle = handle.clone();
         tokio::spawn(async move { handle.next().await })
     };
-    let (a, b) = (poll(), poll());
+    let (mut a, mut b) = (poll(), poll());
     tokio::task::yield_now().await;
     let first = invoke(&handle, r#"{"n":1}"#).await;
     let second = invoke(&handle, r#"{"n":2}"#).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        a.is_finished() != b.is_finished(),
-        "exactly one poll got an invocation"
-    );
-    let (done, waiting) = if a.is_finished() { (a, b) } else { (b, a) };
-    let ApiReply::Next(delivered) = done.await.unwrap() else {
+    // One poll gets the first invocation; the other waits for the second (had it been given
+    // the first as well, it would hand it back below instead of the second).
+    let (done, waiting) = tokio::select! {
+        done = &mut a => (done, b),
+        done = &mut b => (done, a),
+    };
+    assert!(!waiting.is_finished(), "exactly one poll got an invocation");
+    let ApiReply::Next(delivered) = done.unwrap() else {
         panic!("expected an invocation")
     };
     assert_eq!(delivered.invocation.event, r#"{"n":1}"#);

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("build-rootfs: error: {e:#}");
+            eprintln!("build-rootfs: error: {}", logging::Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

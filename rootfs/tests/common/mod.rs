@@ -10,8 +10,6 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
-pub use integration_tests::skip;
-
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -20,17 +18,14 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// True when every tool is installed; otherwise skips (or fails under CI=true).
-pub fn require(test: &str, tools: &[(&str, &str)]) -> bool {
+/// Whether every tool (with the package that has it) is installed; `Err` names one that is not.
+pub fn tools(tools: &[(&str, &str)]) -> Result<(), String> {
     for (tool, package) in tools {
         if find_tool(tool).is_none() {
-            return skip(
-                test,
-                &format!("{tool} not found (apt-get install {package})"),
-            );
+            return Err(format!("{tool} not found (apt-get install {package})"));
         }
     }
-    true
+    Ok(())
 }
 
 /// Test binaries: a static `true`, a dynamic one and a shared library, built with gcc.
@@ -44,11 +39,9 @@ pub struct Binaries {
     pub script: PathBuf,
 }
 
-/// Builds the binaries, or returns `None` after skipping when gcc or its static libc is missing.
-pub fn binaries(test: &str) -> Option<Binaries> {
-    if !require(test, &[("gcc", "gcc libc6-dev")]) {
-        return None;
-    }
+/// Builds the binaries; `Err` says why not where gcc or its static libc is missing.
+pub fn binaries() -> Result<Binaries, String> {
+    tools(&[("gcc", "gcc libc6-dev")])?;
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("true.c");
     fs::write(&source, "int main(void) { return 0; }\n").unwrap();
@@ -65,14 +58,10 @@ pub fn binaries(test: &str) -> Option<Binaries> {
     };
     let (ok, static_exe, output) = gcc(&["-static", "-O2"], "true-static");
     if !ok {
-        skip(
-            test,
-            &format!(
-                "gcc -static failed, static libc missing? (apt-get install libc6-dev): {}",
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        );
-        return None;
+        return Err(format!(
+            "gcc -static failed, static libc missing? (apt-get install libc6-dev): {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     let (ok, dynamic_exe, output) = gcc(&["-O2"], "true-dynamic");
     assert!(ok, "gcc: {}", String::from_utf8_lossy(&output.stderr));
@@ -97,7 +86,7 @@ pub fn binaries(test: &str) -> Option<Binaries> {
     let script = dir.path().join("script.sh");
     fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     set_mode(&script, 0o755);
-    Some(Binaries {
+    Ok(Binaries {
         _dir: dir,
         static_exe,
         dynamic_exe,

@@ -3,10 +3,10 @@
 
 use super::types::{SnapshotCreateParams, SnapshotType, Timings, VmRunState};
 use super::ApiResponse;
-use crate::error::Chain;
 use crate::microvm::Microvm;
 use crate::snapshot::manifest::SnapshotManifest;
 use crate::snapshot::{self, SnapshotPaths};
+use logging::Chain;
 use std::fs::File;
 use std::io::Write;
 use std::time::Instant;

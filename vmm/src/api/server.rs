@@ -10,8 +10,8 @@
 use super::parse::{self, Framing, HttpRequest, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use super::routes::{self, ApiRequest};
 use super::ApiResponse;
-use crate::error::Chain;
 use crate::seccomp::{self, ThreadKind};
+use logging::Chain;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};

@@ -9,13 +9,13 @@
 
 use anyhow::Context;
 use clap::Parser;
+use logging::Chain;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vmm::api::controller::{Controller, ControllerOptions, StartedFrom};
 use vmm::config::{self, VmFlags};
-use vmm::error::Chain;
 use vmm::exit::VmExit;
 use vmm::host_caps::HostCaps;
 use vmm::jail::JailFlags;
@@ -74,7 +74,7 @@ extern "C" fn on_snapshot_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mu
 
 fn main() {
     let mut args = Args::parse();
-    vmm::logger::init(args.log_level);
+    logging::init("vmm", args.log_level);
     // Relative paths are taken from where the vmm was started, resolved now: the jail moves
     // the process to another root.
     let cwd = match std::env::current_dir() {

@@ -56,27 +56,24 @@ impl Bus {
 
     /// Reads from the device at `addr`; `false` if nothing is there.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        let Some((entry, offset)) = self.find(addr) else {
-            return false;
-        };
-        entry
-            .device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read(offset, data);
-        true
+        self.with_device(addr, |device, offset| device.read(offset, data))
     }
 
     /// Writes to the device at `addr`; `false` if nothing is there.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        self.with_device(addr, |device, offset| device.write(offset, data))
+    }
+
+    /// Runs `access` on the device at `addr` (locked) with the offset into its range; `false`
+    /// if nothing is there.
+    fn with_device(&self, addr: u64, access: impl FnOnce(&mut dyn BusDevice, u64)) -> bool {
         let Some((entry, offset)) = self.find(addr) else {
             return false;
         };
-        entry
-            .device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(offset, data);
+        access(
+            &mut *entry.device.lock().unwrap_or_else(|e| e.into_inner()),
+            offset,
+        );
         true
     }
 }

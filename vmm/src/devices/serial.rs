@@ -2,6 +2,8 @@
 //! interrupt on IRQ 4 through an irqfd.
 
 use super::bus::BusDevice;
+use crate::persist::Persist;
+use std::convert::Infallible;
 use std::io::{self, Write};
 use vm_superio::serial::NoEvents;
 pub use vm_superio::serial::SerialState;
@@ -48,21 +50,30 @@ impl Serial {
         })
     }
 
+    /// The eventfd to register as the IRQ 4 irqfd.
+    pub fn irq(&self) -> &EventFd {
+        &self.uart.interrupt_evt().0
+    }
+}
+
+impl Persist<'_> for Serial {
+    type State = SerialState;
+    type SaveArgs = ();
+    /// Where the guest's output goes.
+    type RestoreArgs = Box<dyn Write + Send>;
+    type SaveError = Infallible;
+    type RestoreError = io::Error;
+
+    fn save(&self, (): ()) -> Result<SerialState, Infallible> {
+        Ok(self.uart.state())
+    }
+
     /// A UART in the register state a snapshot recorded.
-    pub fn from_state(out: Box<dyn Write + Send>, state: &SerialState) -> io::Result<Serial> {
+    fn restore(out: Box<dyn Write + Send>, state: &SerialState) -> io::Result<Serial> {
         let irq = IrqEvent(EventFd::new(EFD_NONBLOCK)?);
         let uart = Uart::from_state(state, irq, NoEvents, out)
             .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
         Ok(Serial { uart })
-    }
-
-    pub fn state(&self) -> SerialState {
-        self.uart.state()
-    }
-
-    /// The eventfd to register as the IRQ 4 irqfd.
-    pub fn irq(&self) -> &EventFd {
-        &self.uart.interrupt_evt().0
     }
 }
 

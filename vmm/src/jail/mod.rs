@@ -58,7 +58,8 @@ pub struct JailFlags {
     /// Join this network namespace (e.g. /run/netns/NAME) instead of a new, empty one.
     #[arg(long, value_name = "PATH", requires = "jail_root")]
     pub jail_netns: Option<PathBuf>,
-    /// A cgroup directory (v1 or v2) to join before dropping privileges.
+    /// A cgroup directory (v1 or v2) to join before dropping privileges: one per hierarchy of
+    /// the cgroup the launcher made (the `cgroups` crate's `Cgroup::dirs`).
     #[arg(long, value_name = "DIR", requires = "jail_root")]
     pub jail_cgroup: Vec<PathBuf>,
 }
@@ -121,6 +122,8 @@ pub enum JailError {
     NotADevice(PathBuf),
     #[error("jail: --jail-uid and --jail-gid are required, and must not be 0")]
     NoUser,
+    #[error("jail: joining the cgroup")]
+    Cgroup(#[source] cgroups::CgroupError),
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> JailError {
@@ -159,9 +162,7 @@ impl JailFlags {
         close_inherited_descriptors()?;
         self.enter_namespaces()?;
         for cgroup in &self.jail_cgroup {
-            let procs = cgroup.join("cgroup.procs");
-            std::fs::write(&procs, std::process::id().to_string())
-                .map_err(io("joining the cgroup", &procs))?;
+            cgroups::join(cgroup).map_err(JailError::Cgroup)?;
         }
         build_root(root, self, uid, gid)?;
         enter_root(root)?;

@@ -225,7 +225,7 @@ mod tests {
     }
 
     fn vmm_error_chain(error: &StateFileError) -> String {
-        crate::error::Chain(error).to_string()
+        logging::Chain(error).to_string()
     }
 
     #[test]

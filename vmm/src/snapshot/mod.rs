@@ -1,6 +1,7 @@
 //! Snapshots: a paused VM written to a directory as `state` (the KVM, vCPU and device state,
 //! see [`file`]) and `memory` (guest RAM, byte for byte), and restored in a fresh process with
 //! the memory file mapped private, so pages load lazily and the guest's writes stay its own.
+//! Each part's state is its [`Persist`] state: saved with `save`, built again with `restore`.
 //!
 //! Virtio devices are saved as what they were made from (a drive's path, the vsock CID) and
 //! their transport and queue state; on restore they are made again and activated on the saved
@@ -11,18 +12,19 @@ pub mod dir;
 pub mod file;
 pub mod manifest;
 
-use crate::builder::{BuildError, LegacyDevices, VirtioAttacher};
+use crate::builder::{self, BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
 use crate::devices::serial::{Serial, SerialState, SerialStateDef};
 use crate::devices::virtio::mmio::TransportState;
 use crate::devices::virtio::vsock::persist::VsockState;
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::ExitSignal;
-use crate::microvm::{DeviceSpec, Microvm, Parts};
+use crate::microvm::{DeviceSpec, Microvm, StartError};
+use crate::persist::Persist;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::{Vm, VmError};
-use crate::vstate::vm_state::{self, VmState};
+use crate::vstate::vm_state::VmState;
 use file::StateFileError;
 use manifest::{manifest_path, ManifestError, SnapshotManifest};
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,8 @@ pub enum SnapshotError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("network_overrides: the snapshot has no network interface {0:?}")]
@@ -247,17 +251,20 @@ fn write_snapshot(
     let devices = transports
         .iter()
         .zip(&held)
-        .map(|((spec, transport), device)| DeviceState {
-            spec: (*spec).clone(),
-            transport: transport.state_of(&**device),
+        .map(|((spec, transport), device)| {
+            let Ok(transport) = transport.save(&**device);
+            DeviceState {
+                spec: (*spec).clone(),
+                transport,
+            }
         })
         .collect();
     let vcpus = microvm.vcpu_states(&msr_list)?;
-    let serial = microvm
+    let Ok(serial) = microvm
         .serial()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .state();
+        .save(());
     let memory = microvm.vm().memory();
     let mem_size_bytes: u64 = vm_memory::GuestMemoryBackend::iter(memory)
         .map(vm_memory::GuestMemoryRegion::len)
@@ -265,7 +272,7 @@ fn write_snapshot(
     let state = MicrovmState {
         vmm_version: env!("CARGO_PKG_VERSION").to_owned(),
         mem_size_bytes,
-        vm: vm_state::save(microvm.vm())?,
+        vm: microvm.vm().save(())?,
         vcpus,
         serial,
         devices,
@@ -333,28 +340,21 @@ pub fn restore_files(
     let specs = overridden_specs(&state, options)?;
     let memory = map_memory(&paths.memory, state.mem_size_bytes)?;
 
-    let vm = Vm::with_memory(memory)?;
-    vm_state::restore(&vm, &state.vm)?;
+    let vm = Vm::restore(memory, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
-    let serial = Serial::from_state(console, &state.serial).map_err(io_error(&paths.state))?;
-    let LegacyDevices { pio, serial, i8042 } = LegacyDevices::attach(&vm, serial, &exit)?;
+    let serial = Serial::restore(console, &state.serial).map_err(io_error(&paths.state))?;
+    let legacy = LegacyDevices::attach(&vm, serial, &exit)?;
     let mut virtio = VirtioAttacher::new(&vm);
     for (device, spec) in state.devices.iter().zip(specs) {
         virtio.attach(spec, Some(&device.transport))?;
     }
-    let VirtioAttacher {
-        mmio,
-        subscribers,
-        devices,
-        vsock,
-        ..
-    } = virtio;
+    let virtio = virtio.finish();
     let vcpus = state
         .vcpus
         .iter()
-        .map(|s| Vcpu::restored(&vm, s))
+        .map(|s| Vcpu::restore(&vm, s))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(vsock) = &vsock {
+    if let Some(vsock) = &virtio.vsock {
         // Before the vCPUs run: the guest's first look at its sockets sees them reset.
         let mut vsock = vsock.lock().unwrap_or_else(|e| e.into_inner());
         if vsock.is_activated() {
@@ -364,19 +364,7 @@ pub fn restore_files(
             log::debug!("vsock: transport reset sent to the restored guest");
         }
     }
-    let parts = Parts {
-        vm,
-        exit,
-        pio,
-        mmio,
-        subscribers,
-        serial,
-        i8042,
-        vsock,
-        devices,
-        vcpus,
-        cmdline: String::new(),
-    };
+    let parts = builder::parts(vm, exit, legacy, virtio, vcpus, String::new());
     let microvm = if options.paused {
         Microvm::start_paused(parts)?
     } else {

@@ -3,11 +3,12 @@
 
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
-use crate::error::Chain;
 use crate::exit::{ExitSignal, VmExit};
+use crate::persist::Persist;
 use crate::seccomp::{self, ThreadKind};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use logging::Chain;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::vcpu_state::{self, VcpuState};
+use super::vcpu_state::{self, VcpuState, VcpuStateError};
 use super::vm::{Vm, VmError};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -37,8 +38,8 @@ pub enum VcpuError {
     Vm(#[from] VmError),
     #[error("starting the vCPU thread")]
     Thread(#[source] std::io::Error),
-    #[error("vCPU state, {what}: {why}")]
-    State { what: &'static str, why: String },
+    #[error(transparent)]
+    State(#[from] VcpuStateError),
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -82,22 +83,6 @@ impl Vcpu {
         regs::setup_msrs(&fd)?;
         regs::setup_lint(&fd)?;
         Ok(Vcpu { id, fd })
-    }
-
-    /// Creates vCPU `state.id` with the state a snapshot recorded.
-    pub fn restored(vm: &Vm, state: &VcpuState) -> Result<Vcpu, VcpuError> {
-        let id = state.id;
-        let fd = vm
-            .fd()
-            .create_vcpu(u64::from(id))
-            .map_err(|source| VcpuError::Create { id, source })?;
-        vcpu_state::restore(&fd, state)?;
-        Ok(Vcpu { id, fd })
-    }
-
-    /// The vCPU's state; call it only while the vCPU is not running.
-    pub fn save_state(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
-        vcpu_state::save(self.id, &self.fd, msr_list)
     }
 
     /// Puts the boot vCPU at a 64-bit kernel's entry point.
@@ -171,6 +156,32 @@ impl Vcpu {
     fn crash(&self, what: &str) -> VmExit {
         let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
         VmExit::GuestCrash(format!("vcpu{}: {what} at rip {rip:#x}", self.id))
+    }
+}
+
+impl<'a> Persist<'a> for Vcpu {
+    type State = VcpuState;
+    /// The MSRs to read: KVM's `KVM_GET_MSR_INDEX_LIST`.
+    type SaveArgs = &'a [u32];
+    /// The VM the vCPU is created in.
+    type RestoreArgs = &'a Vm;
+    type SaveError = VcpuError;
+    type RestoreError = VcpuError;
+
+    /// The vCPU's state; call it only while the vCPU is not running.
+    fn save(&self, msr_list: &'a [u32]) -> Result<VcpuState, VcpuError> {
+        Ok(vcpu_state::save(self.id, &self.fd, msr_list)?)
+    }
+
+    /// Creates vCPU `state.id` in `vm` with the state a snapshot recorded.
+    fn restore(vm: &'a Vm, state: &VcpuState) -> Result<Vcpu, VcpuError> {
+        let id = state.id;
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        vcpu_state::restore(&fd, state)?;
+        Ok(Vcpu { id, fd })
     }
 }
 
@@ -298,14 +309,14 @@ impl VcpuThreads {
     /// Every vCPU's state, in id order; the vCPUs must be paused.
     pub fn save_states(&self, msr_list: &[u32]) -> Result<Vec<VcpuState>, VcpuError> {
         if !self.is_paused() {
-            return Err(VcpuError::State {
+            return Err(VcpuError::State(VcpuStateError::Invalid {
                 what: "saving",
                 why: "the vCPUs are running; pause them first".into(),
-            });
+            }));
         }
         self.vcpus
             .iter()
-            .map(|vcpu| lock(vcpu).save_state(msr_list))
+            .map(|vcpu| lock(vcpu).save(msr_list))
             .collect()
     }
 

@@ -1,12 +1,23 @@
 //! A vCPU's architectural state, as a snapshot stores it, and how to read and restore it.
 
-use super::vcpu::VcpuError;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
 };
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
+
+/// Why a vCPU's state could not be read, or put back into a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuStateError {
+    #[error("{what}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU state, {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+}
 
 /// MSRs a running Linux guest cannot do without: system-call entry, TSC, kvm-clock and the
 /// paravirtual features, PAT. A restore that cannot put one of these back fails; the other MSRs
@@ -93,13 +104,13 @@ fn fpu_from_bytes(bytes: &[u8]) -> Option<kvm_fpu> {
     Some(fpu)
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
-    move |source| VcpuError::Kvm { what, source }
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuStateError {
+    move |source| VcpuStateError::Kvm { what, source }
 }
 
 /// Reads the state of a vCPU that is not running: every MSR in `msr_list` (KVM's
 /// `KVM_GET_MSR_INDEX_LIST`) that it can read.
-pub fn save(id: u8, fd: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+pub fn save(id: u8, fd: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, VcpuStateError> {
     let cpuid = fd
         .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("KVM_GET_CPUID2"))?;
@@ -139,8 +150,8 @@ pub fn save(id: u8, fd: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, VcpuErro
 /// Puts `state` into a freshly created vCPU. The order matters: CPUID before MSRs and XSAVE
 /// (they are checked against it), special registers (the APIC base) before the LAPIC, and the
 /// pending events last.
-pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
-    let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::State {
+pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
+    let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuStateError::Invalid {
         what: "CPUID",
         why: format!("{} entries is too many", state.cpuid.len()),
     })?;
@@ -154,7 +165,7 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
             unsafe { fd.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
         }
         FpuState::Legacy(bytes) => {
-            let fpu = fpu_from_bytes(bytes).ok_or_else(|| VcpuError::State {
+            let fpu = fpu_from_bytes(bytes).ok_or_else(|| VcpuStateError::Invalid {
                 what: "FPU",
                 why: format!("{} bytes, not a kvm_fpu", bytes.len()),
             })?;
@@ -179,7 +190,7 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
             == Some(1);
         if !taken {
             if ESSENTIAL_MSRS.contains(&index) {
-                return Err(VcpuError::State {
+                return Err(VcpuStateError::Invalid {
                     what: "MSRs",
                     why: format!("KVM refused MSR {index:#x}"),
                 });

@@ -144,8 +144,8 @@ impl ApiVmm {
 
     /// Checks every exchange this process had against the OpenAPI description (see
     /// [`check_contract`]).
-    pub fn check_contract(&self, test: &str) -> bool {
-        check_contract(test, &[self.exchanges.as_path()])
+    pub fn check_contract(&self) -> bool {
+        check_contract(&[self.exchanges.as_path()])
     }
 }
 
@@ -157,22 +157,19 @@ impl Drop for ApiVmm {
 }
 
 /// Runs vmm/api/check_exchanges.py (openapi-core, from the test virtualenv) on `files`; panics
-/// with its report when an exchange breaks the contract. Returns false (after [`skip`]) when
+/// with its report when an exchange breaks the contract. Returns false (after [`skip!`]) when
 /// the validator is not installed.
-pub fn check_contract(test: &str, files: &[&Path]) -> bool {
+pub fn check_contract(files: &[&Path]) -> bool {
     let python = venv_python();
     let installed = Command::new(&python)
         .args(["-c", "import openapi_core, openapi_spec_validator"])
         .status()
         .is_ok_and(|s| s.success());
     if !installed {
-        return skip(
-            test,
-            &format!(
-                "openapi-core is not installed next to {}; scripts/test.sh installs it \
-                 (vmm/api/requirements.txt)",
-                python.display()
-            ),
+        skip!(return false;
+            "openapi-core is not installed next to {}; scripts/test.sh installs it \
+             (vmm/api/requirements.txt)",
+            python.display()
         );
     }
     let api = workspace_root().join("vmm/api");

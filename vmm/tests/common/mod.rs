@@ -50,8 +50,6 @@ fn run_tool(command: &mut Command) {
     );
 }
 
-pub use integration_tests::have_kvm;
-
 pub fn vmm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args(args)

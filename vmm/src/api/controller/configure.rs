@@ -106,7 +106,7 @@ impl Controller {
             Ok(level) => level,
             Err(message) => return refuse(message),
         };
-        let configured = crate::logger::configure(
+        let configured = logging::configure(
             level,
             logger.log_path.as_deref(),
             logger.show_level,

@@ -21,13 +21,13 @@ use crate::config::{
     BootSource, ConfigError, Drive, Entropy, MachineConfig, NetworkInterface, Serial, VmConfig,
     Vsock,
 };
-use crate::error::Chain;
 use crate::exit::VmExit;
 use crate::host_caps::HostCaps;
 use crate::microvm::{DeviceSpec, Microvm};
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::manifest::SnapshotManifest;
 use crate::snapshot::{self, RestoreOptions, SnapshotPaths};
+use logging::Chain;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 
 use super::{Memory, VirtioDevice};
 use crate::devices::bus::BusDevice;
+use crate::persist::Persist;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::{Queue, QueueState, QueueT};
 
@@ -113,87 +115,6 @@ impl MmioTransport {
             // constants, so a refusal is a programming error we still do not panic on.
             .filter_map(|size| Queue::new(*size).ok())
             .collect()
-    }
-
-    pub fn state(&self) -> TransportState {
-        self.state_of(&*lock(&self.device))
-    }
-
-    /// [`Self::state`], for a caller that holds the device's lock already (`device` must be
-    /// this transport's device).
-    pub fn state_of(&self, device: &dyn VirtioDevice) -> TransportState {
-        let queues = if device.is_activated() {
-            device.active_queues()
-        } else {
-            &self.queues
-        };
-        TransportState {
-            device_status: self.device_status,
-            features_select: self.features_select,
-            acked_features_select: self.acked_features_select,
-            acked_features: self.acked_features,
-            queue_select: self.queue_select,
-            config_generation: self.config_generation,
-            interrupt_status: device.interrupt().status(),
-            queues: queues.iter().map(Queue::state).collect(),
-        }
-    }
-
-    /// A transport in the state a snapshot recorded; a device the driver had started is
-    /// activated again on the restored queues.
-    pub fn restored(
-        memory: Memory,
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        state: &TransportState,
-    ) -> Result<MmioTransport, super::ActivateError> {
-        let queues = {
-            let dev = lock(&device);
-            if state.queues.len() != dev.queue_max_sizes().len() {
-                return Err(super::ActivateError::QueueCount {
-                    expected: dev.queue_max_sizes().len(),
-                    got: state.queues.len(),
-                });
-            }
-            let mut queues = Vec::with_capacity(state.queues.len());
-            for (index, saved) in state.queues.iter().enumerate() {
-                let queue = Queue::try_from(*saved)
-                    .map_err(|_| super::ActivateError::InvalidQueue(index))?;
-                queues.push(queue);
-            }
-            queues
-        };
-        let mut transport = MmioTransport {
-            device,
-            memory,
-            queues,
-            device_status: state.device_status,
-            features_select: state.features_select,
-            acked_features_select: state.acked_features_select,
-            acked_features: state.acked_features,
-            queue_select: state.queue_select,
-            config_generation: state.config_generation,
-        };
-        let mut device = lock(&transport.device);
-        if state.device_status & status::FEATURES_OK != 0 {
-            device.set_acked_features(state.acked_features);
-        }
-        if state.device_status & status::DRIVER_OK != 0
-            && state.device_status & status::DEVICE_NEEDS_RESET == 0
-        {
-            let memory = &transport.memory;
-            if let Some(index) = transport
-                .queues
-                .iter()
-                .position(|q| !q.ready() || !q.is_valid(memory))
-            {
-                return Err(super::ActivateError::InvalidQueue(index));
-            }
-            let queues = std::mem::take(&mut transport.queues);
-            device.activate(transport.memory.clone(), queues)?;
-        }
-        device.interrupt().restore_status(state.interrupt_status);
-        drop(device);
-        Ok(transport)
     }
 
     pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
@@ -366,6 +287,92 @@ impl MmioTransport {
         self.features_select = 0;
         self.acked_features_select = 0;
         self.queue_select = 0;
+    }
+}
+
+impl<'a> Persist<'a> for MmioTransport {
+    type State = TransportState;
+    /// The transport's own device, which the caller holds locked: a snapshot keeps every
+    /// device locked until guest memory is written, so that the device thread cannot use a
+    /// queue between the moment its state is read and the moment memory is saved.
+    type SaveArgs = &'a dyn VirtioDevice;
+    /// Guest memory and the device the transport fronts, made again from its own state.
+    type RestoreArgs = (Memory, Arc<Mutex<dyn VirtioDevice>>);
+    type SaveError = Infallible;
+    type RestoreError = super::ActivateError;
+
+    fn save(&self, device: &'a dyn VirtioDevice) -> Result<TransportState, Infallible> {
+        let queues = if device.is_activated() {
+            device.active_queues()
+        } else {
+            &self.queues
+        };
+        Ok(TransportState {
+            device_status: self.device_status,
+            features_select: self.features_select,
+            acked_features_select: self.acked_features_select,
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            interrupt_status: device.interrupt().status(),
+            queues: queues.iter().map(Queue::state).collect(),
+        })
+    }
+
+    /// A transport in the state a snapshot recorded; a device the driver had started is
+    /// activated again on the restored queues.
+    fn restore(
+        (memory, device): (Memory, Arc<Mutex<dyn VirtioDevice>>),
+        state: &TransportState,
+    ) -> Result<MmioTransport, super::ActivateError> {
+        let queues = {
+            let dev = lock(&device);
+            if state.queues.len() != dev.queue_max_sizes().len() {
+                return Err(super::ActivateError::QueueCount {
+                    expected: dev.queue_max_sizes().len(),
+                    got: state.queues.len(),
+                });
+            }
+            let mut queues = Vec::with_capacity(state.queues.len());
+            for (index, saved) in state.queues.iter().enumerate() {
+                let queue = Queue::try_from(*saved)
+                    .map_err(|_| super::ActivateError::InvalidQueue(index))?;
+                queues.push(queue);
+            }
+            queues
+        };
+        let mut transport = MmioTransport {
+            device,
+            memory,
+            queues,
+            device_status: state.device_status,
+            features_select: state.features_select,
+            acked_features_select: state.acked_features_select,
+            acked_features: state.acked_features,
+            queue_select: state.queue_select,
+            config_generation: state.config_generation,
+        };
+        let mut device = lock(&transport.device);
+        if state.device_status & status::FEATURES_OK != 0 {
+            device.set_acked_features(state.acked_features);
+        }
+        if state.device_status & status::DRIVER_OK != 0
+            && state.device_status & status::DEVICE_NEEDS_RESET == 0
+        {
+            let memory = &transport.memory;
+            if let Some(index) = transport
+                .queues
+                .iter()
+                .position(|q| !q.ready() || !q.is_valid(memory))
+            {
+                return Err(super::ActivateError::InvalidQueue(index));
+            }
+            let queues = std::mem::take(&mut transport.queues);
+            device.activate(transport.memory.clone(), queues)?;
+        }
+        device.interrupt().restore_status(state.interrupt_status);
+        drop(device);
+        Ok(transport)
     }
 }
 

@@ -18,6 +18,8 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+mod test_queues;
 pub mod vsock;
 
 pub use base::{Active, DeviceBase};
@@ -25,7 +27,7 @@ pub use base::{Active, DeviceBase};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -101,6 +103,78 @@ impl IrqTrigger {
         &self.event
     }
 }
+
+/// Returns a chain the device is done with to the driver, `len` bytes written: 1 when it went
+/// in the used ring, 0 when its head index is bogus (the driver put an index past the
+/// descriptor table in the available ring: there is no descriptor to return, so the chain is
+/// dropped, and the log says so as `what`, e.g. `virtio-blk: dropping request`).
+pub fn return_chain(
+    queue: &mut Queue,
+    mem: &Memory,
+    head: u16,
+    len: u32,
+    what: &str,
+) -> Result<usize, virtio_queue::Error> {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => Ok(1),
+        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
+            log::warn!("{what} with invalid head index {head}");
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`Persist`](crate::persist::Persist) for a device whose snapshot state is what it was made
+/// from (a drive's path, a tap's name: nothing the guest changes): `save` returns it, through
+/// `$save(&device)`, and cannot fail; `restore` makes the device again, `$make(&state)`.
+macro_rules! persist_as_made {
+    ($device:ty, $state:ty, $error:ty, $save:expr, $make:expr) => {
+        impl $crate::persist::Persist<'_> for $device {
+            type State = $state;
+            type SaveArgs = ();
+            type RestoreArgs = ();
+            type SaveError = std::convert::Infallible;
+            type RestoreError = $error;
+
+            fn save(&self, (): ()) -> Result<$state, std::convert::Infallible> {
+                Ok($save(self))
+            }
+
+            fn restore((): (), state: &$state) -> Result<$device, $error> {
+                $make(state)
+            }
+        }
+    };
+}
+pub(crate) use persist_as_made;
+
+/// The event-loop side of a device with one queue and a `process_queue` method that does all
+/// its work (the drive, the entropy device): a notification of the queue of an active device
+/// runs it, and a failure is logged as `$name`'s.
+macro_rules! one_queue_event_handler {
+    ($device:ty, $name:expr) => {
+        impl event_manager::MutEventSubscriber for $device {
+            fn process(
+                &mut self,
+                events: event_manager::Events,
+                _ops: &mut event_manager::EventOps,
+            ) {
+                if self.base.queue_notified(&events, $name).is_none() || !self.base.is_active() {
+                    return;
+                }
+                if let Err(e) = self.process_queue() {
+                    log::error!("{}: {}", $name, logging::Chain(&e));
+                }
+            }
+
+            fn init(&mut self, ops: &mut event_manager::EventOps) {
+                self.base.watch_queues(ops, $name);
+            }
+        }
+    };
+}
+pub(crate) use one_queue_event_handler;
 
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,10 @@
 //! virtio-rng (virtio spec 5.4): one queue of device-writable buffers the device fills with
 //! host entropy from `getrandom(2)`.
 
-use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use super::{
+    device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use logging::Chain;
 use std::io;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -66,18 +67,7 @@ impl Rng {
                     written
                 }
             };
-            if let Err(e) = queue.add_used(&*mem, head, written) {
-                match e {
-                    // The driver put a bogus head index in the available ring; there is no
-                    // descriptor to return, so the request is dropped.
-                    virtio_queue::Error::InvalidDescriptorIndex => {
-                        log::warn!("virtio-rng: dropping request with invalid head index {head}");
-                        continue;
-                    }
-                    e => return Err(e.into()),
-                }
-            }
-            completed += 1;
+            completed += return_chain(queue, mem, head, written, "virtio-rng: dropping request")?;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
             irq.signal_used_queue().map_err(RngError::Interrupt)?;
@@ -146,6 +136,9 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+// An entropy device is made from nothing, so a snapshot keeps nothing of it but its transport.
+super::persist_as_made!(Rng, (), io::Error, |_: &Rng| (), |(): &()| Rng::new());
+
 impl VirtioDevice for Rng {
     fn base(&self) -> &DeviceBase {
         &self.base
@@ -160,76 +153,40 @@ impl VirtioDevice for Rng {
     }
 }
 
-impl MutEventSubscriber for Rng {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if self.base.queue_notified(&events, NAME).is_none() || !self.base.is_active() {
-            return;
-        }
-        if let Err(e) = self.process_queue() {
-            log::error!("{NAME}: {}", Chain(&e));
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        self.base.watch_queues(ops, NAME);
-    }
-}
+super::one_queue_event_handler!(Rng, NAME);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_queues::{GuestQueues, NEXT, WRITE};
     use crate::devices::virtio::ActivateError;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::Queue;
     use vm_memory::GuestAddress;
 
     const MEM_SIZE: u64 = 0x10_0000;
-    // The descriptor flags are 1 and 2.
-    #[allow(clippy::cast_possible_truncation)]
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-    #[allow(clippy::cast_possible_truncation)]
-    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 
     fn memory() -> Memory {
-        Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
+        crate::devices::virtio::test_queues::memory(MEM_SIZE)
     }
 
-    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-    }
-
-    fn activated(mem: &Memory, vq: &MockSplitQueue<Memory>) -> Rng {
+    fn activated(guest: &GuestQueues) -> Rng {
         let mut rng = Rng::new().unwrap();
-        rng.activate(mem.clone(), vec![vq.create_queue().unwrap()])
-            .unwrap();
+        rng.activate(guest.mem().clone(), guest.queues()).unwrap();
         rng
-    }
-
-    fn used(vq: &MockSplitQueue<Memory>, i: usize) -> (u32, u32) {
-        let elem = vq.used().ring().ref_at(i).unwrap().load();
-        (elem.id(), elem.len())
     }
 
     #[test]
     fn fills_buffers_with_distinct_entropy() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(
-            &[
-                desc(0x1_0000, 64, WRITE),
-                RawDescriptor::from(SplitDescriptor::new(0x2_0000, 64, WRITE | NEXT, 2)),
-                desc(0x2_0040, 32, WRITE),
-            ],
-            0,
-        )
-        .unwrap();
-        let mut rng = activated(&mem, &vq);
+        let mut guest = GuestQueues::new(&mem, 1, 16);
+        guest.push_chain(0, &[(0x1_0000, 64, WRITE)]);
+        guest.push_chain(0, &[(0x2_0000, 64, WRITE), (0x2_0040, 32, WRITE)]);
+        let mut rng = activated(&guest);
         assert_eq!(rng.process_queue().unwrap(), 2);
-        assert_eq!(vq.used().idx().load(), 2);
-        assert_eq!(used(&vq, 0), (0, 64));
-        assert_eq!(used(&vq, 1), (1, 96));
+        assert_eq!(guest.used_count(0), 2);
+        assert_eq!(guest.used(0, 0), (0, 64));
+        assert_eq!(guest.used(0, 1), (1, 96));
         let mut a = [0u8; 64];
         let mut b = [0u8; 64];
         mem.read_slice(&mut a, GuestAddress(0x1_0000)).unwrap();
@@ -246,20 +203,13 @@ mod tests {
     #[test]
     fn fills_only_writable_descriptors_of_a_chain() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
+        let mut guest = GuestQueues::new(&mem, 1, 16);
         mem.write_slice(&[0xaa; 16], GuestAddress(0x1_0000))
             .unwrap();
-        vq.add_desc_chains(
-            &[
-                RawDescriptor::from(SplitDescriptor::new(0x1_0000, 16, NEXT, 1)),
-                desc(0x2_0000, 100, WRITE),
-            ],
-            0,
-        )
-        .unwrap();
-        let mut rng = activated(&mem, &vq);
+        guest.push_chain(0, &[(0x1_0000, 16, 0), (0x2_0000, 100, WRITE)]);
+        let mut rng = activated(&guest);
         assert_eq!(rng.process_queue().unwrap(), 1);
-        assert_eq!(used(&vq, 0), (0, 100));
+        assert_eq!(guest.used(0, 0), (0, 100));
         let mut ro = [0u8; 16];
         mem.read_slice(&mut ro, GuestAddress(0x1_0000)).unwrap();
         assert_eq!(ro, [0xaa; 16]);
@@ -268,82 +218,60 @@ mod tests {
     #[test]
     fn caps_request_size() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(&[desc(0x1_0000, 0x8_0000, WRITE)], 0)
-            .unwrap();
-        let mut rng = activated(&mem, &vq);
+        let mut guest = GuestQueues::new(&mem, 1, 16);
+        guest.push_chain(0, &[(0x1_0000, 0x8_0000, WRITE)]);
+        let mut rng = activated(&guest);
         assert_eq!(rng.process_queue().unwrap(), 1);
-        assert_eq!(used(&vq, 0), (0, MAX_REQUEST_BYTES));
+        assert_eq!(guest.used(0, 0), (0, MAX_REQUEST_BYTES));
     }
 
     #[test]
     fn hostile_chains_do_not_break_the_device() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(
-            &[
-                // Entirely outside guest memory.
-                desc(MEM_SIZE + 0x1000, 64, WRITE),
-                // Straddles the end of guest memory: the part inside is filled.
-                desc(MEM_SIZE - u64::from(CHUNK), 2 * CHUNK, WRITE),
-                // Wraps the address space.
-                desc(u64::MAX - 8, 64, WRITE),
-            ],
-            0,
-        )
-        .unwrap();
-        // A loop: descriptor 3 points at itself. (Added on its own: the mock would otherwise
-        // take the next descriptor for part of this chain.)
-        vq.add_desc_chains(
-            &[RawDescriptor::from(SplitDescriptor::new(
-                0x1_0000,
-                8,
-                WRITE | NEXT,
-                3,
-            ))],
-            3,
-        )
-        .unwrap();
-        vq.add_desc_chains(
-            &[
-                // Read-only only: nothing to fill.
-                desc(0x2_0000, 64, 0),
-                // A following good request.
-                desc(0x3_0000, 32, WRITE),
-            ],
-            4,
-        )
-        .unwrap();
-        let mut rng = activated(&mem, &vq);
+        let mut guest = GuestQueues::new(&mem, 1, 16);
+        // Entirely outside guest memory.
+        guest.push_chain(0, &[(MEM_SIZE + 0x1000, 64, WRITE)]);
+        // Straddles the end of guest memory: the part inside is filled.
+        guest.push_chain(0, &[(MEM_SIZE - u64::from(CHUNK), 2 * CHUNK, WRITE)]);
+        // Wraps the address space.
+        guest.push_chain(0, &[(u64::MAX - 8, 64, WRITE)]);
+        // A loop: descriptor 3 points at itself.
+        guest.push_raw(0, |head| {
+            vec![SplitDescriptor::new(0x1_0000, 8, WRITE | NEXT, head)]
+        });
+        // Read-only only: nothing to fill.
+        guest.push_chain(0, &[(0x2_0000, 64, 0)]);
+        // A following good request.
+        guest.push_chain(0, &[(0x3_0000, 32, WRITE)]);
+        let mut rng = activated(&guest);
         assert_eq!(rng.process_queue().unwrap(), 6);
-        assert_eq!(used(&vq, 0), (0, 0));
-        assert_eq!(used(&vq, 1), (1, CHUNK));
-        assert_eq!(used(&vq, 2), (2, 0));
+        assert_eq!(guest.used(0, 0), (0, 0));
+        assert_eq!(guest.used(0, 1), (1, CHUNK));
+        assert_eq!(guest.used(0, 2), (2, 0));
         // The loop is cut after queue-size descriptors.
-        assert_eq!(used(&vq, 3), (3, 8 * 16));
-        assert_eq!(used(&vq, 4), (4, 0));
-        assert_eq!(used(&vq, 5), (5, 32));
+        assert_eq!(guest.used(0, 3), (3, 8 * 16));
+        assert_eq!(guest.used(0, 4), (4, 0));
+        assert_eq!(guest.used(0, 5), (5, 32));
     }
 
     #[test]
     fn bogus_head_index_is_dropped() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(&[desc(0x1_0000, 8, WRITE)], 0).unwrap();
-        // Point the available ring's only entry past the descriptor table.
-        vq.avail().ring().ref_at(0).unwrap().store(1000);
-        vq.add_desc_chains(&[desc(0x2_0000, 8, WRITE)], 1).unwrap();
-        let mut rng = activated(&mem, &vq);
+        let mut guest = GuestQueues::new(&mem, 1, 16);
+        // An available entry past the descriptor table.
+        guest.make_available(0, 1000);
+        guest.push_chain(0, &[(0x2_0000, 8, WRITE)]);
+        let mut rng = activated(&guest);
         assert_eq!(rng.process_queue().unwrap(), 1);
-        assert_eq!(used(&vq, 0), (1, 8));
+        assert_eq!(guest.used(0, 0), (0, 8));
     }
 
     #[test]
     fn broken_queue_is_a_typed_error() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
+        let guest = GuestQueues::new(&mem, 1, 16);
         let broken = || {
-            let mut queue: Queue = vq.create_queue().unwrap();
+            let mut queue: Queue = guest.queue(0).create_queue().unwrap();
             queue.set_avail_ring_address(Some(0xffff_0000), Some(0));
             queue
         };
@@ -360,7 +288,7 @@ mod tests {
         });
         assert!(matches!(rng.process_queue(), Err(RngError::Queue(_))));
 
-        let mut not_ready: Queue = vq.create_queue().unwrap();
+        let mut not_ready: Queue = guest.queue(0).create_queue().unwrap();
         not_ready.set_ready(false);
         rng.base.active = Some(Active {
             mem: mem.clone(),
@@ -372,7 +300,7 @@ mod tests {
     #[test]
     fn activation_and_reset() {
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
+        let guest = GuestQueues::new(&mem, 1, 16);
         let mut rng = Rng::new().unwrap();
         assert_eq!(rng.device_type(), device_type::RNG);
         assert_eq!(rng.queue_max_sizes(), &[QUEUE_SIZE]);
@@ -383,7 +311,7 @@ mod tests {
                 got: 0
             })
         ));
-        rng.activate(mem.clone(), vec![vq.create_queue().unwrap()])
+        rng.activate(mem.clone(), vec![guest.queue(0).create_queue().unwrap()])
             .unwrap();
         assert!(rng.is_activated());
         rng.reset();
@@ -398,14 +326,14 @@ mod tests {
         use event_manager::{EventManager, SubscriberOps};
         use std::sync::{Arc, Mutex};
         let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(&[desc(0x1_0000, 16, WRITE)], 0).unwrap();
-        let rng = Arc::new(Mutex::new(activated(&mem, &vq)));
+        let mut guest = GuestQueues::new(&mem, 1, 16);
+        guest.push_chain(0, &[(0x1_0000, 16, WRITE)]);
+        let rng = Arc::new(Mutex::new(activated(&guest)));
         let mut manager = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
         manager.add_subscriber(rng.clone());
         rng.lock().unwrap().queue_events()[0].write(1).unwrap();
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
-        assert_eq!(vq.used().idx().load(), 1);
-        assert_eq!(used(&vq, 0), (0, 16));
+        assert_eq!(guest.used_count(0), 1);
+        assert_eq!(guest.used(0, 0), (0, 16));
     }
 }

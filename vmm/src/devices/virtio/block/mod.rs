@@ -10,10 +10,11 @@ mod tests;
 pub use disk::SECTOR_SIZE;
 pub use request::{ChainError, RequestError, RequestType, Status, ID_BYTES};
 
-use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
+use super::{
+    device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use disk::Disk;
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use logging::Chain;
 use std::io;
 use std::path::{Path, PathBuf};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
@@ -48,6 +49,8 @@ pub struct Block {
     base: DeviceBase,
     disk: Disk,
     id: [u8; ID_BYTES],
+    /// What the drive was made from, which is what a snapshot keeps of it.
+    made_from: persist::BlockState,
 }
 
 impl Block {
@@ -71,6 +74,11 @@ impl Block {
                 .map_err(BlockError::EventFd)?,
             disk,
             id: id_bytes,
+            made_from: persist::BlockState {
+                drive_id: id.to_owned(),
+                path: path.to_owned(),
+                read_only,
+            },
         })
     }
 
@@ -88,7 +96,7 @@ impl Block {
     /// Only the requests available when called are handled: the driver's notification of later
     /// ones calls again, and a guest that keeps adding requests cannot keep the host here.
     pub fn process_queue(&mut self) -> Result<usize, BlockError> {
-        let Block { base, disk, id } = self;
+        let Block { base, disk, id, .. } = self;
         let (Active { mem, queues }, irq) = base.active_mut().ok_or(BlockError::NotActivated)?;
         let [queue] = &mut queues[..] else {
             return Err(BlockError::NotActivated);
@@ -98,18 +106,7 @@ impl Block {
         for chain in chains {
             let head = chain.head_index();
             let used_len = handle_chain(mem, chain, disk, id);
-            if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                match e {
-                    // The driver put a bogus head index in the available ring; there is no
-                    // descriptor to return, so the request is dropped.
-                    virtio_queue::Error::InvalidDescriptorIndex => {
-                        log::warn!("virtio-blk: dropping request with invalid head index {head}");
-                        continue;
-                    }
-                    e => return Err(e.into()),
-                }
-            }
-            completed += 1;
+            completed += return_chain(queue, mem, head, used_len, "virtio-blk: dropping request")?;
         }
         if completed > 0 && queue.needs_notification(&*mem)? {
             irq.signal_used_queue().map_err(BlockError::Interrupt)?;
@@ -142,7 +139,7 @@ fn handle_chain(
             return 0;
         }
     };
-    let (status, written) = match parsed.request.and_then(|r| r.execute(mem, disk, id)) {
+    let (status, written) = match parsed.request.and_then(|r| disk.execute(mem, &r, id)) {
         Ok(written) => (Status::Ok, written),
         Err(e) => {
             // Unsupported types are routine (drivers probe); everything else is worth a note.
@@ -181,17 +178,4 @@ impl VirtioDevice for Block {
     }
 }
 
-impl MutEventSubscriber for Block {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if self.base.queue_notified(&events, NAME).is_none() || !self.base.is_active() {
-            return;
-        }
-        if let Err(e) = self.process_queue() {
-            log::error!("{NAME}: {}", Chain(&e));
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        self.base.watch_queues(ops, NAME);
-    }
-}
+super::one_queue_event_handler!(Block, NAME);

@@ -13,9 +13,11 @@ pub struct BlockState {
     pub read_only: bool,
 }
 
-impl BlockState {
-    /// The drive this state describes; its backing file must still be there.
-    pub fn build(&self) -> Result<Block, BlockError> {
-        Block::new(&self.path, self.read_only, &self.drive_id)
-    }
-}
+// The backing file must still be there.
+crate::devices::virtio::persist_as_made!(
+    Block,
+    BlockState,
+    BlockError,
+    |block: &Block| block.made_from.clone(),
+    |state: &BlockState| Block::new(&state.path, state.read_only, &state.drive_id)
+);

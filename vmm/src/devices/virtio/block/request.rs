@@ -1,10 +1,10 @@
-//! Parsing and executing one virtio-blk request (virtio spec 5.2.6).
+//! Parsing one virtio-blk request (virtio spec 5.2.6); the drive carries it out
+//! ([`super::disk::Disk::execute`]).
 //!
 //! A request is a header descriptor (type, reserved, sector: 16 bytes, device-readable), data
 //! descriptors, and a last descriptor holding the device-writable status byte. Header and
 //! status must be descriptors of their own, as every Linux driver lays them out.
 
-use super::disk::Disk;
 use crate::devices::virtio::Memory;
 use std::io;
 use virtio_bindings::virtio_blk::{
@@ -96,8 +96,10 @@ impl RequestError {
 pub struct Request {
     pub request_type: RequestType,
     pub sector: u64,
-    data: Vec<(GuestAddress, u32)>,
-    data_len: u64,
+    /// The data buffers, in chain order: where in guest memory and how many bytes.
+    pub data: Vec<(GuestAddress, u32)>,
+    /// Their total length.
+    pub data_len: u64,
 }
 
 /// A chain split into its request (or why it is malformed) and where its status goes.
@@ -182,54 +184,4 @@ fn parse_request(mem: &Memory, descs: &[Descriptor]) -> Result<Request, RequestE
         data: segments,
         data_len,
     })
-}
-
-impl Request {
-    /// Carries the request out; returns how many bytes of data it wrote to guest memory.
-    pub fn execute(
-        &self,
-        mem: &Memory,
-        disk: &mut Disk,
-        id: &[u8; ID_BYTES],
-    ) -> Result<u32, RequestError> {
-        match self.request_type {
-            RequestType::In => {
-                let mut offset = disk.check_range(self.sector, self.data_len)?;
-                for &(addr, len) in &self.data {
-                    disk.read_to_guest(mem, offset, addr, len)?;
-                    offset += u64::from(len);
-                }
-                // The chain's total length fits u32 (the queue's iterator enforces it).
-                Ok(u32::try_from(self.data_len).unwrap_or(u32::MAX))
-            }
-            RequestType::Out => {
-                if disk.read_only() {
-                    return Err(RequestError::ReadOnly);
-                }
-                let mut offset = disk.check_range(self.sector, self.data_len)?;
-                for &(addr, len) in &self.data {
-                    disk.write_from_guest(mem, offset, addr, len)?;
-                    offset += u64::from(len);
-                }
-                Ok(0)
-            }
-            RequestType::Flush => disk.flush().map(|()| 0),
-            RequestType::GetId => {
-                let mut rest: &[u8] = id;
-                let mut written: u32 = 0;
-                for &(addr, len) in &self.data {
-                    if rest.is_empty() {
-                        break;
-                    }
-                    let n = len.min(u32::try_from(rest.len()).unwrap_or(u32::MAX));
-                    let (now, later) = rest.split_at(n as usize);
-                    mem.write_slice(now, addr).map_err(RequestError::Memory)?;
-                    rest = later;
-                    written += n;
-                }
-                Ok(written)
-            }
-            RequestType::Unsupported(t) => Err(RequestError::Unsupported(t)),
-        }
-    }
 }

@@ -2,8 +2,8 @@
 //! readiness.
 
 use super::{Net, NAME, RX_QUEUE, TX_QUEUE};
-use crate::error::Chain;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use logging::Chain;
 use std::os::unix::io::AsRawFd;
 
 impl Net {

@@ -29,9 +29,11 @@ pub use frame::{ChainError, MAX_BUFFER_LEN, VNET_HDR_LEN};
 pub use mac::MacAddr;
 pub use tap::{Tap, TapError};
 
-use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
+use super::{
+    device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use frame::RxBuffers;
+use logging::Chain;
 use std::io;
 use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_net::{
@@ -207,14 +209,7 @@ impl Net {
                 }
                 Err(e) => log::warn!("{NAME}: dropping tx chain {head}: {e}"),
             }
-            match txq.add_used(&*mem, head, 0) {
-                Ok(()) => used += 1,
-                // A bogus head index in the available ring: nothing to return.
-                Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-                    log::warn!("{NAME}: tx chain with invalid head index {head}")
-                }
-                Err(e) => return Err(e.into()),
-            }
+            used += return_chain(txq, mem, head, 0, &format!("{NAME}: tx chain"))?;
         }
         if used > 0 && needs_interrupt(txq, mem)? {
             irq.signal_used_queue().map_err(NetError::Interrupt)?;

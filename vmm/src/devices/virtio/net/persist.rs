@@ -16,9 +16,14 @@ pub struct NetState {
     pub guest_mac: Option<MacAddr>,
 }
 
-impl NetState {
-    /// The device this state describes, on the tap of that name in the current namespace.
-    pub fn build(&self) -> Result<Net, NetError> {
-        Net::new(&self.iface_id, &self.host_dev_name, self.guest_mac)
-    }
-}
+crate::devices::virtio::persist_as_made!(
+    Net,
+    NetState,
+    NetError,
+    |net: &Net| NetState {
+        iface_id: net.iface_id().to_owned(),
+        host_dev_name: net.tap().name().to_owned(),
+        guest_mac: net.mac(),
+    },
+    |state: &NetState| Net::new(&state.iface_id, &state.host_dev_name, state.guest_mac)
+);

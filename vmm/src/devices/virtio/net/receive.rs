@@ -103,12 +103,8 @@ pub fn place(
 /// Puts `head` in the used ring with `len` bytes; returns 1, or 0 for a bogus head index
 /// (which has no descriptor to return).
 fn use_chain(mem: &Memory, rxq: &mut Queue, head: u16, len: u32) -> Result<usize, NetError> {
-    match rxq.add_used(mem, head, len) {
-        Ok(()) => Ok(1),
-        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-            log::warn!("{NAME}: rx chain with invalid head index {head}");
-            Ok(0)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let what = format!("{NAME}: rx chain");
+    Ok(crate::devices::virtio::return_chain(
+        rxq, mem, head, len, &what,
+    )?)
 }

@@ -9,25 +9,19 @@ use super::persist::NetState;
 use super::*;
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::test_queues::{GuestQueues, BUF_START, NEXT, WRITE};
 use crate::devices::virtio::INTERRUPT_USED_RING;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::ops::{Deref, DerefMut};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_net::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 
 const TAP: &str = "tap0";
 const QLEN: u16 = 64;
 const MEM_SIZE: u64 = 0x40_0000;
-const BUF_START: u64 = 0x10_0000;
-// The descriptor flags are 1 and 2.
-#[allow(clippy::cast_possible_truncation)]
-const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-#[allow(clippy::cast_possible_truncation)]
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const GUEST_MAC: MacAddr = MacAddr([0x06, 0x00, 0xac, 0x10, 0x00, 0x02]);
 const HOST_MAC: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -37,24 +31,28 @@ const HEADERS: usize = 14 + 20 + 8;
 /// Room for any frame the host sends these tests (no segmentation offload is accepted).
 const RX_BUF: u32 = 2048;
 
-/// Runs `body` on a new thread in a new, empty network namespace (root is needed; under CI a
-/// test that cannot get one fails).
-fn in_netns(test: &str, body: impl FnOnce() + Send + 'static) {
-    let test = test.to_owned();
+/// Runs `body` on a new thread in a new, empty network namespace; `Err` says why there is none
+/// (root is needed).
+fn run_in_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let result = std::thread::spawn(move || {
         // SAFETY: unshare(2) takes flags only; CLONE_NEWNET moves this thread alone into a
         // new network namespace, which no Rust invariant depends on.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             let why = std::io::Error::last_os_error();
-            integration_tests::skip(&test, &format!("no network namespace ({why}); run as root"));
-            return;
+            return Err(format!("no network namespace ({why}); run as root"));
         }
-        body();
+        Ok(body())
     })
     .join();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// [`run_in_netns`], its value, or the test skips (under CI, fails) where there is no
+/// namespace to be had.
+macro_rules! in_netns {
+    ($body:expr $(,)?) => {
+        integration_tests::ok_or_skip!(run_in_netns($body))
+    };
 }
 
 /// Runs `ip ARGS` in the calling thread's network namespace.
@@ -117,35 +115,28 @@ fn wait_running() {
 }
 
 fn memory() -> Memory {
-    Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
+    crate::devices::virtio::test_queues::memory(MEM_SIZE)
 }
 
 /// The guest driver's side of the two queues.
-struct Guest<'a> {
-    mem: &'a Memory,
-    vqs: [MockSplitQueue<'a, Memory>; 2],
-    next_desc: [u16; 2],
-    next_buf: u64,
+struct Guest<'a>(GuestQueues<'a>);
+
+impl<'a> Deref for Guest<'a> {
+    type Target = GuestQueues<'a>;
+    fn deref(&self) -> &GuestQueues<'a> {
+        &self.0
+    }
+}
+
+impl DerefMut for Guest<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl<'a> Guest<'a> {
     fn new(mem: &'a Memory) -> Guest<'a> {
-        Guest {
-            mem,
-            vqs: [
-                MockSplitQueue::create(mem, GuestAddress(0x1000), QLEN),
-                MockSplitQueue::create(mem, GuestAddress(0x3000), QLEN),
-            ],
-            next_desc: [0; 2],
-            next_buf: BUF_START,
-        }
-    }
-
-    fn queues(&self) -> Vec<Queue> {
-        self.vqs
-            .iter()
-            .map(|vq| vq.create_queue().unwrap())
-            .collect()
+        Guest(GuestQueues::new(mem, 2, QLEN))
     }
 
     /// A device on `tap0` that accepted `features` (of those offered) and has the queues.
@@ -153,39 +144,13 @@ impl<'a> Guest<'a> {
         let mut net = Net::new("eth0", TAP, Some(GUEST_MAC)).unwrap();
         wait_running();
         net.set_acked_features(features);
-        net.activate(self.mem.clone(), self.queues()).unwrap();
+        net.activate(self.mem().clone(), self.queues()).unwrap();
         net
-    }
-
-    fn alloc(&mut self, len: u32) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf += (u64::from(len) + 15) & !15;
-        assert!(self.next_buf < MEM_SIZE, "test guest out of memory");
-        addr
-    }
-
-    /// Makes `descs` (address, length, flags) one chain in queue `q`, available to the device;
-    /// returns its head index.
-    fn push_chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let index = head + u16::try_from(i).unwrap();
-                let last = i == descs.len() - 1;
-                let flags = if last { flags & !NEXT } else { flags | NEXT };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, index + 1))
-            })
-            .collect();
-        self.vqs[q].add_desc_chains(&raw, head).unwrap();
-        self.next_desc[q] = head + u16::try_from(descs.len()).unwrap();
-        head
     }
 
     /// One device-writable buffer of `len` bytes in rx; returns (head, address).
     fn rx_buffer(&mut self, len: u32) -> (u16, u64) {
-        let addr = self.alloc(len);
+        let addr = self.alloc(u64::from(len));
         (self.push_chain(RX_QUEUE, &[(addr, len, WRITE)]), addr)
     }
 
@@ -196,33 +161,12 @@ impl<'a> Guest<'a> {
             .chunks(piece)
             .map(|chunk| {
                 let len = u32::try_from(chunk.len()).unwrap();
-                let addr = self.alloc(len);
-                self.mem.write_slice(chunk, GuestAddress(addr)).unwrap();
+                let addr = self.alloc(u64::from(len));
+                self.mem().write_slice(chunk, GuestAddress(addr)).unwrap();
                 (addr, len, 0)
             })
             .collect();
         self.push_chain(TX_QUEUE, &descs)
-    }
-
-    fn used_count(&self, q: usize) -> u16 {
-        self.vqs[q].used().idx().load()
-    }
-
-    /// The used ring's entry `i` of queue `q`: (head, length).
-    fn used(&self, q: usize, i: u16) -> (u32, u32) {
-        let elem = self.vqs[q]
-            .used()
-            .ring()
-            .ref_at(usize::from(i))
-            .unwrap()
-            .load();
-        (elem.id(), elem.len())
-    }
-
-    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; len];
-        self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
-        bytes
     }
 }
 
@@ -278,6 +222,19 @@ fn send_to_guest(socket: &UdpSocket, port: u16, payload: &[u8]) {
         .unwrap();
 }
 
+/// Waits (up to 5 s) until the tap holds a frame for the device: the host stack hands frames to
+/// the tap asynchronously.
+fn wait_for_frame(net: &Net) {
+    let mut tap = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(net.tap()),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll(2) reads and writes the one `pollfd`, which lives across the call.
+    let ready = unsafe { libc::poll(tap.as_mut_ptr(), 1, 5000) };
+    assert_eq!(ready, 1, "no frame reached the tap");
+}
+
 /// Calls `process_rx` (with the tap marked readable, as its event would) until the device has
 /// used `count` rx buffers in all, or 5 s pass: the host stack hands frames to the tap
 /// asynchronously.
@@ -302,7 +259,7 @@ fn payload_of(received: &[u8]) -> &[u8] {
 
 #[test]
 fn features_config_space_and_tap_offloads() {
-    in_netns("features_config_space_and_tap_offloads", || {
+    in_netns!(|| {
         host_side();
         let net = Net::new("eth0", TAP, Some(GUEST_MAC)).unwrap();
         assert_eq!(net.device_type(), device_type::NET);
@@ -369,7 +326,7 @@ fn bad_tap_names_are_refused_before_any_system_call() {
 
 #[test]
 fn guest_frames_reach_the_host_stack() {
-    in_netns("guest_frames_reach_the_host_stack", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5000);
         let mem = memory();
@@ -410,65 +367,59 @@ fn guest_frames_reach_the_host_stack() {
 
 #[test]
 fn host_datagrams_land_in_guest_buffers_with_their_header() {
-    in_netns(
-        "host_datagrams_land_in_guest_buffers_with_their_header",
-        || {
-            host_side();
-            let socket = host_socket(5001);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let (head, addr) = guest.rx_buffer(RX_BUF);
-            let mut net = guest.device(VIRTIO_F_VERSION_1);
-            send_to_guest(&socket, 4001, b"hello guest");
-            receive(&mut net, &guest, 1);
-            let (id, len) = guest.used(RX_QUEUE, 0);
-            assert_eq!(id, u32::from(head));
-            let len = usize::try_from(len).unwrap();
-            assert_eq!(len, VNET_HDR_LEN + HEADERS + b"hello guest".len());
-            let received = guest.read(addr, len);
-            // No offloads accepted: flags 0, no segmentation, one buffer.
-            assert_eq!(received[0], 0);
-            assert_eq!(u32::from(received[1]), VIRTIO_NET_HDR_GSO_NONE);
-            assert_eq!(&received[10..12], &1u16.to_le_bytes());
-            let eth = &received[VNET_HDR_LEN..];
-            assert_eq!(&eth[..6], GUEST_MAC.bytes());
-            assert_eq!(&eth[6..12], HOST_MAC.bytes());
-            assert_eq!(&eth[12..14], &0x0800u16.to_be_bytes());
-            assert_eq!(payload_of(&received), b"hello guest");
-            // The UDP checksum was computed by the host (the guest accepted no offload).
-            assert_ne!(&eth[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
-            assert_eq!(net.interrupt().event().read().unwrap(), 1);
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5001);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (head, addr) = guest.rx_buffer(RX_BUF);
+        let mut net = guest.device(VIRTIO_F_VERSION_1);
+        send_to_guest(&socket, 4001, b"hello guest");
+        receive(&mut net, &guest, 1);
+        let (id, len) = guest.used(RX_QUEUE, 0);
+        assert_eq!(id, u32::from(head));
+        let len = usize::try_from(len).unwrap();
+        assert_eq!(len, VNET_HDR_LEN + HEADERS + b"hello guest".len());
+        let received = guest.read(addr, len);
+        // No offloads accepted: flags 0, no segmentation, one buffer.
+        assert_eq!(received[0], 0);
+        assert_eq!(u32::from(received[1]), VIRTIO_NET_HDR_GSO_NONE);
+        assert_eq!(&received[10..12], &1u16.to_le_bytes());
+        let eth = &received[VNET_HDR_LEN..];
+        assert_eq!(&eth[..6], GUEST_MAC.bytes());
+        assert_eq!(&eth[6..12], HOST_MAC.bytes());
+        assert_eq!(&eth[12..14], &0x0800u16.to_be_bytes());
+        assert_eq!(payload_of(&received), b"hello guest");
+        // The UDP checksum was computed by the host (the guest accepted no offload).
+        assert_ne!(&eth[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+        assert_eq!(net.interrupt().event().read().unwrap(), 1);
+    },);
 }
 
 #[test]
 fn a_driver_that_takes_checksum_offload_gets_frames_with_checksums_to_do() {
-    in_netns(
-        "a_driver_that_takes_checksum_offload_gets_frames_with_checksums_to_do",
-        || {
-            host_side();
-            let socket = host_socket(5002);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let (_, addr) = guest.rx_buffer(RX_BUF);
-            let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_GUEST_CSUM));
-            send_to_guest(&socket, 4002, b"checksum left to the guest");
-            receive(&mut net, &guest, 1);
-            let (_, len) = guest.used(RX_QUEUE, 0);
-            let received = guest.read(addr, usize::try_from(len).unwrap());
-            assert_eq!(u32::from(received[0]), VIRTIO_NET_HDR_F_NEEDS_CSUM);
-            // csum_start: the UDP header, after Ethernet and IPv4; csum_offset: its checksum field.
-            assert_eq!(&received[6..8], &34u16.to_le_bytes());
-            assert_eq!(&received[8..10], &6u16.to_le_bytes());
-            assert_eq!(payload_of(&received), b"checksum left to the guest");
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5002);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (_, addr) = guest.rx_buffer(RX_BUF);
+        let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_GUEST_CSUM));
+        send_to_guest(&socket, 4002, b"checksum left to the guest");
+        receive(&mut net, &guest, 1);
+        let (_, len) = guest.used(RX_QUEUE, 0);
+        let received = guest.read(addr, usize::try_from(len).unwrap());
+        assert_eq!(u32::from(received[0]), VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        // csum_start: the UDP header, after Ethernet and IPv4; csum_offset: its checksum field.
+        assert_eq!(&received[6..8], &34u16.to_le_bytes());
+        assert_eq!(&received[8..10], &6u16.to_le_bytes());
+        assert_eq!(payload_of(&received), b"checksum left to the guest");
+    },);
 }
 
 #[test]
 fn frames_wait_in_the_tap_until_the_guest_has_buffers() {
-    in_netns("frames_wait_in_the_tap_until_the_guest_has_buffers", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5003);
         let mem = memory();
@@ -477,8 +428,8 @@ fn frames_wait_in_the_tap_until_the_guest_has_buffers() {
         for payload in [&b"first"[..], b"second", b"third"] {
             send_to_guest(&socket, 4003, payload);
         }
-        // Give the host stack time to queue them on the tap, then find no buffer.
-        std::thread::sleep(Duration::from_millis(200));
+        // Once the host stack has queued them on the tap, the device finds no buffer.
+        wait_for_frame(&net);
         assert_eq!(net.process_rx().unwrap(), 0);
         assert_eq!(guest.used_count(RX_QUEUE), 0);
         assert!(net.tap_readable, "the frames are still waiting");
@@ -517,148 +468,115 @@ fn frames_wait_in_the_tap_until_the_guest_has_buffers() {
 
 #[test]
 fn hostile_tx_chains_are_dropped_and_the_device_goes_on() {
-    in_netns(
-        "hostile_tx_chains_are_dropped_and_the_device_goes_on",
-        || {
-            host_side();
-            let socket = host_socket(5004);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let good = guest_datagram(4004, 5004, b"still works");
-            let buf = guest.alloc(0x2_0000);
-            mem.write_slice(&good, GuestAddress(buf)).unwrap();
-            let good_len = u32::try_from(good.len()).unwrap();
-            let big = u32::try_from(MAX_BUFFER_LEN).unwrap();
-            let chains: Vec<Vec<(u64, u32, u16)>> = vec![
-                // A device-writable descriptor where the device reads.
-                vec![(buf, 12, 0), (buf + 12, good_len - 12, WRITE)],
-                // Nothing at all, and less than a header.
-                vec![(buf, 0, 0)],
-                vec![(buf, 11, 0)],
-                // More than the largest frame, in one descriptor and in several.
-                vec![(buf, big + 1, 0)],
-                vec![(buf, big / 2, 0), (buf, big / 2, 0), (buf, 2, 0)],
-                // A length of 4 GiB less one.
-                vec![(buf, u32::MAX, 0)],
-                // Outside guest memory, straddling its end, and wrapping the address space.
-                vec![(MEM_SIZE + 0x1000, 64, 0)],
-                vec![(MEM_SIZE - 8, 64, 0)],
-                vec![(u64::MAX - 8, 64, 0)],
-            ];
-            let mut heads: Vec<u16> = chains
-                .iter()
-                .map(|c| guest.push_chain(TX_QUEUE, c))
-                .collect();
-            // A loop: a descriptor that points at itself.
-            let looped = guest.next_desc[TX_QUEUE];
-            guest.vqs[TX_QUEUE]
-                .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(
-                        buf, 64, NEXT, looped,
-                    ))],
-                    looped,
-                )
-                .unwrap();
-            guest.next_desc[TX_QUEUE] += 1;
-            heads.push(looped);
-            // A next index past the table.
-            let bad_next = guest.next_desc[TX_QUEUE];
-            guest.vqs[TX_QUEUE]
-                .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(
-                        buf, 64, NEXT, 1000,
-                    ))],
-                    bad_next,
-                )
-                .unwrap();
-            guest.next_desc[TX_QUEUE] += 1;
-            heads.push(bad_next);
-            // Then a good frame.
-            heads.push(guest.push_chain(TX_QUEUE, &[(buf, good_len, 0)]));
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5004);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let good = guest_datagram(4004, 5004, b"still works");
+        let buf = guest.alloc(0x2_0000);
+        mem.write_slice(&good, GuestAddress(buf)).unwrap();
+        let good_len = u32::try_from(good.len()).unwrap();
+        let big = u32::try_from(MAX_BUFFER_LEN).unwrap();
+        let chains: Vec<Vec<(u64, u32, u16)>> = vec![
+            // A device-writable descriptor where the device reads.
+            vec![(buf, 12, 0), (buf + 12, good_len - 12, WRITE)],
+            // Nothing at all, and less than a header.
+            vec![(buf, 0, 0)],
+            vec![(buf, 11, 0)],
+            // More than the largest frame, in one descriptor and in several.
+            vec![(buf, big + 1, 0)],
+            vec![(buf, big / 2, 0), (buf, big / 2, 0), (buf, 2, 0)],
+            // A length of 4 GiB less one.
+            vec![(buf, u32::MAX, 0)],
+            // Outside guest memory, straddling its end, and wrapping the address space.
+            vec![(MEM_SIZE + 0x1000, 64, 0)],
+            vec![(MEM_SIZE - 8, 64, 0)],
+            vec![(u64::MAX - 8, 64, 0)],
+        ];
+        let mut heads: Vec<u16> = chains
+            .iter()
+            .map(|c| guest.push_chain(TX_QUEUE, c))
+            .collect();
+        // A loop: a descriptor that points at itself.
+        heads.push(guest.push_raw(TX_QUEUE, |looped| {
+            vec![SplitDescriptor::new(buf, 64, NEXT, looped)]
+        }));
+        // A next index past the table.
+        heads.push(guest.push_raw(TX_QUEUE, |_| {
+            vec![SplitDescriptor::new(buf, 64, NEXT, 1000)]
+        }));
+        // Then a good frame.
+        heads.push(guest.push_chain(TX_QUEUE, &[(buf, good_len, 0)]));
 
-            let mut net = guest.device(VIRTIO_F_VERSION_1);
-            assert_eq!(net.process_tx().unwrap(), heads.len());
-            for (i, head) in heads.iter().enumerate() {
-                let i = u16::try_from(i).unwrap();
-                assert_eq!(guest.used(TX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
-            }
-            // Only the good frame went out.
-            let mut received = [0u8; 256];
-            let (n, _) = socket.recv_from(&mut received).unwrap();
-            assert_eq!(&received[..n], b"still works");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            assert!(
-                socket.recv_from(&mut received).is_err(),
-                "a bad chain was sent"
-            );
-        },
-    );
+        let mut net = guest.device(VIRTIO_F_VERSION_1);
+        assert_eq!(net.process_tx().unwrap(), heads.len());
+        for (i, head) in heads.iter().enumerate() {
+            let i = u16::try_from(i).unwrap();
+            assert_eq!(guest.used(TX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
+        }
+        // Only the good frame went out.
+        let mut received = [0u8; 256];
+        let (n, _) = socket.recv_from(&mut received).unwrap();
+        assert_eq!(&received[..n], b"still works");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            socket.recv_from(&mut received).is_err(),
+            "a bad chain was sent"
+        );
+    },);
 }
 
 #[test]
 fn hostile_rx_chains_are_returned_empty_and_lose_no_frame() {
-    in_netns(
-        "hostile_rx_chains_are_returned_empty_and_lose_no_frame",
-        || {
-            host_side();
-            let socket = host_socket(5005);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let buf = guest.alloc(RX_BUF);
-            let bad: Vec<Vec<(u64, u32, u16)>> = vec![
-                // Device-readable where the device writes.
-                vec![(buf, RX_BUF, 0)],
-                vec![(buf, 64, WRITE), (buf + 64, RX_BUF - 64, 0)],
-                // Outside guest memory, straddling its end, wrapping.
-                vec![(MEM_SIZE + 0x1000, RX_BUF, WRITE)],
-                vec![(MEM_SIZE - 8, RX_BUF, WRITE)],
-                vec![(u64::MAX - 8, RX_BUF, WRITE)],
-                // No room for a header.
-                vec![(buf, 0, WRITE)],
-                vec![(buf, 11, WRITE)],
-            ];
-            let mut heads: Vec<u16> = bad.iter().map(|c| guest.push_chain(RX_QUEUE, c)).collect();
-            let looped = guest.next_desc[RX_QUEUE];
-            guest.vqs[RX_QUEUE]
-                .add_desc_chains(
-                    &[RawDescriptor::from(SplitDescriptor::new(
-                        buf,
-                        64,
-                        WRITE | NEXT,
-                        looped,
-                    ))],
-                    looped,
-                )
-                .unwrap();
-            guest.next_desc[RX_QUEUE] += 1;
-            heads.push(looped);
-            // Room for a header but not for the frame: that frame is dropped, the next one goes
-            // to the next buffer.
-            let small = guest.push_chain(RX_QUEUE, &[(buf, 40, WRITE)]);
-            let (good, good_addr) = guest.rx_buffer(RX_BUF);
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5005);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let buf = guest.alloc(u64::from(RX_BUF));
+        let bad: Vec<Vec<(u64, u32, u16)>> = vec![
+            // Device-readable where the device writes.
+            vec![(buf, RX_BUF, 0)],
+            vec![(buf, 64, WRITE), (buf + 64, RX_BUF - 64, 0)],
+            // Outside guest memory, straddling its end, wrapping.
+            vec![(MEM_SIZE + 0x1000, RX_BUF, WRITE)],
+            vec![(MEM_SIZE - 8, RX_BUF, WRITE)],
+            vec![(u64::MAX - 8, RX_BUF, WRITE)],
+            // No room for a header.
+            vec![(buf, 0, WRITE)],
+            vec![(buf, 11, WRITE)],
+        ];
+        let mut heads: Vec<u16> = bad.iter().map(|c| guest.push_chain(RX_QUEUE, c)).collect();
+        heads.push(guest.push_raw(RX_QUEUE, |looped| {
+            vec![SplitDescriptor::new(buf, 64, WRITE | NEXT, looped)]
+        }));
+        // Room for a header but not for the frame: that frame is dropped, the next one goes
+        // to the next buffer.
+        let small = guest.push_chain(RX_QUEUE, &[(buf, 40, WRITE)]);
+        let (good, good_addr) = guest.rx_buffer(RX_BUF);
 
-            let mut net = guest.device(VIRTIO_F_VERSION_1);
-            send_to_guest(&socket, 4005, b"too big for 40 bytes");
-            send_to_guest(&socket, 4005, b"second");
-            let total = u16::try_from(heads.len() + 2).unwrap();
-            receive(&mut net, &guest, total);
-            for (i, head) in heads.iter().chain([&small]).enumerate() {
-                let i = u16::try_from(i).unwrap();
-                assert_eq!(guest.used(RX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
-            }
-            let (id, len) = guest.used(RX_QUEUE, total - 1);
-            assert_eq!(id, u32::from(good));
-            let received = guest.read(good_addr, usize::try_from(len).unwrap());
-            assert_eq!(payload_of(&received), b"second");
-        },
-    );
+        let mut net = guest.device(VIRTIO_F_VERSION_1);
+        send_to_guest(&socket, 4005, b"too big for 40 bytes");
+        send_to_guest(&socket, 4005, b"second");
+        let total = u16::try_from(heads.len() + 2).unwrap();
+        receive(&mut net, &guest, total);
+        for (i, head) in heads.iter().chain([&small]).enumerate() {
+            let i = u16::try_from(i).unwrap();
+            assert_eq!(guest.used(RX_QUEUE, i), (u32::from(*head), 0), "chain {i}");
+        }
+        let (id, len) = guest.used(RX_QUEUE, total - 1);
+        assert_eq!(id, u32::from(good));
+        let received = guest.read(good_addr, usize::try_from(len).unwrap());
+        assert_eq!(payload_of(&received), b"second");
+    },);
 }
 
 #[test]
 fn no_interrupt_while_the_driver_asks_for_none() {
-    in_netns("no_interrupt_while_the_driver_asks_for_none", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5006);
         let mem = memory();
@@ -669,7 +587,7 @@ fn no_interrupt_while_the_driver_asks_for_none() {
         // VRING_AVAIL_F_NO_INTERRUPT, as a driver sets it while it polls.
         #[allow(clippy::cast_possible_truncation)]
         let no_interrupt = VRING_AVAIL_F_NO_INTERRUPT as u16;
-        let flags = guest.vqs[RX_QUEUE].avail_addr();
+        let flags = guest.queue(RX_QUEUE).avail_addr();
         mem.write_obj(no_interrupt.to_le(), flags).unwrap();
         send_to_guest(&socket, 4006, b"polled");
         receive(&mut net, &guest, 1);
@@ -684,40 +602,37 @@ fn no_interrupt_while_the_driver_asks_for_none() {
 #[test]
 fn the_event_loop_delivers_on_tap_readiness_and_queue_kicks() {
     use event_manager::{EventManager, SubscriberOps};
-    in_netns(
-        "the_event_loop_delivers_on_tap_readiness_and_queue_kicks",
-        || {
-            host_side();
-            let socket = host_socket(5007);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let net = Arc::new(Mutex::new(guest.device(VIRTIO_F_VERSION_1)));
-            let mut manager = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
-            manager.add_subscriber(net.clone());
-            // A frame before any buffer: the tap's event finds none; the rx kick delivers it.
-            send_to_guest(&socket, 4007, b"waited");
-            manager.run_with_timeout(1000).unwrap();
-            assert_eq!(guest.used_count(RX_QUEUE), 0);
-            guest.rx_buffer(RX_BUF);
-            guest.rx_buffer(RX_BUF);
-            net.lock().unwrap().queue_events()[RX_QUEUE]
-                .write(1)
-                .unwrap();
-            run_until(&mut manager, &guest, RX_QUEUE, 1);
-            // With a buffer waiting: the tap's readiness alone delivers.
-            send_to_guest(&socket, 4007, b"at once");
-            run_until(&mut manager, &guest, RX_QUEUE, 2);
-            // A tx kick sends.
-            guest.tx_frame(&guest_datagram(4007, 5007, b"kicked"), 4096);
-            net.lock().unwrap().queue_events()[TX_QUEUE]
-                .write(1)
-                .unwrap();
-            run_until(&mut manager, &guest, TX_QUEUE, 1);
-            let mut buf = [0u8; 64];
-            let (n, _) = socket.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], b"kicked");
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5007);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let net = Arc::new(Mutex::new(guest.device(VIRTIO_F_VERSION_1)));
+        let mut manager = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+        manager.add_subscriber(net.clone());
+        // A frame before any buffer: the tap's event finds none; the rx kick delivers it.
+        send_to_guest(&socket, 4007, b"waited");
+        manager.run_with_timeout(1000).unwrap();
+        assert_eq!(guest.used_count(RX_QUEUE), 0);
+        guest.rx_buffer(RX_BUF);
+        guest.rx_buffer(RX_BUF);
+        net.lock().unwrap().queue_events()[RX_QUEUE]
+            .write(1)
+            .unwrap();
+        run_until(&mut manager, &guest, RX_QUEUE, 1);
+        // With a buffer waiting: the tap's readiness alone delivers.
+        send_to_guest(&socket, 4007, b"at once");
+        run_until(&mut manager, &guest, RX_QUEUE, 2);
+        // A tx kick sends.
+        guest.tx_frame(&guest_datagram(4007, 5007, b"kicked"), 4096);
+        net.lock().unwrap().queue_events()[TX_QUEUE]
+            .write(1)
+            .unwrap();
+        run_until(&mut manager, &guest, TX_QUEUE, 1);
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"kicked");
+    },);
 }
 
 /// Runs the event loop until queue `q` has `count` used entries.
@@ -745,7 +660,8 @@ fn drive_transport(transport: &mut MmioTransport, guest: &Guest, features: u64) 
         write(transport, 0x20, u32::try_from(word).unwrap());
     }
     write(transport, 0x70, 1 | 2 | 8);
-    for (index, vq) in guest.vqs.iter().enumerate() {
+    for index in 0..2 {
+        let vq = guest.queue(index);
         write(transport, 0x30, u32::try_from(index).unwrap());
         write(transport, 0x38, u32::from(QLEN));
         for (reg, addr) in [
@@ -764,16 +680,15 @@ fn drive_transport(transport: &mut MmioTransport, guest: &Guest, features: u64) 
 #[test]
 fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
     use crate::microvm::DeviceSpec;
+    use crate::persist::Persist;
     use crate::snapshot::DeviceState;
-    let test = "snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace";
-    let (saved_tx, saved_rx) = std::sync::mpsc::channel::<(Vec<u8>, Vec<u8>)>();
     let accepted = VIRTIO_F_VERSION_1
         | (1 << VIRTIO_NET_F_MAC)
         | (1 << VIRTIO_NET_F_GUEST_CSUM)
         | (1 << VIRTIO_NET_F_CSUM);
     // The first environment: a device driven through its transport, with two rx buffers
     // posted, one of them used, then saved as a snapshot saves it.
-    in_netns(test, move || {
+    let (encoded, memory_bytes) = in_netns!(move || {
         host_side();
         let socket = host_socket(5008);
         let mem = memory();
@@ -786,7 +701,7 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
             host_dev_name: TAP.into(),
             guest_mac: Some(GUEST_MAC),
         };
-        let net = Arc::new(Mutex::new(state.build().unwrap()));
+        let net = Arc::new(Mutex::new(Net::restore((), &state).unwrap()));
         wait_running();
         let mut transport = MmioTransport::new(mem.clone(), net.clone());
         drive_transport(&mut transport, &guest, accepted);
@@ -801,22 +716,23 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
                 dev.process_rx().unwrap();
             }
         }
+        let dev = net.lock().unwrap();
+        let (Ok(saved), Ok(transport)) = (dev.save(()), transport.save(&*dev));
+        assert_eq!(saved, state);
         let device = DeviceState {
-            spec: DeviceSpec::Net(state),
-            transport: transport.state(),
+            spec: DeviceSpec::Net(saved),
+            transport,
         };
+        drop(dev);
         let encoded = postcard::to_allocvec(&device).unwrap();
         let mut memory_bytes = vec![0u8; usize::try_from(MEM_SIZE).unwrap()];
         mem.read_slice(&mut memory_bytes, GuestAddress(0)).unwrap();
-        saved_tx.send((encoded, memory_bytes)).unwrap();
+        (encoded, memory_bytes)
     });
-    let Ok((encoded, memory_bytes)) = saved_rx.try_recv() else {
-        return; // skipped: no namespace
-    };
     // A second environment, its own namespace with its own tap0: the restored device opens
     // it by the saved name, comes back activated with what the driver accepted, and goes on
     // with the second buffer.
-    in_netns(test, move || {
+    in_netns!(move || {
         host_side();
         let socket = host_socket(5008);
         let mem = memory();
@@ -829,12 +745,13 @@ fn snapshot_state_restores_onto_a_tap_of_the_same_name_in_another_namespace() {
             panic!("{:?}", device.spec);
         };
         assert_eq!(state.guest_mac, Some(GUEST_MAC));
-        let net = Arc::new(Mutex::new(state.build().unwrap()));
+        let net = Arc::new(Mutex::new(Net::restore((), state).unwrap()));
         wait_running();
         let transport =
-            MmioTransport::restored(mem.clone(), net.clone(), &device.transport).unwrap();
-        assert_eq!(transport.state(), device.transport);
+            MmioTransport::restore((mem.clone(), net.clone()), &device.transport).unwrap();
         let dev = net.lock().unwrap();
+        let Ok(restored) = transport.save(&*dev);
+        assert_eq!(restored, device.transport);
         assert!(dev.is_activated());
         assert_eq!(dev.acked_features(), accepted);
         assert_eq!(dev.mac(), Some(GUEST_MAC));
@@ -876,38 +793,35 @@ fn gather(guest: &Guest, buffers: &[(u16, u64)], first: u16) -> Vec<u8> {
 
 #[test]
 fn mergeable_buffers_take_a_frame_in_pieces_and_count_them() {
-    in_netns(
-        "mergeable_buffers_take_a_frame_in_pieces_and_count_them",
-        || {
-            host_side();
-            let socket = host_socket(5009);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let (mut net, buffers) = mergeable(&mut guest, 4, 32);
-            assert_ne!(net.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
-            let payload = [0x5a; 60];
-            send_to_guest(&socket, 4009, &payload);
-            // 12 + 42 + 60 = 114 bytes: four 32-byte buffers, the last one part full.
-            receive(&mut net, &guest, 4);
-            let lens: Vec<u32> = (0..4).map(|i| guest.used(RX_QUEUE, i).1).collect();
-            assert_eq!(lens, [32, 32, 32, 18]);
-            let received = gather(&guest, &buffers[..4], 0);
-            assert_eq!(&received[10..12], &4u16.to_le_bytes());
-            assert_eq!(payload_of(&received), payload);
-            // A buffer large enough takes the next frame whole.
-            let large = guest.rx_buffer(RX_BUF);
-            send_to_guest(&socket, 4009, b"x");
-            receive(&mut net, &guest, 5);
-            let received = gather(&guest, &[large], 4);
-            assert_eq!(payload_of(&received), b"x");
-            assert_eq!(&received[10..12], &1u16.to_le_bytes());
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5009);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let (mut net, buffers) = mergeable(&mut guest, 4, 32);
+        assert_ne!(net.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        let payload = [0x5a; 60];
+        send_to_guest(&socket, 4009, &payload);
+        // 12 + 42 + 60 = 114 bytes: four 32-byte buffers, the last one part full.
+        receive(&mut net, &guest, 4);
+        let lens: Vec<u32> = (0..4).map(|i| guest.used(RX_QUEUE, i).1).collect();
+        assert_eq!(lens, [32, 32, 32, 18]);
+        let received = gather(&guest, &buffers[..4], 0);
+        assert_eq!(&received[10..12], &4u16.to_le_bytes());
+        assert_eq!(payload_of(&received), payload);
+        // A buffer large enough takes the next frame whole.
+        let large = guest.rx_buffer(RX_BUF);
+        send_to_guest(&socket, 4009, b"x");
+        receive(&mut net, &guest, 5);
+        let received = gather(&guest, &[large], 4);
+        assert_eq!(payload_of(&received), b"x");
+        assert_eq!(&received[10..12], &1u16.to_le_bytes());
+    },);
 }
 
 #[test]
 fn a_frame_waits_for_enough_mergeable_buffers() {
-    in_netns("a_frame_waits_for_enough_mergeable_buffers", || {
+    in_netns!(|| {
         host_side();
         let socket = host_socket(5010);
         let mem = memory();
@@ -915,7 +829,7 @@ fn a_frame_waits_for_enough_mergeable_buffers() {
         let (mut net, mut buffers) = mergeable(&mut guest, 2, 32);
         send_to_guest(&socket, 4010, &[0xa5; 60]);
         send_to_guest(&socket, 4010, b"next");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_for_frame(&net);
         // 64 bytes of buffers for a 114-byte frame: none is used, the frame waits.
         assert_eq!(net.process_rx().unwrap(), 0);
         assert_eq!(guest.used_count(RX_QUEUE), 0);
@@ -939,56 +853,50 @@ fn a_frame_waits_for_enough_mergeable_buffers() {
 
 #[test]
 fn a_bad_chain_among_mergeable_buffers_costs_one_frame() {
-    in_netns(
-        "a_bad_chain_among_mergeable_buffers_costs_one_frame",
-        || {
-            host_side();
-            let socket = host_socket(5011);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            let mut heads = Vec::new();
-            // A bad chain first: returned empty, the frame goes on to the next ones.
-            let bad = guest.alloc(32);
-            heads.push(guest.push_chain(RX_QUEUE, &[(bad, 32, 0)]));
-            // Two good ones, then a bad one amid the frame: all three back empty, frame dropped.
-            heads.push(guest.rx_buffer(32).0);
-            heads.push(guest.rx_buffer(32).0);
-            heads.push(guest.push_chain(RX_QUEUE, &[(MEM_SIZE, 32, WRITE)]));
-            let good = guest.rx_buffer(RX_BUF);
-            let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
-            send_to_guest(&socket, 4011, &[1; 60]);
-            send_to_guest(&socket, 4011, b"after the bad one");
-            receive(&mut net, &guest, 5);
-            let used: Vec<(u32, u32)> = (0..4).map(|i| guest.used(RX_QUEUE, i)).collect();
-            // The bad head first, then the frame's two good ones and the bad one that ended it.
-            assert_eq!(used[0], (u32::from(heads[0]), 0));
-            let mut rest: Vec<u32> = used[1..].iter().map(|u| u.0).collect();
-            rest.sort_unstable();
-            let mut expected: Vec<u32> = heads[1..].iter().map(|h| u32::from(*h)).collect();
-            expected.sort_unstable();
-            assert_eq!(rest, expected);
-            assert!(used[1..].iter().all(|u| u.1 == 0));
-            let received = gather(&guest, &[good], 4);
-            assert_eq!(payload_of(&received), b"after the bad one");
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5011);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        let mut heads = Vec::new();
+        // A bad chain first: returned empty, the frame goes on to the next ones.
+        let bad = guest.alloc(32);
+        heads.push(guest.push_chain(RX_QUEUE, &[(bad, 32, 0)]));
+        // Two good ones, then a bad one amid the frame: all three back empty, frame dropped.
+        heads.push(guest.rx_buffer(32).0);
+        heads.push(guest.rx_buffer(32).0);
+        heads.push(guest.push_chain(RX_QUEUE, &[(MEM_SIZE, 32, WRITE)]));
+        let good = guest.rx_buffer(RX_BUF);
+        let mut net = guest.device(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
+        send_to_guest(&socket, 4011, &[1; 60]);
+        send_to_guest(&socket, 4011, b"after the bad one");
+        receive(&mut net, &guest, 5);
+        let used: Vec<(u32, u32)> = (0..4).map(|i| guest.used(RX_QUEUE, i)).collect();
+        // The bad head first, then the frame's two good ones and the bad one that ended it.
+        assert_eq!(used[0], (u32::from(heads[0]), 0));
+        let mut rest: Vec<u32> = used[1..].iter().map(|u| u.0).collect();
+        rest.sort_unstable();
+        let mut expected: Vec<u32> = heads[1..].iter().map(|h| u32::from(*h)).collect();
+        expected.sort_unstable();
+        assert_eq!(rest, expected);
+        assert!(used[1..].iter().all(|u| u.1 == 0));
+        let received = gather(&guest, &[good], 4);
+        assert_eq!(payload_of(&received), b"after the bad one");
+    },);
 }
 
 #[test]
 fn a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for() {
-    in_netns(
-        "a_frame_larger_than_the_whole_ring_is_dropped_not_waited_for",
-        || {
-            host_side();
-            let socket = host_socket(5012);
-            let mem = memory();
-            let mut guest = Guest::new(&mem);
-            // The whole ring, in header-sized buffers: 64 x 12 bytes for a 1054-byte frame.
-            let (mut net, _) = mergeable(&mut guest, usize::from(QLEN), 12);
-            send_to_guest(&socket, 4012, &[2; 1000]);
-            receive(&mut net, &guest, QLEN);
-            assert!((0..QLEN).all(|i| guest.used(RX_QUEUE, i).1 == 0));
-            assert!(net.rx_pending.is_none());
-        },
-    );
+    in_netns!(|| {
+        host_side();
+        let socket = host_socket(5012);
+        let mem = memory();
+        let mut guest = Guest::new(&mem);
+        // The whole ring, in header-sized buffers: 64 x 12 bytes for a 1054-byte frame.
+        let (mut net, _) = mergeable(&mut guest, usize::from(QLEN), 12);
+        send_to_guest(&socket, 4012, &[2; 1000]);
+        receive(&mut net, &guest, QLEN);
+        assert!((0..QLEN).all(|i| guest.used(RX_QUEUE, i).1 == 0));
+        assert!(net.rx_pending.is_none());
+    },);
 }

@@ -3,8 +3,8 @@
 
 use super::muxer::FdOp;
 use super::{Vsock, RX_QUEUE, TX_QUEUE};
-use crate::error::Chain;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use logging::Chain;
 use std::os::unix::io::{AsRawFd, RawFd};
 
 /// Host streams are edge-triggered: a stream with data the guest has no credit for would

@@ -19,8 +19,10 @@ pub mod persist;
 #[cfg(test)]
 mod tests;
 
-use super::{device_type, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::error::Chain;
+use super::{
+    device_type, return_chain, Active, DeviceBase, Memory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+use logging::Chain;
 use muxer::Muxer;
 use packet::{check_header, Header, MAX_PKT_DATA};
 use std::io;
@@ -144,14 +146,7 @@ impl Vsock {
                 }
                 Err(e) => log::warn!("vsock: dropping guest packet: malformed chain: {e}"),
             }
-            match txq.add_used(&*mem, head, 0) {
-                Ok(()) => used += 1,
-                // A bogus head index in the available ring: nothing to return.
-                Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-                    log::warn!("vsock: tx chain with invalid head index {head}")
-                }
-                Err(e) => return Err(e.into()),
-            }
+            used += return_chain(txq, mem, head, 0, "vsock: tx chain")?;
         }
         if used > 0 && txq.needs_notification(&*mem)? {
             irq.signal_used_queue().map_err(VsockError::Interrupt)?;
@@ -191,13 +186,7 @@ impl Vsock {
                     0
                 }
             };
-            match rxq.add_used(&*mem, head, len) {
-                Ok(()) => used += 1,
-                Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-                    log::warn!("vsock: rx chain with invalid head index {head}")
-                }
-                Err(e) => return Err(e.into()),
-            }
+            used += return_chain(rxq, mem, head, len, "vsock: rx chain")?;
         }
         if used > 0 && rxq.needs_notification(&*mem)? {
             irq.signal_used_queue().map_err(VsockError::Interrupt)?;

@@ -12,9 +12,13 @@ pub struct VsockState {
     pub uds_path: PathBuf,
 }
 
-impl VsockState {
-    /// A device for this CID listening on `uds_path`.
-    pub fn build(&self) -> Result<Vsock, VsockError> {
-        Vsock::new(self.guest_cid, &self.uds_path)
-    }
-}
+crate::devices::virtio::persist_as_made!(
+    Vsock,
+    VsockState,
+    VsockError,
+    |vsock: &Vsock| VsockState {
+        guest_cid: vsock.guest_cid(),
+        uds_path: vsock.uds_path().to_owned(),
+    },
+    |state: &VsockState| Vsock::new(state.guest_cid, &state.uds_path)
+);

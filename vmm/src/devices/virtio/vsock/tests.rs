@@ -4,28 +4,21 @@ use super::connection::CONN_BUF_ALLOC;
 use super::muxer::FIRST_LOCAL_PORT;
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::test_queues::{GuestQueues, NEXT, WRITE};
 use crate::devices::virtio::ActivateError;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::Queue;
 use vm_memory::GuestAddress;
 
 const CID: u64 = 3;
 const QLEN: u16 = 64;
 const MEM_SIZE: u64 = 0x10_0000;
-const BUF_START: u64 = 0x1_0000;
-const BUF_END: u64 = 0xF_0000;
-// The descriptor flags are 1 and 2.
-#[allow(clippy::cast_possible_truncation)]
-const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-#[allow(clippy::cast_possible_truncation)]
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const HDR: u32 = super::packet::PKT_HEADER_LEN;
 
 /// A short, unique socket path (Unix socket paths are limited to 108 bytes) that is removed,
@@ -66,7 +59,7 @@ impl Drop for SockPath {
 }
 
 fn memory() -> Memory {
-    Memory::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
+    crate::devices::virtio::test_queues::memory(MEM_SIZE)
 }
 
 fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
@@ -84,78 +77,36 @@ fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
 
 /// The guest's side of the three queues.
 struct Guest<'a> {
-    mem: &'a Memory,
-    vqs: [MockSplitQueue<'a, Memory>; 3],
-    next_desc: [u16; 3],
-    used_seen: [u16; 3],
-    next_buf: u64,
+    queues: GuestQueues<'a>,
     /// rx head index -> (header address, data address)
     rx_bufs: HashMap<u16, (u64, u64)>,
+}
+
+impl<'a> Deref for Guest<'a> {
+    type Target = GuestQueues<'a>;
+    fn deref(&self) -> &GuestQueues<'a> {
+        &self.queues
+    }
+}
+
+impl DerefMut for Guest<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.queues
+    }
 }
 
 impl<'a> Guest<'a> {
     fn new(mem: &'a Memory) -> Guest<'a> {
         Guest {
-            mem,
-            vqs: [
-                MockSplitQueue::create(mem, GuestAddress(0x1000), QLEN),
-                MockSplitQueue::create(mem, GuestAddress(0x3000), QLEN),
-                MockSplitQueue::create(mem, GuestAddress(0x5000), QLEN),
-            ],
-            next_desc: [0; 3],
-            used_seen: [0; 3],
-            next_buf: BUF_START,
+            queues: GuestQueues::new(mem, 3, QLEN),
             rx_bufs: HashMap::new(),
         }
     }
 
     fn device(&self, uds: &SockPath) -> Vsock {
         let mut dev = Vsock::new(CID, &uds.0).unwrap();
-        let queues = self
-            .vqs
-            .iter()
-            .map(|vq| vq.create_queue().unwrap())
-            .collect();
-        dev.activate(self.mem.clone(), queues).unwrap();
+        dev.activate(self.mem().clone(), self.queues()).unwrap();
         dev
-    }
-
-    fn alloc(&mut self, len: u64) -> u64 {
-        if self.next_buf + len > BUF_END {
-            self.next_buf = BUF_START;
-        }
-        let addr = self.next_buf;
-        self.next_buf += (len + 15) & !15;
-        addr
-    }
-
-    /// Makes `descs` (address, length, flags) one chain in queue `q`, available to the device.
-    fn push_chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc[q];
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let idx = self.next_desc[q];
-            self.next_desc[q] = (idx + 1) % QLEN;
-            let last = i == descs.len() - 1;
-            let flags = if last { flags & !NEXT } else { flags | NEXT };
-            let d = SplitDescriptor::new(addr, len, flags, self.next_desc[q]);
-            self.vqs[q]
-                .desc_table()
-                .store(idx, RawDescriptor::from(d))
-                .unwrap();
-        }
-        self.make_available(q, head);
-        head
-    }
-
-    fn make_available(&self, q: usize, head: u16) {
-        let avail = self.vqs[q].avail();
-        let idx = avail.idx().load();
-        avail
-            .ring()
-            .ref_at(usize::from(idx % QLEN))
-            .unwrap()
-            .store(head);
-        avail.idx().store(idx.wrapping_add(1));
     }
 
     /// Queues a tx packet without kicking the device.
@@ -165,14 +116,14 @@ impl<'a> Guest<'a> {
             ..h
         };
         let ha = self.alloc(u64::from(HDR));
-        self.mem
+        self.mem()
             .write_slice(&h.to_bytes(), GuestAddress(ha))
             .unwrap();
         if data.is_empty() {
             self.push_chain(TX_QUEUE, &[(ha, HDR, 0)]);
         } else {
             let da = self.alloc(data.len() as u64);
-            self.mem.write_slice(data, GuestAddress(da)).unwrap();
+            self.mem().write_slice(data, GuestAddress(da)).unwrap();
             self.push_chain(
                 TX_QUEUE,
                 &[(ha, HDR, 0), (da, u32::try_from(data.len()).unwrap(), 0)],
@@ -194,27 +145,10 @@ impl<'a> Guest<'a> {
         }
     }
 
-    /// The new used entries of queue `q`: (head, length).
-    fn used(&mut self, q: usize) -> Vec<(u16, u32)> {
-        let used = self.vqs[q].used();
-        let end = used.idx().load();
-        let mut out = Vec::new();
-        while self.used_seen[q] != end {
-            let e = used
-                .ring()
-                .ref_at(usize::from(self.used_seen[q] % QLEN))
-                .unwrap()
-                .load();
-            out.push((u16::try_from(e.id()).unwrap(), e.len()));
-            self.used_seen[q] = self.used_seen[q].wrapping_add(1);
-        }
-        out
-    }
-
     /// The packets the device put in rx buffers since the last call.
     fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
         let mut out = Vec::new();
-        for (head, len) in self.used(RX_QUEUE) {
+        for (head, len) in self.take_used(RX_QUEUE) {
             let Some((ha, da)) = self.rx_bufs.remove(&head) else {
                 continue;
             };
@@ -222,11 +156,11 @@ impl<'a> Guest<'a> {
                 continue;
             }
             let mut raw = [0u8; HDR as usize];
-            self.mem.read_slice(&mut raw, GuestAddress(ha)).unwrap();
+            self.mem().read_slice(&mut raw, GuestAddress(ha)).unwrap();
             let h = Header::from_bytes(&raw);
             assert_eq!(len, HDR + h.len);
             let mut data = vec![0u8; h.len as usize];
-            self.mem.read_slice(&mut data, GuestAddress(da)).unwrap();
+            self.mem().read_slice(&mut data, GuestAddress(da)).unwrap();
             out.push((h, data));
         }
         out
@@ -342,7 +276,7 @@ fn guest_initiated_stream() {
     host.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
     // Every tx chain is returned.
-    assert_eq!(g.used(TX_QUEUE).len(), 2);
+    assert_eq!(g.take_used(TX_QUEUE).len(), 2);
 
     host.write_all(b"pong").unwrap();
     let (h, data) = g.poll_recv_one(&mut dev);
@@ -572,7 +506,7 @@ fn transport_reset() {
     let head = g.push_chain(EVENT_QUEUE, &[(ea, 8, WRITE)]);
     let _ = dev.interrupt().event().read();
     dev.send_transport_reset().unwrap();
-    assert_eq!(g.used(EVENT_QUEUE), vec![(head, 4)]);
+    assert_eq!(g.take_used(EVENT_QUEUE), vec![(head, 4)]);
     let id: u32 = mem.read_obj(GuestAddress(ea)).unwrap();
     assert_eq!(id, EVENT_TRANSPORT_RESET);
     assert_eq!(dev.interrupt().event().read().unwrap(), 1);
@@ -622,19 +556,12 @@ fn hostile_tx_packets_do_not_break_the_device() {
     h.len = 0x1000;
     let a = g.alloc(u64::from(HDR));
     mem.write_slice(&h.to_bytes(), GuestAddress(a)).unwrap();
-    let idx = g.next_desc[TX_QUEUE];
-    let d0 = SplitDescriptor::new(a, HDR, NEXT, (idx + 1) % QLEN);
-    let d1 = SplitDescriptor::new(a, 8, NEXT, (idx + 1) % QLEN);
-    g.vqs[TX_QUEUE]
-        .desc_table()
-        .store(idx, RawDescriptor::from(d0))
-        .unwrap();
-    g.vqs[TX_QUEUE]
-        .desc_table()
-        .store((idx + 1) % QLEN, RawDescriptor::from(d1))
-        .unwrap();
-    g.next_desc[TX_QUEUE] = (idx + 2) % QLEN;
-    g.make_available(TX_QUEUE, idx);
+    g.push_raw(TX_QUEUE, |idx| {
+        vec![
+            SplitDescriptor::new(a, HDR, NEXT, (idx + 1) % QLEN),
+            SplitDescriptor::new(a, 8, NEXT, (idx + 1) % QLEN),
+        ]
+    });
     // A head index past the descriptor table.
     g.make_available(TX_QUEUE, 1000);
 
@@ -676,7 +603,7 @@ fn hostile_tx_packets_do_not_break_the_device() {
         ]
     );
     // Every chain with a valid head was returned: 9 malformed, 8 refused or good.
-    assert_eq!(g.used(TX_QUEUE).len(), 17);
+    assert_eq!(g.take_used(TX_QUEUE).len(), 17);
     let (mut host, _) = listener.accept().unwrap();
 
     // The good connection works.
@@ -699,7 +626,7 @@ fn hostile_rx_buffers_are_skipped() {
     g.push_chain(RX_QUEUE, &[(a, 8, WRITE)]);
     g.add_rx(1, 4096);
     g.send(&mut dev, hdr(OP_REQUEST, 1000, 54), &[]);
-    let used = g.used(RX_QUEUE);
+    let used = g.take_used(RX_QUEUE);
     assert_eq!(
         used.iter().map(|u| u.1).collect::<Vec<_>>(),
         vec![0, 0, 0, HDR]
@@ -741,6 +668,14 @@ fn config_activation_and_lifecycle() {
     drop(UnixListener::bind(&uds.0).unwrap());
     let mut dev = Vsock::new(0x1234_5678, &uds.0).unwrap();
     assert_eq!(dev.guest_cid(), 0x1234_5678);
+    let Ok(saved) = crate::persist::Persist::save(&dev, ());
+    assert_eq!(
+        saved,
+        persist::VsockState {
+            guest_cid: 0x1234_5678,
+            uds_path: uds.0.clone(),
+        }
+    );
     assert_eq!(dev.device_type(), device_type::VSOCK);
     assert_eq!(dev.queue_max_sizes(), &[QUEUE_SIZE; 3]);
     assert_eq!(dev.queue_events().len(), 3);
@@ -760,24 +695,24 @@ fn config_activation_and_lifecycle() {
     let mem = memory();
     let g = Guest::new(&mem);
     assert!(matches!(
-        dev.activate(mem.clone(), vec![g.vqs[0].create_queue().unwrap()]),
+        dev.activate(mem.clone(), vec![g.queue(0).create_queue().unwrap()]),
         Err(ActivateError::QueueCount {
             expected: 3,
             got: 1
         })
     ));
-    let mut broken: Queue = g.vqs[2].create_queue().unwrap();
+    let mut broken: Queue = g.queue(2).create_queue().unwrap();
     broken.set_avail_ring_address(Some(0xffff_0000), Some(0));
     let queues = vec![
-        g.vqs[0].create_queue().unwrap(),
-        g.vqs[1].create_queue().unwrap(),
+        g.queue(0).create_queue().unwrap(),
+        g.queue(1).create_queue().unwrap(),
         broken,
     ];
     assert!(matches!(
         dev.activate(mem.clone(), queues),
         Err(ActivateError::InvalidQueue(2))
     ));
-    let queues = g.vqs.iter().map(|q| q.create_queue().unwrap()).collect();
+    let queues = g.queues();
     dev.activate(mem.clone(), queues).unwrap();
     assert!(dev.is_activated());
     dev.reset();
