@@ -3,7 +3,10 @@
 //! restores): the second start removes everything the dead service left
 //! on the host (its jail cgroups, its environments' networks, its claims; its `vmm`s die
 //! with it), and the asynchronous events the dead service had accepted run in the new one's
-//! environments as they free, without a throttle.
+//! environments as they free, without a throttle. Then, in the same environment, a function
+//! that takes more memory than its VM has is killed by the guest's OOM killer and the invoke
+//! fails with `Runtime.OutOfMemory`, as in local mode (the test function's timeout is long:
+//! under emulated KVM the guest kernel takes minutes to reclaim its way to the OOM kill).
 //!
 //! Needs root (the jail, cgroups, networks), `/dev/kvm` and the guest artefacts
 //! (`GUEST_VMLINUX`, `GUEST_SNAPSTART_ROOTFS`, `GUEST_SNAPSTART_FUNCTION_CONFIG`;
@@ -71,7 +74,7 @@ fn vmm_pids(server: &LocalServer) -> Vec<u32> {
 }
 
 #[test]
-fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
+fn a_killed_service_leaves_nothing_its_events_run_in_the_next_and_oom_is_named() {
     require_kvm!();
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -91,6 +94,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
         serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     json["function_name"] = json!("waits");
     json["reserved_concurrency"] = json!(1);
+    json["timeout_secs"] = json!(600);
     std::fs::write(function_dir.join("function.json"), json.to_string()).unwrap();
     std::os::unix::fs::symlink(&rootfs, function_dir.join("image.ext4")).unwrap();
     let service = |eager: bool| {
@@ -174,6 +178,13 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     assert!(logs.iter().any(|l| l.contains("resuming")), "{logs:#?}");
     let throttles: Vec<&String> = logs.iter().filter(|l| l.contains("throttled")).collect();
     assert!(throttles.is_empty(), "{throttles:#?}");
+
+    // More memory than the VM has (allocated a MiB at a time, so that none is refused outright):
+    // the guest's OOM killer ends the runtime, and the invoke says so.
+    let oom = second
+        .invoke(&json!({"action": "alloc", "mb": 512}))
+        .unhandled_error();
+    assert_eq!(oom["errorType"], "Runtime.OutOfMemory", "{oom}");
 
     // A stop leaves nothing either: no claim, no cgroup, no network.
     let second_pid = second.pid();
