@@ -201,6 +201,8 @@ pub enum GuestError {
     },
     #[error("the service is stopping")]
     Stopping,
+    #[error("the runtime's init did not reach restore/next within {} s", .0.as_secs())]
+    InitTimeout(Duration),
 }
 
 impl std::fmt::Display for VmmExit {
@@ -514,12 +516,17 @@ impl Guest {
     /// restored copy.
     pub fn snapshot_after_init(mut self, init_timeout: Duration) -> Result<Duration, GuestError> {
         self.link.set_timeout(Some(init_timeout))?;
-        let init_duration = self.link.wait_init_done().map_err(|e| {
-            if self.registration.ended() {
-                GuestError::Stopping
-            } else {
-                e.into()
+        let init_duration = self.link.wait_init_done().map_err(|e| match e {
+            _ if self.registration.ended() => GuestError::Stopping,
+            LinkError::Frame(proto::host_link::FrameError::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                GuestError::InitTimeout(init_timeout)
             }
+            e => e.into(),
         })?;
         let Guest {
             link,

@@ -408,31 +408,36 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     }));
 
     // The provisioned environments, all at once; `ready` once they are up.
-    let provisioning = {
-        let services: Vec<FunctionService> = host.services().cloned().collect();
-        async move {
-            let mut failed = Vec::new();
-            for service in &services {
-                if let Err(why) = service.provision().await {
-                    failed.push(format!("{}: {why}", service.name()));
-                }
+    let services: Vec<FunctionService> = host.services().cloned().collect();
+    let ready = async move {
+        let starts: Vec<_> = services
+            .iter()
+            .cloned()
+            .map(|service| tokio::spawn(async move { service.provision().await }))
+            .collect();
+        let mut failed = Vec::new();
+        for (service, start) in services.iter().zip(starts) {
+            match start.await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => failed.push(format!("{}: {why}", service.name())),
+                Err(e) => failed.push(format!("{}: {e}", service.name())),
             }
-            failed
+        }
+        if !failed.is_empty() {
+            say(&format!(
+                "lambda-vm: not ready yet: provisioned environments did not start ({}); they are started again",
+                failed.join("; ")
+            ));
+            // The maintenance threads start them again, waiting longer after each failure.
+            while !services.iter().all(FunctionService::provisioned_ready) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     };
-    let mut outcome = Ok(ExitCode::SUCCESS);
     let stopped_by = tokio::select! {
-        failed = provisioning => {
-            if failed.is_empty() {
-                say("lambda-vm: ready");
-                signals.next().await
-            } else {
-                outcome = Err(anyhow::anyhow!(
-                    "provisioned environments did not start: {}",
-                    failed.join("; ")
-                ));
-                "a failed start"
-            }
+        () = ready => {
+            say("lambda-vm: ready");
+            signals.next().await
         }
         signal = signals.next() => signal,
     };
@@ -481,7 +486,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         say(&format!("lambda-vm: removing the scratch directory: {e}"));
     }
     say("lambda-vm: stopped");
-    outcome
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM and SIGINT.

@@ -103,6 +103,9 @@ struct Inner {
     /// Whether the provisioned environments were started once ([`FunctionService::provision`]);
     /// after that the maintenance thread replaces any that go.
     provisioned_once: AtomicBool,
+    /// Invocations that were still running when their caller hung up (they ran to the end, as
+    /// on Lambda; a caller that retries then needs another environment).
+    abandoned: AtomicU64,
 }
 
 impl FunctionService {
@@ -129,6 +132,7 @@ impl FunctionService {
             log,
             next_env: AtomicU64::new(1),
             provisioned_once: AtomicBool::new(false),
+            abandoned: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -147,8 +151,19 @@ impl FunctionService {
         self.inner.pool().counts()
     }
 
+    /// Whether every provisioned environment is up.
+    pub fn provisioned_ready(&self) -> bool {
+        self.counts().provisioned_ready >= self.inner.scaling.provisioned
+    }
+
+    /// How many invocations were still running when their caller hung up.
+    pub fn abandoned_invocations(&self) -> u64 {
+        self.inner.abandoned.load(Ordering::Relaxed)
+    }
+
     /// Starts the function's provisioned environments, all at once, and waits for them; `Err`
-    /// says why one did not start. From then on the service replaces any that go.
+    /// says why one did not start. From then on the service replaces any that go (one that
+    /// failed here too, after a pause).
     pub async fn provision(&self) -> Result<(), String> {
         let wanted = self
             .inner
@@ -340,11 +355,13 @@ impl Inner {
     }
 
     /// Serves one invocation with `lease`'s environment, then gives the environment back.
+    /// `caller_gone` says, at the end, whether the caller hung up meanwhile.
     fn serve(
         &self,
         lease: Lease<Guest>,
         invocation: Invocation,
         stream: &mut dyn FnMut(Streamed),
+        caller_gone: &AtomicBool,
     ) -> Outcome {
         let Lease {
             id,
@@ -352,6 +369,9 @@ impl Inner {
             provisioned,
         } = lease;
         let (kept, outcome) = self.run(guest, invocation, stream);
+        if caller_gone.load(Ordering::Acquire) {
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
         }
@@ -588,6 +608,28 @@ impl Drop for Waiting {
     }
 }
 
+/// Marks, when dropped before [`CallerWatch::answered`], that the caller hung up (the future
+/// that waits for the invocation was dropped).
+#[derive(Default)]
+struct CallerWatch {
+    gone: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl CallerWatch {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for CallerWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gone.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl Invoker for FunctionService {
     fn function(&self) -> &Function {
         &self.inner.function
@@ -710,6 +752,8 @@ impl FunctionService {
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
+        let watch = CallerWatch::default();
+        let gone = watch.gone.clone();
         let (answer, answered) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let mut answer = Some(answer);
@@ -729,7 +773,7 @@ impl FunctionService {
                     }
                 }
             };
-            let outcome = inner.serve(lease, invocation, &mut on_stream);
+            let outcome = inner.serve(lease, invocation, &mut on_stream, &gone);
             match (streaming, answer) {
                 (Some(sender), _) => sender.blocking_end(match outcome {
                     Outcome::Success(_) => StreamEnd::Complete,
@@ -741,7 +785,9 @@ impl FunctionService {
                 (None, None) => {}
             }
         });
-        answered.await.map_err(|_| InvokeError::ShutDown)
+        let answer = answered.await.map_err(|_| InvokeError::ShutDown);
+        watch.answered();
+        answer
     }
 
     /// The error for a request that got no environment, logged.
