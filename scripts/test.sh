@@ -37,6 +37,11 @@ GUEST_SNAPSTART_ROOTFS="$(scripts/build-rootfs.sh "$snapstart_function" --ext4 |
 GUEST_SNAPSTART_FUNCTION_CONFIG="$snapstart_function/function.json"
 export GUEST_VMLINUX GUEST_INITRAMFS GUEST_ROOTFS GUEST_FUNCTION_CONFIG
 export GUEST_SNAPSTART_ROOTFS GUEST_SNAPSTART_FUNCTION_CONFIG
+step "the streaming function's ext4 image, with an extension layer (tests/microvm.rs)"
+stream_function="$(stage_stream_function)"
+GUEST_STREAM_ROOTFS="$(scripts/build-rootfs.sh "$stream_function" --ext4 | tail -n1)"
+GUEST_STREAM_FUNCTION_CONFIG="$stream_function/function.json"
+export GUEST_STREAM_ROOTFS GUEST_STREAM_FUNCTION_CONFIG
 step "the networking test function's ext4 images (tests/network.rs)"
 net_function="$(stage_net_function)"
 GUEST_NET_ROOTFS="$(scripts/build-rootfs.sh "$net_function" --ext4 | tail -n1)"

@@ -327,12 +327,14 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
     );
     assert_eq!(left_by(pid, &scratch), Vec::<String>::new());
 
-    // 2. A burst of 10 boto3 callers whose read timeout (20 s) is shorter than the boot and
+    // 2. A burst of 10 boto3 callers whose read timeout (10 s) is shorter than the boot and
     // snapshot: they time out and resend while it runs, and every one is answered, by no more
-    // environments than callers (each start serves whichever request waits).
+    // environments than callers (each start serves whichever request waits). Only a caller
+    // whose invocation itself outlasted its timeout (a loaded machine) may have needed another:
+    // its invocation ran on, as on Lambda, and its retry is a request of its own.
     let mut second = start(&[]);
     let scratch = scratch_of(&second);
-    let answers = boto3_burst(&second, "burst", 10, 20, 20);
+    let answers = boto3_burst(&second, "burst", 10, 10, 40);
     for (caller, answer) in answers.iter().enumerate() {
         assert_eq!(answer["status"], 200, "caller {caller}: {answer}");
         assert_eq!(answer["payload"], json!({ "caller": caller }), "{answer}");
@@ -342,12 +344,26 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
         .filter(|a| a["attempts"].as_u64() > Some(1))
         .count();
     assert!(retried > 0, "no caller timed out and retried: {answers:?}");
+    // Invocations whose callers left may still be running: they are counted once they end.
+    assert!(wait_until(Duration::from_secs(600), || {
+        let status = function_status(&second, "burst");
+        count(&status, "busy") + count(&status, "initializing") == 0
+    }));
     let status = function_status(&second, "burst");
     let environments = ["initializing", "busy", "idle"]
         .iter()
         .map(|k| count(&status, k))
         .sum::<u64>();
-    assert!(environments <= 10, "{environments} environments: {status}");
+    // A resend can reach the service before it has seen its first attempt's connection close
+    // (the watch for a caller who hung up takes up to a second): for that moment the request is
+    // outstanding twice. One such overlap was seen once, at load average 15; more would mean
+    // starts are tied to callers again. Invocations that outlasted their caller's timeout (a
+    // loaded machine) each free a resend to need one more.
+    let abandoned = count(&status, "abandoned_invocations");
+    assert!(
+        environments <= 11 + abandoned,
+        "{environments} environments: {status}"
+    );
     let logs = second.logs();
     let snapshots = logs
         .iter()

@@ -1,16 +1,21 @@
 //! `lambda-vm` killed with SIGKILL, then started again (another process, another pid) on the
-//! same work directory, on real KVM: the second start removes everything the dead service left
+//! same state and work directories, on real KVM (one boot, for the SnapStart snapshot; then
+//! restores): the second start removes everything the dead service left
 //! on the host (its jail cgroups, its environments' networks, its claims; its `vmm`s die
 //! with it), and the asynchronous events the dead service had accepted run in the new one's
-//! environments as they free, without a throttle.
+//! environments as they free, without a throttle. Then, in the same environment, a function
+//! that takes more memory than its VM has is killed by the guest's OOM killer and the invoke
+//! fails with `Runtime.OutOfMemory`, as in local mode (the test function's timeout is long:
+//! under emulated KVM the guest kernel takes minutes to reclaim its way to the OOM kill).
 //!
 //! Needs root (the jail, cgroups, networks), `/dev/kvm` and the guest artefacts
-//! (`GUEST_VMLINUX`, `GUEST_ROOTFS`, `GUEST_FUNCTION_CONFIG`; scripts/test.sh builds them).
+//! (`GUEST_VMLINUX`, `GUEST_SNAPSTART_ROOTFS`, `GUEST_SNAPSTART_FUNCTION_CONFIG`;
+//! scripts/test.sh builds them).
 
 use integration_tests::server::LocalServer;
 use integration_tests::{
-    guest_artifact, host_binary, jail_cgroups_of, process_gone, require_kvm, skip_unless,
-    wait_until,
+    guest_artifact, guest_line, host_binary, jail_cgroups_of, process_gone, require_kvm,
+    skip_unless, wait_until,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -69,15 +74,15 @@ fn vmm_pids(server: &LocalServer) -> Vec<u32> {
 }
 
 #[test]
-fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
+fn a_killed_service_leaves_nothing_its_events_run_in_the_next_and_oom_is_named() {
     require_kvm!();
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     skip_unless!(root, "the jail, its cgroups and the networks need root");
     let (Some(kernel), Some(rootfs), Some(config)) = (
         guest_artifact("GUEST_VMLINUX"),
-        guest_artifact("GUEST_ROOTFS"),
-        guest_artifact("GUEST_FUNCTION_CONFIG"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
     ) else {
         return;
     };
@@ -89,6 +94,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
         serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     json["function_name"] = json!("waits");
     json["reserved_concurrency"] = json!(1);
+    json["timeout_secs"] = json!(600);
     std::fs::write(function_dir.join("function.json"), json.to_string()).unwrap();
     std::os::unix::fs::symlink(&rootfs, function_dir.join("image.ext4")).unwrap();
     let service = |eager: bool| {
@@ -98,6 +104,8 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
             .arg(&kernel)
             .arg("--functions-dir")
             .arg(&functions)
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
             .arg("--work-dir")
             .arg(tmp.path().join("work"))
             .args(["--listen", "127.0.0.1:0"]);
@@ -108,9 +116,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     };
 
     let first = service(true);
-    first.wait_for_log(Duration::from_secs(900), |l| {
-        l.contains("provisioned environment ready")
-    });
+    first.wait_for_error_line(Duration::from_secs(900), |l| l == "lambda-vm: ready");
     let ids: Vec<String> = (0..6)
         .map(|n| {
             let body = json!({"action": "sleep", "ms": 1000, "n": n}).to_string();
@@ -119,7 +125,9 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
             reply.id()
         })
         .collect();
-    first.wait_for_log(Duration::from_secs(120), |l| l.starts_with("START"));
+    first.wait_for_log(Duration::from_secs(120), |l| {
+        guest_line(l).starts_with("START")
+    });
     let pid = first.pid();
     let vmms = vmm_pids(&first);
     let net_slots = claims_of(NET_CLAIMS, pid);
@@ -145,6 +153,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     );
 
     let mut second = service(false);
+    second.wait_for_error_line(Duration::from_secs(60), |l| l == "lambda-vm: ready");
     assert_ne!(second.pid(), pid);
     // Before it listens, the second has removed what the first left.
     assert_eq!(jail_cgroups_of(pid), Vec::<PathBuf>::new());
@@ -157,7 +166,7 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     // concurrency 1), each as the one before frees it: none is throttled.
     let finished = |logs: &[String], id: &str| {
         logs.iter()
-            .any(|l| l.starts_with(&format!("REPORT RequestId: {id}")))
+            .any(|l| guest_line(l).starts_with(&format!("REPORT RequestId: {id}")))
     };
     let all_ran = wait_until(Duration::from_secs(900), || {
         let logs = second.logs();
@@ -166,12 +175,16 @@ fn a_killed_service_leaves_nothing_and_its_events_run_in_the_next() {
     });
     let logs = second.logs();
     assert!(all_ran, "accepted events did not run: {logs:#?}");
-    assert!(
-        logs.iter().any(|l| l.starts_with("rapid: resuming")),
-        "{logs:#?}"
-    );
+    assert!(logs.iter().any(|l| l.contains("resuming")), "{logs:#?}");
     let throttles: Vec<&String> = logs.iter().filter(|l| l.contains("throttled")).collect();
     assert!(throttles.is_empty(), "{throttles:#?}");
+
+    // More memory than the VM has (allocated a MiB at a time, so that none is refused outright):
+    // the guest's OOM killer ends the runtime, and the invoke says so.
+    let oom = second
+        .invoke(&json!({"action": "alloc", "mb": 512}))
+        .unhandled_error();
+    assert_eq!(oom["errorType"], "Runtime.OutOfMemory", "{oom}");
 
     // A stop leaves nothing either: no claim, no cgroup, no network.
     let second_pid = second.pid();

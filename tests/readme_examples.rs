@@ -113,7 +113,7 @@ fn the_vmm_readme_config_file_boots_our_init_and_snapshots_and_restores() {
     assert!(config.contains("\"initrd_path\": \"target/rootfs/shell-echo.cpio\""));
     std::fs::write(dir.join("vm.json"), &config).unwrap();
 
-    let waiting = "init: cannot open the host link";
+    let waiting = "cannot open the host link";
     let mut booted = Vmm::start(
         &dir,
         &["--config-file", "vm.json", "--snapshot-dir", "snap"],

@@ -23,9 +23,9 @@ use std::sync::Arc;
 /// The invoke endpoint of one environment. Cheap to clone: one per connection.
 #[derive(Clone)]
 pub struct Endpoint<I: Invoker> {
-    sandbox: I,
+    pub(crate) sandbox: I,
     events: Arc<dyn EventQueue>,
-    tails: LogTails,
+    pub(crate) tails: LogTails,
 }
 
 impl<I: Invoker> Endpoint<I> {
@@ -192,7 +192,7 @@ impl<I: Invoker> Endpoint<I> {
 
 /// The event of an invoke body: JSON, as Lambda's Invoke API requires (the emulator does not
 /// check); an empty body is `{}`.
-fn event(body: Bytes) -> Result<Bytes, String> {
+pub(crate) fn event(body: Bytes) -> Result<Bytes, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -204,7 +204,7 @@ fn event(body: Bytes) -> Result<Bytes, String> {
 
 /// Decodes `X-Amz-Client-Context` into the value of `Lambda-Runtime-Client-Context`. JSON is
 /// re-written compactly, since a pretty-printed context holds newlines a header cannot carry.
-fn client_context(encoded: &str) -> Option<String> {
+pub(crate) fn client_context(encoded: &str) -> Option<String> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;

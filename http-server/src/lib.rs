@@ -5,23 +5,25 @@
 
 mod body;
 mod caller;
+mod reply;
 mod serve;
 
 pub use body::{read_body, BodyError, BodyPace};
 pub use caller::Caller;
+pub use reply::{Body, BodyClosed, BodySender};
 pub use serve::{
     serve, serve_connection, serve_with, ConnectionLimits, LimitsError, MIN_BODY_RATE,
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-pub type Reply = Response<Full<Bytes>>;
+/// A reply: its body whole, or streamed ([`Body::channel`]).
+pub type Reply = Response<Body>;
 
 /// A reply with a JSON body.
 pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
-    let mut reply = Response::new(Full::new(body.into()));
+    let mut reply = Response::new(Body::full(body));
     *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     reply.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -11,7 +11,6 @@ use crate::body::BodyPace;
 use crate::caller::Caller;
 use crate::Reply;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -362,7 +361,7 @@ impl Drop for PhaseGuard {
 
 /// A reply's body on its way out: once sent (hyper drops it), its connection is idle.
 struct Sent {
-    body: Full<Bytes>,
+    body: crate::Body,
     connection: Option<Arc<Connection>>,
 }
 

@@ -64,6 +64,16 @@ pub enum LinkError {
 /// How an invocation ended, as the guest reported it.
 pub use proto::invoke::Outcome;
 
+/// A part of a streamed response, as it arrives from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streamed {
+    /// The runtime began streaming, with this `Content-Type`.
+    Start {
+        content_type: Option<String>,
+    },
+    Chunk(Vec<u8>),
+}
+
 /// Listens for the guest's connection on `<uds>_<port>`.
 pub struct Listener {
     listener: UnixListener,
@@ -189,13 +199,42 @@ impl HostLink {
     }
 
     /// Runs one invocation and waits for its outcome. Frames for other request ids (answers to
-    /// invokes abandoned after an error) are skipped.
+    /// invokes abandoned after an error) are skipped. A streamed response's chunks are dropped:
+    /// see [`HostLink::invoke_streaming`].
     pub fn invoke(&mut self, invoke: Invoke) -> Result<Outcome, LinkError> {
+        self.invoke_streaming(invoke, &mut |_| {})
+    }
+
+    /// Like [`HostLink::invoke`], passing the parts of a response the runtime streams to
+    /// `stream` as they arrive; the outcome then says how the stream ended (a `Success` body is
+    /// empty: the chunks were the body).
+    pub fn invoke_streaming(
+        &mut self,
+        invoke: Invoke,
+        stream: &mut dyn FnMut(Streamed),
+    ) -> Result<Outcome, LinkError> {
         let request_id = invoke.request_id.clone();
         self.send(&Message::Invoke(invoke))?;
         let sent = timing_enabled().then(epoch_us);
         loop {
-            let Some(outcome) = Outcome::from_answer(self.next_frame()?, &request_id) else {
+            let message = match self.next_frame()? {
+                Message::ResponseStart {
+                    request_id: id,
+                    content_type,
+                } if id == request_id => {
+                    stream(Streamed::Start { content_type });
+                    continue;
+                }
+                Message::ResponseChunk {
+                    request_id: id,
+                    body,
+                } if id == request_id => {
+                    stream(Streamed::Chunk(body.0));
+                    continue;
+                }
+                message => message,
+            };
+            let Some(outcome) = Outcome::from_answer(message, &request_id) else {
                 continue;
             };
             self.last_timing = self
@@ -274,7 +313,10 @@ impl HostLink {
                 self.init_done = Some(Duration::from_millis(*init_duration_ms));
             }
             Message::InvokeTiming(timing) => self.guest_timing = Some(timing.clone()),
-            Message::Response { .. } | Message::Error { .. } => {}
+            Message::Response { .. }
+            | Message::Error { .. }
+            | Message::ResponseStart { .. }
+            | Message::ResponseChunk { .. } => {}
             other @ (Message::Hello(_)
             | Message::Invoke(_)
             | Message::Restore { .. }

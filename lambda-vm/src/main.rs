@@ -101,6 +101,11 @@ struct Args {
     /// Seconds the guest may take to boot and connect.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
+    /// Seconds a function's init may take in its microVM (Lambda's 10 s by default; on an
+    /// emulated KVM, where each process start in the guest costs seconds, a function with
+    /// extensions may need more).
+    #[arg(long, default_value_t = 10.0)]
+    init_timeout: f64,
     /// Seconds busy environments get to finish their invocations after SIGTERM or SIGINT
     /// before they are ended; a second signal ends them at once.
     #[arg(long, default_value_t = 5.0)]
@@ -206,6 +211,10 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     );
     let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
         .context("--idle-timeout must be a number of seconds")?;
+    let init_timeout = Duration::try_from_secs_f64(args.init_timeout)
+        .ok()
+        .filter(|t| (Duration::from_millis(1)..=Duration::from_secs(900)).contains(t))
+        .context("--init-timeout must be between 0.001 and 900 seconds")?;
     let stop_grace = Duration::try_from_secs_f64(args.stop_grace)
         .context("--stop-grace must be a number of seconds")?;
     let limits = ConnectionLimits::from_flags(
@@ -395,6 +404,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             work_dir: function_dir,
             console,
             boot_timeout: Duration::from_secs(args.boot_timeout),
+            init_timeout,
             cpu_template,
             network: networks.clone().filter(|_| function.networking),
             environments: environments.clone(),
@@ -454,31 +464,36 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     }));
 
     // The provisioned environments, all at once; `ready` once they are up.
-    let provisioning = {
-        let services: Vec<FunctionService> = host.services().cloned().collect();
-        async move {
-            let mut failed = Vec::new();
-            for service in &services {
-                if let Err(why) = service.provision().await {
-                    failed.push(format!("{}: {why}", service.name()));
-                }
+    let services: Vec<FunctionService> = host.services().cloned().collect();
+    let ready = async move {
+        let starts: Vec<_> = services
+            .iter()
+            .cloned()
+            .map(|service| tokio::spawn(async move { service.provision().await }))
+            .collect();
+        let mut failed = Vec::new();
+        for (service, start) in services.iter().zip(starts) {
+            match start.await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => failed.push(format!("{}: {why}", service.name())),
+                Err(e) => failed.push(format!("{}: {e}", service.name())),
             }
-            failed
+        }
+        if !failed.is_empty() {
+            say(&format!(
+                "lambda-vm: not ready yet: provisioned environments did not start ({}); they are started again",
+                failed.join("; ")
+            ));
+            // The maintenance threads start them again, waiting longer after each failure.
+            while !services.iter().all(FunctionService::provisioned_ready) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     };
-    let mut outcome = Ok(ExitCode::SUCCESS);
     let stopped_by = tokio::select! {
-        failed = provisioning => {
-            if failed.is_empty() {
-                say("lambda-vm: ready");
-                signals.next().await
-            } else {
-                outcome = Err(anyhow::anyhow!(
-                    "provisioned environments did not start: {}",
-                    failed.join("; ")
-                ));
-                "a failed start"
-            }
+        () = ready => {
+            say("lambda-vm: ready");
+            signals.next().await
         }
         signal = signals.next() => signal,
     };
@@ -527,7 +542,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         say(&format!("lambda-vm: removing the scratch directory: {e}"));
     }
     say("lambda-vm: stopped");
-    outcome
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM and SIGINT.

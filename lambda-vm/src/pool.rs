@@ -122,6 +122,8 @@ pub struct Counts {
     pub waiting: usize,
     /// Of all of them, how many are provisioned (kept however long they idle).
     pub provisioned: usize,
+    /// Of the provisioned ones, how many are up (idle or busy, not starting).
+    pub provisioned_ready: usize,
     /// The processes of the busy environments.
     pub busy_pids: Vec<u32>,
     /// The processes of the idle environments.
@@ -162,6 +164,8 @@ pub struct Pool<E> {
     starting: usize,
     waiters: VecDeque<Waiter<E>>,
     provisioned: usize,
+    /// Provisioned environments still starting.
+    provisioning: usize,
     reserved: Option<usize>,
     host: HostLimit,
     next_id: u64,
@@ -176,6 +180,7 @@ impl<E: Environment> Pool<E> {
             starting: 0,
             waiters: VecDeque::new(),
             provisioned: 0,
+            provisioning: 0,
             reserved,
             host,
             next_id: 0,
@@ -285,6 +290,9 @@ impl<E: Environment> Pool<E> {
     /// idle. Returns it to tear down when the pool is shutting down.
     pub fn ready(&mut self, id: u64, env: E, provisioned: bool) -> Option<E> {
         self.starting = self.starting.saturating_sub(1);
+        if provisioned {
+            self.provisioning = self.provisioning.saturating_sub(1);
+        }
         let holds_slot = self.active.get(&id).is_some_and(|a| a.holds_slot);
         if self.shut_down {
             self.active.remove(&id);
@@ -342,6 +350,7 @@ impl<E: Environment> Pool<E> {
         self.starting = self.starting.saturating_sub(1);
         if provisioned {
             self.provisioned = self.provisioned.saturating_sub(1);
+            self.provisioning = self.provisioning.saturating_sub(1);
         }
         if self.active.remove(&id).is_some_and(|a| a.holds_slot) {
             self.host.release();
@@ -394,6 +403,7 @@ impl<E: Environment> Pool<E> {
         let id = self.next_id();
         self.starting += 1;
         self.provisioned += 1;
+        self.provisioning += 1;
         let active = Active {
             pid: None,
             holds_slot: false,
@@ -441,6 +451,7 @@ impl<E: Environment> Pool<E> {
             idle: self.idle.len(),
             waiting: self.waiters.len(),
             provisioned: self.provisioned,
+            provisioned_ready: self.provisioned.saturating_sub(self.provisioning),
             busy_pids: self.active.values().filter_map(|a| a.pid).collect(),
             idle_pids: self.idle.iter().map(|idle| idle.env.pid()).collect(),
         }
@@ -708,10 +719,14 @@ mod tests {
         let mut pool = Pool::new(None, host.clone());
         let p = pool.begin_provisioning();
         assert_eq!(pool.provisioned_missing(1), 0);
+        assert_eq!(pool.counts().provisioned_ready, 0);
         assert_eq!(host.in_use(), 0);
         assert_eq!(pool.ready(p, Env(1), true), None);
         let counts = pool.counts();
-        assert_eq!((counts.idle, counts.provisioned), (1, 1));
+        assert_eq!(
+            (counts.idle, counts.provisioned, counts.provisioned_ready),
+            (1, 1, 1)
+        );
         let lease = warm(&mut pool);
         assert!(lease.provisioned);
         let (other, waiter, receive) = start(&mut pool);

@@ -96,6 +96,11 @@ struct Args {
     /// to 21600), as Lambda's MaximumEventAgeInSeconds.
     #[arg(long, default_value_t = 21_600, value_parser = clap::value_parser!(u32).range(60..=21_600), conflicts_with = "cluster")]
     maximum_event_age: u32,
+    /// The function's external extensions (Lambda's `/opt/extensions`): every executable file
+    /// in it is started before the runtime, with the same environment, and takes part in the
+    /// environment's lifecycle through the Extensions API.
+    #[arg(long)]
+    extensions_dir: Option<PathBuf>,
     /// Seconds between retries of a failed asynchronous invoke.
     #[arg(long, default_value_t = 1.0, value_parser = seconds_in(0.0, 3600.0))]
     async_retry_delay: f64,
@@ -198,6 +203,10 @@ fn config(args: Args) -> (EnvironmentConfig, Function) {
     config.region = args.region;
     config.init_type = args.init_type;
     config.environment = args.env;
+    config.extensions_dir = args
+        .extensions_dir
+        .as_deref()
+        .map(|dir| existing("--extensions-dir <EXTENSIONS_DIR>", dir));
     // What GetFunction describes: the flags in function.json's terms (Lambda's timeout is
     // whole seconds).
     let mut described = FunctionConfig::with_handler(config.handler.clone());
@@ -338,7 +347,8 @@ async fn main() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    sandbox.shutdown();
+    // As Lambda spins an environment down: SHUTDOWN to the extensions, with its deadline.
+    sandbox.shutdown_gracefully().await;
     if let Some(cgroups) = &cgroups {
         for name in cgroups.remove_own() {
             log::warn!("cannot remove the sandbox cgroup {name}: processes remain");

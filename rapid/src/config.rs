@@ -31,6 +31,9 @@ pub struct EnvironmentConfig {
     /// reaches every descendant). `None` runs it unconfined: inside a microVM, where the VM is
     /// the sandbox.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// Where the external extensions are (`/opt/extensions` on Lambda): every executable file
+    /// in it is started before the runtime. `None`: no external extensions.
+    pub extensions_dir: Option<PathBuf>,
     /// Where OOM kills are counted when there is no cgroup: the kernel's log, for an
     /// environment that is the whole machine (inside a microVM).
     pub oom_log: Option<Arc<crate::process::oom::KernelOomLog>>,
@@ -72,6 +75,7 @@ impl EnvironmentConfig {
             environment: function.environment.clone().into_iter().collect(),
             init_type: function.initialization_type,
             cgroups: None,
+            extensions_dir: None,
             oom_log: None,
         }
     }

@@ -6,7 +6,10 @@ use http_server::{self as http, BodyError, Reply};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::Request;
-use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SYNC_PAYLOAD_LIMIT};
+use proto::runtime_api::{
+    error_type, header, ErrorRequest, Route, RouteError, RESPONSE_MODE_STREAMING,
+    SYNC_PAYLOAD_LIMIT,
+};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,13 @@ const RESTORE_ERROR: &str = proto::runtime_api::function_error_type::RESTORE_ERR
 /// Answers one Runtime API request. `/next` and `restore/next` long-poll; bodies are read with
 /// hard limits, and a connection whose body was refused unread is closed.
 pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
+    // The Extensions API (and the Telemetry API) share the runtime's address.
+    if crate::extensions::api::serves(request.uri().path()) {
+        return crate::extensions::api::handle(sandbox, request).await;
+    }
+    if crate::telemetry::api::serves(request.uri().path()) {
+        return crate::telemetry::api::handle(sandbox, request).await;
+    }
     let route = match Route::parse(request.method().as_str(), request.uri().path()) {
         Ok(route) => route,
         Err(RouteError::NotFound) => {
@@ -43,6 +53,24 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
         Route::Response(id) => {
             if let Err(reply) = sandbox.precheck(&id) {
                 return to_http(reply);
+            }
+            let mode = request.headers().get(header::RESPONSE_MODE);
+            if let Some(mode) = mode {
+                if !mode
+                    .as_bytes()
+                    .eq_ignore_ascii_case(RESPONSE_MODE_STREAMING.as_bytes())
+                {
+                    let message = format!(
+                        "{} must be {RESPONSE_MODE_STREAMING:?}, got {mode:?}",
+                        header::RESPONSE_MODE
+                    );
+                    return http::error(400, error_type::INVALID_REQUEST, &message);
+                }
+                let reply = crate::response_stream::respond(&sandbox, &id, request).await;
+                let refused = matches!(reply, ApiReply::Rejected(413, ..));
+                let reply = to_http(answered_first(reply).await);
+                // A refused upload was not read to its end.
+                return if refused { http::close(reply) } else { reply };
             }
             match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
                 Ok(body) => answered_first(sandbox.respond(&id, body)).await,
@@ -186,7 +214,7 @@ fn refused(error: &BodyError) -> Reply {
     ))
 }
 
-fn to_http(reply: ApiReply) -> Reply {
+pub(crate) fn to_http(reply: ApiReply) -> Reply {
     match reply {
         ApiReply::Accepted => http::json(202, r#"{"status":"OK"}"#),
         ApiReply::Empty => http::json(200, Bytes::new()),
@@ -226,7 +254,7 @@ fn to_http(reply: ApiReply) -> Reply {
 /// An X-Ray trace header for an invoke that came without one: 96 random bits for the root, 64
 /// for the parent, drawn in one system call (each is one more trip through the emulator in a
 /// guest).
-fn new_trace_id() -> String {
+pub(crate) fn new_trace_id() -> String {
     let mut random = [0u8; 20];
     fill_random(&mut random);
     let (root, parent) = random.split_at(12);

@@ -171,3 +171,37 @@ stop_server() {
     fi
     rm -f "${SERVER_LOG:-}"
 }
+
+# Stages the streaming test function (tests/functions/rust-stream, on the lambda_runtime crate)
+# with the lambda-extension crate's test extension (tests/functions/rust-extension) as a Lambda
+# layer: a zip holding extensions/rust-extension, which function.json lists. Both binaries are
+# static. Prints the function directory.
+stage_stream_function() {
+    local name=stream-ext
+    step "building the static streaming function and extension (tests/functions/rust-stream, rust-extension)"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --profile guest --target "$STATIC_TARGET" -p rust-stream -p rust-extension >&2
+    local target dir layer
+    target="$(cargo_target_dir)"
+    dir="$target/functions/$name"
+    layer="$target/functions/$name-layer"
+    rm -rf "$dir" "$layer"
+    mkdir -p "$dir" "$layer/extensions"
+    cp "$target/$STATIC_TARGET/guest/rust-stream" "$dir/rust-stream"
+    cp "$target/$STATIC_TARGET/guest/rust-extension" "$layer/extensions/rust-extension"
+    # A zip as users upload layers; Python's zipfile keeps the exec bits.
+    (cd "$layer" && rm -f ../"$name"-layer.zip && python3 -m zipfile -c ../"$name"-layer.zip extensions)
+    cat >"$dir/function.json" <<JSON
+{
+  "function_name": "$name",
+  "handler": "stream",
+  "runtime": "/var/task/rust-stream",
+  "memory_mb": 128,
+  "timeout_secs": 30,
+  "networking": false,
+  "environment": {"RUST_EXTENSION_TELEMETRY_PORT": "9003"},
+  "layers": ["../$name-layer.zip"]
+}
+JSON
+    echo "$dir"
+}

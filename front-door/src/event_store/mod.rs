@@ -528,11 +528,22 @@ impl Inner {
                 };
                 self.next_order += 1;
                 if let Some(old) = self.index.insert(id, entry) {
-                    // The same id twice (only damage makes that): the later record stands.
-                    if old.segment == n {
+                    // The same id twice (only damage makes that): the later record stands, and
+                    // the earlier is marked done, so that it cannot come back once the later
+                    // one is done.
+                    let file_of_old = if old.segment == n {
                         live -= 1;
-                    } else if let Some(segment) = self.segments.get_mut(&old.segment) {
-                        segment.live = segment.live.saturating_sub(1);
+                        Some(&file)
+                    } else {
+                        self.segments.get_mut(&old.segment).map(|segment| {
+                            segment.live = segment.live.saturating_sub(1);
+                            &segment.file
+                        })
+                    };
+                    if let Some(old_file) = file_of_old {
+                        let _ = old_file
+                            .write_all_at(&record::DONE, old.offset + record::STATE_OFFSET)
+                            .and_then(|()| old_file.sync_data());
                     }
                 }
                 live += 1;

@@ -208,3 +208,30 @@ fn drained_segments_give_their_space_back() {
     let (store, recovery) = open(dir.path());
     assert_eq!((store.len(), recovery.describe()), (0, None));
 }
+
+/// Found by the fuzzer: a record written twice (only damage does that) is one event, and once
+/// it is done neither copy comes back.
+#[test]
+fn an_event_recorded_twice_is_done_once_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = invocation(br#"{"twice":true}"#);
+    {
+        let (store, _) = open(dir.path());
+        store.put(&event, 5).unwrap();
+    }
+    let segment = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let record = bytes[usize::try_from(record::HEADER_LEN).unwrap()..].to_vec();
+    bytes.extend_from_slice(&record);
+    std::fs::write(&segment, &bytes).unwrap();
+    {
+        let (store, _) = open(dir.path());
+        assert_eq!(store.len(), 1);
+        store.remove(&event.request_id).unwrap();
+        // Another event keeps the segment from being cut back, so both copies stay on disk.
+        store.put(&invocation(b"{}"), 6).unwrap();
+    }
+    let (store, _) = open(dir.path());
+    assert_eq!(store.get(&event.request_id).unwrap(), None);
+    assert_eq!(store.len(), 1);
+}

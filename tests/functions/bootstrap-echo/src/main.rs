@@ -44,6 +44,11 @@ impl Function for Echo {
                 json!({ "slept": ms })
             }
             Some("crash") => std::process::exit(3),
+            Some("log") => {
+                let message = payload.get("message").and_then(Value::as_str).unwrap_or("");
+                println!("{message}");
+                json!({ "logged": message })
+            }
             // For the function-host tests: which execution environment answered. The id is
             // drawn on first use, after any SnapStart restore, so restored copies differ.
             Some("whoami") => {
@@ -99,14 +104,17 @@ impl Function for Echo {
             // For the memory tests: more memory than the function has.
             Some("alloc") => {
                 let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
-                let bytes = usize::try_from(mb << 20)
-                    .map_err(|_| HandlerError::new("EchoError", "mb is too large"))?;
-                let mut held = vec![0u8; bytes];
-                // Touched, page by page, so that it is really taken.
-                for page in held.chunks_mut(4096) {
-                    page[0] = 1;
+                // A MiB at a time, each touched page by page, so that the memory is really
+                // taken and no one allocation is refused outright (which would abort instead).
+                let mut held = Vec::new();
+                for _ in 0..mb {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    for page in chunk.chunks_mut(4096) {
+                        page[0] = 1;
+                    }
+                    held.push(chunk);
                 }
-                json!({ "allocated": mb, "touched": held.iter().filter(|b| **b == 1).count() })
+                json!({ "allocated": held.len() })
             }
             // For the flood tests: what a hostile function can do to its own Runtime API.
             Some("flood") => {
