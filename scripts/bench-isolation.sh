@@ -53,7 +53,7 @@ boot_and_invoke() {
     # shellcheck disable=SC2046
     "$target/release/lambda-vm" $(flags "$mode") --kernel "$kernel" --rootfs "$rootfs" \
         --function-config "$function_dir/function.json" --listen 127.0.0.1:0 \
-        --work-dir "$work/boot-$mode" --eager >"$log" 2>&1 &
+        --work-dir "$work/boot-$mode" --state-dir "$work/boot-$mode/state" --eager >"$log" 2>&1 &
     pid=$!
     until grep -q "provisioned environment ready" "$log" 2>/dev/null; do
         kill -0 "$pid" 2>/dev/null || die "lambda-vm exited: $(cat "$log")"
@@ -81,7 +81,7 @@ restore_first_response() {
     # shellcheck disable=SC2046
     "$target/release/lambda-vm" $(flags "$mode") --kernel "$kernel" --rootfs "$snapstart_rootfs" \
         --function-config "$snapstart_dir/function.json" --listen 127.0.0.1:0 \
-        --work-dir "$work/restore-$mode" --snapshot-dir "$work/snapshots" >"$log" 2>&1 &
+        --work-dir "$work/restore-$mode" --state-dir "$work/restore-$mode/state" --snapshot-dir "$work/snapshots" >"$log" 2>&1 &
     pid=$!
     until grep -q "lambda-vm: listening" "$log" 2>/dev/null; do sleep 0.01; done
     addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$log")

@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 
 strace -f -c -o "$work/strace.txt" "$target/release/lambda-local" \
     --runtime "$target/release/bootstrap-echo" --handler echo \
-    --listen 127.0.0.1:0 --runtime-api 127.0.0.1:0 --event-store "$work/events.redb" \
+    --listen 127.0.0.1:0 --runtime-api 127.0.0.1:0 --event-store "$work/events" \
     >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do

@@ -3,11 +3,13 @@
 # `build-rootfs` tool, which packs them with the function (and layers) into a reproducible
 # initramfs (uncompressed newc cpio) and, with --ext4, an ext4 image. See rootfs/README.md.
 #
-#   scripts/build-rootfs.sh <function-dir> [--layer DIR]... [--config PATH] [--init PATH]
+#   scripts/build-rootfs.sh <function-dir> [--layer DIR|ZIP]... [--config PATH] [--init PATH]
 #                           [--out PATH] [--ext4] [--ext4-size-mb N] [--no-busybox]
 #
-# The function directory holds function.json unless --config names another file. --init takes a
-# prebuilt static init instead of building the `init` package. The default output is
+# The function directory holds function.json unless --config names another file; its `layers`
+# (zip files or directories, relative to it) are merged into /opt first, then each --layer (a
+# directory or a zip, as Lambda takes layers). --init takes a prebuilt static init instead of
+# building the `init` package. The default output is
 # target/rootfs/<function_name>.cpio; --ext4 also writes the same path with .ext4. The last line of
 # stdout is the output path (the ext4 image with --ext4, after the cpio path). SOURCE_DATE_EPOCH,
 # if set, becomes every entry's timestamp. The image gets Debian's static busybox (/bin/sh and
@@ -15,7 +17,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,15s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,16s/^# \{0,1\}//p' "$0" >&2
     exit "${1:-2}"
 }
 

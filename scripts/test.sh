@@ -23,8 +23,11 @@ export BOOTSTRAP_BIN
 
 step "guest kernel (scripts/build-kernel.sh; cached after the first build)"
 GUEST_VMLINUX="$(scripts/build-kernel.sh | tail -n1)"
-step "example initramfs (scripts/build-rootfs.sh)"
-GUEST_INITRAMFS="$(scripts/build-rootfs.sh bootstrap/examples/shell-worker | tail -n1)"
+step "the shell worker example's images (scripts/build-rootfs.sh; vmm/README.md's examples)"
+shell_images="$(scripts/build-rootfs.sh bootstrap/examples/shell-worker --ext4)"
+GUEST_INITRAMFS="$(head -n1 <<<"$shell_images")"
+GUEST_SHELL_ROOTFS="$(tail -n1 <<<"$shell_images")"
+export GUEST_SHELL_ROOTFS
 step "the echo function's ext4 image, for the microVM tests"
 echo_function="$(stage_rust_echo_function)"
 GUEST_ROOTFS="$(scripts/build-rootfs.sh "$echo_function" --ext4 | tail -n1)"
@@ -34,6 +37,11 @@ GUEST_SNAPSTART_ROOTFS="$(scripts/build-rootfs.sh "$snapstart_function" --ext4 |
 GUEST_SNAPSTART_FUNCTION_CONFIG="$snapstart_function/function.json"
 export GUEST_VMLINUX GUEST_INITRAMFS GUEST_ROOTFS GUEST_FUNCTION_CONFIG
 export GUEST_SNAPSTART_ROOTFS GUEST_SNAPSTART_FUNCTION_CONFIG
+step "the streaming function's ext4 image, with an extension layer (tests/microvm.rs)"
+stream_function="$(stage_stream_function)"
+GUEST_STREAM_ROOTFS="$(scripts/build-rootfs.sh "$stream_function" --ext4 | tail -n1)"
+GUEST_STREAM_FUNCTION_CONFIG="$stream_function/function.json"
+export GUEST_STREAM_ROOTFS GUEST_STREAM_FUNCTION_CONFIG
 step "the networking test function's ext4 images (tests/network.rs)"
 net_function="$(stage_net_function)"
 GUEST_NET_ROOTFS="$(scripts/build-rootfs.sh "$net_function" --ext4 | tail -n1)"

@@ -204,7 +204,7 @@ fn accepted_events_survive_a_sigterm() {
 
 fn events_survive(signal: nix::sys::signal::Signal) {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("events.redb");
+    let store = dir.path().join("events");
     let store_arg = store.to_str().unwrap();
     let args = ["--event-store", store_arg, "--async-retry-delay", "0.1"];
     let Some(mut first) = start(&args) else {
@@ -260,7 +260,7 @@ fn events_survive(signal: nix::sys::signal::Signal) {
 #[test]
 fn more_events_than_places_in_memory_are_accepted_and_all_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("events.redb");
+    let store = dir.path().join("events");
     let args = ["--event-store", store.to_str().unwrap()];
     let Some(mut server) = start(&args) else {
         return;
@@ -369,13 +369,21 @@ fn idle_connections_are_bounded_and_timed_out() {
         .collect();
     let reply = server.invoke(&json!({"after": "idlers"}));
     assert_eq!(reply.status, 200, "{}", reply.text());
-    // The idle ones were closed by the server.
+    // The idle ones were closed by the server: timed out, or closed for a newer client at the
+    // cap (a reset, when the server closed with their bytes unread).
     for mut stream in idle.into_iter().take(8) {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut rest = Vec::new();
-        assert!(stream.read_to_end(&mut rest).is_ok());
+        let read = stream.read_to_end(&mut rest);
+        assert!(
+            read.is_ok()
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
     }
     still_serves(&mut server);
 }

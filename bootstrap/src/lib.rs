@@ -21,8 +21,10 @@ mod client;
 mod config;
 mod context;
 mod error;
+pub mod extension;
 mod handler;
 mod runtime;
+mod streaming;
 mod typed;
 
 pub use client::{Client, Invocation};
@@ -32,5 +34,6 @@ pub use error::{error_type, ConfigError, ContextError, Error};
 pub use handler::{service_fn, Function, HandlerError, ServiceFn};
 /// The error body of the Runtime API's error endpoints, as [`Client`] takes it.
 pub use proto::runtime_api::ErrorRequest;
-pub use runtime::{run, run_with_client};
+pub use runtime::{run, run_streaming, run_streaming_with_client, run_with_client};
+pub use streaming::{stream_fn, ResponseWriter, StreamFn, StreamingFunction};
 pub use typed::{decode_event, encode_response, typed_fn, TypedFn};

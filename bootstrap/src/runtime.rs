@@ -4,6 +4,7 @@
 use crate::client::{Client, Invocation};
 use crate::error::{error_type, Error};
 use crate::handler::{Function, HandlerError};
+use crate::streaming::{ResponseWriter, StreamingFunction};
 use proto::runtime_api::ErrorRequest;
 use std::convert::Infallible;
 use std::panic::{self, AssertUnwindSafe};
@@ -61,7 +62,69 @@ pub fn run_with_client<F: Function>(
     }
 }
 
-fn serve<F: Function>(
+/// Runs a streaming function against the Runtime API named by `AWS_LAMBDA_RUNTIME_API`, as
+/// [`run`] does a buffered one: each invocation's response is streamed as the handler writes it.
+pub fn run_streaming<F: StreamingFunction>(
+    init: impl FnOnce() -> Result<F, HandlerError>,
+) -> ExitCode {
+    match Client::from_env() {
+        Ok(client) => run_streaming_with_client(&client, init),
+        Err(e) => {
+            log(format_args!("cannot start: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// [`run_streaming`] with a client of the caller's choosing.
+pub fn run_streaming_with_client<F: StreamingFunction>(
+    client: &Client,
+    init: impl FnOnce() -> Result<F, HandlerError>,
+) -> ExitCode {
+    match serve(client, || guarded(init).map(Streamed)) {
+        Ok(never) => match never {},
+        Err(stop) => {
+            log(format_args!("{stop}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the loop runs: a buffered or a streaming function.
+trait Handler {
+    fn before_snapshot(&mut self) -> Result<(), HandlerError>;
+    fn after_restore(&mut self) -> Result<(), HandlerError>;
+    fn invoke(&mut self, client: &Client, invocation: Invocation) -> Result<(), Stop>;
+}
+
+impl<F: Function> Handler for F {
+    fn before_snapshot(&mut self) -> Result<(), HandlerError> {
+        Function::before_snapshot(self)
+    }
+    fn after_restore(&mut self) -> Result<(), HandlerError> {
+        Function::after_restore(self)
+    }
+    fn invoke(&mut self, client: &Client, invocation: Invocation) -> Result<(), Stop> {
+        invoke(client, self, invocation)
+    }
+}
+
+/// A streaming function, as the loop runs it.
+struct Streamed<F>(F);
+
+impl<F: StreamingFunction> Handler for Streamed<F> {
+    fn before_snapshot(&mut self) -> Result<(), HandlerError> {
+        self.0.before_snapshot()
+    }
+    fn after_restore(&mut self) -> Result<(), HandlerError> {
+        self.0.after_restore()
+    }
+    fn invoke(&mut self, client: &Client, invocation: Invocation) -> Result<(), Stop> {
+        invoke_streaming(client, &mut self.0, invocation)
+    }
+}
+
+fn serve<F: Handler>(
     client: &Client,
     init: impl FnOnce() -> Result<F, HandlerError>,
 ) -> Result<Infallible, Stop> {
@@ -77,7 +140,7 @@ fn serve<F: Function>(
     }
     loop {
         match client.next() {
-            Ok(invocation) => invoke(client, &mut function, invocation)?,
+            Ok(invocation) => function.invoke(client, invocation)?,
             Err(e) => {
                 // A broken invocation is failed on its own, if it can be addressed at all.
                 let Some(request_id) = e.invocation_id() else {
@@ -99,7 +162,7 @@ fn serve<F: Function>(
 
 /// The SnapStart handshake: the snapshot is taken while `restore/next` is pending, so the hook
 /// before it runs in the snapshotted process and the hook after it in every restored copy.
-fn snap_start(client: &Client, function: &mut impl Function) -> Result<(), Stop> {
+fn snap_start(client: &Client, function: &mut impl Handler) -> Result<(), Stop> {
     if let Err(error) = guarded(|| function.before_snapshot()) {
         report(client.init_error(&error.to_request()), "init error");
         return Err(Stop::BeforeSnapshot(error));
@@ -136,6 +199,31 @@ fn invoke(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// One invocation of a streaming function: what the handler writes goes out as it writes it;
+/// a failure after the first write ends the stream with error trailers, one before it is
+/// posted as an ordinary error.
+fn invoke_streaming(
+    client: &Client,
+    function: &mut impl StreamingFunction,
+    Invocation { context, event }: Invocation,
+) -> Result<(), Stop> {
+    set_trace_id(context.trace_id.as_deref());
+    let request_id = &context.request_id;
+    let mut out = ResponseWriter::new(client.address(), request_id);
+    let result = guarded(|| function.handle(&event, &context, &mut out));
+    match result {
+        Ok(()) => report(out.finish(None), "streamed response"),
+        Err(error) if out.started() => {
+            report(out.finish(Some(&error.to_request())), "streamed response")
+        }
+        Err(error) => report(
+            client.invocation_error(request_id, &error.to_request()),
+            "invocation error",
+        ),
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The Lambda API over a set of functions, as the AWS SDKs and CLI call it: `Invoke` (each
-//! function's [`Endpoint`]), `GetFunction`, `GetFunctionConfiguration`, `ListFunctions` and the
+//! The Lambda API over a set of functions, as the AWS SDKs and CLI call it: `Invoke` and
+//! `InvokeWithResponseStream` (each function's [`Endpoint`]), `GetFunction`, `GetFunctionConfiguration`, `ListFunctions` and the
 //! reserved-concurrency operations. Function names arrive as the SDKs send them
 //! (percent-encoded; a name, `name:qualifier`, a full or partial ARN; the `Qualifier`
 //! parameter), and are understood by [`ApiRequest::route`]. Only `$LATEST` exists: any other
@@ -69,6 +69,7 @@ impl<I: Invoker> Router<I> {
         let function = invoker.function();
         match operation {
             Operation::Invoke => endpoint.clone().handle_invoke(request).await,
+            Operation::InvokeWithResponseStream => endpoint.clone().handle_stream(request).await,
             Operation::GetFunctionConfiguration => {
                 http::json(200, configuration(function).to_string())
             }

@@ -3,7 +3,7 @@
 //! invocation source for any [`Invoker`]. Which function a request names is the
 //! [`crate::api::Router`]'s business.
 
-use crate::async_invoke::{AsyncQueue, EnqueueError};
+use crate::async_invoke::{AsyncQueue, EnqueueError, EventQueue};
 use crate::event_store::EventStore;
 use crate::invoker::Invoker;
 use crate::log_tail::LogTails;
@@ -18,13 +18,14 @@ use proto::invoke_api::{
     error_type, header, invocation_type, log_type, FUNCTION_ERROR_UNHANDLED, LATEST,
 };
 use proto::runtime_api::{ASYNC_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT};
+use std::sync::Arc;
 
 /// The invoke endpoint of one environment. Cheap to clone: one per connection.
 #[derive(Clone)]
 pub struct Endpoint<I: Invoker> {
-    sandbox: I,
-    events: AsyncQueue<I>,
-    tails: LogTails,
+    pub(crate) sandbox: I,
+    events: Arc<dyn EventQueue>,
+    pub(crate) tails: LogTails,
 }
 
 impl<I: Invoker> Endpoint<I> {
@@ -32,8 +33,15 @@ impl<I: Invoker> Endpoint<I> {
     /// `X-Amz-Log-Type: Tail` to return them; `events` keeps accepted `Event` invokes across
     /// crashes (and the ones it holds from before are started now).
     pub fn new(sandbox: I, tails: LogTails, events: Option<EventStore>) -> Endpoint<I> {
+        let queue = AsyncQueue::new(sandbox.clone(), events);
+        Endpoint::with_queue(sandbox, tails, Arc::new(queue))
+    }
+
+    /// An endpoint whose accepted `Event` invokes go to `events` (a queue other hosts share)
+    /// rather than to a queue of this host's.
+    pub fn with_queue(sandbox: I, tails: LogTails, events: Arc<dyn EventQueue>) -> Endpoint<I> {
         Endpoint {
-            events: AsyncQueue::new(sandbox.clone(), events),
+            events,
             sandbox,
             tails,
         }
@@ -106,6 +114,10 @@ impl<I: Invoker> Endpoint<I> {
                     limit + 1
                 );
                 let refusal = http::service_error(413, error_type::REQUEST_TOO_LARGE, &message);
+                return http::close(refusal);
+            }
+            Err(e @ BodyError::TooSlow { .. }) => {
+                let refusal = http::service_error(408, error_type::REQUEST_TIMEOUT, &e.to_string());
                 return http::close(refusal);
             }
             Err(e) => {
@@ -183,7 +195,7 @@ impl<I: Invoker> Endpoint<I> {
 
 /// The event of an invoke body: JSON, as Lambda's Invoke API requires (the emulator does not
 /// check); an empty body is `{}`.
-fn event(body: Bytes) -> Result<Bytes, String> {
+pub(crate) fn event(body: Bytes) -> Result<Bytes, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -195,7 +207,7 @@ fn event(body: Bytes) -> Result<Bytes, String> {
 
 /// Decodes `X-Amz-Client-Context` into the value of `Lambda-Runtime-Client-Context`. JSON is
 /// re-written compactly, since a pretty-printed context holds newlines a header cannot carry.
-fn client_context(encoded: &str) -> Option<String> {
+pub(crate) fn client_context(encoded: &str) -> Option<String> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;

@@ -3,7 +3,7 @@
 //! serve the same endpoint with the same semantics.
 
 use crate::function::Function;
-use proto::invoke::{Invocation, InvokeError, Outcome};
+use proto::invoke::{Answer, Invocation, InvokeError, Outcome};
 use std::future::Future;
 
 /// Why a function's reserved concurrency cannot be set.
@@ -29,6 +29,30 @@ pub trait Invoker: Clone + Send + Sync + 'static {
         &self,
         invocation: Invocation,
     ) -> impl Future<Output = Result<Outcome, InvokeError>> + Send;
+
+    /// Runs one invocation; a response the function streams is handed over as a stream as soon
+    /// as it begins (`InvokeWithResponseStream`). Where the environments cannot stream, the
+    /// whole outcome.
+    fn invoke_streaming(
+        &self,
+        invocation: Invocation,
+    ) -> impl Future<Output = Result<Answer, InvokeError>> + Send {
+        let invoke = self.invoke(invocation);
+        async move { invoke.await.map(Answer::Whole) }
+    }
+
+    /// Runs one asynchronous event: as [`Invoker::invoke`], except that where that would
+    /// refuse it at once for want of an environment (a throttle), this waits for one to free,
+    /// until `deadline` (then it is throttled). By default the same as `invoke`, for invokers
+    /// that queue rather than refuse.
+    fn invoke_event(
+        &self,
+        invocation: Invocation,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<Outcome, InvokeError>> + Send {
+        let _ = deadline;
+        self.invoke(invocation)
+    }
 
     /// The function's reserved concurrency, if it has one (`GetFunctionConcurrency`).
     fn reserved_concurrency(&self) -> Option<u32> {

@@ -10,10 +10,12 @@
 pub mod api;
 pub mod async_invoke;
 pub mod event_store;
+pub mod event_stream;
 pub mod function;
 pub mod invoke_http;
 pub mod invoker;
 pub mod log_tail;
+pub mod streaming;
 
 pub use api::Router;
 pub use function::{AsyncPolicy, Code, Function};

@@ -60,6 +60,25 @@ impl LogTails {
         }
     }
 
+    /// Whether the log of invocation `request_id` is being collected: an invoker that runs it
+    /// elsewhere then brings its tail back with it ([`LogTails::fill`]).
+    pub fn is_watching(&self, request_id: &str) -> bool {
+        let start = format!("START RequestId: {request_id} ");
+        self.lock().iter().any(|w| w.start == start)
+    }
+
+    /// Gives the watch of invocation `request_id` the tail collected where it ran (another
+    /// host), in place of anything seen here.
+    pub fn fill(&self, request_id: &str, tail: &[u8]) {
+        let start = format!("START RequestId: {request_id} ");
+        if let Some(watched) = self.lock().iter_mut().find(|w| w.start == start) {
+            let keep = tail.len().saturating_sub(LOG_RESULT_MAX);
+            watched.tail = tail[keep..].iter().copied().collect();
+            watched.started = true;
+            watched.done = true;
+        }
+    }
+
     /// Looks at one log line.
     pub fn line(&self, line: &str) {
         for watched in self.lock().iter_mut() {
@@ -171,6 +190,26 @@ mod tests {
             "START RequestId: r1 Version: $LATEST\nhello from the handler\nEND RequestId: r1\nREPORT RequestId: r1\tDuration: 1.00 ms\t\n"
         );
         assert!(tails.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tail_from_elsewhere_replaces_what_was_seen_here() {
+        let tails = LogTails::default();
+        let watch = tails.watch("r1");
+        assert!(tails.is_watching("r1"));
+        assert!(!tails.is_watching("r2"));
+        tails.fill(
+            "r1",
+            b"START RequestId: r1 Version: $LATEST\nREPORT RequestId: r1\t\n",
+        );
+        tails.line("START RequestId: r1 Version: $LATEST");
+        tails.line("a line seen here after the tail arrived");
+        let tail = watch.finish().await;
+        assert_eq!(
+            tail,
+            b"START RequestId: r1 Version: $LATEST\nREPORT RequestId: r1\t\n"
+        );
+        assert!(!tails.is_watching("r1"));
     }
 
     #[tokio::test]

@@ -170,3 +170,33 @@ write("vmm_api", "snapshot", b"".join([
 ]))
 write("vmm_api", "continue", api_request("PUT", "/actions", {"action_type": "FlushMetrics"}, b"Expect: 100-continue\r\n"))
 write("vmm_api", "bad", b"GET /vm/config HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}PUT /drives/a-b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+# Event store segments (front-door/src/event_store/record.rs): a header, then records, each
+# MARKER | len | body CRC | head CRC | state (8 bytes) | body.
+def event_record(request_id, event, accepted_ms=1_700_000_000_000, done=False, trace=None):
+    import zlib
+    body = struct.pack("<Q", accepted_ms)
+    rid = request_id.encode()
+    body += struct.pack("<H", len(rid)) + rid
+    for field in (trace, None, None):
+        if field is None:
+            body += struct.pack("<I", 0xFFFFFFFF)
+        else:
+            body += struct.pack("<I", len(field)) + field.encode()
+    body += event
+    lengths = struct.pack("<II", len(body), zlib.crc32(body))
+    head = bytes([0xFE, 0xFF, 0xEE, 0x01]) + lengths + struct.pack("<I", zlib.crc32(lengths))
+    state = bytes([0x3C] * 8) if done else bytes([0xA5] * 8)
+    return head + state + body
+
+
+segment_header = b"lambda-events\n" + struct.pack("<H", 1)
+write("event_store", "empty", segment_header)
+write("event_store", "three", segment_header
+      + event_record("8f0c0c6e-1b1a-4f51-9d7c-1a2b3c4d5e6f", b'{"n":1}', trace="Root=1-abc")
+      + event_record("0b5e6f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b", b'{"n":2}', done=True)
+      + event_record("1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d", b'"\xff\xfe not utf-8"'))
+write("event_store", "cut", (segment_header
+      + event_record("8f0c0c6e-1b1a-4f51-9d7c-1a2b3c4d5e6f", b'{"n":1}')
+      + event_record("0b5e6f7a-2c3d-4e5f-8a9b-0c1d2e3f4a5b", b'{"n":2}'))[:-5])

@@ -15,17 +15,20 @@ pub const RUNTIME_API: &str = "127.0.0.1:9001";
 
 pub const USAGE: &str = "\
 usage: init [--config PATH] [--host-link unix:PATH|vsock:CID:PORT] [--runtime-api ADDR]
-            [--task-root DIR] [--no-setup] [--reconnect]
+            [--task-root DIR] [--extensions-dir DIR] [--no-setup] [--reconnect]
   --config      function.json (env INIT_CONFIG; default /etc/lambda/function.json)
   --host-link   the host link (env INIT_HOST_LINK; default vsock:2:9999 as PID 1, required otherwise)
   --runtime-api where to serve the Runtime API (env INIT_RUNTIME_API; default 127.0.0.1:9001)
   --task-root   LAMBDA_TASK_ROOT and the runtime's directory (env INIT_TASK_ROOT; default /var/task)
+  --extensions-dir  the external extensions, started before the runtime (env INIT_EXTENSIONS_DIR;
+                default /opt/extensions as PID 1, none otherwise)
   --no-setup    as PID 1, change nothing machine-wide: no mounts, loopback, hostname, RNG reseed,
                 clock or reboot (env INIT_NO_SETUP=1; for tests in a PID namespace)
   --reconnect   reconnect when the host link drops (env INIT_RECONNECT=1; always on as PID 1)
 The environment variable INIT_INITIALIZATION_TYPE (on-demand, provisioned-concurrency or
 snap-start) overrides function.json's initialization_type; INIT_TIMING=1 sends the host the
-guest's timing of every invoke (an invoke_timing frame before each answer).";
+guest's timing of every invoke (an invoke_timing frame before each answer); INIT_INIT_TIMEOUT_MS
+sets how long the function's init may take (default 10000).";
 
 /// init's own options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub struct Options {
     pub host_link: LinkAddr,
     pub runtime_api: SocketAddr,
     pub task_root: PathBuf,
+    /// Where the external extensions are (`/opt/extensions` in the guest).
+    pub extensions_dir: Option<PathBuf>,
     /// Whether to change the machine: mounts, loopback, hostname, RNG, clock, reboot. Only ever
     /// true as PID 1.
     pub system: bool,
@@ -49,6 +54,9 @@ pub struct Options {
     pub init_type: Option<proto::InitializationType>,
     /// `INIT_TIMING=1`: time each invocation for the host (see `timing.rs`).
     pub timing: bool,
+    /// `INIT_INIT_TIMEOUT_MS`: how long the function's init may take, over Lambda's 10 s (the
+    /// host sets it when told to).
+    pub init_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -94,6 +102,7 @@ impl Options {
                 "--host-link" => "--host-link",
                 "--runtime-api" => "--runtime-api",
                 "--task-root" => "--task-root",
+                "--extensions-dir" => "--extensions-dir",
                 _ if pid1 => {
                     ignored.push(arg);
                     continue;
@@ -151,9 +160,26 @@ impl Options {
             task_root: value("--task-root", "INIT_TASK_ROOT")
                 .unwrap_or(proto::layout::TASK_ROOT.into())
                 .into(),
+            extensions_dir: value("--extensions-dir", "INIT_EXTENSIONS_DIR")
+                .or_else(|| pid1.then(|| proto::layout::EXTENSIONS.into()))
+                .map(PathBuf::from),
             system: pid1 && !no_setup && !flag_on("INIT_NO_SETUP"),
             reconnect: pid1 || reconnect || flag_on("INIT_RECONNECT"),
             timing: flag_on(proto::guest::cmdline::TIMING),
+            init_timeout: match env(proto::guest::cmdline::INIT_TIMEOUT_MS) {
+                Some(v) => Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&ms: &u64| ms > 0)
+                        .map(std::time::Duration::from_millis)
+                        .ok_or_else(|| OptionsError::BadValue {
+                            flag: "INIT_INIT_TIMEOUT_MS",
+                            value: v,
+                            reason: "not a positive number of milliseconds".into(),
+                        })?,
+                ),
+                None => None,
+            },
             ignored,
         })
     }
@@ -184,6 +210,10 @@ fn to_rapid(function: FunctionConfig, options: &Options) -> Function {
     if options.system {
         // The VM is the sandbox: its memory in use is the function's.
         config.memory_source = rapid::config::MemorySource::Machine;
+    }
+    config.extensions_dir = options.extensions_dir.clone();
+    if let Some(init_timeout) = options.init_timeout {
+        config.init_timeout = init_timeout;
     }
     Function {
         rapid: config,
@@ -302,6 +332,31 @@ mod tests {
         assert_eq!(c.timeout, std::time::Duration::from_secs(7));
         assert_eq!(c.init_type, proto::InitializationType::SnapStart);
         assert_eq!(c.environment, vec![("A".to_owned(), "1".to_owned())]);
+    }
+
+    #[test]
+    fn extensions_and_the_init_timeout_come_from_the_image_and_the_host() {
+        let pid1 = parse(&[], &[], true).unwrap();
+        assert_eq!(pid1.extensions_dir, Some(PathBuf::from("/opt/extensions")));
+        assert_eq!(pid1.init_timeout, None);
+        let process = parse(&["--host-link", "unix:/l"], &[], false).unwrap();
+        assert_eq!(process.extensions_dir, None);
+        let given = parse(
+            &["--host-link", "unix:/l", "--extensions-dir", "/x"],
+            &[("INIT_INIT_TIMEOUT_MS", "30000")],
+            false,
+        )
+        .unwrap();
+        assert_eq!(given.extensions_dir, Some(PathBuf::from("/x")));
+        assert_eq!(given.init_timeout, Some(std::time::Duration::from_secs(30)));
+        let bad = parse(&[], &[("INIT_INIT_TIMEOUT_MS", "soon")], true).unwrap_err();
+        assert!(matches!(
+            bad,
+            OptionsError::BadValue {
+                flag: "INIT_INIT_TIMEOUT_MS",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -10,12 +10,13 @@ use crate::link_log::LinkLog;
 use crate::timing::{Stamps, Timing};
 use crate::{reaper, restore};
 use bytes::Bytes;
+use http_server::ConnectionLimits;
 use logging::Chain;
 use proto::host_link::Hello;
 use proto::host_link::{
     self as wire, FrameError, Invoke, Message, MAX_PAYLOAD_LEN, MIN_RESTORE_ENTROPY,
 };
-use proto::invoke::InvokeError;
+use proto::invoke::{Answer, InvokeError, ResponseStream, StreamEnd, StreamEvent};
 use proto::invoke_api::error_type;
 use proto::runtime_api::ErrorRequest;
 use rapid::{Handle, Outcome, SnapshotHook};
@@ -76,14 +77,23 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
         paused: Arc::clone(&paused),
         system: options.system,
     };
+    let mut rapid = function.rapid;
+    let api_limits = ConnectionLimits::runtime_api(rapid.timeout.max(rapid.init_timeout));
+    // The VM is the sandbox: every OOM kill in it is the function's.
+    match rapid::process::oom::KernelOomLog::open() {
+        Ok(log) => rapid.oom_log = Some(log),
+        Err(e) => {
+            log::warn!("cannot read /dev/kmsg ({e}): an OOM kill is reported as Runtime.ExitError")
+        }
+    }
     let handle = Handle::new(
-        function.rapid,
+        rapid,
         api.local_addr()?,
         Arc::new(LinkLog::new(outbox.clone())),
         Some(Arc::new(snapshot)),
     );
     let api_handle = handle.clone();
-    tokio::spawn(http_server::serve(api, move |request| {
+    tokio::spawn(http_server::serve(api, api_limits, move |request| {
         rapid::runtime_api::handle(api_handle.clone(), request)
     }));
     if options.pid1 {
@@ -109,7 +119,8 @@ pub async fn run(options: Options, function: Function) -> std::io::Result<End> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    handle.shutdown();
+    // As Lambda spins an environment down: extensions get SHUTDOWN and their deadline.
+    handle.shutdown_gracefully().await;
     Ok(end)
 }
 
@@ -411,8 +422,9 @@ async fn relay_invoke(
         let message = format!("the event is larger than {MAX_PAYLOAD_LEN} bytes");
         Outcome::failure(failure(error_type::REQUEST_TOO_LARGE, message))
     } else {
-        match handle.invoke(invoke.into()).await {
-            Ok(outcome) => outcome,
+        match handle.invoke_streaming(invoke.into()).await {
+            Ok(Answer::Whole(outcome)) => outcome,
+            Ok(Answer::Stream(stream)) => relay_stream(&outbox, &request_id, stream).await,
             Err(e @ InvokeError::QueueFull) => {
                 Outcome::failure(failure(error_type::TOO_MANY_REQUESTS, e.to_string()))
             }
@@ -428,6 +440,32 @@ async fn relay_invoke(
         timing.record(&request_id, stamps);
     }
     outbox.send(outcome.into_answer(request_id));
+}
+
+/// Passes a streamed response to the host as the runtime writes it: `ResponseStart`, a
+/// `ResponseChunk` per chunk (cut to the frame limit), and returns how it ended, which goes as
+/// the invocation's `Response` (empty) or `Error`.
+async fn relay_stream(outbox: &Outbox, request_id: &str, mut stream: ResponseStream) -> Outcome {
+    outbox.send(Message::ResponseStart {
+        request_id: request_id.to_owned(),
+        content_type: stream.content_type.clone(),
+    });
+    loop {
+        match stream.next().await {
+            StreamEvent::Chunk(chunk) => {
+                for part in chunk.chunks(MAX_PAYLOAD_LEN) {
+                    outbox.send(Message::ResponseChunk {
+                        request_id: request_id.to_owned(),
+                        body: part.into(),
+                    });
+                }
+            }
+            StreamEvent::End(StreamEnd::Complete) => return Outcome::Success(Bytes::new()),
+            StreamEvent::End(StreamEnd::Failed { body, reset }) => {
+                return Outcome::Failure { body, reset }
+            }
+        }
+    }
 }
 
 /// rapid's snapshot hook: listens for the host (so that every restored copy is listening), tells

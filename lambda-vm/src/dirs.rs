@@ -2,7 +2,7 @@
 //!
 //! - The **state directory** (`--state-dir`) is kept across runs: SnapStart snapshots
 //!   (`snapshots/NAME/<key>`) and each function's store of accepted asynchronous events
-//!   (`events/NAME.redb`). Its default is `/var/lib/lambda-vm` for root, else
+//!   (`events/NAME/`). Its default is `/var/lib/lambda-vm` for root, else
 //!   `$XDG_STATE_HOME/lambda-vm` (`~/.local/state/lambda-vm`).
 //! - The **scratch directory** of one run, `lambda-vm-<pid>` under `--work-dir` (default: the
 //!   system's temporary directory), holds what lives only while the service runs: each

@@ -57,6 +57,8 @@ pub struct GuestSpec {
     pub console: Console,
     /// How long the guest may take to boot and connect.
     pub boot_timeout: Duration,
+    /// How long the function's init may take in the guest (Lambda's 10 s by default).
+    pub init_timeout: Duration,
     /// The CPU template, resolved for this host (`CpuTemplate::Auto.resolve`, once, at the top).
     pub cpu_template: CpuTemplate,
     /// Where each environment gets its own network from; `None`: the guest has no network
@@ -106,11 +108,15 @@ impl GuestSpec {
                 Rootfs::Ext4(_) => format!("{defaults} init=/init"),
             }
         });
-        if crate::host_link::timing_enabled() {
-            format!("{args} {}=1", proto::guest::cmdline::TIMING)
-        } else {
-            args
+        let mut args = args;
+        if self.init_timeout != proto::function_config::INIT_TIMEOUT {
+            let ms = self.init_timeout.as_millis();
+            args += &format!(" {}={ms}", proto::guest::cmdline::INIT_TIMEOUT_MS);
         }
+        if crate::host_link::timing_enabled() {
+            args += &format!(" {}=1", proto::guest::cmdline::TIMING);
+        }
+        args
     }
 
     /// The Firecracker-style configuration of a VM whose vsock device is on `uds_path` (its
@@ -207,6 +213,8 @@ pub enum GuestError {
     Stopping,
     #[error("no host-link listener for the booting guest")]
     NoListener,
+    #[error("the runtime's init did not reach restore/next within {} s", .0.as_secs())]
+    InitTimeout(Duration),
 }
 
 /// How far the service is in stopping.
@@ -657,12 +665,17 @@ impl Guest {
         init_timeout: Duration,
     ) -> Result<Duration, GuestError> {
         self.link.set_timeout(Some(init_timeout))?;
-        let init_duration = self.link.wait_init_done().map_err(|e| {
-            if self.registration.ended() {
-                GuestError::Stopping
-            } else {
-                e.into()
+        let init_duration = self.link.wait_init_done().map_err(|e| match e {
+            _ if self.registration.ended() => GuestError::Stopping,
+            LinkError::Frame(proto::host_link::FrameError::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                GuestError::InitTimeout(init_timeout)
             }
+            e => e.into(),
         })?;
         let Guest {
             link,

@@ -61,6 +61,8 @@ fn function_status(service: &FunctionService) -> serde_json::Value {
         "busy": counts.busy,
         "idle": counts.idle,
         "provisioned": counts.provisioned,
+        "waiting": counts.waiting,
+        "abandoned_invocations": service.abandoned_invocations(),
         "reserved_concurrency": service.reserved_concurrency(),
         "busy_vmm_pids": counts.busy_pids,
         "idle_vmm_pids": counts.idle_pids,

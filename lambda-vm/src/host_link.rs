@@ -94,6 +94,16 @@ impl LinkError {
 /// How an invocation ended, as the guest reported it.
 pub use proto::invoke::Outcome;
 
+/// A part of a streamed response, as it arrives from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streamed {
+    /// The runtime began streaming, with this `Content-Type`.
+    Start {
+        content_type: Option<String>,
+    },
+    Chunk(Vec<u8>),
+}
+
 /// Listens for the guest's connection on `<uds>_<port>`.
 pub struct Listener {
     listener: UnixListener,
@@ -227,7 +237,8 @@ type LogFn = Box<dyn FnMut(&str) + Send>;
 
 /// What the reader thread hands the link's caller.
 enum Event {
-    /// A `Response` or `Error`.
+    /// A `Response` or `Error`, or a part of a streamed response (`ResponseStart`,
+    /// `ResponseChunk`).
     Answer(Message),
     InitDone(Duration),
     /// The guest sent a frame only the host may send.
@@ -349,17 +360,46 @@ impl HostLink {
         Ok(())
     }
 
-    /// Runs one invocation and waits for its outcome. Answers for other request ids (to invokes
-    /// abandoned after an error) are skipped.
+    /// Runs one invocation and waits for its outcome. Frames for other request ids (answers to
+    /// invokes abandoned after an error) are skipped. A streamed response's chunks are dropped:
+    /// see [`HostLink::invoke_streaming`].
     pub fn invoke(&mut self, invoke: Invoke) -> Result<Outcome, LinkError> {
+        self.invoke_streaming(invoke, &mut |_| {})
+    }
+
+    /// Like [`HostLink::invoke`], passing the parts of a response the runtime streams to
+    /// `stream` as they arrive; the outcome then says how the stream ended (a `Success` body is
+    /// empty: the chunks were the body).
+    pub fn invoke_streaming(
+        &mut self,
+        invoke: Invoke,
+        stream: &mut dyn FnMut(Streamed),
+    ) -> Result<Outcome, LinkError> {
         let request_id = invoke.request_id.clone();
         self.send(&Message::Invoke(invoke))?;
         let sent = timing_enabled().then(epoch_us);
         loop {
-            let Event::Answer(answer) = self.next_event()? else {
+            let Event::Answer(message) = self.next_event()? else {
                 continue;
             };
-            let Some(outcome) = Outcome::from_answer(answer, &request_id) else {
+            let message = match message {
+                Message::ResponseStart {
+                    request_id: id,
+                    content_type,
+                } if id == request_id => {
+                    stream(Streamed::Start { content_type });
+                    continue;
+                }
+                Message::ResponseChunk {
+                    request_id: id,
+                    body,
+                } if id == request_id => {
+                    stream(Streamed::Chunk(body.0));
+                    continue;
+                }
+                message => message,
+            };
+            let Some(outcome) = Outcome::from_answer(message, &request_id) else {
                 continue;
             };
             let timing = self.lock().guest_timing.take();
@@ -487,9 +527,12 @@ fn read_frames(mut stream: UnixStream, shared: &Mutex<Shared>, events: &mpsc::Se
             Ok(Message::InitDone { init_duration_ms }) => {
                 Event::InitDone(Duration::from_millis(init_duration_ms))
             }
-            Ok(answer @ (Message::Response { .. } | Message::Error { .. })) => {
-                Event::Answer(answer)
-            }
+            Ok(
+                answer @ (Message::Response { .. }
+                | Message::Error { .. }
+                | Message::ResponseStart { .. }
+                | Message::ResponseChunk { .. }),
+            ) => Event::Answer(answer),
             Ok(
                 other @ (Message::Hello(_)
                 | Message::Invoke(_)

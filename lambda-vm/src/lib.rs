@@ -10,8 +10,10 @@
 //! - [`network`]: one network namespace, tap and veth per environment;
 //! - [`vmm_process`]: a microVM's own `vmm` process: spawning, jail, reaping;
 //! - [`vmm_api`]: the one control channel to each `vmm`, Firecracker's API.
+//! - [`cluster_host`]: the host's microVMs as environments of a cluster (`--cluster`).
 
 pub mod checks;
+pub mod cluster_host;
 pub mod dirs;
 pub mod guest;
 pub mod host;

@@ -9,6 +9,8 @@
 //! stops it: starting environments end at once, busy ones get `--stop-grace` seconds, and it
 //! exits with nothing of theirs left; a second signal ends the busy ones at once.
 
+mod cluster_serve;
+
 use anyhow::Context;
 use clap::Parser;
 use front_door::event_store::EventStore;
@@ -23,7 +25,6 @@ use lambda_vm::jail::JailHost;
 use lambda_vm::logs::FunctionLog;
 use lambda_vm::network::{self, Networks};
 use lambda_vm::pool::HostLimit;
-use lambda_vm::snapshots::Snapshots;
 use lambda_vm::vmm_process::Launcher;
 use lambda_vm::{FunctionService, Scaling};
 use proto::InitializationType;
@@ -57,7 +58,7 @@ struct Args {
     /// Serve every function in DIR: one subdirectory each, holding its function.json and its
     /// image (one `.ext4` or `.cpio` file). A function is invoked by its function.json's
     /// `function_name`, whatever its directory is called.
-    #[arg(long, value_name = "DIR", required_unless_present = "rootfs")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["rootfs", "cluster"])]
     functions_dir: Option<PathBuf>,
     /// Most environments in use (busy or starting) at once, over all functions; a request
     /// beyond it gets 429 TooManyRequestsException.
@@ -73,7 +74,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// What is kept across runs: SnapStart snapshots (`snapshots/NAME/`) and each function's
-    /// accepted asynchronous events (`events/NAME.redb`) [default: /var/lib/lambda-vm for root,
+    /// accepted asynchronous events (`events/NAME/`) [default: /var/lib/lambda-vm for root,
     /// else $XDG_STATE_HOME/lambda-vm].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -101,6 +102,11 @@ struct Args {
     /// Seconds the guest may take to boot and connect.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
+    /// Seconds a function's init may take in its microVM (Lambda's 10 s by default; on an
+    /// emulated KVM, where each process start in the guest costs seconds, a function with
+    /// extensions may need more).
+    #[arg(long, default_value_t = 10.0)]
+    init_timeout: f64,
     /// Seconds busy environments get to finish their invocations after SIGTERM or SIGINT
     /// before they are ended; a second signal ends them at once.
     #[arg(long, default_value_t = 5.0)]
@@ -132,6 +138,14 @@ struct Args {
     /// connection idle, before it is closed.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// Seconds a request body may take before --min-body-rate applies: a body that sends
+    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// The slowest a request body may arrive, in bytes a second on average, after
+    /// --body-timeout.
+    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
+    min_body_rate: u32,
     /// The IPv4 range each environment's host link (a /30) is cut from: the host side of
     /// the link is the one host address a function reaches, and the function's traffic leaves
     /// the host translated from the environment's side.
@@ -150,6 +164,13 @@ struct Args {
     /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "warn", env = "VMM_LOG")]
     log_level: log::LevelFilter,
+    /// Join a cluster (see the cluster crate): serve every function deployed there with an
+    /// ext4 or cpio image, instead of --functions-dir or --rootfs.
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
+    /// With --cluster: this host's id in the registry [default: the host name and a suffix].
+    #[arg(long, requires = "cluster")]
+    host_id: Option<String>,
 }
 
 /// One function to host: its configuration, where it came from, and its image.
@@ -197,20 +218,18 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     );
     let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
         .context("--idle-timeout must be a number of seconds")?;
+    let init_timeout = Duration::try_from_secs_f64(args.init_timeout)
+        .ok()
+        .filter(|t| (Duration::from_millis(1)..=Duration::from_secs(900)).contains(t))
+        .context("--init-timeout must be between 0.001 and 900 seconds")?;
     let stop_grace = Duration::try_from_secs_f64(args.stop_grace)
         .context("--stop-grace must be a number of seconds")?;
-    anyhow::ensure!(
-        args.max_connections > 0,
-        "--max-connections must be at least 1"
-    );
-    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--header-timeout must be a positive number of seconds")?;
-    let limits = ConnectionLimits {
-        max_connections: Some(args.max_connections),
-        header_read_timeout: Some(header_timeout),
-    };
+    let limits = ConnectionLimits::from_flags(
+        args.max_connections,
+        args.header_timeout,
+        args.body_timeout,
+        args.min_body_rate,
+    )?;
     // Watched from the start, so a signal during the checks or a boot is not missed.
     let mut signals = Signals::new()?;
 
@@ -218,7 +237,15 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     let check = |line: String| println!("lambda-vm: check: {line}");
     check(checks::kvm(&args.kvm_device)?);
     check(checks::kernel(&args.kernel)?);
-    let functions = functions(&args)?;
+    let functions = if args.cluster.enabled() {
+        anyhow::ensure!(
+            args.rootfs.is_none() && args.functions_dir.is_none(),
+            "--cluster serves the functions deployed to the cluster: give no --rootfs or --functions-dir"
+        );
+        Vec::new()
+    } else {
+        functions(&args)?
+    };
     let mut images = Vec::new();
     for function in &functions {
         let name = &function.config.function_name;
@@ -307,6 +334,46 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     let host = HostLimit::new(args.max_concurrency);
     let tails = LogTails::default();
     let environments = Arc::new(Environments::default());
+    // --cluster: a host of a cluster, serving what is deployed there (lambda_vm::cluster_host).
+    if args.cluster.enabled() {
+        let settings = lambda_vm::cluster_host::VmSettings {
+            launcher: launcher.clone(),
+            ready_vmms: args.ready_vmms.min(args.max_concurrency),
+            kernel: args.kernel.clone(),
+            boot_args: args.boot_args.clone(),
+            cpu_template,
+            networks: (!args.no_network)
+                .then(|| open_networks(args.network_range))
+                .flatten(),
+            log_dir: args.log_dir.clone(),
+            console: args.console.clone(),
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            init_timeout,
+            idle_timeout,
+            work_dir: scratch.path().to_owned(),
+            snapshot_dir: args
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| state_dir.join("snapshots")),
+            on_failure_dir: args.on_failure_dir.clone(),
+            host,
+            tails,
+            environments,
+        };
+        let id = args.host_id.as_deref();
+        let listen = args.listen;
+        return cluster_serve::serve(
+            &args.cluster,
+            id,
+            settings,
+            listen,
+            limits,
+            signals,
+            stop_grace,
+            scratch,
+        )
+        .await;
+    }
     let snapshot_root = args
         .snapshot_dir
         .clone()
@@ -349,12 +416,15 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             work_dir: function_dir,
             console,
             boot_timeout: Duration::from_secs(args.boot_timeout),
+            init_timeout,
             cpu_template,
             network: networks.clone().filter(|_| function.networking),
             environments: environments.clone(),
         };
-        let snapshots = (function.initialization_type == InitializationType::SnapStart)
-            .then(|| snapshots_of(&spec, &function, snapshot_root.join(&name)));
+        let snapshots =
+            (function.initialization_type == InitializationType::SnapStart).then(|| {
+                lambda_vm::snapshots::for_function(&spec, &function, snapshot_root.join(&name))
+            });
         let provisioned = usize::try_from(function.provisioned_concurrency)?;
         let scaling = Scaling {
             reserved: function
@@ -372,14 +442,20 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         };
         let log = FunctionLog::new(&name, tails.clone(), args.log_dir.as_deref())
             .with_context(|| format!("--log-dir: the log of {name}"))?;
-        let store = events_dir.join(format!("{name}.redb"));
-        let events = EventStore::open(&store).with_context(|| {
+        let store = events_dir.join(&name);
+        let (events, recovery) = EventStore::open(&store).with_context(|| {
             format!(
                 "the event store of {name}, {} (is another lambda-vm using --state-dir {}? give each its own)",
                 store.display(),
                 state_dir.display()
             )
         })?;
+        if let Some(damage) = recovery.describe() {
+            say(&format!(
+                "lambda-vm: the event store {} was damaged: {damage}",
+                store.display()
+            ));
+        }
         let service = FunctionService::new(served, function, spec, snapshots, scaling, log);
         hosted.push(Endpoint::new(service, tails.clone(), Some(events)));
     }
@@ -401,31 +477,36 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     }));
 
     // The provisioned environments, all at once; `ready` once they are up.
-    let provisioning = {
-        let services: Vec<FunctionService> = host.services().cloned().collect();
-        async move {
-            let mut failed = Vec::new();
-            for service in &services {
-                if let Err(why) = service.provision().await {
-                    failed.push(format!("{}: {why}", service.name()));
-                }
+    let services: Vec<FunctionService> = host.services().cloned().collect();
+    let ready = async move {
+        let starts: Vec<_> = services
+            .iter()
+            .cloned()
+            .map(|service| tokio::spawn(async move { service.provision().await }))
+            .collect();
+        let mut failed = Vec::new();
+        for (service, start) in services.iter().zip(starts) {
+            match start.await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => failed.push(format!("{}: {why}", service.name())),
+                Err(e) => failed.push(format!("{}: {e}", service.name())),
             }
-            failed
+        }
+        if !failed.is_empty() {
+            say(&format!(
+                "lambda-vm: not ready yet: provisioned environments did not start ({}); they are started again",
+                failed.join("; ")
+            ));
+            // The maintenance threads start them again, waiting longer after each failure.
+            while !services.iter().all(FunctionService::provisioned_ready) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     };
-    let mut outcome = Ok(ExitCode::SUCCESS);
     let stopped_by = tokio::select! {
-        failed = provisioning => {
-            if failed.is_empty() {
-                say("lambda-vm: ready");
-                signals.next().await
-            } else {
-                outcome = Err(anyhow::anyhow!(
-                    "provisioned environments did not start: {}",
-                    failed.join("; ")
-                ));
-                "a failed start"
-            }
+        () = ready => {
+            say("lambda-vm: ready");
+            signals.next().await
         }
         signal = signals.next() => signal,
     };
@@ -478,7 +559,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         say(&format!("lambda-vm: removing the scratch directory: {e}"));
     }
     say("lambda-vm: stopped");
-    outcome
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How many ready `vmm` processes `function` keeps (none unless it is a SnapStart function),
@@ -675,24 +756,4 @@ fn image_in(dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!("{}: no image (an .ext4 or .cpio file)", dir.display())
-}
-
-/// Where `function`'s snapshots live and what they are keyed to: the kernel, the image (which
-/// holds the function.json the guest reads), the guest-relevant host configuration and the
-/// VM's command line and memory. How many environments the host runs is not part of it.
-fn snapshots_of(spec: &GuestSpec, function: &proto::FunctionConfig, root: PathBuf) -> Snapshots {
-    let mut guest_relevant = function.clone();
-    guest_relevant.reserved_concurrency = None;
-    guest_relevant.provisioned_concurrency = 0;
-    // Whether the guest has a network device depends on the host too (--no-network, a host
-    // that cannot), not on function.json alone.
-    let settings = format!(
-        "{}\n{} mem_mib={} network={}",
-        String::from_utf8_lossy(&guest_relevant.to_canonical_json()),
-        spec.boot_args(),
-        spec.mem_size_mib,
-        spec.network.is_some()
-    );
-    let inputs = vec![spec.kernel.clone(), spec.rootfs.path().to_owned()];
-    Snapshots::new(root, inputs, settings)
 }

@@ -21,6 +21,9 @@ pub trait Environment {
 pub struct HostLimit {
     max: usize,
     in_use: Arc<AtomicUsize>,
+    /// Told whenever an environment stops being in use, of any function: whoever waits for
+    /// one (an asynchronous event) tries again.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl HostLimit {
@@ -28,7 +31,14 @@ impl HostLimit {
         HostLimit {
             max,
             in_use: Arc::new(AtomicUsize::new(0)),
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified each time an environment stops being in use (register before trying, so
+    /// that a release in between is not missed).
+    pub fn freed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.freed)
     }
 
     pub fn max(&self) -> usize {
@@ -51,6 +61,7 @@ impl HostLimit {
         let _ = self
             .in_use
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.freed.notify_waiters();
     }
 }
 
@@ -111,6 +122,8 @@ pub struct Counts {
     pub waiting: usize,
     /// Of all of them, how many are provisioned (kept however long they idle).
     pub provisioned: usize,
+    /// Of the provisioned ones, how many are up (idle or busy, not starting).
+    pub provisioned_ready: usize,
     /// The processes of the busy environments.
     pub busy_pids: Vec<u32>,
     /// The processes of the idle environments.
@@ -151,6 +164,8 @@ pub struct Pool<E> {
     starting: usize,
     waiters: VecDeque<Waiter<E>>,
     provisioned: usize,
+    /// Provisioned environments still starting.
+    provisioning: usize,
     reserved: Option<usize>,
     host: HostLimit,
     next_id: u64,
@@ -165,6 +180,7 @@ impl<E: Environment> Pool<E> {
             starting: 0,
             waiters: VecDeque::new(),
             provisioned: 0,
+            provisioning: 0,
             reserved,
             host,
             next_id: 0,
@@ -274,6 +290,9 @@ impl<E: Environment> Pool<E> {
     /// idle. Returns it to tear down when the pool is shutting down.
     pub fn ready(&mut self, id: u64, env: E, provisioned: bool) -> Option<E> {
         self.starting = self.starting.saturating_sub(1);
+        if provisioned {
+            self.provisioning = self.provisioning.saturating_sub(1);
+        }
         let holds_slot = self.active.get(&id).is_some_and(|a| a.holds_slot);
         if self.shut_down {
             self.active.remove(&id);
@@ -331,6 +350,7 @@ impl<E: Environment> Pool<E> {
         self.starting = self.starting.saturating_sub(1);
         if provisioned {
             self.provisioned = self.provisioned.saturating_sub(1);
+            self.provisioning = self.provisioning.saturating_sub(1);
         }
         if self.active.remove(&id).is_some_and(|a| a.holds_slot) {
             self.host.release();
@@ -383,6 +403,7 @@ impl<E: Environment> Pool<E> {
         let id = self.next_id();
         self.starting += 1;
         self.provisioned += 1;
+        self.provisioning += 1;
         let active = Active {
             pid: None,
             holds_slot: false,
@@ -430,6 +451,7 @@ impl<E: Environment> Pool<E> {
             idle: self.idle.len(),
             waiting: self.waiters.len(),
             provisioned: self.provisioned,
+            provisioned_ready: self.provisioned.saturating_sub(self.provisioning),
             busy_pids: self.active.values().filter_map(|a| a.pid).collect(),
             idle_pids: self.idle.iter().map(|idle| idle.env.pid()).collect(),
         }
@@ -653,16 +675,58 @@ mod tests {
         assert!(second.is_empty());
     }
 
+    /// Whoever waits for an environment is told when one stops being in use, of any function
+    /// sharing the host limit, on every path that frees one.
+    #[test]
+    fn a_freed_environment_wakes_those_waiting_for_one() {
+        use std::pin::Pin;
+        use tokio::sync::futures::Notified;
+        let host = HostLimit::new(1);
+        let mut first: Pool<Env> = Pool::new(None, host.clone());
+        let mut second: Pool<Env> = Pool::new(None, host.clone());
+        let freed = host.freed();
+        fn waiting(freed: &tokio::sync::Notify) -> Pin<Box<Notified<'_>>> {
+            let mut wait = Box::pin(freed.notified());
+            wait.as_mut().enable();
+            wait
+        }
+        let ready = |wait: &mut Pin<Box<Notified<'_>>>| {
+            let waker = std::task::Waker::noop();
+            std::future::Future::poll(wait.as_mut(), &mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        let (id, _, _r) = start(&mut first);
+        assert_eq!(second.checkout().err(), Some(Refusal::Host));
+        let mut wait = waiting(&freed);
+        assert!(!ready(&mut wait));
+        first.start_failed(id, false, "gone");
+        assert!(ready(&mut wait), "a failed start frees its place");
+        let (id, _, mut receive) = start(&mut second);
+        assert_eq!(second.ready(id, Env(9), false), None);
+        let lease = handed(&mut receive);
+        let mut wait = waiting(&freed);
+        assert_eq!(second.checkin(lease.id, None, false), None);
+        assert!(
+            ready(&mut wait),
+            "an environment given back frees its place"
+        );
+        assert!(first.checkout().is_ok());
+    }
+
     #[test]
     fn only_unprovisioned_idle_environments_expire() {
         let host = HostLimit::new(10);
         let mut pool = Pool::new(None, host.clone());
         let p = pool.begin_provisioning();
         assert_eq!(pool.provisioned_missing(1), 0);
+        assert_eq!(pool.counts().provisioned_ready, 0);
         assert_eq!(host.in_use(), 0);
         assert_eq!(pool.ready(p, Env(1), true), None);
         let counts = pool.counts();
-        assert_eq!((counts.idle, counts.provisioned), (1, 1));
+        assert_eq!(
+            (counts.idle, counts.provisioned, counts.provisioned_ready),
+            (1, 1, 1)
+        );
         let lease = warm(&mut pool);
         assert!(lease.provisioned);
         let (other, waiter, receive) = start(&mut pool);

@@ -12,14 +12,16 @@
 //! environment and gives it back itself, so a client that hangs up mid-invoke leaks nothing.
 
 use crate::guest::{Guest, GuestError, GuestSpec, Prepared};
-use crate::host_link::{self, LinkError};
+use crate::host_link::{self, LinkError, Streamed};
 use crate::logs::FunctionLog;
 use crate::pool::{Checkout, Counts, Environment, Handoff, HostLimit, Lease, Pool, Refusal};
 use crate::ready::ReadyPool;
 use crate::snapshots::{KeyError, Snapshot, Snapshots};
 use front_door::{ConcurrencyError, Function, Invoker};
-use proto::function_config::{FunctionConfig, INIT_TIMEOUT};
-use proto::invoke::{Invocation, InvokeError, Outcome};
+use proto::function_config::FunctionConfig;
+use proto::invoke::{
+    Answer, Invocation, InvokeError, Outcome, ResponseStream, StreamEnd, StreamSender,
+};
 use proto::invoke_api::throttle_reason;
 use proto::runtime_api::{function_error_type as error_type, ErrorRequest};
 use proto::InitializationType;
@@ -113,6 +115,9 @@ struct Inner {
     /// Whether the provisioned environments were started once ([`FunctionService::provision`]);
     /// after that the maintenance thread replaces any that go.
     provisioned_once: AtomicBool,
+    /// Invocations that were still running when their caller hung up (they ran to the end, as
+    /// on Lambda; a caller that retries then needs another environment).
+    abandoned: AtomicU64,
 }
 
 impl FunctionService {
@@ -146,6 +151,7 @@ impl FunctionService {
             ready: ready.clone(),
             next_env: next_env.clone(),
             provisioned_once: AtomicBool::new(false),
+            abandoned: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
         let log_to = weak.clone();
@@ -170,6 +176,15 @@ impl FunctionService {
         &self.inner.config.function_name
     }
 
+    /// Whether its SnapStart snapshot is taken, ready to restore.
+    pub fn has_snapshot(&self) -> bool {
+        self.inner
+            .snapshots
+            .as_ref()
+            .and_then(|snapshots| snapshots.current().ok())
+            .is_some_and(|dir| dir.join(vmm::snapshot::STATE_FILE).exists())
+    }
+
     /// Environments per state.
     pub fn counts(&self) -> Counts {
         self.inner.pool().counts()
@@ -180,8 +195,19 @@ impl FunctionService {
         self.inner.ready.pids()
     }
 
+    /// Whether every provisioned environment is up.
+    pub fn provisioned_ready(&self) -> bool {
+        self.counts().provisioned_ready >= self.inner.scaling.provisioned
+    }
+
+    /// How many invocations were still running when their caller hung up.
+    pub fn abandoned_invocations(&self) -> u64 {
+        self.inner.abandoned.load(Ordering::Relaxed)
+    }
+
     /// Starts the function's provisioned environments, all at once, and waits for them; `Err`
-    /// says why one did not start. From then on the service replaces any that go.
+    /// says why one did not start. From then on the service replaces any that go (one that
+    /// failed here too, after a pause).
     pub async fn provision(&self) -> Result<(), String> {
         let wanted = self
             .inner
@@ -391,13 +417,23 @@ impl Inner {
     }
 
     /// Serves one invocation with `lease`'s environment, then gives the environment back.
-    fn serve(&self, lease: Lease<Guest>, invocation: Invocation) -> Outcome {
+    /// `caller_gone` says, at the end, whether the caller hung up meanwhile.
+    fn serve(
+        &self,
+        lease: Lease<Guest>,
+        invocation: Invocation,
+        stream: &mut dyn FnMut(Streamed),
+        caller_gone: &AtomicBool,
+    ) -> Outcome {
         let Lease {
             id,
             env: guest,
             provisioned,
         } = lease;
-        let (kept, outcome) = self.run(guest, invocation);
+        let (kept, outcome) = self.run(guest, invocation, stream);
+        if caller_gone.load(Ordering::Acquire) {
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
         }
@@ -505,7 +541,7 @@ impl Inner {
         let taken = (|| {
             let env = self.new_env();
             let guest = Guest::boot(&self.spec, env, Some(&staging), self.guest_log(env))?;
-            let limit = INIT_TIMEOUT + HOST_DEADLINE_SLACK;
+            let limit = self.spec.init_timeout + HOST_DEADLINE_SLACK;
             let init = guest.snapshot_after_init(&staging, limit)?;
             Ok::<_, StartError>((env, init))
         })();
@@ -574,14 +610,19 @@ impl Inner {
     }
 
     /// Runs `invocation` in `guest`; returns the guest if it may serve the next invocation.
-    fn run(&self, mut guest: Guest, invocation: Invocation) -> (Option<Guest>, Outcome) {
+    fn run(
+        &self,
+        mut guest: Guest,
+        invocation: Invocation,
+        stream: &mut dyn FnMut(Streamed),
+    ) -> (Option<Guest>, Outcome) {
         let env = Some(guest.env);
         let timeout = Duration::from_secs(u64::from(self.config.timeout_secs));
-        let deadline = INIT_TIMEOUT + timeout + HOST_DEADLINE_SLACK;
+        let deadline = self.spec.init_timeout + timeout + HOST_DEADLINE_SLACK;
         let result = guest
             .link
             .set_timeout(Some(deadline))
-            .and_then(|()| guest.link.invoke(invocation.into()));
+            .and_then(|()| guest.link.invoke_streaming(invocation.into(), stream));
         match result {
             Ok(Outcome::Success(body)) => (Some(guest), Outcome::Success(body)),
             Ok(Outcome::Failure { body, reset }) => {
@@ -679,6 +720,28 @@ impl Drop for Waiting {
     }
 }
 
+/// Marks, when dropped before [`CallerWatch::answered`], that the caller hung up (the future
+/// that waits for the invocation was dropped).
+#[derive(Default)]
+struct CallerWatch {
+    gone: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl CallerWatch {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for CallerWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gone.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl Invoker for FunctionService {
     fn function(&self) -> &Function {
         &self.inner.function
@@ -706,19 +769,57 @@ impl Invoker for FunctionService {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
+        let answer = self.invoke_streaming(invocation).await?;
+        Ok(answer.gather(proto::runtime_api::SYNC_PAYLOAD_LIMIT).await)
+    }
+
+    /// The blocking task that serves the invocation passes a streamed response's chunks on as
+    /// the guest sends them.
+    async fn invoke_streaming(&self, invocation: Invocation) -> Result<Answer, InvokeError> {
         let checkout = self.inner.pool().checkout();
-        let refused = |refusal| {
-            let reason = match refusal {
-                Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
-                Refusal::Host => throttle_reason::ACCOUNT,
-                Refusal::ShutDown => return InvokeError::ShutDown,
-            };
-            self.inner
-                .log
-                .service(None, &format!("throttled ({reason})"));
-            InvokeError::Throttled { reason }
-        };
-        let lease = match checkout.map_err(refused)? {
+        match checkout {
+            Ok(checkout) => self.run(checkout, invocation).await,
+            Err(refusal) => Err(self.refused(refusal)),
+        }
+    }
+
+    /// An event waits for an environment instead of being throttled: it tries again each time
+    /// one of this host's environments stops being in use.
+    async fn invoke_event(
+        &self,
+        invocation: Invocation,
+        deadline: tokio::time::Instant,
+    ) -> Result<Outcome, InvokeError> {
+        let freed = self.inner.scaling.host.freed();
+        loop {
+            let released = freed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let checkout = self.inner.pool().checkout();
+            match checkout {
+                Ok(checkout) => {
+                    let answer = self.run(checkout, invocation).await?;
+                    return Ok(answer.gather(proto::runtime_api::SYNC_PAYLOAD_LIMIT).await);
+                }
+                Err(Refusal::ShutDown) => return Err(InvokeError::ShutDown),
+                Err(refusal) => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(self.refused(refusal));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FunctionService {
+    /// Runs `invocation` once `checkout` has an environment for it.
+    async fn run(
+        &self,
+        checkout: Checkout<Guest>,
+        invocation: Invocation,
+    ) -> Result<Answer, InvokeError> {
+        let lease = match checkout {
             Checkout::Warm(lease) => lease,
             Checkout::Wait {
                 waiter,
@@ -743,19 +844,75 @@ impl Invoker for FunctionService {
                 match waiting.handoff().await {
                     Handoff::Ready(lease) => lease,
                     Handoff::Failed(message) => {
-                        return Ok(failure(error_type::RUNTIME_EXIT, &message))
+                        return Ok(Answer::Whole(failure(error_type::RUNTIME_EXIT, &message)))
                     }
-                    Handoff::Refused(refusal) => return Err(refused(refusal)),
+                    Handoff::Refused(refusal) => return Err(self.refused(refusal)),
                     Handoff::ShutDown => return Err(InvokeError::ShutDown),
                 }
             }
         };
+        self.serve(lease, invocation).await
+    }
+
+    /// Runs `invocation` in the environment of `lease`; a response the runtime streams is
+    /// passed on chunk by chunk as the guest sends it.
+    async fn serve(
+        &self,
+        lease: Lease<Guest>,
+        invocation: Invocation,
+    ) -> Result<Answer, InvokeError> {
         // The blocking task owns the environment and gives it back itself: if this future is
         // dropped (the client hung up), the invocation still ends and nothing leaks.
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.serve(lease, invocation))
-            .await
-            .map_err(|_| InvokeError::ShutDown)
+        let watch = CallerWatch::default();
+        let gone = watch.gone.clone();
+        let (answer, answered) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut answer = Some(answer);
+            let mut streaming: Option<StreamSender> = None;
+            let mut on_stream = |part: Streamed| match part {
+                Streamed::Start { content_type } => {
+                    let (sender, stream) = ResponseStream::channel(content_type);
+                    if let Some(answer) = answer.take() {
+                        let _ = answer.send(Answer::Stream(stream));
+                    }
+                    streaming = Some(sender);
+                }
+                Streamed::Chunk(chunk) => {
+                    if let Some(sender) = &streaming {
+                        // An invoker that has gone drops the rest.
+                        sender.blocking_chunk(chunk.into());
+                    }
+                }
+            };
+            let outcome = inner.serve(lease, invocation, &mut on_stream, &gone);
+            match (streaming, answer) {
+                (Some(sender), _) => sender.blocking_end(match outcome {
+                    Outcome::Success(_) => StreamEnd::Complete,
+                    Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
+                }),
+                (None, Some(answer)) => {
+                    let _ = answer.send(Answer::Whole(outcome));
+                }
+                (None, None) => {}
+            }
+        });
+        let answer = answered.await.map_err(|_| InvokeError::ShutDown);
+        watch.answered();
+        answer
+    }
+
+    /// The error for a request that got no environment, logged.
+    fn refused(&self, refusal: Refusal) -> InvokeError {
+        let reason = match refusal {
+            Refusal::Reserved => throttle_reason::RESERVED_FUNCTION,
+            Refusal::Host => throttle_reason::ACCOUNT,
+            Refusal::ShutDown => return InvokeError::ShutDown,
+        };
+        self.inner
+            .log
+            .service(None, &format!("throttled ({reason})"));
+        InvokeError::Throttled { reason }
     }
 }
 

@@ -202,6 +202,30 @@ fn key_error(path: &Path, source: io::Error) -> KeyError {
     }
 }
 
+/// Where `function`'s snapshots live and what they are keyed to: the kernel, the image (which
+/// holds the function.json the guest reads), the guest-relevant host configuration and the
+/// VM's command line and memory. How many environments the host runs is not part of it.
+pub fn for_function(
+    spec: &crate::guest::GuestSpec,
+    function: &proto::FunctionConfig,
+    root: PathBuf,
+) -> Snapshots {
+    let mut guest_relevant = function.clone();
+    guest_relevant.reserved_concurrency = None;
+    guest_relevant.provisioned_concurrency = 0;
+    // Whether the guest has a network device depends on the host too (--no-network, a host
+    // that cannot), not on function.json alone.
+    let settings = format!(
+        "{}\n{} mem_mib={} network={}",
+        String::from_utf8_lossy(&guest_relevant.to_canonical_json()),
+        spec.boot_args(),
+        spec.mem_size_mib,
+        spec.network.is_some()
+    );
+    let inputs = vec![spec.kernel.clone(), spec.rootfs.path().to_owned()];
+    Snapshots::new(root, inputs, settings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

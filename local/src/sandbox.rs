@@ -2,7 +2,7 @@
 //! invoke API) behind the front door's [`Invoker`].
 
 use front_door::{Function, Invoker};
-use proto::invoke::{Invocation, InvokeError, Outcome};
+use proto::invoke::{Answer, Invocation, InvokeError, Outcome};
 use std::future::Future;
 
 /// One local environment and the function it serves.
@@ -26,5 +26,12 @@ impl Invoker for LocalSandbox {
         invocation: Invocation,
     ) -> impl Future<Output = Result<Outcome, InvokeError>> + Send {
         self.handle.invoke(invocation)
+    }
+
+    fn invoke_streaming(
+        &self,
+        invocation: Invocation,
+    ) -> impl Future<Output = Result<Answer, InvokeError>> + Send {
+        self.handle.invoke_streaming(invocation)
     }
 }

@@ -163,6 +163,11 @@ pub struct FunctionConfig {
     /// off, so images made before the switch keep their bytes.
     #[serde(default = "default_networking", skip_serializing_if = "is_true")]
     pub networking: bool,
+    /// Lambda layers, merged into `/opt` in order (a later layer's files win): zip files or
+    /// directories, relative to the directory of `function.json`. The image builder reads it;
+    /// an extension comes as a layer holding `extensions/NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
 }
 
 fn default_maximum_retry_attempts() -> u32 {
@@ -258,6 +263,7 @@ impl FunctionConfig {
             maximum_retry_attempts: default_maximum_retry_attempts(),
             maximum_event_age_secs: default_maximum_event_age_secs(),
             networking: default_networking(),
+            layers: Vec::new(),
         }
     }
 
@@ -335,6 +341,14 @@ impl FunctionConfig {
         check_runtime(&self.runtime)?;
         for (name, value) in &self.environment {
             check_variable(name, value)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            if layer.is_empty() || layer.chars().any(char::is_control) {
+                return Err(invalid(
+                    &format!("layers[{i}]"),
+                    "must be a path (a zip file or a directory)",
+                ));
+            }
         }
         Ok(())
     }

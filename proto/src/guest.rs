@@ -46,4 +46,6 @@ pub mod cmdline {
     pub const INITIALIZATION_TYPE: &str = "INIT_INITIALIZATION_TYPE";
     /// `INIT_TIMING=1`: init times each invocation and sends the stamps to the host.
     pub const TIMING: &str = "INIT_TIMING";
+    /// `INIT_INIT_TIMEOUT_MS=<ms>`: how long the function's init may take, over Lambda's 10 s.
+    pub const INIT_TIMEOUT_MS: &str = "INIT_INIT_TIMEOUT_MS";
 }

@@ -22,6 +22,10 @@
 //! write as the connection request, so they reach the guest as soon as its vCPU runs; the
 //! guest answers with its `Hello`. A newer connection from the host replaces the current one.
 //!
+//! A response the runtime streams goes as `ResponseStart`, then a `ResponseChunk` for each
+//! chunk as the runtime writes it, then the invocation's `Response` (its body empty: the chunks
+//! were the body) or `Error` (the stream broke off).
+//!
 //! A guest started with timing on (init's `INIT_TIMING=1`, which the host sets on the kernel
 //! command line when it logs timings) also sends an [`InvokeTiming`] just before each answer.
 //! Hosts that never turn it on never see one.
@@ -35,7 +39,8 @@ use std::io::{self, Read, Write};
 
 /// The protocol version both sides send in their `Hello`. Bump it on any incompatible change.
 /// 2: `Error` frames say whether the environment was reset; no `RuntimeCrashed` frame.
-pub const VERSION: u32 = 2;
+/// 3: streamed responses (`ResponseStart`, `ResponseChunk`).
+pub const VERSION: u32 = 3;
 /// The vsock port the guest connects to.
 pub const PORT: u32 = 9999;
 /// The vsock CID of the host (`VMADDR_CID_HOST`).
@@ -79,6 +84,15 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reset: Option<Reset>,
     },
+    /// Guest to host: the runtime streams its response (`content_type` is its `Content-Type`);
+    /// `ResponseChunk`s follow, then the invocation's `Response` or `Error`.
+    ResponseStart {
+        request_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content_type: Option<String>,
+    },
+    /// Guest to host: the next chunk of a streamed response, at most [`MAX_PAYLOAD_LEN`] bytes.
+    ResponseChunk { request_id: String, body: Blob },
     /// Guest to host: one line of the function's log (the runtime's stdout/stderr and the
     /// platform's START/END/REPORT lines).
     Log { line: String },
@@ -131,6 +145,8 @@ impl Message {
             Message::Invoke(_) => "invoke",
             Message::Response { .. } => "response",
             Message::Error { .. } => "error",
+            Message::ResponseStart { .. } => "response_start",
+            Message::ResponseChunk { .. } => "response_chunk",
             Message::Log { .. } => "log",
             Message::InitDone { .. } => "init_done",
             Message::Restore { .. } => "restore",
@@ -430,6 +446,14 @@ mod tests {
                 reset: Some(Reset::RuntimeExit {
                     reason: "exit status 3".into(),
                 }),
+            },
+            Message::ResponseStart {
+                request_id: "s".into(),
+                content_type: Some("text/plain".into()),
+            },
+            Message::ResponseChunk {
+                request_id: "s".into(),
+                body: b"chunk".as_slice().into(),
             },
             Message::Log {
                 line: "ünïcödé \u{0} line".into(),

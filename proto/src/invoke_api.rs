@@ -143,6 +143,8 @@ fn is_region(s: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Invoke,
+    /// `InvokeWithResponseStream`: the answer is an event stream of the response's chunks.
+    InvokeWithResponseStream,
     GetFunction,
     GetFunctionConfiguration,
     ListFunctions,
@@ -168,6 +170,9 @@ pub enum RouteError {
     /// The path's function name is not a name, `name:qualifier` or a function ARN.
     #[error("Function not found: {0}")]
     BadName(String),
+    /// The invoke path with another method than POST.
+    #[error("invoke with POST")]
+    InvokeNotPost,
     /// The name's qualifier and the `Qualifier` parameter differ.
     #[error(
         "The derived qualifier from the function name does not match the specified qualifier."
@@ -183,6 +188,7 @@ impl RouteError {
                 (404, error_type::RESOURCE_NOT_FOUND)
             }
             RouteError::QualifierMismatch => (400, error_type::INVALID_PARAMETER),
+            RouteError::InvokeNotPost => (405, error_type::INVALID_PARAMETER),
         }
     }
 }
@@ -209,6 +215,13 @@ impl ApiRequest {
                 });
             }
             ("POST", ["2015-03-31", "functions", name, "invocations"]) => (Operation::Invoke, name),
+            ("POST", ["2021-11-15", "functions", name, "response-streaming-invocations"]) => {
+                (Operation::InvokeWithResponseStream, name)
+            }
+            (_, ["2015-03-31", "functions", _, "invocations"])
+            | (_, ["2021-11-15", "functions", _, "response-streaming-invocations"]) => {
+                return Err(RouteError::InvokeNotPost)
+            }
             ("GET", ["2015-03-31", "functions", name]) => (Operation::GetFunction, name),
             ("GET", ["2015-03-31", "functions", name, "configuration"]) => {
                 (Operation::GetFunctionConfiguration, name)
@@ -313,6 +326,24 @@ mod tests {
     }
 
     #[test]
+    fn invoke_with_response_stream_has_its_own_path() {
+        let streamed = ApiRequest::route(
+            "POST",
+            "/2021-11-15/functions/echo/response-streaming-invocations",
+            None,
+        )
+        .unwrap();
+        assert_eq!(streamed.operation, Operation::InvokeWithResponseStream);
+        assert_eq!(streamed.function, reference("echo", None));
+        let get = ApiRequest::route(
+            "GET",
+            "/2021-11-15/functions/echo/response-streaming-invocations",
+            None,
+        );
+        assert_eq!(get, Err(RouteError::InvokeNotPost));
+    }
+
+    #[test]
     fn routes_decode_the_name_as_the_sdks_encode_it_and_take_the_qualifier_parameter() {
         let invoke = |path, query| ApiRequest::route("POST", path, query);
         let arn = "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A012345678912%3Afunction%3Agreeter%3A%24LATEST/invocations";
@@ -381,8 +412,12 @@ mod tests {
             op("POST", "/2015-03-31/functions/f/invocations"),
             Ok(Operation::Invoke)
         );
+        assert_eq!(
+            op("GET", "/2015-03-31/functions/f/invocations"),
+            Err(RouteError::InvokeNotPost)
+        );
+        assert_eq!(RouteError::InvokeNotPost.status().0, 405);
         for (method, path) in [
-            ("GET", "/2015-03-31/functions/f/invocations"),
             ("POST", "/2015-03-31/functions/f"),
             ("PATCH", "/2019-09-30/functions/f/concurrency"),
             ("GET", "/2020-01-01/functions/f/concurrency"),
@@ -418,4 +453,7 @@ pub mod error_type {
     pub const RESOURCE_NOT_FOUND: &str = "ResourceNotFoundException";
     pub const SERVICE: &str = "ServiceException";
     pub const TOO_MANY_REQUESTS: &str = "TooManyRequestsException";
+    /// A request whose body came too slowly (not in Lambda's model, whose front end never
+    /// hands a service half a body; the name follows the AWS SDKs' retryable timeout).
+    pub const REQUEST_TIMEOUT: &str = "RequestTimeoutException";
 }

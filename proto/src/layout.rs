@@ -11,6 +11,8 @@ pub const TASK_ROOT: &str = "/var/task";
 pub const RUNTIME_DIR: &str = "/var/runtime";
 /// Where layers are merged, as on Lambda.
 pub const OPT: &str = "/opt";
+/// The external extensions (every executable file in it), from the layers, as on Lambda.
+pub const EXTENSIONS: &str = "/opt/extensions";
 /// The validated function configuration, re-serialized canonically.
 pub const CONFIG: &str = "/etc/lambda/function.json";
 /// The console device node the kernel opens before it runs `/init` from an initramfs.

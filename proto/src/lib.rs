@@ -20,6 +20,7 @@
 //! - [`time`]: epoch milliseconds and RFC 3339 timestamps.
 
 pub mod env;
+pub mod extensions_api;
 pub mod function_config;
 pub mod guest;
 pub mod host_link;
@@ -29,6 +30,7 @@ pub mod layout;
 pub mod log;
 pub mod readiness;
 pub mod runtime_api;
+pub mod telemetry_api;
 pub mod time;
 
 pub use function_config::{FunctionConfig, InitializationType};

@@ -8,6 +8,9 @@ pub const PREFIX: &str = "/2018-06-01/runtime";
 /// Largest synchronous request or response payload. This is the exact number the AWS Runtime
 /// Interface Emulator enforces (6 MiB plus 100 bytes of envelope).
 pub const SYNC_PAYLOAD_LIMIT: usize = 6_291_556;
+/// Largest streamed response (`Lambda-Runtime-Function-Response-Mode: streaming`): Lambda's
+/// default streaming limit, 20 MiB.
+pub const STREAM_PAYLOAD_LIMIT: usize = 20 * 1024 * 1024;
 /// Largest asynchronous (`Event`) request payload: 1 MiB, the current AWS limit.
 pub const ASYNC_PAYLOAD_LIMIT: usize = 1_048_576;
 
@@ -19,7 +22,14 @@ pub mod header {
     pub const CLIENT_CONTEXT: &str = "Lambda-Runtime-Client-Context";
     pub const COGNITO_IDENTITY: &str = "Lambda-Runtime-Cognito-Identity";
     pub const FUNCTION_ERROR_TYPE: &str = "Lambda-Runtime-Function-Error-Type";
+    /// `streaming` on a response posted as a stream (a chunked body).
+    pub const RESPONSE_MODE: &str = "Lambda-Runtime-Function-Response-Mode";
+    /// Trailer of a streamed response that broke off: Lambda's error JSON, base64.
+    pub const FUNCTION_ERROR_BODY: &str = "Lambda-Runtime-Function-Error-Body";
 }
+
+/// The value of [`header::RESPONSE_MODE`] for a streamed response.
+pub const RESPONSE_MODE_STREAMING: &str = "streaming";
 
 /// One Runtime API endpoint, as a runtime addresses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +205,12 @@ pub mod function_error_type {
     pub const RESTORE_ERROR: &str = "Runtime.RestoreError";
     /// The runtime executable could not be started (missing, not executable).
     pub const INVALID_ENTRYPOINT: &str = "Runtime.InvalidEntrypoint";
+    /// A streamed response broke off without the runtime saying why (its connection closed).
+    pub const TRUNCATED_RESPONSE: &str = "Runtime.TruncatedResponse";
+    /// A response posted with a `Lambda-Runtime-Function-Response-Mode` that is not `streaming`.
+    pub const INVALID_RESPONSE_MODE: &str = "Runtime.InvalidResponseModeHeader";
+    /// An error trailer of a streamed response that names no type.
+    pub const STREAM_ERROR: &str = "Runtime.StreamError";
 }
 
 #[cfg(test)]

@@ -33,6 +33,12 @@ pub struct EnvironmentConfig {
     pub cgroups: Option<Arc<Cgroups>>,
     /// Where `Max Memory Used` comes from without a cgroup.
     pub memory_source: MemorySource,
+    /// Where the external extensions are (`/opt/extensions` on Lambda): every executable file
+    /// in it is started before the runtime. `None`: no external extensions.
+    pub extensions_dir: Option<PathBuf>,
+    /// Where OOM kills are counted when there is no cgroup: the kernel's log, for an
+    /// environment that is the whole machine (inside a microVM).
+    pub oom_log: Option<Arc<crate::process::oom::KernelOomLog>>,
 }
 
 /// Where a runtime's `Max Memory Used` comes from when it has no cgroup of its own.
@@ -84,6 +90,8 @@ impl EnvironmentConfig {
             init_type: function.initialization_type,
             cgroups: None,
             memory_source: MemorySource::Processes,
+            extensions_dir: None,
+            oom_log: None,
         }
     }
 

@@ -12,14 +12,17 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod extensions;
 pub mod hooks;
 pub mod process;
 pub mod report;
+pub mod response_stream;
 pub mod runtime_api;
 pub mod sandbox;
+pub mod telemetry;
 
 pub use config::EnvironmentConfig;
 pub use hooks::{NoSnapshot, SnapshotHook};
 pub use proto::log::{LogSink, StdoutLog};
 pub use proto::InitializationType;
-pub use sandbox::{Handle, Invocation, InvokeError, Outcome};
+pub use sandbox::{Answer, Handle, Invocation, InvokeError, Outcome};

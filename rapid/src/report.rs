@@ -7,7 +7,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Lambda bills whole milliseconds, rounded up, and at least one.
-fn billed_ms(d: Duration) -> u64 {
+pub fn billed_ms(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000))
         .unwrap_or(u64::MAX)
         .max(1)
@@ -45,6 +45,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// The billed duration.
+    pub fn billed_ms(&self) -> u64 {
+        billed_ms(self.duration)
+    }
+
     pub fn line(&self) -> String {
         let mut line = format!(
             "REPORT RequestId: {}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB\t",

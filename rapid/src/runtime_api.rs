@@ -6,7 +6,10 @@ use http_server::{self as http, BodyError, Reply};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::Request;
-use proto::runtime_api::{error_type, header, ErrorRequest, Route, RouteError, SYNC_PAYLOAD_LIMIT};
+use proto::runtime_api::{
+    error_type, header, ErrorRequest, Route, RouteError, RESPONSE_MODE_STREAMING,
+    SYNC_PAYLOAD_LIMIT,
+};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,13 @@ const RESTORE_ERROR: &str = proto::runtime_api::function_error_type::RESTORE_ERR
 /// Answers one Runtime API request. `/next` and `restore/next` long-poll; bodies are read with
 /// hard limits, and a connection whose body was refused unread is closed.
 pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
+    // The Extensions API (and the Telemetry API) share the runtime's address.
+    if crate::extensions::api::serves(request.uri().path()) {
+        return crate::extensions::api::handle(sandbox, request).await;
+    }
+    if crate::telemetry::api::serves(request.uri().path()) {
+        return crate::telemetry::api::handle(sandbox, request).await;
+    }
     let route = match Route::parse(request.method().as_str(), request.uri().path()) {
         Ok(route) => route,
         Err(RouteError::NotFound) => {
@@ -44,12 +54,30 @@ pub async fn handle(sandbox: Handle, request: Request<Incoming>) -> Reply {
             if let Err(reply) = sandbox.precheck(&id) {
                 return to_http(reply);
             }
+            let mode = request.headers().get(header::RESPONSE_MODE);
+            if let Some(mode) = mode {
+                if !mode
+                    .as_bytes()
+                    .eq_ignore_ascii_case(RESPONSE_MODE_STREAMING.as_bytes())
+                {
+                    let message = format!(
+                        "{} must be {RESPONSE_MODE_STREAMING:?}, got {mode:?}",
+                        header::RESPONSE_MODE
+                    );
+                    return http::error(400, error_type::INVALID_REQUEST, &message);
+                }
+                let reply = crate::response_stream::respond(&sandbox, &id, request).await;
+                let refused = matches!(reply, ApiReply::Rejected(413, ..));
+                let reply = to_http(answered_first(reply).await);
+                // A refused upload was not read to its end.
+                return if refused { http::close(reply) } else { reply };
+            }
             match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
                 Ok(body) => answered_first(sandbox.respond(&id, body)).await,
                 Err(BodyError::TooLarge { declared, .. }) => {
                     return http::close(to_http(sandbox.respond_too_large(&id, declared)))
                 }
-                Err(e) => bad_request(&e.to_string()),
+                Err(e) => return refused(&e),
             }
         }
         Route::Error(id) => {
@@ -150,7 +178,7 @@ async fn error_body(
     let body = match http::read_body(request, ERROR_BODY_LIMIT).await {
         Ok(body) => body,
         Err(BodyError::TooLarge { .. }) => return Err(http::close(to_http(too_large()))),
-        Err(e) => return Err(to_http(bad_request(&e.to_string()))),
+        Err(e) => return Err(refused(&e)),
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         let error_type = header_type.unwrap_or_else(|| default_type.into());
@@ -176,11 +204,17 @@ async fn error_body(
     }
 }
 
-fn bad_request(message: &str) -> ApiReply {
-    ApiReply::Rejected(400, error_type::INVALID_REQUEST, message.to_owned())
+/// A body that could not be read (cut short, or too slow): the connection is closed, since
+/// what is left of the body on it was not read.
+fn refused(error: &BodyError) -> Reply {
+    http::close(http::error(
+        error.status(),
+        error_type::INVALID_REQUEST,
+        &error.to_string(),
+    ))
 }
 
-fn to_http(reply: ApiReply) -> Reply {
+pub(crate) fn to_http(reply: ApiReply) -> Reply {
     match reply {
         ApiReply::Accepted => http::json(202, r#"{"status":"OK"}"#),
         ApiReply::Empty => http::json(200, Bytes::new()),
@@ -220,7 +254,7 @@ fn to_http(reply: ApiReply) -> Reply {
 /// An X-Ray trace header for an invoke that came without one: 96 random bits for the root, 64
 /// for the parent, drawn in one system call (each is one more trip through the emulator in a
 /// guest).
-fn new_trace_id() -> String {
+pub(crate) fn new_trace_id() -> String {
     let mut random = [0u8; 20];
     fill_random(&mut random);
     let (root, parent) = random.split_at(12);

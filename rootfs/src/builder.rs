@@ -11,6 +11,7 @@ use tempfile::NamedTempFile;
 use crate::elf::{self, ElfError};
 use crate::ext4::{self, Ext4Error, Ext4Options};
 use crate::initramfs::{self, InitramfsError};
+use crate::layer_zip::{self, LayerZipError};
 use crate::tree::{self, CollectOptions, Node, Source, Tree, TreeError, EXEC_PERM};
 use proto::function_config::{ConfigError, FunctionConfig};
 use proto::layout;
@@ -45,7 +46,8 @@ pub struct BuildOptions {
     pub function_dir: PathBuf,
     /// The config file; `None` means `<function_dir>/function.json`.
     pub config: Option<PathBuf>,
-    /// Layer directories merged into `/opt` in order (later ones win).
+    /// Layers (directories, or zip files as Lambda takes them) merged into `/opt` in order
+    /// (later ones win), after those `function.json` lists.
     pub layers: Vec<PathBuf>,
     /// A static busybox, installed as `/bin/busybox` with a `/bin` link per applet: the shell
     /// and core tools a Lambda base image has, for functions (and `#!/bin/sh` scripts) that
@@ -85,6 +87,12 @@ pub enum BuildError {
         path: PathBuf,
         #[source]
         source: TreeError,
+    },
+    #[error("layer {}", path.display())]
+    LayerZip {
+        path: PathBuf,
+        #[source]
+        source: LayerZipError,
     },
     #[error("init binary")]
     Init(#[source] ElfError),
@@ -184,14 +192,29 @@ pub fn build(options: &BuildOptions) -> Result<BuildReport, BuildError> {
 pub fn assemble(options: &BuildOptions) -> Result<(FunctionConfig, Tree), BuildError> {
     // Directories first: a missing function directory should not surface as a missing config.
     tree::check_source_dir(&options.function_dir).map_err(BuildError::FunctionDir)?;
-    for layer in &options.layers {
-        tree::check_source_dir(layer).map_err(|source| BuildError::Layer {
+    let config_path = config_path(&options.function_dir, options.config.as_deref());
+    let config = FunctionConfig::load(&config_path)?;
+    // The config's layers are relative to its own directory, then come those given here.
+    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    let layers: Vec<PathBuf> = config
+        .layers
+        .iter()
+        .map(|layer| config_dir.join(layer))
+        .chain(options.layers.iter().cloned())
+        .collect();
+    for layer in &layers {
+        let checked = if layer_zip::is_zip(layer) {
+            std::fs::metadata(layer)
+                .map(|_| ())
+                .map_err(TreeError::io(layer))
+        } else {
+            tree::check_source_dir(layer)
+        };
+        checked.map_err(|source| BuildError::Layer {
             path: layer.clone(),
             source,
         })?;
     }
-    let config_path = config_path(&options.function_dir, options.config.as_deref());
-    let config = FunctionConfig::load(&config_path)?;
     elf::check_static_executable(&options.init).map_err(BuildError::Init)?;
     elf::check_static_executable(&options.bootstrap).map_err(BuildError::Bootstrap)?;
 
@@ -227,7 +250,16 @@ pub fn assemble(options: &BuildOptions) -> Result<(FunctionConfig, Tree), BuildE
     tree.add_host_dir(&options.function_dir, layout::TASK_ROOT, &collect)
         .map_err(BuildError::FunctionDir)?;
     let no_skip = CollectOptions::default();
-    for layer in &options.layers {
+    for layer in &layers {
+        if layer_zip::is_zip(layer) {
+            layer_zip::add_zip(&mut tree, layer, layout::OPT).map_err(|source| {
+                BuildError::LayerZip {
+                    path: layer.clone(),
+                    source,
+                }
+            })?;
+            continue;
+        }
         tree.add_host_dir(layer, layout::OPT, &no_skip)
             .map_err(|source| BuildError::Layer {
                 path: layer.clone(),

@@ -8,6 +8,7 @@ pub mod cpio;
 pub mod elf;
 pub mod ext4;
 pub mod initramfs;
+pub mod layer_zip;
 pub mod tree;
 
 pub use builder::{build, BuildError, BuildOptions, BuildReport, Ext4Output};

@@ -90,7 +90,7 @@ pub enum TreeError {
 }
 
 impl TreeError {
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
         move |source| TreeError::Io {
             path: path.to_owned(),
             source,

@@ -39,7 +39,7 @@ const REQUIRED: &[&str] = &[
     "CONFIG_HZ=50",
 ];
 
-/// Options that make the boot very slow under emulation (ENVIRONMENT.md) or are not wanted.
+/// Options that make the boot very slow under emulation (rootfs/kernel/README.md) or are not wanted.
 const ABSENT: &[&str] = &[
     "CONFIG_MODULES",
     "CONFIG_LEGACY_PTYS",

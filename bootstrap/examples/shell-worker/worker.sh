@@ -5,31 +5,33 @@
 # "action":"context" returns the invocation's context, and "action":"crash" exits with status 3
 # mid-invoke. Frames come in on stdin and answers go out on stdout, so anything else this script
 # prints must go to stderr (>&2).
+#
+# It starts as few processes as it can (`head` to read exactly a body's bytes, `cat` to send an
+# event back as it came), everything else is the shell's own: in a microVM on this project's
+# emulated KVM every process costs about a second.
 set -u
+# ${#text} then counts bytes, as Content-Length does.
+LC_ALL=C
+export LC_ALL
 
-body=$(mktemp) || exit 1
+body=${TMPDIR:-/tmp}/shell-worker.$$
 trap 'rm -f "$body"' EXIT
 
-# send VERB BODY_FILE [HEADER_LINE...]: one frame on stdout.
-# sh has no local variables, hence the prefixed names.
-send() {
-    send_verb=$1 send_file=$2
+# frame VERB LENGTH [HEADER_LINE...]: a frame's verb and headers, up to its body.
+frame() {
+    frame_verb=$1 frame_len=$2
     shift 2
-    send_len=$(wc -c < "$send_file" | tr -d ' ')
-    {
-        printf '%s\n' "$send_verb"
-        for send_header in "$@"; do printf '%s\n' "$send_header"; done
-        printf 'Content-Length: %s\n\n' "$send_len"
-        cat "$send_file"
-    }
+    printf '%s\n' "$frame_verb"
+    for frame_header in "$@"; do printf '%s\n' "$frame_header"; done
+    printf 'Content-Length: %s\n\n' "$frame_len"
 }
 
 # send_text VERB TEXT [HEADER_LINE...]: a frame whose body is TEXT.
 send_text() {
-    send_text_verb=$1
-    printf '%s' "$2" > "$body"
+    send_verb=$1 send_body=$2
     shift 2
-    send "$send_text_verb" "$body" "$@"
+    frame "$send_verb" "${#send_body}" "$@"
+    printf '%s' "$send_body"
 }
 
 if [ "${ECHO_FAIL_INIT:-}" = 1 ]; then
@@ -38,16 +40,11 @@ if [ "${ECHO_FAIL_INIT:-}" = 1 ]; then
 fi
 send_text READY '' 'Protocol: 1'
 
-cr=$(printf '\r')
 while IFS= read -r verb; do
-    verb=${verb%"$cr"}
     [ -z "$verb" ] && continue
     length=0 request_id='' deadline_ms=0 function_arn=''
     while IFS= read -r line; do
-        line=${line%"$cr"}
         [ -z "$line" ] && break
-        # Trimmed with parameter expansion, not a subprocess: in a microVM on this machine's
-        # emulated KVM every fork costs seconds.
         value=${line#*:}
         value=${value#"${value%%[! 	]*}"}
         value=${value%"${value##*[! 	]}"}
@@ -60,23 +57,44 @@ while IFS= read -r verb; do
     done
     # The runtime sends nothing more until we answer, so head cannot read past the body.
     head -c "$length" > "$body"
+    # The event's first line (all of it, for JSON on one line) to look at.
+    event=''
+    IFS= read -r event < "$body" || true
 
     case $verb in
         INVOKE)
-            if grep -q '"action"[[:space:]]*:[[:space:]]*"crash"' "$body"; then
-                exit 3
-            elif grep -q '"action"[[:space:]]*:[[:space:]]*"context"' "$body"; then
-                # The values are ids, numbers and names without quotes or backslashes, so they
-                # need no JSON escaping.
-                send_text RESPONSE "$(printf '{"request_id":"%s","function_arn":"%s","deadline_ms":%s,"function_name":"%s","memory_mb":%s,"task_root":"%s","handler":"%s"}' \
-                    "$request_id" "$function_arn" "${deadline_ms:-0}" "${AWS_LAMBDA_FUNCTION_NAME:-}" \
-                    "${AWS_LAMBDA_FUNCTION_MEMORY_SIZE:-0}" "${LAMBDA_TASK_ROOT:-}" "${_HANDLER:-}")"
-            elif grep -q '"action"[[:space:]]*:[[:space:]]*"error"' "$body"; then
-                message=$(sed -n 's/.*"message"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$body")
-                send_text ERROR "${message:-failed}" 'Error-Type: ShellError'
-            else
-                send RESPONSE "$body"
-            fi
+            case $event in
+                *'"action":"crash"'* | *'"action": "crash"'*)
+                    exit 3
+                    ;;
+                *'"action":"context"'* | *'"action": "context"'*)
+                    # The values are ids, numbers and names without quotes or backslashes, so
+                    # they need no JSON escaping.
+                    context="{\"request_id\":\"$request_id\",\"function_arn\":\"$function_arn\""
+                    context="$context,\"deadline_ms\":${deadline_ms:-0}"
+                    context="$context,\"function_name\":\"${AWS_LAMBDA_FUNCTION_NAME:-}\""
+                    context="$context,\"memory_mb\":${AWS_LAMBDA_FUNCTION_MEMORY_SIZE:-0}"
+                    context="$context,\"task_root\":\"${LAMBDA_TASK_ROOT:-}\""
+                    context="$context,\"handler\":\"${_HANDLER:-}\"}"
+                    send_text RESPONSE "$context"
+                    ;;
+                *'"action":"error"'* | *'"action": "error"'*)
+                    message=''
+                    case $event in
+                        *'"message"'*)
+                            message=${event#*'"message"'}
+                            message=${message#*:}
+                            message=${message#*'"'}
+                            message=${message%%'"'*}
+                            ;;
+                    esac
+                    send_text ERROR "${message:-failed}" 'Error-Type: ShellError'
+                    ;;
+                *)
+                    frame RESPONSE "$length"
+                    cat "$body"
+                    ;;
+            esac
             ;;
         BEFORE_SNAPSHOT | AFTER_RESTORE)
             echo "shell-worker: $verb" >&2

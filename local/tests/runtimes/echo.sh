@@ -13,7 +13,8 @@
 #   {"action":"forks","n":N}     starts N processes (sleep 30) at once in a session of their own,
 #                                kills them, answers {"forks":"done"}
 #   anything else                answered unchanged
-# With RUNTIME_FAIL_INIT=1 it posts init/error and exits instead of polling.
+# With RUNTIME_FAIL_INIT=1 it posts init/error and exits instead of polling. With
+# ECHO_KEEP_DIR=DIR it keeps a copy of each event's bytes, as received, in DIR/REQUEST_ID.
 set -u
 api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
 work=$(mktemp -d) || exit 1
@@ -34,6 +35,7 @@ while :; do
     id=$(tr -d '\r' <"$work/headers" | sed -n 's/^[Ll]ambda-[Rr]untime-[Aa]ws-[Rr]equest-[Ii]d: *//p')
     event=$(head -c 200 "$work/event")
     echo "runtime: got $id"
+    if [ -n "${ECHO_KEEP_DIR:-}" ]; then cp "$work/event" "$ECHO_KEEP_DIR/$id"; fi
     out="$work/event"
     case "$event" in
     *'"action":"sleep"'*)

@@ -4,6 +4,7 @@
 //! account for it.
 
 pub mod memory;
+pub mod oom;
 pub mod output;
 
 use crate::cgroup::{Cgroup, CgroupError};
@@ -11,6 +12,7 @@ use crate::config::EnvironmentConfig;
 use proto::env;
 use proto::log::LogSink;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use tokio::process::{Child, Command};
@@ -42,15 +44,13 @@ pub enum SpawnError {
     Cgroup(#[from] CgroupError),
 }
 
-/// A started runtime process.
+/// A started process of the environment (the runtime, or an external extension).
 pub struct Runtime {
     pub child: Child,
     /// Also the process group id.
     pub pid: i32,
     /// Its stdout and stderr, forwarded line by line to the log sink.
     pub output: Output,
-    /// The cgroup it and every process it starts live in, when the configuration asks for one.
-    pub cgroup: Option<Cgroup>,
 }
 
 /// The environment a runtime starts with: the reserved Lambda variables, plus the user's, which
@@ -133,25 +133,38 @@ fn runtime_dir(config: &EnvironmentConfig) -> String {
         .unwrap_or_default()
 }
 
-/// Starts the runtime in a new process group with a clean environment, its working directory
-/// the task root, and its stdout and stderr forwarded to `log`; with `config.cgroups`, in a new
-/// cgroup of its own, which it joins before it runs any of its own code. The runtime is killed
-/// when the thread that started it exits (`PR_SET_PDEATHSIG`), so call this from the thread
-/// that drives the server (a current-thread runtime's, or a long-lived worker).
+/// A new cgroup for one environment (its runtime and its extensions), when the configuration
+/// asks for one.
+#[cfg_attr(not(feature = "cgroups"), allow(unreachable_code))]
+pub fn new_cgroup(config: &EnvironmentConfig) -> Result<Option<Cgroup>, SpawnError> {
+    match &config.cgroups {
+        Some(cgroups) => Ok(Some(cgroups.create(config.memory_mb)?)),
+        None => Ok(None),
+    }
+}
+
+/// Starts `program` with `args` in a new process group with a clean environment (the reserved
+/// Lambda variables), its working directory the task root, and its stdout and stderr forwarded
+/// to `log`; in `cgroup`, which it joins before it runs any of its own code. The process is
+/// killed when the thread that started it exits (`PR_SET_PDEATHSIG`), so call this from the
+/// thread that drives the server (a current-thread runtime's, or a long-lived worker).
 // Without the `cgroups` feature a cgroup cannot exist, so its branch is unreachable by design.
 #[cfg_attr(not(feature = "cgroups"), allow(unreachable_code))]
 pub fn spawn(
     config: &EnvironmentConfig,
+    program: &Path,
+    args: &[String],
     runtime_api: SocketAddr,
     log: Arc<dyn LogSink>,
+    cgroup: Option<&Cgroup>,
 ) -> Result<Runtime, SpawnError> {
     let spawn_error = |source| SpawnError::Spawn {
-        path: config.runtime.display().to_string(),
+        path: program.display().to_string(),
         source,
     };
-    let mut command = Command::new(&config.runtime);
+    let mut command = Command::new(program);
     command
-        .args(&config.runtime_args)
+        .args(args)
         .env_clear()
         .envs(environment(config, runtime_api))
         .current_dir(&config.task_root)
@@ -159,13 +172,9 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let cgroup = match &config.cgroups {
-        Some(cgroups) => Some(cgroups.create(config.memory_mb)?),
-        None => None,
-    };
     // Opened here, written in the child: between fork and exec only system calls are safe.
     // They close on exec.
-    let join = match &cgroup {
+    let join = match cgroup {
         Some(cgroup) => cgroup.procs_files()?,
         None => Vec::new(),
     };
@@ -182,8 +191,8 @@ pub fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // A runtime must not outlive a server that was killed without a chance to clean up:
-            // it would hold the Runtime API port's clients and its memory forever.
+            // A process must not outlive a server that was killed without a chance to clean
+            // up: it would hold the Runtime API port's clients and its memory forever.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
             if u32::try_from(libc::getppid()).ok() != Some(parent) {
                 return Err(std::io::Error::other("the server exited during spawn"));
@@ -193,34 +202,26 @@ pub fn spawn(
     }
     let spawned = command.spawn();
     drop(join);
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            if let Some(cgroup) = cgroup {
-                cgroup.remove_within(std::time::Duration::from_secs(1));
-            }
-            return Err(spawn_error(e));
-        }
-    };
+    let mut child = spawned.map_err(spawn_error)?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let output = Output::capture(child.stdout.take(), child.stderr.take(), log);
-    Ok(Runtime {
-        child,
-        pid,
-        output,
-        cgroup,
-    })
+    Ok(Runtime { child, pid, output })
 }
 
-/// Kills every process of the runtime's group.
-pub fn kill_group(pgid: i32) {
+/// Sends `signal` to every process of a group.
+pub fn signal_group(pgid: i32, signal: i32) {
     if pgid <= 0 {
         return;
     }
     // SAFETY: killpg(2) takes plain integers; a stale group id at worst fails with ESRCH.
     unsafe {
-        libc::killpg(pgid, libc::SIGKILL);
+        libc::killpg(pgid, signal);
     }
+}
+
+/// Kills every process of a group.
+pub fn kill_group(pgid: i32) {
+    signal_group(pgid, libc::SIGKILL);
 }
 
 /// Describes an exit status the way Lambda does: `exit status 3` or `signal: 9`.

@@ -11,17 +11,25 @@
 //! killed runtime, a `/next` waiter of a dead runtime) are ignored, which is what keeps a reset
 //! from leaking into the next environment.
 
+mod extension_calls;
 mod lifecycle;
 mod runtime_calls;
+mod streaming;
 
 pub use crate::hooks::{NoSnapshot, SnapshotHook};
 pub use proto::log::{LogSink, StdoutLog};
 pub use runtime_calls::too_large;
+pub use streaming::StreamUpload;
 
 use crate::config::EnvironmentConfig;
+use crate::extensions::{Agent, Registry};
 use crate::process::Output;
+use crate::telemetry::Telemetry;
+use proto::extensions_api::ShutdownReason;
 pub use proto::host_link::Reset;
-pub use proto::invoke::{Invocation, InvokeError, Outcome, MAX_QUEUED};
+pub use proto::invoke::{
+    Answer, Invocation, InvokeError, Outcome, ResponseStream, StreamEnd, StreamSender, MAX_QUEUED,
+};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,7 +61,7 @@ pub struct Delivered {
 
 struct Queued {
     invocation: Invocation,
-    reply: oneshot::Sender<Outcome>,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// The invocation last delivered to the runtime. It stays after it finished, so that a second
@@ -61,12 +69,23 @@ struct Queued {
 struct Current {
     request_id: String,
     started: Instant,
-    /// `None` once the outcome was sent.
-    reply: Option<oneshot::Sender<Outcome>>,
+    /// `None` once the answer was sent (for a streamed response, when its stream began).
+    reply: Option<oneshot::Sender<Answer>>,
+    /// The response stream, while the runtime streams its response.
+    stream: Option<StreamSender>,
     finished: bool,
     init_duration: Option<Duration>,
     restore_duration: Option<Duration>,
-    timer: AbortHandle,
+    /// The function timeout; it also bounds the extensions' work on the invocation.
+    timer: Option<AbortHandle>,
+    /// Its X-Ray trace header, as the runtime and the extensions got it.
+    trace: String,
+    /// When it was delivered, and when the runtime's answer began, on the wall clock (for the
+    /// Telemetry API's spans).
+    delivered_at: std::time::SystemTime,
+    first_byte: Option<std::time::SystemTime>,
+    /// The size of the runtime's answer.
+    produced_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,17 +104,37 @@ enum Phase {
 struct Process {
     pgid: i32,
     output: Output,
+}
+
+/// What the environment's processes use, across its runtime and its extensions.
+#[derive(Default)]
+struct Usage {
     /// The highest `Max Memory Used` seen so far, so that a runtime that died still has one.
     peak_memory_mb: u64,
-    /// Its cgroup, when the environment confines its runtimes (`EnvironmentConfig::cgroups`).
-    cgroup: Option<crate::cgroup::Cgroup>,
     /// Forks refused by the cgroup's process limit, as of the last look.
     process_limit_hits: u64,
+    /// The kernel log's OOM kills before it started (`EnvironmentConfig::oom_log`).
+    oom_kills_before: u64,
 }
 
 struct State {
     generation: u64,
     process: Option<Process>,
+    /// The cgroup of this generation's runtime and extensions, when the environment confines
+    /// them (`EnvironmentConfig::cgroups`).
+    cgroup: Option<crate::cgroup::Cgroup>,
+    usage: Usage,
+    /// This generation's extensions.
+    extensions: Registry,
+    /// Extensions of generations that were reset, until they have exited or been killed.
+    retiring: Vec<Agent>,
+    /// A reset's teardown is still under way (extensions handling `SHUTDOWN`); the next
+    /// environment starts once it is over.
+    tearing_down: bool,
+    /// During init: the runtime has asked for its first invocation.
+    runtime_ready: bool,
+    /// SnapStart: init is over, and the runtime waiting in `/next` takes the snapshot.
+    snapshot_due: bool,
     phase: Phase,
     /// The init or restore timeout of the current generation.
     phase_timer: Option<AbortHandle>,
@@ -112,7 +151,10 @@ struct State {
     deferred: Option<lifecycle::Ending>,
     /// The REPORT of an answered invocation, written (with its END) once the answer has left
     /// (see `Handle::complete`).
-    unreported: Option<crate::report::Report>,
+    unreported: Option<lifecycle::Unreported>,
+    /// An invocation the runtime has answered whose END and REPORT wait for the extensions to
+    /// finish their work on it (Lambda's post-invoke phase).
+    post_invoke: Option<lifecycle::Ending>,
     shut_down: bool,
 }
 
@@ -122,8 +164,13 @@ struct Shared {
     log: Arc<dyn LogSink>,
     snapshot: Arc<dyn SnapshotHook>,
     state: Mutex<State>,
-    /// Wakes `/next` waiters: an invocation was queued, finished, or the environment was reset.
+    /// Wakes `/next` and `event/next` waiters: an invocation was queued, finished, an
+    /// extension moved on, or the environment was reset.
     work: Notify,
+    /// Wakes those waiting for a teardown to end.
+    teardown_done: Notify,
+    /// The Telemetry API's subscribers and what they get.
+    telemetry: Telemetry,
 }
 
 /// A cloneable handle on the environment, for invocation sources and the Runtime API routes.
@@ -152,6 +199,13 @@ impl Handle {
                 state: Mutex::new(State {
                     generation: 0,
                     process: None,
+                    cgroup: None,
+                    usage: Usage::default(),
+                    extensions: Registry::default(),
+                    retiring: Vec::new(),
+                    tearing_down: false,
+                    runtime_ready: false,
+                    snapshot_due: false,
                     phase: Phase::Down,
                     phase_timer: None,
                     queue: VecDeque::new(),
@@ -161,9 +215,12 @@ impl Handle {
                     kept_failure: None,
                     deferred: None,
                     unreported: None,
+                    post_invoke: None,
                     shut_down: false,
                 }),
                 work: Notify::new(),
+                teardown_done: Notify::new(),
+                telemetry: Telemetry::default(),
             }),
         }
     }
@@ -188,7 +245,7 @@ impl Handle {
     pub fn start(&self) {
         if self.shared.config.init_type.is_eager() {
             let mut state = self.lock();
-            if matches!(state.phase, Phase::Down) && !state.shut_down {
+            if matches!(state.phase, Phase::Down) && !state.shut_down && !state.tearing_down {
                 self.spawn_runtime(&mut state);
             }
         }
@@ -196,15 +253,23 @@ impl Handle {
 
     /// Runs one invocation and waits for its outcome: queued behind the others (one runs at a
     /// time), the runtime started first if none is up. Dropping the future does not cancel the
-    /// invocation: it still runs, and its outcome is discarded.
+    /// invocation: it still runs, and its outcome is discarded. A streamed response is gathered
+    /// (up to the synchronous payload limit, as a buffered `Invoke` of a streaming function).
     pub async fn invoke(&self, invocation: Invocation) -> Result<Outcome, InvokeError> {
+        let answer = self.invoke_streaming(invocation).await?;
+        Ok(answer.gather(proto::runtime_api::SYNC_PAYLOAD_LIMIT).await)
+    }
+
+    /// Like [`Handle::invoke`], but a response the runtime streams is handed over as a stream as
+    /// soon as it begins, each chunk as the runtime writes it.
+    pub async fn invoke_streaming(&self, invocation: Invocation) -> Result<Answer, InvokeError> {
         let receiver = {
             let mut state = self.lock();
             if state.shut_down {
                 return Err(InvokeError::ShutDown);
             }
             if let Some(failure) = state.kept_failure.take() {
-                return Ok(failure);
+                return Ok(Answer::Whole(failure));
             }
             // Callers that hung up while waiting hold no place in the queue.
             state.queue.retain(|queued| !queued.reply.is_closed());
@@ -213,7 +278,7 @@ impl Handle {
             }
             let (reply, receiver) = oneshot::channel();
             state.queue.push_back(Queued { invocation, reply });
-            if matches!(state.phase, Phase::Down) {
+            if matches!(state.phase, Phase::Down) && !state.tearing_down {
                 self.spawn_runtime(&mut state);
             }
             receiver
@@ -222,14 +287,42 @@ impl Handle {
         receiver.await.map_err(|_| InvokeError::ShutDown)
     }
 
-    /// Kills the runtime and refuses invocations from now on; waiting ones get
-    /// [`InvokeError::ShutDown`]. Used when the server stops.
+    /// Kills the runtime and its extensions and refuses invocations from now on; waiting ones
+    /// get [`InvokeError::ShutDown`]. Used when the server stops at once.
     pub fn shutdown(&self) {
         let mut state = self.lock();
         state.shut_down = true;
         state.queue.clear();
         state.current = None;
-        self.reset(&mut state);
+        self.reset(&mut state, ShutdownReason::Spindown);
+        for agent in state.retiring.drain(..) {
+            if let Some(process) = agent.process.filter(|p| !p.exited) {
+                crate::process::kill_group(process.pid);
+            }
+        }
+    }
+
+    /// Like [`Handle::shutdown`], the way Lambda spins an environment down: extensions
+    /// registered for `SHUTDOWN` get it, and the runtime SIGTERM, when an external extension
+    /// is registered; all of them have until Lambda's shutdown deadline (2 s) to exit before
+    /// they are killed. Returns once they are gone.
+    pub async fn shutdown_gracefully(&self) {
+        let done = {
+            let mut state = self.lock();
+            state.shut_down = true;
+            state.queue.clear();
+            state.current = None;
+            if state.extensions.has_external() {
+                if let Some(process) = &state.process {
+                    crate::process::signal_group(process.pgid, libc::SIGTERM);
+                }
+            }
+            self.reset(&mut state, ShutdownReason::Spindown);
+            state.tearing_down
+        };
+        if done {
+            self.teardown_finished().await;
+        }
     }
 }
 

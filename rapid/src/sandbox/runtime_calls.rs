@@ -4,7 +4,9 @@
 
 use super::{ApiReply, Current, Delivered, Handle, Outcome, Phase, Queued, State};
 use crate::report::{self, Status};
+use crate::telemetry::records;
 use bytes::Bytes;
+use proto::extensions_api::{Event, ShutdownReason, Tracing};
 use proto::runtime_api::{error_type, function_error_type, ErrorRequest, SYNC_PAYLOAD_LIMIT};
 use proto::InitializationType;
 use std::time::Instant;
@@ -32,13 +34,14 @@ pub fn too_large() -> ApiReply {
 
 impl Handle {
     /// `GET /invocation/next`: long-polls for the next invocation. The first call after a spawn
-    /// ends init; the first after `restore/next` ends the restore.
+    /// ends init (once every extension waits for its next event too); the first after
+    /// `restore/next` ends the restore.
     ///
     /// A SnapStart runtime that skips `restore/next` and goes straight to `/next` is tolerated:
     /// the snapshot is taken while it waits here (as valid a point as `restore/next`), and it
     /// simply has no after-restore hooks.
     pub async fn next(&self) -> ApiReply {
-        let (generation, snapshot_here) = {
+        let generation = {
             let mut state = self.lock();
             // The runtime has had its say about the invocation the server ended.
             self.complete_deferred(&mut state);
@@ -48,48 +51,47 @@ impl Handle {
                 );
             }
             state.current = None;
-            let mut snapshot_here = false;
             match state.phase {
-                Phase::Initializing { started } => {
-                    // Lambda puts an on-demand init in the first invocation's REPORT; a
-                    // provisioned environment's init was nobody's invocation, so it gets a line
-                    // of its own.
-                    if self.shared.config.init_type == InitializationType::OnDemand {
-                        state.pending_init_duration = Some(started.elapsed());
-                    } else {
-                        self.log(&report::init_report(started.elapsed()));
-                    }
-                    self.end_phase(&mut state);
-                    snapshot_here = self.shared.config.init_type == InitializationType::SnapStart;
+                Phase::Initializing { .. } => {
+                    state.runtime_ready = true;
+                    self.maybe_end_init(&mut state);
                 }
                 Phase::Restoring { started } => {
                     state.pending_restore_duration = Some(started.elapsed());
+                    self.platform("platform.restoreRuntimeDone", || {
+                        records::restore_runtime_done("success", None)
+                    });
+                    self.platform("platform.restoreReport", || {
+                        records::restore_report(started.elapsed(), "success", None)
+                    });
                     self.end_phase(&mut state);
                 }
                 Phase::Ready => {}
                 // No runtime is served: this is a killed one whose request was still on its way.
                 Phase::Down => return environment_reset(),
             }
-            (state.generation, snapshot_here)
+            state.generation
         };
-        if snapshot_here {
-            if let Err(e) = self.shared.snapshot.snapshot().await {
-                self.log(&format!("rapid: snapshot failed: {e}"));
-            }
-        }
         loop {
             let notified = self.shared.work.notified();
             tokio::pin!(notified);
             // Registered before the state is checked, so a wake-up in between is not lost.
             notified.as_mut().enable();
-            {
+            let snapshot = {
                 let mut state = self.lock();
                 if state.generation != generation {
                     return environment_reset();
                 }
+                let snapshot = std::mem::take(&mut state.snapshot_due);
                 // Another `/next` of the same runtime may have taken an invocation meanwhile:
-                // the environment runs one at a time.
-                if self.unfinished_current(&state).is_none() {
+                // the environment runs one at a time, and the next waits for the extensions to
+                // be done with the last.
+                let free = matches!(state.phase, Phase::Ready)
+                    && !snapshot
+                    && self.unfinished_current(&state).is_none()
+                    && state.post_invoke.is_none()
+                    && state.extensions.all_idle();
+                if free {
                     while let Some(queued) = state.queue.pop_front() {
                         // A caller that hung up before its invocation started does not get it
                         // run: nobody would see the answer, and a retrying client would run it
@@ -104,40 +106,62 @@ impl Handle {
                         return ApiReply::Next(Box::new(self.deliver(&mut state, queued)));
                     }
                 }
+                snapshot
+            };
+            if snapshot {
+                if let Err(e) = self.shared.snapshot.snapshot().await {
+                    self.log(&format!("rapid: snapshot failed: {e}"));
+                }
+                continue;
             }
             notified.await;
         }
     }
 
-    /// Init or restore is over: the runtime is ready for invocations.
-    fn end_phase(&self, state: &mut State) {
-        state.phase = Phase::Ready;
-        if let Some(timer) = state.phase_timer.take() {
-            timer.abort();
-        }
-        if let Some(process) = state.process.as_mut() {
-            process.sample_memory(self.shared.config.memory_source);
-        }
-    }
-
-    fn deliver(&self, state: &mut State, queued: Queued) -> Delivered {
+    fn deliver(&self, state: &mut State, mut queued: Queued) -> Delivered {
         let config = &self.shared.config;
         let request_id = queued.invocation.request_id.clone();
         self.log(&report::start(&request_id, &config.function_version));
         let timer = self.arm_timeout(state.generation, request_id.clone());
+        // One trace for the runtime and the extensions.
+        let trace = queued
+            .invocation
+            .trace_id
+            .get_or_insert_with(crate::runtime_api::new_trace_id)
+            .clone();
+        self.platform("platform.start", || {
+            records::start(&request_id, &config.function_version, &trace)
+        });
         state.current = Some(Current {
-            request_id,
+            request_id: request_id.clone(),
             started: Instant::now(),
             reply: Some(queued.reply),
+            stream: None,
             finished: false,
             init_duration: state.pending_init_duration.take(),
             restore_duration: state.pending_restore_duration.take(),
-            timer,
+            timer: Some(timer),
+            trace: trace.clone(),
+            delivered_at: std::time::SystemTime::now(),
+            first_byte: None,
+            produced_bytes: 0,
         });
         let timeout_ms = u64::try_from(config.timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = proto::time::epoch_ms().saturating_add(timeout_ms);
+        let event = Event::Invoke {
+            deadline_ms,
+            request_id,
+            invoked_function_arn: config.function_arn(),
+            tracing: Some(Tracing {
+                kind: "X-Amzn-Trace-Id".into(),
+                value: trace,
+            }),
+        };
+        self.invoke_extensions(state, &event);
+        self.shared.work.notify_waiters();
         Delivered {
             invocation: queued.invocation,
-            deadline_ms: proto::time::epoch_ms().saturating_add(timeout_ms),
+            deadline_ms,
             function_arn: config.function_arn(),
         }
     }
@@ -151,10 +175,10 @@ impl Handle {
         (current.request_id == request_id).then_some(current.started)
     }
 
-    /// Checks that `request_id` names the invocation in progress.
-    fn check_current(&self, state: &State, request_id: &str) -> Result<(), ApiReply> {
+    /// Checks that `request_id` names the invocation in progress, and that it has no answer yet.
+    pub(super) fn check_current(&self, state: &State, request_id: &str) -> Result<(), ApiReply> {
         match &state.current {
-            Some(c) if c.request_id == request_id && !c.finished => Ok(()),
+            Some(c) if c.request_id == request_id && !c.finished && c.stream.is_none() => Ok(()),
             Some(c) if c.request_id == request_id => Err(invalid_transition(
                 "the invocation already has a response or error",
             )),
@@ -177,6 +201,10 @@ impl Handle {
         let mut state = self.lock();
         if let Err(reply) = self.check_current(&state, request_id) {
             return reply;
+        }
+        if let Some(current) = state.current.as_mut() {
+            current.first_byte = Some(std::time::SystemTime::now());
+            current.produced_bytes = body.len() as u64;
         }
         self.finish(&mut state, Outcome::Success(body), Status::Success);
         self.shared.work.notify_waiters();
@@ -234,35 +262,45 @@ impl Handle {
             error_type,
             Outcome::failure(body),
         );
-        self.reset(&mut state);
+        self.reset(&mut state, ShutdownReason::Failure);
         ApiReply::Accepted
     }
 
     /// `GET /restore/next`: SnapStart's end of init. Runs the snapshot hook, then answers: the
     /// answer is the restore, and the runtime's after-restore hooks run next.
     pub async fn restore_next(&self) -> ApiReply {
-        let generation = {
-            let mut state = self.lock();
+        {
+            let state = self.lock();
             if self.shared.config.init_type != InitializationType::SnapStart {
                 return invalid_transition(
                     "restore/next is only valid when AWS_LAMBDA_INITIALIZATION_TYPE is snap-start",
                 );
             }
-            let Phase::Initializing { .. } = state.phase else {
+            if !matches!(state.phase, Phase::Initializing { .. }) {
                 return invalid_transition("restore/next is only valid once, at the end of init");
-            };
-            // Init is over; the restore timeout starts once the snapshot hook is done, since a
-            // snapshot may sit on disk for any length of time.
-            if let Some(timer) = state.phase_timer.take() {
-                timer.abort();
             }
-            state.phase = Phase::Restoring {
-                started: Instant::now(),
-            };
-            if let Some(process) = state.process.as_mut() {
-                process.sample_memory(self.shared.config.memory_source);
+        }
+        // The snapshot holds the extensions ready too: they must all wait for their next event.
+        let generation = loop {
+            let notified = self.shared.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                let Phase::Initializing { started } = state.phase else {
+                    return environment_reset();
+                };
+                if state.extensions.externals_registered() && state.extensions.all_idle() {
+                    // Init is over; the restore timeout starts once the snapshot hook is done,
+                    // since a snapshot may sit on disk for any length of time.
+                    self.init_over(&mut state, started);
+                    state.phase = Phase::Restoring {
+                        started: Instant::now(),
+                    };
+                    break state.generation;
+                }
             }
-            state.generation
+            notified.await;
         };
         if let Err(e) = self.shared.snapshot.snapshot().await {
             self.log(&format!("rapid: snapshot failed: {e}"));
@@ -276,6 +314,10 @@ impl Handle {
                 started: Instant::now(),
             };
             self.arm_restore_timeout(&mut state);
+            let config = &self.shared.config;
+            self.platform("platform.restoreStart", || {
+                records::restore_start(&config.function_name, &config.function_version)
+            });
         }
         ApiReply::Empty
     }
@@ -288,8 +330,9 @@ impl Handle {
             return invalid_transition("restore/error is only valid after restore/next");
         };
         self.log(&report::restore_report_error(started.elapsed(), error_type));
+        self.restore_failed_records(started.elapsed(), error_type);
         self.fail_restore(&mut state, Outcome::failure(body));
-        self.reset(&mut state);
+        self.reset(&mut state, ShutdownReason::Failure);
         ApiReply::Accepted
     }
 }

@@ -26,8 +26,9 @@ struct Args {
     /// Function config [default: DIR/function.json, DIR being --function].
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Layer directory merged into /opt; repeat it, later layers override earlier ones.
-    #[arg(long = "layer", value_name = "DIR")]
+    /// A layer merged into /opt: a directory, or a zip file as Lambda takes layers; repeat it,
+    /// later layers override earlier ones (and these come after function.json's `layers`).
+    #[arg(long = "layer", value_name = "DIR|ZIP")]
     layers: Vec<PathBuf>,
     /// A static busybox, installed as /bin/busybox with a /bin link per applet (/bin/sh among
     /// them).

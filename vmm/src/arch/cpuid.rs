@@ -39,7 +39,7 @@ const fn bit(
     }
 }
 
-/// The features the nested, emulated `kvm_pvm` cannot run at guest CPL0 (see ENVIRONMENT.md):
+/// The features the nested, emulated `kvm_pvm` cannot run at guest CPL0 (see rootfs/kernel/README.md):
 /// the guest must never see them, or its kernel patches in instructions that fault.
 pub const PVM_TEMPLATE: &[FeatureBit] = &[
     bit("pcid", 1, None, Register::Ecx, 17),

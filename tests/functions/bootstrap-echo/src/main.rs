@@ -44,12 +44,39 @@ impl Function for Echo {
                 json!({ "slept": ms })
             }
             Some("crash") => std::process::exit(3),
+            Some("log") => {
+                let message = payload.get("message").and_then(Value::as_str).unwrap_or("");
+                println!("{message}");
+                json!({ "logged": message })
+            }
             // For the function-host tests: which execution environment answered. The id is
             // drawn on first use, after any SnapStart restore, so restored copies differ.
             Some("whoami") => {
                 let sleep = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
                 std::thread::sleep(Duration::from_millis(sleep));
-                json!({ "environment": environment_id()?, "tag": payload.get("tag") })
+                // The network namespace tells apart hosts that each run in one of their own
+                // (the cluster tests).
+                let netns = std::fs::read_link("/proc/self/ns/net")
+                    .map(|link| link.to_string_lossy().into_owned())
+                    .ok();
+                json!({ "environment": environment_id()?, "tag": payload.get("tag"), "netns": netns })
+            }
+            // For the cluster tests: sleeps `ms`, then leaves a file named by the request id in
+            // `dir` (one per run, so a second run of one event shows as a second file).
+            Some("mark") => {
+                let sleep = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(sleep));
+                let dir = payload.get("dir").and_then(Value::as_str).unwrap_or(".");
+                let name = format!("{}.{}", ctx.request_id, environment_id()?);
+                let mut path = std::path::PathBuf::from(dir).join(&name);
+                let mut n = 0;
+                while path.exists() {
+                    n += 1;
+                    path = std::path::PathBuf::from(dir).join(format!("{name}.{n}"));
+                }
+                std::fs::write(&path, b"")
+                    .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+                json!({ "marked": name })
             }
             Some("context") => json!({
                 "request_id": ctx.request_id,
@@ -73,6 +100,27 @@ impl Function for Echo {
                     .unwrap_or(0);
                 let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
                 json!({ "random": hex, "time_ms": now })
+            }
+            // For the memory tests: more memory than the function has.
+            Some("alloc") => {
+                let mb = payload.get("mb").and_then(Value::as_u64).unwrap_or(0);
+                // A MiB at a time, each touched page by page, so that the memory is really
+                // taken and no one allocation is refused outright (which would abort instead).
+                let mut held = Vec::new();
+                for _ in 0..mb {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    for page in chunk.chunks_mut(4096) {
+                        page[0] = 1;
+                    }
+                    held.push(chunk);
+                }
+                json!({ "allocated": held.len() })
+            }
+            // For the flood tests: what a hostile function can do to its own Runtime API.
+            Some("flood") => {
+                let connections = payload.get("connections").and_then(Value::as_u64);
+                let hold = payload.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                flood(connections.unwrap_or(0), Duration::from_millis(hold))?
             }
             Some("big") => {
                 let bytes = payload.get("bytes").and_then(Value::as_u64).unwrap_or(0);
@@ -115,6 +163,46 @@ impl Function for Echo {
         eprintln!("conformance: after_restore");
         Ok(())
     }
+}
+
+/// Opens `connections` connections to the Runtime API, sends each a request cut short (half
+/// of them inside the headers, half inside a body), holds them all for `hold`, and says how
+/// many connected and how many the server had closed by then.
+fn flood(connections: u64, hold: Duration) -> Result<Value, HandlerError> {
+    use std::io::{Read, Write};
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|e| HandlerError::new("EchoError", e.to_string()))?;
+    let addr: std::net::SocketAddr = api
+        .parse()
+        .map_err(|e| HandlerError::new("EchoError", format!("{api}: {e}")))?;
+    let mut open = Vec::new();
+    let mut refused = 0u64;
+    for n in 0..connections {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        else {
+            refused += 1;
+            continue;
+        };
+        let partial: &[u8] = if n % 2 == 0 {
+            b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n"
+        } else {
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"
+        };
+        if stream.write_all(partial).is_ok() {
+            open.push(stream);
+        }
+    }
+    std::thread::sleep(hold);
+    let mut closed = 0u64;
+    for stream in &mut open {
+        let _ = stream.set_nonblocking(true);
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    Ok(json!({ "connected": open.len(), "refused": refused, "closed": closed }))
 }
 
 /// Connects to the host (CID 2) on vsock `port`, then `rounds` times reads `bytes` bytes and

@@ -41,6 +41,11 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
             Ok(json!({ "slept": ms }))
         }
         Some("crash") => std::process::exit(3),
+        Some("log") => {
+            let message = payload.get("message").and_then(Value::as_str).unwrap_or("");
+            println!("{message}");
+            Ok(json!({ "logged": message }))
+        }
         Some("context") => Ok(json!({
             "request_id": ctx.request_id,
             "function_arn": ctx.invoked_function_arn,

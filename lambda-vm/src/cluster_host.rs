@@ -1,0 +1,252 @@
+//! `lambda-vm --cluster`: this host's microVMs as environments of a cluster (the `cluster`
+//! crate). Every function deployed to the cluster with an `ext4` or `cpio` image can run here:
+//! its image is fetched on first use (its SHA-256 checked against the deploy's record), and a
+//! [`FunctionService`] made for it; every function shares the host's `--max-concurrency`. A
+//! redeploy (a new image) gets a new service; the old one's environments are stopped.
+
+use crate::guest::{Console, Environments, GuestSpec, Rootfs};
+use crate::logs::FunctionLog;
+use crate::network::Networks;
+use crate::pool::HostLimit;
+use crate::service::{FunctionService, Scaling};
+use crate::snapshots;
+use cluster::catalog::{self, Artifact, ArtifactKind, FunctionRecord};
+use cluster::registry::FunctionLoad;
+use cluster::{Load, RunError, RunFuture, Runner};
+use front_door::{Invoker, LogTails};
+use proto::invoke::{Invocation, InvokeError};
+use proto::InitializationType;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmm::config::CpuTemplate;
+
+/// What every microVM of this host is made with (from `lambda-vm`'s flags).
+#[derive(Clone)]
+pub struct VmSettings {
+    /// How each `vmm` is started (binary, jail, seccomp).
+    pub launcher: Arc<crate::vmm_process::Launcher>,
+    /// `--ready-vmms`: how many `vmm` processes a SnapStart function keeps ready (at most; the
+    /// host's available memory bounds them).
+    pub ready_vmms: usize,
+    pub kernel: PathBuf,
+    pub boot_args: Option<String>,
+    pub cpu_template: CpuTemplate,
+    /// Where environments get their networks; `None`: no function has networking here.
+    pub networks: Option<Arc<Networks>>,
+    /// `--log-dir`: each function's log and each environment's console there.
+    pub log_dir: Option<PathBuf>,
+    /// `--console`: every console appended to one file (without --log-dir).
+    pub console: Option<PathBuf>,
+    pub boot_timeout: Duration,
+    /// `--init-timeout`: how long a function's init may take in its microVM.
+    pub init_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Holds the fetched images and each function's environments (the scratch directory).
+    pub work_dir: PathBuf,
+    /// Where SnapStart snapshots go, one subdirectory per function.
+    pub snapshot_dir: PathBuf,
+    pub on_failure_dir: Option<PathBuf>,
+    pub host: HostLimit,
+    pub tails: LogTails,
+    /// Every environment of the host, for the stop.
+    pub environments: Arc<Environments>,
+}
+
+/// The microVM environments of one cluster host. Cheap to clone.
+#[derive(Clone)]
+pub struct VmHost {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: VmSettings,
+    artifacts: cluster::async_nats::jetstream::object_store::ObjectStore,
+    /// Per function: the image it was made from, and its service.
+    services: Mutex<HashMap<String, (String, FunctionService)>>,
+    /// One image is fetched at a time.
+    preparing: tokio::sync::Mutex<()>,
+}
+
+impl VmHost {
+    pub fn new(
+        settings: VmSettings,
+        artifacts: cluster::async_nats::jetstream::object_store::ObjectStore,
+    ) -> VmHost {
+        VmHost {
+            shared: Arc::new(Shared {
+                settings,
+                artifacts,
+                services: Mutex::new(HashMap::new()),
+                preparing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, FunctionService)>> {
+        self.shared
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every service, for the shutdown.
+    pub fn services(&self) -> Vec<FunctionService> {
+        self.lock().values().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// The image this host boots of `function`: its ext4 image (faster), else its initramfs.
+    fn image_of(function: &FunctionRecord) -> Option<&Artifact> {
+        function
+            .artifact(ArtifactKind::Ext4)
+            .or_else(|| function.artifact(ArtifactKind::Cpio))
+    }
+
+    /// The service of this deploy of `function`, made (its image fetched) if it is new here.
+    async fn service(&self, function: &FunctionRecord) -> Result<FunctionService, String> {
+        let image = Self::image_of(function)
+            .ok_or_else(|| format!("{} has no ext4 or cpio image", function.name()))?;
+        if let Some((sha, service)) = self.lock().get(function.name()) {
+            if *sha == image.sha256 {
+                return Ok(service.clone());
+            }
+        }
+        let _one_at_a_time = self.shared.preparing.lock().await;
+        if let Some((sha, service)) = self.lock().get(function.name()) {
+            if *sha == image.sha256 {
+                return Ok(service.clone());
+            }
+        }
+        let settings = &self.shared.settings;
+        let path = settings.work_dir.join("images").join(format!(
+            "{}.{}",
+            image.sha256,
+            image.kind.as_str()
+        ));
+        if !path.is_file() {
+            catalog::fetch_artifact(&self.shared.artifacts, image, &path)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let config = function.config.clone();
+        let name = config.function_name.clone();
+        // Short, not named: a socket's path under it must stay short (108 bytes).
+        let function_dir = settings.work_dir.join(&image.sha256[..12]);
+        std::fs::create_dir_all(&function_dir)
+            .map_err(|e| format!("{}: {e}", function_dir.display()))?;
+        let spec = GuestSpec {
+            launcher: Arc::clone(&settings.launcher),
+            kernel: settings.kernel.clone(),
+            rootfs: Rootfs::from_path(path),
+            boot_args: settings.boot_args.clone(),
+            mem_size_mib: config.memory_mb,
+            work_dir: function_dir.clone(),
+            console: match (&settings.log_dir, &settings.console) {
+                (Some(dir), _) => Console::PerEnvironment {
+                    dir: dir.clone(),
+                    function: name.clone(),
+                },
+                (None, Some(file)) => Console::Shared(file.clone()),
+                (None, None) => Console::Discard,
+            },
+            boot_timeout: settings.boot_timeout,
+            init_timeout: settings.init_timeout,
+            cpu_template: settings.cpu_template,
+            network: settings.networks.clone().filter(|_| config.networking),
+            environments: Arc::clone(&settings.environments),
+        };
+        let snapshots = (config.initialization_type == InitializationType::SnapStart)
+            .then(|| snapshots::for_function(&spec, &config, settings.snapshot_dir.join(&name)));
+        let scaling = Scaling {
+            reserved: config
+                .reserved_concurrency
+                .and_then(|n| usize::try_from(n).ok()),
+            provisioned: usize::try_from(config.provisioned_concurrency).unwrap_or(0),
+            idle_timeout: settings.idle_timeout,
+            host: settings.host.clone(),
+            ready: if config.initialization_type == InitializationType::SnapStart {
+                crate::ready::bounded_by_memory(settings.ready_vmms, config.memory_mb)
+            } else {
+                0
+            },
+        };
+        let mut served = front_door::Function::new(&config);
+        served.events.on_failure_dir = settings.on_failure_dir.clone();
+        served.code = front_door::Code::of(&spec_image(&spec)).ok();
+        let log = FunctionLog::new(&name, settings.tails.clone(), settings.log_dir.as_deref())
+            .map_err(|e| format!("the log of {name}: {e}"))?;
+        let service = FunctionService::new(served, config, spec, snapshots, scaling, log);
+        let replaced = self
+            .lock()
+            .insert(name, (image.sha256.clone(), service.clone()));
+        if let Some((_, old)) = replaced {
+            tokio::spawn(async move { old.shutdown().await });
+        }
+        Ok(service)
+    }
+}
+
+/// The image file a spec boots.
+fn spec_image(spec: &GuestSpec) -> PathBuf {
+    spec.rootfs.path().to_owned()
+}
+
+impl Runner for VmHost {
+    fn runs(&self) -> Vec<String> {
+        [ArtifactKind::Ext4, ArtifactKind::Cpio]
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect()
+    }
+
+    fn load(&self) -> Load {
+        let host = &self.shared.settings.host;
+        let functions: BTreeMap<String, FunctionLoad> = self
+            .lock()
+            .iter()
+            .map(|(name, (_, service))| {
+                let counts = service.counts();
+                let load = FunctionLoad {
+                    environments: counts.starting + counts.busy + counts.idle,
+                    idle: counts.idle,
+                    snapshot: service.has_snapshot(),
+                };
+                (name.clone(), load)
+            })
+            .collect();
+        Load {
+            max_concurrency: host.max(),
+            in_use: host.in_use(),
+            functions,
+        }
+    }
+
+    fn run(
+        &self,
+        function: Arc<FunctionRecord>,
+        invocation: Invocation,
+        may_start: bool,
+    ) -> RunFuture {
+        let host = self.clone();
+        Box::pin(async move {
+            let service = host
+                .service(&function)
+                .await
+                .map_err(RunError::Unavailable)?;
+            if !may_start && service.counts().idle == 0 {
+                return Err(RunError::Busy);
+            }
+            match service.invoke(invocation).await {
+                Ok(outcome) => Ok(outcome),
+                Err(InvokeError::Throttled { .. }) => Err(RunError::Busy),
+                Err(e) => Err(RunError::Invoke(e)),
+            }
+        })
+    }
+
+    fn log(&self, line: &str) {
+        self.shared.settings.tails.line(line);
+        println!("{line}");
+    }
+}
