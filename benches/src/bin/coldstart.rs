@@ -280,6 +280,45 @@ impl Drop for Reaped {
     }
 }
 
+/// Minor and major page faults of process `pid` so far (fields 10 and 12 of /proc/PID/stat).
+fn faults(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) is in parentheses and may hold anything.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
+    (field(10), field(12))
+}
+
+/// The host page faults of a restored guest's `vmm` during its first invoke and its second
+/// (a guest page touched for the first time since the restore is a fault of the host's mapping
+/// of the snapshot's memory file), and the two invokes' times.
+fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
+    let pid = restored.child.id();
+    restored.link.set_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut rounds = Vec::new();
+    for n in 0..2 {
+        let before = faults(pid);
+        let started = Instant::now();
+        let outcome = restored.link.invoke(Invoke {
+            request_id: format!("faults-{n}"),
+            event: br#"{"action":"whoami"}"#.to_vec().into(),
+            trace_id: None,
+            client_context: None,
+            cognito_identity: None,
+        })?;
+        let took = ms(started.elapsed());
+        ensure!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
+        let after = faults(pid);
+        rounds.push(json!({
+            "invoke_ms": took,
+            "minor_faults": after.0 - before.0,
+            "major_faults": after.1 - before.1,
+        }));
+    }
+    Ok(json!({"first": rounds[0], "second": rounds[1]}))
+}
+
 /// 1-byte round trips between the host and the function in a restored guest: the echo
 /// function's `vsock` action connects to the host and echoes each byte it reads.
 fn vsock_round_trips(restored: &mut VmmRestore) -> anyhow::Result<Vec<f64>> {
@@ -607,13 +646,11 @@ fn main() -> anyhow::Result<()> {
     };
     let mut result = json!({ "loadavg_at_start": load() });
 
-    eprintln!(
-        "coldstart: the bare vmm, {} restores one at a time",
-        args.runs
-    );
+    let bare_runs = if args.skip_vmm { 0 } else { args.runs };
+    eprintln!("coldstart: the bare vmm, {bare_runs} restores one at a time");
     let mut vmm = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut redialled = 0;
-    for n in 0..args.runs {
+    for n in 0..bare_runs {
         let restored = vmm_restore(&args, n)?;
         vmm.0.push(ms(restored.api_ready));
         vmm.1.push(ms(restored.load));
@@ -656,6 +693,7 @@ fn main() -> anyhow::Result<()> {
     if !args.skip_vmm {
         eprintln!("coldstart: 1-byte vsock round trips with a restored guest");
         let mut restored = vmm_restore(&args, 999)?;
+        result["first_invoke_host_faults"] = first_invoke_faults(&mut restored)?;
         let pings = vsock_round_trips(&mut restored)?;
         drop(restored);
         result["vsock_round_trip"] = spread(&pings);
