@@ -16,7 +16,6 @@ use clap::Parser;
 use front_door::event_store::EventStore;
 use front_door::invoke_http::Endpoint;
 use front_door::{LogTails, Router};
-use http_server::ConnectionLimits;
 use lambda_vm::checks;
 use lambda_vm::dirs::{self, Scratch};
 use lambda_vm::guest::{Console, Environments, GuestSpec};
@@ -130,22 +129,8 @@ struct Args {
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
-    /// Most client connections open at once on the invoke endpoint; beyond it new ones wait
-    /// while the open ones are served.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds a client may take to send a request's headers, or leave a kept-alive
-    /// connection idle, before it is closed.
-    #[arg(long, default_value_t = 10.0)]
-    header_timeout: f64,
-    /// Seconds a request body may take before --min-body-rate applies: a body that sends
-    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
-    #[arg(long, default_value_t = 10.0)]
-    body_timeout: f64,
-    /// The slowest a request body may arrive, in bytes a second on average, after
-    /// --body-timeout.
-    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
-    min_body_rate: u32,
+    #[command(flatten)]
+    endpoint: front_door::EndpointFlags,
     /// The IPv4 range each environment's host link (a /30) is cut from: the host side of
     /// the link is the one host address a function reaches, and the function's traffic leaves
     /// the host translated from the environment's side.
@@ -224,12 +209,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         .context("--init-timeout must be between 0.001 and 900 seconds")?;
     let stop_grace = Duration::try_from_secs_f64(args.stop_grace)
         .context("--stop-grace must be a number of seconds")?;
-    let limits = ConnectionLimits::from_flags(
-        args.max_connections,
-        args.header_timeout,
-        args.body_timeout,
-        args.min_body_rate,
-    )?;
+    let limits = args.endpoint.limits()?;
     // Watched from the start, so a signal during the checks or a boot is not missed.
     let mut signals = Signals::new()?;
 
