@@ -155,6 +155,20 @@ fn remember_verified(memory: PathBuf, fingerprint: Option<Fingerprint>) {
     }
 }
 
+/// Where a function's snapshots are shared with other hosts (`lambda-vm --cluster`): looked up
+/// before one is taken here, offered once one is.
+pub trait SnapshotShare: Send + Sync {
+    /// Fetches the shared snapshot `key` into the empty directory `staging`; `Ok(false)`: none
+    /// is shared. Blocks until done.
+    fn fetch(&self, key: &str, staging: &Path) -> Result<bool, String>;
+    /// Offers the snapshot `key` just taken into `dir` to the other hosts, in the background;
+    /// `done` gets what became of it (a line for the log).
+    fn publish(&self, key: &str, dir: &Path, done: Box<dyn FnOnce(Result<String, String>) + Send>);
+}
+
+/// The files of a snapshot directory, as another host needs them.
+pub const SNAPSHOT_FILES: [&str; 3] = [STATE_FILE, MEMORY_FILE, "state.manifest.json"];
+
 /// One function's snapshots.
 pub struct Snapshots {
     root: PathBuf,
@@ -163,6 +177,9 @@ pub struct Snapshots {
     /// What else the guest was made with: command line and memory size.
     settings: String,
     cached: Mutex<Option<(Vec<Fingerprint>, String)>>,
+    share: Option<std::sync::Arc<dyn SnapshotShare>>,
+    /// The shared snapshots this process tried to fetch: each is fetched once at most.
+    fetched: Mutex<Vec<String>>,
 }
 
 impl Snapshots {
@@ -172,6 +189,76 @@ impl Snapshots {
             files,
             settings,
             cached: Mutex::new(None),
+            share: None,
+            fetched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The same snapshots, shared with other hosts through `share`.
+    pub fn shared_through(mut self, share: std::sync::Arc<dyn SnapshotShare>) -> Snapshots {
+        self.share = Some(share);
+        self
+    }
+
+    /// The snapshot `dir` (the current one, absent here) as another host took it: fetched
+    /// into a staging directory, its manifest read, its memory checked against the manifest's
+    /// CRC-32 and its drives found to be this host's files, then given its place in one
+    /// rename. `Ok(None)`: none is shared (or this process tried it once already); `Err`: it
+    /// cannot be used here, and why.
+    pub fn fetch_shared(&self, dir: &Path) -> Result<Option<Snapshot>, String> {
+        let (Some(share), Some(key)) = (&self.share, dir.file_name().and_then(|n| n.to_str()))
+        else {
+            return Ok(None);
+        };
+        {
+            let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+            if fetched.iter().any(|k| k == key) {
+                return Ok(None);
+            }
+            fetched.push(key.to_owned());
+        }
+        let staging =
+            vmm::snapshot::dir::stage(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let checked = (|| {
+            if !share.fetch(key, &staging)? {
+                return Ok(false);
+            }
+            let manifest = SnapshotManifest::read(&manifest_path(&Snapshot::state_path(&staging)))
+                .map_err(|e| logging::Chain(&e).to_string())?;
+            for drive in &manifest.drives {
+                if !self.files.contains(&drive.path_on_host) {
+                    return Err(format!(
+                        "its drive {} is not this host's image (the hosts keep images at different paths)",
+                        drive.path_on_host.display()
+                    ));
+                }
+            }
+            vmm::snapshot::verify_memory(&manifest, &Snapshot::memory_path(&staging))
+                .map_err(|e| logging::Chain(&e).to_string())?;
+            vmm::snapshot::dir::publish(&staging, dir).map_err(|e| e.to_string())?;
+            Ok(true)
+        })();
+        match checked {
+            Ok(true) => match Snapshot::open_written(dir) {
+                Ok(Some(snapshot)) => Ok(Some(snapshot)),
+                Ok(None) => Err("no manifest".into()),
+                Err(e) => Err(logging::Chain(&e).to_string()),
+            },
+            Ok(false) => {
+                vmm::snapshot::dir::discard(&staging);
+                Ok(None)
+            }
+            Err(why) => {
+                vmm::snapshot::dir::discard(&staging);
+                Err(why)
+            }
+        }
+    }
+
+    /// Offers the snapshot just taken into `dir` to other hosts, if they share them.
+    pub fn publish_shared(&self, dir: &Path, done: Box<dyn FnOnce(Result<String, String>) + Send>) {
+        if let (Some(share), Some(key)) = (&self.share, dir.file_name().and_then(|n| n.to_str())) {
+            share.publish(key, dir, done);
         }
     }
 
