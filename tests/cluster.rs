@@ -595,13 +595,15 @@ fn a_snapstart_snapshot_taken_on_one_microvm_host_is_restored_by_another() {
     let reply = cluster.vm_invoke(2, &function, &event);
     assert_eq!(reply.status, 200, "through host B: {}", reply.text());
     assert_eq!(reply.json(), event);
+    // The REPORT line follows the response.
+    let reported = || cluster.vm_host_log(2).contains("REPORT RequestId");
+    assert!(wait_until(Duration::from_secs(30), reported));
     let log_b = cluster.vm_host_log(2);
     assert!(
         log_b.contains("SnapStart snapshot fetched from the cluster"),
         "host B did not fetch the snapshot:\n{log_b}"
     );
     assert!(log_b.contains("microVM restored"), "{log_b}");
-    assert!(log_b.contains("REPORT RequestId"), "{log_b}");
     for booted in [
         "microVM booted",
         "SnapStart snapshot taken",

@@ -225,6 +225,9 @@ impl Snapshots {
             }
             let manifest = SnapshotManifest::read(&manifest_path(&Snapshot::state_path(&staging)))
                 .map_err(|e| logging::Chain(&e).to_string())?;
+            if manifest.mem_crc32.is_none() {
+                return Err("its manifest has no CRC-32 of the memory file to check".into());
+            }
             for drive in &manifest.drives {
                 if !self.files.contains(&drive.path_on_host) {
                     return Err(format!(
@@ -440,6 +443,141 @@ mod tests {
         std::fs::remove_file(inputs.path("rootfs.ext4")).unwrap();
         let error = inputs.snapshots("").current().unwrap_err();
         assert!(error.to_string().contains("rootfs.ext4"), "{error}");
+    }
+
+    /// Another host's snapshot as a fake cluster hands it over: these files, once each call.
+    struct Published {
+        files: Vec<(&'static str, Vec<u8>)>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SnapshotShare for Published {
+        fn fetch(&self, _key: &str, staging: &Path) -> Result<bool, String> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for (name, bytes) in &self.files {
+                std::fs::write(staging.join(name), bytes).map_err(|e| e.to_string())?;
+            }
+            Ok(!self.files.is_empty())
+        }
+
+        fn publish(&self, _: &str, _: &Path, _: Box<dyn FnOnce(Result<String, String>) + Send>) {}
+    }
+
+    /// The files of a snapshot whose drive is `drive`, its memory `memory` with the CRC-32 of
+    /// `crc_of` in the manifest (`None`: no CRC-32).
+    fn published(drive: &Path, memory: &[u8], crc_of: Option<&[u8]>) -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let crc = crc_of.map(|bytes| {
+            let path = dir.path().join("m");
+            std::fs::write(&path, bytes).unwrap();
+            vmm::snapshot::memory_crc32(&path).unwrap()
+        });
+        let manifest = SnapshotManifest {
+            format: vmm::snapshot::manifest::MANIFEST_FORMAT.into(),
+            vmm_version: "test".into(),
+            state_format_version: FORMAT_VERSION,
+            snapshot_path: STATE_FILE.into(),
+            mem_file_path: MEMORY_FILE.into(),
+            state_crc32: 0,
+            mem_crc32: crc,
+            mem_size_mib: 1,
+            vcpu_count: 1,
+            drives: vec![vmm::snapshot::manifest::ManifestDrive {
+                drive_id: "rootfs".into(),
+                path_on_host: drive.to_owned(),
+                is_read_only: true,
+            }],
+            vsock: None,
+            entropy: false,
+            network_interfaces: Vec::new(),
+        };
+        Published {
+            files: vec![
+                (STATE_FILE, b"state".to_vec()),
+                (MEMORY_FILE, memory.to_vec()),
+                (SNAPSHOT_FILES[2], serde_json::to_vec(&manifest).unwrap()),
+            ],
+            calls: Default::default(),
+        }
+    }
+
+    fn shared(inputs: &Inputs, share: Published) -> (Snapshots, std::sync::Arc<Published>) {
+        let share = std::sync::Arc::new(share);
+        let snapshots = inputs.snapshots("").shared_through(share.clone());
+        (snapshots, share)
+    }
+
+    /// Nothing but `dir` itself (if kept) in its parent: no staging directory left.
+    fn only(dir: &Path, kept: bool) {
+        let names: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let expected = if kept {
+            vec![dir.to_owned()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn the_snapshot_file_names_are_the_vmms() {
+        let manifest = manifest_path(&Snapshot::state_path(Path::new("dir")));
+        assert_eq!(
+            SNAPSHOT_FILES.map(|n| Path::new("dir").join(n))[..2],
+            [
+                Snapshot::state_path(Path::new("dir")),
+                Snapshot::memory_path(Path::new("dir"))
+            ]
+        );
+        assert_eq!(Path::new("dir").join(SNAPSHOT_FILES[2]), manifest);
+    }
+
+    #[test]
+    fn a_shared_snapshot_is_checked_then_put_in_place_once() {
+        let inputs = Inputs::new();
+        let memory = b"guest memory".to_vec();
+        let rootfs = inputs.path("rootfs.ext4");
+        let (snapshots, share) = shared(&inputs, published(&rootfs, &memory, Some(&memory)));
+        let dir = snapshots.current().unwrap();
+        let snapshot = snapshots.fetch_shared(&dir).unwrap().unwrap();
+        assert_eq!(snapshot.dir, dir);
+        assert_eq!(std::fs::read(snapshot.memory()).unwrap(), memory);
+        only(&dir, true);
+        // Each key is fetched once per process.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(snapshots.fetch_shared(&dir).unwrap().is_none());
+        assert_eq!(share.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_shared_snapshot_is_refused_and_leaves_nothing() {
+        let inputs = Inputs::new();
+        let rootfs = inputs.path("rootfs.ext4");
+        let memory = b"guest memory".to_vec();
+        let cases = [
+            (published(&rootfs, b"guest memorx", Some(&memory)), "CRC"),
+            (
+                published(&inputs.path("elsewhere.ext4"), &memory, Some(&memory)),
+                "not this host's image",
+            ),
+            (published(&rootfs, &memory, None), "no CRC-32"),
+        ];
+        for (share, why) in cases {
+            let (snapshots, _) = shared(&inputs, share);
+            let dir = snapshots.current().unwrap();
+            let error = snapshots.fetch_shared(&dir).unwrap_err();
+            assert!(error.contains(why), "{error}");
+            only(&dir, false);
+        }
+        let none = Published {
+            files: Vec::new(),
+            calls: Default::default(),
+        };
+        let (snapshots, _) = shared(&inputs, none);
+        let dir = snapshots.current().unwrap();
+        assert!(snapshots.fetch_shared(&dir).unwrap().is_none());
+        only(&dir, false);
     }
 
     #[test]
