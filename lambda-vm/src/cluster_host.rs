@@ -213,6 +213,10 @@ impl VmHost {
     }
 }
 
+/// The longest a shared snapshot's fetch may take (the whole memory file; a fetch cut off
+/// from NATS must not hold the function's starts for ever): then the host boots instead.
+const SNAPSHOT_FETCH_LIMIT: Duration = Duration::from_secs(180);
+
 /// One function's snapshots as the cluster shares them (see the module's documentation).
 struct ClusterSnapshots {
     function: String,
@@ -222,12 +226,18 @@ struct ClusterSnapshots {
 
 impl snapshots::SnapshotShare for ClusterSnapshots {
     fn fetch(&self, key: &str, staging: &std::path::Path) -> Result<bool, String> {
-        let fetched = self
-            .runtime
-            .block_on(self.shared.fetch_into(&self.function, key, staging));
+        // Called from a start's own thread, never from the runtime's.
+        let fetched = self.runtime.block_on(tokio::time::timeout(
+            SNAPSHOT_FETCH_LIMIT,
+            self.shared.fetch_into(&self.function, key, staging),
+        ));
         match fetched {
-            Ok(record) => Ok(record.is_some()),
-            Err(e) => Err(logging::Chain(&e).to_string()),
+            Ok(Ok(record)) => Ok(record.is_some()),
+            Ok(Err(e)) => Err(logging::Chain(&e).to_string()),
+            Err(_) => Err(format!(
+                "the fetch took more than {} s",
+                SNAPSHOT_FETCH_LIMIT.as_secs()
+            )),
         }
     }
 

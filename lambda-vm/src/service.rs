@@ -489,21 +489,7 @@ impl Inner {
                 Ok(Some(snapshot)) => (snapshot, false),
                 _ => match self.fetch_shared(snapshots, &dir) {
                     Some(snapshot) => (snapshot, true),
-                    None => {
-                        let snapshot = self.take_snapshot(&dir)?;
-                        self.publish_shared(snapshots, &dir);
-                        let removed = snapshots.remove_stale(&dir);
-                        if removed > 0 {
-                            self.log.service(
-                            None,
-                            &format!(
-                                "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
-                                snapshots.root().display()
-                            ),
-                        );
-                        }
-                        (snapshot, false)
-                    }
+                    None => (self.take_and_share(snapshots, &dir)?, false),
                 },
             }
         };
@@ -521,6 +507,27 @@ impl Inner {
                 source: Box::new(e),
             }),
         }
+    }
+
+    /// Takes the snapshot `dir` here, offers it to the other hosts, and removes the older ones.
+    fn take_and_share(
+        self: &Arc<Self>,
+        snapshots: &Snapshots,
+        dir: &Path,
+    ) -> Result<Snapshot, StartError> {
+        let snapshot = self.take_snapshot(dir)?;
+        self.publish_shared(snapshots, dir);
+        let removed = snapshots.remove_stale(dir);
+        if removed > 0 {
+            self.log.service(
+                None,
+                &format!(
+                    "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
+                    snapshots.root().display()
+                ),
+            );
+        }
+        Ok(snapshot)
     }
 
     /// The current snapshot as another host of the cluster took it, if one is shared and
