@@ -227,10 +227,11 @@ struct ClusterSnapshots {
 impl snapshots::SnapshotShare for ClusterSnapshots {
     fn fetch(&self, key: &str, staging: &std::path::Path) -> Result<bool, String> {
         // Called from a start's own thread, never from the runtime's.
-        let fetched = self.runtime.block_on(tokio::time::timeout(
-            SNAPSHOT_FETCH_LIMIT,
-            self.shared.fetch_into(&self.function, key, staging),
-        ));
+        // The timer is made inside the runtime, where it has its clock.
+        let fetched = self.runtime.block_on(async {
+            let fetch = self.shared.fetch_into(&self.function, key, staging);
+            tokio::time::timeout(SNAPSHOT_FETCH_LIMIT, fetch).await
+        });
         match fetched {
             Ok(Ok(record)) => Ok(record.is_some()),
             Ok(Err(e)) => Err(logging::Chain(&e).to_string()),
