@@ -7,7 +7,7 @@
 # `scripts/cluster.sh down` from another shell.
 #
 #   scripts/cluster.sh [up] [--hosts N] [--function DIR|ZIP]... [--max-concurrency N]
-#                      [--vm-host KERNEL] [--name NAME] [--subnet A.B.C] [--state DIR]
+#                      [--vm-host KERNEL] [--vm-hosts N] [--name NAME] [--subnet A.B.C] [--state DIR]
 #                      [--bin-dir DIR] [--detach]
 #   scripts/cluster.sh down [--name NAME] [--state DIR]
 #
@@ -19,6 +19,10 @@
 #                        scripts/build-kernel.sh; needs /dev/kvm): it runs the functions deployed
 #                        with an .ext4 or .cpio image, the local-mode hosts those with a .zip
 #                        package; its namespace is NAME-v1, its state STATE/hosts/v1
+#   --vm-hosts N         microVM hosts to start with --vm-host (default 1, at most 9): NAME-vK,
+#                        STATE/hosts/vK; they share one --state-dir (STATE/vm-state: the images
+#                        fetched, at the same path on each, so one's SnapStart snapshot restores on
+#                        another) and each has its own snapshot directory
 #   --name NAME          names the namespaces NAME-h1..., the bridge NAME-br (default lcl; at
 #                        most 8 characters), so two clusters can run side by side
 #   --subnet A.B.C       the /24 the bridge (A.B.C.1, where the NATS servers listen) and the
@@ -41,13 +45,14 @@ case "${1:-}" in
     up | down) command=$1; shift ;;
 esac
 hosts=3 functions=() max_concurrency=2 name=lcl subnet=10.77.0 state="" bin_dir="" detach=false
-vm_kernel=""
+vm_kernel="" vm_hosts=1
 while [ $# -gt 0 ]; do
     case $1 in
         --hosts) hosts=${2:?"--hosts needs a number"}; shift 2 ;;
         --function) functions+=("$(realpath "${2:?"--function needs a path"}")"); shift 2 ;;
         --max-concurrency) max_concurrency=${2:?"--max-concurrency needs a number"}; shift 2 ;;
         --vm-host) vm_kernel="$(realpath "${2:?"--vm-host needs a kernel"}")"; shift 2 ;;
+        --vm-hosts) vm_hosts=${2:?"--vm-hosts needs a number"}; shift 2 ;;
         --name) name=${2:?"--name needs a name"}; shift 2 ;;
         --subnet) subnet=${2:?"--subnet needs A.B.C"}; shift 2 ;;
         --state) state=${2:?"--state needs a directory"}; shift 2 ;;
@@ -60,6 +65,9 @@ done
 [[ $name =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "--name: 1 to 8 lowercase letters and digits, a letter first"
 [[ $subnet =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--subnet: three numbers, as 10.77.0"
 [[ $hosts =~ ^[1-9][0-9]?$ ]] && [ "$hosts" -le 50 ] || die "--hosts: 1 to 50"
+[[ $vm_hosts =~ ^[1-9]$ ]] || die "--vm-hosts: 1 to 9"
+vm_count=0
+[ -z "$vm_kernel" ] || vm_count=$vm_hosts
 [ -n "$state" ] || state="/run/lambda-cluster/$name"
 [ "$(id -u)" -eq 0 ] || die "network namespaces need root: run as root (or with sudo)"
 
@@ -205,22 +213,25 @@ for i in $(seq "$hosts"); do
     echo $! >"$dir/pid"
     echo "http://$address:8080" >"$dir/url"
 done
-if [ -n "$vm_kernel" ]; then
-    ns="$name-v1" address="$subnet.10" dir="$state/hosts/v1"
+for k in $(seq 1 "$vm_count"); do
+    ns="$name-v$k" address="$subnet.$((11 - k))" dir="$state/hosts/v$k"
     mkdir -p "$dir"
     make_namespace "$ns" "$address"
     # The functions' own networking is off: a jailed environment's network needs the host's
     # nftables and forwarding, which this demo leaves alone.
     nsenter --net="/run/netns/$ns" "$bin_dir/lambda-vm" --cluster "$urls" --host-id "$ns" \
         --kernel "$vm_kernel" --listen "$address:8080" --max-concurrency "$max_concurrency" \
-        --no-network --work-dir "$dir/work" >"$dir/log" 2>&1 &
+        --no-network --work-dir "$dir/work" --state-dir "$state/vm-state" \
+        --snapshot-dir "$dir/snapshots" >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
     echo "http://$address:8080" >"$dir/url"
-fi
+done
 for i in $(seq "$hosts"); do
     wait_host "$state/hosts/h$i" lambda-local
 done
-[ -z "$vm_kernel" ] || wait_host "$state/hosts/v1" lambda-vm
+for k in $(seq 1 "$vm_count"); do
+    wait_host "$state/hosts/v$k" lambda-vm
+done
 
 trap - EXIT
 echo
@@ -228,7 +239,9 @@ echo "NATS cluster: $urls"
 for i in $(seq "$hosts"); do
     echo "host $name-h$i: $(cat "$state/hosts/h$i/url")   (log: $state/hosts/h$i/log)"
 done
-[ -z "$vm_kernel" ] || echo "microVM host $name-v1: $(cat "$state/hosts/v1/url")   (log: $state/hosts/v1/log)"
+for k in $(seq 1 "$vm_count"); do
+    echo "microVM host $name-v$k: $(cat "$state/hosts/v$k/url")   (log: $state/hosts/v$k/log)"
+done
 echo
 echo "deployed: $("$bin_dir/lambda-cluster" --cluster "$urls" functions | cut -f1 | tr '\n' ' ')"
 echo "invoke through any host, e.g.:"

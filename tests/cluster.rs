@@ -5,7 +5,8 @@
 //! the whole cluster full is Lambda's 429; a stopped (stale), a cut-off and a killed host get no
 //! work, and a killed host fails only the invoke it ran; every accepted asynchronous event
 //! reaches one outcome across a host's `kill -9`; sync invokes go on across a NATS server's
-//! `kill -9`; bad URLs and credentials fail at start.
+//! `kill -9`; a SnapStart snapshot taken on one microVM host is restored by another; bad URLs
+//! and credentials fail at start.
 
 use integration_tests::cluster::{echo_function, is_root, nats_server, TestCluster};
 use integration_tests::server::Reply;
@@ -538,6 +539,91 @@ fn a_microvm_host_and_local_hosts_serve_one_cluster() {
         cluster.host_log(0).contains("REPORT RequestId"),
         "the microVM host ran them"
     );
+}
+
+#[test]
+fn a_snapstart_snapshot_taken_on_one_microvm_host_is_restored_by_another() {
+    require_kvm!();
+    let (Some(kernel), Some(image), Some(config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
+    ) else {
+        return;
+    };
+    let Some(nats) = nats_server() else {
+        return;
+    };
+    skip_unless!(is_root(), "network namespaces need root");
+    let _one = one_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let function_dir = dir.path().join("snap-function");
+    std::fs::create_dir(&function_dir).unwrap();
+    std::fs::copy(&config, function_dir.join("function.json")).unwrap();
+    std::fs::copy(&image, function_dir.join("image.ext4")).unwrap();
+    let function: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let function = function["function_name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&std::fs::read(&config).unwrap()).unwrap()
+            ["initialization_type"],
+        "snap-start"
+    );
+    let (name, subnet) = name_and_subnet(6);
+    // One local-mode host (it runs no image) and two microVM hosts, each with its own
+    // snapshot directory.
+    let cluster =
+        TestCluster::start_with_vm_hosts(&name, &subnet, 1, 1, &[&function_dir], &kernel, 2, &nats);
+    // Host A boots, snapshots after init, restores, and publishes the snapshot.
+    let event = json!({"through": "A"});
+    let reply = cluster.vm_invoke(1, &function, &event);
+    assert_eq!(reply.status, 200, "through host A: {}", reply.text());
+    assert_eq!(reply.json(), event);
+    let published = wait_until(Duration::from_secs(300), || {
+        cluster
+            .vm_host_log(1)
+            .contains("SnapStart snapshot published to the cluster")
+    });
+    assert!(
+        published,
+        "host A never published its snapshot:\n{}",
+        cluster.vm_host_log(1)
+    );
+    let log_a = cluster.vm_host_log(1);
+    assert!(
+        log_a.contains("SnapStart snapshot taken after init"),
+        "{log_a}"
+    );
+    // Host A goes (its idle environment would otherwise take the next invoke): host B then
+    // runs the function itself, from host A's snapshot.
+    let pid_a = cluster.host_pid(0);
+    signal(pid_a, "TERM");
+    assert!(
+        wait_until(Duration::from_secs(60), || !Path::new(&format!(
+            "/proc/{pid_a}"
+        ))
+        .exists()),
+        "host A did not stop"
+    );
+    let event = json!({"through": "B"});
+    let reply = cluster.vm_invoke(2, &function, &event);
+    assert_eq!(reply.status, 200, "through host B: {}", reply.text());
+    assert_eq!(reply.json(), event);
+    // The REPORT line follows the response.
+    let reported = || cluster.vm_host_log(2).contains("REPORT RequestId");
+    assert!(wait_until(Duration::from_secs(30), reported));
+    let log_b = cluster.vm_host_log(2);
+    assert!(
+        log_b.contains("SnapStart snapshot fetched from the cluster"),
+        "host B did not fetch the snapshot:\n{log_b}"
+    );
+    assert!(log_b.contains("microVM restored"), "{log_b}");
+    for booted in [
+        "microVM booted",
+        "SnapStart snapshot taken",
+        "not usable here",
+    ] {
+        assert!(!log_b.contains(booted), "host B: {booted:?}:\n{log_b}");
+    }
 }
 
 /// `lambda-local --cluster ARGS`: its exit status and stderr, or the listening line it printed

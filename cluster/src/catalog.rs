@@ -203,7 +203,7 @@ pub async fn deploy(cluster: &Cluster, source: &Path) -> Result<FunctionRecord, 
 }
 
 /// The SHA-256 (hex) and size of a file.
-fn digest_of(path: &Path) -> Result<(String, u64), DeployError> {
+pub(crate) fn digest_of(path: &Path) -> Result<(String, u64), DeployError> {
     let read = |source| DeployError::Read {
         path: path.to_owned(),
         source,
@@ -228,7 +228,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Stores the file at `path` as the object of `sha256`, unless the store holds it already.
-async fn upload(
+pub(crate) async fn upload(
     store: &object_store::ObjectStore,
     path: &Path,
     sha256: &str,
@@ -279,18 +279,28 @@ pub async fn fetch_artifact(
     artifact: &Artifact,
     dest: &Path,
 ) -> Result<(), FetchError> {
-    let sha256 = artifact.sha256.clone();
+    fetch_object(store, &artifact.sha256, dest).await
+}
+
+/// Fetches the object of `expected` (a SHA-256, lowercase hex) into the file `dest`, through a
+/// temporary file: `dest` holds only whole bytes whose digest is `expected`.
+pub(crate) async fn fetch_object(
+    store: &object_store::ObjectStore,
+    expected: &str,
+    dest: &Path,
+) -> Result<(), FetchError> {
+    let sha256 = expected.to_owned();
     let store_error = |detail: String| FetchError::Store {
         sha256: sha256.clone(),
         detail,
     };
     let write = |source| FetchError::Write {
-        sha256: artifact.sha256.clone(),
+        sha256: expected.to_owned(),
         path: dest.to_owned(),
         source,
     };
     let mut object = store
-        .get(names::artifact_object(&artifact.sha256))
+        .get(names::artifact_object(expected))
         .await
         .map_err(|e| store_error(e.to_string()))?;
     if let Some(dir) = dest.parent() {
@@ -314,9 +324,9 @@ pub async fn fetch_artifact(
         }
         file.sync_all().await.map_err(write)?;
         let actual = hex(&hasher.finalize());
-        if actual != artifact.sha256 {
+        if actual != expected {
             return Err(FetchError::Digest {
-                expected: artifact.sha256.clone(),
+                expected: expected.to_owned(),
                 actual,
             });
         }

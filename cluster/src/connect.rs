@@ -101,6 +101,8 @@ pub struct Cluster {
     pub hosts: kv::Store,
     pub functions: kv::Store,
     pub attempts: kv::Store,
+    /// Published SnapStart snapshots ([`crate::snapshots`]).
+    pub snapshots: kv::Store,
     pub artifacts: object_store::ObjectStore,
     pub events: stream::Stream,
     /// The durable consumer every host takes events from.
@@ -224,6 +226,7 @@ impl Cluster {
             hosts: parts.hosts,
             functions: parts.functions,
             attempts: parts.attempts,
+            snapshots: parts.snapshots,
             artifacts: parts.artifacts,
             events: parts.events,
             events_consumer: parts.events_consumer,
@@ -243,6 +246,7 @@ struct Parts {
     hosts: kv::Store,
     functions: kv::Store,
     attempts: kv::Store,
+    snapshots: kv::Store,
     artifacts: object_store::ObjectStore,
     events: stream::Stream,
     events_consumer: jetstream::consumer::PullConsumer,
@@ -346,6 +350,16 @@ fn attempts_bucket() -> kv::Config {
     }
 }
 
+fn snapshots_bucket() -> kv::Config {
+    kv::Config {
+        bucket: names::SNAPSHOTS_BUCKET.into(),
+        description: "SnapStart snapshots: function.key.cpu -> published snapshot record".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
 fn events_stream() -> stream::Config {
     stream::Config {
         name: names::EVENTS_STREAM.into(),
@@ -392,6 +406,9 @@ impl Setup<'_> {
         let attempts = self
             .bucket(names::ATTEMPTS_BUCKET, attempts_bucket())
             .await?;
+        let snapshots = self
+            .bucket(names::SNAPSHOTS_BUCKET, snapshots_bucket())
+            .await?;
         let events = self.stream(events_stream()).await?;
         let events_consumer = crate::events::consumer(&events)
             .await
@@ -400,6 +417,7 @@ impl Setup<'_> {
             hosts,
             functions,
             attempts,
+            snapshots,
             artifacts: self.object_store().await?,
             events,
             events_consumer,

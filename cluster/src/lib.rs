@@ -2,7 +2,8 @@
 //! README): hosts register with a heartbeat ([`registry`]), functions are deployed to the
 //! cluster rather than to a host ([`catalog`]), any host routes any synchronous invoke
 //! ([`host`], over [`forward`] and [`wire`]), and asynchronous events live on a replicated
-//! stream until each has its outcome ([`events`]). A host plugs in its environments through
+//! stream until each has its outcome ([`events`]); a SnapStart snapshot taken on one host is
+//! restored by the others ([`snapshots`]). A host plugs in its environments through
 //! [`Runner`] and serves [`front::Front`] as its invoke endpoint.
 
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod names;
 pub mod registry;
 pub mod runner;
+pub mod snapshots;
 pub mod wire;
 
 pub use async_nats;

@@ -17,6 +17,17 @@ pub const FUNCTIONS_BUCKET: &str = "lambda-functions";
 /// SHA-256 ([`artifact_object`]).
 pub const ARTIFACTS_STORE: &str = "lambda-artifacts";
 
+/// Key-value bucket of published SnapStart snapshots: [`snapshot_key`] →
+/// [`crate::snapshots::SnapshotRecord`] (JSON); the snapshot's files are objects of
+/// [`ARTIFACTS_STORE`], named by their SHA-256 as artifacts are.
+pub const SNAPSHOTS_BUCKET: &str = "lambda-snapshots";
+
+/// The key of `function`'s snapshot `key` (the host's snapshot key: format, kernel, image,
+/// configuration, memory) taken on CPU `cpu` ([`crate::snapshots::HostCpu::id`]).
+pub fn snapshot_key(function: &str, key: &str, cpu: &str) -> String {
+    format!("{function}.{key}.{cpu}")
+}
+
 /// Key-value bucket of asynchronous events that failed at least once: request id → how often
 /// the function failed and its last error, so that a redelivered event goes on counting.
 pub const ATTEMPTS_BUCKET: &str = "lambda-event-attempts";

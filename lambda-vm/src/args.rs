@@ -41,8 +41,9 @@ pub struct Args {
     /// Address of the invoke endpoint (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// What is kept across runs: SnapStart snapshots (`snapshots/NAME/`) and each function's
-    /// accepted asynchronous events (`events/NAME/`) [default: /var/lib/lambda-vm for root,
+    /// What is kept across runs: SnapStart snapshots (`snapshots/NAME/`), each function's
+    /// accepted asynchronous events (`events/NAME/`) and, with --cluster, the images fetched
+    /// from the cluster (`images/`) [default: /var/lib/lambda-vm for root,
     /// else $XDG_STATE_HOME/lambda-vm].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

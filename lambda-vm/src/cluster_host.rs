@@ -3,6 +3,12 @@
 //! its image is fetched on first use (its SHA-256 checked against the deploy's record), and a
 //! [`FunctionService`] made for it; every function shares the host's `--max-concurrency`. A
 //! redeploy (a new image) gets a new service; the old one's environments are stopped.
+//!
+//! A SnapStart function's snapshot is shared with the other hosts ([`ClusterSnapshots`]): one
+//! taken here is published to the cluster, and one published there for this CPU model is
+//! fetched and restored instead of booting to take it. Images live at the same path on every
+//! host with the same `--state-dir` (`STATE_DIR/images/SHA256.KIND`), as a snapshot's drive
+//! names its image by path.
 
 use crate::guest::{Console, Environments, GuestSpec, Rootfs};
 use crate::logs::FunctionLog;
@@ -12,6 +18,7 @@ use crate::service::{FunctionService, Scaling};
 use crate::snapshots;
 use cluster::catalog::{self, Artifact, ArtifactKind, FunctionRecord};
 use cluster::registry::FunctionLoad;
+use cluster::snapshots::SharedSnapshots;
 use cluster::{Load, RunError, RunFuture, Runner};
 use front_door::{Invoker, LogTails};
 use proto::invoke::{Invocation, InvokeError};
@@ -43,8 +50,11 @@ pub struct VmSettings {
     /// `--init-timeout`: how long a function's init may take in its microVM.
     pub init_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Holds the fetched images and each function's environments (the scratch directory).
+    /// Holds each function's environments (the scratch directory).
     pub work_dir: PathBuf,
+    /// Holds the fetched images, named by their SHA-256 (`STATE_DIR/images`): the same path
+    /// on hosts with the same state directory, so that their snapshots' drives match.
+    pub image_dir: PathBuf,
     /// Where SnapStart snapshots go, one subdirectory per function.
     pub snapshot_dir: PathBuf,
     pub on_failure_dir: Option<PathBuf>,
@@ -63,6 +73,8 @@ pub struct VmHost {
 struct Shared {
     settings: VmSettings,
     artifacts: cluster::async_nats::jetstream::object_store::ObjectStore,
+    /// The cluster's snapshots, with the runtime their fetches and publishes run on.
+    snapshots: Option<(SharedSnapshots, tokio::runtime::Handle)>,
     /// Per function: the image it was made from, and its service.
     services: Mutex<HashMap<String, (String, FunctionService)>>,
     /// One image is fetched at a time.
@@ -70,14 +82,20 @@ struct Shared {
 }
 
 impl VmHost {
+    /// `snapshots`: SnapStart snapshots shared with the other hosts (made on a tokio runtime,
+    /// which their transfers run on).
     pub fn new(
         settings: VmSettings,
         artifacts: cluster::async_nats::jetstream::object_store::ObjectStore,
+        snapshots: Option<SharedSnapshots>,
     ) -> VmHost {
+        let snapshots =
+            snapshots.and_then(|s| tokio::runtime::Handle::try_current().ok().map(|h| (s, h)));
         VmHost {
             shared: Arc::new(Shared {
                 settings,
                 artifacts,
+                snapshots,
                 services: Mutex::new(HashMap::new()),
                 preparing: tokio::sync::Mutex::new(()),
             }),
@@ -119,11 +137,9 @@ impl VmHost {
             }
         }
         let settings = &self.shared.settings;
-        let path = settings.work_dir.join("images").join(format!(
-            "{}.{}",
-            image.sha256,
-            image.kind.as_str()
-        ));
+        let path = settings
+            .image_dir
+            .join(format!("{}.{}", image.sha256, image.kind.as_str()));
         if !path.is_file() {
             catalog::fetch_artifact(&self.shared.artifacts, image, &path)
                 .await
@@ -156,8 +172,18 @@ impl VmHost {
             network: settings.networks.clone().filter(|_| config.networking),
             environments: Arc::clone(&settings.environments),
         };
-        let snapshots = (config.initialization_type == InitializationType::SnapStart)
-            .then(|| snapshots::for_function(&spec, &config, settings.snapshot_dir.join(&name)));
+        let snapshots = (config.initialization_type == InitializationType::SnapStart).then(|| {
+            let snapshots =
+                snapshots::for_function(&spec, &config, settings.snapshot_dir.join(&name));
+            match &self.shared.snapshots {
+                Some((shared, runtime)) => snapshots.shared_through(Arc::new(ClusterSnapshots {
+                    function: name.clone(),
+                    shared: shared.clone(),
+                    runtime: runtime.clone(),
+                })),
+                None => snapshots,
+            }
+        });
         let scaling = Scaling {
             reserved: config
                 .reserved_concurrency
@@ -184,6 +210,66 @@ impl VmHost {
             tokio::spawn(async move { old.shutdown().await });
         }
         Ok(service)
+    }
+}
+
+/// The longest a shared snapshot's fetch may take (the whole memory file; a fetch cut off
+/// from NATS must not hold the function's starts for ever): then the host boots instead.
+const SNAPSHOT_FETCH_LIMIT: Duration = Duration::from_secs(180);
+
+/// One function's snapshots as the cluster shares them (see the module's documentation).
+struct ClusterSnapshots {
+    function: String,
+    shared: SharedSnapshots,
+    runtime: tokio::runtime::Handle,
+}
+
+impl snapshots::SnapshotShare for ClusterSnapshots {
+    fn fetch(&self, key: &str, staging: &std::path::Path) -> Result<bool, String> {
+        // Called from a start's own thread, never from the runtime's.
+        // The timer is made inside the runtime, where it has its clock.
+        let fetched = self.runtime.block_on(async {
+            let fetch = self.shared.fetch_into(&self.function, key, staging);
+            tokio::time::timeout(SNAPSHOT_FETCH_LIMIT, fetch).await
+        });
+        match fetched {
+            Ok(Ok(record)) => Ok(record.is_some()),
+            Ok(Err(e)) => Err(logging::Chain(&e).to_string()),
+            Err(_) => Err(format!(
+                "the fetch took more than {} s",
+                SNAPSHOT_FETCH_LIMIT.as_secs()
+            )),
+        }
+    }
+
+    fn publish(
+        &self,
+        key: &str,
+        dir: &std::path::Path,
+        done: Box<dyn FnOnce(Result<String, String>) + Send>,
+    ) {
+        let (shared, function, key, dir) = (
+            self.shared.clone(),
+            self.function.clone(),
+            key.to_owned(),
+            dir.to_owned(),
+        );
+        self.runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            let published = shared
+                .publish(&function, &key, &dir, &snapshots::SNAPSHOT_FILES)
+                .await;
+            done(match published {
+                Ok(record) => Ok(format!(
+                    "SnapStart snapshot published to the cluster in {} ms ({} bytes; CPU {} {})",
+                    started.elapsed().as_millis(),
+                    record.files.iter().map(|f| f.size).sum::<u64>(),
+                    record.cpu_id,
+                    record.cpu_model
+                )),
+                Err(e) => Err(logging::Chain(&e).to_string()),
+            });
+        });
     }
 }
 

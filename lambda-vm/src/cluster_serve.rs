@@ -38,7 +38,9 @@ pub async fn serve(
         event_workers: settings.host.max(),
         program: PROGRAM.into(),
     };
-    let host = lambda_vm::cluster_host::VmHost::new(settings, joined.artifacts.clone());
+    let snapshots = cluster::snapshots::SharedSnapshots::new(&joined, &id);
+    let host =
+        lambda_vm::cluster_host::VmHost::new(settings, joined.artifacts.clone(), Some(snapshots));
     let runner = Arc::new(host.clone());
     let node = cluster::Node::start(joined, connection, runner, tails, host_settings)
         .await

@@ -206,6 +206,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             init_timeout,
             idle_timeout,
             work_dir: scratch.path().to_owned(),
+            image_dir: state_dir.join("images"),
             snapshot_dir: args
                 .snapshot_dir
                 .clone()

@@ -482,34 +482,103 @@ impl Inner {
             Ok(None) => {}
             Err(e) => self.discard(&dir, &chain(&e)),
         }
-        let snapshot = {
+        let (snapshot, fetched) = {
             let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
             // Another start may have taken it while this one waited.
             match Snapshot::open(&dir) {
-                Ok(Some(snapshot)) => snapshot,
-                _ => {
-                    let snapshot = self.take_snapshot(&dir)?;
-                    let removed = snapshots.remove_stale(&dir);
-                    if removed > 0 {
-                        self.log.service(
-                            None,
-                            &format!(
-                                "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
-                                snapshots.root().display()
-                            ),
-                        );
-                    }
-                    snapshot
-                }
+                Ok(Some(snapshot)) => (snapshot, false),
+                _ => match self.fetch_shared(snapshots, &dir) {
+                    Some(snapshot) => (snapshot, true),
+                    None => (self.take_and_share(snapshots, &dir)?, false),
+                },
             }
         };
-        self.restore(&snapshot).map_err(|e| match e {
-            GuestError::Stopping => StartError::Guest(e),
-            e => StartError::FreshSnapshot {
+        match self.restore(&snapshot) {
+            Ok(guest) => Ok(guest),
+            Err(GuestError::Stopping) => Err(GuestError::Stopping.into()),
+            // Another host's snapshot that does not restore here: take one here instead (it
+            // is not fetched again).
+            Err(e) if fetched => {
+                self.discard(&dir, &chain(&e));
+                self.start_environment(provisioned)
+            }
+            Err(e) => Err(StartError::FreshSnapshot {
                 dir: dir.clone(),
                 source: Box::new(e),
-            },
-        })
+            }),
+        }
+    }
+
+    /// Takes the snapshot `dir` here, offers it to the other hosts, and removes the older ones.
+    fn take_and_share(
+        self: &Arc<Self>,
+        snapshots: &Snapshots,
+        dir: &Path,
+    ) -> Result<Snapshot, StartError> {
+        let snapshot = self.take_snapshot(dir)?;
+        self.publish_shared(snapshots, dir);
+        let removed = snapshots.remove_stale(dir);
+        if removed > 0 {
+            self.log.service(
+                None,
+                &format!(
+                    "removed {removed} SnapStart snapshot(s) of an older kernel, image or configuration from {}",
+                    snapshots.root().display()
+                ),
+            );
+        }
+        Ok(snapshot)
+    }
+
+    /// The current snapshot as another host of the cluster took it, if one is shared and
+    /// usable here; else `None` (and a log line saying why not, when one was there).
+    fn fetch_shared(&self, snapshots: &Snapshots, dir: &Path) -> Option<Snapshot> {
+        let started = Instant::now();
+        match snapshots.fetch_shared(dir) {
+            Ok(Some(snapshot)) => {
+                self.log.service(
+                    None,
+                    &format!(
+                        "SnapStart snapshot fetched from the cluster in {} ms: {}",
+                        started.elapsed().as_millis(),
+                        dir.display()
+                    ),
+                );
+                self.ready.offer(&snapshot);
+                snapshots.remove_stale(dir);
+                Some(snapshot)
+            }
+            Ok(None) => None,
+            Err(why) => {
+                self.log.service(
+                    None,
+                    &format!(
+                        "the cluster's SnapStart snapshot {} is not usable here ({why}); booting to take one",
+                        dir.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Offers the snapshot just taken into `dir` to the other hosts of the cluster, if any.
+    fn publish_shared(self: &Arc<Self>, snapshots: &Snapshots, dir: &Path) {
+        let inner = Arc::downgrade(self);
+        snapshots.publish_shared(
+            dir,
+            Box::new(move |result| {
+                if let Some(inner) = inner.upgrade() {
+                    let line = match result {
+                        Ok(line) => line,
+                        Err(why) => {
+                            format!("publishing the SnapStart snapshot to the cluster: {why}")
+                        }
+                    };
+                    inner.log.service(None, &line);
+                }
+            }),
+        );
     }
 
     /// Logs and removes a snapshot that did not restore.

@@ -155,6 +155,20 @@ fn remember_verified(memory: PathBuf, fingerprint: Option<Fingerprint>) {
     }
 }
 
+/// Where a function's snapshots are shared with other hosts (`lambda-vm --cluster`): looked up
+/// before one is taken here, offered once one is.
+pub trait SnapshotShare: Send + Sync {
+    /// Fetches the shared snapshot `key` into the empty directory `staging`; `Ok(false)`: none
+    /// is shared. Blocks until done.
+    fn fetch(&self, key: &str, staging: &Path) -> Result<bool, String>;
+    /// Offers the snapshot `key` just taken into `dir` to the other hosts, in the background;
+    /// `done` gets what became of it (a line for the log).
+    fn publish(&self, key: &str, dir: &Path, done: Box<dyn FnOnce(Result<String, String>) + Send>);
+}
+
+/// The files of a snapshot directory, as another host needs them.
+pub const SNAPSHOT_FILES: [&str; 3] = [STATE_FILE, MEMORY_FILE, "state.manifest.json"];
+
 /// One function's snapshots.
 pub struct Snapshots {
     root: PathBuf,
@@ -163,6 +177,9 @@ pub struct Snapshots {
     /// What else the guest was made with: command line and memory size.
     settings: String,
     cached: Mutex<Option<(Vec<Fingerprint>, String)>>,
+    share: Option<std::sync::Arc<dyn SnapshotShare>>,
+    /// The shared snapshots this process tried to fetch: each is fetched once at most.
+    fetched: Mutex<Vec<String>>,
 }
 
 impl Snapshots {
@@ -172,6 +189,79 @@ impl Snapshots {
             files,
             settings,
             cached: Mutex::new(None),
+            share: None,
+            fetched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The same snapshots, shared with other hosts through `share`.
+    pub fn shared_through(mut self, share: std::sync::Arc<dyn SnapshotShare>) -> Snapshots {
+        self.share = Some(share);
+        self
+    }
+
+    /// The snapshot `dir` (the current one, absent here) as another host took it: fetched
+    /// into a staging directory, its manifest read, its memory checked against the manifest's
+    /// CRC-32 and its drives found to be this host's files, then given its place in one
+    /// rename. `Ok(None)`: none is shared (or this process tried it once already); `Err`: it
+    /// cannot be used here, and why.
+    pub fn fetch_shared(&self, dir: &Path) -> Result<Option<Snapshot>, String> {
+        let (Some(share), Some(key)) = (&self.share, dir.file_name().and_then(|n| n.to_str()))
+        else {
+            return Ok(None);
+        };
+        {
+            let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+            if fetched.iter().any(|k| k == key) {
+                return Ok(None);
+            }
+            fetched.push(key.to_owned());
+        }
+        let staging =
+            vmm::snapshot::dir::stage(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let checked = (|| {
+            if !share.fetch(key, &staging)? {
+                return Ok(false);
+            }
+            let manifest = SnapshotManifest::read(&manifest_path(&Snapshot::state_path(&staging)))
+                .map_err(|e| logging::Chain(&e).to_string())?;
+            if manifest.mem_crc32.is_none() {
+                return Err("its manifest has no CRC-32 of the memory file to check".into());
+            }
+            for drive in &manifest.drives {
+                if !self.files.contains(&drive.path_on_host) {
+                    return Err(format!(
+                        "its drive {} is not this host's image (the hosts keep images at different paths)",
+                        drive.path_on_host.display()
+                    ));
+                }
+            }
+            vmm::snapshot::verify_memory(&manifest, &Snapshot::memory_path(&staging))
+                .map_err(|e| logging::Chain(&e).to_string())?;
+            vmm::snapshot::dir::publish(&staging, dir).map_err(|e| e.to_string())?;
+            Ok(true)
+        })();
+        match checked {
+            Ok(true) => match Snapshot::open_written(dir) {
+                Ok(Some(snapshot)) => Ok(Some(snapshot)),
+                Ok(None) => Err("no manifest".into()),
+                Err(e) => Err(logging::Chain(&e).to_string()),
+            },
+            Ok(false) => {
+                vmm::snapshot::dir::discard(&staging);
+                Ok(None)
+            }
+            Err(why) => {
+                vmm::snapshot::dir::discard(&staging);
+                Err(why)
+            }
+        }
+    }
+
+    /// Offers the snapshot just taken into `dir` to other hosts, if they share them.
+    pub fn publish_shared(&self, dir: &Path, done: Box<dyn FnOnce(Result<String, String>) + Send>) {
+        if let (Some(share), Some(key)) = (&self.share, dir.file_name().and_then(|n| n.to_str())) {
+            share.publish(key, dir, done);
         }
     }
 
@@ -353,6 +443,141 @@ mod tests {
         std::fs::remove_file(inputs.path("rootfs.ext4")).unwrap();
         let error = inputs.snapshots("").current().unwrap_err();
         assert!(error.to_string().contains("rootfs.ext4"), "{error}");
+    }
+
+    /// Another host's snapshot as a fake cluster hands it over: these files, once each call.
+    struct Published {
+        files: Vec<(&'static str, Vec<u8>)>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SnapshotShare for Published {
+        fn fetch(&self, _key: &str, staging: &Path) -> Result<bool, String> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for (name, bytes) in &self.files {
+                std::fs::write(staging.join(name), bytes).map_err(|e| e.to_string())?;
+            }
+            Ok(!self.files.is_empty())
+        }
+
+        fn publish(&self, _: &str, _: &Path, _: Box<dyn FnOnce(Result<String, String>) + Send>) {}
+    }
+
+    /// The files of a snapshot whose drive is `drive`, its memory `memory` with the CRC-32 of
+    /// `crc_of` in the manifest (`None`: no CRC-32).
+    fn published(drive: &Path, memory: &[u8], crc_of: Option<&[u8]>) -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let crc = crc_of.map(|bytes| {
+            let path = dir.path().join("m");
+            std::fs::write(&path, bytes).unwrap();
+            vmm::snapshot::memory_crc32(&path).unwrap()
+        });
+        let manifest = SnapshotManifest {
+            format: vmm::snapshot::manifest::MANIFEST_FORMAT.into(),
+            vmm_version: "test".into(),
+            state_format_version: FORMAT_VERSION,
+            snapshot_path: STATE_FILE.into(),
+            mem_file_path: MEMORY_FILE.into(),
+            state_crc32: 0,
+            mem_crc32: crc,
+            mem_size_mib: 1,
+            vcpu_count: 1,
+            drives: vec![vmm::snapshot::manifest::ManifestDrive {
+                drive_id: "rootfs".into(),
+                path_on_host: drive.to_owned(),
+                is_read_only: true,
+            }],
+            vsock: None,
+            entropy: false,
+            network_interfaces: Vec::new(),
+        };
+        Published {
+            files: vec![
+                (STATE_FILE, b"state".to_vec()),
+                (MEMORY_FILE, memory.to_vec()),
+                (SNAPSHOT_FILES[2], serde_json::to_vec(&manifest).unwrap()),
+            ],
+            calls: Default::default(),
+        }
+    }
+
+    fn shared(inputs: &Inputs, share: Published) -> (Snapshots, std::sync::Arc<Published>) {
+        let share = std::sync::Arc::new(share);
+        let snapshots = inputs.snapshots("").shared_through(share.clone());
+        (snapshots, share)
+    }
+
+    /// Nothing but `dir` itself (if kept) in its parent: no staging directory left.
+    fn only(dir: &Path, kept: bool) {
+        let names: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let expected = if kept {
+            vec![dir.to_owned()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn the_snapshot_file_names_are_the_vmms() {
+        let manifest = manifest_path(&Snapshot::state_path(Path::new("dir")));
+        assert_eq!(
+            SNAPSHOT_FILES.map(|n| Path::new("dir").join(n))[..2],
+            [
+                Snapshot::state_path(Path::new("dir")),
+                Snapshot::memory_path(Path::new("dir"))
+            ]
+        );
+        assert_eq!(Path::new("dir").join(SNAPSHOT_FILES[2]), manifest);
+    }
+
+    #[test]
+    fn a_shared_snapshot_is_checked_then_put_in_place_once() {
+        let inputs = Inputs::new();
+        let memory = b"guest memory".to_vec();
+        let rootfs = inputs.path("rootfs.ext4");
+        let (snapshots, share) = shared(&inputs, published(&rootfs, &memory, Some(&memory)));
+        let dir = snapshots.current().unwrap();
+        let snapshot = snapshots.fetch_shared(&dir).unwrap().unwrap();
+        assert_eq!(snapshot.dir, dir);
+        assert_eq!(std::fs::read(snapshot.memory()).unwrap(), memory);
+        only(&dir, true);
+        // Each key is fetched once per process.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(snapshots.fetch_shared(&dir).unwrap().is_none());
+        assert_eq!(share.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_shared_snapshot_is_refused_and_leaves_nothing() {
+        let inputs = Inputs::new();
+        let rootfs = inputs.path("rootfs.ext4");
+        let memory = b"guest memory".to_vec();
+        let cases = [
+            (published(&rootfs, b"guest memorx", Some(&memory)), "CRC"),
+            (
+                published(&inputs.path("elsewhere.ext4"), &memory, Some(&memory)),
+                "not this host's image",
+            ),
+            (published(&rootfs, &memory, None), "no CRC-32"),
+        ];
+        for (share, why) in cases {
+            let (snapshots, _) = shared(&inputs, share);
+            let dir = snapshots.current().unwrap();
+            let error = snapshots.fetch_shared(&dir).unwrap_err();
+            assert!(error.contains(why), "{error}");
+            only(&dir, false);
+        }
+        let none = Published {
+            files: Vec::new(),
+            calls: Default::default(),
+        };
+        let (snapshots, _) = shared(&inputs, none);
+        let dir = snapshots.current().unwrap();
+        assert!(snapshots.fetch_shared(&dir).unwrap().is_none());
+        only(&dir, false);
     }
 
     #[test]

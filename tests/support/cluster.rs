@@ -72,6 +72,52 @@ impl TestCluster {
         vm_kernel: Option<&Path>,
         nats_server: &Path,
     ) -> TestCluster {
+        let vm = vm_kernel.map(|kernel| (kernel, 1));
+        Self::start_with(
+            name,
+            subnet,
+            hosts,
+            max_concurrency,
+            functions,
+            vm,
+            nats_server,
+        )
+    }
+
+    /// [`TestCluster::start`] with `vm_hosts` microVM hosts booting `kernel` (host 0 is the
+    /// first; see [`TestCluster::vm_host_log`] and [`TestCluster::vm_invoke`] for all).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with_vm_hosts(
+        name: &str,
+        subnet: &str,
+        hosts: usize,
+        max_concurrency: usize,
+        functions: &[&Path],
+        kernel: &Path,
+        vm_hosts: usize,
+        nats_server: &Path,
+    ) -> TestCluster {
+        let vm = Some((kernel, vm_hosts));
+        Self::start_with(
+            name,
+            subnet,
+            hosts,
+            max_concurrency,
+            functions,
+            vm,
+            nats_server,
+        )
+    }
+
+    fn start_with(
+        name: &str,
+        subnet: &str,
+        hosts: usize,
+        max_concurrency: usize,
+        functions: &[&Path],
+        vm: Option<(&Path, usize)>,
+        nats_server: &Path,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("cluster-state");
         let bin_dir = host_binary("lambda-local")
@@ -95,8 +141,9 @@ impl TestCluster {
         for function in functions {
             command.arg("--function").arg(function);
         }
-        if let Some(kernel) = vm_kernel {
+        if let Some((kernel, vm_hosts)) = vm {
             command.arg("--vm-host").arg(kernel);
+            command.args(["--vm-hosts", &vm_hosts.to_string()]);
         }
         let output = command
             .args(["--name", name, "--subnet", subnet])
@@ -137,6 +184,20 @@ impl TestCluster {
             0 => "hosts/v1".into(),
             i => format!("hosts/h{i}"),
         }
+    }
+
+    /// MicroVM host `k` (1, 2, ...; host 0 is microVM host 1): its log so far.
+    pub fn vm_host_log(&self, k: usize) -> String {
+        std::fs::read_to_string(self.state.join(format!("hosts/v{k}/log"))).unwrap_or_default()
+    }
+
+    /// A synchronous invoke through microVM host `k` (1, 2, ...).
+    pub fn vm_invoke(&self, k: usize, function: &str, event: &serde_json::Value) -> Reply {
+        let url = format!(
+            "{}/2015-03-31/functions/{function}/invocations",
+            self.read(&format!("hosts/v{k}/url"))
+        );
+        send(&self.agent, "POST", &url, &[], event.to_string().as_bytes())
     }
 
     /// Host `i` (see [`TestCluster::host_dir`]): its process id.
@@ -279,6 +340,9 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            for k in (2..).take_while(|k| self.state.join(format!("hosts/v{k}")).exists()) {
+                eprintln!("--- microVM host {k}'s log:\n{}", self.vm_host_log(k));
+            }
             let vm_host = self.state.join(Self::host_dir(0)).exists();
             for i in (if vm_host { 0 } else { 1 })..=self.hosts {
                 let log = self.host_log(i);
