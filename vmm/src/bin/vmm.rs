@@ -87,8 +87,16 @@ fn main() {
     args.make_paths_absolute(&cwd);
     // Looked at before the jail, which hides /sys.
     let caps = HostCaps::detect();
-    let exit = match args.jail.enter() {
-        Ok(()) => run(&args, &caps, &cwd),
+    // The working set of a restored VM is read from the page map, and the jail has no /proc.
+    let open_pagemap = || match std::fs::File::open("/proc/self/pagemap") {
+        Ok(file) => Some(file),
+        Err(e) => {
+            log::warn!("cannot open /proc/self/pagemap ({e}): GET /ext/working-set is refused");
+            None
+        }
+    };
+    let exit = match args.jail.enter(open_pagemap) {
+        Ok(pagemap) => run(&args, &caps, &cwd, pagemap),
         Err(e) => VmExit::VmmError(Chain(&e).to_string()),
     };
     match &exit {
@@ -132,7 +140,7 @@ impl Args {
     }
 }
 
-fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
+fn run(args: &Args, caps: &HostCaps, cwd: &Path, pagemap: Option<std::fs::File>) -> VmExit {
     // Compiled before anything is built, so a bad filter stops us before a guest exists; the
     // threads install theirs as they start.
     if !args.no_seccomp {
@@ -142,7 +150,7 @@ fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
         }
     }
     if let Some(socket) = &args.api_sock {
-        return serve_api(args, caps, socket, cwd);
+        return serve_api(args, caps, socket, cwd, pagemap);
     }
     let microvm = match start(args, caps, cwd) {
         Ok(Some(microvm)) => microvm,
@@ -179,7 +187,13 @@ fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
 
 /// `--api-sock`: the socket first (while this is the only thread), then the API thread, then
 /// any VM the flags describe, then requests until the VM stops.
-fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit {
+fn serve_api(
+    args: &Args,
+    caps: &HostCaps,
+    socket: &Path,
+    cwd: &Path,
+    pagemap: Option<std::fs::File>,
+) -> VmExit {
     let listener = match vmm::api::socket::bind(socket) {
         Ok(listener) => listener,
         Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
@@ -190,6 +204,7 @@ fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit 
         serve_after_stop: args.serve_after_stop,
         caps: *caps,
         serial_out: args.vm.serial_out.clone(),
+        pagemap,
     };
     let mut controller = Controller::new(options, events.clone());
     if let Err(e) = vmm::api::server::spawn(listener, events) {
@@ -255,8 +270,11 @@ fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Micr
     if let Some(dir) = &args.restore_from {
         let console = serial_out(args.vm.serial_out.as_ref())?;
         let started = std::time::Instant::now();
+        // A working set recorded beside the snapshot is loaded (lambda-vm records one).
+        let working_set = dir.join(vmm::snapshot::working_set::FILE_NAME);
         let options = vmm::snapshot::RestoreOptions {
             vsock_uds: args.vm.vsock_uds.clone(),
+            working_set: working_set.exists().then_some(working_set),
             ..Default::default()
         };
         let microvm = vmm::snapshot::restore(dir, console, &options)
