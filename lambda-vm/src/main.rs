@@ -121,6 +121,12 @@ struct Args {
     /// than --max-concurrency. 0 turns them off.
     #[arg(long, value_name = "N", default_value_t = 2)]
     ready_vmms: usize,
+    /// Neither record nor load SnapStart working sets: by default the guest pages the first
+    /// invoke after a restore touches are kept beside the snapshot (`memory.ws`) and loaded
+    /// by later restores before the guest runs; with this flag every restore loads guest
+    /// memory lazily, page by page (for comparisons).
+    #[arg(long)]
+    no_working_set: bool,
     /// The `vmm` binary [default: the one beside this program].
     #[arg(long)]
     vmm: Option<PathBuf>,
@@ -423,7 +429,12 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         };
         let snapshots =
             (function.initialization_type == InitializationType::SnapStart).then(|| {
-                lambda_vm::snapshots::for_function(&spec, &function, snapshot_root.join(&name))
+                let snapshots =
+                    lambda_vm::snapshots::for_function(&spec, &function, snapshot_root.join(&name));
+                match args.no_working_set {
+                    true => snapshots.without_working_sets(),
+                    false => snapshots,
+                }
             });
         let provisioned = usize::try_from(function.provisioned_concurrency)?;
         let scaling = Scaling {

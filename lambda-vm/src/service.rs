@@ -430,7 +430,10 @@ impl Inner {
             env: guest,
             provisioned,
         } = lease;
-        let (kept, outcome) = self.run(guest, invocation, stream);
+        let (mut kept, outcome) = self.run(guest, invocation, stream);
+        if let Some(guest) = kept.as_mut() {
+            self.record_working_set(guest);
+        }
         if caller_gone.load(Ordering::Acquire) {
             self.abandoned.fetch_add(1, Ordering::Relaxed);
         }
@@ -592,21 +595,80 @@ impl Inner {
             }
         };
         let env = prepared.env;
-        let guest = Guest::resume(&self.spec, prepared, snapshot, self.guest_log(env))?;
+        let working_sets = self.snapshots.as_ref().is_some_and(Snapshots::working_sets);
+        let working_set = snapshot.working_set();
+        let load = working_sets && working_set.exists();
+        let mut guest = Guest::resume(
+            &self.spec,
+            prepared,
+            snapshot,
+            load.then_some(working_set.as_path()),
+            self.guest_log(env),
+        )?;
         let vmm_ms = guest.vmm_time.map_or_else(
             || "?".to_owned(),
             |t| format!("{:.1}", t.as_secs_f64() * 1000.0),
         );
+        let pages = match &guest.working_set {
+            _ if !working_sets => "working sets off".to_owned(),
+            None => "no working set yet: recorded after the first invoke".to_owned(),
+            Some(used) => match &used.ignored {
+                None => format!(
+                    "working set of {} pages loaded in {:.1} ms",
+                    used.pages, used.load_ms
+                ),
+                Some(why) => format!(
+                    "working set not used ({why}): memory loads lazily, and it is recorded again"
+                ),
+            },
+        };
+        let usable = guest
+            .working_set
+            .as_ref()
+            .is_some_and(|u| u.ignored.is_none());
+        if working_sets && !usable {
+            guest.record_working_set = Some(working_set);
+        }
         self.log.service(
             Some(env),
             &format!(
-                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init answered after {} ms ({} connection(s))",
+                "microVM restored (into {from}; VMM side {vmm_ms} ms, {pages}, vmm pid {}), init answered after {} ms ({} connection(s))",
                 guest.vmm.pid(),
                 guest.boot_time.as_millis(),
                 guest.dial_attempts
             ),
         );
         Ok(guest)
+    }
+
+    /// Keeps the working set of `guest`, a restored guest that just served its first invoke,
+    /// beside its snapshot (if it is to record one): the pages that restore and invoke touched,
+    /// which the next restores load before the guest runs.
+    fn record_working_set(&self, guest: &mut Guest) {
+        let Some(path) = guest.record_working_set.take() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let recorded = guest
+            .vmm
+            .working_set()
+            .map_err(|e| chain(&e))
+            .and_then(|set| {
+                set.write(&path)
+                    .map(|()| set)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))
+            });
+        let message = match recorded {
+            Ok(set) => format!(
+                "working set recorded after the first invoke: {} pages in {} ranges, {} ({} ms)",
+                set.pages(),
+                set.ranges.len(),
+                path.display(),
+                started.elapsed().as_millis()
+            ),
+            Err(why) => format!("recording the working set failed: {why}"),
+        };
+        self.log.service(Some(guest.env), &message);
     }
 
     /// Runs `invocation` in `guest`; returns the guest if it may serve the next invocation.

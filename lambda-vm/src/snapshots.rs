@@ -92,6 +92,12 @@ impl Snapshot {
     pub fn memory(&self) -> PathBuf {
         Self::memory_path(&self.dir)
     }
+
+    /// Where its working set is kept (`memory.ws`): the guest pages the first invoke after a
+    /// restore touched, which later restores load before the guest runs.
+    pub fn working_set(&self) -> PathBuf {
+        self.dir.join(vmm::snapshot::working_set::FILE_NAME)
+    }
 }
 
 /// One function's snapshots.
@@ -102,6 +108,8 @@ pub struct Snapshots {
     /// What else the guest was made with: command line and memory size.
     settings: String,
     cached: Mutex<Option<(Vec<Fingerprint>, String)>>,
+    /// Whether restores record and load working sets (`--no-working-set` turns them off).
+    working_sets: bool,
 }
 
 impl Snapshots {
@@ -111,7 +119,20 @@ impl Snapshots {
             files,
             settings,
             cached: Mutex::new(None),
+            working_sets: true,
         }
+    }
+
+    /// The same, with working sets off: every restore loads guest memory lazily, and none is
+    /// recorded.
+    pub fn without_working_sets(mut self) -> Snapshots {
+        self.working_sets = false;
+        self
+    }
+
+    /// Whether restores record and load working sets.
+    pub fn working_sets(&self) -> bool {
+        self.working_sets
     }
 
     pub fn root(&self) -> &Path {

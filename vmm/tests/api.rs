@@ -240,8 +240,18 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
 
     // A second process restores the snapshot through the API and counts on from it.
     let mut restored = ApiVmm::start_in(&dir, "restored.sock", &[]);
-    restored.refused("GET", "/ext/working-set", None, "only a running restored microVM");
-    restored.refused("PUT", "/ext/working-set", Some(r#"{"file": "x"}"#), "unknown field");
+    restored.refused(
+        "GET",
+        "/ext/working-set",
+        None,
+        "only a running restored microVM",
+    );
+    restored.refused(
+        "PUT",
+        "/ext/working-set",
+        Some(r#"{"file": "x"}"#),
+        "unknown field",
+    );
     // A working set that is not there: the load goes on, lazily, and says why.
     let working_set = dir.join("s.ws");
     let put_working_set = format!(r#"{{"path": "{}"}}"#, working_set.display());
@@ -298,7 +308,12 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
     recorded.check(manifest.state_crc32, 32 << 20).unwrap();
     assert!(recorded.pages() > 0, "{recorded:?}");
     recorded.write(&working_set).unwrap();
-    restored.refused("PUT", "/ext/working-set", Some(&put_working_set), "after starting");
+    restored.refused(
+        "PUT",
+        "/ext/working-set",
+        Some(&put_working_set),
+        "after starting",
+    );
     let config = restored.get_json("/vm/config");
     assert!(config["boot-source"].is_null());
     assert_eq!(config["machine-config"]["mem_size_mib"], 32);
@@ -324,9 +339,7 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
     let status = prefetched.get_json("/ext/status");
     assert_eq!(status["working_set"]["pages"], recorded.pages(), "{status}");
     assert!(status["working_set"]["ignored"].is_null(), "{status}");
-    prefetched.wait_console("ticks after the prefetched restore", |c| {
-        ticks(c).len() > 1
-    });
+    prefetched.wait_console("ticks after the prefetched restore", |c| ticks(c).len() > 1);
     assert!(prefetched.check_contract());
 
     // A process given boot resources may not load a snapshot. Network interfaces are checked
