@@ -498,7 +498,7 @@ mod tests {
         let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
         for round in 0..20_000 {
             let len = (rng.next() % 200) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next().to_le_bytes()[0]).collect();
             if round % 2 == 0 && bytes.len() >= 8 {
                 bytes[..8].copy_from_slice(MAGIC);
             }
@@ -585,10 +585,11 @@ mod tests {
         // A private mapping of a file, as a restore makes one.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
-        let size = 64 * PAGE_SIZE;
-        std::fs::write(&path, vec![1u8; size as usize]).unwrap();
+        let len: usize = 64 * 4096;
+        let size = u64::try_from(len).unwrap();
+        std::fs::write(&path, vec![1u8; len]).unwrap();
         let file = File::open(&path).unwrap();
-        let region = vm_memory::mmap::MmapRegionBuilder::new(size as usize)
+        let region = vm_memory::mmap::MmapRegionBuilder::new(len)
             .with_file_offset(vm_memory::FileOffset::new(file, 0))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -624,7 +625,7 @@ mod tests {
 
         // Loaded into a fresh mapping, the same pages are present before anything reads them.
         let file = File::open(&path).unwrap();
-        let region = vm_memory::mmap::MmapRegionBuilder::new(size as usize)
+        let region = vm_memory::mmap::MmapRegionBuilder::new(len)
             .with_file_offset(vm_memory::FileOffset::new(file, 0))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
