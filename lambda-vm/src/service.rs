@@ -416,31 +416,34 @@ impl Inner {
         );
     }
 
-    /// Serves one invocation with `lease`'s environment, then gives the environment back.
-    /// `caller_gone` says, at the end, whether the caller hung up meanwhile.
+    /// Serves one invocation with `lease`'s environment, hands its outcome to `deliver`, then
+    /// (a restored guest's first invoke recording its working set in between) gives the
+    /// environment back. `caller_gone` says, at the end, whether the caller hung up meanwhile.
     fn serve(
         &self,
         lease: Lease<Guest>,
         invocation: Invocation,
         stream: &mut dyn FnMut(Streamed),
         caller_gone: &AtomicBool,
-    ) -> Outcome {
+        deliver: impl FnOnce(Outcome),
+    ) {
         let Lease {
             id,
             env: guest,
             provisioned,
         } = lease;
         let (mut kept, outcome) = self.run(guest, invocation, stream);
-        if let Some(guest) = kept.as_mut() {
-            self.record_working_set(guest);
-        }
         if caller_gone.load(Ordering::Acquire) {
             self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        // The answer leaves first: recording is not on the caller's path.
+        deliver(outcome);
+        if let Some(guest) = kept.as_mut() {
+            self.record_working_set(guest);
         }
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
         }
-        outcome
     }
 
     /// A new environment: for a SnapStart function a restore of its snapshot in a fresh VM
@@ -930,34 +933,41 @@ impl FunctionService {
         let gone = watch.gone.clone();
         let (answer, answered) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let mut answer = Some(answer);
-            let mut streaming: Option<StreamSender> = None;
-            let mut on_stream = |part: Streamed| match part {
-                Streamed::Start { content_type } => {
-                    let (sender, stream) = ResponseStream::channel(content_type);
-                    if let Some(answer) = answer.take() {
-                        let _ = answer.send(Answer::Stream(stream));
+            // Where the answer goes: the whole outcome, or a stream once the runtime starts one.
+            // Both the stream's parts and the end reach it, one after the other.
+            let reply = std::cell::RefCell::new((Some(answer), None::<StreamSender>));
+            let mut on_stream = |part: Streamed| {
+                let (answer, streaming) = &mut *reply.borrow_mut();
+                match part {
+                    Streamed::Start { content_type } => {
+                        let (sender, stream) = ResponseStream::channel(content_type);
+                        if let Some(answer) = answer.take() {
+                            let _ = answer.send(Answer::Stream(stream));
+                        }
+                        *streaming = Some(sender);
                     }
-                    streaming = Some(sender);
-                }
-                Streamed::Chunk(chunk) => {
-                    if let Some(sender) = &streaming {
-                        // An invoker that has gone drops the rest.
-                        sender.blocking_chunk(chunk.into());
+                    Streamed::Chunk(chunk) => {
+                        if let Some(sender) = streaming {
+                            // An invoker that has gone drops the rest.
+                            sender.blocking_chunk(chunk.into());
+                        }
                     }
                 }
             };
-            let outcome = inner.serve(lease, invocation, &mut on_stream, &gone);
-            match (streaming, answer) {
-                (Some(sender), _) => sender.blocking_end(match outcome {
-                    Outcome::Success(_) => StreamEnd::Complete,
-                    Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
-                }),
-                (None, Some(answer)) => {
-                    let _ = answer.send(Answer::Whole(outcome));
+            let deliver = |outcome| {
+                let (answer, streaming) = &mut *reply.borrow_mut();
+                match (streaming.take(), answer.take()) {
+                    (Some(sender), _) => sender.blocking_end(match outcome {
+                        Outcome::Success(_) => StreamEnd::Complete,
+                        Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
+                    }),
+                    (None, Some(answer)) => {
+                        let _ = answer.send(Answer::Whole(outcome));
+                    }
+                    (None, None) => {}
                 }
-                (None, None) => {}
-            }
+            };
+            inner.serve(lease, invocation, &mut on_stream, &gone, deliver);
         });
         let answer = answered.await.map_err(|_| InvokeError::ShutDown);
         watch.answered();
