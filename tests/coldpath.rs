@@ -323,6 +323,14 @@ fn the_first_invoke_s_working_set_is_kept_loaded_by_later_restores_and_a_corrupt
 
     // A second environment (the first is busy) is restored with it, in a ready process made
     // before the file existed.
+    let idle = |server: &LocalServer, n: u64| {
+        assert!(
+            wait_until(Duration::from_secs(30), || status(server)["idle"] == json!(n)),
+            "not {n} idle environments: {}",
+            status(server)
+        );
+    };
+    idle(&server, 1);
     held_invokes(&server, 2);
     let loaded = format!("working set of {pages} pages loaded");
     assert_eq!(restored(&server, &loaded), 1, "{:?}", server.logs());
@@ -338,6 +346,7 @@ fn the_first_invoke_s_working_set_is_kept_loaded_by_later_restores_and_a_corrupt
     let middle = corrupt.len() / 2;
     corrupt[middle] ^= 0xff;
     std::fs::write(&path, &corrupt).unwrap();
+    idle(&server, 2);
     held_invokes(&server, 3);
     assert_eq!(
         restored(&server, "working set not used (the checksum does not match"),
