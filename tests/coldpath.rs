@@ -325,7 +325,8 @@ fn the_first_invoke_s_working_set_is_kept_loaded_by_later_restores_and_a_corrupt
     // before the file existed.
     let idle = |server: &LocalServer, n: u64| {
         assert!(
-            wait_until(Duration::from_secs(30), || status(server)["idle"] == json!(n)),
+            wait_until(Duration::from_secs(30), || status(server)["idle"]
+                == json!(n)),
             "not {n} idle environments: {}",
             status(server)
         );

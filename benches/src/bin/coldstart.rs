@@ -195,8 +195,9 @@ fn row(what: &str, value: &Value) -> String {
 /// One bare `vmm` restore: spawn to API ready, the load request, load to the guest's first
 /// output (init's `Hello`), and spawn to that output.
 struct VmmRestore {
-    /// How long loading the working set took inside the vmm, when it was given one.
-    working_set_load_ms: Option<f64>,
+    /// How long loading the working set took inside the vmm (ms), and its pages, when it was
+    /// given one.
+    working_set_load: Option<(f64, u64)>,
     /// Connections it took to reach the guest's init.
     attempts: u32,
     api_ready: Duration,
@@ -261,12 +262,12 @@ fn vmm_restore_with(
         api.put_working_set(path)?;
     }
     api.load_snapshot_with(&params)?;
-    let working_set_load_ms = api
+    let working_set_load = api
         .status()?
         .working_set
         .map(|used| {
             ensure!(used.ignored.is_none(), "working set ignored: {used:?}");
-            Ok(used.load_ms)
+            Ok((used.load_ms, used.pages))
         })
         .transpose()?;
     let loaded = started.elapsed();
@@ -287,7 +288,7 @@ fn vmm_restore_with(
     };
     let total = started.elapsed();
     Ok(VmmRestore {
-        working_set_load_ms,
+        working_set_load,
         child: child.take(),
         attempts,
         api_ready,
@@ -327,6 +328,35 @@ fn faults(pid: u32) -> (u64, u64) {
     (field(10), field(12))
 }
 
+/// KVM's statistics of the VM of process `pid` (`/sys/kernel/debug/kvm/PID-FD/`, when debugfs
+/// is mounted): exits, guest page faults KVM handled (`pf_fixed`, `pf_taken`), and the rest.
+fn kvm_stats(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let prefix = format!("{pid}-");
+    let Ok(entries) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return Default::default();
+    };
+    let Some(vm) = entries
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    else {
+        return Default::default();
+    };
+    let Ok(stats) = std::fs::read_dir(vm.path()) else {
+        return Default::default();
+    };
+    stats
+        .flatten()
+        .filter_map(|e| {
+            let value = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), value))
+        })
+        .collect()
+}
+
 /// The host page faults of a restored guest's `vmm` during its first invoke and its second
 /// (a guest page touched for the first time since the restore is a fault of the host's mapping
 /// of the snapshot's memory file), and the two invokes' times.
@@ -336,6 +366,7 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
     let mut rounds = Vec::new();
     for n in 0..2 {
         let before = faults(pid);
+        let kvm_before = kvm_stats(pid);
         let started = Instant::now();
         let outcome = restored.link.invoke(Invoke {
             request_id: format!("faults-{n}"),
@@ -347,10 +378,19 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
         let took = ms(started.elapsed());
         ensure!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
         let after = faults(pid);
+        // What KVM did meanwhile (only with debugfs mounted): the counters that moved.
+        let kvm: serde_json::Map<String, Value> = kvm_stats(pid)
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let moved = value.saturating_sub(kvm_before.get(&name).copied().unwrap_or(0));
+                (moved > 0).then(|| (name, json!(moved)))
+            })
+            .collect();
         rounds.push(json!({
             "invoke_ms": took,
             "minor_faults": after.0 - before.0,
             "major_faults": after.1 - before.1,
+            "kvm": kvm,
         }));
     }
     Ok(json!({"first": rounds[0], "second": rounds[1]}))
@@ -361,14 +401,28 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
 /// and host page faults, and the working set's load time.
 fn working_set_comparison(args: &Args, working_set: &Path) -> anyhow::Result<Value> {
     let mut sides = [
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
+        (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
     ];
     for n in 0..args.runs {
         for (with, side) in sides.iter_mut().enumerate() {
             let path = (with == 1).then_some(working_set);
             let mut restored = vmm_restore_with(args, 2000 + n * 2 + with, path)?;
-            let load_ms = restored.working_set_load_ms;
+            let load = restored.working_set_load;
             let faults = first_invoke_faults(&mut restored)?;
             let first = &faults["first"];
             side.0.push(first["invoke_ms"].as_f64().unwrap_or(f64::NAN));
@@ -376,7 +430,10 @@ fn working_set_comparison(args: &Args, working_set: &Path) -> anyhow::Result<Val
                 .push(first["minor_faults"].as_f64().unwrap_or(f64::NAN));
             side.2
                 .push(first["major_faults"].as_f64().unwrap_or(f64::NAN));
-            side.3.extend(load_ms);
+            side.3.extend(load.map(|(ms, _)| ms));
+            side.5
+                .extend(load.map(|(_, pages)| f64::from(u32::try_from(pages).unwrap_or(u32::MAX))));
+            side.4.push(faults["first"]["kvm"].clone());
         }
     }
     let [lazy, loaded] = sides;
@@ -385,12 +442,15 @@ fn working_set_comparison(args: &Args, working_set: &Path) -> anyhow::Result<Val
             "first_invoke_round_trip": spread(&lazy.0),
             "first_invoke_minor_faults": spread(&lazy.1),
             "first_invoke_major_faults": spread(&lazy.2),
+            "first_invoke_kvm_stats": lazy.4,
         },
         "with": {
             "first_invoke_round_trip": spread(&loaded.0),
             "first_invoke_minor_faults": spread(&loaded.1),
             "first_invoke_major_faults": spread(&loaded.2),
             "load_ms": spread(&loaded.3),
+            "pages": spread(&loaded.5),
+            "first_invoke_kvm_stats": loaded.4,
         },
     }))
 }
