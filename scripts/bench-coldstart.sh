@@ -105,6 +105,8 @@ snapshot="$(find "$work/state/snapshots/snap" -name state.manifest.json -printf 
 [ -n "$snapshot" ] || die "no snapshot under $work/state/snapshots/snap"
 lazy_args=()
 if [ "$compare_working_set" = 1 ]; then
+    # Recorded once that first invoke's answer has left: wait for it.
+    for _ in $(seq 300); do [ -f "$snapshot/memory.ws" ] && break; sleep 0.1; done
     [ -f "$snapshot/memory.ws" ] || die "lambda-vm recorded no working set in $snapshot"
     # The same functions and the same snapshot (--snapshot-dir), restored without the working
     # set; its own state and work directories.
