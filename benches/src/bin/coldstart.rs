@@ -329,32 +329,34 @@ fn faults(pid: u32) -> (u64, u64) {
 }
 
 /// KVM's statistics of the VM of process `pid` (`/sys/kernel/debug/kvm/PID-FD/`, when debugfs
-/// is mounted): exits, guest page faults KVM handled (`pf_fixed`, `pf_taken`), and the rest.
+/// is mounted), its vCPUs' (`vcpuN/`) summed: exits, guest page faults KVM fixed (`pf_fixed`),
+/// the 4 KiB mappings it made (`pages_4k`), and the rest.
 fn kvm_stats(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    fn add(dir: &Path, into: &mut std::collections::BTreeMap<String, u64>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() && name.starts_with("vcpu") {
+                add(&path, into);
+            } else if let Some(value) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                *into.entry(name).or_default() += value;
+            }
+        }
+    }
     let prefix = format!("{pid}-");
-    let Ok(entries) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
-        return Default::default();
-    };
-    let Some(vm) = entries
+    let mut stats = std::collections::BTreeMap::new();
+    let vm = std::fs::read_dir("/sys/kernel/debug/kvm")
+        .into_iter()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-    else {
-        return Default::default();
-    };
-    let Ok(stats) = std::fs::read_dir(vm.path()) else {
-        return Default::default();
-    };
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+    if let Some(vm) = vm {
+        add(&vm.path(), &mut stats);
+    }
     stats
-        .flatten()
-        .filter_map(|e| {
-            let value = std::fs::read_to_string(e.path())
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), value))
-        })
-        .collect()
 }
 
 /// The host page faults of a restored guest's `vmm` during its first invoke and its second
