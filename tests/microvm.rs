@@ -271,14 +271,24 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
         assert!(status.success(), "{status:?}");
     }
 
-    // A snapshot that no longer loads (its memory file cut short) is discarded and taken
-    // again; the invoke that found it succeeds.
-    let memory = std::fs::OpenOptions::new()
-        .write(true)
-        .open(snapshot.join("memory"))
-        .unwrap();
-    memory.set_len(4096).unwrap();
-    drop(memory);
+    // A snapshot whose memory file is damaged (one bit flipped in the middle, where the guest
+    // may never look: only the manifest's CRC-32 tells) is discarded and taken again; the
+    // invoke that found it succeeds.
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut memory = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(snapshot.join("memory"))
+            .unwrap();
+        let middle = memory.metadata().unwrap().len() / 2;
+        let mut byte = [0u8; 1];
+        memory.seek(SeekFrom::Start(middle)).unwrap();
+        memory.read_exact(&mut byte).unwrap();
+        byte[0] ^= 0x10;
+        memory.seek(SeekFrom::Start(middle)).unwrap();
+        memory.write_all(&byte).unwrap();
+    }
     let mut fourth = snapstart_service("snapstart-snapshots", "snapstart-4").unwrap();
     restored(&fourth);
     let logs = fourth.logs();
@@ -287,7 +297,7 @@ fn snapstart_snapshots_once_and_restores_unique_guests_concurrently() {
             l,
             "rust-echo-snap-start",
             "discarding the SnapStart snapshot"
-        )),
+        ) && l.contains("the memory file is damaged")),
         "{logs:?}"
     );
     assert!(

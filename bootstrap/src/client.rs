@@ -190,7 +190,7 @@ fn status_error(method: &'static str, endpoint: String, mut reply: Response<Body
 
 /// A header value can only hold visible ASCII and spaces; anything else in a function's error
 /// type would make the request unsendable, so it is replaced rather than allowed to fail the post.
-fn header_safe(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn header_safe(value: &str) -> std::borrow::Cow<'_, str> {
     if value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
         return value.into();
     }

@@ -192,17 +192,7 @@ impl Extension {
     }
 
     fn post_error(&self, path: &str, error: &ErrorRequest) -> Result<(), Error> {
-        let error_type: String = error
-            .error_type
-            .chars()
-            .map(|c| {
-                if c == ' ' || c.is_ascii_graphic() {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let error_type = crate::client::header_safe(&error.error_type);
         self.call(
             "POST",
             path,

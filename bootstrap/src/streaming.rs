@@ -138,17 +138,7 @@ impl ResponseWriter {
         let mut end = b"0\r\n".to_vec();
         if let Some(error) = error {
             let body = base64::engine::general_purpose::STANDARD.encode(error.to_json());
-            let error_type: String = error
-                .error_type
-                .chars()
-                .map(|c| {
-                    if c == ' ' || c.is_ascii_graphic() {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let error_type = crate::client::header_safe(&error.error_type);
             end.extend_from_slice(
                 format!(
                     "{}: {error_type}\r\n{}: {body}\r\n",

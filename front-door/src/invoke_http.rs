@@ -87,50 +87,11 @@ impl<I: Invoker> Endpoint<I> {
                 return http::service_error(400, error_type::INVALID_PARAMETER, &message);
             }
         };
-        let tail = match header_value(header::LOG_TYPE).as_deref() {
-            None | Some(log_type::NONE) => false,
-            Some(log_type::TAIL) => true,
-            Some(other) => {
-                let message = format!("Invalid X-Amz-Log-Type: {other:?} (None or Tail)");
-                return http::service_error(400, error_type::INVALID_PARAMETER, &message);
-            }
-        };
-        invocation.trace_id = header_value(header::TRACE_ID);
-        if let Some(encoded) = header_value(header::CLIENT_CONTEXT) {
-            match client_context(&encoded) {
-                Some(context) => invocation.client_context = Some(context),
-                None => {
-                    let message = "X-Amz-Client-Context must be base64-encoded JSON";
-                    return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, message);
-                }
-            }
-        }
-        let caller = request.extensions().get::<http::Caller>().cloned();
-        let body = match http::read_body(request, limit).await {
-            Ok(body) => body,
-            Err(BodyError::TooLarge { limit, .. }) => {
-                let message = format!(
-                    "Request must be smaller than {} bytes for the InvokeFunction operation",
-                    limit + 1
-                );
-                let refusal = http::service_error(413, error_type::REQUEST_TOO_LARGE, &message);
-                return http::close(refusal);
-            }
-            Err(e @ BodyError::TooSlow { .. }) => {
-                let refusal = http::service_error(408, error_type::REQUEST_TIMEOUT, &e.to_string());
-                return http::close(refusal);
-            }
-            Err(e) => {
-                let message = e.to_string();
-                return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
-            }
-        };
-        invocation.event = match event(body) {
-            Ok(event) => event,
-            Err(message) => {
-                return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
-            }
-        };
+        let (tail, caller) =
+            match read_invocation(request, &mut invocation, limit, "InvokeFunction").await {
+                Ok(read) => read,
+                Err(refusal) => return *refusal,
+            };
         match kind.as_str() {
             invocation_type::DRY_RUN => http::json(204, Bytes::new()),
             invocation_type::EVENT => match self.events.enqueue(invocation).await {
@@ -216,6 +177,75 @@ pub(crate) fn client_context(encoded: &str) -> Option<String> {
         Err(_) => String::from_utf8(decoded).ok()?,
     };
     HeaderValue::from_str(&text).is_ok().then_some(text)
+}
+
+/// What both invoke operations read alike: the log type (whether to return the log's tail),
+/// the trace and client-context headers into `invocation`, and the body, at most `limit` bytes,
+/// as its event; also the caller's hang-up watch. `operation` names the API operation in the
+/// too-large refusal, as Lambda's does. `Err` is the refusal to send.
+pub(crate) async fn read_invocation(
+    request: Request<Incoming>,
+    invocation: &mut Invocation,
+    limit: usize,
+    operation: &str,
+) -> Result<(bool, Option<http::Caller>), Box<Reply>> {
+    let refused =
+        |status, kind, message: &str| Box::new(http::service_error(status, kind, message));
+    let header_value = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let tail = match header_value(header::LOG_TYPE).as_deref() {
+        None | Some(log_type::NONE) => false,
+        Some(log_type::TAIL) => true,
+        Some(other) => {
+            let message = format!("Invalid X-Amz-Log-Type: {other:?} (None or Tail)");
+            return Err(refused(400, error_type::INVALID_PARAMETER, &message));
+        }
+    };
+    invocation.trace_id = header_value(header::TRACE_ID);
+    if let Some(encoded) = header_value(header::CLIENT_CONTEXT) {
+        match client_context(&encoded) {
+            Some(context) => invocation.client_context = Some(context),
+            None => {
+                let message = "X-Amz-Client-Context must be base64-encoded JSON";
+                return Err(refused(400, error_type::INVALID_REQUEST_CONTENT, message));
+            }
+        }
+    }
+    let caller = request.extensions().get::<http::Caller>().cloned();
+    let body = match http::read_body(request, limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge { limit, .. }) => {
+            let message = format!(
+                "Request must be smaller than {} bytes for the {operation} operation",
+                limit + 1
+            );
+            let refusal = refused(413, error_type::REQUEST_TOO_LARGE, &message);
+            return Err(Box::new(http::close(*refusal)));
+        }
+        Err(e @ BodyError::TooSlow { .. }) => {
+            let refusal = refused(408, error_type::REQUEST_TIMEOUT, &e.to_string());
+            return Err(Box::new(http::close(*refusal)));
+        }
+        Err(e) => {
+            return Err(refused(
+                400,
+                error_type::INVALID_REQUEST_CONTENT,
+                &e.to_string(),
+            ));
+        }
+    };
+    match event(body) {
+        Ok(event) => invocation.event = event,
+        Err(message) => {
+            return Err(refused(400, error_type::INVALID_REQUEST_CONTENT, &message));
+        }
+    }
+    Ok((tail, caller))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod async_invoke;
+pub mod endpoint_flags;
 pub mod event_store;
 pub mod event_stream;
 pub mod function;
@@ -18,6 +19,7 @@ pub mod log_tail;
 pub mod streaming;
 
 pub use api::Router;
+pub use endpoint_flags::EndpointFlags;
 pub use function::{AsyncPolicy, Code, Function};
 pub use invoker::{ConcurrencyError, Invoker};
 pub use log_tail::LogTails;

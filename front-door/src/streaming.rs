@@ -6,16 +6,16 @@
 //! streaming) is sent as one chunk, as Lambda does.
 
 use crate::event_stream;
-use crate::invoke_http::{client_context, event, Endpoint};
+use crate::invoke_http::{read_invocation, Endpoint};
 use crate::invoker::Invoker;
 use base64::Engine;
 use bytes::Bytes;
-use http_server::{self as http, Body, BodyError, BodySender, Reply};
+use http_server::{self as http, Body, BodySender, Reply};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response};
 use proto::invoke::{Answer, Invocation, InvokeError, Outcome, StreamEnd, StreamEvent};
-use proto::invoke_api::{error_type, header, invocation_type, log_type, LATEST};
+use proto::invoke_api::{error_type, header, invocation_type, LATEST};
 use proto::runtime_api::{ErrorRequest, SYNC_PAYLOAD_LIMIT};
 
 /// The content type of an event stream.
@@ -58,45 +58,15 @@ impl<I: Invoker> Endpoint<I> {
                 return http::service_error(400, error_type::INVALID_PARAMETER, &message);
             }
         };
-        let tail = match header_value(header::LOG_TYPE).as_deref() {
-            None | Some(log_type::NONE) => false,
-            Some(log_type::TAIL) => true,
-            Some(other) => {
-                let message = format!("Invalid X-Amz-Log-Type: {other:?} (None or Tail)");
-                return http::service_error(400, error_type::INVALID_PARAMETER, &message);
-            }
-        };
-        invocation.trace_id = header_value(header::TRACE_ID);
-        if let Some(encoded) = header_value(header::CLIENT_CONTEXT) {
-            match client_context(&encoded) {
-                Some(context) => invocation.client_context = Some(context),
-                None => {
-                    let message = "X-Amz-Client-Context must be base64-encoded JSON";
-                    return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, message);
-                }
-            }
-        }
-        let caller = request.extensions().get::<http::Caller>().cloned();
-        let body = match http::read_body(request, SYNC_PAYLOAD_LIMIT).await {
-            Ok(body) => body,
-            Err(BodyError::TooLarge { limit, .. }) => {
-                let message = format!(
-                    "Request must be smaller than {} bytes for the InvokeWithResponseStream operation",
-                    limit + 1
-                );
-                let refusal = http::service_error(413, error_type::REQUEST_TOO_LARGE, &message);
-                return http::close(refusal);
-            }
-            Err(e) => {
-                let message = e.to_string();
-                return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
-            }
-        };
-        invocation.event = match event(body) {
-            Ok(event) => event,
-            Err(message) => {
-                return http::service_error(400, error_type::INVALID_REQUEST_CONTENT, &message);
-            }
+        let read = read_invocation(
+            request,
+            &mut invocation,
+            SYNC_PAYLOAD_LIMIT,
+            "InvokeWithResponseStream",
+        );
+        let (tail, caller) = match read.await {
+            Ok(read) => read,
+            Err(refusal) => return *refusal,
         };
         if dry_run {
             return http::json(204, Bytes::new());

@@ -8,8 +8,10 @@
 //! - [`snapshots`]: where SnapStart snapshots live, keyed to what they were made from;
 //! - [`host_link`]: the host end of the host link;
 //! - [`network`]: one network namespace, tap and veth per environment;
-//! - [`vmm_process`]: a microVM's own `vmm` process: spawning, jail, reaping;
-//! - [`vmm_api`]: the one control channel to each `vmm`, Firecracker's API.
+//! - [`vmm_process`]: a microVM's own `vmm` process: starting it (forked by `spawner`'s threads so
+//!   that it dies with the service), its jail, reaping it;
+//! - [`vmm_api`]: the one control channel to each `vmm`, Firecracker's API;
+//! - [`ready`]: a SnapStart function's `vmm` processes started ahead of the requests;
 //! - [`cluster_host`]: the host's microVMs as environments of a cluster (`--cluster`).
 
 pub mod checks;
@@ -25,6 +27,7 @@ pub mod pool;
 pub mod ready;
 pub mod service;
 pub mod snapshots;
+mod spawner;
 pub mod vmm_api;
 pub mod vmm_process;
 

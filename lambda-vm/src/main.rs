@@ -9,14 +9,18 @@
 //! stops it: starting environments end at once, busy ones get `--stop-grace` seconds, and it
 //! exits with nothing of theirs left; a second signal ends the busy ones at once.
 
+mod args;
 mod cluster_serve;
+mod loading;
+
+use args::Args;
+use loading::Function;
 
 use anyhow::Context;
 use clap::Parser;
 use front_door::event_store::EventStore;
 use front_door::invoke_http::Endpoint;
 use front_door::{LogTails, Router};
-use http_server::ConnectionLimits;
 use lambda_vm::checks;
 use lambda_vm::dirs::{self, Scratch};
 use lambda_vm::guest::{Console, Environments, GuestSpec};
@@ -28,8 +32,7 @@ use lambda_vm::pool::HostLimit;
 use lambda_vm::vmm_process::Launcher;
 use lambda_vm::{FunctionService, Scaling};
 use proto::InitializationType;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,155 +40,6 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use vmm::config::CpuTemplate;
 use vmm::host_caps::HostCaps;
-
-#[derive(Parser)]
-#[command(
-    name = "lambda-vm",
-    about = "Serve Lambda functions, each execution environment a microVM, through Lambda's invoke API"
-)]
-struct Args {
-    /// The guest kernel (an uncompressed vmlinux, from scripts/build-kernel.sh).
-    #[arg(long)]
-    kernel: PathBuf,
-    /// One function's image from scripts/build-rootfs.sh: an initramfs (`.cpio`), or an ext4
-    /// image (`.ext4`, from --ext4) attached as a read-only root drive, which boots faster.
-    #[arg(long, requires = "function_config", conflicts_with = "functions_dir")]
-    rootfs: Option<PathBuf>,
-    /// The function.json the image was built with: name, memory (the VM's size), timeout,
-    /// concurrency.
-    #[arg(long, requires = "rootfs")]
-    function_config: Option<PathBuf>,
-    /// Serve every function in DIR: one subdirectory each, holding its function.json and its
-    /// image (one `.ext4` or `.cpio` file). A function is invoked by its function.json's
-    /// `function_name`, whatever its directory is called.
-    #[arg(long, value_name = "DIR", required_unless_present_any = ["rootfs", "cluster"])]
-    functions_dir: Option<PathBuf>,
-    /// Most environments in use (busy or starting) at once, over all functions; a request
-    /// beyond it gets 429 TooManyRequestsException.
-    #[arg(long, default_value_t = 16)]
-    max_concurrency: usize,
-    /// Seconds an environment may idle before it is torn down (provisioned ones are kept).
-    #[arg(long, default_value_t = 300.0)]
-    idle_timeout: f64,
-    /// Kernel command line [default: the VMM's, for the CPU template in use].
-    #[arg(long)]
-    boot_args: Option<String>,
-    /// Address of the invoke endpoint (port 0 picks one).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// What is kept across runs: SnapStart snapshots (`snapshots/NAME/`) and each function's
-    /// accepted asynchronous events (`events/NAME/`) [default: /var/lib/lambda-vm for root,
-    /// else $XDG_STATE_HOME/lambda-vm].
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Where this run's scratch directory (`lambda-vm-PID`: the environments' sockets and VM
-    /// configurations) is made; it is removed at exit, and one a killed service left is
-    /// removed by the next start [default: the system's temporary directory].
-    #[arg(long, value_name = "DIR")]
-    work_dir: Option<PathBuf>,
-    /// Where SnapStart snapshots go [default: STATE_DIR/snapshots]; one subdirectory per
-    /// function. Each snapshot is kept in a directory named by a hash of the kernel, image,
-    /// function configuration, command line and snapshot format, and reused by later runs
-    /// (and by other services on the same directory); a change to any of them takes a new one,
-    /// and the old one is removed.
-    #[arg(long, value_name = "DIR")]
-    snapshot_dir: Option<PathBuf>,
-    /// Write each function's log to DIR/NAME.log and each environment's console (kernel
-    /// messages) to DIR/NAME.N.console (N: the environment's number in the log lines), besides
-    /// the log on stdout.
-    #[arg(long, value_name = "DIR", conflicts_with = "console")]
-    log_dir: Option<PathBuf>,
-    /// File every guest console (kernel messages) is appended to [default: discarded, or
-    /// per environment with --log-dir].
-    #[arg(long)]
-    console: Option<PathBuf>,
-    /// Seconds the guest may take to boot and connect.
-    #[arg(long, default_value_t = 300)]
-    boot_timeout: u64,
-    /// Seconds a function's init may take in its microVM (Lambda's 10 s by default; on an
-    /// emulated KVM, where each process start in the guest costs seconds, a function with
-    /// extensions may need more).
-    #[arg(long, default_value_t = 10.0)]
-    init_timeout: f64,
-    /// Seconds busy environments get to finish their invocations after SIGTERM or SIGINT
-    /// before they are ended; a second signal ends them at once.
-    #[arg(long, default_value_t = 5.0)]
-    stop_grace: f64,
-    /// Keep one environment of each function ready from the start (provisioned concurrency
-    /// of at least 1).
-    #[arg(long)]
-    eager: bool,
-    /// How many `vmm` processes each SnapStart function keeps started, jailed and waiting (each
-    /// with its own network), so that a new environment is a restore into one of them; at most
-    /// as many as the host's available memory could run at once (half of it), and never more
-    /// than --max-concurrency. 0 turns them off.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    ready_vmms: usize,
-    /// Neither record nor load SnapStart working sets: by default the guest pages the first
-    /// invoke after a restore touches are kept beside the snapshot (`memory.ws`) and loaded
-    /// by later restores before the guest runs; with this flag every restore loads guest
-    /// memory lazily, page by page (for comparisons).
-    #[arg(long)]
-    no_working_set: bool,
-    /// The `vmm` binary [default: the one beside this program].
-    #[arg(long)]
-    vmm: Option<PathBuf>,
-    /// The KVM device checked at start (the `vmm` opens /dev/kvm).
-    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
-    kvm_device: PathBuf,
-    /// Directory for on-failure destination records of failed asynchronous invokes.
-    #[arg(long)]
-    on_failure_dir: Option<PathBuf>,
-    /// Most client connections open at once on the invoke endpoint; beyond it new ones wait
-    /// while the open ones are served.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds a client may take to send a request's headers, or leave a kept-alive
-    /// connection idle, before it is closed.
-    #[arg(long, default_value_t = 10.0)]
-    header_timeout: f64,
-    /// Seconds a request body may take before --min-body-rate applies: a body that sends
-    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
-    #[arg(long, default_value_t = 10.0)]
-    body_timeout: f64,
-    /// The slowest a request body may arrive, in bytes a second on average, after
-    /// --body-timeout.
-    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
-    min_body_rate: u32,
-    /// The IPv4 range each environment's host link (a /30) is cut from: the host side of
-    /// the link is the one host address a function reaches, and the function's traffic leaves
-    /// the host translated from the environment's side.
-    #[arg(long, default_value = network::DEFAULT_RANGE)]
-    network_range: network::Subnet,
-    /// Give no function networking, whatever its function.json says.
-    #[arg(long)]
-    no_network: bool,
-    /// Start each `vmm` unjailed (for debugging): no namespaces, no private root, no user of
-    /// its own, no cgroups. Its seccomp filters stay on.
-    #[arg(long)]
-    no_jail: bool,
-    /// Start each `vmm` with its seccomp filters off (for debugging and measuring).
-    #[arg(long)]
-    no_seccomp: bool,
-    /// Log level of the VMM's own messages on stderr: error, warn, info, debug, trace.
-    #[arg(long, default_value = "warn", env = "VMM_LOG")]
-    log_level: log::LevelFilter,
-    /// Join a cluster (see the cluster crate): serve every function deployed there with an
-    /// ext4 or cpio image, instead of --functions-dir or --rootfs.
-    #[command(flatten)]
-    cluster: cluster::ClusterArgs,
-    /// With --cluster: this host's id in the registry [default: the host name and a suffix].
-    #[arg(long, requires = "cluster")]
-    host_id: Option<String>,
-}
-
-/// One function to host: its configuration, where it came from, and its image.
-struct Function {
-    config: proto::FunctionConfig,
-    /// Its function.json.
-    source: PathBuf,
-    image: PathBuf,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -217,7 +71,7 @@ fn say(line: &str) {
 }
 
 async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
-    resolve_paths(&mut args)?;
+    args::resolve_paths(&mut args)?;
     anyhow::ensure!(
         args.max_concurrency > 0,
         "--max-concurrency must be at least 1"
@@ -230,12 +84,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         .context("--init-timeout must be between 0.001 and 900 seconds")?;
     let stop_grace = Duration::try_from_secs_f64(args.stop_grace)
         .context("--stop-grace must be a number of seconds")?;
-    let limits = ConnectionLimits::from_flags(
-        args.max_connections,
-        args.header_timeout,
-        args.body_timeout,
-        args.min_body_rate,
-    )?;
+    let limits = args.endpoint.limits()?;
     // Watched from the start, so a signal during the checks or a boot is not missed.
     let mut signals = Signals::new()?;
 
@@ -250,7 +99,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         );
         Vec::new()
     } else {
-        functions(&args)?
+        loading::functions(&args)?
     };
     let mut images = Vec::new();
     for function in &functions {
@@ -613,66 +462,6 @@ impl Signals {
     }
 }
 
-/// Makes every path the user gave absolute, once, here: each `vmm` runs in a jail with another
-/// root and working directory, and every path handed to it must mean the same there. Files
-/// that must exist are resolved to their real path (a missing one is named now); directories
-/// the service writes are made first.
-fn resolve_paths(args: &mut Args) -> anyhow::Result<()> {
-    let existing = |flag: &str, path: &mut PathBuf| -> anyhow::Result<()> {
-        *path =
-            std::fs::canonicalize(&*path).with_context(|| format!("{flag} {}", path.display()))?;
-        Ok(())
-    };
-    existing("--kernel", &mut args.kernel)?;
-    if let Some(path) = &mut args.function_config {
-        existing("--function-config", path)?;
-    }
-    if let Some(path) = &mut args.functions_dir {
-        existing("--functions-dir", path)?;
-    }
-    if let Some(path) = &mut args.vmm {
-        existing("--vmm", path)?;
-    }
-    args.kvm_device = std::path::absolute(&args.kvm_device)
-        .with_context(|| format!("--kvm-device {}", args.kvm_device.display()))?;
-    // An image keeps the name it was given (its extension says what kind it is), made absolute.
-    if let Some(path) = &mut args.rootfs {
-        *path =
-            std::path::absolute(&*path).with_context(|| format!("--rootfs {}", path.display()))?;
-    }
-    let directory = |flag: &str, path: &mut PathBuf| -> anyhow::Result<()> {
-        std::fs::create_dir_all(&*path)
-            .and_then(|()| std::fs::canonicalize(&*path))
-            .map(|real| *path = real)
-            .with_context(|| format!("{flag} {}", path.display()))
-    };
-    for (flag, path) in [
-        ("--work-dir", &mut args.work_dir),
-        ("--state-dir", &mut args.state_dir),
-        ("--snapshot-dir", &mut args.snapshot_dir),
-        ("--log-dir", &mut args.log_dir),
-        ("--on-failure-dir", &mut args.on_failure_dir),
-    ] {
-        if let Some(path) = path {
-            directory(flag, path)?;
-        }
-    }
-    if let Some(console) = &mut args.console {
-        let name = console
-            .file_name()
-            .map(ToOwned::to_owned)
-            .with_context(|| format!("--console {}: not a file name", console.display()))?;
-        let mut parent = console
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        directory("--console", &mut parent)?;
-        *console = parent.join(name);
-    }
-    Ok(())
-}
-
 /// How many environment networks are kept made ahead, for the next environments to start.
 const READY_NETWORKS: usize = 2;
 
@@ -693,78 +482,4 @@ fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
             None
         }
     }
-}
-
-/// The functions to host: the one of --rootfs and --function-config, or each in
-/// --functions-dir.
-fn functions(args: &Args) -> anyhow::Result<Vec<Function>> {
-    if let (Some(image), Some(config)) = (&args.rootfs, &args.function_config) {
-        anyhow::ensure!(
-            image.is_file(),
-            "--rootfs {}: no such file",
-            image.display()
-        );
-        let source = config.clone();
-        let config = proto::FunctionConfig::load(config)
-            .with_context(|| format!("--function-config {}", config.display()))?;
-        return Ok(vec![Function {
-            config,
-            source,
-            image: image.clone(),
-        }]);
-    }
-    let Some(dir) = &args.functions_dir else {
-        anyhow::bail!("give --functions-dir, or --rootfs and --function-config");
-    };
-    let mut functions = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("--functions-dir {}", dir.display()))?;
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    for function_dir in dirs {
-        let config_path = function_dir.join("function.json");
-        let config = proto::FunctionConfig::load(&config_path)
-            .with_context(|| format!("function {}", function_dir.display()))?;
-        let image = image_in(&function_dir)?;
-        anyhow::ensure!(
-            !functions
-                .iter()
-                .any(|f: &Function| f.config.function_name == config.function_name),
-            "{}: a second function named {}",
-            config_path.display(),
-            config.function_name
-        );
-        functions.push(Function {
-            config,
-            source: config_path,
-            image,
-        });
-    }
-    anyhow::ensure!(!functions.is_empty(), "--functions-dir {}: no function in it (one subdirectory each, with function.json and an image)", dir.display());
-    Ok(functions)
-}
-
-/// The one image (`.ext4`, else `.cpio`) in a function's directory.
-fn image_in(dir: &Path) -> anyhow::Result<PathBuf> {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    for extension in ["ext4", "cpio"] {
-        let found: Vec<&PathBuf> = files
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == extension))
-            .collect();
-        match found.as_slice() {
-            [one] => return Ok((*one).clone()),
-            [] => continue,
-            _ => anyhow::bail!("{}: more than one .{extension} image", dir.display()),
-        }
-    }
-    anyhow::bail!("{}: no image (an .ext4 or .cpio file)", dir.display())
 }

@@ -559,7 +559,7 @@ impl Inner {
             }
         };
         let published = vmm::snapshot::dir::publish(&staging, dir)
-            .and_then(|()| match Snapshot::open(dir) {
+            .and_then(|()| match Snapshot::open_written(dir) {
                 Ok(Some(snapshot)) => Ok(snapshot),
                 Ok(None) => Err(std::io::Error::other("the vmm wrote no manifest")),
                 Err(e) => Err(std::io::Error::other(chain(&e))),

@@ -72,8 +72,35 @@ impl Snapshot {
     }
 
     /// The snapshot in `dir`: `None` when there is none (no manifest), an error when its
-    /// manifest cannot be read (a snapshot to discard).
-    pub fn open(dir: &Path) -> Result<Option<Snapshot>, ManifestError> {
+    /// manifest cannot be read or its memory file does not match the manifest's CRC-32 (a
+    /// snapshot to discard). The memory file is read whole the first time this process opens
+    /// it (and again if it changes on disk), never on later opens.
+    pub fn open(dir: &Path) -> Result<Option<Snapshot>, OpenError> {
+        let Some(snapshot) = Self::read(dir)? else {
+            return Ok(None);
+        };
+        let memory = snapshot.memory();
+        let fingerprint = Fingerprint::of(&memory).ok();
+        if fingerprint.is_none() || verified(&memory) != fingerprint {
+            vmm::snapshot::verify_memory(&snapshot.manifest, &memory)?;
+            remember_verified(memory, fingerprint);
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// The snapshot this process has just had written into `dir`: its memory's CRC-32 was
+    /// computed from the file as it was written, so it is not read again.
+    pub fn open_written(dir: &Path) -> Result<Option<Snapshot>, OpenError> {
+        let snapshot = Self::read(dir)?;
+        if let Some(snapshot) = &snapshot {
+            let memory = snapshot.memory();
+            let fingerprint = Fingerprint::of(&memory).ok();
+            remember_verified(memory, fingerprint);
+        }
+        Ok(snapshot)
+    }
+
+    fn read(dir: &Path) -> Result<Option<Snapshot>, ManifestError> {
         let path = manifest_path(&Self::state_path(dir));
         if !path.exists() {
             return Ok(None);
@@ -97,6 +124,40 @@ impl Snapshot {
     /// restore touched, which later restores load before the guest runs.
     pub fn working_set(&self) -> PathBuf {
         self.dir.join(vmm::snapshot::working_set::FILE_NAME)
+    }
+}
+
+/// Why a snapshot on disk cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Memory(#[from] vmm::snapshot::SnapshotError),
+}
+
+/// Memory files found to match their manifest, with their identity when checked: a fact about
+/// files, shared by every function of the process, so that each file is read whole once.
+static VERIFIED: Mutex<Vec<(PathBuf, Fingerprint)>> = Mutex::new(Vec::new());
+
+fn verified_files() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Fingerprint)>> {
+    VERIFIED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The identity `memory` had when it was found to match its manifest.
+fn verified(memory: &Path) -> Option<Fingerprint> {
+    let files = verified_files();
+    files
+        .iter()
+        .find(|(p, _)| p == memory)
+        .map(|(_, f)| f.clone())
+}
+
+fn remember_verified(memory: PathBuf, fingerprint: Option<Fingerprint>) {
+    let mut files = verified_files();
+    files.retain(|(p, _)| *p != memory);
+    if let Some(fingerprint) = fingerprint {
+        files.push((memory, fingerprint));
     }
 }
 

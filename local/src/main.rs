@@ -67,22 +67,8 @@ struct Args {
     /// Directory for on-failure destination records of failed asynchronous invokes.
     #[arg(long)]
     on_failure_dir: Option<PathBuf>,
-    /// Most client connections open at once on the invoke endpoint; beyond it new ones wait
-    /// while the open ones are served.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds a client may take to send a request's headers, or leave a kept-alive
-    /// connection idle, before it is closed.
-    #[arg(long, default_value_t = 10.0)]
-    header_timeout: f64,
-    /// Seconds a request body may take before --min-body-rate applies: a body that sends
-    /// nothing for this long is refused (408), and so is one that then falls behind the rate.
-    #[arg(long, default_value_t = 10.0)]
-    body_timeout: f64,
-    /// The slowest a request body may arrive, in bytes a second on average, after
-    /// --body-timeout.
-    #[arg(long, default_value_t = http_server::MIN_BODY_RATE)]
-    min_body_rate: u32,
+    #[command(flatten)]
+    endpoint: front_door::EndpointFlags,
     /// The directory where accepted asynchronous invokes are kept until they have an outcome
     /// (a crash-safe store; a restarted server runs what it holds) [default:
     /// $TMPDIR/lambda-local-ADDR-PORT/events, for the invoke endpoint's address].
@@ -275,12 +261,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (listen, runtime_api) = (args.listen, args.runtime_api);
     let event_store = args.event_store.clone();
-    let limits = ConnectionLimits::from_flags(
-        args.max_connections,
-        args.header_timeout,
-        args.body_timeout,
-        args.min_body_rate,
-    )?;
+    let limits = args.endpoint.limits()?;
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;
@@ -368,12 +349,7 @@ async fn main() -> anyhow::Result<()> {
 /// environments of its own, and routing invokes to the other hosts.
 async fn cluster_host(args: Args) -> anyhow::Result<()> {
     const PROGRAM: &str = "lambda-local";
-    let limits = ConnectionLimits::from_flags(
-        args.max_connections,
-        args.header_timeout,
-        args.body_timeout,
-        args.min_body_rate,
-    )?;
+    let limits = args.endpoint.limits()?;
     if let Some(dir) = &args.on_failure_dir {
         front_door::async_invoke::check_destination(dir)
             .with_context(|| format!("--on-failure-dir {}", dir.display()))?;

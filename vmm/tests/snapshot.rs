@@ -195,6 +195,22 @@ fn corrupt_truncated_and_foreign_snapshots_are_refused() {
         missing.contains("restoring /no/such/snapshot: /no/such/snapshot/state: No such file"),
         "{missing}"
     );
+    // One bit flipped in the memory file: the manifest's CRC-32 tells, before anything runs.
+    let damaged = dir.with_file_name("snapshot-bad-damaged-memory");
+    let _ = std::fs::remove_dir_all(&damaged);
+    std::fs::create_dir_all(&damaged).unwrap();
+    for file in ["state", "state.manifest.json", "memory"] {
+        std::fs::copy(dir.join(file), damaged.join(file)).unwrap();
+    }
+    let mut memory = std::fs::read(damaged.join("memory")).unwrap();
+    let middle = memory.len() / 2;
+    memory[middle] ^= 0x10;
+    std::fs::write(damaged.join("memory"), &memory).unwrap();
+    let output = vmm(&["--restore-from", damaged.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "the guest ran");
+    assert!(stderr.contains("the memory file is damaged"), "{stderr}");
     // The devices are made again from what they were made of: a drive that is gone is an error.
     std::fs::remove_file(dir.with_extension("disk")).unwrap();
     let no_drive = variant("no-drive", &state, None);

@@ -32,6 +32,12 @@ pub struct SnapshotManifest {
     pub mem_file_path: PathBuf,
     /// The CRC-32 in the state file's header: which state this manifest describes.
     pub state_crc32: u32,
+    /// The CRC-32 of the whole guest memory file, as written. A restore is lazy (the file is
+    /// mapped, not read), so it is checked only where a whole read pays: `vmm --restore-from`,
+    /// and a function host once per snapshot file ([`crate::snapshot::verify_memory`]). Absent
+    /// in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_crc32: Option<u32>,
     pub mem_size_mib: u32,
     pub vcpu_count: u8,
     /// In attach order; a restore opens each again at this path.
@@ -100,6 +106,7 @@ impl SnapshotManifest {
         snapshot_path: &Path,
         mem_file_path: &Path,
         state_crc32: u32,
+        mem_crc32: u32,
     ) -> SnapshotManifest {
         let mut manifest = SnapshotManifest {
             format: MANIFEST_FORMAT.to_owned(),
@@ -108,6 +115,7 @@ impl SnapshotManifest {
             snapshot_path: snapshot_path.to_owned(),
             mem_file_path: mem_file_path.to_owned(),
             state_crc32,
+            mem_crc32: Some(mem_crc32),
             mem_size_mib: u32::try_from(state.mem_size_bytes >> 20).unwrap_or(u32::MAX),
             vcpu_count: u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX),
             drives: Vec::new(),
@@ -206,6 +214,7 @@ mod tests {
             snapshot_path: "s".into(),
             mem_file_path: "m".into(),
             state_crc32: 7,
+            mem_crc32: Some(9),
             mem_size_mib: 128,
             vcpu_count: 1,
             drives: vec![ManifestDrive {

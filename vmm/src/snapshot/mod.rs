@@ -54,6 +54,12 @@ pub enum SnapshotError {
         expected: u64,
         found: u64,
     },
+    #[error("{path}: the guest memory's CRC-32 is {found:#010x}, its manifest says {expected:#010x}: the memory file is damaged")]
+    MemoryDigest {
+        path: PathBuf,
+        expected: u32,
+        found: u32,
+    },
     #[error("mapping guest memory from {path}")]
     Map {
         path: PathBuf,
@@ -301,24 +307,26 @@ fn write_snapshot(
         serial,
         devices,
     };
-    let checksum = write_files(paths, memory, mem_size_bytes, &state, held)?;
+    let (state_crc32, mem_crc32) = write_files(paths, memory, mem_size_bytes, &state, held)?;
     Ok(SnapshotManifest::describe(
         &state,
         &named.state,
         &named.memory,
-        checksum,
+        state_crc32,
+        mem_crc32,
     ))
 }
 
 /// Writes guest memory and then the state to `paths`, each synced; returns the state's
-/// checksum. The device locks in `held` are released once memory is written.
+/// checksum and the memory file's CRC-32 (read back from the file once the device locks in
+/// `held` are released: the VM stays paused, so memory does not change meanwhile).
 fn write_files<T>(
     paths: &SnapshotPaths,
     memory: &GuestMemoryMmap,
     mem_size_bytes: u64,
     state: &MicrovmState,
     held: T,
-) -> Result<u32, SnapshotError> {
+) -> Result<(u32, u32), SnapshotError> {
     let memory_path = &paths.memory;
     let mem_len = usize::try_from(mem_size_bytes)
         .map_err(|_| SnapshotError::Invalid(format!("{mem_size_bytes} bytes of memory")))?;
@@ -332,17 +340,55 @@ fn write_files<T>(
     })();
     written.map_err(io_error(memory_path))?;
     drop(held);
-    Ok(file::save(&paths.state, state)?)
+    let mem_crc32 = memory_crc32(memory_path)?;
+    Ok((file::save(&paths.state, state)?, mem_crc32))
+}
+
+/// The CRC-32 of a guest memory file, read once from start to end.
+pub fn memory_crc32(path: &Path) -> Result<u32, SnapshotError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = std::io::Read::read(&mut file, &mut buffer).map_err(io_error(path))?;
+        if read == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(buffer.get(..read).unwrap_or_default());
+    }
+}
+
+/// Checks the guest memory file at `memory` against `manifest`'s CRC-32 (one sequential read
+/// of the whole file). A manifest written before it recorded one has nothing to check.
+pub fn verify_memory(manifest: &SnapshotManifest, memory: &Path) -> Result<(), SnapshotError> {
+    let Some(expected) = manifest.mem_crc32 else {
+        return Ok(());
+    };
+    let found = memory_crc32(memory)?;
+    if found != expected {
+        return Err(SnapshotError::MemoryDigest {
+            path: memory.to_owned(),
+            expected,
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// Builds a VM from the snapshot in `dir` and runs it, its console going to `console`. Every
-/// check (format, checksum, sizes, KVM accepting each piece) comes before any vCPU runs.
+/// check (format, checksums, the memory file's CRC-32 when the manifest has one, sizes, KVM
+/// accepting each piece) comes before any vCPU runs.
 pub fn restore(
     dir: &Path,
     console: Box<dyn Write + Send>,
     options: &RestoreOptions,
 ) -> Result<Microvm, SnapshotError> {
-    restore_files(&SnapshotPaths::in_dir(dir), console, options).map(|r| r.microvm)
+    let paths = SnapshotPaths::in_dir(dir);
+    let manifest_file = manifest_path(&paths.state);
+    if manifest_file.exists() {
+        verify_memory(&SnapshotManifest::read(&manifest_file)?, &paths.memory)?;
+    }
+    restore_files(&paths, console, options).map(|r| r.microvm)
 }
 
 /// [`restore`] from a state file and a memory file (Firecracker's `PUT /snapshot/load`).
