@@ -227,6 +227,12 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
     let status = vm.get_json("/ext/status");
     assert_eq!(status["state"], "Paused");
     assert_eq!(status["started_from"], "boot");
+    vm.refused(
+        "GET",
+        "/ext/working-set",
+        None,
+        "only a microVM restored from a snapshot",
+    );
     assert!(status["timings"]["snapshot_create_ms"].as_f64().unwrap() > 0.0);
     let manifest_path = dir.join("s.state.manifest.json");
     let manifest = vmm::snapshot::manifest::SnapshotManifest::read(&manifest_path).unwrap();
