@@ -348,6 +348,31 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
     prefetched.wait_console("ticks after the prefetched restore", |c| ticks(c).len() > 1);
     assert!(prefetched.check_contract());
 
+    // `--restore-from DIR` with the API loads DIR/memory.ws, and its VM has a working set too.
+    let snapshot_dir = dir.join("snapdir");
+    std::fs::create_dir_all(&snapshot_dir).unwrap();
+    std::fs::copy(dir.join("s.state"), snapshot_dir.join("state")).unwrap();
+    std::fs::copy(dir.join("s.mem"), snapshot_dir.join("memory")).unwrap();
+    recorded.write(&snapshot_dir.join("memory.ws")).unwrap();
+    let v4 = dir.join("v4.sock");
+    let mut adopted = ApiVmm::start_in(
+        &dir,
+        "adopted.sock",
+        &[
+            "--restore-from",
+            snapshot_dir.to_str().unwrap(),
+            "--vsock-uds",
+            v4.to_str().unwrap(),
+        ],
+    );
+    let status = adopted.get_json("/ext/status");
+    assert_eq!(status["started_from"], "snapshot", "{status}");
+    assert_eq!(status["working_set"]["pages"], recorded.pages(), "{status}");
+    let again: vmm::snapshot::working_set::WorkingSet =
+        serde_json::from_str(&adopted.ok("GET", "/ext/working-set", None)).unwrap();
+    again.check(manifest.state_crc32, 32 << 20).unwrap();
+    assert!(adopted.check_contract());
+
     // A process given boot resources may not load a snapshot. Network interfaces are checked
     // as they come (the tap is opened at boot, and this machine may have none).
     let mut third = ApiVmm::start_in(&dir, "third.sock", &[]);

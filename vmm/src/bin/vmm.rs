@@ -153,7 +153,7 @@ fn run(args: &Args, caps: &HostCaps, cwd: &Path, pagemap: Option<std::fs::File>)
         return serve_api(args, caps, socket, cwd, pagemap);
     }
     let microvm = match start(args, caps, cwd) {
-        Ok(Some(microvm)) => microvm,
+        Ok(Some((microvm, _))) => microvm,
         Ok(None) => return VmExit::Shutdown,
         Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
     };
@@ -226,8 +226,11 @@ fn serve_api(
             false => None,
         };
         let adopted = match start(args, caps, cwd) {
-            Ok(Some(microvm)) => {
+            Ok(Some((microvm, restored))) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
+                if let Some((state_crc32, working_set)) = restored {
+                    controller.restored(state_crc32, working_set);
+                }
                 controller.adopt(microvm, from, config.as_ref(), ms)
             }
             Ok(None) => Ok(()),
@@ -259,8 +262,16 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
     }
 }
 
-/// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Microvm>> {
+/// What a `--restore-from` restore did besides: the state's CRC-32, and the working set it
+/// loaded or ignored.
+type RestoredFrom = (u32, Option<(PathBuf, vmm::snapshot::WorkingSetUse)>);
+
+/// The running VM, booted or restored (with what the restore did); `None` for a dry run.
+fn start(
+    args: &Args,
+    caps: &HostCaps,
+    cwd: &Path,
+) -> anyhow::Result<Option<(Microvm, Option<RestoredFrom>)>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         vmm::api::controller::open_console(path.map(PathBuf::as_path)).with_context(|| {
             let path = path.map(|p| p.display().to_string()).unwrap_or_default();
@@ -277,13 +288,15 @@ fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Micr
             working_set: working_set.exists().then_some(working_set),
             ..Default::default()
         };
-        let microvm = vmm::snapshot::restore(dir, console, &options)
+        let restored = vmm::snapshot::restore_dir(dir, console, &options)
             .with_context(|| format!("restoring {}", dir.display()))?;
         log::info!(
             "restored in {:.2} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
-        return Ok(Some(microvm));
+        let working_set = options.working_set.zip(restored.working_set);
+        let from = (restored.state_crc32, working_set);
+        return Ok(Some((restored.microvm, Some(from))));
     }
     let config = config::load(&args.vm, caps, cwd).context("configuration")?;
     if args.dry_run {
@@ -296,5 +309,5 @@ fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Micr
         .and_then(|s| s.serial_out_path.as_ref());
     let console = serial_out(path)?;
     let microvm = vmm::builder::boot(&config, console)?;
-    Ok(Some(microvm))
+    Ok(Some((microvm, None)))
 }

@@ -383,12 +383,21 @@ pub fn restore(
     console: Box<dyn Write + Send>,
     options: &RestoreOptions,
 ) -> Result<Microvm, SnapshotError> {
+    restore_dir(dir, console, options).map(|r| r.microvm)
+}
+
+/// [`restore`], with what the restore did besides ([`Restored`]).
+pub fn restore_dir(
+    dir: &Path,
+    console: Box<dyn Write + Send>,
+    options: &RestoreOptions,
+) -> Result<Restored, SnapshotError> {
     let paths = SnapshotPaths::in_dir(dir);
     let manifest_file = manifest_path(&paths.state);
     if manifest_file.exists() {
         verify_memory(&SnapshotManifest::read(&manifest_file)?, &paths.memory)?;
     }
-    restore_files(&paths, console, options).map(|r| r.microvm)
+    restore_files(&paths, console, options)
 }
 
 /// [`restore`] from a state file and a memory file (Firecracker's `PUT /snapshot/load`).

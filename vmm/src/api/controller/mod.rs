@@ -164,6 +164,13 @@ impl Controller {
         }
     }
 
+    /// Before [`Controller::adopt`] of a VM the command line restored: the state it came from
+    /// (for `GET /ext/working-set`) and what became of the working set it was given.
+    pub fn restored(&mut self, state_crc32: u32, working_set: Option<(PathBuf, WorkingSetUse)>) {
+        self.restored_state_crc32 = Some(state_crc32);
+        self.working_set = working_set.map(|(path, used)| working_set_status(path, used));
+    }
+
     /// Takes over a VM the command line already booted or restored (`--config-file`,
     /// `--restore-from`), as Firecracker does with `--config-file` and an API socket.
     pub fn adopt(
@@ -430,24 +437,10 @@ impl Controller {
             Ok(restored) => {
                 self.timings.restore_ms = Some(ms_since(started));
                 self.restored_state_crc32 = Some(restored.state_crc32);
-                self.working_set =
-                    options
-                        .working_set
-                        .zip(restored.working_set)
-                        .map(|(path, used)| match used {
-                            WorkingSetUse::Loaded(loaded) => WorkingSetStatus {
-                                path,
-                                pages: loaded.pages,
-                                load_ms: loaded.ms,
-                                ignored: None,
-                            },
-                            WorkingSetUse::Ignored(why) => WorkingSetStatus {
-                                path,
-                                pages: 0,
-                                load_ms: 0.0,
-                                ignored: Some(why),
-                            },
-                        });
+                self.working_set = options
+                    .working_set
+                    .zip(restored.working_set)
+                    .map(|(path, used)| working_set_status(path, used));
                 let microvm = restored.microvm;
                 self.config = restored_config(&microvm, self.config.serial.clone());
                 self.respond_started(microvm, StartedFrom::Snapshot)
@@ -494,6 +487,24 @@ impl Controller {
         };
         self.phase = Phase::Stopped(exit.clone());
         exit
+    }
+}
+
+/// `GET /ext/status`'s account of a working set given to a restore.
+fn working_set_status(path: PathBuf, used: WorkingSetUse) -> WorkingSetStatus {
+    match used {
+        WorkingSetUse::Loaded(loaded) => WorkingSetStatus {
+            path,
+            pages: loaded.pages,
+            load_ms: loaded.ms,
+            ignored: None,
+        },
+        WorkingSetUse::Ignored(why) => WorkingSetStatus {
+            path,
+            pages: 0,
+            load_ms: 0.0,
+            ignored: Some(why),
+        },
     }
 }
 
