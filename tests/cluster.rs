@@ -430,23 +430,36 @@ fn sync_invokes_go_on_when_a_nats_server_is_killed() {
     let server = cluster
         .nats_of_host(2)
         .expect("host 2 is connected to a server");
-    let mut statuses = Vec::new();
-    for k in 0..60 {
-        if k == 20 {
-            signal(cluster.nats_pid(server), "KILL");
-        }
+    let invoke = || {
         let reply = cluster.invoke(1, FUNCTION, &json!({"action": "whoami"}));
         if reply.status == 200 {
             assert_eq!(ran_in(&reply), cluster.host_netns(2));
         } else {
-            eprintln!("invoke {k}: {} {}", reply.status, reply.text());
+            eprintln!("invoke: {} {}", reply.status, reply.text());
         }
-        statuses.push(reply.status);
+        reply.status
+    };
+    let before: Vec<u16> = (0..20).map(|_| invoke()).collect();
+    assert!(before.iter().all(|s| *s == 200), "{before:?}");
+    signal(cluster.nats_pid(server), "KILL");
+    // Until host 2 has reconnected to a live server, an invoke through host 1 may find no host
+    // free for it: that is Lambda's 429, never another error and never a hang. After that every
+    // invoke goes through again (how soon depends on the machine's load: the bound is generous).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut after = Vec::new();
+    let mut in_a_row = 0;
+    while in_a_row < 40 {
+        assert!(std::time::Instant::now() < deadline, "{after:?}");
+        let status = invoke();
+        assert!(status == 200 || status == 429, "{after:?} then {status}");
+        in_a_row = if status == 200 { in_a_row + 1 } else { 0 };
+        after.push(status);
     }
-    let failed = statuses.iter().filter(|s| **s != 200).count();
-    eprintln!("{failed} of 60 invokes failed around the server's kill -9");
-    assert!(failed <= 5, "{statuses:?}");
-    assert!(statuses[40..].iter().all(|s| *s == 200), "{statuses:?}");
+    let throttled = after.iter().filter(|s| **s != 200).count();
+    eprintln!(
+        "{throttled} of {} invokes throttled around the server's kill -9",
+        after.len()
+    );
     // The event stream, a quorum of its replicas still up, takes and runs events.
     let marks = dir.path().join("marks");
     std::fs::create_dir(&marks).unwrap();
@@ -538,16 +551,18 @@ fn lambda_local(args: &[&str]) -> (bool, String) {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    if first.starts_with("lambda-local: listening") {
-        integration_tests::sigterm(child.id()).unwrap();
-        let status = child.wait().unwrap();
-        return (status.success(), first);
+    // Up to its listening line (a started host, then stopped) or its end (a refusal).
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+        if line.starts_with("lambda-local: listening") {
+            integration_tests::sigterm(child.id()).unwrap();
+            let status = child.wait().unwrap();
+            return (status.success(), line);
+        }
+        seen.push(line);
     }
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
-    (status.success(), format!("{first}\n{}", rest.join("\n")))
+    (status.success(), seen.join("\n"))
 }
 
 /// A single NATS server on a free loopback port with `config`; stopped when dropped.

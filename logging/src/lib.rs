@@ -56,9 +56,37 @@ struct Sink {
 /// The one backend of this process, made by [`init`].
 static BACKEND: OnceLock<Backend> = OnceLock::new();
 
+/// The crates (and binaries) of this workspace. Their diagnostics follow the level the program
+/// was given; a dependency's (the NATS client announcing each connection, say) show from `WARN`
+/// up, unless that level is `DEBUG` or finer: a program's stderr says what the program does.
+const OURS: &[&str] = &[
+    "bootstrap",
+    "cgroups",
+    "cluster",
+    "front_door",
+    "http_server",
+    "init",
+    "lambda_cluster",
+    "lambda_local",
+    "lambda_vm",
+    "logging",
+    "proc_info",
+    "proto",
+    "rapid",
+    "rootfs",
+    "vmm",
+];
+
+/// Whether a diagnostic of `target` at `level` is shown when the program's level is `max`.
+fn shown(target: &str, level: log::Level, max: LevelFilter) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    level <= max
+        && (level <= log::Level::Warn || max >= LevelFilter::Debug || OURS.contains(&krate))
+}
+
 impl Log for Backend {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        shown(metadata.target(), metadata.level(), log::max_level())
     }
 
     fn log(&self, record: &Record) {
@@ -147,6 +175,18 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("opening the drive")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_dependencys_chatter_shows_only_from_warn_up_or_when_debugging() {
+        use log::Level;
+        let info = LevelFilter::Info;
+        assert!(shown("lambda_local::cluster", Level::Info, info));
+        assert!(shown("vmm", Level::Info, info));
+        assert!(!shown("async_nats::connector", Level::Info, info));
+        assert!(shown("async_nats::connector", Level::Warn, info));
+        assert!(shown("async_nats", Level::Info, LevelFilter::Debug));
+        assert!(!shown("vmm", Level::Debug, info));
+    }
 
     #[test]
     fn every_cause_is_written_once() {
