@@ -10,7 +10,12 @@
 #     init's answer; then warm invokes of that environment (round trip, Duration, and the round
 #     trip less the Duration); bursts of N first invokes;
 #   - lambda-vm, on-demand: a cold boot to its first response;
-#   - 1-byte vsock round trips between the host and a restored guest's function (the floor).
+#   - 1-byte vsock round trips between the host and a restored guest's function (the floor);
+#   - the working set (memory.ws, recorded by lambda-vm after the snapshot's first restore's
+#     first invoke): the same SnapStart restores through a second lambda-vm started with
+#     --no-working-set on the same snapshot, and bare vmm restores without and with it (the
+#     first invoke's round trip and host page faults). --no-working-set skips the second
+#     lambda-vm.
 #
 # The echo function (tests/functions/bootstrap-echo) is built twice as an ext4 image, `cold`
 # (on-demand) and `snap` (snap-start), both without networking (so the bare vmm restores the
@@ -20,7 +25,7 @@
 # scripts/bench-warm-path.sh still breaks a warm invoke down hop by hop.
 #
 # Usage: scripts/bench-coldstart.sh [--runs N] [--cold-runs N] [--warm N] [--bursts 1,2,4,8]
-#                                   [--ready N] [--json PATH] [--svg PATH]
+#                                   [--ready N] [--json PATH] [--svg PATH] [--no-working-set]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -32,6 +37,7 @@ bursts=1,2,4,8
 ready=2
 json=benches/results/coldstart.json
 svg=benches/results/coldstart.svg
+compare_working_set=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs="${2:?}"; shift ;;
@@ -41,7 +47,8 @@ while [ $# -gt 0 ]; do
         --ready) ready="${2:?}"; shift ;;
         --json) json="${2:?}"; shift ;;
         --svg) svg="${2:?}"; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        --no-working-set) compare_working_set=0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
@@ -56,7 +63,15 @@ step "building vmm, lambda-vm and the coldstart benchmark (release)"
 cargo build --quiet --release -p vmm -p lambda-vm -p benches --bins
 target="$(cargo_target_dir)"
 work="$(mktemp -d)"
-trap 'stop_server; rm -rf "$work"' EXIT
+lazy_pid=""
+stop_lazy() {
+    if [ -n "$lazy_pid" ]; then
+        kill -TERM "$lazy_pid" 2>/dev/null || true
+        wait "$lazy_pid" 2>/dev/null || true
+        lazy_pid=""
+    fi
+}
+trap 'stop_lazy; stop_server; rm -rf "$work"' EXIT
 
 # The functions dir: one subdirectory per function, its function.json (the staged one, renamed,
 # networking off) and its image.
@@ -88,11 +103,36 @@ curl -sf -d '{"action":"whoami"}' "http://$addr/2015-03-31/functions/snap/invoca
     { tail -n 40 "$SERVER_LOG" >&2; die "the first invoke of snap failed"; }
 snapshot="$(find "$work/state/snapshots/snap" -name state.manifest.json -printf '%h\n' | head -n1)"
 [ -n "$snapshot" ] || die "no snapshot under $work/state/snapshots/snap"
+lazy_args=()
+if [ "$compare_working_set" = 1 ]; then
+    # Recorded once that first invoke's answer has left: wait for it.
+    for _ in $(seq 300); do [ -f "$snapshot/memory.ws" ] && break; sleep 0.1; done
+    [ -f "$snapshot/memory.ws" ] || die "lambda-vm recorded no working set in $snapshot"
+    # The same functions and the same snapshot (--snapshot-dir), restored without the working
+    # set; its own state and work directories.
+    step "starting a second lambda-vm with --no-working-set on the same snapshot"
+    lazy_log="$work/lazy.log"
+    "$target/release/lambda-vm" --kernel "$kernel" --functions-dir "$work/functions" \
+        --work-dir "$work/host-lazy" --state-dir "$work/state-lazy" \
+        --snapshot-dir "$work/state/snapshots" --no-working-set \
+        --listen 127.0.0.1:0 --max-concurrency 16 --idle-timeout 1 --boot-timeout 900 \
+        --ready-vmms "$ready" >"$lazy_log" 2>&1 &
+    lazy_pid=$!
+    for _ in $(seq 300); do
+        grep -q "lambda-vm: listening" "$lazy_log" && break
+        kill -0 "$lazy_pid" 2>/dev/null || { cat "$lazy_log" >&2; die "the second lambda-vm exited"; }
+        sleep 0.1
+    done
+    lazy_addr=$(sed -n 's/^lambda-vm: listening invoke=//p' "$lazy_log")
+    [ -n "$lazy_addr" ] || die "no address in the second lambda-vm's log: $(cat "$lazy_log")"
+    lazy_args=(--lazy-addr "$lazy_addr" --lazy-log "$lazy_log")
+fi
 
 mkdir -p "$(dirname "$json")" "$(dirname "$svg")"
 step "measuring (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
 "$target/release/coldstart" --addr "$addr" --log "$SERVER_LOG" --vmm "$target/release/vmm" \
     --snapshot "$snapshot" --work "$work/bench" --json "$json" --svg "$svg" \
-    --runs "$runs" --cold-runs "$cold_runs" --warm "$warm" --bursts "$bursts" --ready "$ready" ||
+    --runs "$runs" --cold-runs "$cold_runs" --warm "$warm" --bursts "$bursts" --ready "$ready" \
+    "${lazy_args[@]}" ||
     { tail -n 40 "$SERVER_LOG" >&2; die "the benchmark failed (lambda-vm's log above)"; }
 step "results in $json, chart in $svg"

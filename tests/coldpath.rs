@@ -5,9 +5,12 @@
 //! - a restore is served by a ready process, and the pool refills;
 //! - a ready process killed while it waits is replaced;
 //! - a burst of 4 is served by 4 environments;
-//! - after SIGTERM nothing is left: no `vmm` (ready ones included), no network of the service.
+//! - after SIGTERM nothing is left: no `vmm` (ready ones included), no network of the service;
+//! - the first invoke after the first restore records the working set beside the snapshot
+//!   (`memory.ws`), the next restore loads it, and a corrupt one is ignored with one log line
+//!   (memory then loads lazily) and recorded again.
 //!
-//! One boot in all (the snapshot's). Needs root (the jail and the networks), `/dev/kvm`,
+//! One boot per test (the snapshot's). Needs root (the jail and the networks), `/dev/kvm`,
 //! `GUEST_VMLINUX`, `GUEST_SNAPSTART_ROOTFS` and `GUEST_SNAPSTART_FUNCTION_CONFIG`
 //! (scripts/test.sh builds and sets them).
 
@@ -212,4 +215,151 @@ fn ready_vmms_serve_restores_are_replaced_when_killed_and_go_at_stop() {
             "the network lvm-{slot} is left after stop"
         );
     }
+}
+
+/// The first file named `name` under `dir`, depth first.
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// `n` invokes at once, each holding its environment for a while; all must succeed.
+fn held_invokes(server: &LocalServer, n: usize) {
+    let burst: Vec<_> = (0..n)
+        .map(|tag| {
+            let event = json!({"action": "whoami", "tag": tag, "ms": 1500});
+            server.request_in_background(
+                "POST",
+                &server.function_url("snap"),
+                event.to_string().as_bytes(),
+            )
+        })
+        .collect();
+    for (tag, reply) in burst.into_iter().enumerate() {
+        let reply = reply.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["tag"], json!(tag), "{}", reply.text());
+    }
+}
+
+#[test]
+fn the_first_invoke_s_working_set_is_kept_loaded_by_later_restores_and_a_corrupt_one_is_ignored() {
+    require_kvm!();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    skip_unless!(root, "the jail and the networks need root");
+    let (Some(kernel), Some(image), Some(config)) = (
+        guest_artifact("GUEST_VMLINUX"),
+        guest_artifact("GUEST_SNAPSTART_ROOTFS"),
+        guest_artifact("GUEST_SNAPSTART_FUNCTION_CONFIG"),
+    ) else {
+        return;
+    };
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("working-set");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let function_dir = tmp.join("functions").join("snap");
+    std::fs::create_dir_all(&function_dir).unwrap();
+    let mut function: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    function["function_name"] = json!("snap");
+    std::fs::write(function_dir.join("function.json"), function.to_string()).unwrap();
+    std::os::unix::fs::symlink(&image, function_dir.join("snap.ext4")).unwrap();
+    let mut command = Command::new(host_binary("lambda-vm"));
+    command
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--functions-dir")
+        .arg(tmp.join("functions"))
+        .arg("--work-dir")
+        .arg(tmp.join("work"))
+        .arg("--state-dir")
+        .arg(tmp.join("state"))
+        .args(["--listen", "127.0.0.1:0", "--ready-vmms", "2"])
+        .args(["--max-concurrency", "8", "--idle-timeout", "600"]);
+    let mut server = LocalServer::from_command(command, "lambda-vm", true);
+    let restored = |server: &LocalServer, what: &str| {
+        server
+            .logs()
+            .iter()
+            .filter(|l| says(l, "snap", "microVM restored (into") && l.contains(what))
+            .count()
+    };
+
+    // The first restore has no working set; its first invoke records one beside the snapshot.
+    let first = server.request("POST", &server.function_url("snap"), &[], b"[1]");
+    assert_eq!((first.status, first.text()), (200, "[1]".to_owned()));
+    assert_eq!(
+        restored(&server, "no working set yet"),
+        1,
+        "{:?}",
+        server.logs()
+    );
+    const RECORDED: &str = "working set recorded after the first invoke: ";
+    let line = server.wait_for_log(Duration::from_secs(30), |l| says(l, "snap", RECORDED));
+    let pages: u64 = line
+        .split(RECORDED)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in {line:?}"));
+    assert!(pages > 0, "{line}");
+    let path = find_file(&tmp, "memory.ws").expect("no working set beside the snapshot");
+    assert!(
+        path.with_file_name("memory").is_file(),
+        "{}",
+        path.display()
+    );
+    let recorded = std::fs::read(&path).unwrap();
+    assert!(recorded.starts_with(b"LMVMWSET"), "{recorded:?}");
+
+    // A second environment (the first is busy) is restored with it, in a ready process made
+    // before the file existed.
+    let idle = |server: &LocalServer, n: u64| {
+        assert!(
+            wait_until(Duration::from_secs(30), || status(server)["idle"]
+                == json!(n)),
+            "not {n} idle environments: {}",
+            status(server)
+        );
+    };
+    idle(&server, 1);
+    held_invokes(&server, 2);
+    let loaded = format!("working set of {pages} pages loaded");
+    assert_eq!(restored(&server, &loaded), 1, "{:?}", server.logs());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        recorded,
+        "a restore that loaded the working set recorded it again"
+    );
+
+    // A corrupt working set: the third environment's restore ignores it with one line,
+    // loads memory lazily, answers, and records a good one again.
+    let mut corrupt = recorded.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0xff;
+    std::fs::write(&path, &corrupt).unwrap();
+    idle(&server, 2);
+    held_invokes(&server, 3);
+    assert_eq!(
+        restored(&server, "working set not used (the checksum does not match"),
+        1,
+        "{:?}",
+        server.logs()
+    );
+    server.wait_for_logs(Duration::from_secs(30), 2, |l| says(l, "snap", RECORDED));
+    assert_ne!(std::fs::read(&path).unwrap(), corrupt);
+
+    let stopped = server
+        .terminate(Duration::from_secs(120))
+        .expect("lambda-vm exited after SIGTERM");
+    assert!(stopped.success(), "{stopped:?}");
 }

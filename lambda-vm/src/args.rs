@@ -90,6 +90,12 @@ pub struct Args {
     /// than --max-concurrency. 0 turns them off.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub ready_vmms: usize,
+    /// Neither record nor load SnapStart working sets: by default the guest pages the first
+    /// invoke after a restore touches are kept beside the snapshot (`memory.ws`) and loaded
+    /// by later restores before the guest runs; with this flag every restore loads guest
+    /// memory lazily, page by page (for comparisons).
+    #[arg(long)]
+    pub no_working_set: bool,
     /// The `vmm` binary [default: the one beside this program].
     #[arg(long)]
     pub vmm: Option<PathBuf>,

@@ -19,6 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use vmm::api::types::WorkingSetStatus;
 use vmm::builder::default_boot_args;
 use vmm::config::{BootSource, CpuTemplate, Drive, Entropy, MachineConfig, VmConfig, Vsock};
 
@@ -521,6 +522,8 @@ impl Prepared {
             registration,
             env,
             vmm_time: None,
+            working_set: None,
+            record_working_set: None,
             boot_time: started.elapsed(),
             dial_attempts: 0,
         }
@@ -557,6 +560,11 @@ pub struct Guest {
     /// The VMM's part of a restore, as the `vmm` measured it (reading the state to the vCPUs
     /// running).
     pub vmm_time: Option<Duration>,
+    /// What the restore did with the snapshot's working set, when it was given one.
+    pub working_set: Option<WorkingSetStatus>,
+    /// Where to keep this restored guest's working set once its first invoke is done: set
+    /// when the snapshot has none (or one the restore could not use).
+    pub record_working_set: Option<PathBuf>,
     /// From the boot or restore request to the guest's `Hello`.
     pub boot_time: Duration,
     /// How many connections a restore took to reach the guest's init (see [`DIAL_ATTEMPTS`]).
@@ -608,7 +616,7 @@ impl Guest {
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
         let prepared = Prepared::for_restore(spec, env, snapshot)?;
-        Guest::resume(spec, prepared, snapshot, log)
+        Guest::resume(spec, prepared, snapshot, None, log)
     }
 
     /// Restores `snapshot` in `prepared`'s waiting `vmm` (one `PUT /snapshot/load`, running
@@ -620,12 +628,13 @@ impl Guest {
         spec: &GuestSpec,
         mut prepared: Prepared,
         snapshot: &Snapshot,
+        working_set: Option<&Path>,
         log: impl FnMut(&str) + Send + 'static,
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
         let timeout = spec.boot_timeout.min(RESTORE_TIMEOUT);
         let vsock = prepared.dir.vsock();
-        prepared.vmm.restore(snapshot, &vsock)?;
+        prepared.vmm.restore(snapshot, &vsock, working_set)?;
         let addr = GuestAddr::Vsock {
             uds: &vsock,
             port: PORT,
@@ -650,7 +659,7 @@ impl Guest {
         };
         let mut guest = prepared.into_guest(link, started, log);
         guest.dial_attempts = attempt;
-        guest.vmm_time = guest.vmm.restore_time();
+        (guest.vmm_time, guest.working_set) = guest.vmm.restore_report();
         guest.registration.started();
         Ok(guest)
     }

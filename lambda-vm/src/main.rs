@@ -279,7 +279,12 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
         };
         let snapshots =
             (function.initialization_type == InitializationType::SnapStart).then(|| {
-                lambda_vm::snapshots::for_function(&spec, &function, snapshot_root.join(&name))
+                let snapshots =
+                    lambda_vm::snapshots::for_function(&spec, &function, snapshot_root.join(&name));
+                match args.no_working_set {
+                    true => snapshots.without_working_sets(),
+                    false => snapshots,
+                }
             });
         let provisioned = usize::try_from(function.provisioned_concurrency)?;
         let scaling = Scaling {

@@ -416,28 +416,34 @@ impl Inner {
         );
     }
 
-    /// Serves one invocation with `lease`'s environment, then gives the environment back.
-    /// `caller_gone` says, at the end, whether the caller hung up meanwhile.
+    /// Serves one invocation with `lease`'s environment, hands its outcome to `deliver`, then
+    /// (a restored guest's first invoke recording its working set in between) gives the
+    /// environment back. `caller_gone` says, at the end, whether the caller hung up meanwhile.
     fn serve(
         &self,
         lease: Lease<Guest>,
         invocation: Invocation,
         stream: &mut dyn FnMut(Streamed),
         caller_gone: &AtomicBool,
-    ) -> Outcome {
+        deliver: impl FnOnce(Outcome),
+    ) {
         let Lease {
             id,
             env: guest,
             provisioned,
         } = lease;
-        let (kept, outcome) = self.run(guest, invocation, stream);
+        let (mut kept, outcome) = self.run(guest, invocation, stream);
         if caller_gone.load(Ordering::Acquire) {
             self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        // The answer leaves first: recording is not on the caller's path.
+        deliver(outcome);
+        if let Some(guest) = kept.as_mut() {
+            self.record_working_set(guest);
         }
         if let Some(guest) = self.pool().checkin(id, kept, provisioned) {
             self.teardown(guest, "the service is stopping");
         }
-        outcome
     }
 
     /// A new environment: for a SnapStart function a restore of its snapshot in a fresh VM
@@ -661,21 +667,80 @@ impl Inner {
             }
         };
         let env = prepared.env;
-        let guest = Guest::resume(&self.spec, prepared, snapshot, self.guest_log(env))?;
+        let working_sets = self.snapshots.as_ref().is_some_and(Snapshots::working_sets);
+        let working_set = snapshot.working_set();
+        let load = working_sets && working_set.exists();
+        let mut guest = Guest::resume(
+            &self.spec,
+            prepared,
+            snapshot,
+            load.then_some(working_set.as_path()),
+            self.guest_log(env),
+        )?;
         let vmm_ms = guest.vmm_time.map_or_else(
             || "?".to_owned(),
             |t| format!("{:.1}", t.as_secs_f64() * 1000.0),
         );
+        let pages = match &guest.working_set {
+            _ if !working_sets => "working sets off".to_owned(),
+            None => "no working set yet: recorded after the first invoke".to_owned(),
+            Some(used) => match &used.ignored {
+                None => format!(
+                    "working set of {} pages loaded in {:.1} ms",
+                    used.pages, used.load_ms
+                ),
+                Some(why) => format!(
+                    "working set not used ({why}): memory loads lazily, and it is recorded again"
+                ),
+            },
+        };
+        let usable = guest
+            .working_set
+            .as_ref()
+            .is_some_and(|u| u.ignored.is_none());
+        if working_sets && !usable {
+            guest.record_working_set = Some(working_set);
+        }
         self.log.service(
             Some(env),
             &format!(
-                "microVM restored (into {from}; VMM side {vmm_ms} ms, vmm pid {}), init answered after {} ms ({} connection(s))",
+                "microVM restored (into {from}; VMM side {vmm_ms} ms, {pages}, vmm pid {}), init answered after {} ms ({} connection(s))",
                 guest.vmm.pid(),
                 guest.boot_time.as_millis(),
                 guest.dial_attempts
             ),
         );
         Ok(guest)
+    }
+
+    /// Keeps the working set of `guest`, a restored guest that just served its first invoke,
+    /// beside its snapshot (if it is to record one): the pages that restore and invoke touched,
+    /// which the next restores load before the guest runs.
+    fn record_working_set(&self, guest: &mut Guest) {
+        let Some(path) = guest.record_working_set.take() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let recorded = guest
+            .vmm
+            .working_set()
+            .map_err(|e| chain(&e))
+            .and_then(|set| {
+                set.write(&path)
+                    .map(|()| set)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))
+            });
+        let message = match recorded {
+            Ok(set) => format!(
+                "working set recorded after the first invoke: {} pages in {} ranges, {} ({} ms)",
+                set.pages(),
+                set.ranges.len(),
+                path.display(),
+                started.elapsed().as_millis()
+            ),
+            Err(why) => format!("recording the working set failed: {why}"),
+        };
+        self.log.service(Some(guest.env), &message);
     }
 
     /// Runs `invocation` in `guest`; returns the guest if it may serve the next invocation.
@@ -937,34 +1002,41 @@ impl FunctionService {
         let gone = watch.gone.clone();
         let (answer, answered) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let mut answer = Some(answer);
-            let mut streaming: Option<StreamSender> = None;
-            let mut on_stream = |part: Streamed| match part {
-                Streamed::Start { content_type } => {
-                    let (sender, stream) = ResponseStream::channel(content_type);
-                    if let Some(answer) = answer.take() {
-                        let _ = answer.send(Answer::Stream(stream));
+            // Where the answer goes: the whole outcome, or a stream once the runtime starts one.
+            // Both the stream's parts and the end reach it, one after the other.
+            let reply = std::cell::RefCell::new((Some(answer), None::<StreamSender>));
+            let mut on_stream = |part: Streamed| {
+                let (answer, streaming) = &mut *reply.borrow_mut();
+                match part {
+                    Streamed::Start { content_type } => {
+                        let (sender, stream) = ResponseStream::channel(content_type);
+                        if let Some(answer) = answer.take() {
+                            let _ = answer.send(Answer::Stream(stream));
+                        }
+                        *streaming = Some(sender);
                     }
-                    streaming = Some(sender);
-                }
-                Streamed::Chunk(chunk) => {
-                    if let Some(sender) = &streaming {
-                        // An invoker that has gone drops the rest.
-                        sender.blocking_chunk(chunk.into());
+                    Streamed::Chunk(chunk) => {
+                        if let Some(sender) = streaming {
+                            // An invoker that has gone drops the rest.
+                            sender.blocking_chunk(chunk.into());
+                        }
                     }
                 }
             };
-            let outcome = inner.serve(lease, invocation, &mut on_stream, &gone);
-            match (streaming, answer) {
-                (Some(sender), _) => sender.blocking_end(match outcome {
-                    Outcome::Success(_) => StreamEnd::Complete,
-                    Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
-                }),
-                (None, Some(answer)) => {
-                    let _ = answer.send(Answer::Whole(outcome));
+            let deliver = |outcome| {
+                let (answer, streaming) = &mut *reply.borrow_mut();
+                match (streaming.take(), answer.take()) {
+                    (Some(sender), _) => sender.blocking_end(match outcome {
+                        Outcome::Success(_) => StreamEnd::Complete,
+                        Outcome::Failure { body, reset } => StreamEnd::Failed { body, reset },
+                    }),
+                    (None, Some(answer)) => {
+                        let _ = answer.send(Answer::Whole(outcome));
+                    }
+                    (None, None) => {}
                 }
-                (None, None) => {}
-            }
+            };
+            inner.serve(lease, invocation, &mut on_stream, &gone, deliver);
         });
         let answer = answered.await.map_err(|_| InvokeError::ShutDown);
         watch.answered();

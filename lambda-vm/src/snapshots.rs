@@ -119,6 +119,12 @@ impl Snapshot {
     pub fn memory(&self) -> PathBuf {
         Self::memory_path(&self.dir)
     }
+
+    /// Where its working set is kept (`memory.ws`): the guest pages the first invoke after a
+    /// restore touched, which later restores load before the guest runs.
+    pub fn working_set(&self) -> PathBuf {
+        self.dir.join(vmm::snapshot::working_set::FILE_NAME)
+    }
 }
 
 /// Why a snapshot on disk cannot be used.
@@ -180,6 +186,8 @@ pub struct Snapshots {
     share: Option<std::sync::Arc<dyn SnapshotShare>>,
     /// The shared snapshots this process tried to fetch: each is fetched once at most.
     fetched: Mutex<Vec<String>>,
+    /// Whether restores record and load working sets (`--no-working-set` turns them off).
+    working_sets: bool,
 }
 
 impl Snapshots {
@@ -191,6 +199,7 @@ impl Snapshots {
             cached: Mutex::new(None),
             share: None,
             fetched: Mutex::new(Vec::new()),
+            working_sets: true,
         }
     }
 
@@ -263,6 +272,18 @@ impl Snapshots {
         if let (Some(share), Some(key)) = (&self.share, dir.file_name().and_then(|n| n.to_str())) {
             share.publish(key, dir, done);
         }
+    }
+
+    /// The same, with working sets off: every restore loads guest memory lazily, and none is
+    /// recorded.
+    pub fn without_working_sets(mut self) -> Snapshots {
+        self.working_sets = false;
+        self
+    }
+
+    /// Whether restores record and load working sets.
+    pub fn working_sets(&self) -> bool {
+        self.working_sets
     }
 
     pub fn root(&self) -> &Path {

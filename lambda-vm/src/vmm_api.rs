@@ -14,9 +14,10 @@ use vmm::api::client::{ApiClient, ClientError};
 use vmm::api::controller::STOPPED;
 use vmm::api::types::{
     exit_reason, ExitInfo, MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams,
-    VsockOverride,
+    VsockOverride, WorkingSetStatus,
 };
 use vmm::config::VmConfig;
+use vmm::snapshot::working_set::WorkingSet;
 
 /// Longest one API request may take: a snapshot of a large guest writes and syncs all of its
 /// memory.
@@ -138,8 +139,19 @@ impl Vmm {
 
     /// Restores `snapshot` and runs it at once (`PUT /snapshot/load` with `resume_vm`), its
     /// vsock device on `vsock_uds` and each network interface on the tap of the same name in
-    /// this `vmm`'s namespace.
-    pub fn restore(&mut self, snapshot: &Snapshot, vsock_uds: &Path) -> Result<(), VmmError> {
+    /// this `vmm`'s namespace; with `working_set`, the pages that file lists are loaded first
+    /// (`PUT /ext/working-set`; a file the `vmm` cannot use is ignored, [`Vmm::restore_report`]
+    /// says why).
+    pub fn restore(
+        &mut self,
+        snapshot: &Snapshot,
+        vsock_uds: &Path,
+        working_set: Option<&Path>,
+    ) -> Result<(), VmmError> {
+        if let Some(path) = working_set {
+            let named = self.api.put_working_set(path);
+            named.map_err(|e| self.failed("naming the working set", e))?;
+        }
         let params = SnapshotLoadParams {
             snapshot_path: snapshot.state(),
             mem_backend: Some(MemoryBackend {
@@ -166,10 +178,22 @@ impl Vmm {
     }
 
     /// The VMM's own part of the last restore (reading the state to the VM running), as it
-    /// measured it.
-    pub fn restore_time(&mut self) -> Option<Duration> {
-        let ms = self.api.status().ok()?.timings.restore_ms?;
-        Duration::try_from_secs_f64(ms / 1000.0).ok()
+    /// measured it, and what it did with the working set it was given.
+    pub fn restore_report(&mut self) -> (Option<Duration>, Option<WorkingSetStatus>) {
+        let Ok(status) = self.api.status() else {
+            return (None, None);
+        };
+        let time = status
+            .timings
+            .restore_ms
+            .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok());
+        (time, status.working_set)
+    }
+
+    /// The guest pages the restored VM has touched so far (`GET /ext/working-set`).
+    pub fn working_set(&mut self) -> Result<WorkingSet, VmmError> {
+        let recorded = self.api.working_set();
+        recorded.map_err(|e| self.failed("recording the working set", e))
     }
 
     /// Pauses the VM and writes its snapshot into `dir` (`state`, `memory`, and the manifest

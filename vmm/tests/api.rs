@@ -227,6 +227,12 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
     let status = vm.get_json("/ext/status");
     assert_eq!(status["state"], "Paused");
     assert_eq!(status["started_from"], "boot");
+    vm.refused(
+        "GET",
+        "/ext/working-set",
+        None,
+        "only a microVM restored from a snapshot",
+    );
     assert!(status["timings"]["snapshot_create_ms"].as_f64().unwrap() > 0.0);
     let manifest_path = dir.join("s.state.manifest.json");
     let manifest = vmm::snapshot::manifest::SnapshotManifest::read(&manifest_path).unwrap();
@@ -240,6 +246,22 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
 
     // A second process restores the snapshot through the API and counts on from it.
     let mut restored = ApiVmm::start_in(&dir, "restored.sock", &[]);
+    restored.refused(
+        "GET",
+        "/ext/working-set",
+        None,
+        "only a running restored microVM",
+    );
+    restored.refused(
+        "PUT",
+        "/ext/working-set",
+        Some(r#"{"file": "x"}"#),
+        "unknown field",
+    );
+    // A working set that is not there: the load goes on, lazily, and says why.
+    let working_set = dir.join("s.ws");
+    let put_working_set = format!(r#"{{"path": "{}"}}"#, working_set.display());
+    restored.ok("PUT", "/ext/working-set", Some(&put_working_set));
     restored.refused("PUT", "/snapshot/load", Some(&format!(
         r#"{{"snapshot_path": "{0}/s.state", "mem_file_path": "{0}/s.mem", "mem_backend": {{"backend_type": "File", "backend_path": "{0}/s.mem"}}}}"#,
         dir.display()
@@ -279,6 +301,25 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
     let status = restored.get_json("/ext/status");
     assert_eq!(status["started_from"], "snapshot");
     assert!(status["timings"]["restore_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(status["working_set"]["pages"], 0, "{status}");
+    assert!(
+        status["working_set"]["ignored"]
+            .as_str()
+            .is_some_and(|why| why.contains("s.ws")),
+        "{status}"
+    );
+    // What the restored guest touched: some pages, this snapshot's.
+    let recorded: vmm::snapshot::working_set::WorkingSet =
+        serde_json::from_str(&restored.ok("GET", "/ext/working-set", None)).unwrap();
+    recorded.check(manifest.state_crc32, 32 << 20).unwrap();
+    assert!(recorded.pages() > 0, "{recorded:?}");
+    recorded.write(&working_set).unwrap();
+    restored.refused(
+        "PUT",
+        "/ext/working-set",
+        Some(&put_working_set),
+        "after starting",
+    );
     let config = restored.get_json("/vm/config");
     assert!(config["boot-source"].is_null());
     assert_eq!(config["machine-config"]["mem_size_mib"], 32);
@@ -292,6 +333,45 @@ fn every_endpoint_before_and_after_boot_and_a_restore_in_a_second_process() {
         Some(&restored_load),
         "after starting",
     );
+
+    // Another restore with that working set loads its pages before its vCPUs run.
+    let mut prefetched = ApiVmm::start_in(&dir, "prefetched.sock", &[]);
+    prefetched.ok("PUT", "/ext/working-set", Some(&put_working_set));
+    prefetched.ok(
+        "PUT",
+        "/snapshot/load",
+        Some(&restored_load.replace("v2.sock", "v3.sock")),
+    );
+    let status = prefetched.get_json("/ext/status");
+    assert_eq!(status["working_set"]["pages"], recorded.pages(), "{status}");
+    assert!(status["working_set"]["ignored"].is_null(), "{status}");
+    prefetched.wait_console("ticks after the prefetched restore", |c| ticks(c).len() > 1);
+    assert!(prefetched.check_contract());
+
+    // `--restore-from DIR` with the API loads DIR/memory.ws, and its VM has a working set too.
+    let snapshot_dir = dir.join("snapdir");
+    std::fs::create_dir_all(&snapshot_dir).unwrap();
+    std::fs::copy(dir.join("s.state"), snapshot_dir.join("state")).unwrap();
+    std::fs::copy(dir.join("s.mem"), snapshot_dir.join("memory")).unwrap();
+    recorded.write(&snapshot_dir.join("memory.ws")).unwrap();
+    let v4 = dir.join("v4.sock");
+    let mut adopted = ApiVmm::start_in(
+        &dir,
+        "adopted.sock",
+        &[
+            "--restore-from",
+            snapshot_dir.to_str().unwrap(),
+            "--vsock-uds",
+            v4.to_str().unwrap(),
+        ],
+    );
+    let status = adopted.get_json("/ext/status");
+    assert_eq!(status["started_from"], "snapshot", "{status}");
+    assert_eq!(status["working_set"]["pages"], recorded.pages(), "{status}");
+    let again: vmm::snapshot::working_set::WorkingSet =
+        serde_json::from_str(&adopted.ok("GET", "/ext/working-set", None)).unwrap();
+    again.check(manifest.state_crc32, 32 << 20).unwrap();
+    assert!(adopted.check_contract());
 
     // A process given boot resources may not load a snapshot. Network interfaces are checked
     // as they come (the tap is opened at boot, and this machine may have none).

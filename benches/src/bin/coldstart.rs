@@ -24,6 +24,12 @@
 //!        (the bare vmm's restores alone: how a snapshot's age changes them, say)
 //!        coldstart --skip-vmm ... (lambda-vm alone: an older build whose guest does not listen
 //!        for the host, compared with `--ready 0`)
+//!        [--lazy-addr HOST:PORT --lazy-log PATH]: a second lambda-vm, started with
+//!        `--no-working-set` on the same snapshot, whose restores are measured beside the first's
+//!
+//! With a working set beside the snapshot (`memory.ws`, recorded by lambda-vm after the first
+//! restore's first invoke), the bare vmm's first invoke after a restore is measured without and
+//! with it (round trip, host page faults, the load's time), alternating.
 
 use anyhow::{bail, ensure, Context};
 use lambda_vm::host_link::{GuestAddr, HostLink, Invoke, Outcome, PORT};
@@ -65,6 +71,9 @@ struct Args {
     warm: usize,
     bursts: Vec<usize>,
     ready: usize,
+    /// A second `lambda-vm` started with `--no-working-set` on the same snapshot, and its log:
+    /// the same restores without the working set.
+    lazy: Option<(String, PathBuf)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -128,6 +137,11 @@ fn parse_args() -> anyhow::Result<Args> {
             .collect::<Result<_, _>>()
             .context("--bursts: give sizes like 1,2,4,8")?,
         ready: number(take("ready"), 2, "ready")?,
+        lazy: match (take("lazy-addr"), take("lazy-log")) {
+            (Some(addr), Some(log)) => Some((addr, PathBuf::from(log))),
+            (None, None) => None,
+            _ => bail!("--lazy-addr and --lazy-log go together"),
+        },
     };
     if let Some(unknown) = named.keys().next() {
         bail!("unknown flag --{unknown}");
@@ -181,6 +195,9 @@ fn row(what: &str, value: &Value) -> String {
 /// One bare `vmm` restore: spawn to API ready, the load request, load to the guest's first
 /// output (init's `Hello`), and spawn to that output.
 struct VmmRestore {
+    /// How long loading the working set took inside the vmm (ms), and its pages, when it was
+    /// given one.
+    working_set_load: Option<(f64, u64)>,
     /// Connections it took to reach the guest's init.
     attempts: u32,
     api_ready: Duration,
@@ -201,6 +218,15 @@ impl Drop for VmmRestore {
 }
 
 fn vmm_restore(args: &Args, n: usize) -> anyhow::Result<VmmRestore> {
+    vmm_restore_with(args, n, None)
+}
+
+/// [`vmm_restore`], loading the pages of `working_set` first (`PUT /ext/working-set`).
+fn vmm_restore_with(
+    args: &Args,
+    n: usize,
+    working_set: Option<&Path>,
+) -> anyhow::Result<VmmRestore> {
     let dir = args.work.join(format!("vmm-{n}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -232,7 +258,18 @@ fn vmm_restore(args: &Args, n: usize) -> anyhow::Result<VmmRestore> {
         }),
         ..SnapshotLoadParams::default()
     };
+    if let Some(path) = working_set {
+        api.put_working_set(path)?;
+    }
     api.load_snapshot_with(&params)?;
+    let working_set_load = api
+        .status()?
+        .working_set
+        .map(|used| {
+            ensure!(used.ignored.is_none(), "working set ignored: {used:?}");
+            Ok((used.load_ms, used.pages))
+        })
+        .transpose()?;
     let loaded = started.elapsed();
     // As lambda-vm does (lambda-vm/src/guest.rs): the snapshot's vsock reset can catch the
     // first connection, and then a second one goes through.
@@ -251,6 +288,7 @@ fn vmm_restore(args: &Args, n: usize) -> anyhow::Result<VmmRestore> {
     };
     let total = started.elapsed();
     Ok(VmmRestore {
+        working_set_load,
         child: child.take(),
         attempts,
         api_ready,
@@ -290,6 +328,37 @@ fn faults(pid: u32) -> (u64, u64) {
     (field(10), field(12))
 }
 
+/// KVM's statistics of the VM of process `pid` (`/sys/kernel/debug/kvm/PID-FD/`, when debugfs
+/// is mounted), its vCPUs' (`vcpuN/`) summed: exits, guest page faults KVM fixed (`pf_fixed`),
+/// the 4 KiB mappings it made (`pages_4k`), and the rest.
+fn kvm_stats(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    fn add(dir: &Path, into: &mut std::collections::BTreeMap<String, u64>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() && name.starts_with("vcpu") {
+                add(&path, into);
+            } else if let Some(value) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                *into.entry(name).or_default() += value;
+            }
+        }
+    }
+    let prefix = format!("{pid}-");
+    let mut stats = std::collections::BTreeMap::new();
+    let vm = std::fs::read_dir("/sys/kernel/debug/kvm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+    if let Some(vm) = vm {
+        add(&vm.path(), &mut stats);
+    }
+    stats
+}
+
 /// The host page faults of a restored guest's `vmm` during its first invoke and its second
 /// (a guest page touched for the first time since the restore is a fault of the host's mapping
 /// of the snapshot's memory file), and the two invokes' times.
@@ -299,6 +368,7 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
     let mut rounds = Vec::new();
     for n in 0..2 {
         let before = faults(pid);
+        let kvm_before = kvm_stats(pid);
         let started = Instant::now();
         let outcome = restored.link.invoke(Invoke {
             request_id: format!("faults-{n}"),
@@ -310,13 +380,81 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
         let took = ms(started.elapsed());
         ensure!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
         let after = faults(pid);
+        // What KVM did meanwhile (only with debugfs mounted): the counters that moved.
+        let kvm: serde_json::Map<String, Value> = kvm_stats(pid)
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let moved = value.saturating_sub(kvm_before.get(&name).copied().unwrap_or(0));
+                (moved > 0).then(|| (name, json!(moved)))
+            })
+            .collect();
         rounds.push(json!({
             "invoke_ms": took,
             "minor_faults": after.0 - before.0,
             "major_faults": after.1 - before.1,
+            "kvm": kvm,
         }));
     }
     Ok(json!({"first": rounds[0], "second": rounds[1]}))
+}
+
+/// Bare `vmm` restores of the snapshot without and with its working set (`memory.ws`, which
+/// lambda-vm recorded beside it), alternating, `runs` of each: the first invoke's round trip
+/// and host page faults, and the working set's load time.
+fn working_set_comparison(args: &Args, working_set: &Path) -> anyhow::Result<Value> {
+    let mut sides = [
+        (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
+        (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
+    ];
+    for n in 0..args.runs {
+        for (with, side) in sides.iter_mut().enumerate() {
+            let path = (with == 1).then_some(working_set);
+            let mut restored = vmm_restore_with(args, 2000 + n * 2 + with, path)?;
+            let load = restored.working_set_load;
+            let faults = first_invoke_faults(&mut restored)?;
+            let first = &faults["first"];
+            side.0.push(first["invoke_ms"].as_f64().unwrap_or(f64::NAN));
+            side.1
+                .push(first["minor_faults"].as_f64().unwrap_or(f64::NAN));
+            side.2
+                .push(first["major_faults"].as_f64().unwrap_or(f64::NAN));
+            side.3.extend(load.map(|(ms, _)| ms));
+            side.5
+                .extend(load.map(|(_, pages)| f64::from(u32::try_from(pages).unwrap_or(u32::MAX))));
+            side.4.push(faults["first"]["kvm"].clone());
+        }
+    }
+    let [lazy, loaded] = sides;
+    Ok(json!({
+        "without": {
+            "first_invoke_round_trip": spread(&lazy.0),
+            "first_invoke_minor_faults": spread(&lazy.1),
+            "first_invoke_major_faults": spread(&lazy.2),
+            "first_invoke_kvm_stats": lazy.4,
+        },
+        "with": {
+            "first_invoke_round_trip": spread(&loaded.0),
+            "first_invoke_minor_faults": spread(&loaded.1),
+            "first_invoke_major_faults": spread(&loaded.2),
+            "load_ms": spread(&loaded.3),
+            "pages": spread(&loaded.5),
+            "first_invoke_kvm_stats": loaded.4,
+        },
+    }))
 }
 
 /// 1-byte round trips between the host and the function in a restored guest: the echo
@@ -487,20 +625,20 @@ struct First {
 }
 
 fn first_response(
-    args: &Args,
+    log: &Path,
     client: &Client,
     function: &str,
     ready: usize,
 ) -> anyhow::Result<First> {
     client.settle(function, ready)?;
     let answer = client.invoke(function, &json!({"action": "whoami"}))?;
-    let (env, line) = report(&args.log, &answer.request_id)
+    let (env, line) = report(log, &answer.request_id)
         .with_context(|| format!("no REPORT for {}", answer.request_id))?;
     Ok(First {
         took: ms(answer.took),
         duration: report_ms(&line, "Duration"),
         restore_duration: report_ms(&line, "Restore Duration"),
-        init_answered: init_answered_ms(&args.log, &env),
+        init_answered: init_answered_ms(log, &env),
     })
 }
 
@@ -690,6 +828,12 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let working_set = args.snapshot.join(vmm::snapshot::working_set::FILE_NAME);
+    if !args.skip_vmm && working_set.exists() {
+        eprintln!("coldstart: the bare vmm without and with the working set");
+        result["working_set_vmm"] = working_set_comparison(&args, &working_set)?;
+    }
+
     if !args.skip_vmm {
         eprintln!("coldstart: 1-byte vsock round trips with a restored guest");
         let mut restored = vmm_restore(&args, 999)?;
@@ -707,12 +851,21 @@ fn main() -> anyhow::Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut warm_trip, mut warm_duration, mut warm_platform) =
         (Vec::new(), Vec::new(), Vec::new());
+    let (mut lazy_took, mut lazy_duration, mut lazy_restore_duration) =
+        (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.runs {
-        let first = first_response(&args, &client, &args.snap, args.ready)?;
+        let first = first_response(&args.log, &client, &args.snap, args.ready)?;
         took.push(first.took);
         duration.extend(first.duration);
         restore_duration.extend(first.restore_duration);
         answered.extend(first.init_answered);
+        // The same restore through the lambda-vm that has working sets off.
+        if let Some((addr, log)) = &args.lazy {
+            let lazy = first_response(log, &Client::new(addr), &args.snap, args.ready)?;
+            lazy_took.push(lazy.took);
+            lazy_duration.extend(lazy.duration);
+            lazy_restore_duration.extend(lazy.restore_duration);
+        }
         for n in 0..args.warm {
             let answer = client.invoke(&args.snap, &json!({"warm": n}))?;
             let Some((_, line)) = report(&args.log, &answer.request_id) else {
@@ -731,6 +884,13 @@ fn main() -> anyhow::Result<()> {
         "restore_duration": spread(&restore_duration),
         "resume_to_init_answered": spread(&answered),
     });
+    if args.lazy.is_some() {
+        result["restore_without_working_set"] = json!({
+            "request_to_response": spread(&lazy_took),
+            "first_invoke_duration": spread(&lazy_duration),
+            "restore_duration": spread(&lazy_restore_duration),
+        });
+    }
     result["warm"] = json!({
         "round_trip": spread(&warm_trip),
         "duration": spread(&warm_duration),
@@ -740,7 +900,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("coldstart: cold boots ({})", args.cold_runs);
     let mut cold = Vec::new();
     for _ in 0..args.cold_runs {
-        cold.push(first_response(&args, &client, &args.cold, 0)?.took);
+        cold.push(first_response(&args.log, &client, &args.cold, 0)?.took);
     }
     result["cold_boot"] = json!({ "request_to_response": spread(&cold) });
 
@@ -771,6 +931,8 @@ fn main() -> anyhow::Result<()> {
         "burst_8_over_8_bare_vmm_restores": eight.map(|b| median(&b.1) / median(&b.2)),
         "first_invoke_duration_over_warm_duration":
             median(&result["restore"]["first_invoke_duration"]) / median(&result["warm"]["duration"]),
+        "first_invoke_duration_over_warm_duration_without_working_set":
+            median(&result["restore_without_working_set"]["first_invoke_duration"]) / median(&result["warm"]["duration"]),
         "warm_round_trip_minus_duration_over_vsock_round_trip":
             median(&result["warm"]["round_trip_minus_duration"]) / median(&result["vsock_round_trip"]),
     });
@@ -815,6 +977,26 @@ fn main() -> anyhow::Result<()> {
             &result["restore"]["first_invoke_duration"],
         ),
         (
+            "lambda-vm, working sets off: restore, request to response",
+            &result["restore_without_working_set"]["request_to_response"],
+        ),
+        (
+            "lambda-vm, working sets off: the first invoke's Duration (REPORT)",
+            &result["restore_without_working_set"]["first_invoke_duration"],
+        ),
+        (
+            "bare vmm, no working set: first invoke round trip",
+            &result["working_set_vmm"]["without"]["first_invoke_round_trip"],
+        ),
+        (
+            "bare vmm, working set: first invoke round trip",
+            &result["working_set_vmm"]["with"]["first_invoke_round_trip"],
+        ),
+        (
+            "bare vmm, working set: loading it (inside the restore)",
+            &result["working_set_vmm"]["with"]["load_ms"],
+        ),
+        (
             "lambda-vm: warm invoke round trip",
             &result["warm"]["round_trip"],
         ),
@@ -831,7 +1013,22 @@ fn main() -> anyhow::Result<()> {
             &result["cold_boot"]["request_to_response"],
         ),
     ] {
-        println!("{}", row(what, value));
+        // A part this run did not measure (no working set, no second lambda-vm) is left out.
+        if !value.is_null() {
+            println!("{}", row(what, value));
+        }
+    }
+    for (side, what) in [("without", "no working set"), ("with", "working set")] {
+        let side = &result["working_set_vmm"][side];
+        for (kind, name) in [("minor", "minor"), ("major", "major")] {
+            let value = &side[format!("first_invoke_{kind}_faults")];
+            if value.is_object() {
+                println!(
+                    "| bare vmm, {what}: host {name} faults in the first invoke | {} | {}–{} | {} |",
+                    value["median"], value["min"], value["max"], value["n"]
+                );
+            }
+        }
     }
     for (size, through, bare) in &bursts {
         println!(

@@ -296,6 +296,20 @@ impl ApiClient {
     pub fn load_snapshot_with(&mut self, params: &SnapshotLoadParams) -> Result<(), ClientError> {
         self.put("PUT", "/snapshot/load", params)
     }
+
+    /// `PUT /ext/working-set` (an extension), before the load: the working-set file the
+    /// next snapshot load reads in.
+    pub fn put_working_set(&mut self, path: &Path) -> Result<(), ClientError> {
+        let config = super::types::WorkingSetConfig {
+            path: path.to_owned(),
+        };
+        self.put("PUT", "/ext/working-set", &config)
+    }
+
+    /// `GET /ext/working-set` (an extension): the pages the restored guest has touched.
+    pub fn working_set(&mut self) -> Result<crate::snapshot::working_set::WorkingSet, ClientError> {
+        self.get("/ext/working-set")
+    }
 }
 
 /// Reads one response; returns it and whether the connection stays open.

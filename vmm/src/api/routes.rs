@@ -5,7 +5,7 @@
 
 use super::types::{
     ActionType, InstanceActionInfo, LoggerConfig, MachineConfigUpdate, MetricsConfig,
-    SnapshotCreateParams, SnapshotLoadParams, VmRunState, VmStateUpdate,
+    SnapshotCreateParams, SnapshotLoadParams, VmRunState, VmStateUpdate, WorkingSetConfig,
 };
 use crate::config::{BootSource, Drive, Entropy, MachineConfig, NetworkInterface, Serial, Vsock};
 use serde::de::DeserializeOwned;
@@ -19,6 +19,10 @@ pub enum ApiRequest {
     GetMachineConfig,
     /// Extension: `GET /ext/status`.
     GetStatus,
+    /// Extension: `GET /ext/working-set`, the pages a restored guest has touched.
+    GetWorkingSet,
+    /// Extension: `PUT /ext/working-set`, the working set the next snapshot load reads in.
+    PutWorkingSet(WorkingSetConfig),
     PutMachineConfig(MachineConfig),
     PatchMachineConfig(MachineConfigUpdate),
     PutBootSource(BootSource),
@@ -91,6 +95,8 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiErr
         ("GET", "vm", ["config"]) => ApiRequest::GetVmConfig,
         ("GET", "machine-config", []) => ApiRequest::GetMachineConfig,
         ("GET", "ext", ["status"]) => ApiRequest::GetStatus,
+        ("GET", "ext", ["working-set"]) => ApiRequest::GetWorkingSet,
+        ("PUT", "ext", ["working-set"]) => ApiRequest::PutWorkingSet(json(body)?),
         ("PUT", "machine-config", []) => ApiRequest::PutMachineConfig(json(body)?),
         ("PATCH", "machine-config", []) => ApiRequest::PatchMachineConfig(json(body)?),
         ("PUT", "boot-source", []) => ApiRequest::PutBootSource(json(body)?),

@@ -229,6 +229,31 @@ pub struct VmmStatus {
     pub timings: Timings,
     /// The last snapshot this process wrote.
     pub last_snapshot: Option<SnapshotManifest>,
+    /// What the snapshot load did with the working set of `PUT /ext/working-set`; absent
+    /// when none was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set: Option<WorkingSetStatus>,
+}
+
+/// `PUT /ext/working-set` (an extension), before `PUT /snapshot/load`: the working-set file
+/// (`crate::snapshot::working_set`) whose pages the load reads in before the vCPUs run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkingSetConfig {
+    pub path: PathBuf,
+}
+
+/// In `GET /ext/status`: what the snapshot load did with the working set it was given.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkingSetStatus {
+    pub path: PathBuf,
+    /// Pages loaded before the vCPUs ran (0 when the file was not used).
+    pub pages: u64,
+    /// How long loading them took (part of `timings.restore_ms`).
+    pub load_ms: f64,
+    /// Why the file was not used, when it was not: guest memory then loads lazily.
+    pub ignored: Option<String>,
 }
 
 /// The `reason`s of [`ExitInfo`].

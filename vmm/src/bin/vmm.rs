@@ -87,8 +87,16 @@ fn main() {
     args.make_paths_absolute(&cwd);
     // Looked at before the jail, which hides /sys.
     let caps = HostCaps::detect();
-    let exit = match args.jail.enter() {
-        Ok(()) => run(&args, &caps, &cwd),
+    // The working set of a restored VM is read from the page map, and the jail has no /proc.
+    let open_pagemap = || match std::fs::File::open("/proc/self/pagemap") {
+        Ok(file) => Some(file),
+        Err(e) => {
+            log::warn!("cannot open /proc/self/pagemap ({e}): GET /ext/working-set is refused");
+            None
+        }
+    };
+    let exit = match args.jail.enter(open_pagemap) {
+        Ok(pagemap) => run(&args, &caps, &cwd, pagemap),
         Err(e) => VmExit::VmmError(Chain(&e).to_string()),
     };
     match &exit {
@@ -132,7 +140,7 @@ impl Args {
     }
 }
 
-fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
+fn run(args: &Args, caps: &HostCaps, cwd: &Path, pagemap: Option<std::fs::File>) -> VmExit {
     // Compiled before anything is built, so a bad filter stops us before a guest exists; the
     // threads install theirs as they start.
     if !args.no_seccomp {
@@ -142,10 +150,10 @@ fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
         }
     }
     if let Some(socket) = &args.api_sock {
-        return serve_api(args, caps, socket, cwd);
+        return serve_api(args, caps, socket, cwd, pagemap);
     }
     let microvm = match start(args, caps, cwd) {
-        Ok(Some(microvm)) => microvm,
+        Ok(Some((microvm, _))) => microvm,
         Ok(None) => return VmExit::Shutdown,
         Err(why) => return VmExit::VmmError(Chain(why.as_ref()).to_string()),
     };
@@ -179,7 +187,13 @@ fn run(args: &Args, caps: &HostCaps, cwd: &Path) -> VmExit {
 
 /// `--api-sock`: the socket first (while this is the only thread), then the API thread, then
 /// any VM the flags describe, then requests until the VM stops.
-fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit {
+fn serve_api(
+    args: &Args,
+    caps: &HostCaps,
+    socket: &Path,
+    cwd: &Path,
+    pagemap: Option<std::fs::File>,
+) -> VmExit {
     let listener = match vmm::api::socket::bind(socket) {
         Ok(listener) => listener,
         Err(e) => return VmExit::VmmError(Chain(&e).to_string()),
@@ -190,6 +204,7 @@ fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit 
         serve_after_stop: args.serve_after_stop,
         caps: *caps,
         serial_out: args.vm.serial_out.clone(),
+        pagemap,
     };
     let mut controller = Controller::new(options, events.clone());
     if let Err(e) = vmm::api::server::spawn(listener, events) {
@@ -211,8 +226,11 @@ fn serve_api(args: &Args, caps: &HostCaps, socket: &Path, cwd: &Path) -> VmExit 
             false => None,
         };
         let adopted = match start(args, caps, cwd) {
-            Ok(Some(microvm)) => {
+            Ok(Some((microvm, restored))) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
+                if let Some((state_crc32, working_set)) = restored {
+                    controller.restored(state_crc32, working_set);
+                }
                 controller.adopt(microvm, from, config.as_ref(), ms)
             }
             Ok(None) => Ok(()),
@@ -244,8 +262,16 @@ fn snapshot(mut microvm: Microvm, dir: &Path) -> VmExit {
     }
 }
 
-/// The running VM, booted or restored; `None` for a dry run.
-fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Microvm>> {
+/// What a `--restore-from` restore did besides: the state's CRC-32, and the working set it
+/// loaded or ignored.
+type RestoredFrom = (u32, Option<(PathBuf, vmm::snapshot::WorkingSetUse)>);
+
+/// The running VM, booted or restored (with what the restore did); `None` for a dry run.
+fn start(
+    args: &Args,
+    caps: &HostCaps,
+    cwd: &Path,
+) -> anyhow::Result<Option<(Microvm, Option<RestoredFrom>)>> {
     let serial_out = |path: Option<&PathBuf>| -> anyhow::Result<Box<dyn Write + Send>> {
         vmm::api::controller::open_console(path.map(PathBuf::as_path)).with_context(|| {
             let path = path.map(|p| p.display().to_string()).unwrap_or_default();
@@ -255,17 +281,22 @@ fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Micr
     if let Some(dir) = &args.restore_from {
         let console = serial_out(args.vm.serial_out.as_ref())?;
         let started = std::time::Instant::now();
+        // A working set recorded beside the snapshot is loaded (lambda-vm records one).
+        let working_set = dir.join(vmm::snapshot::working_set::FILE_NAME);
         let options = vmm::snapshot::RestoreOptions {
             vsock_uds: args.vm.vsock_uds.clone(),
+            working_set: working_set.exists().then_some(working_set),
             ..Default::default()
         };
-        let microvm = vmm::snapshot::restore(dir, console, &options)
+        let restored = vmm::snapshot::restore_dir(dir, console, &options)
             .with_context(|| format!("restoring {}", dir.display()))?;
         log::info!(
             "restored in {:.2} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
-        return Ok(Some(microvm));
+        let working_set = options.working_set.zip(restored.working_set);
+        let from = (restored.state_crc32, working_set);
+        return Ok(Some((restored.microvm, Some(from))));
     }
     let config = config::load(&args.vm, caps, cwd).context("configuration")?;
     if args.dry_run {
@@ -278,5 +309,5 @@ fn start(args: &Args, caps: &HostCaps, cwd: &Path) -> anyhow::Result<Option<Micr
         .and_then(|s| s.serial_out_path.as_ref());
     let console = serial_out(path)?;
     let microvm = vmm::builder::boot(&config, console)?;
-    Ok(Some(microvm))
+    Ok(Some((microvm, None)))
 }

@@ -141,10 +141,13 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 impl JailFlags {
     /// Enters the jail, if one was asked for. Call it first thing, while the process has one
-    /// thread (mount namespaces cannot be unshared by a threaded process).
-    pub fn enter(&self) -> Result<(), JailError> {
+    /// thread (mount namespaces cannot be unshared by a threaded process). `open_host_files`
+    /// opens what the process needs from the host that the jail does not hold (its own
+    /// `/proc/self/pagemap`): it runs once the launcher's descriptors are closed and before
+    /// the root changes (at once when there is no jail).
+    pub fn enter<T>(&self, open_host_files: impl FnOnce() -> T) -> Result<T, JailError> {
         let Some(root) = &self.jail_root else {
-            return Ok(());
+            return Ok(open_host_files());
         };
         let (uid, gid) = match (self.jail_uid, self.jail_gid) {
             (Some(uid), Some(gid)) if uid != 0 && gid != 0 => (uid, gid),
@@ -160,6 +163,7 @@ impl JailFlags {
             return Err(JailError::Relative(relative.clone()));
         }
         close_inherited_descriptors()?;
+        let opened = open_host_files();
         self.enter_namespaces()?;
         for cgroup in &self.jail_cgroup {
             cgroups::join(cgroup).map_err(JailError::Cgroup)?;
@@ -167,7 +171,8 @@ impl JailFlags {
         build_root(root, self, uid, gid)?;
         enter_root(root)?;
         limit_resources()?;
-        drop_privileges(uid, gid)
+        drop_privileges(uid, gid)?;
+        Ok(opened)
     }
 
     fn enter_namespaces(&self) -> Result<(), JailError> {

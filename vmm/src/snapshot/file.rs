@@ -105,6 +105,12 @@ pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<u32, StateFileError>
 
 /// Reads and checks a state file written by [`save`].
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
+    load_with_checksum(path).map(|(state, _)| state)
+}
+
+/// [`load`], with the checksum in the file's header (which state it is: the manifest's
+/// `state_crc32`).
+pub fn load_with_checksum<T: DeserializeOwned>(path: &Path) -> Result<(T, u32), StateFileError> {
     // A FIFO or a device would block the open or never end: only a regular file is a state.
     let metadata = std::fs::metadata(path).map_err(io_error(path))?;
     if !metadata.is_file() {
@@ -175,7 +181,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateFileError> {
     }
     // Trailing bytes would mean the writer and reader disagree on the layout.
     match postcard::take_from_bytes(&payload) {
-        Ok((state, [])) => Ok(state),
+        Ok((state, [])) => Ok((state, checksum)),
         Ok(_) => Err(StateFileError::Decode {
             path: path.to_owned(),
             source: postcard::Error::DeserializeBadEncoding,

@@ -11,6 +11,7 @@
 pub mod dir;
 pub mod file;
 pub mod manifest;
+pub mod working_set;
 
 use crate::builder::{self, BuildError, LegacyDevices, VirtioAttacher};
 use crate::config::MAX_VCPUS;
@@ -119,6 +120,29 @@ pub struct RestoreOptions {
     pub net_overrides: Vec<(String, String)>,
     /// Leave the vCPUs paused (the API's `resume_vm: false`); they run at once otherwise.
     pub paused: bool,
+    /// A working-set file ([`working_set`]) whose pages are loaded before the vCPUs run. One
+    /// that cannot be used (missing, corrupt, another snapshot's) is logged and ignored: guest
+    /// memory then loads lazily, as without one.
+    pub working_set: Option<PathBuf>,
+}
+
+/// A restored VM, and what its restore did besides.
+pub struct Restored {
+    pub microvm: Microvm,
+    /// The CRC-32 of the state it came from (its manifest's `state_crc32`), which a working
+    /// set recorded from this VM names.
+    pub state_crc32: u32,
+    /// What became of [`RestoreOptions::working_set`]; `None` when none was given.
+    pub working_set: Option<WorkingSetUse>,
+}
+
+/// What a restore did with the working set it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkingSetUse {
+    /// Its pages were loaded before the vCPUs ran.
+    Loaded(working_set::Loaded),
+    /// It could not be used, and why: guest memory loads lazily.
+    Ignored(String),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -359,6 +383,15 @@ pub fn restore(
     console: Box<dyn Write + Send>,
     options: &RestoreOptions,
 ) -> Result<Microvm, SnapshotError> {
+    restore_dir(dir, console, options).map(|r| r.microvm)
+}
+
+/// [`restore`], with what the restore did besides ([`Restored`]).
+pub fn restore_dir(
+    dir: &Path,
+    console: Box<dyn Write + Send>,
+    options: &RestoreOptions,
+) -> Result<Restored, SnapshotError> {
     let paths = SnapshotPaths::in_dir(dir);
     let manifest_file = manifest_path(&paths.state);
     if manifest_file.exists() {
@@ -372,8 +405,8 @@ pub fn restore_files(
     paths: &SnapshotPaths,
     console: Box<dyn Write + Send>,
     options: &RestoreOptions,
-) -> Result<Microvm, SnapshotError> {
-    let state: MicrovmState = file::load(&paths.state)?;
+) -> Result<Restored, SnapshotError> {
+    let (state, state_crc32): (MicrovmState, u32) = file::load_with_checksum(&paths.state)?;
     if state.vcpus.is_empty() || state.vcpus.len() > usize::from(MAX_VCPUS) {
         let count = state.vcpus.len();
         return Err(SnapshotError::Invalid(format!("{count} vCPUs")));
@@ -385,6 +418,10 @@ pub fn restore_files(
     }
     let specs = overridden_specs(&state, options)?;
     let memory = map_memory(&paths.memory, state.mem_size_bytes)?;
+    let working_set = options
+        .working_set
+        .as_deref()
+        .map(|path| load_working_set(path, &memory, state_crc32, state.mem_size_bytes));
 
     let vm = Vm::restore(memory, &state.vm)?;
     let exit = Arc::new(ExitSignal::default());
@@ -416,7 +453,44 @@ pub fn restore_files(
     } else {
         Microvm::start(parts)?
     };
-    Ok(microvm)
+    Ok(Restored {
+        microvm,
+        state_crc32,
+        working_set,
+    })
+}
+
+/// Loads the working set at `path` into `memory` if it is this snapshot's; logs why not
+/// otherwise (one line), and the restore goes on with lazily loaded memory.
+fn load_working_set(
+    path: &Path,
+    memory: &GuestMemoryMmap,
+    state_crc32: u32,
+    mem_size_bytes: u64,
+) -> WorkingSetUse {
+    let loaded = working_set::WorkingSet::read(path).and_then(|set| {
+        set.check(state_crc32, mem_size_bytes)?;
+        working_set::load(memory, &set)
+    });
+    match loaded {
+        Ok(loaded) => {
+            log::info!(
+                "working set {}: {} pages loaded in {:.2} ms",
+                path.display(),
+                loaded.pages,
+                loaded.ms
+            );
+            WorkingSetUse::Loaded(loaded)
+        }
+        Err(e) => {
+            let why = logging::Chain(&e).to_string();
+            log::warn!(
+                "working set {}: not used ({why}); guest memory loads lazily",
+                path.display()
+            );
+            WorkingSetUse::Ignored(why)
+        }
+    }
 }
 
 /// The snapshot's devices with `options`' new vsock socket and taps; an override for a device

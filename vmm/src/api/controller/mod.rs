@@ -14,7 +14,7 @@ use super::running::ControllerState;
 use super::server::{Responder, VmmEvent};
 use super::types::{
     exit_reason, ActionType, ExitInfo, FullVmConfig, InstanceInfo, MemoryBackendType,
-    SnapshotLoadParams, Timings, VersionInfo, VmmStatus,
+    SnapshotLoadParams, Timings, VersionInfo, VmmStatus, WorkingSetStatus,
 };
 use super::{routes::ApiRequest, ApiResponse};
 use crate::config::{
@@ -26,7 +26,7 @@ use crate::host_caps::HostCaps;
 use crate::microvm::{DeviceSpec, Microvm};
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::manifest::SnapshotManifest;
-use crate::snapshot::{self, RestoreOptions, SnapshotPaths};
+use crate::snapshot::{self, working_set, RestoreOptions, SnapshotPaths, WorkingSetUse};
 use logging::Chain;
 use std::fs::File;
 use std::io::Write;
@@ -43,6 +43,9 @@ pub struct ControllerOptions {
     pub caps: HostCaps,
     /// Where the guest console goes until a `PUT /serial` says otherwise (`--serial-out`).
     pub serial_out: Option<PathBuf>,
+    /// This process's `/proc/self/pagemap`, opened before the jail (which has no `/proc`):
+    /// what `GET /ext/working-set` reads. `None`: that request is refused.
+    pub pagemap: Option<File>,
 }
 
 pub const APP_NAME: &str = "vmm";
@@ -86,6 +89,12 @@ pub struct Controller {
     metrics: Option<File>,
     timings: Timings,
     last_snapshot: Option<SnapshotManifest>,
+    /// `PUT /ext/working-set`: the file the snapshot load reads in.
+    working_set_file: Option<PathBuf>,
+    /// What the snapshot load did with it.
+    working_set: Option<WorkingSetStatus>,
+    /// The CRC-32 of the state a restored VM came from (a working set recorded names it).
+    restored_state_crc32: Option<u32>,
     requests: u64,
     refused: u64,
     main_filtered: bool,
@@ -146,10 +155,20 @@ impl Controller {
             metrics: None,
             timings: Timings::default(),
             last_snapshot: None,
+            working_set_file: None,
+            working_set: None,
+            restored_state_crc32: None,
             requests: 0,
             refused: 0,
             main_filtered: false,
         }
+    }
+
+    /// Before [`Controller::adopt`] of a VM the command line restored: the state it came from
+    /// (for `GET /ext/working-set`) and what became of the working set it was given.
+    pub fn restored(&mut self, state_crc32: u32, working_set: Option<(PathBuf, WorkingSetUse)>) {
+        self.restored_state_crc32 = Some(state_crc32);
+        self.working_set = working_set.map(|(path, used)| working_set_status(path, used));
     }
 
     /// Takes over a VM the command line already booted or restored (`--config-file`,
@@ -224,6 +243,11 @@ impl Controller {
             GetVmConfig => ApiResponse::ok(&self.config),
             GetMachineConfig => ApiResponse::ok(&self.config.machine_config),
             GetStatus => ApiResponse::ok(&self.status()),
+            GetWorkingSet => self.working_set(),
+            PutWorkingSet(config) => self.pre_boot(|c| {
+                c.working_set_file = Some(config.path);
+                ApiResponse::no_content()
+            }),
             PutMachineConfig(config) => self.pre_boot(|c| c.set_machine_config(config)),
             PatchMachineConfig(update) => self.pre_boot(|c| c.patch_machine_config(&update)),
             PutBootSource(boot) => self.pre_boot(|c| c.set_boot_source(boot)),
@@ -267,6 +291,24 @@ impl Controller {
             exit,
             timings: self.timings.clone(),
             last_snapshot: self.last_snapshot.clone(),
+            working_set: self.working_set.clone(),
+        }
+    }
+
+    /// `GET /ext/working-set`: the pages the restored guest has touched so far.
+    fn working_set(&self) -> ApiResponse {
+        let Phase::Started(vm) = &self.phase else {
+            return refuse("only a running restored microVM has a working set");
+        };
+        let Some(state_crc32) = self.restored_state_crc32 else {
+            return refuse("only a microVM restored from a snapshot has a working set");
+        };
+        let Some(pagemap) = &self.options.pagemap else {
+            return ApiResponse::fault(500, "this vmm could not open /proc/self/pagemap");
+        };
+        match working_set::record(pagemap, vm.vm().memory(), state_crc32) {
+            Ok(set) => ApiResponse::ok(&set),
+            Err(e) => ApiResponse::fault(500, &format!("reading /proc/self/pagemap: {e}")),
         }
     }
 
@@ -380,6 +422,7 @@ impl Controller {
                 .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                 .collect(),
             paused: !params.resume_vm,
+            working_set: self.working_set_file.clone(),
         };
         let console = match self.console() {
             Ok(console) => console,
@@ -391,8 +434,14 @@ impl Controller {
         };
         let started = Instant::now();
         match snapshot::restore_files(&paths, console, &options) {
-            Ok(microvm) => {
+            Ok(restored) => {
                 self.timings.restore_ms = Some(ms_since(started));
+                self.restored_state_crc32 = Some(restored.state_crc32);
+                self.working_set = options
+                    .working_set
+                    .zip(restored.working_set)
+                    .map(|(path, used)| working_set_status(path, used));
+                let microvm = restored.microvm;
                 self.config = restored_config(&microvm, self.config.serial.clone());
                 self.respond_started(microvm, StartedFrom::Snapshot)
             }
@@ -438,6 +487,24 @@ impl Controller {
         };
         self.phase = Phase::Stopped(exit.clone());
         exit
+    }
+}
+
+/// `GET /ext/status`'s account of a working set given to a restore.
+fn working_set_status(path: PathBuf, used: WorkingSetUse) -> WorkingSetStatus {
+    match used {
+        WorkingSetUse::Loaded(loaded) => WorkingSetStatus {
+            path,
+            pages: loaded.pages,
+            load_ms: loaded.ms,
+            ignored: None,
+        },
+        WorkingSetUse::Ignored(why) => WorkingSetStatus {
+            path,
+            pages: 0,
+            load_ms: 0.0,
+            ignored: Some(why),
+        },
     }
 }
 
