@@ -902,7 +902,7 @@ impl Handle {
     }
 
     /// Writes the END and REPORT of the invocation last answered, if they are still to come.
-    fn write_report(&self, state: &mut State) {
+    pub(super) fn write_report(&self, state: &mut State) {
         let Some(Unreported {
             mut report,
             trace,

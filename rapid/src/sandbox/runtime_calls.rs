@@ -119,6 +119,9 @@ impl Handle {
     }
 
     fn deliver(&self, state: &mut State, mut queued: Queued) -> Delivered {
+        // The last invocation's END and REPORT, if its task has not written them yet (the
+        // extensions' post-invoke phase may have ended just now): they come before this START.
+        self.write_report(state);
         let config = &self.shared.config;
         let request_id = queued.invocation.request_id.clone();
         self.log(&report::start(&request_id, &config.function_version));
