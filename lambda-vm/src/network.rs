@@ -701,15 +701,27 @@ impl Drop for EnvNetwork {
 /// (its peer goes with it; a netlink message), the host table (`nft`), and the namespace (its
 /// tap goes with it once the last process in it, the `vmm`, is gone).
 fn remove_objects(name: &str) {
-    let deleted = netlink_runtime().and_then(|runtime| {
-        runtime.block_on(async {
-            let host = netlink_connection()?;
-            let link = rtnetlink::LinkUnspec::new_with_name(name).build();
-            host.link()
-                .del_with_message(link)
-                .execute()
-                .await
-                .map_err(|e| netlink_error("removing the veth pair", e))
+    // On a thread of its own, as `build` does: a caller may be inside the service's runtime
+    // (the sweep at start), where a runtime of our own cannot block.
+    let delete = || {
+        netlink_runtime().and_then(|runtime| {
+            runtime.block_on(async {
+                let host = netlink_connection()?;
+                let link = rtnetlink::LinkUnspec::new_with_name(name).build();
+                host.link()
+                    .del_with_message(link)
+                    .execute()
+                    .await
+                    .map_err(|e| netlink_error("removing the veth pair", e))
+            })
+        })
+    };
+    let deleted = std::thread::scope(|scope| {
+        scope.spawn(delete).join().unwrap_or_else(|_| {
+            Err(NetworkError::Netlink {
+                what: "removing the veth pair".into(),
+                source: "the netlink thread panicked".into(),
+            })
         })
     });
     if let Err(e) = deleted {
