@@ -336,7 +336,15 @@ fn restored_environments_each_fetch_cannot_reach_each_other_and_stale_connection
     let page_a = HostServer::spawn(SocketAddr::from((host_a, PAGE_PORT)), false);
     let page_b = HostServer::spawn(SocketAddr::from((host_b, PAGE_PORT)), false);
     let Some(mut service) =
-        start_service("net-snap", &rootfs, &config, SNAPSTART_RANGE, &["--eager"])
+        // Networks made as environments start, not ahead: the range has two links, and the
+        // snapshot's environment must have the first (its init connects to that link's host).
+        start_service(
+            "net-snap",
+            &rootfs,
+            &config,
+            SNAPSTART_RANGE,
+            &["--eager", "--ready-networks", "0"],
+        )
     else {
         return;
     };

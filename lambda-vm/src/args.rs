@@ -90,6 +90,10 @@ pub struct Args {
     /// than --max-concurrency. 0 turns them off.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub ready_vmms: usize,
+    /// How many environment networks (namespace, veth, tap, rules) are kept made ahead, for
+    /// the next environments to start; 0 makes each when its environment starts.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub ready_networks: usize,
     /// Neither record nor load SnapStart working sets: by default the guest pages the first
     /// invoke after a restore touches are kept beside the snapshot (`memory.ws`) and loaded
     /// by later restores before the guest runs; with this flag every restore loads guest

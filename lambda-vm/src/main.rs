@@ -175,7 +175,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
     });
     let cpu_template = CpuTemplate::Auto.resolve(&HostCaps::detect());
     let networks = if !args.no_network && functions.iter().any(|f| f.config.networking) {
-        open_networks(args.network_range)
+        open_networks(args.network_range, args.ready_networks)
     } else {
         None
     };
@@ -198,7 +198,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
             boot_args: args.boot_args.clone(),
             cpu_template,
             networks: (!args.no_network)
-                .then(|| open_networks(args.network_range))
+                .then(|| open_networks(args.network_range, args.ready_networks))
                 .flatten(),
             log_dir: args.log_dir.clone(),
             console: args.console.clone(),
@@ -463,15 +463,12 @@ impl Signals {
     }
 }
 
-/// How many environment networks are kept made ahead, for the next environments to start.
-const READY_NETWORKS: usize = 2;
-
 /// The environments' networks, or `None`, said on stderr, when this host cannot give them: the
 /// functions then run without networking.
-fn open_networks(range: network::Subnet) -> Option<Arc<Networks>> {
+fn open_networks(range: network::Subnet, ready: usize) -> Option<Arc<Networks>> {
     match Networks::open(range) {
         Ok(networks) => {
-            networks.keep_ready(READY_NETWORKS);
+            networks.keep_ready(ready);
             Some(Arc::new(networks))
         }
         Err(e) => {

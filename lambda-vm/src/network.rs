@@ -232,9 +232,13 @@ impl Networks {
         }
     }
 
-    /// A network for a new environment: one made ahead if one is ready, else a new one.
+    /// A network for a new environment: the oldest of those made ahead if one is ready (the
+    /// lowest slot, as without them), else a new one.
     pub fn create(&self) -> Result<EnvNetwork, NetworkError> {
-        let ready = self.shared.lock().ready.pop();
+        let ready = {
+            let mut work = self.shared.lock();
+            (!work.ready.is_empty()).then(|| work.ready.remove(0))
+        };
         self.shared.changed.notify_all();
         match ready {
             Some(network) => Ok(network),
