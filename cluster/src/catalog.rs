@@ -5,7 +5,7 @@
 //! the artifact on first use and checks its digest on every fetch ([`fetch_artifact`]).
 
 use crate::connect::Cluster;
-use crate::names;
+use crate::objects;
 use async_nats::jetstream::{kv, object_store};
 use futures_util::StreamExt;
 use proto::function_config::FunctionConfig;
@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What can run a function, by the file it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -181,7 +180,7 @@ pub async fn deploy(cluster: &Cluster, source: &Path) -> Result<FunctionRecord, 
             path: path.clone(),
             reason: e.to_string(),
         })??;
-        upload(&cluster.artifacts, &path, &sha256, size).await?;
+        objects::upload(&cluster.artifacts, &path, &sha256, size).await?;
         artifacts.push(Artifact { kind, sha256, size });
     }
     let mut record = FunctionRecord {
@@ -223,37 +222,8 @@ pub(crate) fn digest_of(path: &Path) -> Result<(String, u64), DeployError> {
     Ok((hex(&hasher.finalize()), size))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Stores the file at `path` as the object of `sha256`, unless the store holds it already.
-pub(crate) async fn upload(
-    store: &object_store::ObjectStore,
-    path: &Path,
-    sha256: &str,
-    size: u64,
-) -> Result<(), DeployError> {
-    let name = names::artifact_object(sha256);
-    if let Ok(info) = store.info(&name).await {
-        if !info.deleted && info.size as u64 == size {
-            return Ok(());
-        }
-    }
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|source| DeployError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    store
-        .put(name.as_str(), &mut file)
-        .await
-        .map_err(|e| DeployError::Store {
-            what: format!("{} ({size} bytes)", path.display()),
-            detail: e.to_string(),
-        })?;
-    Ok(())
 }
 
 /// Why an artifact could not be had.
@@ -279,64 +249,7 @@ pub async fn fetch_artifact(
     artifact: &Artifact,
     dest: &Path,
 ) -> Result<(), FetchError> {
-    fetch_object(store, &artifact.sha256, dest).await
-}
-
-/// Fetches the object of `expected` (a SHA-256, lowercase hex) into the file `dest`, through a
-/// temporary file: `dest` holds only whole bytes whose digest is `expected`.
-pub(crate) async fn fetch_object(
-    store: &object_store::ObjectStore,
-    expected: &str,
-    dest: &Path,
-) -> Result<(), FetchError> {
-    let sha256 = expected.to_owned();
-    let store_error = |detail: String| FetchError::Store {
-        sha256: sha256.clone(),
-        detail,
-    };
-    let write = |source| FetchError::Write {
-        sha256: expected.to_owned(),
-        path: dest.to_owned(),
-        source,
-    };
-    let mut object = store
-        .get(names::artifact_object(expected))
-        .await
-        .map_err(|e| store_error(e.to_string()))?;
-    if let Some(dir) = dest.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(write)?;
-    }
-    let temp = dest.with_extension(format!("part-{}", uuid::Uuid::new_v4().simple()));
-    let mut file = tokio::fs::File::create(&temp).await.map_err(write)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    let result = async {
-        loop {
-            let n = object
-                .read(&mut buffer)
-                .await
-                .map_err(|e| store_error(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-            file.write_all(&buffer[..n]).await.map_err(write)?;
-        }
-        file.sync_all().await.map_err(write)?;
-        let actual = hex(&hasher.finalize());
-        if actual != expected {
-            return Err(FetchError::Digest {
-                expected: expected.to_owned(),
-                actual,
-            });
-        }
-        tokio::fs::rename(&temp, dest).await.map_err(write)
-    }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&temp).await;
-    }
-    result
+    objects::fetch(store, &artifact.sha256, artifact.size, dest).await
 }
 
 fn package_error(path: &Path, reason: impl std::fmt::Display) -> DeployError {

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod front;
 pub mod host;
 pub mod names;
+mod objects;
 pub mod registry;
 pub mod runner;
 pub mod snapshots;

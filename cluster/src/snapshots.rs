@@ -9,6 +9,7 @@
 use crate::catalog::{self, FetchError};
 use crate::connect::Cluster;
 use crate::names;
+use crate::objects;
 use async_nats::jetstream::{kv, object_store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -161,7 +162,7 @@ impl SharedSnapshots {
                     path: path.clone(),
                     detail: e.to_string(),
                 })?;
-            catalog::upload(&self.store, &path, &sha256, size)
+            objects::upload(&self.store, &path, &sha256, size)
                 .await
                 .map_err(|e| ShareError::Store {
                     path: path.clone(),
@@ -244,7 +245,7 @@ impl SharedSnapshots {
             return Ok(None);
         };
         for file in &record.files {
-            catalog::fetch_object(&self.store, &file.sha256, &dir.join(&file.name)).await?;
+            objects::fetch(&self.store, &file.sha256, file.size, &dir.join(&file.name)).await?;
         }
         Ok(Some(record))
     }

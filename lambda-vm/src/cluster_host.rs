@@ -217,6 +217,15 @@ impl VmHost {
 /// from NATS must not hold the function's starts for ever): then the host boots instead.
 const SNAPSHOT_FETCH_LIMIT: Duration = Duration::from_secs(180);
 
+/// The waits before a failed publish is tried again: a busy cluster (its replicas catching up,
+/// a leader being elected) refuses a large object for a while, and a host that gives up at
+/// once leaves every other host booting the function from scratch.
+const PUBLISH_RETRY_WAITS: [Duration; 3] = [
+    Duration::from_secs(5),
+    Duration::from_secs(20),
+    Duration::from_secs(60),
+];
+
 /// One function's snapshots as the cluster shares them (see the module's documentation).
 struct ClusterSnapshots {
     function: String,
@@ -256,18 +265,26 @@ impl snapshots::SnapshotShare for ClusterSnapshots {
         );
         self.runtime.spawn(async move {
             let started = std::time::Instant::now();
-            let published = shared
-                .publish(&function, &key, &dir, &snapshots::SNAPSHOT_FILES)
-                .await;
+            let mut attempt = 0;
+            let published = loop {
+                attempt += 1;
+                let published = shared
+                    .publish(&function, &key, &dir, &snapshots::SNAPSHOT_FILES)
+                    .await;
+                match (published, PUBLISH_RETRY_WAITS.get(attempt - 1)) {
+                    (Err(_), Some(wait)) if dir.is_dir() => tokio::time::sleep(*wait).await,
+                    (published, _) => break published,
+                }
+            };
             done(match published {
                 Ok(record) => Ok(format!(
-                    "SnapStart snapshot published to the cluster in {} ms ({} bytes; CPU {} {})",
+                    "SnapStart snapshot published to the cluster in {} ms ({} bytes; CPU {} {}; attempt {attempt})",
                     started.elapsed().as_millis(),
                     record.files.iter().map(|f| f.size).sum::<u64>(),
                     record.cpu_id,
                     record.cpu_model
                 )),
-                Err(e) => Err(logging::Chain(&e).to_string()),
+                Err(e) => Err(format!("{} (attempt {attempt}, given up)", logging::Chain(&e))),
             });
         });
     }
