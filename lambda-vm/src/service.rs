@@ -60,6 +60,10 @@ pub enum StartError {
         #[source]
         source: Box<GuestError>,
     },
+    /// A bug panicked in the start: it fails this start as any error does, rather than
+    /// leave the caller waiting for a timeout and its place in the pool taken.
+    #[error("the environment's start failed on an internal error: {0}")]
+    Panicked(String),
 }
 
 /// An error with its causes, `: `-separated, for log lines ([`logging::Chain`]).
@@ -349,10 +353,18 @@ impl Inner {
         }
     }
 
+    /// [`Self::start_environment`], with a panic in it turned into [`StartError::Panicked`].
+    fn start_caught(self: &Arc<Self>, provisioned: bool) -> Result<Guest, StartError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.start_environment(provisioned)
+        }))
+        .unwrap_or_else(|panic| Err(StartError::Panicked(logging::panic_message(&*panic))))
+    }
+
     /// Starts one provisioned environment and adds it to the pool; `Err` says why it failed.
     fn provision_one(self: &Arc<Self>) -> Result<(), String> {
         let id = self.pool().begin_provisioning();
-        match self.start_environment(true) {
+        match self.start_caught(true) {
             Ok(guest) => {
                 let env = guest.env;
                 self.log.service(
@@ -382,7 +394,7 @@ impl Inner {
     /// Starts an environment for start `id` of the pool, and hands it to the pool (which gives
     /// it to the longest-waiting request, or keeps it idle).
     fn start_for_pool(self: &Arc<Self>, id: u64) {
-        match self.start_environment(false) {
+        match self.start_caught(false) {
             Ok(guest) => {
                 if let Some(guest) = self.pool().ready(id, guest, false) {
                     self.teardown(guest, "the service is stopping");
