@@ -15,7 +15,12 @@
 #     first invoke): the same SnapStart restores through a second lambda-vm started with
 #     --no-working-set on the same snapshot, and bare vmm restores without and with it (the
 #     first invoke's round trip and host page faults). --no-working-set skips the second
-#     lambda-vm.
+#     lambda-vm;
+#   - with FIRECRACKER=path (an executable; a build without its seccomp filters is fine, it runs
+#     with --no-seccomp): at the end, scripts/bench-restore-vmms.sh --runs N: Firecracker's
+#     restore → first guest answer beside the bare vmm's, each VMM restoring a snapshot it took
+#     itself of the same tiny guest (Firecracker cannot load our format); its samples go to
+#     restore-vmms.json beside --json. Without FIRECRACKER nothing of this runs.
 #
 # The echo function (tests/functions/bootstrap-echo) is built twice as an ext4 image, `cold`
 # (on-demand) and `snap` (snap-start), both without networking (so the bare vmm restores the
@@ -24,8 +29,9 @@
 # coldstart.rs does the measuring). It replaces bench-microvm.sh and bench-burst.sh;
 # scripts/bench-warm-path.sh still breaks a warm invoke down hop by hop.
 #
-# Usage: scripts/bench-coldstart.sh [--runs N] [--cold-runs N] [--warm N] [--bursts 1,2,4,8]
-#                                   [--ready N] [--json PATH] [--svg PATH] [--no-working-set]
+# Usage: [FIRECRACKER=path] scripts/bench-coldstart.sh [--runs N] [--cold-runs N] [--warm N]
+#                                   [--bursts 1,2,4,8] [--ready N] [--json PATH] [--svg PATH]
+#                                   [--no-working-set]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -48,13 +54,15 @@ while [ $# -gt 0 ]; do
         --json) json="${2:?}"; shift ;;
         --svg) svg="${2:?}"; shift ;;
         --no-working-set) compare_working_set=0 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
 done
 [ -e /dev/kvm ] || die "/dev/kvm is missing"
 [ "$(id -u)" -eq 0 ] || die "run as root: lambda-vm jails every vmm"
+firecracker="${FIRECRACKER:-}"
+[ -z "$firecracker" ] || [ -x "$firecracker" ] || die "FIRECRACKER=$firecracker is not an executable"
 ensure_cargo
 kernel="$(scripts/build-kernel.sh | tail -n1)"
 cold_dir="$(stage_rust_echo_function)"
@@ -136,3 +144,10 @@ step "measuring (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
     "${lazy_args[@]}" ||
     { tail -n 40 "$SERVER_LOG" >&2; die "the benchmark failed (lambda-vm's log above)"; }
 step "results in $json, chart in $svg"
+if [ -n "$firecracker" ]; then
+    stop_lazy
+    stop_server
+    step "restore → first guest answer, the bare vmm beside Firecracker (scripts/bench-restore-vmms.sh)"
+    FIRECRACKER="$firecracker" scripts/bench-restore-vmms.sh --runs "$runs" \
+        --json "$(dirname "$json")/restore-vmms.json"
+fi
