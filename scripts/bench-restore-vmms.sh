@@ -45,45 +45,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive number, not $runs"
-[ -e /dev/kvm ] || die "/dev/kvm is missing"
-firecracker="${FIRECRACKER:-}"
-[ -z "$firecracker" ] || [ -x "$firecracker" ] || die "FIRECRACKER=$firecracker is not an executable"
-command -v cpio >/dev/null || ensure_apt_packages cpio
+. scripts/lib/vsock-guest.sh
 command -v curl >/dev/null || ensure_apt_packages curl
-ensure_cargo
-kernel="$(scripts/build-kernel.sh | tail -n1)"
-step "building the static guest program (benches/src/bin/vsock_bulk_guest.rs)"
-RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --quiet --release -p benches --bin vsock_bulk_guest --target "$STATIC_TARGET" >&2
-step "building vmm (release)"
-cargo build --quiet --release -p vmm
-target="$(cargo_target_dir)"
 [ -z "$json" ] || json="$(realpath -m "$json")"
-
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# The initramfs: /init alone (it mounts devtmpfs for its console itself).
-mkdir "$work/root"
-cp "$target/$STATIC_TARGET/release/vsock_bulk_guest" "$work/root/init"
-(cd "$work/root" && echo init | cpio -o -H newc --quiet) >"$work/initramfs.cpio"
-
-# Our vmm's default command line for this host (vmm/src/builder.rs: DEFAULT_BOOT_ARGS, and
-# PVM_BOOT_ARGS under kvm_pvm), given to both VMMs explicitly.
-boot_args="console=ttyS0 reboot=k panic=1 rodata=off clocksource=kvm-clock"
-if [ -d /sys/module/kvm_pvm ]; then
-    boot_args="$boot_args noxsave nosmap nofsgsbase nopku clearcpuid=cx16,popcnt,rdrand,rdseed,fsgsbase,smap,smep,pku,ospke,invpcid,pcid,rdtscp,3dnowprefetch,clflushopt,clwb,rdpid,avx,avx2 pvm_no_int3_selftest pvm_no_fwait pvm_syscall_fixup"
-fi
 
 # api SOCKET METHOD PATH [BODY]: one Firecracker API call; logs it and its answer to stderr and
 # dies unless the answer is 204 No Content.
@@ -119,16 +84,10 @@ snapshot() {
     pids+=("$pid")
     wait_api "$sock" "$pid"
     api "$sock" PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
-    api "$sock" PUT /boot-source "{\"kernel_image_path\": \"$kernel\", \"initrd_path\": \"$work/initramfs.cpio\", \"boot_args\": \"$boot_args\"}"
+    api "$sock" PUT /boot-source "{\"kernel_image_path\": \"$kernel\", \"initrd_path\": \"$initramfs\", \"boot_args\": \"$boot_args\"}"
     api "$sock" PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$work/$name.vsock\"}"
     api "$sock" PUT /actions '{"action_type": "InstanceStart"}'
-    for _ in $(seq 6000); do
-        grep -q "vsock_bulk_guest: listening" "$console" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || { cat "$console" >&2; die "$name exited"; }
-        sleep 0.1
-    done
-    grep -q "vsock_bulk_guest: listening" "$console" ||
-        { tail -n 20 "$console" >&2; die "$name's guest did not listen within 600 s"; }
+    wait_listening "$name" "$pid" "$console"
     step "$name: pausing and snapshotting"
     api "$sock" PATCH /vm '{"state": "Paused"}'
     api "$sock" PUT /snapshot/create "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$work/$name.state\", \"mem_file_path\": \"$work/$name.mem\"}"

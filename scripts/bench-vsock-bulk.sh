@@ -36,42 +36,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -e /dev/kvm ] || die "/dev/kvm is missing"
-firecracker="${FIRECRACKER:-}"
-[ -z "$firecracker" ] || [ -x "$firecracker" ] || die "FIRECRACKER=$firecracker is not an executable"
-command -v cpio >/dev/null || ensure_apt_packages cpio
-ensure_cargo
-kernel="$(scripts/build-kernel.sh | tail -n1)"
-step "building the static guest program (benches/src/bin/vsock_bulk_guest.rs)"
-RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --quiet --release -p benches --bin vsock_bulk_guest --target "$STATIC_TARGET" >&2
-step "building vmm (release)"
-cargo build --quiet --release -p vmm
-target="$(cargo_target_dir)"
-
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# The initramfs: /init alone (it mounts devtmpfs for its console itself).
-mkdir "$work/root"
-cp "$target/$STATIC_TARGET/release/vsock_bulk_guest" "$work/root/init"
-(cd "$work/root" && echo init | cpio -o -H newc --quiet) >"$work/initramfs.cpio"
-
-# Our vmm's default command line for this host (vmm/src/builder.rs: DEFAULT_BOOT_ARGS, and
-# PVM_BOOT_ARGS under kvm_pvm), given to both VMMs explicitly.
-boot_args="console=ttyS0 reboot=k panic=1 rodata=off clocksource=kvm-clock"
-if [ -d /sys/module/kvm_pvm ]; then
-    boot_args="$boot_args noxsave nosmap nofsgsbase nopku clearcpuid=cx16,popcnt,rdrand,rdseed,fsgsbase,smap,smep,pku,ospke,invpcid,pcid,rdtscp,3dnowprefetch,clflushopt,clwb,rdpid,avx,avx2 pvm_no_int3_selftest pvm_no_fwait pvm_syscall_fixup"
-fi
+. scripts/lib/vsock-guest.sh
 
 # Writes NAME.json, a Firecracker-style configuration with NAME.vsock as the vsock socket.
 write_config() {
@@ -79,7 +44,7 @@ write_config() {
 {
   "boot-source": {
     "kernel_image_path": "$kernel",
-    "initrd_path": "$work/initramfs.cpio",
+    "initrd_path": "$initramfs",
     "boot_args": "$boot_args"
   },
   "drives": [],
@@ -109,13 +74,7 @@ fi
 for name in "${vmms[@]}"; do
     step "booting $name (a Linux boot: tens of seconds here)"
     pid_var="pid_$name"
-    for _ in $(seq 6000); do
-        grep -q "vsock_bulk_guest: listening" "$work/$name.console" 2>/dev/null && break
-        kill -0 "${!pid_var}" 2>/dev/null || { cat "$work/$name.console" >&2; die "$name exited"; }
-        sleep 0.1
-    done
-    grep -q "vsock_bulk_guest: listening" "$work/$name.console" ||
-        { tail -n 20 "$work/$name.console" >&2; die "$name's guest did not listen within 600 s"; }
+    wait_listening "$name" "${!pid_var}" "$work/$name.console"
 done
 
 step "measuring: ${vmms[*]}, sizes $sizes MiB, $runs runs each (runs alternate between the VMMs)"
