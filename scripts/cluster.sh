@@ -7,7 +7,8 @@
 # `scripts/cluster.sh down` from another shell.
 #
 #   scripts/cluster.sh [up] [--hosts N] [--function DIR|ZIP]... [--max-concurrency N]
-#                      [--vm-host KERNEL] [--vm-hosts N] [--name NAME] [--subnet A.B.C] [--state DIR]
+#                      [--vm-host KERNEL] [--vm-hosts N] [--vm-flag FLAG]... [--name NAME]
+#                      [--subnet A.B.C] [--state DIR]
 #                      [--bin-dir DIR] [--detach]
 #   scripts/cluster.sh down [--name NAME] [--state DIR]
 #
@@ -23,6 +24,8 @@
 #                        STATE/hosts/vK; they share one --state-dir (STATE/vm-state: the images
 #                        fetched, at the same path on each, so one's SnapStart snapshot restores on
 #                        another) and each has its own snapshot directory
+#   --vm-flag FLAG       one more lambda-vm flag for every microVM host (`--vm-flag
+#                        --no-working-set`); repeatable
 #   --name NAME          names the namespaces NAME-h1..., the bridge NAME-br (default lcl; at
 #                        most 8 characters), so two clusters can run side by side
 #   --subnet A.B.C       the /24 the bridge (A.B.C.1, where the NATS servers listen) and the
@@ -45,7 +48,7 @@ case "${1:-}" in
     up | down) command=$1; shift ;;
 esac
 hosts=3 functions=() max_concurrency=2 name=lcl subnet=10.77.0 state="" bin_dir="" detach=false
-vm_kernel="" vm_hosts=1
+vm_kernel="" vm_hosts=1 vm_flags=()
 while [ $# -gt 0 ]; do
     case $1 in
         --hosts) hosts=${2:?"--hosts needs a number"}; shift 2 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
         --max-concurrency) max_concurrency=${2:?"--max-concurrency needs a number"}; shift 2 ;;
         --vm-host) vm_kernel="$(realpath "${2:?"--vm-host needs a kernel"}")"; shift 2 ;;
         --vm-hosts) vm_hosts=${2:?"--vm-hosts needs a number"}; shift 2 ;;
+        --vm-flag) vm_flags+=("${2:?"--vm-flag needs a lambda-vm flag"}"); shift 2 ;;
         --name) name=${2:?"--name needs a name"}; shift 2 ;;
         --subnet) subnet=${2:?"--subnet needs A.B.C"}; shift 2 ;;
         --state) state=${2:?"--state needs a directory"}; shift 2 ;;
@@ -222,7 +226,7 @@ for k in $(seq 1 "$vm_count"); do
     nsenter --net="/run/netns/$ns" "$bin_dir/lambda-vm" --cluster "$urls" --host-id "$ns" \
         --kernel "$vm_kernel" --listen "$address:8080" --max-concurrency "$max_concurrency" \
         --no-network --work-dir "$dir/work" --state-dir "$state/vm-state" \
-        --snapshot-dir "$dir/snapshots" >"$dir/log" 2>&1 &
+        --snapshot-dir "$dir/snapshots" "${vm_flags[@]}" >"$dir/log" 2>&1 &
     echo $! >"$dir/pid"
     echo "http://$address:8080" >"$dir/url"
 done

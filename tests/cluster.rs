@@ -570,9 +570,18 @@ fn a_snapstart_snapshot_taken_on_one_microvm_host_is_restored_by_another() {
     );
     let (name, subnet) = name_and_subnet(6);
     // One local-mode host (it runs no image) and two microVM hosts, each with its own
-    // snapshot directory.
-    let cluster =
-        TestCluster::start_with_vm_hosts(&name, &subnet, 1, 1, &[&function_dir], &kernel, 2, &nats);
+    // snapshot directory; working sets off, as the flag asks of cluster hosts too.
+    let cluster = TestCluster::start_with_vm_hosts(
+        &name,
+        &subnet,
+        1,
+        1,
+        &[&function_dir],
+        &kernel,
+        2,
+        &["--no-working-set"],
+        &nats,
+    );
     // Host A boots, snapshots after init, restores, and publishes the snapshot.
     let event = json!({"through": "A"});
     let reply = cluster.vm_invoke(1, &function, &event);
@@ -593,6 +602,7 @@ fn a_snapstart_snapshot_taken_on_one_microvm_host_is_restored_by_another() {
         log_a.contains("SnapStart snapshot taken after init"),
         "{log_a}"
     );
+    assert!(!log_a.contains("working set recorded"), "{log_a}");
     // Host A goes (its idle environment would otherwise take the next invoke): host B then
     // runs the function itself, from host A's snapshot.
     let pid_a = cluster.host_pid(0);
@@ -617,10 +627,12 @@ fn a_snapstart_snapshot_taken_on_one_microvm_host_is_restored_by_another() {
         "host B did not fetch the snapshot:\n{log_b}"
     );
     assert!(log_b.contains("microVM restored"), "{log_b}");
+    assert!(log_b.contains("working sets off"), "{log_b}");
     for booted in [
         "microVM booted",
         "SnapStart snapshot taken",
         "not usable here",
+        "working set recorded",
     ] {
         assert!(!log_b.contains(booted), "host B: {booted:?}:\n{log_b}");
     }

@@ -57,6 +57,8 @@ pub struct VmSettings {
     pub image_dir: PathBuf,
     /// Where SnapStart snapshots go, one subdirectory per function.
     pub snapshot_dir: PathBuf,
+    /// `--no-working-set`: restores load guest memory lazily and record no working set.
+    pub no_working_set: bool,
     pub on_failure_dir: Option<PathBuf>,
     pub host: HostLimit,
     pub tails: LogTails,
@@ -173,8 +175,11 @@ impl VmHost {
             environments: Arc::clone(&settings.environments),
         };
         let snapshots = (config.initialization_type == InitializationType::SnapStart).then(|| {
-            let snapshots =
+            let mut snapshots =
                 snapshots::for_function(&spec, &config, settings.snapshot_dir.join(&name));
+            if settings.no_working_set {
+                snapshots = snapshots.without_working_sets();
+            }
             match &self.shared.snapshots {
                 Some((shared, runtime)) => snapshots.shared_through(Arc::new(ClusterSnapshots {
                     function: name.clone(),

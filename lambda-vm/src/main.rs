@@ -211,6 +211,7 @@ async fn serve(mut args: Args) -> anyhow::Result<ExitCode> {
                 .snapshot_dir
                 .clone()
                 .unwrap_or_else(|| state_dir.join("snapshots")),
+            no_working_set: args.no_working_set,
             on_failure_dir: args.on_failure_dir.clone(),
             host,
             tails,

@@ -72,7 +72,7 @@ impl TestCluster {
         vm_kernel: Option<&Path>,
         nats_server: &Path,
     ) -> TestCluster {
-        let vm = vm_kernel.map(|kernel| (kernel, 1));
+        let vm = vm_kernel.map(|kernel| (kernel, 1, &[][..]));
         Self::start_with(
             name,
             subnet,
@@ -84,8 +84,9 @@ impl TestCluster {
         )
     }
 
-    /// [`TestCluster::start`] with `vm_hosts` microVM hosts booting `kernel` (host 0 is the
-    /// first; see [`TestCluster::vm_host_log`] and [`TestCluster::vm_invoke`] for all).
+    /// [`TestCluster::start`] with `vm_hosts` microVM hosts booting `kernel`, each given
+    /// `vm_flags` too (host 0 is the first; see [`TestCluster::vm_host_log`] and
+    /// [`TestCluster::vm_invoke`] for all).
     #[allow(clippy::too_many_arguments)]
     pub fn start_with_vm_hosts(
         name: &str,
@@ -95,9 +96,10 @@ impl TestCluster {
         functions: &[&Path],
         kernel: &Path,
         vm_hosts: usize,
+        vm_flags: &[&str],
         nats_server: &Path,
     ) -> TestCluster {
-        let vm = Some((kernel, vm_hosts));
+        let vm = Some((kernel, vm_hosts, vm_flags));
         Self::start_with(
             name,
             subnet,
@@ -115,7 +117,7 @@ impl TestCluster {
         hosts: usize,
         max_concurrency: usize,
         functions: &[&Path],
-        vm: Option<(&Path, usize)>,
+        vm: Option<(&Path, usize, &[&str])>,
         nats_server: &Path,
     ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
@@ -141,9 +143,12 @@ impl TestCluster {
         for function in functions {
             command.arg("--function").arg(function);
         }
-        if let Some((kernel, vm_hosts)) = vm {
+        if let Some((kernel, vm_hosts, vm_flags)) = vm {
             command.arg("--vm-host").arg(kernel);
             command.args(["--vm-hosts", &vm_hosts.to_string()]);
+            for flag in vm_flags {
+                command.args(["--vm-flag", flag]);
+            }
         }
         let output = command
             .args(["--name", name, "--subnet", subnet])
