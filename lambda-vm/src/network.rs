@@ -518,31 +518,24 @@ impl EnvNetwork {
         )?;
         let netns = self.netns();
         let rules = self.namespace_rules();
-        std::thread::scope(|scope| {
-            let made = scope.spawn(|| {
-                let runtime = netlink_runtime()?;
-                runtime.block_on(async {
-                    // Opened before the thread leaves the host's namespace: it stays there.
-                    let host = netlink_connection()?;
-                    let namespace = enter_new_namespace(&netns)?;
-                    let inside = netlink_connection()?;
-                    make_tap()?;
-                    self.link_host_side(&host, &namespace).await?;
-                    self.configure_inside(&inside).await
-                })?;
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
-                    NetworkError::Enter {
-                        path: "/proc/sys/net/ipv4/ip_forward".into(),
-                        source,
-                    }
-                })?;
-                run(Command::new("nft").args(["-f", "-"]), Some(&rules))
-            });
-            made.join().unwrap_or_else(|_| {
-                Err(NetworkError::Unavailable(
-                    "a network thread panicked".into(),
-                ))
-            })
+        on_own_thread(|| {
+            let runtime = netlink_runtime()?;
+            runtime.block_on(async {
+                // Opened before the thread leaves the host's namespace: it stays there.
+                let host = netlink_connection()?;
+                let namespace = enter_new_namespace(&netns)?;
+                let inside = netlink_connection()?;
+                make_tap()?;
+                self.link_host_side(&host, &namespace).await?;
+                self.configure_inside(&inside).await
+            })?;
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+                NetworkError::Enter {
+                    path: "/proc/sys/net/ipv4/ip_forward".into(),
+                    source,
+                }
+            })?;
+            run(Command::new("nft").args(["-f", "-"]), Some(&rules))
         })
     }
 
@@ -705,27 +698,17 @@ impl Drop for EnvNetwork {
 /// (its peer goes with it; a netlink message), the host table (`nft`), and the namespace (its
 /// tap goes with it once the last process in it, the `vmm`, is gone).
 fn remove_objects(name: &str) {
-    // On a thread of its own, as `build` does: a caller may be inside the service's runtime
-    // (the sweep at start), where a runtime of our own cannot block.
-    let delete = || {
-        netlink_runtime().and_then(|runtime| {
-            runtime.block_on(async {
-                let host = netlink_connection()?;
-                let link = rtnetlink::LinkUnspec::new_with_name(name).build();
-                host.link()
-                    .del_with_message(link)
-                    .execute()
-                    .await
-                    .map_err(|e| netlink_error("removing the veth pair", e))
-            })
-        })
-    };
-    let deleted = std::thread::scope(|scope| {
-        scope.spawn(delete).join().unwrap_or_else(|_| {
-            Err(NetworkError::Netlink {
-                what: "removing the veth pair".into(),
-                source: "the netlink thread panicked".into(),
-            })
+    // A caller may be inside the service's runtime (the sweep at start), where a runtime of
+    // our own cannot block.
+    let deleted = on_own_thread(|| {
+        netlink_runtime()?.block_on(async {
+            let host = netlink_connection()?;
+            let link = rtnetlink::LinkUnspec::new_with_name(name).build();
+            host.link()
+                .del_with_message(link)
+                .execute()
+                .await
+                .map_err(|e| netlink_error("removing the veth pair", e))
         })
     });
     if let Err(e) = deleted {
@@ -981,13 +964,20 @@ fn in_namespace<T: Send>(
         source,
     };
     let file = File::open(netns).map_err(enter_error)?;
+    on_own_thread(|| {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|errno| enter_error(errno.into()))?;
+        work()
+    })
+}
+
+/// Runs `work` on a thread of its own and waits for it: a thread may change its network
+/// namespace and run a runtime of its own, whatever its caller's thread is in.
+fn on_own_thread<T: Send>(
+    work: impl FnOnce() -> Result<T, NetworkError> + Send,
+) -> Result<T, NetworkError> {
     std::thread::scope(|scope| {
-        let thread = scope.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|errno| enter_error(errno.into()))?;
-            work()
-        });
-        thread.join().unwrap_or_else(|_| {
+        scope.spawn(work).join().unwrap_or_else(|_| {
             Err(NetworkError::Unavailable(
                 "a network thread panicked".into(),
             ))
