@@ -84,12 +84,7 @@ impl HandlerError {
 
     /// The error for a caught panic payload.
     pub fn from_panic(payload: &(dyn Any + Send)) -> Self {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic with a non-string payload".to_owned());
-        HandlerError::new(error_type::HANDLER_PANIC, message)
+        HandlerError::new(error_type::HANDLER_PANIC, logging::panic_message(payload))
     }
 
     /// The body posted to the Runtime API's error endpoints.

@@ -41,13 +41,14 @@ impl fmt::Display for Chain<'_> {
 }
 
 /// The message a panic was raised with (its payload is a `&str` or a `String` for every
-/// `panic!` with a message), for a thread that catches a panic and reports it as an error.
+/// `panic!` with a message), for code that catches a panic and reports it as an error: a
+/// handler's panic in `bootstrap`, an environment's start in `lambda-vm`.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
+        .unwrap_or_else(|| "panic with a non-string payload".to_owned())
 }
 
 /// The `log` backend: `<program>: LEVEL message` lines on stderr, or where [`configure`] says.
