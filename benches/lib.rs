@@ -1,1 +1,51 @@
-//! Criterion benchmarks live in this package's bench targets; see `BENCHMARKS.md`.
+//! Criterion benchmarks live in this package's bench targets; see `BENCHMARKS.md`. This
+//! library holds what the benchmark binaries (`src/bin/`) share.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// KVM's statistics of the VM of process `pid` (`/sys/kernel/debug/kvm/PID-FD/`, when debugfs
+/// is mounted), its vCPUs' (`vcpuN/`) summed: exits, guest page faults KVM fixed (`pf_fixed`),
+/// the 4 KiB mappings it made (`pages_4k`), and the rest.
+pub fn kvm_stats(pid: u32) -> BTreeMap<String, u64> {
+    fn add(dir: &Path, into: &mut BTreeMap<String, u64>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() && name.starts_with("vcpu") {
+                add(&path, into);
+            } else if let Some(value) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                *into.entry(name).or_default() += value;
+            }
+        }
+    }
+    let prefix = format!("{pid}-");
+    let mut stats = BTreeMap::new();
+    let vm = std::fs::read_dir("/sys/kernel/debug/kvm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+    if let Some(vm) = vm {
+        add(&vm.path(), &mut stats);
+    }
+    stats
+}
+
+/// What KVM did for the VM of process `pid` since `before` (its [`kvm_stats`] then): the
+/// counters that moved, by how much. Empty without debugfs.
+pub fn kvm_stats_moved(
+    pid: u32,
+    before: &BTreeMap<String, u64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    kvm_stats(pid)
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let moved = value.saturating_sub(before.get(&name).copied().unwrap_or(0));
+            (moved > 0).then(|| (name, moved.into()))
+        })
+        .collect()
+}

@@ -20,7 +20,10 @@
 #     with --no-seccomp): at the end, scripts/bench-restore-vmms.sh --runs N: Firecracker's
 #     restore → first guest answer beside the bare vmm's, each VMM restoring a snapshot it took
 #     itself of the same tiny guest (Firecracker cannot load our format); its samples go to
-#     restore-vmms.json beside --json. Without FIRECRACKER nothing of this runs.
+#     restore-vmms.json beside --json; then scripts/bench-first-invoke-vmms.sh --runs N: the
+#     same SnapStart function's guest booted, snapshotted and restored by each VMM, with its
+#     first invoke and warm ones (first-invoke-vmms.json beside --json). Without FIRECRACKER
+#     nothing of this runs.
 #
 # The echo function (tests/functions/bootstrap-echo) is built twice as an ext4 image, `cold`
 # (on-demand) and `snap` (snap-start), both without networking (so the bare vmm restores the
@@ -54,7 +57,7 @@ while [ $# -gt 0 ]; do
         --json) json="${2:?}"; shift ;;
         --svg) svg="${2:?}"; shift ;;
         --no-working-set) compare_working_set=0 ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
     shift
@@ -150,4 +153,7 @@ if [ -n "$firecracker" ]; then
     step "restore → first guest answer, the bare vmm beside Firecracker (scripts/bench-restore-vmms.sh)"
     FIRECRACKER="$firecracker" scripts/bench-restore-vmms.sh --runs "$runs" \
         --json "$(dirname "$json")/restore-vmms.json"
+    step "the first invokes after a restore, the bare vmm beside Firecracker (scripts/bench-first-invoke-vmms.sh)"
+    FIRECRACKER="$firecracker" scripts/bench-first-invoke-vmms.sh --runs "$runs" \
+        --json "$(dirname "$json")/first-invoke-vmms.json"
 fi

@@ -314,12 +314,20 @@ impl HostLink {
     /// that they reach init as soon as its vCPU runs; [`Dialing::finish`] then waits for the
     /// guest's `Hello`.
     pub fn dial(addr: GuestAddr) -> Result<Dialing, LinkError> {
+        HostLink::dial_at(addr, SystemTime::now())
+    }
+
+    /// [`HostLink::dial`], telling the guest that the wall clock reads `now`. The guest's
+    /// monotonic clock resumes where the snapshot stopped it, so this time is all a restored
+    /// guest learns of how long its snapshot was stored: a benchmark simulates a snapshot's
+    /// age with a time that far ahead.
+    pub fn dial_at(addr: GuestAddr, now: SystemTime) -> Result<Dialing, LinkError> {
         let (path, mut bytes) = match addr {
             GuestAddr::Vsock { uds, port } => (uds, format!("CONNECT {port}\n").into_bytes()),
             GuestAddr::Unix(path) => (path, Vec::new()),
         };
         wire::encode_into(&mut bytes, &Message::Hello(hello()))?;
-        wire::encode_into(&mut bytes, &restore_message()?)?;
+        wire::encode_into(&mut bytes, &restore_message(now)?)?;
         let connect_error = |source| LinkError::Connect {
             path: path.to_owned(),
             source,
@@ -446,7 +454,7 @@ impl HostLink {
     /// RNG and sets its clock, then lets a runtime waiting in `restore/next` go on.
     /// ([`HostLink::dial`] sends it with the connection.)
     pub fn restore(&mut self) -> Result<(), LinkError> {
-        self.send(&restore_message()?)
+        self.send(&restore_message(SystemTime::now())?)
     }
 
     /// Tells the guest to stop its runtime and power off.
@@ -555,13 +563,13 @@ fn hello() -> Hello {
     Hello::new(format!("vmm {}", env!("CARGO_PKG_VERSION")))
 }
 
-/// `Restore` with fresh entropy and the host's wall-clock time.
-fn restore_message() -> Result<Message, LinkError> {
+/// `Restore` with fresh entropy and the wall-clock time `now`.
+fn restore_message(now: SystemTime) -> Result<Message, LinkError> {
     let mut entropy = vec![0u8; RESTORE_ENTROPY];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut entropy))
         .map_err(LinkError::Entropy)?;
-    let wall_clock_ms = SystemTime::now()
+    let wall_clock_ms = now
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);

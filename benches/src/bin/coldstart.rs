@@ -328,37 +328,6 @@ fn faults(pid: u32) -> (u64, u64) {
     (field(10), field(12))
 }
 
-/// KVM's statistics of the VM of process `pid` (`/sys/kernel/debug/kvm/PID-FD/`, when debugfs
-/// is mounted), its vCPUs' (`vcpuN/`) summed: exits, guest page faults KVM fixed (`pf_fixed`),
-/// the 4 KiB mappings it made (`pages_4k`), and the rest.
-fn kvm_stats(pid: u32) -> std::collections::BTreeMap<String, u64> {
-    fn add(dir: &Path, into: &mut std::collections::BTreeMap<String, u64>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() && name.starts_with("vcpu") {
-                add(&path, into);
-            } else if let Some(value) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                *into.entry(name).or_default() += value;
-            }
-        }
-    }
-    let prefix = format!("{pid}-");
-    let mut stats = std::collections::BTreeMap::new();
-    let vm = std::fs::read_dir("/sys/kernel/debug/kvm")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
-    if let Some(vm) = vm {
-        add(&vm.path(), &mut stats);
-    }
-    stats
-}
-
 /// The host page faults of a restored guest's `vmm` during its first invoke and its second
 /// (a guest page touched for the first time since the restore is a fault of the host's mapping
 /// of the snapshot's memory file), and the two invokes' times.
@@ -368,7 +337,7 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
     let mut rounds = Vec::new();
     for n in 0..2 {
         let before = faults(pid);
-        let kvm_before = kvm_stats(pid);
+        let kvm_before = benches::kvm_stats(pid);
         let started = Instant::now();
         let outcome = restored.link.invoke(Invoke {
             request_id: format!("faults-{n}"),
@@ -380,14 +349,7 @@ fn first_invoke_faults(restored: &mut VmmRestore) -> anyhow::Result<Value> {
         let took = ms(started.elapsed());
         ensure!(matches!(outcome, Outcome::Success(_)), "{outcome:?}");
         let after = faults(pid);
-        // What KVM did meanwhile (only with debugfs mounted): the counters that moved.
-        let kvm: serde_json::Map<String, Value> = kvm_stats(pid)
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let moved = value.saturating_sub(kvm_before.get(&name).copied().unwrap_or(0));
-                (moved > 0).then(|| (name, json!(moved)))
-            })
-            .collect();
+        let kvm = benches::kvm_stats_moved(pid, &kvm_before);
         rounds.push(json!({
             "invoke_ms": took,
             "minor_faults": after.0 - before.0,
