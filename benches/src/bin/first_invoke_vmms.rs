@@ -12,7 +12,8 @@
 //! Then `--runs` restores of each, alternating (which goes first alternates too): a fresh
 //! process with `--api-sock` only, `PUT /snapshot/load` with `resume_vm`, the host dialling the
 //! restored init with `Hello` and `Restore` in one write (`HostLink::dial`, as lambda-vm does),
-//! then one invoke after another on that link: the first, and `--warm` more. Each invoke is
+//! then one invoke after another on that link: the first, and `--warm` more, each `--gap-ms`
+//! after the one before (so that it does not meet the last one's END and REPORT). Each invoke is
 //! timed by the host (round trip) and by the guest (the kernel command line has
 //! `INIT_TIMING=1`): from the `Invoke` frame to the runtime's `GET /next` answer, and from there
 //! to the outcome, which is the function's part, what a REPORT's Duration measures.
@@ -81,6 +82,11 @@ struct Args {
     /// Warm invokes after each restore's first.
     #[arg(long, default_value_t = 5)]
     warm: usize,
+    /// The pause before each invoke after the first (ms): the guest finishes an invoke's END
+    /// and REPORT after its answer has left, and an invoke sent at once would share the vCPU
+    /// with that bookkeeping.
+    #[arg(long, default_value_t = 100)]
+    gap_ms: u64,
     /// Snapshot ages to simulate, in seconds, each restore of each VMM taken at each: the
     /// host's `Restore` tells the restored guest that the wall clock reads that much later
     /// than it does (`HostLink::dial_at`).
@@ -314,7 +320,10 @@ fn restore(args: &Args, vmm: &Vmm, age: u64, run: usize) -> anyhow::Result<Value
     let first = invoke(&mut link, pid, format!("{}-{run}-first", vmm.name))?;
     let answered = started.elapsed();
     let warm = (0..args.warm)
-        .map(|n| invoke(&mut link, pid, format!("{}-{run}-warm-{n}", vmm.name)))
+        .map(|n| {
+            std::thread::sleep(Duration::from_millis(args.gap_ms));
+            invoke(&mut link, pid, format!("{}-{run}-warm-{n}", vmm.name))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     drop(link);
     drop(process);
@@ -503,6 +512,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json!({
             "runs": args.runs,
             "warm": args.warm,
+            "gap_ms": args.gap_ms,
             "ages_s": args.ages,
             "primed": args.primed,
             "boot_args": boot_args,
