@@ -49,3 +49,21 @@ pub fn kvm_stats_moved(
         })
         .collect()
 }
+
+/// Median, min and max of `samples` (ms), with the samples, for a result file.
+pub fn spread(samples: &[f64]) -> serde_json::Value {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    serde_json::json!({
+        "median": median,
+        "min": sorted.first().copied().unwrap_or(f64::NAN),
+        "max": sorted.last().copied().unwrap_or(f64::NAN),
+        "n": sorted.len(),
+        "samples": samples,
+    })
+}

@@ -158,24 +158,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Median, min and max of `samples` (ms).
-fn spread(samples: &[f64]) -> Value {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    };
-    json!({
-        "median": median,
-        "min": sorted.first().copied().unwrap_or(f64::NAN),
-        "max": sorted.last().copied().unwrap_or(f64::NAN),
-        "n": sorted.len(),
-        "samples": samples,
-    })
-}
-
 fn median(value: &Value) -> f64 {
     value["median"].as_f64().unwrap_or(f64::NAN)
 }
@@ -403,17 +385,17 @@ fn working_set_comparison(args: &Args, working_set: &Path) -> anyhow::Result<Val
     let [lazy, loaded] = sides;
     Ok(json!({
         "without": {
-            "first_invoke_round_trip": spread(&lazy.0),
-            "first_invoke_minor_faults": spread(&lazy.1),
-            "first_invoke_major_faults": spread(&lazy.2),
+            "first_invoke_round_trip": benches::spread(&lazy.0),
+            "first_invoke_minor_faults": benches::spread(&lazy.1),
+            "first_invoke_major_faults": benches::spread(&lazy.2),
             "first_invoke_kvm_stats": lazy.4,
         },
         "with": {
-            "first_invoke_round_trip": spread(&loaded.0),
-            "first_invoke_minor_faults": spread(&loaded.1),
-            "first_invoke_major_faults": spread(&loaded.2),
-            "load_ms": spread(&loaded.3),
-            "pages": spread(&loaded.5),
+            "first_invoke_round_trip": benches::spread(&loaded.0),
+            "first_invoke_minor_faults": benches::spread(&loaded.1),
+            "first_invoke_major_faults": benches::spread(&loaded.2),
+            "load_ms": benches::spread(&loaded.3),
+            "pages": benches::spread(&loaded.5),
             "first_invoke_kvm_stats": loaded.4,
         },
     }))
@@ -759,10 +741,10 @@ fn main() -> anyhow::Result<()> {
         redialled += usize::from(restored.attempts > 1);
     }
     result["vmm"] = json!({
-        "spawn_to_api_ready": spread(&vmm.0),
-        "load_request": spread(&vmm.1),
-        "load_to_first_output": spread(&vmm.2),
-        "spawn_to_first_output": spread(&vmm.3),
+        "spawn_to_api_ready": benches::spread(&vmm.0),
+        "load_request": benches::spread(&vmm.1),
+        "load_to_first_output": benches::spread(&vmm.2),
+        "spawn_to_first_output": benches::spread(&vmm.3),
         "restores_that_needed_a_second_connection": redialled,
     });
     if args.vmm_only {
@@ -802,7 +784,7 @@ fn main() -> anyhow::Result<()> {
         result["first_invoke_host_faults"] = first_invoke_faults(&mut restored)?;
         let pings = vsock_round_trips(&mut restored)?;
         drop(restored);
-        result["vsock_round_trip"] = spread(&pings);
+        result["vsock_round_trip"] = benches::spread(&pings);
     }
 
     eprintln!(
@@ -841,22 +823,22 @@ fn main() -> anyhow::Result<()> {
         }
     }
     result["restore"] = json!({
-        "request_to_response": spread(&took),
-        "first_invoke_duration": spread(&duration),
-        "restore_duration": spread(&restore_duration),
-        "resume_to_init_answered": spread(&answered),
+        "request_to_response": benches::spread(&took),
+        "first_invoke_duration": benches::spread(&duration),
+        "restore_duration": benches::spread(&restore_duration),
+        "resume_to_init_answered": benches::spread(&answered),
     });
     if args.lazy.is_some() {
         result["restore_without_working_set"] = json!({
-            "request_to_response": spread(&lazy_took),
-            "first_invoke_duration": spread(&lazy_duration),
-            "restore_duration": spread(&lazy_restore_duration),
+            "request_to_response": benches::spread(&lazy_took),
+            "first_invoke_duration": benches::spread(&lazy_duration),
+            "restore_duration": benches::spread(&lazy_restore_duration),
         });
     }
     result["warm"] = json!({
-        "round_trip": spread(&warm_trip),
-        "duration": spread(&warm_duration),
-        "round_trip_minus_duration": spread(&warm_platform),
+        "round_trip": benches::spread(&warm_trip),
+        "duration": benches::spread(&warm_duration),
+        "round_trip_minus_duration": benches::spread(&warm_platform),
     });
 
     eprintln!("coldstart: cold boots ({})", args.cold_runs);
@@ -864,7 +846,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..args.cold_runs {
         cold.push(first_response(&args.log, &client, &args.cold, 0)?.took);
     }
-    result["cold_boot"] = json!({ "request_to_response": spread(&cold) });
+    result["cold_boot"] = json!({ "request_to_response": benches::spread(&cold) });
 
     let mut bursts = Vec::new();
     for &size in &args.bursts {
@@ -876,7 +858,7 @@ fn main() -> anyhow::Result<()> {
                 bare.push(vmm_burst(&args, size)?);
             }
         }
-        bursts.push((size, spread(&through), spread(&bare)));
+        bursts.push((size, benches::spread(&through), benches::spread(&bare)));
     }
     result["bursts"] = bursts
         .iter()

@@ -366,19 +366,9 @@ fn warm_values(sample: &Value, key: &str) -> Vec<f64> {
 }
 
 fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn spread(values: &[f64]) -> Value {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    json!({"median": median(values), "min": min, "max": max, "n": values.len()})
+    benches::spread(values)["median"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
 }
 
 fn cell(value: &Value) -> String {
@@ -465,13 +455,13 @@ fn main() -> anyhow::Result<()> {
         let warm =
             |key: &str| -> Vec<f64> { mine.iter().flat_map(|s| warm_values(s, key)).collect() };
         let row = json!({
-            "load_ms": spread(&of("load_ms")),
-            "load_to_init_answer_ms": spread(&of("load_to_init_answer_ms")),
-            "load_to_first_response_ms": spread(&of("load_to_first_response_ms")),
-            "first_function_ms": spread(&first("function_ms")),
-            "warm_function_ms": spread(&warm("function_ms")),
-            "first_round_trip_ms": spread(&first("round_trip_ms")),
-            "warm_round_trip_ms": spread(&warm("round_trip_ms")),
+            "load_ms": benches::spread(&of("load_ms")),
+            "load_to_init_answer_ms": benches::spread(&of("load_to_init_answer_ms")),
+            "load_to_first_response_ms": benches::spread(&of("load_to_first_response_ms")),
+            "first_function_ms": benches::spread(&first("function_ms")),
+            "warm_function_ms": benches::spread(&warm("function_ms")),
+            "first_round_trip_ms": benches::spread(&first("round_trip_ms")),
+            "warm_round_trip_ms": benches::spread(&warm("round_trip_ms")),
         });
         let ratio = row["first_function_ms"]["median"]
             .as_f64()
