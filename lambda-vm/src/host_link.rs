@@ -707,4 +707,46 @@ mod tests {
         drop(listener);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// `dial_at` hands the restored guest the time it is given (how a benchmark simulates a
+    /// snapshot's age), with our `Hello` first and fresh entropy.
+    #[test]
+    fn dial_at_tells_the_guest_the_given_time() {
+        let dir = std::env::temp_dir().join(format!("vmm-host-link-dial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("init.listen");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let day_later = SystemTime::now() + Duration::from_secs(86_400);
+        let fake = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let Message::Hello(_) = read_frame(&mut stream).unwrap() else {
+                panic!("expected the host's Hello first")
+            };
+            let Message::Restore {
+                entropy,
+                wall_clock_ms,
+            } = read_frame(&mut stream).unwrap()
+            else {
+                panic!("expected Restore")
+            };
+            write_frame(&mut stream, &Message::Hello(Hello::new("fake init"))).unwrap();
+            (entropy.0.len(), wall_clock_ms)
+        });
+        let link = HostLink::dial_at(GuestAddr::Unix(&path), day_later)
+            .unwrap()
+            .finish(Duration::from_secs(10))
+            .unwrap();
+        let (entropy, wall_clock_ms) = fake.join().unwrap();
+        assert_eq!(entropy, RESTORE_ENTROPY);
+        let sent = UNIX_EPOCH + Duration::from_millis(wall_clock_ms);
+        let off = sent
+            .duration_since(day_later)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            off < Duration::from_millis(2),
+            "{wall_clock_ms} is not the time given"
+        );
+        assert_eq!(link.peer().agent, "fake init");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
