@@ -36,6 +36,8 @@
 #                                   [--bursts 1,2,4,8] [--ready N] [--json PATH] [--svg PATH]
 #                                   [--no-working-set]
 set -euo pipefail
+# Paths given on the command line are the caller's, relative to where it ran this from.
+caller="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
@@ -54,8 +56,8 @@ while [ $# -gt 0 ]; do
         --warm) warm="${2:?}"; shift ;;
         --bursts) bursts="${2:?}"; shift ;;
         --ready) ready="${2:?}"; shift ;;
-        --json) json="${2:?}"; shift ;;
-        --svg) svg="${2:?}"; shift ;;
+        --json) json="$(cd "$caller" && realpath -m "${2:?}")"; shift ;;
+        --svg) svg="$(cd "$caller" && realpath -m "${2:?}")"; shift ;;
         --no-working-set) compare_working_set=0 ;;
         -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;

@@ -20,6 +20,8 @@
 # Usage: [FIRECRACKER=path] scripts/bench-first-invoke-vmms.sh [--runs N] [--warm N] [--ages LIST]
 #                                                              [--json PATH]
 set -euo pipefail
+# Paths given on the command line are the caller's, relative to where it ran this from.
+caller="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
         --runs) runs="${2:?}"; shift ;;
         --warm) warm="${2:?}"; shift ;;
         --ages) ages="${2:?}"; shift ;;
-        --json) json="${2:?}"; shift ;;
+        --json) json="$(cd "$caller" && realpath -m "${2:?}")"; shift ;;
         -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac

@@ -30,6 +30,8 @@
 #
 # Usage: [FIRECRACKER=/path/to/firecracker] scripts/bench-restore-vmms.sh [--runs N] [--json PATH]
 set -euo pipefail
+# Paths given on the command line are the caller's, relative to where it ran this from.
+caller="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
@@ -38,7 +40,7 @@ json=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs="${2:?}"; shift ;;
-        --json) json="${2:?}"; shift ;;
+        --json) json="$(cd "$caller" && realpath -m "${2:?}")"; shift ;;
         -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
