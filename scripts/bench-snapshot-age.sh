@@ -9,6 +9,8 @@
 #
 # Usage: scripts/bench-snapshot-age.sh [--ages 60,3600] [--runs N] [--out DIR]
 set -euo pipefail
+# Paths given on the command line are the caller's, relative to where it ran this from.
+caller="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --ages) ages="${2:?}"; shift ;;
         --runs) runs="${2:?}"; shift ;;
-        --out) out="${2:?}"; shift ;;
+        --out) out="$(cd "$caller" && realpath -m "${2:?}")"; shift ;;
         -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
