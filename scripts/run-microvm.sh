@@ -11,6 +11,8 @@
 # The guest console (kernel messages) goes to target/microvm-console.log. On this project's
 # emulated KVM the first boot takes tens of seconds (BENCHMARKS.md); hardware KVM is far faster.
 set -euo pipefail
+# Paths given on the command line are the caller's, relative to where it ran this from.
+caller="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --serve) serve=true ;;
         --port) port="${2:?--port needs a value}"; shift ;;
-        --function) function_dir="$(cd "${2:?--function needs a value}" && pwd)"; shift ;;
+        --function) function_dir="$(cd "$caller" && cd "${2:?--function needs a value}" && pwd)"; shift ;;
         -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
