@@ -20,6 +20,8 @@
 #
 # Usage: scripts/bench-warm-path.sh [--invokes N] [--rounds R] [--compare DIR]...
 set -euo pipefail
+# Paths given on the command line are the caller's, relative to where it ran this from.
+caller="$PWD"
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --invokes) invokes="${2:?}"; shift ;;
         --rounds) rounds="${2:?}"; shift ;;
-        --compare) compare+=("$(cd "${2:?}" && pwd)"); shift ;;
+        --compare) compare+=("$(cd "$caller" && cd "${2:?}" && pwd)"); shift ;;
         -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
