@@ -250,7 +250,7 @@ for vmm in vmms:
 if json_path:
     os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
     with open(json_path, "w") as f:
-        json.dump({"runs": runs, "commands": {v: commands[v] + ["--api-sock", "PATH"] for v in vmms},
+        json.dump({"runs": runs, "commands": {v: [os.path.basename(commands[v][0])] + commands[v][1:] + ["--api-sock", "PATH"] for v in vmms},
                    "loadavg": open("/proc/loadavg").read().split()[:3],
                    "summary": summary, "samples": samples}, f, indent=2)
         f.write("\n")

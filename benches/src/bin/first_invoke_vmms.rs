@@ -492,9 +492,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(parent) = args.json.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    // Each program by its file name: the result file names no path of the machine it ran on.
     let commands: Value = vmms
         .iter()
-        .map(|v| (v.name.to_owned(), json!(v.command)))
+        .map(|v| {
+            let mut command = v.command.clone();
+            if let Some(name) = Path::new(&command[0]).file_name() {
+                command[0] = name.to_string_lossy().into_owned();
+            }
+            (v.name.to_owned(), json!(command))
+        })
         .collect::<serde_json::Map<_, _>>()
         .into();
     std::fs::write(
