@@ -45,22 +45,17 @@ firecracker="${FIRECRACKER:-}"
 [ -z "$firecracker" ] || [ -x "$firecracker" ] || die "FIRECRACKER=$firecracker is not an executable"
 ensure_cargo
 kernel="$(scripts/build-kernel.sh | tail -n1)"
-snap_dir="$(stage_rust_echo_function snap-start)"
 step "building vmm and the benchmark (release)"
 cargo build --quiet --release -p vmm -p benches --bin vmm --bin first_invoke_vmms
 target="$(cargo_target_dir)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-mkdir -p "$work/src"
-cp -r "$snap_dir/." "$work/src/"
-sed -i 's/^{/{\n  "networking": false,/' "$work/src/function.json"
-image="$(scripts/build-rootfs.sh "$work/src" --ext4 | tail -n1)"
-cp "$image" "$work/snap.ext4"
+image="$(stage_snapstart_echo_image "$work")"
 mem_mib=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["memory_mb"])' "$work/src/function.json")
 
 step "booting the function in each VMM (tens of seconds each here), then $runs restores each (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
 "$target/release/first_invoke_vmms" --vmm "$target/release/vmm" \
-    ${firecracker:+--firecracker "$firecracker"} --kernel "$kernel" --rootfs "$work/snap.ext4" \
+    ${firecracker:+--firecracker "$firecracker"} --kernel "$kernel" --rootfs "$image" \
     --mem-mib "$mem_mib" --work "$work/bench" --json "$(realpath -m "$json")" \
     --runs "$runs" --warm "$warm" --ages "$ages"

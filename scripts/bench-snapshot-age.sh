@@ -31,7 +31,6 @@ done
 [ "$(id -u)" -eq 0 ] || die "run as root: lambda-vm jails every vmm"
 ensure_cargo
 kernel="$(scripts/build-kernel.sh | tail -n1)"
-snap_dir="$(stage_rust_echo_function snap-start)"
 step "building vmm, lambda-vm and the coldstart benchmark (release)"
 cargo build --quiet --release -p vmm -p lambda-vm -p benches --bins
 target="$(cargo_target_dir)"
@@ -40,11 +39,7 @@ work="$(mktemp -d)"
 mkdir -p "$out"
 trap 'stop_server; rm -rf "$work"' EXIT
 
-mkdir -p "$work/src"
-cp -r "$snap_dir/." "$work/src/"
-sed -i 's/^{/{\n  "networking": false,/' "$work/src/function.json"
-image="$(scripts/build-rootfs.sh "$work/src" --ext4 | tail -n1)"
-cp "$image" "$work/snap.ext4"
+stage_snapstart_echo_image "$work" >/dev/null
 
 # The vmm's default command line for this host (vmm/src/builder.rs), with `init=/init` for an
 # ext4 root; the TSC run appends `clocksource=tsc`, which wins over the earlier kvm-clock.

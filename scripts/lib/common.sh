@@ -75,6 +75,24 @@ JSON
     echo "$dir"
 }
 
+# Builds the SnapStart echo function (stage_rust_echo_function snap-start) without networking
+# as an ext4 image in DIR: DIR/src (its function directory, function.json included) and
+# DIR/snap.ext4. Without a network device, the bare vmm restores the very snapshot lambda-vm
+# would. Prints the image's path.
+# Usage: stage_snapstart_echo_image DIR
+stage_snapstart_echo_image() {
+    local dir="$1" snap_dir image
+    snap_dir="$(stage_rust_echo_function snap-start)"
+    mkdir -p "$dir/src"
+    cp -r "$snap_dir/." "$dir/src/"
+    sed -i 's/^{/{\n  "networking": false,/' "$dir/src/function.json"
+    grep -q '"networking": false' "$dir/src/function.json" ||
+        die "could not turn networking off in $dir/src/function.json"
+    image="$(scripts/build-rootfs.sh "$dir/src" --ext4 | tail -n1)"
+    cp "$image" "$dir/snap.ext4"
+    echo "$dir/snap.ext4"
+}
+
 # Stages the networking tests' function (tests/functions/net-fetch) like the echo one: outbound
 # HTTP from the guest. With `snap-start`, the function is a SnapStart one (net-fetch-snap-start)
 # that opens a connection to INIT_CONNECT (ADDRESS:PORT, the second argument) during init and
