@@ -32,13 +32,13 @@
 //! with it (round trip, host page faults, the load's time), alternating.
 
 use anyhow::{bail, ensure, Context};
-use lambda_vm::host_link::{GuestAddr, HostLink, Invoke, Outcome, PORT};
+use lambda_vm::host_link::{HostLink, Invoke, Outcome};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use vmm::api::client::ApiClient;
 use vmm::api::types::{MemoryBackend, MemoryBackendType, SnapshotLoadParams, VsockOverride};
 
@@ -253,21 +253,7 @@ fn vmm_restore_with(
         })
         .transpose()?;
     let loaded = started.elapsed();
-    // As lambda-vm does (lambda-vm/src/guest.rs): the snapshot's vsock reset can catch the
-    // first connection, and then a second one goes through.
-    let mut attempts = 0;
-    let link = loop {
-        attempts += 1;
-        let addr = GuestAddr::Vsock {
-            uds: &vsock,
-            port: PORT,
-        };
-        match HostLink::dial(addr).and_then(|d| d.finish(REQUEST_TIMEOUT)) {
-            Ok(link) => break link,
-            Err(e) if e.is_closed() && attempts < 4 => {}
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let (link, attempts) = benches::dial_restored(&vsock, SystemTime::now(), REQUEST_TIMEOUT)?;
     let total = started.elapsed();
     Ok(VmmRestore {
         working_set_load,

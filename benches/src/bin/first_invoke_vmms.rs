@@ -36,7 +36,7 @@
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use lambda_vm::host_link::{GuestAddr, HostLink, Invoke, Listener, Outcome, PORT};
+use lambda_vm::host_link::{HostLink, Invoke, Listener, Outcome, PORT};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -299,21 +299,8 @@ fn restore(args: &Args, vmm: &Vmm, age: u64, run: usize) -> anyhow::Result<Value
     let loaded = started.elapsed();
     let pid = process.0.id();
     let kvm_at_load = benches::kvm_stats(pid);
-    // As lambda-vm does: the restored vsock device's reset can catch the first connection.
-    let mut attempts = 0;
-    let mut link = loop {
-        attempts += 1;
-        let addr = GuestAddr::Vsock {
-            uds: &vsock,
-            port: PORT,
-        };
-        let now = SystemTime::now() + Duration::from_secs(age);
-        match HostLink::dial_at(addr, now).and_then(|d| d.finish(REQUEST_TIMEOUT)) {
-            Ok(link) => break link,
-            Err(e) if e.is_closed() && attempts < 8 => {}
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let now = SystemTime::now() + Duration::from_secs(age);
+    let (mut link, attempts) = benches::dial_restored(&vsock, now, REQUEST_TIMEOUT)?;
     let linked = started.elapsed();
     let kvm_to_init_answer = benches::kvm_stats_moved(pid, &kvm_at_load);
     link.set_timeout(Some(REQUEST_TIMEOUT))?;
@@ -351,7 +338,7 @@ fn restore(args: &Args, vmm: &Vmm, age: u64, run: usize) -> anyhow::Result<Value
         sample["first"]["function_ms"].as_f64().unwrap_or(f64::NAN),
         sample["first"]["vmm_read_bytes"],
         sample["first"]["vmm_read_calls"],
-        median(&warm_values(&sample, "function_ms")),
+        benches::median(&warm_values(&sample, "function_ms")),
     );
     Ok(sample)
 }
@@ -363,12 +350,6 @@ fn warm_values(sample: &Value, key: &str) -> Vec<f64> {
         .flatten()
         .filter_map(|w| w[key].as_f64())
         .collect()
-}
-
-fn median(values: &[f64]) -> f64 {
-    benches::spread(values)["median"]
-        .as_f64()
-        .unwrap_or(f64::NAN)
 }
 
 fn cell(value: &Value) -> String {
